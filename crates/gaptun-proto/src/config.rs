@@ -1,0 +1,100 @@
+//! Tunable parameters of an endpoint and its connections.
+
+use std::time::Duration;
+
+use crate::congestion::CongestionKind;
+use crate::crypto::{CipherSuite, Psk};
+
+/// Per-connection transport parameters. The defaults suit a 100 Mbit/s, 100 ms path with loss.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest UDP payload we send (and accept); every datagram stays within it.
+    pub max_udp_payload: u16,
+    /// Connection-level receive window in bytes (what the peer may have in flight to us).
+    pub receive_window: u64,
+    /// Per-stream receive window in bytes.
+    pub stream_receive_window: u64,
+    /// Bytes we buffer for sending, across all streams, before writes block.
+    pub send_buffer: u64,
+    /// Streams the peer may have open at once.
+    pub max_concurrent_streams: u64,
+    /// Congestion controller.
+    pub congestion: CongestionKind,
+    /// A packet is lost once this many later packets were acknowledged (KCP's `resend`).
+    pub reorder_threshold: u64,
+    /// Multiplier applied to the retransmission timeout after each timeout in a row: 1.0 keeps
+    /// it constant (KCP's fast modes), 2.0 is TCP's doubling.
+    pub rto_backoff: f64,
+    /// Lower bound of the retransmission timeout.
+    pub min_rto: Duration,
+    /// Upper bound of the retransmission timeout.
+    pub max_rto: Duration,
+    /// RTT assumed before the first measurement.
+    pub initial_rtt: Duration,
+    /// Longest we delay an ACK.
+    pub max_ack_delay: Duration,
+    /// Acknowledge at once after this many ack-eliciting packets.
+    pub ack_eliciting_threshold: u64,
+    /// Send a PING when nothing was sent for this long (`None`: never).
+    pub keepalive_interval: Option<Duration>,
+    /// Close the connection after this long without hearing from the peer.
+    pub idle_timeout: Duration,
+    /// Give up connecting after this long.
+    pub handshake_timeout: Duration,
+    /// Cipher to insist on, or `None` to choose by CPU support.
+    pub cipher: Option<CipherSuite>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            max_udp_payload: 1350,
+            receive_window: 32 * 1024 * 1024,
+            stream_receive_window: 16 * 1024 * 1024,
+            send_buffer: 32 * 1024 * 1024,
+            max_concurrent_streams: 16_384,
+            congestion: CongestionKind::Bbr,
+            reorder_threshold: 3,
+            rto_backoff: 1.5,
+            min_rto: Duration::from_millis(30),
+            max_rto: Duration::from_secs(10),
+            initial_rtt: Duration::from_millis(300),
+            max_ack_delay: Duration::from_millis(10),
+            ack_eliciting_threshold: 2,
+            keepalive_interval: Some(Duration::from_secs(10)),
+            idle_timeout: Duration::from_secs(40),
+            handshake_timeout: Duration::from_secs(10),
+            cipher: None,
+        }
+    }
+}
+
+/// Settings of an endpoint (one UDP socket, any number of connections).
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Keys accepted from clients (server) or used to connect (client: the first one).
+    pub psks: Vec<Psk>,
+    /// Parameters for every connection of this endpoint.
+    pub transport: TransportConfig,
+    /// Whether to accept incoming connections.
+    pub server: bool,
+    /// Accepted clock difference between client and server for handshake timestamps.
+    pub handshake_window: Duration,
+}
+
+impl EndpointConfig {
+    /// A client endpoint using `psk`.
+    pub fn client(psk: Psk) -> Self {
+        Self {
+            psks: vec![psk],
+            transport: TransportConfig::default(),
+            server: false,
+            handshake_window: Duration::from_secs(120),
+        }
+    }
+
+    /// A server endpoint accepting any of `psks`.
+    pub fn server(psks: Vec<Psk>) -> Self {
+        Self { psks, server: true, ..Self::client(Psk::from_bytes([0; 32])) }
+    }
+}
