@@ -5,13 +5,34 @@
 //! [`Connection::poll_transmit`] until it returns `None`, [`Connection::poll_timeout`] and
 //! [`Connection::poll`]. Application commands (streams, close, window) can come at any time.
 
+mod ack;
+mod path;
+mod recovery;
+mod recv;
+mod send;
+mod timer;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
 use thiserror::Error;
 
-use crate::shared::{Side, StreamId, Transmit};
-use crate::streams::{ReadError, StreamEvent, WriteError};
+use crate::config::TransportConfig;
+use crate::congestion::{self, Controller, DeliveryRate, Pacer};
+use crate::crypto::{HeaderKey, PacketKeys, Psk, ReplayWindow};
+use crate::handshake::{ClientHandshake, TransportParams};
+use crate::packet::ConnectionId;
+use crate::rtt::RttEstimator;
+use crate::shared::{Side, StreamId};
+use crate::streams::{ReadError, StreamEvent, StreamLimits, Streams, WriteError};
+
+use ack::AckState;
+use path::Path;
+use recovery::SentPacket;
+use timer::{Timer, TimerTable};
 
 /// Something the application should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,120 +101,622 @@ pub struct ConnectionStats {
     pub migrations: u64,
 }
 
+/// Transport error codes carried in CLOSE frames (see `docs/protocol.md`).
+pub mod error_code {
+    /// Orderly close, no error.
+    pub const NO_ERROR: u64 = 0x0;
+    /// The peer broke the protocol.
+    pub const PROTOCOL_VIOLATION: u64 = 0x1;
+    /// A frame could not be decoded.
+    pub const FRAME_ENCODING: u64 = 0x2;
+    /// Flow-control credit exceeded.
+    pub const FLOW_CONTROL: u64 = 0x3;
+    /// Stream limit exceeded.
+    pub const STREAM_LIMIT: u64 = 0x4;
+    /// A stream's final size changed.
+    pub const FINAL_SIZE: u64 = 0x5;
+    /// A frame for a stream in the wrong state.
+    pub const STREAM_STATE: u64 = 0x6;
+}
+
+/// Smallest datagram size we work with: every path on the Internet carries 1200-byte UDP
+/// payloads (the QUIC minimum), and a full handshake message must fit.
+pub const MIN_MTU: u16 = 1200;
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Client: Initial sent, waiting for the Response.
+    Handshaking,
+    /// Keys are set; data flows.
+    Established,
+    /// We closed: CLOSE frames are sent (again when the peer keeps sending) until the timer ends.
+    Closing,
+    /// The peer closed, or we gave up: nothing is sent until the timer ends.
+    Draining,
+    /// Finished; the endpoint can drop the connection.
+    Drained,
+}
+
+/// A CLOSE frame to send.
+#[derive(Debug, Clone)]
+struct CloseReason {
+    application: bool,
+    code: u64,
+    reason: Vec<u8>,
+}
+
+/// Client-only state while the handshake is running.
+struct ClientStart {
+    psk: Psk,
+    handshake: Option<ClientHandshake>,
+    /// The Initial to (re)send, if one is due.
+    initial: Option<Vec<u8>>,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for ClientStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientStart")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wall-clock anchor: the sans-IO core never reads a clock, so unix time is derived from the
+/// caller's `now` and the unix time it gave at one instant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnixClock {
+    pub(crate) at: Instant,
+    pub(crate) unix: Duration,
+}
+
+impl UnixClock {
+    pub(crate) fn unix_time(&self, now: Instant) -> Duration {
+        self.unix + now.saturating_duration_since(self.at)
+    }
+}
+
+/// Everything a new connection needs from its endpoint.
+#[derive(Debug)]
+pub(crate) struct ConnectionInit {
+    pub(crate) side: Side,
+    pub(crate) config: Arc<TransportConfig>,
+    pub(crate) header_key: Arc<HeaderKey>,
+    pub(crate) local_cid: ConnectionId,
+    pub(crate) remote: SocketAddr,
+    pub(crate) rng: StdRng,
+    pub(crate) clock: UnixClock,
+}
+
 /// One connection.
 #[derive(Debug)]
 pub struct Connection {
-    _private: (),
+    side: Side,
+    state: State,
+    config: Arc<TransportConfig>,
+    header_key: Arc<HeaderKey>,
+    keys: Option<PacketKeys>,
+    local_cid: ConnectionId,
+    peer_cid: ConnectionId,
+    peer_params: Option<TransportParams>,
+    client: Option<ClientStart>,
+    /// Server: the handshake Response waiting to be sent.
+    response: Option<Vec<u8>>,
+    /// Server: the client has sent an authenticated packet, so it holds our keys.
+    confirmed: bool,
+    rng: StdRng,
+    clock: UnixClock,
+    path: Path,
+
+    // Sending.
+    next_pn: u64,
+    sent: BTreeMap<u64, SentPacket>,
+    in_flight: u64,
+    largest_acked: Option<u64>,
+    last_ack_eliciting_sent: Option<Instant>,
+    rto_count: u32,
+    /// Probe packets that may ignore the congestion window and pacer (after an RTO).
+    probes: u32,
+    ping_pending: bool,
+    path_response: Option<([u8; 8], SocketAddr)>,
+    close_reason: Option<CloseReason>,
+    close_pending: bool,
+
+    // Receiving.
+    replay: ReplayWindow,
+    ack: AckState,
+    last_received: Instant,
+
+    rtt: RttEstimator,
+    cc: Box<dyn Controller>,
+    delivery: DeliveryRate,
+    pacer: Pacer,
+
+    streams: Streams,
+    receive_window: u64,
+    timers: TimerTable,
+    events: VecDeque<Event>,
+    stats: ConnectionStats,
+    started: Instant,
 }
 
 impl Connection {
+    fn new(init: ConnectionInit, now: Instant, peer_cid: ConnectionId) -> Self {
+        let config = init.config;
+        let mtu = u64::from(config.max_udp_payload);
+        // Until the peer's parameters arrive (client side) nothing can be sent on streams.
+        let no_credit = StreamLimits {
+            max_data: 0,
+            max_stream_data: 0,
+            max_streams: 0,
+        };
+        let streams = Streams::new(
+            init.side,
+            local_limits(&config),
+            no_credit,
+            config.send_buffer,
+        );
+        let mut conn = Self {
+            side: init.side,
+            state: State::Handshaking,
+            header_key: init.header_key,
+            keys: None,
+            local_cid: init.local_cid,
+            peer_cid,
+            peer_params: None,
+            client: None,
+            response: None,
+            confirmed: false,
+            rng: init.rng,
+            clock: init.clock,
+            path: Path::new(init.remote, init.side == Side::Client),
+            next_pn: 0,
+            sent: BTreeMap::new(),
+            in_flight: 0,
+            largest_acked: None,
+            last_ack_eliciting_sent: None,
+            rto_count: 0,
+            probes: 0,
+            ping_pending: false,
+            path_response: None,
+            close_reason: None,
+            close_pending: false,
+            replay: ReplayWindow::new(),
+            ack: AckState::new(),
+            last_received: now,
+            rtt: RttEstimator::new(config.initial_rtt),
+            cc: congestion::build(config.congestion, now, mtu),
+            delivery: DeliveryRate::new(now),
+            pacer: Pacer::new(now, mtu),
+            streams,
+            receive_window: config.receive_window,
+            timers: TimerTable::default(),
+            events: VecDeque::new(),
+            stats: ConnectionStats::default(),
+            started: now,
+            config,
+        };
+        conn.stats.congestion = conn.cc.name();
+        conn.stats.receive_window = conn.receive_window;
+        conn.timers
+            .set(Timer::HandshakeTimeout, now + conn.config.handshake_timeout);
+        conn
+    }
+
+    /// A client connection that has its Initial ready to send.
+    pub(crate) fn new_client(mut init: ConnectionInit, now: Instant, psk: Psk) -> Self {
+        init.side = Side::Client;
+        let mut conn = Self::new(init, now, ConnectionId([0; 8]));
+        conn.client = Some(ClientStart {
+            psk,
+            handshake: None,
+            initial: None,
+            attempts: 0,
+        });
+        conn.start_handshake_attempt(now);
+        conn
+    }
+
+    /// A server connection for an accepted Initial of `initial_len` bytes.
+    pub(crate) fn new_server(
+        mut init: ConnectionInit,
+        now: Instant,
+        established: crate::handshake::Established,
+        response: Vec<u8>,
+        initial_len: usize,
+    ) -> Self {
+        init.side = Side::Server;
+        let mut conn = Self::new(init, now, established.peer_cid);
+        conn.path.bytes_received = initial_len as u64;
+        conn.response = Some(response);
+        conn.install_keys(now, established.keys, established.peer_params);
+        conn
+    }
+
+    /// Sends a fresh Initial (new ephemeral key, same connection ID).
+    fn start_handshake_attempt(&mut self, now: Instant) {
+        let params = self.local_params();
+        let unix = self.clock.unix_time(now);
+        let max_len = usize::from(self.config.max_udp_payload);
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let (hs, datagram) = ClientHandshake::start(
+            &client.psk,
+            self.local_cid,
+            &params,
+            unix,
+            max_len,
+            &mut self.rng,
+        );
+        client.handshake = Some(hs);
+        client.initial = Some(datagram);
+        client.attempts += 1;
+        // Back off: 1 s (or 3 initial RTTs), doubling, so a slow path still gets an answer in.
+        let base = (self.config.initial_rtt * 3).max(Duration::from_secs(1));
+        let backoff = base * 2u32.saturating_pow(client.attempts.saturating_sub(1).min(6));
+        self.timers.set(Timer::HandshakeRetry, now + backoff);
+    }
+
+    /// Our transport parameters.
+    fn local_params(&self) -> TransportParams {
+        let limits = local_limits(&self.config);
+        let ciphers = match self.config.cipher {
+            Some(c) => vec![c],
+            None => {
+                let first = crate::crypto::CipherSuite::preferred_for_this_cpu();
+                let second = match first {
+                    crate::crypto::CipherSuite::Aes256Gcm => {
+                        crate::crypto::CipherSuite::ChaCha20Poly1305
+                    }
+                    crate::crypto::CipherSuite::ChaCha20Poly1305 => {
+                        crate::crypto::CipherSuite::Aes256Gcm
+                    }
+                };
+                vec![first, second]
+            }
+        };
+        TransportParams {
+            max_data: limits.max_data,
+            max_stream_data: limits.max_stream_data,
+            max_streams: limits.max_streams,
+            idle_timeout_ms: self
+                .config
+                .idle_timeout
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            max_udp_payload: self.config.max_udp_payload,
+            ciphers,
+        }
+    }
+
+    /// Keys and peer parameters are known: the connection is established.
+    fn install_keys(&mut self, now: Instant, keys: PacketKeys, peer: TransportParams) {
+        let peer_limits = StreamLimits {
+            max_data: peer.max_data,
+            max_stream_data: peer.max_stream_data,
+            max_streams: peer.max_streams,
+        };
+        self.streams = Streams::new(
+            self.side,
+            local_limits(&self.config),
+            peer_limits,
+            self.config.send_buffer,
+        );
+        self.streams
+            .set_receive_windows(self.receive_window, self.stream_window());
+        self.keys = Some(keys);
+        self.peer_params = Some(peer);
+        self.state = State::Established;
+        self.timers.stop(Timer::HandshakeRetry);
+        if self.side == Side::Client {
+            self.timers.stop(Timer::HandshakeTimeout);
+            self.client = None;
+        }
+        self.last_received = now;
+        self.reset_idle_timer(now);
+        if let Some(interval) = self.config.keepalive_interval {
+            self.timers.set(Timer::Keepalive, now + interval);
+        }
+        self.events.push_back(Event::Connected);
+    }
+
+    /// The per-stream window that goes with the connection window: half of it, so that one
+    /// stalled stream can never take all the connection's credit.
+    fn stream_window(&self) -> u64 {
+        self.config
+            .stream_receive_window
+            .min(self.receive_window / 2)
+            .max(1)
+    }
+
+    /// Idle timeout in force: the smaller of both sides' (0 means "none" for the peer).
+    fn idle_timeout(&self) -> Duration {
+        let ours = self.config.idle_timeout;
+        match self.peer_params.as_ref().map(|p| p.idle_timeout_ms) {
+            Some(ms) if ms > 0 => ours.min(Duration::from_millis(ms)),
+            _ => ours,
+        }
+    }
+
+    fn reset_idle_timer(&mut self, now: Instant) {
+        if matches!(self.state, State::Established) {
+            self.timers.set(Timer::Idle, now + self.idle_timeout());
+        }
+    }
+
+    /// Largest datagram we send on this connection.
+    fn mtu(&self) -> usize {
+        let peer = self
+            .peer_params
+            .as_ref()
+            .map_or(u16::MAX, |p| p.max_udp_payload);
+        usize::from(self.config.max_udp_payload.min(peer).max(MIN_MTU))
+    }
+
+    /// Ends the connection with `error`, sending a CLOSE frame if we still can.
+    fn fail(&mut self, now: Instant, code: u64, error: ConnectionError) {
+        if matches!(
+            self.state,
+            State::Closing | State::Draining | State::Drained
+        ) {
+            return;
+        }
+        let reason = error.to_string().into_bytes();
+        self.close_reason = Some(CloseReason {
+            application: false,
+            code,
+            reason,
+        });
+        self.enter_closing(now, error);
+    }
+
+    fn enter_closing(&mut self, now: Instant, error: ConnectionError) {
+        let can_send = self.keys.is_some();
+        self.timers.stop_all();
+        self.state = if can_send {
+            State::Closing
+        } else {
+            State::Draining
+        };
+        self.close_pending = can_send;
+        self.timers.set(Timer::Close, now + self.rto() * 3);
+        self.events.push_back(Event::ConnectionLost(error));
+    }
+
+    /// Stops at once: no CLOSE frame (timeouts, peer closed).
+    fn drain(&mut self, now: Instant, error: ConnectionError) {
+        if matches!(self.state, State::Draining | State::Drained) {
+            return;
+        }
+        let was_closing = self.state == State::Closing;
+        self.timers.stop_all();
+        self.state = State::Draining;
+        self.close_pending = false;
+        self.timers.set(Timer::Close, now + self.rto() * 3);
+        if !was_closing {
+            self.events.push_back(Event::ConnectionLost(error));
+        }
+    }
+
+    /// Current retransmission timeout, before backoff.
+    fn rto(&self) -> Duration {
+        (self.rtt.rto_base() + self.config.max_ack_delay)
+            .clamp(self.config.min_rto, self.config.max_rto)
+    }
+
+    // ---- Public API ----
+
     /// Which side we are.
     pub fn side(&self) -> Side {
-        todo!()
+        self.side
     }
 
     /// The peer's current address.
     pub fn remote_address(&self) -> SocketAddr {
-        todo!()
+        self.path.remote
     }
 
     /// Whether the handshake completed and the connection is not closing.
     pub fn is_established(&self) -> bool {
-        todo!()
+        self.state == State::Established
     }
 
     /// Whether the connection is finished and can be dropped.
     pub fn is_drained(&self) -> bool {
-        todo!()
+        self.state == State::Drained
     }
 
-    /// A datagram for this connection arrived from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
-        let _ = (now, from, data);
-        todo!()
+    /// Whether events are waiting to be polled.
+    pub(crate) fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
-    /// Writes the next datagram(s) into `buf` (cleared first).
-    pub fn poll_transmit(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<Transmit> {
-        let _ = (now, max_datagrams, buf);
-        todo!()
+    /// The connection ID we receive on.
+    pub(crate) fn local_cid(&self) -> ConnectionId {
+        self.local_cid
     }
 
     /// When [`Connection::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        self.timers.next()
     }
 
     /// Fires the timers that expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        todo!()
+        for timer in self.timers.take_expired(now) {
+            self.on_timer(now, timer);
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::Idle => {
+                let idle = self.idle_timeout();
+                self.drain(now, ConnectionError::TimedOut(idle));
+            }
+            Timer::Ack => self.ack.immediate = true,
+            Timer::Loss => self.detect_lost(now),
+            Timer::Rto => self.on_rto(now),
+            Timer::Keepalive => self.ping_pending = true,
+            Timer::Pacing => {}
+            Timer::HandshakeRetry => {
+                if self.state == State::Handshaking {
+                    self.start_handshake_attempt(now);
+                }
+            }
+            Timer::HandshakeTimeout => {
+                let limit = self.config.handshake_timeout;
+                if self.side == Side::Client && self.state == State::Handshaking {
+                    self.drain(now, ConnectionError::HandshakeTimeout(limit));
+                } else if self.side == Side::Server && !self.confirmed {
+                    // The client never used our keys: a lost Response it retried with a new
+                    // Initial, or a replay. Forget it silently.
+                    self.drain(now, ConnectionError::HandshakeTimeout(limit));
+                }
+            }
+            Timer::Close => {
+                self.state = State::Drained;
+                self.timers.stop_all();
+            }
+            Timer::PathChallenge => {
+                if !self.path.validated && self.path.challenge.is_some() {
+                    self.path.challenge_pending = true;
+                }
+            }
+        }
     }
 
     /// The next application event.
     pub fn poll(&mut self) -> Option<Event> {
-        todo!()
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if self.state == State::Drained {
+            return None;
+        }
+        self.streams.poll_event().map(Event::Stream)
     }
 
     /// Opens a stream; `None` if the peer's limit is reached or the connection is not ready.
     pub fn open_stream(&mut self) -> Option<StreamId> {
-        todo!()
+        if self.state != State::Established {
+            return None;
+        }
+        self.streams.open()
     }
 
     /// A stream the peer opened.
     pub fn accept_stream(&mut self) -> Option<StreamId> {
-        todo!()
+        if self.state != State::Established {
+            return None;
+        }
+        self.streams.accept()
     }
 
     /// Queues data on a stream; returns how much was taken.
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
-        let _ = (id, data);
-        todo!()
+        if self.state != State::Established {
+            return Err(WriteError::ClosedStream);
+        }
+        self.streams.write(id, data)
     }
 
     /// Ends our half of a stream.
     pub fn finish(&mut self, id: StreamId) -> Result<(), WriteError> {
-        let _ = id;
-        todo!()
+        if self.state != State::Established {
+            return Err(WriteError::ClosedStream);
+        }
+        self.streams.finish(id)
     }
 
     /// Reads from a stream: `Ok(Some(n))`, `Ok(None)` at its end.
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
-        let _ = (id, buf);
-        todo!()
+        if matches!(self.state, State::Drained | State::Handshaking) {
+            return Err(ReadError::ClosedStream);
+        }
+        self.streams.read(id, buf)
     }
 
     /// Abandons our sending half of a stream.
     pub fn reset_stream(&mut self, id: StreamId, error_code: u64) -> Result<(), WriteError> {
-        let _ = (id, error_code);
-        todo!()
+        if self.state != State::Established {
+            return Err(WriteError::ClosedStream);
+        }
+        self.streams.reset(id, error_code)
     }
 
     /// Asks the peer to stop sending on a stream.
     pub fn stop_stream(&mut self, id: StreamId, error_code: u64) -> Result<(), ReadError> {
-        let _ = (id, error_code);
-        todo!()
+        if self.state != State::Established {
+            return Err(ReadError::ClosedStream);
+        }
+        self.streams.stop(id, error_code)
     }
 
     /// Closes the connection: a CLOSE frame is sent, then the connection drains.
     pub fn close(&mut self, now: Instant, error_code: u64, reason: &[u8]) {
-        let _ = (now, error_code, reason);
-        todo!()
+        if matches!(
+            self.state,
+            State::Closing | State::Draining | State::Drained
+        ) {
+            return;
+        }
+        let reason = reason[..reason.len().min(crate::frame::MAX_REASON_LEN)].to_vec();
+        self.close_reason = Some(CloseReason {
+            application: true,
+            code: error_code,
+            reason,
+        });
+        self.enter_closing(now, ConnectionError::LocallyClosed);
     }
 
-    /// Changes the receive window of this live connection (bytes).
+    /// Changes the receive window of this live connection (bytes). The per-stream window
+    /// follows it (half of it, capped by the configured stream window when that is larger).
     pub fn set_receive_window(&mut self, bytes: u64) {
-        let _ = bytes;
-        todo!()
+        self.receive_window = bytes.max(u64::from(self.config.max_udp_payload));
+        self.stats.receive_window = self.receive_window;
+        let stream = (self.receive_window / 2).max(1);
+        self.streams
+            .set_receive_windows(self.receive_window, stream);
     }
 
     /// Counters and estimates.
     pub fn stats(&self) -> ConnectionStats {
-        todo!()
+        let mut s = self.stats.clone();
+        s.rtt = self.rtt.get();
+        s.min_rtt = self.rtt.min();
+        s.cwnd = self.cc.window();
+        s.bytes_in_flight = self.in_flight;
+        s.pacing_rate = self.pacing_rate();
+        let st = if self.keys.is_some() {
+            Some(self.streams.stats())
+        } else {
+            None
+        };
+        if let Some(st) = st {
+            s.streams_open = st.open;
+            s.streams_opened_total = st.opened_total;
+        }
+        s
+    }
+
+    /// How long ago the connection was created.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+}
+
+/// What we grant the peer, from our config.
+fn local_limits(config: &TransportConfig) -> StreamLimits {
+    StreamLimits {
+        max_data: config.receive_window,
+        max_stream_data: config
+            .stream_receive_window
+            .min(config.receive_window / 2)
+            .max(1),
+        max_streams: config.max_concurrent_streams,
     }
 }

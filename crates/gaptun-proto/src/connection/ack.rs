@@ -1,0 +1,79 @@
+//! What we received and must acknowledge.
+
+use std::time::{Duration, Instant};
+
+use crate::range_set::RangeSet;
+
+/// Highest ranges reported in one ACK frame. Each range is reported in many consecutive ACKs
+/// (we acknowledge every couple of packets), so older ranges need not be repeated forever.
+pub(super) const MAX_ACK_RANGES: usize = 64;
+/// Ranges remembered; older ones are forgotten.
+const MAX_TRACKED_RANGES: usize = 256;
+
+#[derive(Debug)]
+pub(super) struct AckState {
+    pub(super) received: RangeSet,
+    /// When the largest packet number was received (for the ACK delay field).
+    largest_received_at: Option<Instant>,
+    /// Ack-eliciting packets received since the last ACK we sent.
+    unacked_eliciting: u64,
+    /// Something new arrived that the peer has not had an ACK for.
+    pub(super) ack_needed: bool,
+    /// Send the ACK now rather than at the delayed-ACK deadline.
+    pub(super) immediate: bool,
+}
+
+impl AckState {
+    pub(super) fn new() -> Self {
+        Self {
+            received: RangeSet::new(),
+            largest_received_at: None,
+            unacked_eliciting: 0,
+            ack_needed: false,
+            immediate: false,
+        }
+    }
+
+    /// Records packet `pn`. Returns true if it calls for an immediate ACK.
+    pub(super) fn on_packet(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        ack_eliciting: bool,
+        threshold: u64,
+    ) -> bool {
+        let previous_largest = self.received.max();
+        let in_order = previous_largest.is_none_or(|l| pn == l + 1);
+        self.received.insert_one(pn);
+        if self.received.len() > MAX_TRACKED_RANGES {
+            self.received.pop_min();
+        }
+        if previous_largest.is_none_or(|l| pn > l) {
+            self.largest_received_at = Some(now);
+        }
+        if !ack_eliciting {
+            return false;
+        }
+        self.ack_needed = true;
+        self.unacked_eliciting += 1;
+        // Out-of-order arrival means loss or reordering: tell the sender at once so that its
+        // fast retransmit is not delayed by our ACK timer.
+        if !in_order || self.unacked_eliciting >= threshold {
+            self.immediate = true;
+        }
+        self.immediate
+    }
+
+    /// The ACK delay to report now.
+    pub(super) fn delay(&self, now: Instant) -> Duration {
+        self.largest_received_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// An ACK frame was written.
+    pub(super) fn on_ack_sent(&mut self) {
+        self.ack_needed = false;
+        self.immediate = false;
+        self.unacked_eliciting = 0;
+    }
+}

@@ -1,0 +1,222 @@
+//! Reliability: what was sent, what the peer acknowledged, what is lost, and the
+//! retransmission timeout.
+//!
+//! Loss is detected as in RFC 9002: a packet is lost once `reorder_threshold` later packets
+//! were acknowledged (fast retransmit) or once it is older than 9/8 of the RTT while a later
+//! packet was acknowledged. Lost *data* is handed back to the streams, which send it again in new
+//! packets; packet numbers are never reused. When nothing is acknowledged for a retransmission
+//! timeout, overdue packets are declared lost and probes are sent that may exceed the congestion
+//! window, so a tail loss costs one timeout and never collapses the connection. The timeout grows
+//! by `rto_backoff` per timeout in a row (1.0: not at all).
+
+use std::time::{Duration, Instant};
+
+use super::{Connection, Timer};
+use crate::congestion::{AckSummary, PacketRateState};
+use crate::frame::AckFrame;
+use crate::rtt::GRANULARITY;
+use crate::streams::SentFrames;
+
+/// A packet we sent that may still be acknowledged or lost.
+#[derive(Debug)]
+pub(super) struct SentPacket {
+    pub(super) time: Instant,
+    /// Datagram bytes.
+    pub(super) size: u32,
+    /// Counted in bytes in flight (everything but ACK-only packets).
+    pub(super) ack_eliciting: bool,
+    pub(super) frames: SentFrames,
+    pub(super) rate: PacketRateState,
+    /// Stream payload bytes carried, for statistics.
+    pub(super) stream_bytes: u64,
+}
+
+impl Connection {
+    /// Registers a sent packet.
+    pub(super) fn on_packet_sent(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        size: usize,
+        ack_eliciting: bool,
+        frames: SentFrames,
+    ) {
+        let size = size as u64;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += size;
+        self.path.bytes_sent += size;
+        if !ack_eliciting {
+            return;
+        }
+        let stream_bytes: u64 = frames.stream.iter().map(|s| s.len).sum();
+        self.stats.stream_bytes_sent += stream_bytes;
+        let rate = self.delivery.on_sent(now, self.in_flight);
+        self.in_flight += size;
+        self.cc.on_sent(now, size, self.in_flight);
+        self.pacer.on_sent(size);
+        self.last_ack_eliciting_sent = Some(now);
+        let packet = SentPacket {
+            time: now,
+            size: size as u32,
+            ack_eliciting,
+            frames,
+            rate,
+            stream_bytes,
+        };
+        self.sent.insert(pn, packet);
+        self.arm_rto(now);
+    }
+
+    /// Processes an ACK frame.
+    pub(super) fn on_ack_frame(&mut self, now: Instant, ack: &AckFrame) {
+        let largest = ack.largest();
+        if largest >= self.next_pn {
+            // Acknowledging a packet we never sent: a broken or malicious peer.
+            self.fail(
+                now,
+                super::error_code::PROTOCOL_VIOLATION,
+                super::ConnectionError::ProtocolViolation("ACK for unsent packet".into()),
+            );
+            return;
+        }
+        let mut acked_bytes = 0u64;
+        let mut acked_packets = 0u64;
+        let mut newest_acked: Option<(u64, Instant, bool)> = None;
+        for range in &ack.ranges {
+            let pns: Vec<u64> = self.sent.range(range.clone()).map(|(&pn, _)| pn).collect();
+            for pn in pns {
+                let Some(p) = self.sent.remove(&pn) else {
+                    continue;
+                };
+                if newest_acked.is_none_or(|(n, _, _)| pn > n) {
+                    newest_acked = Some((pn, p.time, p.ack_eliciting));
+                }
+                acked_bytes += u64::from(p.size);
+                acked_packets += 1;
+                self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
+                self.delivery.on_acked(now, &p.rate, u64::from(p.size));
+                self.streams.on_acked(&p.frames);
+            }
+        }
+        let Some((newest_pn, newest_time, eliciting)) = newest_acked else {
+            return;
+        };
+        self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
+        if newest_pn == largest && eliciting {
+            let delay = Duration::from_micros(ack.delay_us).min(self.config.max_ack_delay);
+            self.rtt
+                .update(delay, now.saturating_duration_since(newest_time));
+        }
+        self.rto_count = 0;
+        self.probes = 0;
+        let sample = self.delivery.take_sample();
+        let summary = AckSummary {
+            acked_bytes,
+            acked_packets,
+            sample,
+        };
+        self.detect_lost(now);
+        self.cc.on_ack(now, &summary, &self.rtt, self.in_flight);
+        self.arm_rto(now);
+    }
+
+    /// Declares lost what the ACKs so far prove lost, and arms the loss timer for packets that
+    /// may still turn out lost by time.
+    pub(super) fn detect_lost(&mut self, now: Instant) {
+        self.timers.stop(Timer::Loss);
+        let Some(largest_acked) = self.largest_acked else {
+            return;
+        };
+        let rtt = self.rtt.latest().max(self.rtt.get());
+        let loss_delay = (rtt * 9 / 8).max(GRANULARITY);
+        let threshold = self.config.reorder_threshold.max(1);
+        let mut lost = Vec::new();
+        let mut earliest_pending: Option<Instant> = None;
+        for (&pn, p) in self.sent.range(..largest_acked) {
+            let by_count = largest_acked - pn >= threshold;
+            let by_time = now.saturating_duration_since(p.time) >= loss_delay;
+            if by_count || by_time {
+                lost.push(pn);
+            } else {
+                let due = p.time + loss_delay;
+                earliest_pending = Some(earliest_pending.map_or(due, |e| e.min(due)));
+            }
+        }
+        if let Some(due) = earliest_pending {
+            self.timers.set(Timer::Loss, due);
+        }
+        self.declare_lost(now, &lost);
+    }
+
+    /// Hands the contents of lost packets back for retransmission.
+    fn declare_lost(&mut self, now: Instant, pns: &[u64]) {
+        if pns.is_empty() {
+            return;
+        }
+        let mut lost_bytes = 0u64;
+        let mut newest_lost_time = None;
+        for pn in pns {
+            let Some(p) = self.sent.remove(pn) else {
+                continue;
+            };
+            lost_bytes += u64::from(p.size);
+            newest_lost_time = Some(p.time);
+            self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
+            self.stats.packets_lost += 1;
+            self.stats.bytes_lost += u64::from(p.size);
+            self.stats.stream_bytes_lost += p.stream_bytes;
+            if !p.frames.stream.is_empty() {
+                self.stats.packets_retransmitted += 1;
+            }
+            self.streams.on_lost(&p.frames);
+        }
+        if let Some(t) = newest_lost_time {
+            self.cc
+                .on_loss(now, lost_bytes, pns.len() as u64, t, self.in_flight);
+        }
+    }
+
+    /// The retransmission timeout, with backoff for timeouts in a row.
+    fn backed_off_rto(&self) -> Duration {
+        let factor = self
+            .config
+            .rto_backoff
+            .max(1.0)
+            .powi(self.rto_count.min(16) as i32);
+        self.rto().mul_f64(factor).min(self.config.max_rto)
+    }
+
+    /// Arms (or disarms) the retransmission timer from the last ack-eliciting packet sent.
+    pub(super) fn arm_rto(&mut self, now: Instant) {
+        let has_in_flight = self.sent.values().next().is_some();
+        match self.last_ack_eliciting_sent {
+            Some(last) if has_in_flight => {
+                let at = (last + self.backed_off_rto()).max(now);
+                self.timers.set(Timer::Rto, at);
+            }
+            _ => self.timers.stop(Timer::Rto),
+        }
+    }
+
+    /// Nothing was acknowledged for a whole timeout: declare overdue packets lost and probe.
+    pub(super) fn on_rto(&mut self, now: Instant) {
+        let rto = self.backed_off_rto();
+        let overdue: Vec<u64> = self
+            .sent
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.time) >= rto)
+            .map(|(&pn, _)| pn)
+            .collect();
+        self.rto_count = self.rto_count.saturating_add(1);
+        self.declare_lost(now, &overdue);
+        // Two probes, so that one more loss does not cost another timeout.
+        self.probes = 2;
+        if !self.streams.has_pending() {
+            self.ping_pending = true;
+        }
+        // Keep the timer running from now so repeated silence keeps probing (with backoff).
+        self.last_ack_eliciting_sent = Some(now);
+        let at = now + self.backed_off_rto();
+        self.timers.set(Timer::Rto, at);
+    }
+}

@@ -1,0 +1,209 @@
+//! Receiving: authenticating datagrams, processing frames, and following the peer to a new
+//! address.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Connection, ConnectionError, State, Timer, error_code};
+use crate::frame::{self, Frame};
+use crate::packet;
+use crate::shared::Side;
+use crate::streams::StreamsError;
+
+impl Connection {
+    /// A datagram for this connection arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+        match self.state {
+            State::Drained | State::Draining => return,
+            State::Handshaking => {
+                self.handle_response(now, from, data);
+                return;
+            }
+            State::Established | State::Closing => {}
+        }
+        let len = data.len() as u64;
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        let largest = self.replay.largest();
+        let (pn, payload) = match packet::open(&self.header_key, keys, largest, data) {
+            Ok(opened) => opened,
+            Err(_) => {
+                // Forged, corrupted, or for another key: dropped without a word.
+                self.stats.dropped_auth += 1;
+                return;
+            }
+        };
+        if !self.replay.is_fresh(pn) {
+            self.stats.dropped_replay += 1;
+            return;
+        }
+        self.replay.insert(pn);
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += len;
+        self.last_received = now;
+        if self.state == State::Closing {
+            // Answer a peer that has not seen our CLOSE yet, once per packet it sends.
+            self.close_pending = true;
+            return;
+        }
+        self.on_authenticated_from(now, from, pn, len);
+        self.reset_idle_timer(now);
+        self.process_payload(now, pn, payload, from);
+    }
+
+    /// Client: the datagram should be the server's Response.
+    fn handle_response(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if from != self.path.remote {
+            return;
+        }
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let Some(hs) = client.handshake.take() else {
+            return;
+        };
+        match hs.finish(data) {
+            Ok(established) => {
+                self.peer_cid = established.peer_cid;
+                self.stats.packets_received += 1;
+                self.stats.bytes_received += data.len() as u64;
+                self.install_keys(now, established.keys, established.peer_params);
+                // Our first packet confirms the handshake to the server; send it even if the
+                // application has nothing to say yet.
+                self.ping_pending = true;
+            }
+            Err(_) => {
+                // Not for the current attempt (a late answer to an earlier Initial, or noise):
+                // drop it; the handshake state cannot be reused, so start a fresh attempt.
+                self.stats.dropped_auth += 1;
+                self.start_handshake_attempt(now);
+            }
+        }
+    }
+
+    /// Bookkeeping for an authenticated packet: handshake confirmation, amplification budget,
+    /// migration.
+    fn on_authenticated_from(&mut self, now: Instant, from: SocketAddr, pn: u64, len: u64) {
+        if self.side == Side::Server && !self.confirmed {
+            self.confirmed = true;
+            self.path.validated = true;
+            self.response = None;
+            self.timers.stop(Timer::HandshakeTimeout);
+        }
+        if from == self.path.remote {
+            self.path.bytes_received += len;
+            return;
+        }
+        // Only the server follows the peer; and only for the newest packet, so that a delayed
+        // or replayed old datagram cannot drag the connection back to a stale address.
+        if self.side != Side::Server || self.replay.largest() != Some(pn) {
+            return;
+        }
+        self.migrate(now, from, len);
+    }
+
+    /// The client's address changed (NAT rebinding, new network): continue there, but send no
+    /// more than the anti-amplification budget until the new address answers a challenge.
+    fn migrate(&mut self, now: Instant, to: SocketAddr, len: u64) {
+        let mut challenge = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut self.rng, &mut challenge);
+        let mut path = super::path::Path::new(to, false);
+        path.bytes_received = len;
+        path.challenge = Some(challenge);
+        path.challenge_pending = true;
+        self.path = path;
+        self.stats.migrations += 1;
+        self.timers.set(Timer::PathChallenge, now + self.rto());
+        tracing::debug!(remote = %to, "peer address changed; validating new path");
+    }
+
+    fn process_payload(&mut self, now: Instant, pn: u64, payload: &[u8], from: SocketAddr) {
+        let mut ack_eliciting = false;
+        for frame in frame::iter(payload) {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    self.stats.dropped_malformed += 1;
+                    let error = ConnectionError::ProtocolViolation(e.to_string());
+                    self.fail(now, error_code::FRAME_ENCODING, error);
+                    return;
+                }
+            };
+            ack_eliciting |= frame.is_ack_eliciting();
+            if let Err(e) = self.process_frame(now, frame, from) {
+                self.fail(
+                    now,
+                    streams_error_code(e),
+                    ConnectionError::ProtocolViolation(e.to_string()),
+                );
+                return;
+            }
+            if self.state != State::Established {
+                return;
+            }
+        }
+        let threshold = self.config.ack_eliciting_threshold.max(1);
+        let immediate = self.ack.on_packet(now, pn, ack_eliciting, threshold);
+        if ack_eliciting && !immediate && self.timers.get(Timer::Ack).is_none() {
+            self.timers.set(Timer::Ack, now + self.config.max_ack_delay);
+        }
+        if immediate {
+            self.timers.stop(Timer::Ack);
+        }
+    }
+
+    fn process_frame(
+        &mut self,
+        now: Instant,
+        frame: Frame<'_>,
+        from: SocketAddr,
+    ) -> Result<(), StreamsError> {
+        match frame {
+            Frame::Padding | Frame::Ping => {}
+            Frame::Ack(ack) => self.on_ack_frame(now, &ack),
+            Frame::Stream(f) => self.streams.on_stream_frame(&f)?,
+            Frame::ResetStream {
+                id,
+                error_code,
+                final_size,
+            } => {
+                self.streams.on_reset_stream(id, error_code, final_size)?;
+            }
+            Frame::StopSending { id, error_code } => {
+                self.streams.on_stop_sending(id, error_code)?
+            }
+            Frame::MaxData(max) => self.streams.on_max_data(max),
+            Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(id, max)?,
+            Frame::MaxStreams(count) => self.streams.on_max_streams(count),
+            Frame::DataBlocked(_) | Frame::StreamDataBlocked { .. } => {}
+            Frame::PathChallenge(data) => self.path_response = Some((data, from)),
+            Frame::PathResponse(data) => {
+                if self.path.challenge == Some(data) {
+                    self.path.validated = true;
+                    self.path.challenge = None;
+                    self.path.challenge_pending = false;
+                    self.timers.stop(Timer::PathChallenge);
+                }
+            }
+            Frame::Close(close) => {
+                let reason = String::from_utf8_lossy(close.reason).into_owned();
+                let error = ConnectionError::ClosedByPeer {
+                    code: close.error_code,
+                    reason,
+                };
+                self.drain(now, error);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn streams_error_code(e: StreamsError) -> u64 {
+    match e {
+        StreamsError::FlowControl => error_code::FLOW_CONTROL,
+        StreamsError::StreamLimit => error_code::STREAM_LIMIT,
+        StreamsError::FinalSize => error_code::FINAL_SIZE,
+        StreamsError::StreamState => error_code::STREAM_STATE,
+    }
+}

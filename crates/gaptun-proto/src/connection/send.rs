@@ -1,0 +1,260 @@
+//! Sending: deciding what goes into the next packet, within the congestion window, the pacer,
+//! the anti-amplification budget and the MTU.
+
+use std::time::Instant;
+
+use super::{Connection, State, Timer};
+use crate::frame::{self, CloseFrame, Frame};
+use crate::packet;
+use crate::shared::Transmit;
+use crate::streams::SentFrames;
+
+/// What limits the next packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allowance {
+    /// Anything may be sent.
+    Full,
+    /// Only an ACK (the congestion window or the pacer says wait).
+    AckOnly,
+}
+
+impl Connection {
+    /// Writes the next datagram(s) into `buf` (cleared first). With `max_datagrams > 1`, several
+    /// full-size packets to the same destination may be returned at once for GSO.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        buf.clear();
+        match self.state {
+            State::Drained | State::Draining => return None,
+            State::Handshaking => return self.transmit_initial(buf),
+            State::Closing => return self.transmit_close(now, buf),
+            State::Established => {}
+        }
+        if let Some(t) = self.transmit_response(buf) {
+            return Some(t);
+        }
+        let mtu = self.mtu();
+        let mut segment_size = None;
+        let mut count = 0;
+        while count < max_datagrams.max(1) {
+            let start = buf.len();
+            let budget = self.path.send_budget().min(mtu as u64) as usize;
+            if budget < packet::MIN_PACKET_LEN + 16 {
+                break;
+            }
+            if !self.write_packet(now, buf, budget) {
+                break;
+            }
+            count += 1;
+            let size = buf.len() - start;
+            match segment_size {
+                None => segment_size = Some(size),
+                Some(seg) if size == seg => {}
+                // A shorter packet ends the batch (GSO needs equal sizes but for the last).
+                Some(_) => break,
+            }
+            if size < mtu {
+                break;
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        Some(Transmit {
+            destination: self.path.remote,
+            size: buf.len(),
+            segment_size: if count > 1 { segment_size } else { None },
+        })
+    }
+
+    fn transmit_initial(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let initial = self.client.as_mut()?.initial.take()?;
+        buf.extend_from_slice(&initial);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += initial.len() as u64;
+        Some(Transmit {
+            destination: self.path.remote,
+            size: buf.len(),
+            segment_size: None,
+        })
+    }
+
+    fn transmit_response(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let response = self.response.take()?;
+        if (response.len() as u64) > self.path.send_budget() {
+            return None;
+        }
+        buf.extend_from_slice(&response);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += response.len() as u64;
+        self.path.bytes_sent += response.len() as u64;
+        Some(Transmit {
+            destination: self.path.remote,
+            size: buf.len(),
+            segment_size: None,
+        })
+    }
+
+    fn transmit_close(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if !self.close_pending {
+            return None;
+        }
+        self.close_pending = false;
+        let reason = self.close_reason.clone()?;
+        let budget = self.path.send_budget().min(self.mtu() as u64) as usize;
+        let start = packet::begin(buf);
+        let frame = Frame::Close(CloseFrame {
+            application: reason.application,
+            error_code: reason.code,
+            reason: &reason.reason,
+        });
+        frame.encode(buf);
+        if buf.len() + packet::TAG_LEN > budget {
+            buf.clear();
+            return None;
+        }
+        let pn = self.next_pn;
+        self.seal(buf, start, pn);
+        self.on_packet_sent(now, pn, buf.len() - start, false, SentFrames::default());
+        Some(Transmit {
+            destination: self.path.remote,
+            size: buf.len(),
+            segment_size: None,
+        })
+    }
+
+    /// Seals the packet `pn` that starts at `start`.
+    fn seal(&mut self, buf: &mut Vec<u8>, start: usize, pn: u64) {
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        packet::seal(&self.header_key, keys, self.peer_cid, pn, buf, start);
+        self.next_pn = pn + 1;
+    }
+
+    /// Whether the congestion window and pacer let a full packet go now.
+    fn allowance(&mut self, now: Instant, mtu: usize) -> Allowance {
+        if self.probes > 0 {
+            return Allowance::Full;
+        }
+        if self.in_flight + mtu as u64 > self.cc.window() {
+            return Allowance::AckOnly;
+        }
+        let rate = self.pacing_rate();
+        match self.pacer.delay(now, mtu as u64, rate) {
+            None => Allowance::Full,
+            Some(at) => {
+                self.timers.set(Timer::Pacing, at);
+                Allowance::AckOnly
+            }
+        }
+    }
+
+    /// Sending rate in bytes per second: the controller's, or the window spread over an RTT.
+    pub(super) fn pacing_rate(&self) -> u64 {
+        if let Some(rate) = self.cc.pacing_rate(&self.rtt) {
+            return rate;
+        }
+        let window = match self.cc.window() {
+            u64::MAX => self
+                .peer_params
+                .as_ref()
+                .map_or(self.receive_window, |p| p.max_data),
+            w => w,
+        };
+        let rtt = self.rtt.get().as_secs_f64().max(0.001);
+        ((window as f64 * 1.25) / rtt) as u64
+    }
+
+    /// Appends one packet to `buf` if there is anything to send. Returns whether it did.
+    fn write_packet(&mut self, now: Instant, buf: &mut Vec<u8>, budget: usize) -> bool {
+        let allowance = self.allowance(now, budget);
+        let ack_due = self.ack.ack_needed && self.ack.immediate;
+        let has_data = self.streams.has_pending();
+        let wants_eliciting = has_data
+            || self.ping_pending
+            || self.path.challenge_pending
+            || self.path_response.is_some();
+        if !ack_due && !(wants_eliciting && allowance == Allowance::Full) {
+            if has_data && allowance == Allowance::Full {
+                self.delivery.on_app_limited(self.in_flight);
+            }
+            return false;
+        }
+        let start = packet::begin(buf);
+        let limit = start + budget - packet::TAG_LEN;
+        // An ACK rides along whenever one is owed, delayed or not.
+        if self.ack.ack_needed {
+            let delay_us = self
+                .ack
+                .delay(now)
+                .as_micros()
+                .try_into()
+                .unwrap_or(u64::MAX);
+            let room = limit.saturating_sub(buf.len());
+            if frame::encode_ack(
+                &self.ack.received,
+                delay_us,
+                super::ack::MAX_ACK_RANGES,
+                room,
+                buf,
+            ) {
+                self.ack.on_ack_sent();
+                self.timers.stop(Timer::Ack);
+            }
+        }
+        let mut sent = SentFrames::default();
+        let mut eliciting = false;
+        if allowance == Allowance::Full {
+            eliciting = self.write_eliciting_frames(buf, limit, &mut sent);
+        }
+        if buf.len() == start + packet::HEADER_LEN {
+            buf.truncate(start);
+            return false;
+        }
+        // The header mask samples 16 ciphertext bytes; tiny payloads are padded to reach them.
+        while buf.len() < start + packet::HEADER_LEN + 4 {
+            Frame::Padding.encode(buf);
+        }
+        let pn = self.next_pn;
+        self.seal(buf, start, pn);
+        if eliciting {
+            self.probes = self.probes.saturating_sub(1);
+            self.ping_pending = false;
+            if let Some(interval) = self.config.keepalive_interval {
+                self.timers.set(Timer::Keepalive, now + interval);
+            }
+        }
+        self.on_packet_sent(now, pn, buf.len() - start, eliciting, sent);
+        true
+    }
+
+    /// Path frames, stream control frames, then stream data. Returns whether any was written.
+    fn write_eliciting_frames(
+        &mut self,
+        buf: &mut Vec<u8>,
+        limit: usize,
+        sent: &mut SentFrames,
+    ) -> bool {
+        let before = buf.len();
+        if let Some((data, _)) = self.path_response.take() {
+            Frame::PathResponse(data).encode(buf);
+        }
+        if self.path.challenge_pending {
+            if let Some(data) = self.path.challenge {
+                Frame::PathChallenge(data).encode(buf);
+            }
+            self.path.challenge_pending = false;
+        }
+        self.streams.write_control(buf, limit, sent);
+        self.streams.write_stream_data(buf, limit, sent);
+        if buf.len() == before && (self.ping_pending || self.probes > 0) {
+            Frame::Ping.encode(buf);
+        }
+        buf.len() > before
+    }
+}

@@ -1,0 +1,84 @@
+//! The connection's timers, kept in one table so that the next deadline is a single scan.
+
+use std::time::Instant;
+
+/// Every timer a connection can have armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// Nothing heard from the peer for the idle timeout: the connection is dead.
+    Idle,
+    /// A delayed ACK is due.
+    Ack,
+    /// Time-threshold loss detection for packets that are not yet lost by packet count.
+    Loss,
+    /// Retransmission timeout: probe, and declare overdue packets lost.
+    Rto,
+    /// Nothing sent for the keepalive interval: send a PING.
+    Keepalive,
+    /// The pacer will allow the next packet.
+    Pacing,
+    /// Client: send a fresh Initial.
+    HandshakeRetry,
+    /// Client: give up connecting. Server: an unconfirmed connection is abandoned.
+    HandshakeTimeout,
+    /// End of the closing or draining period.
+    Close,
+    /// Resend an unanswered PATH_CHALLENGE.
+    PathChallenge,
+}
+
+impl Timer {
+    const ALL: [Self; 10] = [
+        Self::Idle,
+        Self::Ack,
+        Self::Loss,
+        Self::Rto,
+        Self::Keepalive,
+        Self::Pacing,
+        Self::HandshakeRetry,
+        Self::HandshakeTimeout,
+        Self::Close,
+        Self::PathChallenge,
+    ];
+}
+
+/// Deadlines by timer.
+#[derive(Debug, Default, Clone)]
+pub(super) struct TimerTable {
+    deadlines: [Option<Instant>; 10],
+}
+
+impl TimerTable {
+    pub(super) fn set(&mut self, timer: Timer, at: Instant) {
+        self.deadlines[timer as usize] = Some(at);
+    }
+
+    pub(super) fn stop(&mut self, timer: Timer) {
+        self.deadlines[timer as usize] = None;
+    }
+
+    pub(super) fn get(&self, timer: Timer) -> Option<Instant> {
+        self.deadlines[timer as usize]
+    }
+
+    pub(super) fn stop_all(&mut self) {
+        self.deadlines = [None; 10];
+    }
+
+    /// The earliest armed deadline.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
+    }
+
+    /// Disarms and returns every timer that expired by `now`.
+    pub(super) fn take_expired(&mut self, now: Instant) -> impl Iterator<Item = Timer> + use<> {
+        let mut expired = Vec::new();
+        for timer in Timer::ALL {
+            if self.get(timer).is_some_and(|t| t <= now) {
+                self.stop(timer);
+                expired.push(timer);
+            }
+        }
+        expired.into_iter()
+    }
+}
