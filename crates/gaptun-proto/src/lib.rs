@@ -32,6 +32,7 @@ pub mod rtt;
 pub mod streams;
 pub mod varint;
 
+pub mod fuzzing;
 mod shared;
 
 pub use config::{EndpointConfig, TransportConfig};

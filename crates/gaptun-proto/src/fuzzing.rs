@@ -1,0 +1,81 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and by the test that replays the
+//! seed corpus in CI (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes and must never panic.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::EndpointConfig;
+use crate::crypto::Psk;
+use crate::endpoint::Endpoint;
+use crate::frame;
+use crate::handshake::{self, ReplayCache, TransportParams};
+use crate::packet::ConnectionId;
+
+/// The key the fuzz targets and the seed corpus use.
+pub const FUZZ_PSK: [u8; 32] = [0x5a; 32];
+
+/// Unix time at which the seed corpus' Initials were made.
+pub const FUZZ_UNIX_TIME: Duration = Duration::from_secs(1_700_000_000);
+
+fn peer() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000))
+}
+
+/// Decodes every frame of a payload.
+pub fn frames(data: &[u8]) {
+    for frame in frame::iter(data) {
+        if frame.is_err() {
+            break;
+        }
+    }
+}
+
+/// Feeds a datagram to a server endpoint, then drives it: the full receive path (routing,
+/// handshake, packet opening) on arbitrary input.
+pub fn datagram(data: &[u8]) {
+    let now = Instant::now();
+    let config = Arc::new(EndpointConfig::server(vec![Psk::from_bytes(FUZZ_PSK)]));
+    let mut server = Endpoint::new(config, 1, now, FUZZ_UNIX_TIME);
+    let mut copy = data.to_vec();
+    server.handle_datagram(now, peer(), &mut copy);
+    let mut buf = Vec::new();
+    while server.poll_transmit(now, 1, &mut buf).is_some() {}
+    server.handle_timeout(now + Duration::from_secs(60));
+}
+
+/// Offers arbitrary bytes to both handshake parsers.
+pub fn handshake(data: &[u8]) {
+    let psk = Psk::from_bytes(FUZZ_PSK);
+    let mut replay = ReplayCache::new(Duration::from_secs(120));
+    let params = TransportParams {
+        max_data: 1 << 20,
+        max_stream_data: 1 << 19,
+        max_streams: 100,
+        idle_timeout_ms: 30_000,
+        max_udp_payload: 1350,
+        ciphers: Vec::new(),
+    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    let _ = handshake::accept_initial(
+        std::slice::from_ref(&psk),
+        &mut replay,
+        data,
+        ConnectionId([1; 8]),
+        &params,
+        None,
+        FUZZ_UNIX_TIME,
+        Duration::from_secs(120),
+        &mut rng,
+    );
+    let _ = handshake::peek_response_cid(&psk, data);
+    let (client, _initial) = handshake::ClientHandshake::start(
+        &psk,
+        ConnectionId([2; 8]),
+        &params,
+        FUZZ_UNIX_TIME,
+        1350,
+        &mut rng,
+    );
+    let _ = client.finish(data);
+}
