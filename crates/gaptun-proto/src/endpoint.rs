@@ -66,6 +66,9 @@ pub struct Endpoint {
     next_handle: usize,
     incoming: VecDeque<ConnectionHandle>,
     replay: ReplayCache,
+    /// Server: digests of the Initials of connections whose client has not confirmed yet, so a
+    /// retransmitted Initial (its Response was lost) gets the Response again.
+    pending_initials: HashMap<[u8; 32], ConnectionHandle>,
     /// Round-robin position for `poll_transmit`, so one busy connection cannot starve others.
     transmit_order: VecDeque<ConnectionHandle>,
     stats: EndpointStats,
@@ -95,6 +98,7 @@ impl Endpoint {
             next_handle: 0,
             incoming: VecDeque::new(),
             replay: ReplayCache::new(config.handshake_window),
+            pending_initials: HashMap::new(),
             transmit_order: VecDeque::new(),
             stats: EndpointStats::default(),
             config,
@@ -148,7 +152,7 @@ impl Endpoint {
             .cloned()
             .ok_or(ConnectError::NoKey)?;
         let init = self.init(Side::Client, 0, remote);
-        let conn = Connection::new_client(init, now, psk);
+        let conn = Connection::new_client(init, now, &psk);
         Ok(self.insert(conn))
     }
 
@@ -188,8 +192,33 @@ impl Endpoint {
         None
     }
 
+    /// Server: a copy of an Initial we accepted, from the same address, while its connection
+    /// is unconfirmed: the client did not get our Response. Returns whether it was one.
+    fn repeat_response(&mut self, digest: &[u8; 32], from: SocketAddr, len: usize) -> bool {
+        let Some(&handle) = self.pending_initials.get(digest) else {
+            return false;
+        };
+        match self.connections.get_mut(&handle) {
+            Some(conn) if conn.is_unconfirmed_server() => {
+                if conn.remote_address() == from {
+                    conn.on_initial_repeated(len);
+                }
+                // From elsewhere it is a replay: silence.
+                true
+            }
+            _ => {
+                self.pending_initials.remove(digest);
+                false
+            }
+        }
+    }
+
     /// Server: tries `data` as a handshake Initial.
     fn try_accept(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        let digest = initial_digest(data);
+        if self.repeat_response(&digest, from, data.len()) {
+            return true;
+        }
         let server_cid = self.new_cid();
         let params = self.server_params();
         let unix = self.clock.unix_time(now);
@@ -222,6 +251,7 @@ impl Endpoint {
             data.len(),
         );
         let handle = self.insert(conn);
+        self.pending_initials.insert(digest, handle);
         self.incoming.push_back(handle);
         self.stats.accepted += 1;
         true
@@ -280,6 +310,11 @@ impl Endpoint {
     }
 
     fn remove_drained(&mut self) {
+        self.pending_initials.retain(|_, h| {
+            self.connections
+                .get(h)
+                .is_some_and(Connection::is_unconfirmed_server)
+        });
         let drained: Vec<ConnectionHandle> = self
             .connections
             .iter()
@@ -291,6 +326,7 @@ impl Endpoint {
                 self.by_cid.remove(&conn.local_cid());
             }
             self.transmit_order.retain(|h| *h != handle);
+            self.pending_initials.retain(|_, h| *h != handle);
             self.incoming.retain(|h| *h != handle);
         }
     }
@@ -327,4 +363,12 @@ impl Endpoint {
     pub fn stats(&self) -> EndpointStats {
         self.stats
     }
+}
+
+/// Identifies an Initial byte for byte.
+fn initial_digest(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }

@@ -15,7 +15,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut seeds = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
@@ -61,18 +63,43 @@ fn valid_frames() -> Vec<u8> {
     assert!(frame::encode_ack(&ranges, 250, 64, 1000, &mut buf));
     let frames = [
         Frame::Ping,
-        Frame::Stream(StreamFrame { id: StreamId(4), offset: 77, fin: true, data: b"hello" }),
-        Frame::ResetStream { id: StreamId(1), error_code: 9, final_size: 1000 },
-        Frame::StopSending { id: StreamId(5), error_code: 2 },
+        Frame::Stream(StreamFrame {
+            id: StreamId(4),
+            offset: 77,
+            fin: true,
+            data: b"hello",
+        }),
+        Frame::ResetStream {
+            id: StreamId(1),
+            error_code: 9,
+            final_size: 1000,
+        },
+        Frame::StopSending {
+            id: StreamId(5),
+            error_code: 2,
+        },
         Frame::MaxData(1 << 30),
-        Frame::MaxStreamData { id: StreamId(8), max: 1 << 20 },
+        Frame::MaxStreamData {
+            id: StreamId(8),
+            max: 1 << 20,
+        },
         Frame::MaxStreams(500),
         Frame::DataBlocked(12),
-        Frame::StreamDataBlocked { id: StreamId(8), limit: 99 },
+        Frame::StreamDataBlocked {
+            id: StreamId(8),
+            limit: 99,
+        },
         Frame::PathChallenge([1, 2, 3, 4, 5, 6, 7, 8]),
         Frame::PathResponse([8, 7, 6, 5, 4, 3, 2, 1]),
-        Frame::Close(CloseFrame { application: true, error_code: 3, reason: b"bye" }),
-        Frame::Ack(AckFrame { delay_us: 5, ranges: vec![10..20, 2..5] }),
+        Frame::Close(CloseFrame {
+            application: true,
+            error_code: 3,
+            reason: b"bye",
+        }),
+        Frame::Ack(AckFrame {
+            delay_us: 5,
+            ranges: vec![10..20, 2..5],
+        }),
     ];
     for f in &frames {
         f.encode(&mut buf);

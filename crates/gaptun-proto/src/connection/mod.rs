@@ -148,10 +148,12 @@ struct CloseReason {
 
 /// Client-only state while the handshake is running.
 struct ClientStart {
-    psk: Psk,
     handshake: Option<ClientHandshake>,
-    /// The Initial to (re)send, if one is due.
-    initial: Option<Vec<u8>>,
+    /// The Initial, kept to be sent again byte for byte: the server recognises the copy and
+    /// repeats its Response, while a replay of it from anywhere else stays unanswered.
+    initial: Vec<u8>,
+    /// Whether the Initial must go out in the next `poll_transmit`.
+    initial_due: bool,
     attempts: u32,
 }
 
@@ -201,8 +203,10 @@ pub struct Connection {
     peer_cid: ConnectionId,
     peer_params: Option<TransportParams>,
     client: Option<ClientStart>,
-    /// Server: the handshake Response waiting to be sent.
+    /// Server: the handshake Response, kept until the client confirms the handshake.
     response: Option<Vec<u8>>,
+    /// Server: whether the Response must go out in the next `poll_transmit`.
+    response_due: bool,
     /// Server: the client has sent an authenticated packet, so it holds our keys.
     confirmed: bool,
     rng: StdRng,
@@ -267,6 +271,7 @@ impl Connection {
             peer_params: None,
             client: None,
             response: None,
+            response_due: false,
             confirmed: false,
             rng: init.rng,
             clock: init.clock,
@@ -305,16 +310,21 @@ impl Connection {
     }
 
     /// A client connection that has its Initial ready to send.
-    pub(crate) fn new_client(mut init: ConnectionInit, now: Instant, psk: Psk) -> Self {
+    pub(crate) fn new_client(mut init: ConnectionInit, now: Instant, psk: &Psk) -> Self {
         init.side = Side::Client;
         let mut conn = Self::new(init, now, ConnectionId([0; 8]));
+        let params = conn.local_params();
+        let unix = conn.clock.unix_time(now);
+        let max_len = usize::from(conn.config.max_udp_payload);
+        let (handshake, initial) =
+            ClientHandshake::start(psk, conn.local_cid, &params, unix, max_len, &mut conn.rng);
         conn.client = Some(ClientStart {
-            psk,
-            handshake: None,
-            initial: None,
+            handshake: Some(handshake),
+            initial,
+            initial_due: true,
             attempts: 0,
         });
-        conn.start_handshake_attempt(now);
+        conn.schedule_handshake_retry(now);
         conn
     }
 
@@ -330,33 +340,36 @@ impl Connection {
         let mut conn = Self::new(init, now, established.peer_cid);
         conn.path.bytes_received = initial_len as u64;
         conn.response = Some(response);
+        conn.response_due = true;
         conn.install_keys(now, established.keys, established.peer_params);
         conn
     }
 
-    /// Sends a fresh Initial (new ephemeral key, same connection ID).
-    fn start_handshake_attempt(&mut self, now: Instant) {
-        let params = self.local_params();
-        let unix = self.clock.unix_time(now);
-        let max_len = usize::from(self.config.max_udp_payload);
+    /// Arms the timer for sending the Initial again: 1 s (or 3 initial RTTs), doubling, so a
+    /// slow path still gets its answer in.
+    fn schedule_handshake_retry(&mut self, now: Instant) {
         let Some(client) = self.client.as_mut() else {
             return;
         };
-        let (hs, datagram) = ClientHandshake::start(
-            &client.psk,
-            self.local_cid,
-            &params,
-            unix,
-            max_len,
-            &mut self.rng,
-        );
-        client.handshake = Some(hs);
-        client.initial = Some(datagram);
-        client.attempts += 1;
-        // Back off: 1 s (or 3 initial RTTs), doubling, so a slow path still gets an answer in.
         let base = (self.config.initial_rtt * 3).max(Duration::from_secs(1));
-        let backoff = base * 2u32.saturating_pow(client.attempts.saturating_sub(1).min(6));
+        let backoff = base * 2u32.saturating_pow(client.attempts.min(6));
+        client.attempts += 1;
         self.timers.set(Timer::HandshakeRetry, now + backoff);
+    }
+
+    /// Server: the client sent its Initial again (our Response was lost): answer again, within
+    /// the anti-amplification budget that the new copy adds to.
+    pub(crate) fn on_initial_repeated(&mut self, initial_len: usize) {
+        if self.confirmed || self.response.is_none() {
+            return;
+        }
+        self.path.bytes_received += initial_len as u64;
+        self.response_due = true;
+    }
+
+    /// Server: whether the client has not yet proven it holds the keys.
+    pub(crate) fn is_unconfirmed_server(&self) -> bool {
+        self.side == Side::Server && !self.confirmed
     }
 
     /// Our transport parameters.
@@ -564,7 +577,10 @@ impl Connection {
             Timer::Pacing => {}
             Timer::HandshakeRetry => {
                 if self.state == State::Handshaking {
-                    self.start_handshake_attempt(now);
+                    if let Some(client) = self.client.as_mut() {
+                        client.initial_due = true;
+                    }
+                    self.schedule_handshake_retry(now);
                 }
             }
             Timer::HandshakeTimeout => {

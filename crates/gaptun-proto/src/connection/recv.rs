@@ -74,10 +74,11 @@ impl Connection {
                 self.ping_pending = true;
             }
             Err(_) => {
-                // Not for the current attempt (a late answer to an earlier Initial, or noise):
-                // drop it; the handshake state cannot be reused, so start a fresh attempt.
+                // Forged or corrupted. A failed Noise read spoils the handshake state, so this
+                // connection cannot finish; the application sees a handshake timeout. Only a
+                // datagram that decodes as a Response for our connection ID gets here, which
+                // takes the PSK to produce.
                 self.stats.dropped_auth += 1;
-                self.start_handshake_attempt(now);
             }
         }
     }
@@ -89,6 +90,7 @@ impl Connection {
             self.confirmed = true;
             self.path.validated = true;
             self.response = None;
+            self.response_due = false;
             self.timers.stop(Timer::HandshakeTimeout);
         }
         if from == self.path.remote {

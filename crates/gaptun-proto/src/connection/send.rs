@@ -72,10 +72,14 @@ impl Connection {
     }
 
     fn transmit_initial(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let initial = self.client.as_mut()?.initial.take()?;
-        buf.extend_from_slice(&initial);
+        let client = self.client.as_mut()?;
+        if !client.initial_due {
+            return None;
+        }
+        client.initial_due = false;
+        buf.extend_from_slice(&client.initial);
         self.stats.packets_sent += 1;
-        self.stats.bytes_sent += initial.len() as u64;
+        self.stats.bytes_sent += buf.len() as u64;
         Some(Transmit {
             destination: self.path.remote,
             size: buf.len(),
@@ -84,11 +88,15 @@ impl Connection {
     }
 
     fn transmit_response(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let response = self.response.take()?;
+        if !self.response_due {
+            return None;
+        }
+        let response = self.response.as_ref()?;
         if (response.len() as u64) > self.path.send_budget() {
             return None;
         }
-        buf.extend_from_slice(&response);
+        self.response_due = false;
+        buf.extend_from_slice(response);
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += response.len() as u64;
         self.path.bytes_sent += response.len() as u64;
