@@ -185,10 +185,13 @@ impl Connection {
         let has_data = self.streams.has_pending();
         let wants_eliciting = has_data
             || self.ping_pending
+            || self.probes > 0
             || self.path.challenge_pending
             || self.path_response.is_some();
         if !ack_due && !(wants_eliciting && allowance == Allowance::Full) {
-            if has_data && allowance == Allowance::Full {
+            if !has_data && allowance == Allowance::Full {
+                // Nothing to send although we could: rate samples taken now understate the
+                // path, and the controller must know.
                 self.delivery.on_app_limited(self.in_flight);
             }
             return false;
