@@ -1,1 +1,3 @@
 //! Deterministic in-memory network for gaptun-proto.
+
+pub mod link;
