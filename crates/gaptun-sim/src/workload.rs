@@ -863,3 +863,6 @@ impl Workload for RequestResponse {
         self.lost.is_some() || (self.issued >= self.requests && self.outstanding.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests;
