@@ -158,11 +158,11 @@ impl Endpoint {
 
     /// A datagram arrived from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
-        if let Some(handle) = self.route(data) {
-            if let Some(conn) = self.connections.get_mut(&handle) {
-                conn.handle_datagram(now, from, data);
-                return;
-            }
+        if let Some(handle) = self.route(data)
+            && let Some(conn) = self.connections.get_mut(&handle)
+        {
+            conn.handle_datagram(now, from, data);
+            return;
         }
         if self.config.server && self.try_accept(now, from, data) {
             return;
@@ -174,18 +174,18 @@ impl Endpoint {
     /// connection ID a handshake Response answers.
     fn route(&self, data: &[u8]) -> Option<ConnectionHandle> {
         for slot in &self.keys {
-            if let Some(cid) = packet::peek_cid(&slot.header_key, data) {
-                if let Some(&h) = self.by_cid.get(&cid) {
-                    return Some(h);
-                }
+            if let Some(cid) = packet::peek_cid(&slot.header_key, data)
+                && let Some(&h) = self.by_cid.get(&cid)
+            {
+                return Some(h);
             }
         }
         if !self.config.server {
             for psk in &self.config.psks {
-                if let Some(cid) = handshake::peek_response_cid(psk, data) {
-                    if let Some(&h) = self.by_cid.get(&cid) {
-                        return Some(h);
-                    }
+                if let Some(cid) = handshake::peek_response_cid(psk, data)
+                    && let Some(&h) = self.by_cid.get(&cid)
+                {
+                    return Some(h);
                 }
             }
         }

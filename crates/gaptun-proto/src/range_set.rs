@@ -56,12 +56,12 @@ impl RangeSet {
             return;
         }
         // Split a range that straddles range.start.
-        if let Some((&s, &e)) = self.map.range(..range.start).next_back() {
-            if e > range.start {
-                self.map.insert(s, range.start);
-                if e > range.end {
-                    self.map.insert(range.end, e);
-                }
+        if let Some((&s, &e)) = self.map.range(..range.start).next_back()
+            && e > range.start
+        {
+            self.map.insert(s, range.start);
+            if e > range.end {
+                self.map.insert(range.end, e);
             }
         }
         // Drop or trim ranges that start inside [range.start, range.end).

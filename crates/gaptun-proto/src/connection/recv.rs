@@ -26,13 +26,10 @@ impl Connection {
             return;
         };
         let largest = self.replay.largest();
-        let (pn, payload) = match packet::open(&self.header_key, keys, largest, data) {
-            Ok(opened) => opened,
-            Err(_) => {
-                // Forged, corrupted, or for another key: dropped without a word.
-                self.stats.dropped_auth += 1;
-                return;
-            }
+        let Ok((pn, payload)) = packet::open(&self.header_key, keys, largest, data) else {
+            // Forged, corrupted, or for another key: dropped without a word.
+            self.stats.dropped_auth += 1;
+            return;
         };
         if !self.replay.is_fresh(pn) {
             self.stats.dropped_replay += 1;

@@ -188,7 +188,8 @@ impl Connection {
             || self.probes > 0
             || self.path.challenge_pending
             || self.path_response.is_some();
-        if !ack_due && !(wants_eliciting && allowance == Allowance::Full) {
+        let can_elicit = wants_eliciting && allowance == Allowance::Full;
+        if !ack_due && !can_elicit {
             if !has_data && allowance == Allowance::Full {
                 // Nothing to send although we could: rate samples taken now understate the
                 // path, and the controller must know.
