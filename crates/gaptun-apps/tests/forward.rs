@@ -1,5 +1,8 @@
 //! End-to-end tests of the TCP and UDP port forwards over the in-memory tunnel.
 
+// Test helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -1,5 +1,8 @@
 //! End-to-end SOCKS5 tests: real sockets on loopback, the tunnel in memory.
 
+// Test helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: local servers, a SOCKS5 client, payloads.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
