@@ -122,7 +122,7 @@ where
     debug!(command = ?request.command, target = %request.target, "tunnel request");
     match request.command {
         Command::Connect => serve_connect(stream, request.target, policy, dial).await,
-        Command::UdpRelay => udp::serve_udp_relay(stream, policy, dial).await,
+        Command::UdpRelay => udp::serve_udp_relay(stream, &request.target, policy, dial).await,
     }
 }
 
@@ -347,5 +347,90 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    fn udp_request(hint: TargetAddr) -> Vec<u8> {
+        TunnelRequest {
+            command: Command::UdpRelay,
+            target: hint,
+        }
+        .encode()
+    }
+
+    async fn udp_echo() -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..n], from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn udp_relay_refuses_a_named_private_destination_up_front() {
+        let echo = udp_echo().await;
+        let reply = request_reply(TargetPolicy::new(), &udp_request(echo.into())).await;
+        assert_eq!(reply.code, ReplyCode::NotAllowed);
+        let reply =
+            request_reply(TargetPolicy::new(), &udp_request(TargetAddr::unspecified())).await;
+        assert_eq!(reply.code, ReplyCode::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn udp_relay_frames_both_ways_and_drops_refused_destinations() {
+        use crate::request::{encode_udp_frame, read_udp_frame};
+        let echo = udp_echo().await;
+        let refused = udp_echo().await;
+        let policy = TargetPolicy {
+            allow: vec![format!("127.0.0.1:{}", echo.port()).parse().unwrap()],
+            allow_private: false,
+        };
+        let mut client = spawn_server(policy);
+        let mut wire = udp_request(TargetAddr::unspecified());
+        // Pipelined: a refused datagram first, then an allowed one.
+        encode_udp_frame(&refused.into(), b"nope", &mut wire).unwrap();
+        encode_udp_frame(&echo.into(), b"datagram", &mut wire).unwrap();
+        client.write_all(&wire).await.unwrap();
+        let reply = TunnelReply::read_from(&mut client).await.unwrap();
+        assert_eq!(reply.code, ReplyCode::Succeeded);
+        let mut buf = Vec::new();
+        let (source, payload) = read_udp_frame(&mut client, &mut buf)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(source, TargetAddr::Ip(echo));
+        assert_eq!(payload, b"datagram");
+        // Our FIN ends the relay: the server finishes its side too.
+        client.shutdown().await.unwrap();
+        assert!(
+            read_udp_frame(&mut client, &mut buf)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn udp_relay_closes_when_idle() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let dial = DialConfig {
+            udp_idle_timeout: Duration::from_millis(100),
+            ..DialConfig::default()
+        };
+        tokio::spawn(async move {
+            let _ = serve_stream(server, &TargetPolicy::new(), &dial).await;
+        });
+        client
+            .write_all(&udp_request(TargetAddr::unspecified()))
+            .await
+            .unwrap();
+        let reply = TunnelReply::read_from(&mut client).await.unwrap();
+        assert_eq!(reply.code, ReplyCode::Succeeded);
+        let mut rest = Vec::new();
+        let read = timeout(Duration::from_secs(5), client.read_to_end(&mut rest));
+        assert_eq!(read.await.unwrap().unwrap(), 0);
     }
 }

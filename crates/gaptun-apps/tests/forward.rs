@@ -164,7 +164,7 @@ async fn udp_forward_sessions_expire_when_idle() {
 }
 
 #[tokio::test]
-async fn udp_forward_to_refused_target_stays_silent() {
+async fn udp_forward_to_refused_target_is_not_relayed() {
     let echo = start_udp_echo().await;
     let forward = start_udp_forward(
         tunnel(TargetPolicy::new()),

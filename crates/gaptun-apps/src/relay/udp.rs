@@ -66,14 +66,27 @@ impl Shared {
 }
 
 /// Serves a UDP relay request on `stream` (the request header has been read).
+///
+/// If the request names a destination (a UDP forward does; SOCKS5 sends `0.0.0.0:0`), it is
+/// checked up front so that a refused target gets a refusal reply instead of silence.
 pub(super) async fn serve_udp_relay<S>(
     mut stream: S,
+    hint: &TargetAddr,
     policy: &TargetPolicy,
     dial: &DialConfig,
 ) -> Result<(), RelayError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    if names_destination(hint)
+        && let Err(source) = resolve_allowed(hint, policy, dial.connect_timeout).await
+    {
+        super::send_failure(&mut stream, source.reply_code()).await;
+        return Err(RelayError::Dial {
+            target: hint.clone(),
+            source,
+        });
+    }
     let sockets = match bind_sockets().await {
         Ok(sockets) => sockets,
         Err(e) => {
@@ -104,6 +117,15 @@ where
     };
     let _ = writer.shutdown().await;
     result
+}
+
+/// Whether a UDP relay request names a real destination rather than "anywhere" (`0.0.0.0:0`
+/// or any unspecified address / port 0).
+fn names_destination(hint: &TargetAddr) -> bool {
+    match hint {
+        TargetAddr::Ip(sa) => !sa.ip().is_unspecified() && sa.port() != 0,
+        TargetAddr::Domain(_, port) => *port != 0,
+    }
 }
 
 async fn bind_sockets() -> std::io::Result<Sockets> {
