@@ -283,7 +283,12 @@ async fn client_to_tunnel<S: tokio::io::AsyncWrite>(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut frame = Vec::with_capacity(MAX_DATAGRAM + 8);
     loop {
-        let (n, from) = udp.recv_from(&mut buf).await?;
+        let (n, from) = match udp.recv_from(&mut buf).await {
+            Ok(got) => got,
+            // Some systems report an earlier send's ICMP error on the next receive.
+            Err(e) if is_icmp_echo_error(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if !client.accept(from) {
             debug!(%from, "udp datagram from a foreign source dropped");
             continue;
@@ -303,6 +308,13 @@ async fn client_to_tunnel<S: tokio::io::AsyncWrite>(
         tunnel.write_all(&frame).await?;
         tunnel.flush().await?;
     }
+}
+
+fn is_icmp_echo_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Datagrams from the tunnel, wrapped in a SOCKS UDP header and sent to the client.
