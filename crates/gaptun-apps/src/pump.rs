@@ -1,0 +1,140 @@
+//! Bounded copy loops between two byte streams, with half-close propagation.
+//!
+//! Every relay in this crate (SOCKS5 CONNECT, TCP forwards, the server's dialled connections)
+//! ends up here. Two properties matter:
+//! - back-pressure: each direction owns one fixed buffer and writes it out completely before
+//!   reading again, so a slow reader stalls the writer instead of growing memory;
+//! - half-close: EOF on one side becomes `shutdown()` (FIN) on the other, and the other
+//!   direction keeps flowing until it ends too (protocols like `nc -q` or HTTP/1.0 clients
+//!   rely on this).
+//!
+//! If either direction fails, both are dropped: a reset on one side must not leave the other
+//! side waiting forever.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Buffer size of one copy direction.
+pub const COPY_BUF: usize = 16 * 1024;
+
+/// Bytes moved by a finished relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the first stream to the second.
+    pub a_to_b: u64,
+    /// From the second stream to the first.
+    pub b_to_a: u64,
+}
+
+/// Copies `reader` into `writer` through one `buf_size` buffer until EOF, then shuts the
+/// writer down (FIN). Never holds more than `buf_size` bytes that the writer has not taken.
+pub async fn copy_half<R, W>(reader: &mut R, writer: &mut W, buf_size: usize) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; buf_size.max(1)];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        writer.write_all(chunk).await?;
+        writer.flush().await?;
+        total += n as u64;
+    }
+    writer.shutdown().await?;
+    Ok(total)
+}
+
+/// Relays between `a` and `b` in both directions until both have ended (or one failed).
+pub async fn relay<A, B>(a: A, b: B) -> io::Result<Transferred>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let (a_to_b, b_to_a) = tokio::try_join!(
+        copy_half(&mut a_read, &mut b_write, COPY_BUF),
+        copy_half(&mut b_read, &mut a_write, COPY_BUF),
+    )?;
+    Ok(Transferred { a_to_b, b_to_a })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// An endless source of bytes that counts how much was taken from it.
+    struct CountingSource(Arc<AtomicU64>);
+
+    impl AsyncRead for CountingSource {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = buf.remaining();
+            buf.put_slice(&vec![7u8; n]);
+            self.0.fetch_add(n as u64, Ordering::Relaxed);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_writer_bounds_what_is_read_ahead() {
+        let taken = Arc::new(AtomicU64::new(0));
+        let mut source = CountingSource(taken.clone());
+        // A pipe of 4 KiB whose far end nobody reads: the writer blocks once it is full.
+        let (mut near, _far) = tokio::io::duplex(4096);
+        let copy = copy_half(&mut source, &mut near, 1000);
+        let res = tokio::time::timeout(Duration::from_millis(200), copy).await;
+        assert!(res.is_err(), "copy must block, not finish");
+        let taken = taken.load(Ordering::Relaxed);
+        // At most: what fits in the pipe plus one buffer in flight.
+        assert!(taken <= 4096 + 1000, "read {taken} bytes ahead");
+        assert!(taken >= 4096, "copy should fill the pipe, read {taken}");
+    }
+
+    #[tokio::test]
+    async fn half_close_propagates_and_other_direction_continues() {
+        let (client, relay_a) = tokio::io::duplex(1024);
+        let (relay_b, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(relay(relay_a, relay_b));
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut server_r, mut server_w) = tokio::io::split(server);
+
+        client_w.write_all(b"request").await.unwrap();
+        client_w.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server_r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+
+        // The server still answers after the client's FIN.
+        server_w.write_all(b"response").await.unwrap();
+        server_w.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+
+        let moved = task.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Transferred {
+                a_to_b: 7,
+                b_to_a: 8
+            }
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! The seam between the applications and the transport.
+//!
+//! The applications only need "give me a new reliable byte stream to the server" on the client
+//! and "here is a stream the client opened" on the server. Keeping that behind a trait means
+//! this crate does not depend on the protocol core or its tokio driver, and every application
+//! can be tested end to end over an in-memory tunnel ([`crate::mem::MemTunnel`]).
+//!
+//! Stream semantics the applications rely on:
+//! - bytes arrive in order, reliably, with back-pressure (a write waits while the peer is not
+//!   reading);
+//! - `shutdown()` sends FIN, i.e. closes our sending half only; the peer then reads EOF, and
+//!   can keep sending until it shuts down its own half;
+//! - dropping a stream closes (or resets) both halves.
+
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Opens new streams to the tunnel server (the client side of the tunnel).
+pub trait StreamOpener: Clone + Send + Sync + 'static {
+    /// A bidirectional tunnel stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Opens a new stream; the server will receive it and run
+    /// [`crate::relay::serve_stream`] on it.
+    fn open(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
