@@ -252,6 +252,28 @@ mod tests {
     }
 
     #[test]
+    fn holds_the_target_goodput_under_random_loss() {
+        use crate::congestion::sim::{LossAt, Path, Sim};
+        for loss in [0.0, 0.1, 0.2] {
+            let t0 = Instant::now();
+            let path = Path {
+                loss,
+                loss_at: LossAt::Exit,
+                ..Path::standard()
+            };
+            let mut sim = Sim::new(path, t0);
+            // 50 Mbit/s on a 100 Mbit/s link.
+            sim.add_flow(Brutal::new(t0, MTU, 6_250_000), Duration::ZERO);
+            sim.run_until(Duration::from_secs(10));
+            let g = sim.goodput(0, Duration::from_secs(2), Duration::from_secs(10));
+            assert!(
+                (g - 6_250_000.0).abs() < 0.03 * 6_250_000.0,
+                "loss {loss}: {g}"
+            );
+        }
+    }
+
+    #[test]
     fn extreme_values_do_not_panic() {
         let t0 = Instant::now();
         let r = rtt(100);
