@@ -373,4 +373,29 @@ mod tests {
         let _ = dr.take_sample();
         assert_eq!(rate(u64::MAX, Duration::from_nanos(1)), u64::MAX);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_inputs_do_not_panic(ops in proptest::collection::vec((0..3u8, 0..1_000_000_000u64, proptest::num::u64::ANY), 0..200)) {
+            let t0 = Instant::now();
+            let mut dr = DeliveryRate::new(t0);
+            let mut now = t0;
+            let mut sent = Vec::new();
+            for (op, dt, v) in ops {
+                now += Duration::from_nanos(dt);
+                match op {
+                    0 => sent.push(dr.on_sent(now, v % 3 * 1000)),
+                    1 => {
+                        if let Some(p) = sent.pop() {
+                            dr.on_acked(now, &p, v);
+                        }
+                        if let Some(s) = dr.take_sample() {
+                            proptest::prop_assert!(s.has_rate() || s.delivery_rate == 0);
+                        }
+                    }
+                    _ => dr.on_app_limited(v),
+                }
+            }
+        }
+    }
 }

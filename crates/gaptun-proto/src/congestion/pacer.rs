@@ -56,8 +56,13 @@ impl Pacer {
         }
         let wait_nanos = (needed - self.tokens).div_ceil(rate).max(1);
         let wait = Duration::from_nanos(u64::try_from(wait_nanos).unwrap_or(u64::MAX));
-        // `wait` is at most a bucket's worth at MIN_RATE, so this cannot realistically overflow.
-        Some(now.checked_add(wait).unwrap_or(now))
+        // `wait` is at most a bucket's worth at MIN_RATE; only an absurd MTU could overflow.
+        let hour = Duration::from_secs(3600);
+        Some(
+            now.checked_add(wait)
+                .or_else(|| now.checked_add(hour))
+                .unwrap_or(now),
+        )
     }
 
     /// A packet of `bytes` was sent.
@@ -186,5 +191,24 @@ mod tests {
         assert_eq!(t, Some(t0 + Duration::from_micros(2700)));
         let mut tiny = Pacer::new(t0, 0);
         assert_eq!(tiny.delay(t0, 0, 0), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_inputs_do_not_panic(mtu: u64, steps in proptest::collection::vec((0..10_000_000u64, proptest::num::u64::ANY, proptest::num::u64::ANY), 0..100)) {
+            let t0 = Instant::now();
+            let mut pacer = Pacer::new(t0, mtu);
+            let mut now = t0;
+            for (dt, bytes, rate) in steps {
+                now += Duration::from_nanos(dt);
+                if let Some(t) = pacer.delay(now, bytes, rate) {
+                    proptest::prop_assert!(t > now);
+                    // Never more than a full bucket's wait at the slowest rate.
+                    proptest::prop_assert!(t - now <= Duration::from_secs(MAX_BURST.saturating_mul(mtu.max(1))));
+                } else {
+                    pacer.on_sent(bytes);
+                }
+            }
+        }
     }
 }
