@@ -10,10 +10,13 @@
 mod bbr;
 mod brutal;
 mod delivery_rate;
+mod minmax;
 mod none;
 mod pacer;
+#[cfg(test)]
+mod sim;
 
-pub use bbr::Bbr;
+pub use bbr::{Bbr, BbrMode};
 pub use brutal::Brutal;
 pub use delivery_rate::{DeliveryRate, PacketRateState, RateSample};
 pub use none::NoControl;
@@ -25,23 +28,18 @@ use std::time::Instant;
 use crate::rtt::RttEstimator;
 
 /// Which controller a connection uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CongestionKind {
     /// Flow control only.
     None,
     /// Model-based, loss-tolerant (default).
+    #[default]
     Bbr,
     /// Fixed rate in bytes per second.
     Brutal {
         /// Target goodput in bytes per second.
         rate: u64,
     },
-}
-
-impl Default for CongestionKind {
-    fn default() -> Self {
-        Self::Bbr
-    }
 }
 
 /// What one ACK frame newly acknowledged, as the controller sees it.
