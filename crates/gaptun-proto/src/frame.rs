@@ -162,7 +162,10 @@ pub fn encode_ack(
 
 /// Iterates over the frames of a decrypted payload. After the first error it yields nothing more.
 pub fn iter(payload: &[u8]) -> FrameIter<'_> {
-    FrameIter { rest: payload, failed: false }
+    FrameIter {
+        rest: payload,
+        failed: false,
+    }
 }
 
 /// Iterator returned by [`iter`].
