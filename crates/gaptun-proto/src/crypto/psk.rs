@@ -169,6 +169,17 @@ mod tests {
         assert_ne!(a.as_bytes(), &[0u8; 32]);
     }
 
+    /// Known answer computed independently (Python `cryptography`'s Argon2id with the
+    /// documented salt and cost); also in the protocol spec.
+    #[test]
+    fn passphrase_known_answer() {
+        let psk = Psk::parse("correct horse battery staple").unwrap();
+        assert_eq!(
+            psk.to_key_string(),
+            "gt1:+CWX8aaveYu36c5X3RQn8xYZYBzvyo/NqlXOF2xjKDI"
+        );
+    }
+
     #[test]
     fn debug_hides_the_key() {
         let psk = Psk::from_bytes([0xab; 32]);
