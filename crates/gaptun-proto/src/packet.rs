@@ -57,7 +57,8 @@ const SAMPLE_LEN: usize = 16;
 /// Completes the packet that starts at `start` in `buf`: writes the header, encrypts the payload
 /// that follows it, appends the tag and masks the header.
 ///
-/// No allocation beyond `buf` growing by the 16-byte tag (none if the caller reserved it). If
+/// Calls [`PacketKeys::send_phase`] itself (once per packet, which counts towards the key
+/// update); callers must not call it as well. No allocation beyond `buf` growing by the 16-byte tag (none if the caller reserved it). If
 /// `start + HEADER_LEN` is past the end of `buf` (no [`begin`] call), the buffer is extended.
 pub fn seal(
     header_key: &HeaderKey,
