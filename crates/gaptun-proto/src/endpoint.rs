@@ -75,9 +75,24 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Creates an endpoint. `seed` feeds its RNG (ephemeral keys, connection IDs, padding);
+    /// Creates an endpoint whose RNG is expanded from a 64-bit `seed`: for tests and
+    /// simulations, where runs must repeat. A real endpoint must use [`Endpoint::with_rng_seed`]
+    /// with 32 bytes from the OS, since ephemeral handshake keys come from this RNG.
     /// `unix_time` is the wall-clock time at `now`, used for handshake timestamps.
     pub fn new(config: Arc<EndpointConfig>, seed: u64, now: Instant, unix_time: Duration) -> Self {
+        let mut expanded = [0u8; 32];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut expanded);
+        Self::with_rng_seed(config, expanded, now, unix_time)
+    }
+
+    /// Creates an endpoint whose RNG (ephemeral keys, connection IDs, padding) starts from
+    /// `seed`, which must be 32 secret random bytes in production.
+    pub fn with_rng_seed(
+        config: Arc<EndpointConfig>,
+        seed: [u8; 32],
+        now: Instant,
+        unix_time: Duration,
+    ) -> Self {
         let keys = config
             .psks
             .iter()
@@ -88,7 +103,7 @@ impl Endpoint {
         Self {
             transport: Arc::new(config.transport.clone()),
             keys,
-            rng: StdRng::seed_from_u64(seed),
+            rng: StdRng::from_seed(seed),
             clock: UnixClock {
                 at: now,
                 unix: unix_time,

@@ -54,13 +54,10 @@ impl Connection {
         if from != self.path.remote {
             return;
         }
-        let Some(client) = self.client.as_mut() else {
+        let Some(hs) = self.client.as_mut().and_then(|c| c.handshake.as_mut()) else {
             return;
         };
-        let Some(hs) = client.handshake.take() else {
-            return;
-        };
-        match hs.finish(data) {
+        match hs.try_finish(data) {
             Ok(established) => {
                 self.peer_cid = established.peer_cid;
                 self.stats.packets_received += 1;
@@ -71,10 +68,8 @@ impl Connection {
                 self.ping_pending = true;
             }
             Err(_) => {
-                // Forged or corrupted. A failed Noise read spoils the handshake state, so this
-                // connection cannot finish; the application sees a handshake timeout. Only a
-                // datagram that decodes as a Response for our connection ID gets here, which
-                // takes the PSK to produce.
+                // Forged or corrupted: dropped, and the handshake state is kept for the real
+                // Response.
                 self.stats.dropped_auth += 1;
             }
         }
