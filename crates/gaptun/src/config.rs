@@ -98,7 +98,11 @@ pub enum ConfigError {
     #[error("config {file}: {reason}")]
     Read { file: String, reason: String },
     #[error("config {file} line {line}: {message}")]
-    At { file: String, line: usize, message: String },
+    At {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("config {file}: {message}")]
     Whole { file: String, message: String },
 }
@@ -107,8 +111,10 @@ impl FileConfig {
     /// Reads and parses `path`, checking that every key suits `role`.
     pub fn load(path: &Path, role: Role) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { file: file.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
         Self::parse(&text, &file, role)
     }
 
@@ -137,8 +143,15 @@ impl FileConfig {
                     role.name()
                 );
                 return Err(match key_line(text, key) {
-                    Some(line) => ConfigError::At { file: file.into(), line, message },
-                    None => ConfigError::Whole { file: file.into(), message },
+                    Some(line) => ConfigError::At {
+                        file: file.into(),
+                        line,
+                        message,
+                    },
+                    None => ConfigError::Whole {
+                        file: file.into(),
+                        message,
+                    },
                 });
             }
         }
@@ -179,8 +192,15 @@ fn parse_toml(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
         let message = e.message().trim().to_owned();
         match e.span() {
-            Some(span) => ConfigError::At { file: file.into(), line: line_of(text, span.start), message },
-            None => ConfigError::Whole { file: file.into(), message },
+            Some(span) => ConfigError::At {
+                file: file.into(),
+                line: line_of(text, span.start),
+                message,
+            },
+            None => ConfigError::Whole {
+                file: file.into(),
+                message,
+            },
         }
     })
 }
@@ -189,25 +209,43 @@ fn parse_gap_proxy_json(text: &str, file: &str) -> Result<FileConfig, ConfigErro
     let g: GapProxyConfig = serde_json::from_str(text).map_err(|e| {
         let full = e.to_string();
         // serde_json appends " at line L column C"; we put the line first instead.
-        let message = full.rfind(" at line ").map_or(full.as_str(), |i| &full[..i]).to_owned();
-        ConfigError::At { file: file.into(), line: e.line().max(1), message }
+        let message = full
+            .rfind(" at line ")
+            .map_or(full.as_str(), |i| &full[..i])
+            .to_owned();
+        ConfigError::At {
+            file: file.into(),
+            line: e.line().max(1),
+            message,
+        }
     })?;
-    Ok(FileConfig { socks: g.local, server: g.server, key: g.key.map(OneOrMany::One), ..Default::default() })
+    Ok(FileConfig {
+        socks: g.local,
+        server: g.server,
+        key: g.key.map(OneOrMany::One),
+        ..Default::default()
+    })
 }
 
 /// 1-based line number of byte offset `pos` in `text`.
 fn line_of(text: &str, pos: usize) -> usize {
-    text.as_bytes().iter().take(pos).filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()
+        .iter()
+        .take(pos)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The line on which `key` is assigned, if it can be found.
 fn key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|line| {
-        line.trim_start()
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -228,7 +266,7 @@ mod tests {
         assert_eq!(c.server.as_deref(), Some("vpn.example.com:29900"));
         assert_eq!(c.socks, Some("127.0.0.1:1080".parse().unwrap()));
         assert_eq!(c.conns, Some(2));
-        let fwd = c.forward.unwrap();
+        let fwd = c.forward.clone().unwrap();
         assert_eq!(fwd[0].proto, ForwardProto::Tcp);
         assert_eq!(fwd[1].proto, ForwardProto::Udp);
         assert_eq!(c.mode, Some(Mode::Fast));
@@ -271,10 +309,16 @@ mod tests {
     fn gap_proxy_json_errors_have_lines() {
         let text = "{\n  \"local\": \"127.0.0.1:1186\",\n  \"sever\": \"x\"\n}";
         let e = FileConfig::parse(text, "config.json", Role::Client).unwrap_err();
-        let ConfigError::At { line, message, .. } = &e else { panic!("{e:?}") };
+        let ConfigError::At { line, message, .. } = &e else {
+            panic!("{e:?}")
+        };
         assert_eq!(*line, 3);
         assert!(message.contains("unknown field `sever`"), "{message}");
-        assert!(e.to_string().starts_with("config config.json line 3: unknown field"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("config config.json line 3: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -289,7 +333,11 @@ mod tests {
                 message: e_message(&e),
             }
         );
-        assert!(e.to_string().starts_with("config s.toml line 3: unknown field `listen_addr`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("config s.toml line 3: unknown field `listen_addr`"),
+            "{e}"
+        );
     }
 
     fn e_message(e: &ConfigError) -> String {
@@ -308,11 +356,15 @@ mod tests {
         assert!(s.contains("invalid size `32Q`"), "{s}");
 
         let text = "conns = \"two\"\n";
-        let s = FileConfig::parse(text, "c.toml", Role::Client).unwrap_err().to_string();
+        let s = FileConfig::parse(text, "c.toml", Role::Client)
+            .unwrap_err()
+            .to_string();
         assert!(s.starts_with("config c.toml line 1: "), "{s}");
 
         let text = "socks = \"localhost\"\n";
-        let s = FileConfig::parse(text, "c.toml", Role::Client).unwrap_err().to_string();
+        let s = FileConfig::parse(text, "c.toml", Role::Client)
+            .unwrap_err()
+            .to_string();
         assert!(s.starts_with("config c.toml line 1: "), "{s}");
     }
 
@@ -343,6 +395,10 @@ mod tests {
     #[test]
     fn missing_file_is_reported() {
         let e = FileConfig::load(Path::new("/nonexistent/gaptun.toml"), Role::Client).unwrap_err();
-        assert!(e.to_string().starts_with("config /nonexistent/gaptun.toml: "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("config /nonexistent/gaptun.toml: "),
+            "{e}"
+        );
     }
 }

@@ -186,12 +186,18 @@ mod tests {
 
     #[test]
     fn presets() {
-        let s = TransportSettings { mode: Some(Mode::Fast3), ..Default::default() };
+        let s = TransportSettings {
+            mode: Some(Mode::Fast3),
+            ..Default::default()
+        };
         let c = s.build().unwrap();
         assert_eq!(c.reorder_threshold, 2);
         assert_eq!(c.rto_backoff, 1.0);
         assert_eq!(c.min_rto, Duration::from_millis(10));
-        let s = TransportSettings { mode: Some(Mode::Normal), ..Default::default() };
+        let s = TransportSettings {
+            mode: Some(Mode::Normal),
+            ..Default::default()
+        };
         assert_eq!(s.build().unwrap().min_rto, Duration::from_millis(200));
     }
 
@@ -224,13 +230,25 @@ mod tests {
     fn bad_combinations() {
         let err = |s: TransportSettings| s.build().unwrap_err();
         let d = TransportSettings::default();
-        assert_eq!(err(TransportSettings { mtu: Some(100), ..d.clone() }), TransportError::Mtu(100));
         assert_eq!(
-            err(TransportSettings { congestion: Some(Congestion::Brutal), ..d.clone() }),
+            err(TransportSettings {
+                mtu: Some(100),
+                ..d.clone()
+            }),
+            TransportError::Mtu(100)
+        );
+        assert_eq!(
+            err(TransportSettings {
+                congestion: Some(Congestion::Brutal),
+                ..d.clone()
+            }),
             TransportError::BrutalWithoutRate
         );
         assert_eq!(
-            err(TransportSettings { brutal_rate: Some(5.0), ..d.clone() }),
+            err(TransportSettings {
+                brutal_rate: Some(5.0),
+                ..d.clone()
+            }),
             TransportError::RateWithoutBrutal
         );
         assert_eq!(
@@ -242,20 +260,42 @@ mod tests {
             TransportError::BadRate
         );
         assert_eq!(
-            err(TransportSettings { keepalive: Some(50), ..d.clone() }),
-            TransportError::KeepaliveTooLong { keepalive: 50, idle: 40 }
+            err(TransportSettings {
+                keepalive: Some(50),
+                ..d.clone()
+            }),
+            TransportError::KeepaliveTooLong {
+                keepalive: 50,
+                idle: 40
+            }
         );
         assert_eq!(
-            err(TransportSettings { window: Some(ByteSize(1000)), ..d.clone() }),
+            err(TransportSettings {
+                window: Some(ByteSize(1000)),
+                ..d.clone()
+            }),
             TransportError::Window(1000)
         );
-        assert_eq!(err(TransportSettings { idle_timeout: Some(0), ..d }), TransportError::IdleTimeout);
+        assert_eq!(
+            err(TransportSettings {
+                idle_timeout: Some(0),
+                ..d
+            }),
+            TransportError::IdleTimeout
+        );
     }
 
     #[test]
     fn cli_overrides_file() {
-        let file = TransportSettings { mode: Some(Mode::Normal), mtu: Some(1200), ..Default::default() };
-        let cli = TransportSettings { mode: Some(Mode::Fast2), ..Default::default() };
+        let file = TransportSettings {
+            mode: Some(Mode::Normal),
+            mtu: Some(1200),
+            ..Default::default()
+        };
+        let cli = TransportSettings {
+            mode: Some(Mode::Fast2),
+            ..Default::default()
+        };
         let merged = file.overridden_by(&cli);
         assert_eq!(merged.mode, Some(Mode::Fast2));
         assert_eq!(merged.mtu, Some(1200));

@@ -42,23 +42,29 @@ impl FromStr for ByteSize {
             "K" | "KB" | "KIB" => 10,
             "M" | "MB" | "MIB" => 20,
             "G" | "GB" | "GIB" => 30,
-            _ => return Err(format!("invalid size `{s}`: use a number with optional K, M or G")),
+            _ => {
+                return Err(format!(
+                    "invalid size `{s}`: use a number with optional K, M or G"
+                ));
+            }
         };
         let n: u64 = digits
             .parse()
             .map_err(|_| format!("invalid size `{s}`: use a number with optional K, M or G"))?;
-        n.checked_mul(1 << shift).map(Self).ok_or_else(|| format!("size `{s}` is too large"))
+        n.checked_mul(1 << shift)
+            .map(Self)
+            .ok_or_else(|| format!("size `{s}` is too large"))
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n >= 1 << 30 && n % (1 << 30) == 0 {
+        if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
             write!(f, "{}G", n >> 30)
-        } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+        } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
             write!(f, "{}M", n >> 20)
-        } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
             write!(f, "{}K", n >> 10)
         } else {
             write!(f, "{n}")
@@ -106,11 +112,16 @@ impl FromStr for ForwardSpec {
         let Some((listen, target)) = rest.split_once('=') else {
             return Err(format!("invalid forward `{s}`: {usage}"));
         };
-        let listen = parse_listen(listen)
-            .ok_or_else(|| format!("invalid listen address `{listen}` in forward `{s}`: {usage}"))?;
+        let listen = parse_listen(listen).ok_or_else(|| {
+            format!("invalid listen address `{listen}` in forward `{s}`: {usage}")
+        })?;
         validate_host_port(target)
             .map_err(|e| format!("invalid target `{target}` in forward `{s}`: {e}"))?;
-        Ok(Self { proto, listen, target: target.to_owned() })
+        Ok(Self {
+            proto,
+            listen,
+            target: target.to_owned(),
+        })
     }
 }
 
@@ -141,8 +152,14 @@ pub fn validate_host_port(s: &str) -> Result<(), String> {
     }
     let name_ok = !host.is_empty()
         && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
-    if name_ok { Ok(()) } else { Err(format!("invalid host `{host}`")) }
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if name_ok {
+        Ok(())
+    } else {
+        Err(format!("invalid host `{host}`"))
+    }
 }
 
 /// Retransmission/ACK timing presets, named like kcptun's modes. See [`crate::transport`] for
@@ -165,7 +182,9 @@ impl FromStr for Mode {
             "fast" => Ok(Self::Fast),
             "fast2" => Ok(Self::Fast2),
             "fast3" => Ok(Self::Fast3),
-            _ => Err(format!("invalid mode `{s}`: use normal, fast, fast2 or fast3")),
+            _ => Err(format!(
+                "invalid mode `{s}`: use normal, fast, fast2 or fast3"
+            )),
         }
     }
 }
@@ -186,7 +205,9 @@ impl FromStr for Congestion {
             "bbr" => Ok(Self::Bbr),
             "none" => Ok(Self::None),
             "brutal" => Ok(Self::Brutal),
-            _ => Err(format!("invalid congestion controller `{s}`: use bbr, none or brutal")),
+            _ => Err(format!(
+                "invalid congestion controller `{s}`: use bbr, none or brutal"
+            )),
         }
     }
 }
@@ -207,7 +228,9 @@ impl FromStr for Cipher {
             "auto" => Ok(Self::Auto),
             "aes-256-gcm" => Ok(Self::Aes256Gcm),
             "chacha20-poly1305" => Ok(Self::ChaCha20Poly1305),
-            _ => Err(format!("invalid cipher `{s}`: use auto, aes-256-gcm or chacha20-poly1305")),
+            _ => Err(format!(
+                "invalid cipher `{s}`: use auto, aes-256-gcm or chacha20-poly1305"
+            )),
         }
     }
 }
@@ -272,7 +295,13 @@ mod tests {
         assert_eq!(f.listen, "[::1]:2222".parse().unwrap());
         assert_eq!(f.to_string(), "tcp:[::1]:2222=[2001:db8::1]:22");
 
-        for bad in ["tcp:127.0.0.1:2222", "x:1=y:2", "127.0.0.1:2222=host", "1=host:0", "1=:80"] {
+        for bad in [
+            "tcp:127.0.0.1:2222",
+            "x:1=y:2",
+            "127.0.0.1:2222=host",
+            "1=host:0",
+            "1=:80",
+        ] {
             assert!(bad.parse::<ForwardSpec>().is_err(), "{bad}");
         }
     }
