@@ -57,6 +57,11 @@ fn file_log(f: &FileConfig) -> FileLog {
 /// Server settings from its flags, its config file and `env_key` (the `GAPTUN_KEY` value).
 pub fn server(args: &ServerArgs, env_key: Option<String>) -> Result<(ServerSettings, FileLog)> {
     let file = load_file(args.config.as_ref(), Role::Server)?;
+    // Cheap checks first: key stretching (argon2) takes a moment.
+    let transport = file
+        .transport()
+        .overridden_by(&args.transport.settings())
+        .build()?;
     let keys = KeySources {
         cli_keys: args.keys.clone(),
         cli_key_file: args.key_file.clone(),
@@ -69,10 +74,6 @@ pub fn server(args: &ServerArgs, env_key: Option<String>) -> Result<(ServerSetti
         config_key_file: file.key_file.clone(),
     }
     .load()?;
-    let transport = file
-        .transport()
-        .overridden_by(&args.transport.settings())
-        .build()?;
     let listen = match (args.listen, file.listen) {
         (Some(a), _) | (None, Some(a)) => a,
         (None, None) => DEFAULT_LISTEN.parse().context("default listen address")?,
@@ -103,6 +104,10 @@ pub fn client(args: &ClientArgs, env_key: Option<String>) -> Result<(ClientSetti
         bail!("no server given: use --server HOST:PORT or `server` in the config file");
     };
     validate_host_port(&server).map_err(|e| anyhow::anyhow!("invalid server `{server}`: {e}"))?;
+    let transport = file
+        .transport()
+        .overridden_by(&args.transport.settings())
+        .build()?;
     let keys = KeySources {
         cli_keys: args.key.clone().into_iter().collect(),
         cli_key_file: args.key_file.clone(),
@@ -118,10 +123,6 @@ pub fn client(args: &ClientArgs, env_key: Option<String>) -> Result<(ClientSetti
     let Some(key) = keys.into_iter().next() else {
         bail!("no key given");
     };
-    let transport = file
-        .transport()
-        .overridden_by(&args.transport.settings())
-        .build()?;
     let no_socks = args.no_socks || (args.socks.is_none() && file.no_socks.unwrap_or(false));
     let socks = if no_socks {
         None
@@ -242,10 +243,20 @@ mod tests {
             None,
         )
         .unwrap_err();
-        // The key file is read before the transport is checked.
+        // The transport is checked before the key is read.
         assert_eq!(
             e.to_string(),
-            "cannot read key file /nonexistent: No such file or directory (os error 2)"
+            "congestion `brutal` needs a rate: set brutal-rate (Mbit/s)"
+        );
+        let e = client(
+            &client_args(&["--server", "h:1", "--key-file", "/nonexistent"]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read key file /nonexistent: "),
+            "{e}"
         );
     }
 }
