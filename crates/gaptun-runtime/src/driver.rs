@@ -53,9 +53,10 @@ struct Step {
 }
 
 impl Driver {
-    pub(crate) fn new(shared: Arc<Shared>, io: UdpIo) -> Self {
-        let recv = RecvBuffers::new(&io);
-        let max_segments = io.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+    /// `max_payload`: the largest UDP payload the core sends and accepts.
+    pub(crate) fn new(shared: Arc<Shared>, io: UdpIo, max_payload: usize) -> Self {
+        let recv = RecvBuffers::new(&io, max_payload);
+        let max_segments = io.max_segments_for(max_payload).min(MAX_GSO_SEGMENTS);
         Self {
             shared,
             io,
@@ -64,6 +65,11 @@ impl Driver {
             spare: Vec::new(),
             max_segments,
         }
+    }
+
+    /// The state this driver serves.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
     }
 
     /// Runs until the endpoint has closed.

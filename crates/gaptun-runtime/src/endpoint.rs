@@ -62,6 +62,7 @@ impl RtEndpoint {
         let _guard = runtime.enter();
         let io = UdpIo::bind(addr)?;
         let local_addr = io.local_addr()?;
+        let max_payload = usize::from(config.transport.max_udp_payload);
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
@@ -72,7 +73,7 @@ impl RtEndpoint {
             unix_time,
         );
         let shared = Arc::new(Shared::new(endpoint, local_addr));
-        spawn_driver(&runtime, Arc::clone(&shared), io);
+        spawn_driver(&runtime, Driver::new(Arc::clone(&shared), io, max_payload));
         debug!(addr = %local_addr, "endpoint bound");
         Ok(Self {
             inner: Arc::new(EndpointRef { shared }),
@@ -231,8 +232,9 @@ fn close_all(shared: &Shared, code: u64, reason: &[u8]) {
 
 /// Spawns the driver and a watcher that, when the driver ends for any reason (including a
 /// panic in the core), fails every waiting handle so that nothing hangs.
-fn spawn_driver(runtime: &tokio::runtime::Handle, shared: Arc<Shared>, io: UdpIo) {
-    let driver = runtime.spawn(Driver::new(Arc::clone(&shared), io).run());
+fn spawn_driver(runtime: &tokio::runtime::Handle, driver: Driver) {
+    let shared = driver.shared();
+    let driver = runtime.spawn(driver.run());
     runtime.spawn(async move {
         let reason = match driver.await {
             Ok(()) => RtError::EndpointClosed,

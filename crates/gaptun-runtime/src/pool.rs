@@ -200,11 +200,17 @@ impl ClientPool {
                 ));
             }
             if let Some(conn) = self.inner.pick() {
-                match conn.open_stream().await {
-                    Ok(stream) => return Ok(stream),
+                match tokio::time::timeout_at(deadline, conn.open_stream()).await {
+                    Ok(Ok(stream)) => return Ok(stream),
                     // The connection died while we waited: try another one.
-                    Err(_) if conn.is_closed() => continue,
-                    Err(e) => return Err(e),
+                    Ok(Err(_)) if conn.is_closed() => continue,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out waiting for a free stream (the server's stream limit is reached)",
+                        ));
+                    }
                 }
             }
             match tokio::time::timeout_at(deadline, version.changed()).await {

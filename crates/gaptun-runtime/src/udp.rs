@@ -19,9 +19,11 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Largest buffer one GRO read can fill.
 const MAX_GRO_BUFFER: usize = 64 * 1024;
 
-/// Room for one datagram when GRO is off. Larger than any payload we send; bigger datagrams are
-/// truncated and then fail authentication.
-const DATAGRAM_BUFFER: usize = 2048;
+/// Least room for one datagram: a full Ethernet frame's payload.
+const MIN_DATAGRAM_BUFFER: usize = 1500;
+
+/// Most bytes one GSO send may carry (the kernel's limit is 64 KiB including headers).
+const MAX_GSO_BYTES: usize = 60 * 1024;
 
 /// A bound UDP socket plus `quinn-udp`'s per-socket state (GSO/GRO support).
 #[derive(Debug)]
@@ -52,9 +54,19 @@ impl UdpIo {
         self.state.max_gso_segments()
     }
 
-    /// Size of one receive buffer: room for as many datagrams as GRO may coalesce.
-    pub(crate) fn recv_buffer_size(&self) -> usize {
-        (DATAGRAM_BUFFER * self.state.gro_segments()).clamp(DATAGRAM_BUFFER, MAX_GRO_BUFFER)
+    /// Datagrams of `max_payload` bytes one send call may carry: GSO's segment count, bounded so
+    /// the whole batch stays under the kernel's 64 KiB limit.
+    pub(crate) fn max_segments_for(&self, max_payload: usize) -> usize {
+        let by_size = MAX_GSO_BYTES / max_payload.max(1);
+        self.max_gso_segments().min(by_size).max(1)
+    }
+
+    /// Size of one receive buffer: room for as many datagrams of `max_payload` bytes as GRO may
+    /// coalesce. A longer datagram is truncated, and then fails authentication in the core, which
+    /// would drop it for its size anyway.
+    pub(crate) fn recv_buffer_size(&self, max_payload: usize) -> usize {
+        let one = max_payload.max(MIN_DATAGRAM_BUFFER);
+        (one * self.state.gro_segments()).clamp(one, MAX_GRO_BUFFER.max(one))
     }
 
     /// Waits until the socket may have datagrams to read.
@@ -85,9 +97,10 @@ impl UdpIo {
         let segment_size = segment_size.filter(|&s| s > 0 && s < contents.len());
         if segment_size.is_some() && self.max_gso_segments() > 1 {
             match self.send_one(destination, contents, segment_size).await {
-                // quinn-udp turns GSO off on EIO/EINVAL from a NIC without support; retry split.
-                Err(_) if self.max_gso_segments() <= 1 => {}
-                other => return other,
+                Ok(()) => return Ok(()),
+                // A NIC without GSO support (quinn-udp then turns GSO off), or a batch the kernel
+                // refuses: send the datagrams one by one instead.
+                Err(e) => tracing::debug!("GSO send failed ({e}); sending datagrams singly"),
             }
         }
         match segment_size {
@@ -139,8 +152,8 @@ pub(crate) struct RecvBuffers {
 }
 
 impl RecvBuffers {
-    pub(crate) fn new(io: &UdpIo) -> Self {
-        let chunk = io.recv_buffer_size();
+    pub(crate) fn new(io: &UdpIo, max_payload: usize) -> Self {
+        let chunk = io.recv_buffer_size(max_payload);
         let batch = quinn_udp::BATCH_SIZE.max(1);
         Self {
             storage: vec![0; chunk * batch],
@@ -189,7 +202,7 @@ mod tests {
         payload.extend([3u8; 50]);
         a.send(to, &payload, Some(100)).await.unwrap();
 
-        let mut bufs = RecvBuffers::new(&b);
+        let mut bufs = RecvBuffers::new(&b, 1350);
         let mut got: Vec<Vec<u8>> = Vec::new();
         while got.len() < 3 {
             b.readable().await.unwrap();
@@ -205,5 +218,19 @@ mod tests {
             }
         }
         assert_eq!(got, vec![vec![1u8; 100], vec![2u8; 100], vec![3u8; 50]]);
+    }
+
+    #[test]
+    fn gso_batches_stay_under_64k() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let io = UdpIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(io.max_segments_for(9000) * 9000 <= MAX_GSO_BYTES);
+        assert!(io.max_segments_for(1350) >= 1);
+        assert!(io.recv_buffer_size(9000) >= 9000);
+        assert!(io.recv_buffer_size(1350) <= MAX_GRO_BUFFER);
     }
 }
