@@ -1,1 +1,125 @@
-fn main() {}
+//! `gaptun`: the command-line program (server, client, demo, keygen, ctl).
+//!
+//! Errors end the program with one line on stderr (`gaptun: <message>`) and exit status 1;
+//! usage errors come from clap with status 2.
+
+mod apps_wiring;
+mod cli;
+mod config;
+mod ctl;
+mod daemon;
+mod demo;
+mod keys;
+mod logging;
+mod settings;
+mod transport;
+mod values;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use clap::Parser;
+
+use crate::cli::{Cli, Command, CtlArgs};
+use crate::config::Role;
+use crate::values::LogFormat;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gaptun: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// Sets up logging from the command line, the config file's choices and `RUST_LOG`.
+fn init_logging(cli: &Cli, file: &settings::FileLog, fallback: &str) -> Result<()> {
+    let env = std::env::var("RUST_LOG").ok();
+    let filter = logging::filter_text(
+        cli.log.as_deref(),
+        file.level.as_deref(),
+        env.as_deref(),
+        fallback,
+    );
+    logging::init(
+        &filter,
+        cli.log_format.or(file.format).unwrap_or(LogFormat::Text),
+    )
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let env_key = std::env::var(keys::KEY_ENV).ok();
+    match &cli.command {
+        Command::Keygen => {
+            println!(
+                "{}",
+                keys::generate_key().map_err(|e| anyhow!("no OS randomness: {e}"))?
+            );
+            Ok(())
+        }
+        Command::Server(args) => {
+            let (s, log) = settings::server(args, env_key)?;
+            init_logging(&cli, &log, "info")?;
+            runtime()?.block_on(daemon::run_server(s))
+        }
+        Command::Client(args) => {
+            let (s, log) = settings::client(args, env_key)?;
+            init_logging(&cli, &log, "info")?;
+            runtime()?.block_on(daemon::run_client(s))
+        }
+        Command::Demo(args) => {
+            // The demo draws its figures on stdout; keep logs to warnings unless asked.
+            init_logging(&cli, &settings::FileLog::default(), "warn")?;
+            let d = demo::DemoSettings {
+                socks: args.socks,
+                loss: args.loss / 100.0,
+                delay: Duration::from_millis(args.delay),
+                seed: args.seed,
+                transport: args.transport.settings().build()?,
+            };
+            runtime()?.block_on(demo::run(d))
+        }
+        Command::Ctl(args) => run_ctl(args),
+    }
+}
+
+/// `gaptun ctl`: sends one command and prints the answer; an `error:` answer fails.
+fn run_ctl(args: &CtlArgs) -> Result<()> {
+    let path = match &args.socket {
+        Some(p) => p.clone(),
+        None => {
+            let client = ctl::default_socket_path(Role::Client);
+            let server = ctl::default_socket_path(Role::Server);
+            match (client.exists(), server.exists()) {
+                (true, true) => {
+                    return Err(anyhow!(
+                        "both a client ({}) and a server ({}) control socket exist: choose one with --socket",
+                        client.display(),
+                        server.display()
+                    ));
+                }
+                (false, true) => server,
+                _ => client,
+            }
+        }
+    };
+    let answer = runtime()?.block_on(ctl::request(&path, &args.command.line()))?;
+    match answer.strip_prefix("error: ") {
+        Some(e) => Err(anyhow!("{}", e.trim_end())),
+        None => {
+            print!("{answer}");
+            Ok(())
+        }
+    }
+}

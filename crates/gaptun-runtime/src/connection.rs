@@ -1,0 +1,166 @@
+//! [`RtConnection`]: an established connection, opening and accepting streams.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use gaptun_proto::{ConnectionError, ConnectionStats};
+
+use crate::endpoint::{EndpointRef, RtEndpoint};
+use crate::error::RtError;
+use crate::state::{ConnMeta, Shared, register, wake_all};
+use crate::stream::RtStream;
+
+/// A connection to a peer. Cheap to clone; the connection is closed when the last clone and
+/// the last of its streams are dropped, or by [`RtConnection::close`].
+#[derive(Debug, Clone)]
+pub struct RtConnection {
+    inner: Arc<ConnRef>,
+}
+
+/// Shared by every clone of a connection handle and by its streams; its drop closes the
+/// connection.
+#[derive(Debug)]
+pub(crate) struct ConnRef {
+    pub(crate) endpoint: Arc<EndpointRef>,
+    pub(crate) meta: Arc<ConnMeta>,
+}
+
+impl Drop for ConnRef {
+    fn drop(&mut self) {
+        close(&self.endpoint.shared, &self.meta, 0, b"");
+    }
+}
+
+impl RtConnection {
+    pub(crate) fn new(endpoint: Arc<EndpointRef>, meta: Arc<ConnMeta>) -> Self {
+        Self {
+            inner: Arc::new(ConnRef { endpoint, meta }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.endpoint.shared
+    }
+
+    pub(crate) fn meta(&self) -> &ConnMeta {
+        &self.inner.meta
+    }
+
+    /// The endpoint this connection belongs to.
+    pub fn endpoint(&self) -> RtEndpoint {
+        RtEndpoint::from_ref(Arc::clone(&self.inner.endpoint))
+    }
+
+    /// The peer's address when the connection was made.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.meta.remote
+    }
+
+    /// Opens a stream, waiting while the peer's stream limit is reached (or the handshake is
+    /// still running).
+    pub async fn open_stream(&self) -> io::Result<RtStream> {
+        let id = poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            let (conn, cs) = state.conn(self.meta())?;
+            match conn.open_stream() {
+                Some(id) => Poll::Ready(Ok::<_, RtError>(id)),
+                None => {
+                    register(&mut cs.open_wakers, cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
+        self.shared().kick();
+        Ok(RtStream::new(Arc::clone(&self.inner), id))
+    }
+
+    /// The next stream the peer opened; `None` once the connection has ended.
+    pub async fn accept_stream(&self) -> Option<RtStream> {
+        let id = poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            let Ok((conn, cs)) = state.conn(self.meta()) else {
+                return Poll::Ready(None);
+            };
+            match conn.accept_stream() {
+                Some(id) => Poll::Ready(Some(id)),
+                None => {
+                    register(&mut cs.accept_wakers, cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
+        Some(RtStream::new(Arc::clone(&self.inner), id))
+    }
+
+    /// Resolves when the connection ends, with the reason.
+    pub async fn closed(&self) -> RtError {
+        poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            match state.conn(self.meta()) {
+                Err(e) => Poll::Ready(e),
+                Ok((_, cs)) => {
+                    register(&mut cs.state_wakers, cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn close_reason(&self) -> Option<RtError> {
+        if let Some(e) = self.meta().lost.get() {
+            return Some(e.clone());
+        }
+        self.shared().lock().conn(self.meta()).err()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.close_reason().is_some()
+    }
+
+    /// Counters and estimates; `None` once the connection is gone.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        let mut state = self.shared().lock();
+        state.conn(self.meta()).ok().map(|(conn, _)| conn.stats())
+    }
+
+    /// Changes this connection's receive window.
+    pub fn set_receive_window(&self, bytes: u64) {
+        if let Ok((conn, _)) = self.shared().lock().conn(self.meta()) {
+            conn.set_receive_window(bytes);
+        }
+        self.shared().kick();
+    }
+
+    /// Closes the connection: the peer gets `code` and `reason`; every stream fails.
+    pub fn close(&self, code: u64, reason: &[u8]) {
+        close(self.shared(), self.meta(), code, reason);
+    }
+}
+
+/// Closes the connection behind `meta` unless it already ended.
+fn close(shared: &Shared, meta: &ConnMeta, code: u64, reason: &[u8]) {
+    let mut wakers = Vec::new();
+    {
+        let mut state = shared.lock();
+        let Ok((conn, _)) = state.conn(meta) else {
+            return;
+        };
+        conn.close(Instant::now(), code, reason);
+        state.forget(
+            meta.handle,
+            RtError::Connection(ConnectionError::LocallyClosed),
+            &mut wakers,
+        );
+    }
+    wake_all(wakers);
+    shared.kick();
+}

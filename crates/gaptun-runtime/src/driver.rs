@@ -1,0 +1,274 @@
+//! The driver task: the only code that touches the socket and the core's timers.
+//!
+//! One iteration: receive what the socket has (in batches) and feed it to the core, fire expired
+//! timers, take newly accepted connections, turn core events into wake-ups of the handles that
+//! wait for them, then send everything the core wants sent. When there is nothing left to do it
+//! sleeps until the socket is readable, a handle kicks it, or the core's next timer.
+
+use std::io;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use gaptun_proto::{Event, StreamEvent, Transmit};
+use tracing::{debug, trace, warn};
+
+use crate::error::RtError;
+use crate::state::{ConnState, MAX_PENDING_ACCEPTS, Shared, State, wake_all};
+use crate::udp::{RecvBuffers, UdpIo};
+
+/// Receive batches handled before the driver turns to sending, so a flood of incoming datagrams
+/// cannot starve our own transmissions (ACKs above all).
+const RECV_BATCHES_PER_ITERATION: usize = 16;
+
+/// Transmits taken from the core per lock acquisition; the rest wait for the next round.
+const TRANSMITS_PER_ITERATION: usize = 64;
+
+/// Most datagrams the core may put into one GSO buffer.
+const MAX_GSO_SEGMENTS: usize = 32;
+
+/// After the endpoint starts closing, how long the driver keeps running so that CLOSE frames go
+/// out and late packets are answered, unless every connection has drained sooner.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(300);
+
+/// The driver's private data (everything shared with handles is in [`Shared`]).
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    io: UdpIo,
+    recv: RecvBuffers,
+    /// Filled transmit buffers waiting to be sent, reused across iterations.
+    outgoing: Vec<(Vec<u8>, Transmit)>,
+    spare: Vec<Vec<u8>>,
+    max_segments: usize,
+}
+
+/// What one locked step decided.
+struct Step {
+    /// The core may have more to send right now.
+    more_to_send: bool,
+    /// The core's next timer.
+    timeout: Option<Instant>,
+    /// The endpoint closed and has drained (or lingered long enough).
+    exit: bool,
+}
+
+impl Driver {
+    /// `max_payload`: the largest UDP payload the core sends and accepts.
+    pub(crate) fn new(shared: Arc<Shared>, io: UdpIo, max_payload: usize) -> Self {
+        let recv = RecvBuffers::new(&io, max_payload);
+        let max_segments = io.max_segments_for(max_payload).min(MAX_GSO_SEGMENTS);
+        Self {
+            shared,
+            io,
+            recv,
+            outgoing: Vec::new(),
+            spare: Vec::new(),
+            max_segments,
+        }
+    }
+
+    /// The state this driver serves.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Runs until the endpoint has closed.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let recv_busy = self.receive();
+            let step = self.step();
+            self.send().await;
+            if step.exit {
+                debug!(addr = %self.shared.local_addr, "endpoint driver finished");
+                break;
+            }
+            if recv_busy || step.more_to_send {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            self.wait(step.timeout).await;
+        }
+    }
+
+    /// Sleeps until the socket is readable, a handle kicks us, or `timeout`.
+    async fn wait(&self, timeout: Option<Instant>) {
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.shared.wake_driver.notified() => {}
+            r = self.io.readable() => {
+                if let Err(e) = r {
+                    warn!("UDP socket error: {e}");
+                    // Avoid spinning on a permanently failing socket.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            () = sleep => {}
+        }
+    }
+
+    /// Reads up to a budget of batches and feeds them to the core. Returns whether the budget ran
+    /// out (more may be waiting).
+    fn receive(&mut self) -> bool {
+        for _ in 0..RECV_BATCHES_PER_ITERATION {
+            let n = match self.recv.recv(&self.io) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    // ICMP errors reported on the socket and the like: not fatal for UDP.
+                    debug!("UDP receive error: {e}");
+                    return false;
+                }
+            };
+            let mut state = self.shared.lock();
+            let now = Instant::now();
+            for i in 0..n {
+                let (from, datagrams) = self.recv.datagrams(i);
+                for datagram in datagrams {
+                    trace!(%from, len = datagram.len(), "datagram in");
+                    state.endpoint.handle_datagram(now, from, datagram);
+                }
+            }
+        }
+        true
+    }
+
+    /// Timers, accepts, events and transmit collection, under one lock acquisition.
+    fn step(&mut self) -> Step {
+        let mut wakers = Vec::new();
+        let shared = Arc::clone(&self.shared);
+        let step = {
+            let mut state = shared.lock();
+            // Read the clock before comparing: tokio's timer may fire a little early or late, and
+            // the core must see the real time.
+            let now = Instant::now();
+            if state.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                state.endpoint.handle_timeout(now);
+            }
+            take_accepted(&mut state, now, &mut wakers);
+            dispatch_events(&mut state, &mut wakers);
+            let more_to_send = self.collect_transmits(&mut state, now);
+            let exit = state.closing_since.is_some_and(|since| {
+                state.endpoint.handles().is_empty()
+                    || (!more_to_send && now.saturating_duration_since(since) >= CLOSE_LINGER)
+            });
+            Step {
+                more_to_send,
+                timeout: state.endpoint.poll_timeout(),
+                exit,
+            }
+        };
+        wake_all(wakers);
+        step
+    }
+
+    /// Moves up to a budget of transmits from the core into `outgoing`. Returns whether the budget
+    /// ran out.
+    fn collect_transmits(&mut self, state: &mut State, now: Instant) -> bool {
+        for _ in 0..TRANSMITS_PER_ITERATION {
+            let mut buf = self.spare.pop().unwrap_or_default();
+            match state
+                .endpoint
+                .poll_transmit(now, self.max_segments, &mut buf)
+            {
+                Some(t) => self.outgoing.push((buf, t)),
+                None => {
+                    self.spare.push(buf);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends what `step` collected, outside the lock.
+    async fn send(&mut self) {
+        for (buf, t) in self.outgoing.drain(..) {
+            let contents = buf.get(..t.size).unwrap_or(&buf);
+            trace!(to = %t.destination, len = t.size, segment = ?t.segment_size, "datagram out");
+            if let Err(e) = self.io.send(t.destination, contents, t.segment_size).await {
+                debug!(to = %t.destination, "UDP send error: {e}");
+            }
+            self.spare.push(buf);
+        }
+    }
+}
+
+/// Takes the connections the core accepted and queues them for `RtEndpoint::accept`, or refuses
+/// them when the endpoint is closing or the application is not keeping up.
+fn take_accepted(state: &mut State, now: Instant, wakers: &mut Vec<Waker>) {
+    while let Some(handle) = state.endpoint.accept() {
+        let refuse = if state.closing_since.is_some() {
+            Some(&b"server shutting down"[..])
+        } else if state.incoming.len() >= MAX_PENDING_ACCEPTS {
+            Some(&b"server busy"[..])
+        } else {
+            None
+        };
+        let Some(conn) = state.endpoint.connection(handle) else {
+            continue;
+        };
+        if let Some(reason) = refuse {
+            conn.close(now, 0, reason);
+            continue;
+        }
+        let remote = conn.remote_address();
+        let established = conn.is_established();
+        let meta = state.track(handle, remote, wakers);
+        if let Some(cs) = state.conns.get_mut(&handle) {
+            cs.connected = established;
+        }
+        debug!(%remote, "connection accepted");
+        state.incoming.push_back(meta);
+        wakers.append(&mut state.accept_wakers);
+    }
+}
+
+/// Drains every connection's events into wake-ups; forgets connections that ended.
+fn dispatch_events(state: &mut State, wakers: &mut Vec<Waker>) {
+    let mut ended = Vec::new();
+    let State {
+        endpoint, conns, ..
+    } = state;
+    for (&handle, cs) in conns.iter_mut() {
+        let Some(conn) = endpoint.connection(handle) else {
+            ended.push((handle, RtError::Gone));
+            continue;
+        };
+        while let Some(event) = conn.poll() {
+            if let Some(reason) = apply_event(cs, event, wakers) {
+                ended.push((handle, reason));
+                break;
+            }
+        }
+    }
+    for (handle, reason) in ended {
+        debug!(?handle, "connection ended: {reason}");
+        state.forget(handle, reason, wakers);
+    }
+}
+
+/// Routes one event to the wakers waiting for it; returns the reason if the connection ended.
+fn apply_event(cs: &mut ConnState, event: Event, wakers: &mut Vec<Waker>) -> Option<RtError> {
+    match event {
+        Event::Connected => {
+            cs.connected = true;
+            wakers.append(&mut cs.state_wakers);
+            wakers.append(&mut cs.open_wakers);
+        }
+        Event::Stream(StreamEvent::Opened) => wakers.append(&mut cs.accept_wakers),
+        Event::Stream(StreamEvent::Available) => wakers.append(&mut cs.open_wakers),
+        Event::Stream(StreamEvent::Readable(id)) => wakers.extend(cs.readers.remove(&id)),
+        Event::Stream(StreamEvent::Writable(id))
+        | Event::Stream(StreamEvent::Stopped { id, .. }) => {
+            wakers.extend(cs.writers.remove(&id));
+        }
+        Event::Stream(StreamEvent::Finished(_)) => {}
+        Event::ConnectionLost(e) => return Some(RtError::Connection(e)),
+    }
+    None
+}

@@ -1,0 +1,307 @@
+//! A UDP relay that imitates a bad network: random loss and a fixed one-way delay.
+//!
+//! Used by `gaptun demo` and by integration tests to put a real (loopback) bad path between a
+//! client and a server. Clients send to the relay's address; for each client address the relay
+//! opens its own upstream socket (like a NAT), so the server sees one address per client and
+//! answers find their way back.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::debug;
+
+/// Client addresses the relay tracks at most; datagrams from further ones are dropped.
+const MAX_CLIENTS: usize = 256;
+
+/// Datagrams held in one direction's delay line; when full, new ones are dropped (a router's
+/// queue overflowing).
+const DELAY_LINE: usize = 16 * 1024;
+
+/// How the relay mistreats traffic. The same figures apply to both directions.
+#[derive(Debug, Clone, Copy)]
+pub struct LossyConfig {
+    /// Where clients send to.
+    pub listen: SocketAddr,
+    /// The real server.
+    pub upstream: SocketAddr,
+    /// Probability that a datagram is dropped, 0.0..=1.0.
+    pub loss: f64,
+    /// One-way delay added to every datagram (the RTT grows by twice this).
+    pub delay: Duration,
+    /// Seed of the loss decisions, for repeatable runs.
+    pub seed: u64,
+}
+
+/// Counters, readable while the relay runs.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    /// Datagrams passed on (both directions).
+    pub forwarded: AtomicU64,
+    /// Datagrams dropped on purpose (both directions).
+    pub dropped: AtomicU64,
+}
+
+/// A running relay; stops when dropped.
+#[derive(Debug)]
+pub struct LossyRelay {
+    local_addr: SocketAddr,
+    counters: Arc<RelayCounters>,
+    tasks: JoinSet<()>,
+}
+
+impl LossyRelay {
+    /// Binds `config.listen` and starts relaying.
+    pub async fn spawn(config: LossyConfig) -> io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind(config.listen).await?);
+        let local_addr = front.local_addr()?;
+        let counters = Arc::new(RelayCounters::default());
+        let mut tasks = JoinSet::new();
+        let (to_client, lane) = mpsc::channel(DELAY_LINE);
+        tasks.spawn(delay_line(Arc::clone(&front), lane));
+        tasks.spawn(run_front(front, config, to_client, Arc::clone(&counters)));
+        Ok(Self {
+            local_addr,
+            counters,
+            tasks,
+        })
+    }
+
+    /// Where clients send to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Datagrams passed on and dropped so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.counters.forwarded.load(Ordering::Relaxed),
+            self.counters.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops relaying.
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// One datagram waiting in a delay line.
+struct Delayed {
+    due: Instant,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// Decides, with a seeded RNG, which datagrams get lost.
+struct Impairment {
+    rng: StdRng,
+    loss: f64,
+    delay: Duration,
+    counters: Arc<RelayCounters>,
+}
+
+impl Impairment {
+    /// The datagram's due time, or `None` if it is lost.
+    fn admit(&mut self) -> Option<Instant> {
+        if self.loss > 0.0 && self.rng.random_bool(self.loss.clamp(0.0, 1.0)) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        Some(Instant::now() + self.delay)
+    }
+}
+
+/// Sends datagrams from `lane` through `socket` once they are due. The delay is the same for
+/// all, so the queue is already in due order.
+async fn delay_line(socket: Arc<UdpSocket>, mut lane: mpsc::Receiver<Delayed>) {
+    while let Some(d) = lane.recv().await {
+        tokio::time::sleep_until(d.due).await;
+        if let Err(e) = socket.send_to(&d.data, d.to).await {
+            debug!("relay send to {}: {e}", d.to);
+        }
+    }
+}
+
+/// Reads from clients and hands each datagram to that client's upstream lane.
+async fn run_front(
+    front: Arc<UdpSocket>,
+    config: LossyConfig,
+    to_client: mpsc::Sender<Delayed>,
+    counters: Arc<RelayCounters>,
+) {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut clients: HashMap<SocketAddr, mpsc::Sender<Delayed>> = HashMap::new();
+    let mut impair = Impairment {
+        rng: StdRng::seed_from_u64(rng.random()),
+        loss: config.loss,
+        delay: config.delay,
+        counters: Arc::clone(&counters),
+    };
+    let mut tasks = JoinSet::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = match front.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!("relay receive: {e}");
+                continue;
+            }
+        };
+        let Some(data) = buf.get(..n).map(<[u8]>::to_vec) else {
+            continue;
+        };
+        if !clients.contains_key(&from) {
+            if clients.len() >= MAX_CLIENTS {
+                continue;
+            }
+            let Ok(lane) = open_upstream(
+                config,
+                from,
+                to_client.clone(),
+                StdRng::seed_from_u64(rng.random()),
+                Arc::clone(&counters),
+                &mut tasks,
+            )
+            .await
+            else {
+                continue;
+            };
+            clients.insert(from, lane);
+        }
+        let Some(due) = impair.admit() else { continue };
+        if let Some(lane) = clients.get(&from) {
+            let _ = lane.try_send(Delayed {
+                due,
+                to: config.upstream,
+                data,
+            });
+        }
+    }
+}
+
+/// Opens the upstream socket for client `client` and starts its two tasks: the delay line
+/// towards the server and the reader of the server's answers.
+async fn open_upstream(
+    config: LossyConfig,
+    client: SocketAddr,
+    to_client: mpsc::Sender<Delayed>,
+    rng: StdRng,
+    counters: Arc<RelayCounters>,
+    tasks: &mut JoinSet<()>,
+) -> io::Result<mpsc::Sender<Delayed>> {
+    let bind: SocketAddr = if config.upstream.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = Arc::new(UdpSocket::bind(bind).await?);
+    let (lane_tx, lane_rx) = mpsc::channel(DELAY_LINE);
+    tasks.spawn(delay_line(Arc::clone(&socket), lane_rx));
+    let mut impair = Impairment {
+        rng,
+        loss: config.loss,
+        delay: config.delay,
+        counters,
+    };
+    tasks.spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, from) = match socket.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!("relay upstream receive: {e}");
+                    continue;
+                }
+            };
+            if from != config.upstream {
+                continue;
+            }
+            let Some(due) = impair.admit() else { continue };
+            let data = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
+            let _ = to_client.try_send(Delayed {
+                due,
+                to: client,
+                data,
+            });
+        }
+    });
+    Ok(lane_tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        let h = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let _ = s.send_to(&buf[..n], from).await;
+            }
+        });
+        (addr, h)
+    }
+
+    #[tokio::test]
+    async fn relays_with_delay_and_no_loss() {
+        let (upstream, _h) = echo_server().await;
+        let relay = LossyRelay::spawn(LossyConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            loss: 0.0,
+            delay: Duration::from_millis(20),
+            seed: 1,
+        })
+        .await
+        .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let start = std::time::Instant::now();
+        client.send_to(b"hello", relay.local_addr()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from, relay.local_addr());
+        assert!(
+            start.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(relay.counts(), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn total_loss_drops_everything() {
+        let (upstream, _h) = echo_server().await;
+        let relay = LossyRelay::spawn(LossyConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            loss: 1.0,
+            delay: Duration::ZERO,
+            seed: 1,
+        })
+        .await
+        .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..5 {
+            client.send_to(b"x", relay.local_addr()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(relay.counts(), (0, 5));
+    }
+}

@@ -1,0 +1,383 @@
+//! [`ClientPool`]: a fixed number of connections to one server, kept alive.
+//!
+//! Several connections spread the load over several congestion controllers and UDP flows
+//! (some networks throttle individual flows). Each slot has a supervisor task: it connects,
+//! waits for the connection to end, and reconnects with exponential backoff. New streams go to
+//! the live connection with the fewest open streams (ties broken round-robin); while none is
+//! live, `open_stream` waits up to a bound for a reconnect.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use gaptun_proto::EndpointConfig;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::connection::RtConnection;
+use crate::endpoint::RtEndpoint;
+use crate::error::ConnectError;
+use crate::stream::RtStream;
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Connections kept open (at least 1).
+    pub conns: usize,
+    /// First reconnect delay; doubles after each failure.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// How long `open_stream` waits for a connection while none is live.
+    pub open_wait: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            conns: 1,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
+            open_wait: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], then d doubles up to the
+/// cap. The jitter keeps many clients from reconnecting in lockstep after a server restart.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`, capped at `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
+        Self {
+            min,
+            max: max.max(min),
+            current: min,
+        }
+    }
+
+    /// The next delay, with `unit` in [0, 1) choosing the jitter.
+    pub fn next_with(&mut self, unit: f64) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+    }
+
+    /// The next delay, jittered with the thread RNG.
+    pub fn next_delay(&mut self) -> Duration {
+        self.next_with(rand::random::<f64>())
+    }
+
+    /// Back to the first delay (after a success).
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// A pool of connections to one server.
+///
+/// Cheap to clone. Dropping the last clone stops reconnecting and closes the connections;
+/// [`ClientPool::shutdown`] does the same and waits for the CLOSE frames to go out.
+#[derive(Debug, Clone)]
+pub struct ClientPool {
+    inner: Arc<PoolInner>,
+    _stop_on_drop: Arc<StopOnDrop>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    endpoint: RtEndpoint,
+    server: String,
+    config: PoolConfig,
+    slots: Mutex<Vec<Option<RtConnection>>>,
+    /// Bumped whenever a slot changes, to wake `open_stream` waiters.
+    version: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+    next: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug)]
+struct StopOnDrop(Arc<PoolInner>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.send_replace(true);
+        self.0.endpoint.close(0, b"client stopped");
+    }
+}
+
+impl ClientPool {
+    /// Resolves `server` (`host:port`), binds a UDP socket of the matching address family,
+    /// establishes the first connection (failing with its error, e.g. the handshake timeout
+    /// when the server is unreachable or the key is wrong), and starts keeping `config.conns`
+    /// connections.
+    pub async fn connect(
+        server: &str,
+        endpoint_config: EndpointConfig,
+        config: PoolConfig,
+    ) -> Result<Self, ConnectError> {
+        let addrs = resolve(server).await?;
+        let Some(first) = addrs.first() else {
+            return Err(ConnectError::NoAddress {
+                host: server.to_owned(),
+                family: "IP",
+            });
+        };
+        let bind: SocketAddr = if first.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let endpoint = RtEndpoint::bind(bind, endpoint_config)
+            .map_err(|e| ConnectError::Bind(e.to_string()))?;
+        Self::with_endpoint(endpoint, server, config).await
+    }
+
+    /// Like [`ClientPool::connect`], on an endpoint the caller bound.
+    pub async fn with_endpoint(
+        endpoint: RtEndpoint,
+        server: &str,
+        config: PoolConfig,
+    ) -> Result<Self, ConnectError> {
+        let conns = config.conns.max(1);
+        let inner = Arc::new(PoolInner {
+            endpoint,
+            server: server.to_owned(),
+            config: PoolConfig { conns, ..config },
+            slots: Mutex::new(vec![None; conns]),
+            version: watch::Sender::new(0),
+            stop: watch::Sender::new(false),
+            next: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+        });
+        let first = inner.connect_once().await?;
+        info!(server, remote = %first.remote_address(), "connected");
+        tokio::spawn(supervise(Arc::clone(&inner), 0, Some(first)));
+        for slot in 1..conns {
+            tokio::spawn(supervise(Arc::clone(&inner), slot, None));
+        }
+        Ok(Self {
+            _stop_on_drop: Arc::new(StopOnDrop(Arc::clone(&inner))),
+            inner,
+        })
+    }
+
+    /// The endpoint the pool's connections live on (for stats and the receive window).
+    pub fn endpoint(&self) -> &RtEndpoint {
+        &self.inner.endpoint
+    }
+
+    /// The server as given.
+    pub fn server(&self) -> &str {
+        &self.inner.server
+    }
+
+    /// The live connections.
+    pub fn connections(&self) -> Vec<RtConnection> {
+        self.inner.live()
+    }
+
+    /// Opens a stream on the least-loaded live connection. While no connection is live (all
+    /// reconnecting), waits up to `open_wait` for one.
+    pub async fn open_stream(&self) -> io::Result<RtStream> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.open_wait;
+        let mut version = self.inner.version.subscribe();
+        loop {
+            if *self.inner.stop.borrow() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "client is shutting down",
+                ));
+            }
+            if let Some(conn) = self.inner.pick() {
+                match tokio::time::timeout_at(deadline, conn.open_stream()).await {
+                    Ok(Ok(stream)) => return Ok(stream),
+                    // The connection died while we waited: try another one.
+                    Ok(Err(_)) if conn.is_closed() => continue,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out waiting for a free stream (the server's stream limit is reached)",
+                        ));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, version.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(self.inner.unavailable()),
+            }
+        }
+    }
+
+    /// Stops reconnecting, closes every connection and waits (up to `limit`) for the CLOSE
+    /// frames to be sent.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.inner.stop.send_replace(true);
+        self.inner.endpoint.shutdown(limit).await;
+    }
+}
+
+impl PoolInner {
+    fn live(&self) -> Vec<RtConnection> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .iter()
+            .flatten()
+            .filter(|c| !c.is_closed())
+            .cloned()
+            .collect()
+    }
+
+    /// The live connection with the fewest open streams; round-robin among equals.
+    fn pick(&self) -> Option<RtConnection> {
+        let live = self.live();
+        if live.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
+        let load = |c: &RtConnection| c.stats().map_or(u64::MAX, |s| s.streams_open);
+        (0..live.len())
+            .filter_map(|i| live.get((start + i) % live.len()))
+            .min_by_key(|c| load(c))
+            .cloned()
+    }
+
+    fn set_slot(&self, slot: usize, conn: Option<RtConnection>) {
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(s) = slots.get_mut(slot) {
+                *s = conn;
+            }
+        }
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn unavailable(&self) -> io::Error {
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let msg = match last {
+            Some(e) => format!("no connection to {}: {e}", self.server),
+            None => format!("no connection to {}", self.server),
+        };
+        io::Error::new(io::ErrorKind::NotConnected, msg)
+    }
+
+    /// Resolves the server again (its address may have changed) and connects once.
+    async fn connect_once(&self) -> Result<RtConnection, ConnectError> {
+        let want_v4 = self.endpoint.local_addr().is_ipv4();
+        let addrs = resolve(&self.server).await?;
+        let Some(addr) = addrs.into_iter().find(|a| a.is_ipv4() == want_v4) else {
+            let family = if want_v4 { "IPv4" } else { "IPv6" };
+            return Err(ConnectError::NoAddress {
+                host: self.server.clone(),
+                family,
+            });
+        };
+        let result = self.endpoint.connect(addr).await;
+        if let Err(e) = &result {
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+        }
+        result
+    }
+}
+
+async fn resolve(server: &str) -> Result<Vec<SocketAddr>, ConnectError> {
+    let addrs = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| ConnectError::Resolve {
+            host: server.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(addrs.collect())
+}
+
+/// Keeps slot `slot` connected until the pool stops.
+async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnection>) {
+    let mut stop = inner.stop.subscribe();
+    let mut backoff = Backoff::new(inner.config.backoff_min, inner.config.backoff_max);
+    loop {
+        if let Some(c) = conn.take() {
+            backoff.reset();
+            inner.set_slot(slot, Some(c.clone()));
+            let reason = tokio::select! {
+                reason = c.closed() => reason,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            inner.set_slot(slot, None);
+            warn!(server = %inner.server, slot, "connection lost: {reason}; reconnecting");
+        }
+        let attempt = tokio::select! {
+            r = inner.connect_once() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match attempt {
+            Ok(c) => {
+                info!(server = %inner.server, slot, "reconnected");
+                conn = Some(c);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(server = %inner.server, slot, "connect failed: {e}; retrying in {delay:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+        if *stop.borrow() {
+            debug!(slot, "pool stopped");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_cap_with_jitter_bounds() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let full: Vec<_> = (0..7).map(|_| b.next_with(1.0)).collect();
+        let ms: Vec<u128> = full.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_with(0.0), Duration::from_millis(100));
+        assert_eq!(b.next_with(0.5), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn backoff_random_stays_in_range() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn resolve_rejects_bad_names() {
+        let err = resolve("no-port-here").await.unwrap_err();
+        assert!(matches!(err, ConnectError::Resolve { .. }), "{err:?}");
+    }
+}

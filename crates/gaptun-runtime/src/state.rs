@@ -1,0 +1,221 @@
+//! State shared between the driver task and the application-side handles.
+//!
+//! Everything lives behind one mutex, next to the protocol core's `Endpoint`: the core is a
+//! single state machine, so finer locking would buy nothing. Handles lock, call into the core,
+//! register their waker if they must wait, and unlock; the driver does the same around I/O.
+//! Wakers are collected while the lock is held and woken after it is released, so that a woken
+//! task does not immediately block on the lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Waker;
+use std::time::Instant;
+
+use gaptun_proto::{Connection, ConnectionHandle, Endpoint, StreamId};
+use tokio::sync::{Notify, watch};
+
+use crate::error::RtError;
+
+/// Accepted connections waiting for the application; beyond this, new ones are refused.
+pub(crate) const MAX_PENDING_ACCEPTS: usize = 1024;
+
+/// What the driver task and every handle of one endpoint share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the driver: something may need sending (or the endpoint is closing).
+    pub(crate) wake_driver: Notify,
+    /// Becomes `true` when the driver task has ended.
+    pub(crate) driver_done: watch::Sender<bool>,
+    /// The bound address.
+    pub(crate) local_addr: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn new(endpoint: Endpoint, local_addr: SocketAddr) -> Self {
+        Self {
+            state: Mutex::new(State::new(endpoint)),
+            wake_driver: Notify::new(),
+            driver_done: watch::Sender::new(false),
+            local_addr,
+        }
+    }
+
+    /// Locks the state. A poisoned lock (a panic in the core while it was held) is taken over as
+    /// is: the driver-failure path marks everything lost, and handles must still be able to see
+    /// that and return errors instead of panicking in turn.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the driver to run an iteration (poll_transmit and friends).
+    pub(crate) fn kick(&self) {
+        self.wake_driver.notify_one();
+    }
+}
+
+/// Identity of one connection as seen by its handles.
+///
+/// The core may reuse a `ConnectionHandle` once the old connection is gone, so handles also carry
+/// a generation number that is never reused; `lost` is set exactly once when the connection ends
+/// and stays readable after the connection's state is removed.
+#[derive(Debug)]
+pub(crate) struct ConnMeta {
+    pub(crate) handle: ConnectionHandle,
+    pub(crate) generation: u64,
+    pub(crate) remote: SocketAddr,
+    pub(crate) lost: OnceLock<RtError>,
+}
+
+/// Per-connection bookkeeping of the runtime (the core keeps the protocol state).
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    pub(crate) meta: Arc<ConnMeta>,
+    /// The handshake completed.
+    pub(crate) connected: bool,
+    /// Waiting for `Connected` or for the connection to end (`connect`, `closed`).
+    pub(crate) state_wakers: Vec<Waker>,
+    /// Waiting to open a stream (stream limit, or handshake not complete).
+    pub(crate) open_wakers: Vec<Waker>,
+    /// Waiting for the peer to open a stream.
+    pub(crate) accept_wakers: Vec<Waker>,
+    /// One reader per stream.
+    pub(crate) readers: HashMap<StreamId, Waker>,
+    /// One writer per stream.
+    pub(crate) writers: HashMap<StreamId, Waker>,
+}
+
+impl ConnState {
+    fn new(meta: Arc<ConnMeta>) -> Self {
+        Self {
+            meta,
+            connected: false,
+            state_wakers: Vec::new(),
+            open_wakers: Vec::new(),
+            accept_wakers: Vec::new(),
+            readers: HashMap::new(),
+            writers: HashMap::new(),
+        }
+    }
+
+    /// Moves every waker of this connection into `out`.
+    pub(crate) fn drain_all_wakers(&mut self, out: &mut Vec<Waker>) {
+        out.append(&mut self.state_wakers);
+        out.append(&mut self.open_wakers);
+        out.append(&mut self.accept_wakers);
+        out.extend(self.readers.drain().map(|(_, w)| w));
+        out.extend(self.writers.drain().map(|(_, w)| w));
+    }
+}
+
+/// Adds `waker` to `list` unless an equivalent one is already there (a future polled again
+/// without having been woken must not grow the list).
+pub(crate) fn register(list: &mut Vec<Waker>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}
+
+/// The endpoint and the runtime's view of its connections.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) conns: HashMap<ConnectionHandle, ConnState>,
+    /// Server side: accepted connections the application has not taken yet.
+    pub(crate) incoming: VecDeque<Arc<ConnMeta>>,
+    /// Waiting in `RtEndpoint::accept`.
+    pub(crate) accept_wakers: Vec<Waker>,
+    /// Set when the endpoint shuts down: no new connections, driver exits once they drained.
+    pub(crate) closing_since: Option<Instant>,
+    /// Set when the driver died; every operation fails with this.
+    pub(crate) failed: Option<RtError>,
+    next_generation: u64,
+}
+
+impl State {
+    fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            conns: HashMap::new(),
+            incoming: VecDeque::new(),
+            accept_wakers: Vec::new(),
+            closing_since: None,
+            failed: None,
+            next_generation: 0,
+        }
+    }
+
+    /// Starts tracking a connection the core just created. If the core reused the handle of a
+    /// connection we still track, that one is finished first.
+    pub(crate) fn track(
+        &mut self,
+        handle: ConnectionHandle,
+        remote: SocketAddr,
+        wakers: &mut Vec<Waker>,
+    ) -> Arc<ConnMeta> {
+        self.forget(handle, RtError::Gone, wakers);
+        self.next_generation += 1;
+        let meta = Arc::new(ConnMeta {
+            handle,
+            generation: self.next_generation,
+            remote,
+            lost: OnceLock::new(),
+        });
+        self.conns.insert(handle, ConnState::new(Arc::clone(&meta)));
+        meta
+    }
+
+    /// Stops tracking a connection: records why it ended (first reason wins) and collects its
+    /// wakers so every waiting handle sees the error.
+    pub(crate) fn forget(
+        &mut self,
+        handle: ConnectionHandle,
+        reason: RtError,
+        wakers: &mut Vec<Waker>,
+    ) {
+        if let Some(mut cs) = self.conns.remove(&handle) {
+            let _ = cs.meta.lost.set(reason);
+            cs.drain_all_wakers(wakers);
+        }
+    }
+
+    /// The core connection and our bookkeeping for `meta`, or why it is unusable.
+    pub(crate) fn conn(
+        &mut self,
+        meta: &ConnMeta,
+    ) -> Result<(&mut Connection, &mut ConnState), RtError> {
+        if let Some(e) = meta.lost.get() {
+            return Err(e.clone());
+        }
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let cs = match self.conns.get_mut(&meta.handle) {
+            Some(cs) if cs.meta.generation == meta.generation => cs,
+            _ => return Err(RtError::Gone),
+        };
+        match self.endpoint.connection(meta.handle) {
+            Some(conn) => Ok((conn, cs)),
+            None => Err(RtError::Gone),
+        }
+    }
+
+    /// The driver died: fail every connection and waiter.
+    pub(crate) fn fail_all(&mut self, reason: &RtError, wakers: &mut Vec<Waker>) {
+        self.failed = Some(reason.clone());
+        let handles: Vec<_> = self.conns.keys().copied().collect();
+        for h in handles {
+            self.forget(h, reason.clone(), wakers);
+        }
+        self.incoming.clear();
+        wakers.append(&mut self.accept_wakers);
+    }
+}
+
+/// Wakes every waker (after the lock was released).
+pub(crate) fn wake_all(wakers: Vec<Waker>) {
+    for w in wakers {
+        w.wake();
+    }
+}

@@ -1,0 +1,215 @@
+//! [`RtStream`]: one bidirectional stream as a tokio `AsyncRead + AsyncWrite`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use gaptun_proto::{ReadError, StreamId, WriteError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::connection::ConnRef;
+
+/// Error code sent with RESET_STREAM / STOP_SENDING when a stream handle is dropped before its
+/// end: the application abandoned it.
+pub const ABANDONED: u64 = 0;
+
+/// A bidirectional stream.
+///
+/// Reading returns 0 bytes at the end of the peer's data; `shutdown` sends our end (FIN).
+/// Dropping the stream before `shutdown` resets our sending half, and dropping it before reading
+/// to the end asks the peer to stop sending, so that neither side waits for data that will never
+/// be consumed.
+#[derive(Debug)]
+pub struct RtStream {
+    conn: Arc<ConnRef>,
+    id: StreamId,
+    /// We sent FIN (or the sending half is otherwise over): nothing to reset on drop.
+    write_closed: bool,
+    /// We read the end of the stream (or the receiving half is otherwise over).
+    read_closed: bool,
+}
+
+impl RtStream {
+    pub(crate) fn new(conn: Arc<ConnRef>, id: StreamId) -> Self {
+        Self {
+            conn,
+            id,
+            write_closed: false,
+            read_closed: false,
+        }
+    }
+
+    /// The stream's ID within its connection.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Abandons the sending half at once: queued data is dropped, the peer sees a reset.
+    pub fn reset(&mut self, error_code: u64) {
+        self.write_closed = true;
+        let shared = &self.conn.endpoint.shared;
+        if let Ok((conn, _)) = shared.lock().conn(&self.conn.meta) {
+            let _ = conn.reset_stream(self.id, error_code);
+        }
+        shared.kick();
+    }
+
+    /// Asks the peer to stop sending; data still arriving is discarded.
+    pub fn stop(&mut self, error_code: u64) {
+        self.read_closed = true;
+        let shared = &self.conn.endpoint.shared;
+        if let Ok((conn, _)) = shared.lock().conn(&self.conn.meta) {
+            let _ = conn.stop_stream(self.id, error_code);
+        }
+        shared.kick();
+    }
+}
+
+fn read_error(e: ReadError) -> io::Error {
+    match e {
+        ReadError::Reset(code) => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("stream reset by peer (code {code})"),
+        ),
+        ReadError::ClosedStream => {
+            io::Error::new(io::ErrorKind::NotConnected, "stream closed for reading")
+        }
+        ReadError::Blocked => io::Error::new(io::ErrorKind::WouldBlock, "stream has no data"),
+    }
+}
+
+fn write_error(e: WriteError) -> io::Error {
+    match e {
+        WriteError::Stopped(code) => io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("peer stopped the stream (code {code})"),
+        ),
+        WriteError::ClosedStream => {
+            io::Error::new(io::ErrorKind::BrokenPipe, "stream closed for writing")
+        }
+        WriteError::Blocked => io::Error::new(io::ErrorKind::WouldBlock, "stream is blocked"),
+    }
+}
+
+impl AsyncRead for RtStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read_closed || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let this = &mut *self;
+        let shared = &this.conn.endpoint.shared;
+        let result = {
+            let mut state = shared.lock();
+            let (conn, cs) = state.conn(&this.conn.meta)?;
+            let result = conn.read(this.id, buf.initialize_unfilled());
+            if result == Err(ReadError::Blocked) {
+                cs.readers.insert(this.id, cx.waker().clone());
+                return Poll::Pending;
+            }
+            result
+        };
+        // Reading frees receive window: the driver may have flow-control credit to send.
+        shared.kick();
+        match result {
+            Ok(Some(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Ok(None) => {
+                this.read_closed = true;
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => {
+                this.read_closed = true;
+                Poll::Ready(Err(read_error(e)))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for RtStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        let shared = &this.conn.endpoint.shared;
+        let result = {
+            let mut state = shared.lock();
+            let (conn, cs) = state.conn(&this.conn.meta)?;
+            match conn.write(this.id, data) {
+                Ok(0) | Err(WriteError::Blocked) => {
+                    cs.writers.insert(this.id, cx.waker().clone());
+                    return Poll::Pending;
+                }
+                other => other,
+            }
+        };
+        match result {
+            Ok(n) => {
+                shared.kick();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => {
+                this.write_closed = true;
+                Poll::Ready(Err(write_error(e)))
+            }
+        }
+    }
+
+    /// Data is handed to the transport as soon as it is written; there is nothing to flush.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends FIN after the data written so far.
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.write_closed {
+            return Poll::Ready(Ok(()));
+        }
+        let this = &mut *self;
+        let shared = &this.conn.endpoint.shared;
+        let result = {
+            let mut state = shared.lock();
+            let (conn, _) = state.conn(&this.conn.meta)?;
+            conn.finish(this.id)
+        };
+        this.write_closed = true;
+        shared.kick();
+        match result {
+            // Already finished or cleaned up: shutting down twice is not an error.
+            Ok(()) | Err(WriteError::ClosedStream) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(write_error(e))),
+        }
+    }
+}
+
+impl Drop for RtStream {
+    fn drop(&mut self) {
+        let shared = &self.conn.endpoint.shared;
+        {
+            let mut state = shared.lock();
+            let Ok((conn, cs)) = state.conn(&self.conn.meta) else {
+                return;
+            };
+            cs.readers.remove(&self.id);
+            cs.writers.remove(&self.id);
+            if !self.write_closed {
+                let _ = conn.reset_stream(self.id, ABANDONED);
+            }
+            if !self.read_closed {
+                let _ = conn.stop_stream(self.id, ABANDONED);
+            }
+        }
+        shared.kick();
+    }
+}

@@ -1,0 +1,279 @@
+//! End-to-end tests of the runtime over real loopback UDP sockets.
+//!
+//! They need a working protocol core; run them with `cargo test -p gaptun-runtime --test
+//! loopback`. Every test is bounded by a timeout so that a stuck transfer fails instead of
+//! hanging the suite.
+
+// Test helpers, not production code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gaptun_proto::{ConnectionError, EndpointConfig, Psk};
+use gaptun_runtime::lossy_relay::{LossyConfig, LossyRelay};
+use gaptun_runtime::{ClientPool, ConnectError, PoolConfig, RtConnection, RtEndpoint, RtError};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+
+fn key(n: u8) -> Psk {
+    Psk::from_bytes([n; 32])
+}
+
+fn server(psk: Psk) -> RtEndpoint {
+    server_at(LOOPBACK.parse().unwrap(), psk)
+}
+
+fn server_at(addr: SocketAddr, psk: Psk) -> RtEndpoint {
+    let ep = RtEndpoint::bind(addr, EndpointConfig::server(vec![psk])).unwrap();
+    tokio::spawn(echo_all(ep.clone()));
+    ep
+}
+
+fn client(psk: Psk) -> RtEndpoint {
+    RtEndpoint::bind(LOOPBACK.parse().unwrap(), EndpointConfig::client(psk)).unwrap()
+}
+
+/// Accepts every connection and echoes every stream back until its end.
+async fn echo_all(ep: RtEndpoint) {
+    while let Some(conn) = ep.accept().await {
+        tokio::spawn(echo_conn(conn));
+    }
+}
+
+async fn echo_conn(conn: RtConnection) {
+    while let Some(stream) = conn.accept_stream().await {
+        tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(stream);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so corruption cannot hide in repeated patterns.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `len` bytes on a new stream of `conn`, reads the echo, and checks it by SHA-256.
+async fn echo_roundtrip(conn: &RtConnection, len: usize, seed: u64) {
+    let stream = conn.open_stream().await.unwrap();
+    let data = pattern(len, seed);
+    let sent_hash = Sha256::digest(&data);
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        for chunk in data.chunks(16 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut hasher = Sha256::new();
+    let mut total = 0;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n;
+    }
+    let _w = writer.await.unwrap();
+    assert_eq!(total, len);
+    assert_eq!(hasher.finalize(), sent_hash);
+}
+
+async fn bounded<T>(secs: u64, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("test timed out")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_8_mib_hashed() {
+    bounded(60, async {
+        let srv = server(key(1));
+        let cli = client(key(1));
+        let conn = cli.connect(srv.local_addr()).await.unwrap();
+        echo_roundtrip(&conn, 8 * 1024 * 1024, 7).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_streams() {
+    bounded(60, async {
+        let srv = server(key(2));
+        let cli = client(key(2));
+        let conn = cli.connect(srv.local_addr()).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100u64 {
+            let conn = conn.clone();
+            tasks.spawn(async move { echo_roundtrip(&conn, 64 * 1024, i + 1).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_fails_with_handshake_timeout() {
+    bounded(20, async {
+        let srv = server(key(3));
+        let mut config = EndpointConfig::client(key(4));
+        config.transport.handshake_timeout = Duration::from_secs(1);
+        let cli = RtEndpoint::bind(LOOPBACK.parse().unwrap(), config).unwrap();
+        let start = Instant::now();
+        let err = cli.connect(srv.local_addr()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConnectError::Lost(RtError::Connection(ConnectionError::HandshakeTimeout(_)))
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("check address, port and key"),
+            "{err}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_counted() {
+    bounded(30, async {
+        let srv = server(key(5));
+        let cli = client(key(5));
+        let conn = cli.connect(srv.local_addr()).await.unwrap();
+        echo_roundtrip(&conn, 256 * 1024, 3).await;
+        let stats = conn.stats().unwrap();
+        assert!(stats.bytes_sent > 256 * 1024, "{stats:?}");
+        assert!(stats.bytes_received > 256 * 1024, "{stats:?}");
+        assert!(
+            stats.packets_sent > 0 && stats.packets_received > 0,
+            "{stats:?}"
+        );
+        assert!(stats.rtt > Duration::ZERO, "{stats:?}");
+        let infos = cli.connection_stats();
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].remote, srv.local_addr());
+        assert_eq!(srv.stats().accepted, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reaches_the_peer() {
+    bounded(30, async {
+        let srv = server(key(6));
+        let cli = client(key(6));
+        let conn = cli.connect(srv.local_addr()).await.unwrap();
+        echo_roundtrip(&conn, 1024, 1).await;
+        srv.shutdown(Duration::from_secs(2)).await;
+        let reason = conn.closed().await;
+        assert!(
+            matches!(
+                reason,
+                RtError::Connection(ConnectionError::ClosedByPeer { .. })
+            ),
+            "{reason:?}"
+        );
+        assert!(conn.open_stream().await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_reconnects_after_server_restart() {
+    bounded(60, async {
+        let first = server(key(7));
+        let addr = first.local_addr();
+        let config = PoolConfig {
+            conns: 2,
+            ..PoolConfig::default()
+        };
+        let pool = ClientPool::connect(&addr.to_string(), EndpointConfig::client(key(7)), config)
+            .await
+            .unwrap();
+        let conn = pool.connections().into_iter().next().unwrap();
+        echo_roundtrip(&conn, 64 * 1024, 1).await;
+
+        first.shutdown(Duration::from_secs(2)).await;
+        drop(first);
+        let _second = server_at(addr, key(7));
+
+        // The pool notices the CLOSE, reconnects, and streams work again.
+        let stream = pool.open_stream().await.unwrap();
+        let (mut r, mut w) = tokio::io::split(stream);
+        w.write_all(b"after restart").await.unwrap();
+        w.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"after restart");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.connections().len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(pool.connections().len(), 2);
+        pool.shutdown(Duration::from_secs(2)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_through_lossy_relay() {
+    bounded(120, async {
+        let srv = server(key(8));
+        let relay = LossyRelay::spawn(LossyConfig {
+            listen: LOOPBACK.parse().unwrap(),
+            upstream: srv.local_addr(),
+            loss: 0.02,
+            delay: Duration::from_millis(30),
+            seed: 42,
+        })
+        .await
+        .unwrap();
+        let cli = client(key(8));
+        let conn = cli.connect(relay.local_addr()).await.unwrap();
+        echo_roundtrip(&conn, 1024 * 1024, 9).await;
+        let stats = conn.stats().unwrap();
+        assert!(stats.min_rtt >= Duration::from_millis(55), "{stats:?}");
+        let (_, dropped) = relay.counts();
+        assert!(dropped > 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_early_does_not_break_the_connection() {
+    bounded(30, async {
+        let srv = server(key(9));
+        let cli = client(key(9));
+        let conn = cli.connect(srv.local_addr()).await.unwrap();
+        let mut s = conn.open_stream().await.unwrap();
+        s.write_all(&pattern(100_000, 5)).await.unwrap();
+        drop(s); // abandoned: reset + stop
+        echo_roundtrip(&conn, 100_000, 6).await;
+    })
+    .await;
+}

@@ -1,0 +1,573 @@
+//! The control socket: `gaptun ctl` talks to a running daemon over a Unix socket.
+//!
+//! Protocol: the client connects, sends one command line, and reads the answer until the daemon
+//! closes the connection. Commands:
+//!
+//! - `wnd N`: set the receive window (N in bytes, K/M/G suffixes allowed) of every live and
+//!   future connection; answers `ok`.
+//! - `stats`: a human-readable table; `stats json`: the same figures as one JSON object.
+//!
+//! Errors are answered as `error: <message>`. The socket is created with mode 0600 (bound under
+//! a temporary name, restricted, then renamed into place, so it is never reachable with looser
+//! permissions). A socket file left by a crashed daemon is replaced; one that a live daemon
+//! still answers on is not.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gaptun_runtime::{ConnectionInfo, RtEndpoint};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, info};
+
+use crate::config::Role;
+use crate::transport::MIN_WINDOW;
+use crate::values::ByteSize;
+
+/// Longest command line accepted.
+const MAX_COMMAND: u64 = 1024;
+
+/// Largest answer `gaptun ctl` reads.
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+/// A parsed command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Wnd(u64),
+    Stats { json: bool },
+}
+
+/// Parses one command line.
+pub fn parse_command(line: &str) -> Result<Command, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["wnd", n] => {
+            let ByteSize(bytes) = n.parse()?;
+            if bytes < MIN_WINDOW {
+                return Err(format!("window {bytes} is too small: use at least 64K"));
+            }
+            Ok(Command::Wnd(bytes))
+        }
+        ["wnd"] => Err("usage: wnd BYTES (e.g. wnd 64M)".into()),
+        ["stats"] => Ok(Command::Stats { json: false }),
+        ["stats", "json"] => Ok(Command::Stats { json: true }),
+        [] => Err("empty command: use `wnd BYTES`, `stats` or `stats json`".into()),
+        _ => Err(format!(
+            "unknown command `{}`: use `wnd BYTES`, `stats` or `stats json`",
+            line.trim()
+        )),
+    }
+}
+
+/// What the control socket acts on.
+#[derive(Debug, Clone)]
+pub struct CtlContext {
+    pub role: Role,
+    pub endpoint: RtEndpoint,
+    /// The receive window currently configured (for display; the core holds the real one).
+    pub window: Arc<AtomicU64>,
+}
+
+/// One connection's figures, as `stats` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnSnapshot {
+    pub remote: String,
+    pub established: bool,
+    pub rtt_ms: f64,
+    pub min_rtt_ms: f64,
+    pub cwnd: u64,
+    pub bytes_in_flight: u64,
+    pub pacing_rate: u64,
+    pub congestion: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub packets_retransmitted: u64,
+    /// Lost packets as a percentage of packets sent.
+    pub loss_percent: f64,
+    pub streams_open: u64,
+    pub streams_opened_total: u64,
+    pub receive_window: u64,
+}
+
+/// Everything `stats` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub role: &'static str,
+    pub local_addr: String,
+    pub receive_window: u64,
+    pub accepted: u64,
+    pub dropped_unauthenticated: u64,
+    pub dropped_replayed_handshakes: u64,
+    pub connections: Vec<ConnSnapshot>,
+}
+
+impl ConnSnapshot {
+    pub fn from_info(info: &ConnectionInfo) -> Self {
+        let s = &info.stats;
+        let loss_percent = if s.packets_sent == 0 {
+            0.0
+        } else {
+            s.packets_lost as f64 * 100.0 / s.packets_sent as f64
+        };
+        Self {
+            remote: info.remote.to_string(),
+            established: info.established,
+            rtt_ms: s.rtt.as_secs_f64() * 1000.0,
+            min_rtt_ms: s.min_rtt.as_secs_f64() * 1000.0,
+            cwnd: s.cwnd,
+            bytes_in_flight: s.bytes_in_flight,
+            pacing_rate: s.pacing_rate,
+            congestion: s.congestion.to_owned(),
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            packets_sent: s.packets_sent,
+            packets_received: s.packets_received,
+            packets_lost: s.packets_lost,
+            packets_retransmitted: s.packets_retransmitted,
+            loss_percent,
+            streams_open: s.streams_open,
+            streams_opened_total: s.streams_opened_total,
+            receive_window: s.receive_window,
+        }
+    }
+}
+
+/// Collects the figures from the endpoint.
+pub fn snapshot(ctx: &CtlContext) -> StatsSnapshot {
+    let ep = ctx.endpoint.stats();
+    StatsSnapshot {
+        role: ctx.role.name(),
+        local_addr: ctx.endpoint.local_addr().to_string(),
+        receive_window: ctx.window.load(Ordering::Relaxed),
+        accepted: ep.accepted,
+        dropped_unauthenticated: ep.dropped_unauthenticated,
+        dropped_replayed_handshakes: ep.dropped_replayed_handshakes,
+        connections: ctx
+            .endpoint
+            .connection_stats()
+            .iter()
+            .map(ConnSnapshot::from_info)
+            .collect(),
+    }
+}
+
+/// Bytes with a binary unit, e.g. `1.5M`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n}"),
+        _ => format!("{v:.1}{}", UNITS.get(unit).copied().unwrap_or("")),
+    }
+}
+
+/// The `stats` table.
+pub fn format_table(s: &StatsSnapshot) -> String {
+    let mut out = format!(
+        "gaptun {} on {}: {} connection(s), receive window {}\n",
+        s.role,
+        s.local_addr,
+        s.connections.len(),
+        human_bytes(s.receive_window),
+    );
+    if s.role == "server" {
+        out.push_str(&format!(
+            "handshakes accepted {}, dropped unauthenticated {}, dropped replays {}\n",
+            s.accepted, s.dropped_unauthenticated, s.dropped_replayed_handshakes
+        ));
+    }
+    if s.connections.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7}\n",
+        "REMOTE", "RTT", "MIN_RTT", "CWND", "SENT", "RECV", "LOSS%", "RETX", "STREAMS", "WINDOW"
+    ));
+    for c in &s.connections {
+        let remote = if c.established {
+            c.remote.clone()
+        } else {
+            format!("{} (closing)", c.remote)
+        };
+        out.push_str(&format!(
+            "{:<24} {:>6.1}ms {:>6.1}ms {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7}\n",
+            remote,
+            c.rtt_ms,
+            c.min_rtt_ms,
+            human_bytes(c.cwnd),
+            human_bytes(c.bytes_sent),
+            human_bytes(c.bytes_received),
+            c.loss_percent,
+            c.packets_retransmitted,
+            format!("{}/{}", c.streams_open, c.streams_opened_total),
+            human_bytes(c.receive_window),
+        ));
+    }
+    out
+}
+
+/// Executes one command line and returns the answer text.
+pub fn handle_line(line: &str, ctx: &CtlContext) -> String {
+    match parse_command(line) {
+        Ok(Command::Wnd(bytes)) => {
+            ctx.endpoint.set_receive_window(bytes);
+            ctx.window.store(bytes, Ordering::Relaxed);
+            info!(
+                "receive window set to {} via control socket",
+                human_bytes(bytes)
+            );
+            "ok\n".into()
+        }
+        Ok(Command::Stats { json: false }) => format_table(&snapshot(ctx)),
+        Ok(Command::Stats { json: true }) => match serde_json::to_string(&snapshot(ctx)) {
+            Ok(mut s) => {
+                s.push('\n');
+                s
+            }
+            Err(e) => format!("error: {e}\n"),
+        },
+        Err(e) => format!("error: {e}\n"),
+    }
+}
+
+/// Control-socket setup failures.
+#[derive(Debug, Error)]
+pub enum CtlError {
+    #[error(
+        "another gaptun is already listening on control socket {0} (stop it, or use --control)"
+    )]
+    InUse(String),
+    #[error("control socket path {0} exists and is not a socket")]
+    NotASocket(String),
+    #[error("cannot create control socket {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("no gaptun daemon answers on {path}: {reason} (is it running? see --socket)")]
+    NoDaemon { path: String, reason: String },
+}
+
+/// The default socket path for `role`: in `$XDG_RUNTIME_DIR` when set (private to the user),
+/// else in /tmp with the user ID in the name.
+pub fn default_socket_path(role: Role) -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => Path::new(&dir).join(format!("gaptun-{}.sock", role.name())),
+        None => PathBuf::from(format!("/tmp/gaptun-{}-{}.sock", role.name(), user_id())),
+    }
+}
+
+/// The current user's ID, read without `unsafe` from the owner of `/proc/self`; falls back to
+/// the user name.
+fn user_id() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self") {
+        Ok(m) => m.uid().to_string(),
+        Err(_) => std::env::var("USER").unwrap_or_else(|_| "user".into()),
+    }
+}
+
+/// A bound control socket; removes its file when dropped.
+#[derive(Debug)]
+pub struct CtlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for CtlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl CtlSocket {
+    /// Creates the socket at `path` with mode 0600, replacing a stale one.
+    pub fn bind(path: &Path) -> Result<Self, CtlError> {
+        let shown = path.display().to_string();
+        let io_err = |source| CtlError::Io {
+            path: shown.clone(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => return Err(CtlError::NotASocket(shown)),
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(CtlError::InUse(shown)),
+                Err(_) => debug!("removing stale control socket {shown}"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(io_err)?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(e));
+        }
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Answers commands with `handler` until the task is dropped.
+    pub async fn serve<F>(self, handler: F)
+    where
+        F: Fn(&str) -> String + Clone + Send + Sync + 'static,
+    {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    debug!("control socket accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, handler).await {
+                    debug!("control connection: {e}");
+                }
+            });
+        }
+    }
+}
+
+async fn answer(stream: UnixStream, handler: impl Fn(&str) -> String) -> io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r).take(MAX_COMMAND);
+    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no command within 5 s"))??;
+    let reply = handler(&line);
+    w.write_all(reply.as_bytes()).await?;
+    w.shutdown().await
+}
+
+/// Sends one command to the daemon at `path` and returns its answer.
+pub async fn request(path: &Path, command: &str) -> Result<String, CtlError> {
+    let shown = path.display().to_string();
+    let mut stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| CtlError::NoDaemon {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+    let io_err = |source| CtlError::Io {
+        path: shown.clone(),
+        source,
+    };
+    stream
+        .write_all(format!("{}\n", command.trim()).as_bytes())
+        .await
+        .map_err(io_err)?;
+    stream.shutdown().await.map_err(io_err)?;
+    let mut answer = String::new();
+    stream
+        .take(MAX_ANSWER)
+        .read_to_string(&mut answer)
+        .await
+        .map_err(io_err)?;
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse_command("wnd 64M\n"), Ok(Command::Wnd(64 << 20)));
+        assert_eq!(parse_command("  wnd   1048576 "), Ok(Command::Wnd(1 << 20)));
+        assert_eq!(parse_command("stats"), Ok(Command::Stats { json: false }));
+        assert_eq!(
+            parse_command("stats json\n"),
+            Ok(Command::Stats { json: true })
+        );
+        assert!(parse_command("wnd").unwrap_err().contains("usage"));
+        assert!(parse_command("wnd 1K").unwrap_err().contains("too small"));
+        assert!(
+            parse_command("wnd lots")
+                .unwrap_err()
+                .contains("invalid size")
+        );
+        assert!(
+            parse_command("reboot")
+                .unwrap_err()
+                .contains("unknown command `reboot`")
+        );
+        assert!(parse_command("").is_err());
+    }
+
+    fn sample() -> StatsSnapshot {
+        StatsSnapshot {
+            role: "client",
+            local_addr: "0.0.0.0:40000".into(),
+            receive_window: 32 << 20,
+            accepted: 0,
+            dropped_unauthenticated: 0,
+            dropped_replayed_handshakes: 0,
+            connections: vec![ConnSnapshot {
+                remote: "192.0.2.1:29900".into(),
+                established: true,
+                rtt_ms: 61.25,
+                min_rtt_ms: 60.0,
+                cwnd: 3 << 20,
+                bytes_in_flight: 0,
+                pacing_rate: 0,
+                congestion: "bbr".into(),
+                bytes_sent: 1536,
+                bytes_received: 10 << 20,
+                packets_sent: 200,
+                packets_received: 8000,
+                packets_lost: 4,
+                packets_retransmitted: 5,
+                loss_percent: 2.0,
+                streams_open: 3,
+                streams_opened_total: 17,
+                receive_window: 32 << 20,
+            }],
+        }
+    }
+
+    #[test]
+    fn table_format() {
+        let t = format_table(&sample());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "gaptun client on 0.0.0.0:40000: 1 connection(s), receive window 32.0M"
+        );
+        assert!(lines[1].starts_with("REMOTE"), "{t}");
+        let row: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            row,
+            vec![
+                "192.0.2.1:29900",
+                "61.2ms",
+                "60.0ms",
+                "3.0M",
+                "1.5K",
+                "10.0M",
+                "2.00",
+                "5",
+                "3/17",
+                "32.0M"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_format_round_trips() {
+        let s = serde_json::to_string(&sample()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["role"], "client");
+        assert_eq!(v["connections"][0]["packets_retransmitted"], 5);
+        assert_eq!(v["connections"][0]["rtt_ms"], 61.25);
+    }
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(0), "0");
+        assert_eq!(human_bytes(1023), "1023");
+        assert_eq!(human_bytes(1024), "1.0K");
+        assert_eq!(human_bytes(5 << 30), "5.0G");
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_and_refuses_a_second_daemon() {
+        let dir = std::env::temp_dir().join(format!("gaptun-ctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.sock");
+        let sock = CtlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(CtlSocket::bind(&path), Err(CtlError::InUse(_))));
+        // A listener that goes away without removing its file leaves a stale socket.
+        std::mem::forget(sock);
+        let stale = CtlSocket::bind(&path);
+        // Still answered by the forgotten (live) listener: refused.
+        assert!(matches!(stale, Err(CtlError::InUse(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("gaptun-ctl-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.sock");
+        // A socket file with nobody listening.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let sock = CtlSocket::bind(&path).unwrap();
+        assert_eq!(sock.path(), path);
+        drop(sock);
+        assert!(!path.exists());
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(matches!(
+            CtlSocket::bind(&path),
+            Err(CtlError::NotASocket(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn request_and_answer_over_the_socket() {
+        let dir = std::env::temp_dir().join(format!("gaptun-ctl-rr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let sock = CtlSocket::bind(&path).unwrap();
+        let server = tokio::spawn(sock.serve(|line: &str| match parse_command(line) {
+            Ok(Command::Wnd(n)) => format!("ok {n}\n"),
+            Ok(Command::Stats { json }) => format!("stats json={json}\n"),
+            Err(e) => format!("error: {e}\n"),
+        }));
+        assert_eq!(request(&path, "wnd 2M").await.unwrap(), "ok 2097152\n");
+        assert_eq!(
+            request(&path, "stats json").await.unwrap(),
+            "stats json=true\n"
+        );
+        assert!(
+            request(&path, "bogus")
+                .await
+                .unwrap()
+                .starts_with("error: unknown command")
+        );
+        server.abort();
+        let _ = server.await;
+        assert!(!path.exists(), "socket file removed when the server stops");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn request_to_missing_daemon_is_clear() {
+        let e = request(Path::new("/nonexistent/gaptun.sock"), "stats")
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("no gaptun daemon answers on /nonexistent/gaptun.sock")
+        );
+    }
+}

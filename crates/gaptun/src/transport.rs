@@ -1,0 +1,303 @@
+//! Transport tuning: the `--mode` presets and the other knobs, turned into the core's
+//! [`TransportConfig`].
+//!
+//! The modes borrow kcptun's names; what they set is ours. kcptun tunes KCP's `nodelay`,
+//! `interval`, `resend` and `nc`; we have no polling interval (the driver is event-driven) and
+//! congestion control is chosen separately, so a mode sets how quickly losses are detected and
+//! repaired, at the cost of spurious retransmissions and more ACK traffic:
+//!
+//! | mode   | reorder_threshold | rto_backoff | min_rto | max_ack_delay | ack every |
+//! |--------|-------------------|-------------|---------|---------------|-----------|
+//! | normal | 3                 | 2.0         | 200 ms  | 25 ms         | 2 packets |
+//! | fast   | 3                 | 1.5         | 30 ms   | 10 ms         | 2 packets |
+//! | fast2  | 2                 | 1.2         | 20 ms   | 5 ms          | 1 packet  |
+//! | fast3  | 2                 | 1.0         | 10 ms   | 2 ms          | 1 packet  |
+//!
+//! `fast` (the default) equals the core's defaults. `reorder_threshold` is KCP's `resend`: a
+//! packet counts as lost once that many later packets were acknowledged. `rto_backoff` 1.0
+//! keeps the retransmission timeout constant across consecutive timeouts (KCP's `nodelay`).
+
+use std::time::Duration;
+
+use gaptun_proto::{CipherSuite, CongestionKind, TransportConfig};
+use thiserror::Error;
+
+use crate::values::{ByteSize, Cipher, Congestion, Mode};
+
+/// Smallest and largest accepted `--mtu` (UDP payload bytes).
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+
+/// Smallest accepted receive window.
+pub const MIN_WINDOW: u64 = 64 * 1024;
+
+/// The tuning knobs as given by flags or config keys; `None` keeps the mode's or core's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransportSettings {
+    pub mode: Option<Mode>,
+    pub window: Option<ByteSize>,
+    pub mtu: Option<u16>,
+    pub congestion: Option<Congestion>,
+    /// Megabits per second, for `brutal`.
+    pub brutal_rate: Option<f64>,
+    /// Seconds; 0 disables keepalives.
+    pub keepalive: Option<u64>,
+    /// Seconds.
+    pub idle_timeout: Option<u64>,
+    pub cipher: Option<Cipher>,
+    /// Seconds.
+    pub handshake_timeout: Option<u64>,
+}
+
+/// A combination of settings that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TransportError {
+    #[error("mtu {0} is out of range: use 576 to 9000")]
+    Mtu(u16),
+    #[error("window {0} is too small: use at least 64K")]
+    Window(u64),
+    #[error("congestion `brutal` needs a rate: set brutal-rate (Mbit/s)")]
+    BrutalWithoutRate,
+    #[error("brutal-rate must be a positive number of Mbit/s")]
+    BadRate,
+    #[error("brutal-rate is only used with congestion `brutal`")]
+    RateWithoutBrutal,
+    #[error("idle-timeout must be at least 1 second")]
+    IdleTimeout,
+    #[error("handshake-timeout must be at least 1 second")]
+    HandshakeTimeout,
+    #[error("keepalive ({keepalive} s) must be shorter than idle-timeout ({idle} s)")]
+    KeepaliveTooLong { keepalive: u64, idle: u64 },
+}
+
+impl TransportSettings {
+    /// `other`'s values where set, ours elsewhere (command line over config file).
+    pub fn overridden_by(&self, other: &Self) -> Self {
+        Self {
+            mode: other.mode.or(self.mode),
+            window: other.window.or(self.window),
+            mtu: other.mtu.or(self.mtu),
+            congestion: other.congestion.or(self.congestion),
+            brutal_rate: other.brutal_rate.or(self.brutal_rate),
+            keepalive: other.keepalive.or(self.keepalive),
+            idle_timeout: other.idle_timeout.or(self.idle_timeout),
+            cipher: other.cipher.or(self.cipher),
+            handshake_timeout: other.handshake_timeout.or(self.handshake_timeout),
+        }
+    }
+
+    /// The core configuration these settings describe.
+    pub fn build(&self) -> Result<TransportConfig, TransportError> {
+        let mut c = TransportConfig::default();
+        apply_mode(&mut c, self.mode.unwrap_or_default());
+        if let Some(mtu) = self.mtu {
+            if !MTU_RANGE.contains(&mtu) {
+                return Err(TransportError::Mtu(mtu));
+            }
+            c.max_udp_payload = mtu;
+        }
+        if let Some(ByteSize(w)) = self.window {
+            if w < MIN_WINDOW {
+                return Err(TransportError::Window(w));
+            }
+            c.receive_window = w;
+            c.stream_receive_window = w;
+            c.send_buffer = c.send_buffer.max(w);
+        }
+        c.congestion = self.congestion_kind()?;
+        if let Some(secs) = self.idle_timeout {
+            if secs == 0 {
+                return Err(TransportError::IdleTimeout);
+            }
+            c.idle_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = self.keepalive {
+            c.keepalive_interval = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(k) = c.keepalive_interval
+            && k >= c.idle_timeout
+        {
+            return Err(TransportError::KeepaliveTooLong {
+                keepalive: k.as_secs(),
+                idle: c.idle_timeout.as_secs(),
+            });
+        }
+        if let Some(secs) = self.handshake_timeout {
+            if secs == 0 {
+                return Err(TransportError::HandshakeTimeout);
+            }
+            c.handshake_timeout = Duration::from_secs(secs);
+        }
+        c.cipher = match self.cipher {
+            None | Some(Cipher::Auto) => None,
+            Some(Cipher::Aes256Gcm) => Some(CipherSuite::Aes256Gcm),
+            Some(Cipher::ChaCha20Poly1305) => Some(CipherSuite::ChaCha20Poly1305),
+        };
+        Ok(c)
+    }
+
+    fn congestion_kind(&self) -> Result<CongestionKind, TransportError> {
+        match (self.congestion, self.brutal_rate) {
+            (Some(Congestion::Brutal), None) => Err(TransportError::BrutalWithoutRate),
+            (Some(Congestion::Brutal), Some(mbit)) => {
+                if !(mbit.is_finite() && mbit > 0.0) {
+                    return Err(TransportError::BadRate);
+                }
+                // Mbit/s to bytes/s; saturates for absurd rates instead of wrapping.
+                let rate = (mbit * 1_000_000.0 / 8.0) as u64;
+                Ok(CongestionKind::Brutal { rate: rate.max(1) })
+            }
+            (_, Some(_)) => Err(TransportError::RateWithoutBrutal),
+            (Some(Congestion::None), None) => Ok(CongestionKind::None),
+            (Some(Congestion::Bbr) | None, None) => Ok(CongestionKind::Bbr),
+        }
+    }
+}
+
+/// Sets the timing parameters of `mode` (see the module table).
+pub fn apply_mode(c: &mut TransportConfig, mode: Mode) {
+    let (reorder, backoff, min_rto_ms, ack_delay_ms, ack_every) = match mode {
+        Mode::Normal => (3, 2.0, 200, 25, 2),
+        Mode::Fast => (3, 1.5, 30, 10, 2),
+        Mode::Fast2 => (2, 1.2, 20, 5, 1),
+        Mode::Fast3 => (2, 1.0, 10, 2, 1),
+    };
+    c.reorder_threshold = reorder;
+    c.rto_backoff = backoff;
+    c.min_rto = Duration::from_millis(min_rto_ms);
+    c.max_ack_delay = Duration::from_millis(ack_delay_ms);
+    c.ack_eliciting_threshold = ack_every;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_is_the_core_default() {
+        let mut c = TransportConfig::default();
+        let d = TransportConfig::default();
+        apply_mode(&mut c, Mode::Fast);
+        assert_eq!(c.reorder_threshold, d.reorder_threshold);
+        assert_eq!(c.rto_backoff, d.rto_backoff);
+        assert_eq!(c.min_rto, d.min_rto);
+        assert_eq!(c.max_ack_delay, d.max_ack_delay);
+        assert_eq!(c.ack_eliciting_threshold, d.ack_eliciting_threshold);
+    }
+
+    #[test]
+    fn presets() {
+        let s = TransportSettings {
+            mode: Some(Mode::Fast3),
+            ..Default::default()
+        };
+        let c = s.build().unwrap();
+        assert_eq!(c.reorder_threshold, 2);
+        assert_eq!(c.rto_backoff, 1.0);
+        assert_eq!(c.min_rto, Duration::from_millis(10));
+        let s = TransportSettings {
+            mode: Some(Mode::Normal),
+            ..Default::default()
+        };
+        assert_eq!(s.build().unwrap().min_rto, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn knobs_apply() {
+        let s = TransportSettings {
+            window: Some(ByteSize(64 << 20)),
+            mtu: Some(1200),
+            congestion: Some(Congestion::Brutal),
+            brutal_rate: Some(100.0),
+            keepalive: Some(0),
+            idle_timeout: Some(30),
+            cipher: Some(Cipher::ChaCha20Poly1305),
+            handshake_timeout: Some(3),
+            mode: None,
+        };
+        let c = s.build().unwrap();
+        assert_eq!(c.receive_window, 64 << 20);
+        assert_eq!(c.stream_receive_window, 64 << 20);
+        assert_eq!(c.send_buffer, 64 << 20);
+        assert_eq!(c.max_udp_payload, 1200);
+        assert_eq!(c.congestion, CongestionKind::Brutal { rate: 12_500_000 });
+        assert_eq!(c.keepalive_interval, None);
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.cipher, Some(CipherSuite::ChaCha20Poly1305));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_combinations() {
+        let err = |s: TransportSettings| s.build().unwrap_err();
+        let d = TransportSettings::default();
+        assert_eq!(
+            err(TransportSettings {
+                mtu: Some(100),
+                ..d.clone()
+            }),
+            TransportError::Mtu(100)
+        );
+        assert_eq!(
+            err(TransportSettings {
+                congestion: Some(Congestion::Brutal),
+                ..d.clone()
+            }),
+            TransportError::BrutalWithoutRate
+        );
+        assert_eq!(
+            err(TransportSettings {
+                brutal_rate: Some(5.0),
+                ..d.clone()
+            }),
+            TransportError::RateWithoutBrutal
+        );
+        assert_eq!(
+            err(TransportSettings {
+                congestion: Some(Congestion::Brutal),
+                brutal_rate: Some(-1.0),
+                ..d.clone()
+            }),
+            TransportError::BadRate
+        );
+        assert_eq!(
+            err(TransportSettings {
+                keepalive: Some(50),
+                ..d.clone()
+            }),
+            TransportError::KeepaliveTooLong {
+                keepalive: 50,
+                idle: 40
+            }
+        );
+        assert_eq!(
+            err(TransportSettings {
+                window: Some(ByteSize(1000)),
+                ..d.clone()
+            }),
+            TransportError::Window(1000)
+        );
+        assert_eq!(
+            err(TransportSettings {
+                idle_timeout: Some(0),
+                ..d
+            }),
+            TransportError::IdleTimeout
+        );
+    }
+
+    #[test]
+    fn cli_overrides_file() {
+        let file = TransportSettings {
+            mode: Some(Mode::Normal),
+            mtu: Some(1200),
+            ..Default::default()
+        };
+        let cli = TransportSettings {
+            mode: Some(Mode::Fast2),
+            ..Default::default()
+        };
+        let merged = file.overridden_by(&cli);
+        assert_eq!(merged.mode, Some(Mode::Fast2));
+        assert_eq!(merged.mtu, Some(1200));
+    }
+}
