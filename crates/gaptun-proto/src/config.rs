@@ -95,6 +95,10 @@ impl EndpointConfig {
 
     /// A server endpoint accepting any of `psks`.
     pub fn server(psks: Vec<Psk>) -> Self {
-        Self { psks, server: true, ..Self::client(Psk::from_bytes([0; 32])) }
+        Self {
+            psks,
+            server: true,
+            ..Self::client(Psk::from_bytes([0; 32]))
+        }
     }
 }

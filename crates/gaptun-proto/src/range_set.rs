@@ -76,7 +76,10 @@ impl RangeSet {
 
     /// Whether `x` is in the set.
     pub fn contains(&self, x: u64) -> bool {
-        self.map.range(..=x).next_back().is_some_and(|(_, &e)| x < e)
+        self.map
+            .range(..=x)
+            .next_back()
+            .is_some_and(|(_, &e)| x < e)
     }
 
     /// Whether the set is empty.

@@ -38,7 +38,11 @@ impl RttEstimator {
         }
         self.min = self.min.min(rtt);
         // Subtract the peer's delay only if that does not take the sample below the minimum.
-        let adjusted = if rtt >= self.min + ack_delay { rtt - ack_delay } else { rtt };
+        let adjusted = if rtt >= self.min + ack_delay {
+            rtt - ack_delay
+        } else {
+            rtt
+        };
         let smoothed = self.smoothed.unwrap_or(adjusted);
         let diff = smoothed.abs_diff(adjusted);
         self.var = (self.var * 3 + diff) / 4;

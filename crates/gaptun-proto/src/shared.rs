@@ -41,7 +41,11 @@ impl StreamId {
 
     /// The side that opened this stream.
     pub fn initiator(self) -> Side {
-        if self.0 & 1 == 0 { Side::Client } else { Side::Server }
+        if self.0 & 1 == 0 {
+            Side::Client
+        } else {
+            Side::Server
+        }
     }
 
     /// The per-initiator counter of this stream.

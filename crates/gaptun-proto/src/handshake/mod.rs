@@ -137,6 +137,8 @@ pub fn accept_initial(
     window: Duration,
     rng: &mut dyn rand::RngCore,
 ) -> Result<Accepted, HandshakeError> {
-    let _ = (psks, replay, datagram, server_cid, params, cipher, unix_time, window, rng);
+    let _ = (
+        psks, replay, datagram, server_cid, params, cipher, unix_time, window, rng,
+    );
     todo!("helper: accept_initial")
 }
