@@ -106,20 +106,27 @@ impl StreamFrame<'_> {
 
     /// Appends this frame with an explicit length field.
     pub fn encode(&self, buf: &mut Vec<u8>) {
+        Self::encode_header(self.id, self.offset, self.data.len(), self.fin, buf);
+        buf.extend_from_slice(self.data);
+    }
+
+    /// Appends the header [`StreamFrame::encode`] writes (exactly
+    /// [`StreamFrame::header_len`] bytes); the caller appends `len` bytes of data after it. Lets
+    /// the send buffer copy data straight from its ring buffer.
+    pub fn encode_header(id: StreamId, offset: u64, len: usize, fin: bool, buf: &mut Vec<u8>) {
         let mut ty = kind::STREAM | STREAM_LEN_BIT;
-        if self.fin {
+        if fin {
             ty |= STREAM_FIN_BIT;
         }
-        if self.offset > 0 {
+        if offset > 0 {
             ty |= STREAM_OFF_BIT;
         }
         varint::write(ty, buf);
-        varint::write(self.id.0, buf);
-        if self.offset > 0 {
-            varint::write(self.offset, buf);
+        varint::write(id.0, buf);
+        if offset > 0 {
+            varint::write(offset, buf);
         }
-        varint::write(self.data.len() as u64, buf);
-        buf.extend_from_slice(self.data);
+        varint::write(len as u64, buf);
     }
 }
 
