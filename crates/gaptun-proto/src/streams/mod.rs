@@ -173,18 +173,6 @@ struct ControlQueue {
     stream_data_blocked: VecDeque<(StreamId, u64)>,
 }
 
-impl ControlQueue {
-    fn is_empty(&self) -> bool {
-        !self.max_data
-            && !self.max_streams
-            && self.max_stream_data.is_empty()
-            && self.reset.is_empty()
-            && self.stop.is_empty()
-            && self.data_blocked.is_none()
-            && self.stream_data_blocked.is_empty()
-    }
-}
-
 /// All streams of one connection.
 ///
 /// Send-side flow control is charged when the application writes (like quinn): everything in a
@@ -351,7 +339,8 @@ impl Streams {
                         .stream_data_blocked
                         .push_back((id, send.max_data));
                 }
-            } else if !send.want_writable {
+            } else if !send.in_conn_blocked {
+                send.in_conn_blocked = true;
                 self.conn_blocked.push(id);
             }
             send.want_writable = true;
@@ -630,7 +619,8 @@ impl Streams {
             if conn_ready {
                 send.want_writable = false;
                 self.events.push_back(StreamEvent::Writable(id));
-            } else {
+            } else if !send.in_conn_blocked {
+                send.in_conn_blocked = true;
                 self.conn_blocked.push(id);
             }
         }
@@ -746,17 +736,15 @@ impl Streams {
     /// DATA_BLOCKED and STREAM_DATA_BLOCKED: informational, not re-sent if lost.
     fn write_blocked(&mut self, buf: &mut Vec<u8>, max_len: usize) {
         if let Some(limit) = self.control.data_blocked {
-            if !put(buf, max_len, &Frame::DataBlocked(limit)) {
+            // Stale once the peer raised the credit.
+            if limit == self.peer_max_data && !put(buf, max_len, &Frame::DataBlocked(limit)) {
                 return;
             }
             self.control.data_blocked = None;
         }
         while let Some(&(id, limit)) = self.control.stream_data_blocked.front() {
             // Only still relevant while the stream is open and its credit unchanged.
-            let relevant = self
-                .streams
-                .get(&id)
-                .is_some_and(|s| s.send.is_writable_state() && s.send.max_data == limit);
+            let relevant = self.stream_blocked_at(id, limit);
             if relevant && !put(buf, max_len, &Frame::StreamDataBlocked { id, limit }) {
                 return;
             }
@@ -836,12 +824,46 @@ impl Streams {
     }
 
     /// Whether there is anything to send (control frames, lost data, or new data with credit).
+    ///
+    /// Exact: queue entries that became stale (a stream closed, a reset was acknowledged) do not
+    /// count, so the caller never builds an empty packet because of them.
     pub fn has_pending(&self) -> bool {
         let stream_pending =
             |id: &StreamId| self.streams.get(id).is_some_and(|s| s.send.is_pending());
-        !self.control.is_empty()
+        self.control_pending()
             || self.retransmit.iter().any(stream_pending)
             || self.pending.iter().any(stream_pending)
+    }
+
+    /// Whether a control frame is waiting; checks each queued entry is still relevant.
+    fn control_pending(&self) -> bool {
+        let c = &self.control;
+        let stream = |id: &StreamId| self.streams.get(id);
+        c.max_data
+            || c.max_streams
+            || c.data_blocked
+                .is_some_and(|limit| limit == self.peer_max_data)
+            || c.reset.iter().any(|id| {
+                stream(id)
+                    .and_then(|s| s.send.reset)
+                    .is_some_and(|r| !r.acked)
+            })
+            || c.stop
+                .iter()
+                .any(|id| stream(id).is_some_and(|s| s.recv.wants_stop()))
+            || c.max_stream_data
+                .iter()
+                .any(|id| stream(id).is_some_and(|s| s.recv.wants_credit()))
+            || c.stream_data_blocked
+                .iter()
+                .any(|(id, limit)| self.stream_blocked_at(*id, *limit))
+    }
+
+    /// Whether STREAM_DATA_BLOCKED at `limit` still describes the stream.
+    fn stream_blocked_at(&self, id: StreamId, limit: u64) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.send.is_writable_state() && s.send.max_data == limit)
     }
 
     /// The packet that carried `sent` was acknowledged.
@@ -962,6 +984,7 @@ impl Streams {
                 continue;
             };
             let send = &mut stream.send;
+            send.in_conn_blocked = false;
             if send.want_writable && send.is_writable_state() && send.credit() > 0 {
                 send.want_writable = false;
                 self.events.push_back(StreamEvent::Writable(id));

@@ -75,6 +75,8 @@ pub(super) struct Send {
     pub(super) stopped: Option<u64>,
     /// A write was cut short; report `Writable` when credit frees up.
     pub(super) want_writable: bool,
+    /// In the list of streams waiting on connection credit or buffer space (dedupe).
+    pub(super) in_conn_blocked: bool,
     /// STREAM_DATA_BLOCKED was queued for this credit value.
     pub(super) blocked_at: Option<u64>,
     /// In the round-robin queue of streams with data (dedupe).
@@ -100,6 +102,7 @@ impl Send {
             reset: None,
             stopped: None,
             want_writable: false,
+            in_conn_blocked: false,
             blocked_at: None,
             queued: false,
             lost_queued: false,

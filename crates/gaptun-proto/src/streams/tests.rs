@@ -1119,3 +1119,78 @@ proptest! {
         prop_assert_eq!(net.server.stats().recv_buffered, 0);
     }
 }
+
+#[test]
+fn stopping_a_stream_returns_its_connection_credit() {
+    let mut net = Net::symmetric(4000, 4000, 10);
+    let a = net.client.open().unwrap();
+    let b = net.client.open().unwrap();
+    assert_eq!(net.client.write(a, &[1; 3000]), Ok(3000));
+    net.settle();
+    // Stream a's 3,000 unread bytes hold most of the connection window.
+    assert_eq!(net.client.write(b, &[2; 3000]), Ok(1000));
+    net.settle();
+    net.server.stop(a, 1).unwrap();
+    net.settle();
+    assert!(net.ctl_from(Side::Server).contains(&Ctl::MaxData(7000)));
+    assert_eq!(
+        std::iter::from_fn(|| net.client.poll_event()).collect::<Vec<_>>(),
+        vec![
+            StreamEvent::Stopped {
+                id: a,
+                error_code: 1
+            },
+            StreamEvent::Writable(b)
+        ]
+    );
+    assert_eq!(net.client.write(b, &[2; 5000]), Ok(3000));
+}
+
+#[test]
+fn stale_control_entries_do_not_count_as_pending() {
+    let mut net = Net::symmetric(1000, 1000, 10);
+    let id = net.client.open().unwrap();
+    assert_eq!(net.client.write(id, &[1; 2000]), Ok(1000));
+    // DATA_BLOCKED(1000) and STREAM_DATA_BLOCKED are queued; the peer raises both credits first.
+    net.client.on_max_data(5000);
+    net.client.on_max_stream_data(id, 5000).unwrap();
+    net.settle();
+    assert!(
+        net.ctl_from(Side::Client).is_empty(),
+        "{:?}",
+        net.ctl_from(Side::Client)
+    );
+    // A reset acknowledged before its queued copy was sent leaves nothing pending.
+    net.client.reset(id, 3).unwrap();
+    let p = net.build(Side::Client, MTU).unwrap();
+    net.client.on_lost(&p.sent);
+    let mut acked = SentFrames::default();
+    acked.reset.push(id);
+    net.client.on_acked(&acked);
+    assert!(!net.client.has_pending());
+}
+
+#[test]
+fn reset_after_finish_abandons_unacked_data() {
+    let mut net = Net::symmetric(1 << 20, 1 << 20, 10);
+    let id = net.client.open().unwrap();
+    net.client.write(id, &[1; 4000]).unwrap();
+    net.client.finish(id).unwrap();
+    net.client.reset(id, 5).unwrap();
+    let p = net.build(Side::Client, MTU).unwrap();
+    assert!(p.sent.stream.is_empty() && p.sent.reset == vec![id]);
+    net.flight.push(p);
+    net.settle();
+    assert_eq!(net.server.read(id, &mut [0; 10]), Err(ReadError::Reset(5)));
+    assert_eq!(net.client.poll_event(), None, "no Finished after a reset");
+}
+
+#[test]
+fn idle_streams_are_small() {
+    // 10,000 idle streams must stay cheap: no buffers allocated, a few hundred bytes each.
+    assert!(
+        std::mem::size_of::<Stream>() <= 400,
+        "{}",
+        std::mem::size_of::<Stream>()
+    );
+}
