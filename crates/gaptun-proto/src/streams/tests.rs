@@ -1188,9 +1188,5 @@ fn reset_after_finish_abandons_unacked_data() {
 #[test]
 fn idle_streams_are_small() {
     // 10,000 idle streams must stay cheap: no buffers allocated, a few hundred bytes each.
-    assert!(
-        std::mem::size_of::<Stream>() <= 400,
-        "{}",
-        std::mem::size_of::<Stream>()
-    );
+    assert!(size_of::<Stream>() <= 400, "{}", size_of::<Stream>());
 }
