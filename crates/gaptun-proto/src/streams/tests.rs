@@ -1190,3 +1190,154 @@ fn idle_streams_are_small() {
     // 10,000 idle streams must stay cheap: no buffers allocated, a few hundred bytes each.
     assert!(size_of::<Stream>() <= 400, "{}", size_of::<Stream>());
 }
+
+/// One step of a hostile peer or an erratic application.
+#[derive(Debug, Clone)]
+enum Op {
+    Data {
+        stream: u8,
+        offset: u64,
+        len: u16,
+        fin: bool,
+    },
+    Reset {
+        stream: u8,
+        code: u64,
+        final_size: u64,
+    },
+    Stop {
+        stream: u8,
+        code: u64,
+    },
+    MaxData(u64),
+    MaxStreamData {
+        stream: u8,
+        max: u64,
+    },
+    MaxStreams(u64),
+    Open,
+    Write {
+        stream: u8,
+        len: u16,
+    },
+    Finish(u8),
+    Read {
+        stream: u8,
+        len: u16,
+    },
+    AppReset(u8),
+    AppStop(u8),
+    Window(u64, u64),
+    /// Build a packet; then ack it (true) or lose it (false) later.
+    Transmit(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let offset = prop_oneof![0..5000u64, 0..varint::MAX];
+    let value = prop_oneof![0..100_000u64, any::<u64>()];
+    prop_oneof![
+        (any::<u8>(), offset.clone(), any::<u16>(), any::<bool>()).prop_map(
+            |(stream, offset, len, fin)| Op::Data {
+                stream,
+                offset,
+                len,
+                fin
+            }
+        ),
+        (any::<u8>(), any::<u64>(), offset).prop_map(|(stream, code, final_size)| Op::Reset {
+            stream,
+            code,
+            final_size
+        }),
+        (any::<u8>(), any::<u64>()).prop_map(|(stream, code)| Op::Stop { stream, code }),
+        value.clone().prop_map(Op::MaxData),
+        (any::<u8>(), value.clone()).prop_map(|(stream, max)| Op::MaxStreamData { stream, max }),
+        value.clone().prop_map(Op::MaxStreams),
+        Just(Op::Open),
+        (any::<u8>(), any::<u16>()).prop_map(|(stream, len)| Op::Write { stream, len }),
+        any::<u8>().prop_map(Op::Finish),
+        (any::<u8>(), any::<u16>()).prop_map(|(stream, len)| Op::Read { stream, len }),
+        any::<u8>().prop_map(Op::AppReset),
+        any::<u8>().prop_map(Op::AppStop),
+        (value.clone(), value).prop_map(|(a, b)| Op::Window(a, b)),
+        any::<bool>().prop_map(Op::Transmit),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever the peer sends and the application does, nothing panics and the byte counters
+    /// stay consistent.
+    #[test]
+    fn arbitrary_inputs_never_panic(ops in prop::collection::vec(op(), 1..120)) {
+        let mut st = Streams::new(
+            Side::Server,
+            limits(50_000, 20_000, 8),
+            limits(50_000, 20_000, 8),
+            30_000,
+        );
+        let payload = vec![0x42u8; u16::MAX as usize];
+        let mut in_flight: Vec<(bool, SentFrames)> = Vec::new();
+        // Stream numbers pick from both sides' first few indices.
+        let sid = |n: u8| StreamId(u64::from(n % 24));
+        for op in ops {
+            match op {
+                Op::Data { stream, offset, len, fin } => {
+                    let data = &payload[..usize::from(len)];
+                    let _ = st.on_stream_frame(&StreamFrame { id: sid(stream), offset, fin, data });
+                }
+                Op::Reset { stream, code, final_size } => {
+                    let _ = st.on_reset_stream(sid(stream), code, final_size);
+                }
+                Op::Stop { stream, code } => {
+                    let _ = st.on_stop_sending(sid(stream), code);
+                }
+                Op::MaxData(v) => st.on_max_data(v),
+                Op::MaxStreamData { stream, max } => {
+                    let _ = st.on_max_stream_data(sid(stream), max);
+                }
+                Op::MaxStreams(v) => st.on_max_streams(v),
+                Op::Open => {
+                    let _ = st.open();
+                }
+                Op::Write { stream, len } => {
+                    let _ = st.write(sid(stream), &payload[..usize::from(len)]);
+                }
+                Op::Finish(stream) => {
+                    let _ = st.finish(sid(stream));
+                }
+                Op::Read { stream, len } => {
+                    let mut buf = vec![0u8; usize::from(len)];
+                    let _ = st.read(sid(stream), &mut buf);
+                }
+                Op::AppReset(stream) => {
+                    let _ = st.reset(sid(stream), 1);
+                }
+                Op::AppStop(stream) => {
+                    let _ = st.stop(sid(stream), 2);
+                }
+                Op::Window(conn, stream) => {
+                    st.set_receive_windows(conn % (1 << 40), stream % (1 << 40));
+                }
+                Op::Transmit(ack) => {
+                    let mut buf = Vec::new();
+                    let mut sent = SentFrames::default();
+                    st.write_control(&mut buf, MTU, &mut sent);
+                    st.write_stream_data(&mut buf, MTU, &mut sent);
+                    prop_assert!(buf.len() <= MTU);
+                    prop_assert!(frame::iter(&buf).all(|f| f.is_ok()));
+                    in_flight.push((ack, sent));
+                    if in_flight.len() > 3 {
+                        let (ack, sent) = in_flight.remove(0);
+                        if ack { st.on_acked(&sent) } else { st.on_lost(&sent) }
+                    }
+                }
+            }
+            let stats = st.stats();
+            prop_assert!(stats.send_buffered <= 30_000);
+            let _ = st.has_pending();
+            while st.poll_event().is_some() {}
+        }
+    }
+}
