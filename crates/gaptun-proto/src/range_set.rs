@@ -112,8 +112,62 @@ impl RangeSet {
         self.map.pop_first().map(|(s, e)| s..e)
     }
 
+    /// The parts of `range` that are not in the set, in ascending order.
+    ///
+    /// Used to store only the new bytes of a retransmitted STREAM frame and to queue only the
+    /// unacknowledged bytes of a lost one.
+    pub fn missing_in(&self, range: Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        if range.is_empty() {
+            return out;
+        }
+        let mut pos = range.start;
+        if let Some((_, &e)) = self.map.range(..=range.start).next_back() {
+            pos = pos.max(e);
+        }
+        for (&s, &e) in self.map.range(range.start..range.end) {
+            if pos >= range.end {
+                break;
+            }
+            if s > pos {
+                out.push(pos..s);
+            }
+            pos = pos.max(e);
+        }
+        if pos < range.end {
+            out.push(pos..range.end);
+        }
+        out
+    }
+
     /// Removes every element below `x`.
     pub fn remove_below(&mut self, x: u64) {
         self.remove(0..x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ranges: &[Range<u64>]) -> RangeSet {
+        let mut s = RangeSet::new();
+        for r in ranges {
+            s.insert(r.clone());
+        }
+        s
+    }
+
+    #[test]
+    fn missing_in_lists_the_holes() {
+        let s = set(&[10..20, 30..40]);
+        assert_eq!(s.missing_in(0..50), vec![0..10, 20..30, 40..50]);
+        assert_eq!(s.missing_in(12..18), Vec::<Range<u64>>::new());
+        assert_eq!(s.missing_in(15..35), vec![20..30]);
+        assert_eq!(s.missing_in(20..30), vec![20..30]);
+        assert_eq!(s.missing_in(5..10), vec![5..10]);
+        assert_eq!(s.missing_in(40..41), vec![40..41]);
+        assert_eq!(s.missing_in(7..7), Vec::<Range<u64>>::new());
+        assert_eq!(RangeSet::new().missing_in(3..9), vec![3..9]);
     }
 }

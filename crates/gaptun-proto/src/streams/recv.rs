@@ -1,0 +1,415 @@
+//! The receiving half of one stream: reassembly, final size and stream-level credit.
+
+use std::collections::BTreeMap;
+
+use crate::range_set::RangeSet;
+
+use super::{ReadError, StreamsError};
+
+/// Where the receiving half is, as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RecvState {
+    /// Data may still arrive or be read.
+    Open,
+    /// The peer reset the stream; the next read reports it.
+    Reset { code: u64 },
+    /// The application read the end, was told of the reset, or stopped the stream.
+    Closed,
+}
+
+/// Flow-control effects of accepting a frame, for the connection-level counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Ingested {
+    /// Bytes stored for the application to read.
+    pub(super) stored: u64,
+    /// Bytes counted as consumed without the application reading them (discarded after a stop
+    /// or a reset); they return connection credit.
+    pub(super) consumed: u64,
+    /// Bytes dropped from the reassembly buffer (unread data discarded by a reset).
+    pub(super) dropped: u64,
+}
+
+/// Receiving half of a stream.
+///
+/// `chunks` holds received, unread data keyed by stream offset, never overlapping; `received`
+/// says which offsets arrived (including those already read), so retransmitted bytes are
+/// neither stored twice nor counted twice. Empty maps allocate nothing.
+#[derive(Debug)]
+pub(super) struct Recv {
+    chunks: BTreeMap<u64, Vec<u8>>,
+    received: RangeSet,
+    /// Next offset the application reads; after a stop or reset, everything below is consumed.
+    read: u64,
+    /// Highest offset received, which is what connection-level flow control counts.
+    highest: u64,
+    final_size: Option<u64>,
+    /// Stream credit we granted (committed: only grows).
+    pub(super) max_data: u64,
+    /// Receive-window generation `max_data` was last computed for.
+    pub(super) window_gen: u32,
+    pub(super) state: RecvState,
+    /// We sent (or owe) STOP_SENDING.
+    pub(super) stopped: Option<u64>,
+    /// `Readable` was reported and no read happened since.
+    pub(super) notified: bool,
+    /// In the MAX_STREAM_DATA control queue (dedupe).
+    pub(super) credit_queued: bool,
+    /// In the STOP_SENDING control queue (dedupe).
+    pub(super) stop_queued: bool,
+    buffered: u64,
+}
+
+impl Recv {
+    pub(super) fn new(max_data: u64) -> Self {
+        Self {
+            chunks: BTreeMap::new(),
+            received: RangeSet::new(),
+            read: 0,
+            highest: 0,
+            final_size: None,
+            max_data,
+            window_gen: 0,
+            state: RecvState::Open,
+            stopped: None,
+            notified: false,
+            credit_queued: false,
+            stop_queued: false,
+            buffered: 0,
+        }
+    }
+
+    /// Bytes received and not yet read.
+    pub(super) fn buffered(&self) -> u64 {
+        self.buffered
+    }
+
+    /// Whether any data arrived.
+    pub(super) fn has_data(&self) -> bool {
+        self.highest > 0
+    }
+
+    /// The half is finished and the stream can go once the sending half is too. A stopped half
+    /// waits for the final size so connection-level flow control stays exact.
+    pub(super) fn is_done(&self) -> bool {
+        self.state == RecvState::Closed && (self.stopped.is_none() || self.final_size.is_some())
+    }
+
+    /// Whether more stream credit can matter to the peer.
+    pub(super) fn wants_credit(&self) -> bool {
+        self.state == RecvState::Open && self.final_size.is_none()
+    }
+
+    /// Whether STOP_SENDING is still useful (the peer has not told us the final size yet).
+    pub(super) fn wants_stop(&self) -> bool {
+        self.stopped.is_some() && self.final_size.is_none()
+    }
+
+    /// The stop code, if stopped.
+    pub(super) fn stop_code(&self) -> Option<u64> {
+        self.stopped
+    }
+
+    /// Whether a read would return something other than `Blocked`.
+    pub(super) fn is_readable(&self) -> bool {
+        match self.state {
+            RecvState::Reset { .. } => true,
+            RecvState::Closed => false,
+            RecvState::Open => {
+                self.final_size == Some(self.read) || self.chunks.keys().next() == Some(&self.read)
+            }
+        }
+    }
+
+    /// Validates a STREAM frame against the final size and the stream credit. Returns by how
+    /// much it raises the highest received offset (what connection credit must cover).
+    pub(super) fn check_data(&self, offset: u64, len: u64, fin: bool) -> Result<u64, StreamsError> {
+        let end = offset.checked_add(len).ok_or(StreamsError::FlowControl)?;
+        if let Some(size) = self.final_size
+            && (end > size || (fin && end != size))
+        {
+            return Err(StreamsError::FinalSize);
+        }
+        if fin && end < self.highest {
+            return Err(StreamsError::FinalSize);
+        }
+        if end > self.max_data {
+            return Err(StreamsError::FlowControl);
+        }
+        Ok(end.saturating_sub(self.highest))
+    }
+
+    /// Accepts a frame already validated by [`Recv::check_data`].
+    pub(super) fn ingest(&mut self, offset: u64, data: &[u8], fin: bool) -> Ingested {
+        let end = offset + data.len() as u64;
+        self.highest = self.highest.max(end);
+        if fin {
+            self.final_size = Some(end);
+        }
+        if self.state != RecvState::Open {
+            return Ingested {
+                consumed: self.consume_all(),
+                ..Ingested::default()
+            };
+        }
+        let start = offset.max(self.read);
+        let mut stored = 0;
+        for gap in self.received.missing_in(start..end) {
+            let from = (gap.start - offset) as usize;
+            let to = (gap.end - offset) as usize;
+            if let Some(bytes) = data.get(from..to) {
+                self.chunks.insert(gap.start, bytes.to_vec());
+                stored += bytes.len() as u64;
+            }
+        }
+        self.received.insert(start..end);
+        self.buffered += stored;
+        Ingested {
+            stored,
+            ..Ingested::default()
+        }
+    }
+
+    /// Counts everything received as consumed (after a stop or reset). Returns the bytes newly
+    /// consumed.
+    fn consume_all(&mut self) -> u64 {
+        let consumed = self.highest.saturating_sub(self.read);
+        self.read = self.highest;
+        consumed
+    }
+
+    /// Validates a RESET_STREAM. Returns by how much it raises the highest received offset.
+    pub(super) fn check_reset(&self, final_size: u64) -> Result<u64, StreamsError> {
+        if self.final_size.is_some_and(|size| size != final_size) || final_size < self.highest {
+            return Err(StreamsError::FinalSize);
+        }
+        if final_size > self.max_data {
+            return Err(StreamsError::FlowControl);
+        }
+        Ok(final_size - self.highest)
+    }
+
+    /// Accepts a RESET_STREAM already validated by [`Recv::check_reset`]. Returns whether the
+    /// application must be told (the half was open).
+    pub(super) fn on_reset(&mut self, code: u64, final_size: u64) -> (Ingested, bool) {
+        self.highest = final_size;
+        self.final_size = Some(final_size);
+        let dropped = std::mem::take(&mut self.buffered);
+        self.chunks = BTreeMap::new();
+        let consumed = self.consume_all();
+        let tell = self.state == RecvState::Open;
+        if tell {
+            self.state = RecvState::Reset { code };
+        }
+        (
+            Ingested {
+                stored: 0,
+                consumed,
+                dropped,
+            },
+            tell,
+        )
+    }
+
+    /// The application stops reading: unread data is dropped and counted as consumed. Returns
+    /// what changed and whether a STOP_SENDING frame is useful.
+    pub(super) fn stop(&mut self, code: u64) -> Result<(Ingested, bool), ReadError> {
+        if self.state == RecvState::Closed {
+            return Err(ReadError::ClosedStream);
+        }
+        let all_received = self
+            .final_size
+            .is_some_and(|size| self.received.missing_in(self.read..size).is_empty());
+        self.stopped = Some(code);
+        self.state = RecvState::Closed;
+        let dropped = std::mem::take(&mut self.buffered);
+        self.chunks = BTreeMap::new();
+        let consumed = self.consume_all();
+        let send_stop = self.final_size.is_none() && !all_received;
+        Ok((
+            Ingested {
+                stored: 0,
+                consumed,
+                dropped,
+            },
+            send_stop,
+        ))
+    }
+
+    /// Reads contiguous data into `out`: `Ok(Some(n))`, `Ok(None)` at the end. Returns the bytes
+    /// consumed alongside.
+    pub(super) fn read(&mut self, out: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        match self.state {
+            RecvState::Closed => return Err(ReadError::ClosedStream),
+            RecvState::Reset { code } => {
+                self.state = RecvState::Closed;
+                return Err(ReadError::Reset(code));
+            }
+            RecvState::Open => {}
+        }
+        self.notified = false;
+        if self.final_size == Some(self.read) {
+            self.state = RecvState::Closed;
+            return Ok(None);
+        }
+        let mut n = 0;
+        while n < out.len() {
+            let Some(mut entry) = self.chunks.first_entry() else {
+                break;
+            };
+            if *entry.key() != self.read {
+                break;
+            }
+            let chunk = entry.get_mut();
+            let take = chunk.len().min(out.len() - n);
+            out[n..n + take].copy_from_slice(&chunk[..take]);
+            if take == chunk.len() {
+                entry.remove();
+            } else {
+                let rest = chunk.split_off(take);
+                entry.remove();
+                self.chunks.insert(self.read + take as u64, rest);
+            }
+            self.read += take as u64;
+            self.buffered -= take as u64;
+            n += take;
+        }
+        if n == 0 && !out.is_empty() {
+            return Err(ReadError::Blocked);
+        }
+        if n == 0 && !self.is_readable() {
+            return Err(ReadError::Blocked);
+        }
+        Ok(Some(n))
+    }
+
+    /// Computes new stream credit after reads or a window change: `read + window`, granted when
+    /// less than half the window remains. When `generation` differs from the generation the credit was
+    /// last computed for, the window changed: growth is granted at once. Returns true if
+    /// `max_data` grew and MAX_STREAM_DATA should be sent.
+    pub(super) fn grant(&mut self, window: u64, generation: u32) -> bool {
+        if !self.wants_credit() {
+            return false;
+        }
+        let force = self.window_gen != generation;
+        self.window_gen = generation;
+        let new = self.read.saturating_add(window).min(crate::varint::MAX);
+        if new <= self.max_data {
+            return false;
+        }
+        if force || self.max_data - self.read < window / 2 {
+            self.max_data = new;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(r: &mut Recv) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        while let Ok(Some(n)) = r.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
+            if r.final_size == Some(r.read) {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn reassembles_out_of_order_and_dedupes() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut r = Recv::new(1000);
+        assert_eq!(r.check_data(50, 50, true), Ok(100));
+        assert_eq!(r.ingest(50, &data[50..], true).stored, 50);
+        assert!(!r.is_readable());
+        // Overlapping retransmission: only the 20 new bytes are stored, no new credit used.
+        assert_eq!(r.check_data(30, 40, false), Ok(0));
+        assert_eq!(r.ingest(30, &data[30..70], false).stored, 20);
+        assert_eq!(r.ingest(0, &data[..30], false).stored, 30);
+        assert!(r.is_readable());
+        assert_eq!(r.buffered(), 100);
+        assert_eq!(read_all(&mut r), data);
+        assert_eq!(r.read(&mut [0; 4]), Ok(None));
+        assert_eq!(r.state, RecvState::Closed);
+        assert_eq!(r.read(&mut [0; 4]), Err(ReadError::ClosedStream));
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn final_size_rules() {
+        let mut r = Recv::new(1000);
+        r.ingest(0, &[1; 10], false);
+        assert_eq!(r.check_data(0, 5, true), Err(StreamsError::FinalSize));
+        r.ingest(0, &[1; 20], true);
+        assert_eq!(r.check_data(20, 1, false), Err(StreamsError::FinalSize));
+        assert_eq!(r.check_data(0, 10, true), Err(StreamsError::FinalSize));
+        assert_eq!(r.check_data(0, 20, true), Ok(0));
+        assert_eq!(r.check_reset(21), Err(StreamsError::FinalSize));
+        assert_eq!(r.check_reset(20), Ok(0));
+    }
+
+    #[test]
+    fn credit_is_enforced_and_regranted_at_half_window() {
+        let mut r = Recv::new(100);
+        assert_eq!(r.check_data(90, 11, false), Err(StreamsError::FlowControl));
+        assert_eq!(r.check_reset(101), Err(StreamsError::FlowControl));
+        r.ingest(0, &[0; 100], false);
+        let mut buf = [0u8; 40];
+        assert_eq!(r.read(&mut buf), Ok(Some(40)));
+        assert!(!r.grant(100, 0), "60 of 100 left: no update yet");
+        assert_eq!(r.read(&mut buf[..11]), Ok(Some(11)));
+        assert!(r.grant(100, 0), "49 left < 50");
+        assert_eq!(r.max_data, 151);
+        assert!(!r.grant(100, 0));
+        // A grown window (new generation) is granted at once.
+        assert!(r.grant(500, 1));
+        assert_eq!(r.max_data, 551);
+        // A shrunk window grants nothing until reads catch up.
+        assert!(!r.grant(10, 2));
+    }
+
+    #[test]
+    fn reset_discards_unread_data_and_counts_it_consumed() {
+        let mut r = Recv::new(1000);
+        r.ingest(0, &[1; 10], false);
+        r.ingest(20, &[1; 10], false);
+        assert_eq!(r.check_reset(50), Ok(20));
+        let (ing, tell) = r.on_reset(9, 50);
+        assert!(tell);
+        assert_eq!(
+            ing,
+            Ingested {
+                stored: 0,
+                consumed: 50,
+                dropped: 20
+            }
+        );
+        assert!(r.is_readable());
+        assert_eq!(r.read(&mut [0; 4]), Err(ReadError::Reset(9)));
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn stop_waits_for_the_final_size() {
+        let mut r = Recv::new(1000);
+        r.ingest(0, &[1; 10], false);
+        let (ing, send_stop) = r.stop(4).unwrap();
+        assert!(send_stop);
+        assert_eq!((ing.consumed, ing.dropped), (10, 10));
+        assert!(!r.is_done());
+        assert_eq!(r.read(&mut [0; 4]), Err(ReadError::ClosedStream));
+        // Later data is counted consumed at once.
+        assert_eq!(r.check_data(10, 5, false), Ok(5));
+        assert_eq!(r.ingest(10, &[1; 5], false).consumed, 5);
+        let (ing, tell) = r.on_reset(4, 30);
+        assert!(!tell);
+        assert_eq!(ing.consumed, 15);
+        assert!(r.is_done());
+        assert_eq!(r.stop(4), Err(ReadError::ClosedStream));
+    }
+}
