@@ -169,9 +169,9 @@ impl Connection {
         }
         let window = match self.cc.window() {
             u64::MAX => self
-                .peer_params
-                .as_ref()
-                .map_or(self.receive_window, |p| p.max_data),
+                .streams
+                .peer_window_estimate()
+                .max(self.mtu() as u64 * 4),
             w => w,
         };
         let rtt = self.rtt.get().as_secs_f64().max(0.001);

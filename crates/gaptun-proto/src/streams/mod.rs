@@ -823,6 +823,14 @@ impl Streams {
         }
     }
 
+    /// How much the peer lets us have unacknowledged at the connection level: its credit limit
+    /// minus what it has acknowledged. The `none` congestion controller paces at this window per
+    /// RTT.
+    pub fn peer_window_estimate(&self) -> u64 {
+        let acked = self.data_written.saturating_sub(self.send_buffered);
+        self.peer_max_data.saturating_sub(acked)
+    }
+
     /// Whether there is anything to send (control frames, lost data, or new data with credit).
     ///
     /// Exact: queue entries that became stale (a stream closed, a reset was acknowledged) do not
@@ -967,7 +975,7 @@ impl Streams {
             .saturating_add(self.conn_window)
             .min(varint::MAX);
         let remaining = self.local_max_data.saturating_sub(self.data_consumed);
-        if new > self.local_max_data && remaining < self.conn_window / 2 {
+        if new > self.local_max_data && remaining <= self.conn_window / 2 {
             self.local_max_data = new;
             self.control.max_data = true;
         }

@@ -296,7 +296,7 @@ impl Recv {
         if new <= self.max_data {
             return false;
         }
-        if force || self.max_data - self.read < window / 2 {
+        if force || self.max_data - self.read <= window / 2 {
             self.max_data = new;
             return true;
         }
