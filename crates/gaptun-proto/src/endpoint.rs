@@ -66,9 +66,9 @@ pub struct Endpoint {
     next_handle: usize,
     incoming: VecDeque<ConnectionHandle>,
     replay: ReplayCache,
-    /// Server: digests of the Initials of connections whose client has not confirmed yet, so a
+    /// Server: connections whose client has not confirmed the handshake yet, by address, so a
     /// retransmitted Initial (its Response was lost) gets the Response again.
-    pending_initials: HashMap<[u8; 32], ConnectionHandle>,
+    unconfirmed: HashMap<SocketAddr, ConnectionHandle>,
     /// Round-robin position for `poll_transmit`, so one busy connection cannot starve others.
     transmit_order: VecDeque<ConnectionHandle>,
     stats: EndpointStats,
@@ -113,7 +113,7 @@ impl Endpoint {
             next_handle: 0,
             incoming: VecDeque::new(),
             replay: ReplayCache::new(config.handshake_window),
-            pending_initials: HashMap::new(),
+            unconfirmed: HashMap::new(),
             transmit_order: VecDeque::new(),
             stats: EndpointStats::default(),
             config,
@@ -207,33 +207,26 @@ impl Endpoint {
         None
     }
 
-    /// Server: a copy of an Initial we accepted, from the same address, while its connection
-    /// is unconfirmed: the client did not get our Response. Returns whether it was one.
-    fn repeat_response(&mut self, digest: &[u8; 32], from: SocketAddr, len: usize) -> bool {
-        let Some(&handle) = self.pending_initials.get(digest) else {
-            return false;
+    /// Server: an authenticated Initial that the replay cache refused. If it comes from the
+    /// address of a connection whose client has not confirmed yet, the client did not get our
+    /// Response and sent its Initial again: answer again. From anywhere else it is a replay and
+    /// gets silence. (A forged source address only sends the Response to the real client.)
+    fn repeat_response(&mut self, from: SocketAddr, len: usize) {
+        let Some(&handle) = self.unconfirmed.get(&from) else {
+            return;
         };
         match self.connections.get_mut(&handle) {
-            Some(conn) if conn.is_unconfirmed_server() => {
-                if conn.remote_address() == from {
-                    conn.on_initial_repeated(len);
-                }
-                // From elsewhere it is a replay: silence.
-                true
+            Some(conn) if conn.is_unconfirmed_server() && conn.remote_address() == from => {
+                conn.on_initial_repeated(len);
             }
             _ => {
-                self.pending_initials.remove(digest);
-                false
+                self.unconfirmed.remove(&from);
             }
         }
     }
 
     /// Server: tries `data` as a handshake Initial.
     fn try_accept(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
-        let digest = initial_digest(data);
-        if self.repeat_response(&digest, from, data.len()) {
-            return true;
-        }
         let server_cid = self.new_cid();
         let params = self.server_params();
         let unix = self.clock.unix_time(now);
@@ -250,7 +243,12 @@ impl Endpoint {
         );
         let accepted = match accepted {
             Ok(a) => a,
-            Err(handshake::HandshakeError::Stale | handshake::HandshakeError::Replayed) => {
+            Err(handshake::HandshakeError::Replayed) => {
+                self.stats.dropped_replayed_handshakes += 1;
+                self.repeat_response(from, data.len());
+                return true;
+            }
+            Err(handshake::HandshakeError::Stale) => {
                 self.stats.dropped_replayed_handshakes += 1;
                 return true;
             }
@@ -266,7 +264,7 @@ impl Endpoint {
             data.len(),
         );
         let handle = self.insert(conn);
-        self.pending_initials.insert(digest, handle);
+        self.unconfirmed.insert(from, handle);
         self.incoming.push_back(handle);
         self.stats.accepted += 1;
         true
@@ -325,7 +323,7 @@ impl Endpoint {
     }
 
     fn remove_drained(&mut self) {
-        self.pending_initials.retain(|_, h| {
+        self.unconfirmed.retain(|_, h| {
             self.connections
                 .get(h)
                 .is_some_and(Connection::is_unconfirmed_server)
@@ -341,7 +339,7 @@ impl Endpoint {
                 self.by_cid.remove(&conn.local_cid());
             }
             self.transmit_order.retain(|h| *h != handle);
-            self.pending_initials.retain(|_, h| *h != handle);
+            self.unconfirmed.retain(|_, h| *h != handle);
             self.incoming.retain(|h| *h != handle);
         }
     }
@@ -378,12 +376,4 @@ impl Endpoint {
     pub fn stats(&self) -> EndpointStats {
         self.stats
     }
-}
-
-/// Identifies an Initial byte for byte.
-fn initial_digest(data: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }

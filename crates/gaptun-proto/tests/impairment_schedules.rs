@@ -37,7 +37,7 @@ fn link() -> impl Strategy<Value = LinkConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn bytes_arrive_intact_whatever_the_link(

@@ -30,7 +30,6 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn handshake_completes() {
     let mut sim = Sim::new(SimConfig::new(1));
     sim.connect(0).expect("client has a key");
@@ -46,7 +45,6 @@ fn handshake_completes() {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn bulk_upload_and_download_survive_a_bad_link() {
     for direction in [Direction::ToServer, Direction::ToClient] {
         let mut sim = Sim::new(SimConfig::new(2).with_link(lossy()));
@@ -62,7 +60,6 @@ fn bulk_upload_and_download_survive_a_bad_link() {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn same_seed_same_run() {
     let run = |seed| {
         let mut sim = Sim::new(SimConfig::new(seed).with_link(lossy()));
@@ -83,7 +80,6 @@ fn same_seed_same_run() {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn server_stays_silent_to_garbage_and_strangers() {
     let mut sim = Sim::new(SimConfig::new(3));
     sim.set_capture(true);
@@ -96,7 +92,6 @@ fn server_stays_silent_to_garbage_and_strangers() {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn replayed_datagrams_get_no_answer() {
     let mut sim = Sim::new(SimConfig::new(4));
     sim.set_capture(true);
@@ -115,7 +110,6 @@ fn replayed_datagrams_get_no_answer() {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn transfer_survives_nat_rebinding_and_an_outage() {
     let mut sim = Sim::new(
         SimConfig::new(6).with_link(LinkConfig::ideal().with_delay(Duration::from_millis(30))),
@@ -132,7 +126,6 @@ fn transfer_survives_nat_rebinding_and_an_outage() {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn request_latency_is_about_one_rtt() {
     let mut sim = Sim::new(
         SimConfig::new(7).with_link(LinkConfig::ideal().with_delay(Duration::from_millis(50))),
@@ -153,7 +146,6 @@ fn request_latency_is_about_one_rtt() {
 }
 
 #[test]
-#[ignore = "needs the gaptun-proto implementation"]
 fn taps_see_every_delivery() {
     let mut sim = Sim::new(SimConfig::new(8));
     let delivered = Rc::new(RefCell::new(0u64));
