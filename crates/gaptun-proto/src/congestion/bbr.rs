@@ -563,7 +563,7 @@ mod tests {
         let cwnd = f.cc.window() as f64;
         assert!(cwnd > 1.9 * bdp && cwnd < 2.3 * bdp, "cwnd {cwnd}");
         let rate = f.cc.pacing_rate(&f.rtt).unwrap_or(0) as f64;
-        assert!(rate >= 0.7 * LINK && rate < 1.3 * LINK, "pacing {rate}");
+        assert!((0.7 * LINK..1.3 * LINK).contains(&rate), "pacing {rate}");
         assert!(sim.mean_queue_delay(secs(3), secs(20)) < Duration::from_millis(30));
     }
 

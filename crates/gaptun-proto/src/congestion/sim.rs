@@ -93,6 +93,9 @@ enum Ev {
     Rto(usize),
 }
 
+/// Test hook run after every ACK: (time ns, flow index, controller).
+pub(crate) type AckHook<C> = Box<dyn FnMut(u64, usize, &C)>;
+
 /// The whole simulation.
 pub(crate) struct Sim<C: Controller> {
     pub path: Path,
@@ -106,7 +109,7 @@ pub(crate) struct Sim<C: Controller> {
     /// Queueing delay seen by each packet entering the queue: (time ns, delay ns).
     pub queue_delays: Vec<(u64, u64)>,
     /// Called after every ACK a flow processes.
-    pub on_ack_hook: Option<Box<dyn FnMut(u64, usize, &C)>>,
+    pub on_ack_hook: Option<AckHook<C>>,
 }
 
 impl<C: Controller> Sim<C> {

@@ -717,6 +717,7 @@ impl Connection {
         if let Some(st) = st {
             s.streams_open = st.open;
             s.streams_opened_total = st.opened_total;
+            s.stream_bytes_retransmitted = st.bytes_retransmitted;
         }
         s
     }
