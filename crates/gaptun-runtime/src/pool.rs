@@ -162,6 +162,8 @@ impl ClientPool {
         });
         let first = inner.connect_once().await?;
         info!(server, remote = %first.remote_address(), "connected");
+        // In the slot before returning, so the caller sees the connection at once.
+        inner.set_slot(0, Some(first.clone()));
         tokio::spawn(supervise(Arc::clone(&inner), 0, Some(first)));
         for slot in 1..conns {
             tokio::spawn(supervise(Arc::clone(&inner), slot, None));
