@@ -1,37 +1,26 @@
-//! Glue between the daemons and `gaptun-apps` (SOCKS5, port forwards, the server-side relay).
-//!
-//! `gaptun-apps` is developed in parallel and is not a dependency of this branch yet. Everything
-//! the daemons need from it goes through the four functions below, marked `WIRING`; each
-//! currently fails with [`NOT_WIRED`]. After the merge, the lead replaces each body with the
-//! call shown in its comment and adds the `StreamOpener` impl for [`PoolOpener`]; nothing else
-//! in the binary has to change.
+//! Glue between the daemons and `gaptun-apps` (SOCKS5, port forwards, the server-side relay):
+//! the runtime's client pool becomes the apps' [`StreamOpener`], and the server's allow list
+//! becomes a [`TargetPolicy`].
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result};
+use gaptun_apps::addr::TargetAddr;
+use gaptun_apps::policy::{AllowRule, TargetPolicy};
+use gaptun_apps::relay::DialConfig;
+use gaptun_apps::socks5::SocksConfig;
+use gaptun_apps::tunnel::StreamOpener;
 use gaptun_runtime::{ClientPool, RtStream};
 use tokio::net::{TcpListener, UdpSocket};
 
-/// The error every unwired function returns.
-pub const NOT_WIRED: &str = "this build has no application layer (gaptun-apps is not wired in)";
+/// How long a UDP forward keeps a session to the server without traffic.
+const UDP_FORWARD_IDLE: Duration = Duration::from_secs(120);
 
 /// Opens tunnel streams for the client-side applications: each open goes through the pool
 /// (least-loaded connection, waiting during reconnects).
-///
-/// WIRING (after merging gaptun-apps):
-/// ```ignore
-/// impl gaptun_apps::tunnel::StreamOpener for PoolOpener {
-///     type Stream = RtStream;
-///     fn open(&self) -> impl Future<Output = io::Result<RtStream>> + Send {
-///         let pool = self.pool.clone();
-///         async move { pool.open_stream().await }
-///     }
-/// }
-/// ```
 #[derive(Debug, Clone)]
-// Read by the StreamOpener impl added when gaptun-apps is wired in; remove the allow then.
-#[allow(dead_code)]
 pub struct PoolOpener {
     pool: ClientPool,
 }
@@ -40,58 +29,81 @@ impl PoolOpener {
     pub fn new(pool: ClientPool) -> Self {
         Self { pool }
     }
+}
 
-    /// A new stream to the server.
-    // Until gaptun-apps is wired in: called by gaptun-apps once wired in.
-    #[allow(dead_code)]
-    pub async fn open(&self) -> io::Result<RtStream> {
-        self.pool.open_stream().await
+impl StreamOpener for PoolOpener {
+    type Stream = RtStream;
+
+    fn open(&self) -> impl Future<Output = io::Result<RtStream>> + Send {
+        let pool = self.pool.clone();
+        async move { pool.open_stream().await }
     }
 }
 
-/// What the server lets clients reach (turned into `gaptun_apps::policy::TargetPolicy`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the server lets clients reach, parsed once at start-up.
+#[derive(Debug, Clone)]
 pub struct RelayPolicy {
-    /// `--allow` rules as given (host:port, host, *.domain, IP network).
-    pub allow: Vec<String>,
-    /// Also allow private, loopback and link-local targets.
-    pub allow_private: bool,
+    targets: TargetPolicy,
+    dial: DialConfig,
 }
 
-/// WIRING: serves SOCKS5 on `listener` until an unrecoverable error.
-/// After the merge: `gaptun_apps::socks5::serve_socks(listener, opener, SocksConfig::default())`.
-pub async fn serve_socks(listener: TcpListener, opener: PoolOpener) -> Result<()> {
-    let _ = (listener, opener);
-    Err(anyhow!("SOCKS5: {NOT_WIRED}"))
+impl RelayPolicy {
+    /// Builds the policy from `--allow` rules (IP, CIDR, IP:PORT, [IPV6]:PORT or HOST:PORT) and
+    /// `allow_private`; a rule that does not parse is an error naming it.
+    pub fn build(allow: &[String], allow_private: bool) -> Result<Self> {
+        let mut targets = TargetPolicy::new();
+        targets.allow_private = allow_private;
+        for rule in allow {
+            let parsed: AllowRule = rule.parse().with_context(|| format!("--allow {rule}"))?;
+            targets.allow.push(parsed);
+        }
+        Ok(Self {
+            targets,
+            dial: DialConfig::default(),
+        })
+    }
 }
 
-/// WIRING: forwards TCP connections accepted on `listener` to `target` (reached from the
-/// server). After the merge: `gaptun_apps::forward::serve_tcp_forward(listener, target, opener)`.
+/// Parses a forward target (`HOST:PORT`, `IP:PORT` or `[IPV6]:PORT`).
+fn target(spec: &str) -> Result<TargetAddr> {
+    spec.parse()
+        .with_context(|| format!("forward target {spec}"))
+}
+
+/// Serves SOCKS5 on `listener` until an unrecoverable error.
+pub async fn serve_socks(
+    listener: TcpListener,
+    opener: PoolOpener,
+    config: SocksConfig,
+) -> Result<()> {
+    gaptun_apps::socks5::serve_socks(listener, opener, config)
+        .await
+        .context("SOCKS5 server")
+}
+
+/// Forwards TCP connections accepted on `listener` to `target` (reached from the server).
 pub async fn serve_tcp_forward(
     listener: TcpListener,
-    target: String,
+    spec: String,
     opener: PoolOpener,
 ) -> Result<()> {
-    let _ = (listener, target, opener);
-    Err(anyhow!("TCP forward: {NOT_WIRED}"))
+    let target = target(&spec)?;
+    gaptun_apps::forward::serve_tcp_forward(listener, target, opener)
+        .await
+        .with_context(|| format!("TCP forward to {spec}"))
 }
 
-/// WIRING: forwards UDP datagrams received on `socket` to `target` (reached from the server).
-/// After the merge: `gaptun_apps::forward::serve_udp_forward(socket, target, opener)`.
-pub async fn serve_udp_forward(
-    socket: UdpSocket,
-    target: String,
-    opener: PoolOpener,
-) -> Result<()> {
-    let _ = (socket, target, opener);
-    Err(anyhow!("UDP forward: {NOT_WIRED}"))
+/// Forwards UDP datagrams received on `socket` to `target` (reached from the server).
+pub async fn serve_udp_forward(socket: UdpSocket, spec: String, opener: PoolOpener) -> Result<()> {
+    let target = target(&spec)?;
+    gaptun_apps::forward::serve_udp_forward(socket, target, opener, UDP_FORWARD_IDLE)
+        .await
+        .with_context(|| format!("UDP forward to {spec}"))
 }
 
-/// WIRING: serves one stream a client opened on the server: reads the target request, checks it
-/// against `policy`, dials, and relays. After the merge:
-/// `gaptun_apps::relay::serve_stream(stream, &target_policy, &DialConfig::default())`, with the
-/// `TargetPolicy` built once from `policy` (via `AllowRule` parsing) instead of per stream.
+/// Serves one stream a client opened on the server: reads the target request, checks it
+/// against the policy, dials, and relays.
 pub async fn serve_relay_stream(stream: RtStream, policy: Arc<RelayPolicy>) -> Result<()> {
-    let _ = (stream, policy);
-    Err(anyhow!("relay: {NOT_WIRED}"))
+    gaptun_apps::relay::serve_stream(stream, &policy.targets, &policy.dial).await?;
+    Ok(())
 }

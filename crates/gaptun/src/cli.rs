@@ -138,6 +138,17 @@ pub struct ClientArgs {
     /// Run without the SOCKS5 server.
     #[arg(long)]
     pub no_socks: bool,
+    /// Require this SOCKS5 username (RFC 1929); needs --socks-password.
+    #[arg(long, value_name = "USER", requires = "socks_password")]
+    pub socks_user: Option<String>,
+    /// SOCKS5 password for --socks-user (or GAPTUN_SOCKS_PASSWORD).
+    #[arg(
+        long,
+        value_name = "PASS",
+        env = "GAPTUN_SOCKS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub socks_password: Option<String>,
     /// Port forward [tcp:|udp:]LISTEN=TARGET, e.g. tcp:127.0.0.1:2222=10.0.0.5:22 (repeatable).
     #[arg(long = "forward", value_name = "SPEC")]
     pub forwards: Vec<ForwardSpec>,

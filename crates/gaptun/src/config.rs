@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub server: Option<String>,
     pub socks: Option<SocketAddr>,
     pub no_socks: Option<bool>,
+    pub socks_user: Option<String>,
+    pub socks_password: Option<String>,
     pub forward: Option<Vec<ForwardSpec>>,
     pub conns: Option<usize>,
     // Transport, both roles.
@@ -81,7 +83,15 @@ pub struct FileConfig {
 
 /// Keys that only one role uses; the other role refuses them instead of ignoring them.
 const SERVER_ONLY: &[&str] = &["listen", "allow", "allow_private"];
-const CLIENT_ONLY: &[&str] = &["server", "socks", "no_socks", "forward", "conns"];
+const CLIENT_ONLY: &[&str] = &[
+    "server",
+    "socks",
+    "no_socks",
+    "socks_user",
+    "socks_password",
+    "forward",
+    "conns",
+];
 
 /// gap-proxy's `config.json`.
 #[derive(Debug, Deserialize)]
@@ -168,6 +178,8 @@ impl FileConfig {
             "no_socks" => self.no_socks.is_some(),
             "forward" => self.forward.is_some(),
             "conns" => self.conns.is_some(),
+            "socks_user" => self.socks_user.is_some(),
+            "socks_password" => self.socks_password.is_some(),
             _ => false,
         }
     }

@@ -18,6 +18,7 @@ use crate::config::Role;
 use crate::ctl::{CtlContext, CtlSocket, handle_line};
 use crate::settings::{ClientSettings, ServerSettings};
 use crate::values::ForwardProto;
+use gaptun_apps::socks5::SocksConfig;
 
 /// How long shutdown waits for CLOSE frames to go out.
 const SHUTDOWN_LINGER: Duration = Duration::from_secs(2);
@@ -120,10 +121,7 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     let endpoint =
         RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?;
     let control = start_control(&s.control, Role::Server, endpoint.clone(), window)?;
-    let policy = Arc::new(RelayPolicy {
-        allow: s.allow,
-        allow_private: s.allow_private,
-    });
+    let policy = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
     info!(listen = %endpoint.local_addr(), "gaptun server running");
     tokio::select! {
         () = accept_loop(endpoint.clone(), policy) => {}
@@ -161,13 +159,17 @@ async fn bind_listeners(s: &ClientSettings) -> Result<Listeners> {
     Ok(Listeners { socks, tcp, udp })
 }
 
-fn start_apps(listeners: Listeners, opener: &PoolOpener) -> JoinSet<Result<()>> {
+fn start_apps(
+    listeners: Listeners,
+    opener: &PoolOpener,
+    socks: SocksConfig,
+) -> JoinSet<Result<()>> {
     let mut apps = JoinSet::new();
     if let Some(l) = listeners.socks {
         if let Ok(addr) = l.local_addr() {
             info!(%addr, "SOCKS5 listening");
         }
-        apps.spawn(apps_wiring::serve_socks(l, opener.clone()));
+        apps.spawn(apps_wiring::serve_socks(l, opener.clone(), socks));
     }
     for (l, target) in listeners.tcp {
         apps.spawn(apps_wiring::serve_tcp_forward(l, target, opener.clone()));
@@ -195,7 +197,11 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         .await
         .map_err(|e| anyhow!("cannot connect to {}: {e}", s.server))?;
     let control = start_control(&s.control, Role::Client, pool.endpoint().clone(), window)?;
-    let mut apps = start_apps(listeners, &PoolOpener::new(pool.clone()));
+    let socks = SocksConfig {
+        auth: s.socks_auth.clone(),
+        ..SocksConfig::default()
+    };
+    let mut apps = start_apps(listeners, &PoolOpener::new(pool.clone()), socks);
     let result = tokio::select! {
         signal = shutdown_signal() => {
             info!("{signal}: shutting down");

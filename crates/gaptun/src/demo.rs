@@ -99,10 +99,7 @@ pub async fn run(d: DemoSettings) -> Result<()> {
     };
     let server = RtEndpoint::bind(loopback, server_config)?;
     // The demo lets SOCKS reach local services, which a real server refuses by default.
-    let policy = Arc::new(RelayPolicy {
-        allow: Vec::new(),
-        allow_private: true,
-    });
+    let policy = Arc::new(RelayPolicy::build(&[], true)?);
     let server_task = tokio::spawn(accept_loop(server.clone(), policy));
 
     let relay = LossyRelay::spawn(LossyConfig {
@@ -131,6 +128,7 @@ pub async fn run(d: DemoSettings) -> Result<()> {
     let mut socks_task = tokio::spawn(apps_wiring::serve_socks(
         socks,
         PoolOpener::new(pool.clone()),
+        gaptun_apps::socks5::SocksConfig::default(),
     ));
 
     let result = tokio::select! {

@@ -34,6 +34,8 @@ pub struct ClientSettings {
     pub server: String,
     pub key: Psk,
     pub socks: Option<SocketAddr>,
+    /// SOCKS5 username and password, if clients must authenticate.
+    pub socks_auth: Option<(String, String)>,
     pub forwards: Vec<ForwardSpec>,
     pub conns: usize,
     pub control: PathBuf,
@@ -132,6 +134,14 @@ pub fn client(args: &ClientArgs, env_key: Option<String>) -> Result<(ClientSetti
             (None, None) => DEFAULT_SOCKS.parse().context("default SOCKS address")?,
         })
     };
+    let user = args.socks_user.clone().or(file.socks_user.clone());
+    let password = args.socks_password.clone().or(file.socks_password.clone());
+    let socks_auth = match (user, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => bail!("socks_user is set but socks_password is missing"),
+        (None, Some(_)) => bail!("socks_password is set but socks_user is missing"),
+    };
     let forwards = if args.forwards.is_empty() {
         file.forward.clone().unwrap_or_default()
     } else {
@@ -145,6 +155,7 @@ pub fn client(args: &ClientArgs, env_key: Option<String>) -> Result<(ClientSetti
         server,
         key,
         socks,
+        socks_auth,
         forwards,
         conns,
         control: args
