@@ -110,20 +110,25 @@ pub fn all() -> Vec<Scenario> {
         300,
         3.0,
     ));
+    let ge = GilbertElliott {
+        p_good_to_bad: 0.005,
+        p_bad_to_good: 0.25,
+        loss_good: 0.0,
+        loss_bad: 1.0,
+    };
     let mut burst = Scenario::new(
         "100m-100ms-burst",
-        "100 Mbit/s, 100 ms RTT, burst loss (Gilbert–Elliott, ≈ 2 % mean, bursts of ≈ 4)",
+        &format!(
+            "100 Mbit/s, 100 ms RTT, burst loss (Gilbert–Elliott, {:.1} % mean, mean burst {:.0} packets)",
+            ge.mean_loss() * 100.0,
+            1.0 / ge.p_bad_to_good
+        ),
         Family::Burst,
         Some(100.0),
         100,
         0.0,
     );
-    burst.burst = Some(GilbertElliott {
-        p_good_to_bad: 0.005,
-        p_bad_to_good: 0.25,
-        loss_good: 0.0,
-        loss_bad: 1.0,
-    });
+    burst.burst = Some(ge);
     v.push(burst);
     v.push(Scenario::new(
         "competing",

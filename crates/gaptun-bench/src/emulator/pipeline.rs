@@ -203,11 +203,6 @@ impl Pipeline {
         &self.counters
     }
 
-    /// Number of packets scheduled but not yet released.
-    pub fn in_flight(&self) -> usize {
-        self.release.len()
-    }
-
     /// Offers one packet at `now`.
     pub fn push(&mut self, now: Instant, packet: Vec<u8>) -> Verdict {
         let size = packet.len() as u64;
@@ -322,10 +317,10 @@ impl Pipeline {
         if let Some(last) = self.last_in_order_release {
             release = release.max(last);
         }
-        if let Some(r) = self.cfg.reorder {
-            if self.rng.chance(r.probability) {
-                return release + r.extra_delay;
-            }
+        if let Some(r) = self.cfg.reorder
+            && self.rng.chance(r.probability)
+        {
+            return release + r.extra_delay;
         }
         self.last_in_order_release = Some(release);
         release
