@@ -23,6 +23,10 @@ pub struct BulkResult {
     pub wire_bytes: u64,
     /// Goodput of the competing direct cubic flow (competing scenario).
     pub competitor_mbit: Option<f64>,
+    /// TCP retransmissions of the iperf3 sender (direct TCP: on the link; tunnels: loopback).
+    pub retransmits: Option<u64>,
+    /// Congestion controller of the iperf3 sender, as iperf3 reports it.
+    pub sender_congestion: Option<String>,
     /// Why the test failed.
     pub error: Option<String>,
 }

@@ -206,6 +206,9 @@ fn describe_bulk(b: &BulkResult) -> String {
             if let Some(r) = b.wire_ratio {
                 s.push_str(&format!(", wire/goodput {r:.3}"));
             }
+            if let (Some(r), Some(cc)) = (b.retransmits, &b.sender_congestion) {
+                s.push_str(&format!(", {cc} sender retransmits {r}"));
+            }
             if let Some(c) = b.competitor_mbit {
                 s.push_str(&format!(", competing cubic flow {c:.1} Mbit/s"));
             }
@@ -262,6 +265,8 @@ fn bulk_test(
             bytes: r.bytes,
             wire_bytes: wire,
             competitor_mbit,
+            retransmits: r.retransmits,
+            sender_congestion: r.sender_congestion,
             error: None,
         },
         Err(err) => BulkResult {
@@ -272,6 +277,8 @@ fn bulk_test(
             bytes: 0,
             wire_bytes: wire,
             competitor_mbit,
+            retransmits: None,
+            sender_congestion: None,
             error: Some(err.to_string()),
         },
     }

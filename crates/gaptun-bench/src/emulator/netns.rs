@@ -32,16 +32,6 @@ pub fn configure_p2p(ns: &str, dev: &str, local: &str, peer: &str, mtu: u32) -> 
     ip(&["-n", ns, "link", "set", "dev", dev, "up"])
 }
 
-/// Sets a sysctl inside namespace `ns` (e.g. the TCP congestion controller).
-pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
-    let kv = format!("{key}={value}");
-    procs::run(
-        Command::new("ip").args(["netns", "exec", ns, "sysctl", "-q", "-w", &kv]),
-        IP_LIMIT,
-    )
-    .map(|_| ())
-}
-
 /// A command that runs `program` inside namespace `ns`.
 pub fn exec(ns: &str, program: &str) -> Command {
     let mut c = Command::new("ip");

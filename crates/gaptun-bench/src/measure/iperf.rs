@@ -28,7 +28,7 @@ pub struct IperfSpec {
 }
 
 /// What a test achieved, measured at the receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IperfResult {
     /// Payload bytes received.
     pub bytes: u64,
@@ -38,6 +38,8 @@ pub struct IperfResult {
     pub mbit: f64,
     /// TCP retransmissions at the sender, when iperf3 reports them.
     pub retransmits: Option<u64>,
+    /// Congestion controller the sender used, as iperf3 reports it.
+    pub sender_congestion: Option<String>,
 }
 
 /// Starts `iperf3 -s` on `port` in namespace `ns`.
@@ -96,11 +98,16 @@ pub fn parse(json: &str) -> Result<IperfResult> {
     let retransmits = v
         .pointer("/end/sum_sent/retransmits")
         .and_then(Value::as_u64);
+    let sender_congestion = v
+        .pointer("/end/sender_tcp_congestion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     Ok(IperfResult {
         bytes,
         seconds,
         mbit: bps / 1e6,
         retransmits,
+        sender_congestion,
     })
 }
 
@@ -111,10 +118,12 @@ mod tests {
     #[test]
     fn parses_receiver_totals() {
         let json = r#"{"start":{},"end":{"sum_sent":{"bytes":100,"retransmits":7},
+            "sender_tcp_congestion":"cubic",
             "sum_received":{"seconds":8.1,"bytes":84100000,"bits_per_second":87000000.5}}}"#;
         let r = parse(json).unwrap();
         assert_eq!(r.bytes, 84_100_000);
         assert_eq!(r.retransmits, Some(7));
+        assert_eq!(r.sender_congestion.as_deref(), Some("cubic"));
         assert!((r.mbit - 87.0000005).abs() < 1e-9);
         assert!((r.seconds - 8.1).abs() < 1e-12);
     }

@@ -145,9 +145,12 @@ pub fn line_chart(
             s.label(name.as_str())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         }
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
-            .map_err(draw_err)?;
+        // Markers only on sparse series (goodput points), not on CDFs.
+        if pts.len() <= 30 {
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
+                .map_err(draw_err)?;
+        }
     }
     if text && !series.is_empty() {
         chart

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{
-    Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, SOCKS_PORT, set_congestion,
-    settle, tunnel_endpoints,
+    Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, SOCKS_PORT, settle,
+    tunnel_endpoints,
 };
 use crate::emulator::{ADDR_B, netns};
 use crate::error::{BenchError, Result};
@@ -76,7 +76,6 @@ pub fn keygen(binary: &Path) -> Result<Keys> {
 
 /// Starts server and client with the congestion controller `cc`.
 pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
-    set_congestion(env, "cubic")?;
     let keys = keygen(binary)?;
     let bin = binary.to_string_lossy();
     let listen = format!("{ADDR_B}:{SERVER_PORT}");

@@ -2,8 +2,7 @@
 //! port, since kcptun forwards to a single target. AES, no compression.
 
 use super::{
-    Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, set_congestion, settle,
-    tunnel_endpoints,
+    Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, settle, tunnel_endpoints,
 };
 use crate::emulator::{ADDR_B, netns};
 use crate::error::Result;
@@ -16,7 +15,6 @@ const SERVER_PORTS: [u16; 2] = [29900, 29901];
 
 /// Starts the two pairs (bulk and request/response).
 pub fn start(env: &Env, mode: Option<&str>) -> Result<Running> {
-    set_congestion(env, "cubic")?;
     let pairs = [
         (SERVER_PORTS[0], FWD_BULK_PORT, IPERF_PORT),
         (SERVER_PORTS[1], FWD_RR_PORT, RR_PORT),

@@ -194,12 +194,6 @@ fn wait_port(env: &Env, addr: SocketAddr) -> Result<()> {
     .map(|_| ())
 }
 
-/// Sets the default TCP congestion controller in both namespaces.
-pub fn set_congestion(env: &Env, cc: &str) -> Result<()> {
-    netns::sysctl(&env.ns_a, "net.ipv4.tcp_congestion_control", cc)?;
-    netns::sysctl(&env.ns_b, "net.ipv4.tcp_congestion_control", cc)
-}
-
 /// Forward endpoints used by the tunnels (loopback of namespace A).
 pub fn tunnel_endpoints(socks: bool) -> Endpoints {
     Endpoints {
