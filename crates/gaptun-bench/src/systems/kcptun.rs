@@ -14,7 +14,7 @@ const KEY: &str = "gaptun-bench";
 const SERVER_PORTS: [u16; 2] = [29900, 29901];
 
 /// Starts the two pairs (bulk and request/response).
-pub fn start(env: &Env, mode: Option<&str>) -> Result<Running> {
+pub fn start(env: &Env, mode: Option<&str>, window: Option<u32>) -> Result<Running> {
     let pairs = [
         (SERVER_PORTS[0], FWD_BULK_PORT, IPERF_PORT),
         (SERVER_PORTS[1], FWD_RR_PORT, RR_PORT),
@@ -24,7 +24,7 @@ pub fn start(env: &Env, mode: Option<&str>) -> Result<Running> {
         let remote = format!("{ADDR_B}:{server_port}");
         let mut s = netns::exec(&env.ns_b, "kcptun-server");
         s.args(["-l", &remote, "-t", &format!("127.0.0.1:{target}")]);
-        common_args(&mut s, mode);
+        common_args(&mut s, mode, window);
         procs.push(Managed::spawn(
             "kcptun-server",
             &mut s,
@@ -32,7 +32,7 @@ pub fn start(env: &Env, mode: Option<&str>) -> Result<Running> {
         )?);
         let mut c = netns::exec(&env.ns_a, "kcptun-client");
         c.args(["-l", &format!("127.0.0.1:{local}"), "-r", &remote]);
-        common_args(&mut c, mode);
+        common_args(&mut c, mode, window);
         procs.push(Managed::spawn(
             "kcptun-client",
             &mut c,
@@ -46,9 +46,13 @@ pub fn start(env: &Env, mode: Option<&str>) -> Result<Running> {
     })
 }
 
-fn common_args(cmd: &mut std::process::Command, mode: Option<&str>) {
+fn common_args(cmd: &mut std::process::Command, mode: Option<&str>, window: Option<u32>) {
     cmd.args(["--key", KEY, "--crypt", "aes", "--nocomp", "--quiet"]);
     if let Some(m) = mode {
         cmd.args(["--mode", m]);
+    }
+    if let Some(w) = window {
+        let w = w.to_string();
+        cmd.args(["--sndwnd", &w, "--rcvwnd", &w]);
     }
 }
