@@ -191,6 +191,10 @@ fn cleanup() -> Result<()> {
         println!("nothing to clean up");
     }
     for ns in left {
+        if netns::owner_alive(&ns) {
+            println!("kept namespace {ns}: its gaptun-bench run is still going");
+            continue;
+        }
         netns::delete(&ns)?;
         println!("removed namespace {ns}");
     }
@@ -206,10 +210,11 @@ fn emulate(id: &str, seconds: u64, seed: u64) -> Result<()> {
         .ok_or_else(|| BenchError::Invalid(format!("unknown scenario {id}")))?;
     let emu = Emulator::start(std::process::id(), &sc.link(seed))?;
     eprintln!(
-        "link up: {} ({}, 10.201.0.1) <-> {} (10.201.0.2) for {seconds} s: {}",
+        "link up: {} ({}) <-> {} ({}) for {seconds} s: {}",
         emu.ns_a(),
         emulator::ADDR_A,
         emu.ns_b(),
+        emulator::ADDR_B,
         sc.title
     );
     let end = Instant::now() + Duration::from_secs(seconds);

@@ -63,3 +63,26 @@ pub fn leftovers() -> Result<Vec<String>> {
         .map(str::to_string)
         .collect())
 }
+
+/// True if the namespace's name ends in the PID of a gaptun-bench process that is still
+/// running (so `cleanup` leaves a live run alone).
+pub fn owner_alive(ns: &str) -> bool {
+    let Some(pid) = ns.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("gaptun-bench"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_alive_only_for_live_bench_processes() {
+        assert!(!owner_alive("gtb-a-notapid"));
+        assert!(!owner_alive("gtb-a-4000000000"));
+        // This test binary's name contains "gaptun_bench", not "gaptun-bench".
+        assert!(!owner_alive(&format!("gtb-a-{}", std::process::id())));
+    }
+}
