@@ -1,0 +1,5 @@
+//! Measurements: bulk goodput (iperf3), request/response latency, process CPU and memory.
+
+pub mod iperf;
+pub mod latency;
+pub mod procstat;

@@ -1,0 +1,4 @@
+//! Rendering results: Markdown tables and PNG charts.
+
+pub mod charts;
+pub mod markdown;

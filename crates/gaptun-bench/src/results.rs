@@ -1,0 +1,115 @@
+//! What a run measured, serialised to JSON and rendered by `report`.
+
+use serde::Serialize;
+
+use crate::emulator::LinkStats;
+use crate::measure::latency::LatencyResult;
+use crate::scenarios::Scenario;
+
+/// One bulk (iperf3) test of one system.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BulkResult {
+    /// Parallel streams.
+    pub streams: u32,
+    /// Server to client (download) when true.
+    pub reverse: bool,
+    /// Goodput in Mbit/s.
+    pub mbit: Option<f64>,
+    /// Bytes offered to the link (both directions) per goodput byte.
+    pub wire_ratio: Option<f64>,
+    /// Goodput bytes.
+    pub bytes: u64,
+    /// Link bytes in the interval.
+    pub wire_bytes: u64,
+    /// Goodput of the competing direct cubic flow (competing scenario).
+    pub competitor_mbit: Option<f64>,
+    /// TCP retransmissions of the iperf3 sender (direct TCP: on the link; tunnels: loopback).
+    pub retransmits: Option<u64>,
+    /// Congestion controller of the iperf3 sender, as iperf3 reports it.
+    pub sender_congestion: Option<String>,
+    /// Why the test failed.
+    pub error: Option<String>,
+}
+
+impl BulkResult {
+    /// Short column label, e.g. `1×↑`.
+    pub fn label(&self) -> String {
+        format!("{}×{}", self.streams, if self.reverse { "↓" } else { "↑" })
+    }
+}
+
+/// Everything measured for one system in one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct SystemResult {
+    /// System name.
+    pub system: String,
+    /// Bulk tests.
+    pub bulk: Vec<BulkResult>,
+    /// Tunnel CPU seconds per GB of goodput over the bulk tests.
+    pub cpu_s_per_gb: Option<f64>,
+    /// Peak RSS over the tunnel processes, MiB (sum of client and server).
+    pub peak_rss_mib: Option<f64>,
+    /// Latency through the forward (or directly for TCP).
+    pub latency_forward: Option<LatencyResult>,
+    /// Latency through SOCKS5.
+    pub latency_socks: Option<LatencyResult>,
+    /// Why the system could not be measured (start failure), or latency errors.
+    pub notes: Vec<String>,
+}
+
+impl SystemResult {
+    /// Total goodput bytes and wire bytes over the successful bulk tests.
+    pub fn wire_ratio(&self) -> Option<f64> {
+        let (g, w) = self
+            .bulk
+            .iter()
+            .filter(|b| b.mbit.is_some() && b.competitor_mbit.is_none())
+            .fold((0u64, 0u64), |(g, w), b| (g + b.bytes, w + b.wire_bytes));
+        (g > 0).then(|| w as f64 / g as f64)
+    }
+}
+
+/// One scenario's results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScenarioResult {
+    /// The link shape.
+    pub scenario: Scenario,
+    /// Per system.
+    pub systems: Vec<SystemResult>,
+    /// Link counters over the whole scenario.
+    pub link: LinkStats,
+    /// Setup failure of the scenario itself.
+    pub error: Option<String>,
+}
+
+/// The machine the run happened on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Machine {
+    /// CPU model.
+    pub cpu: String,
+    /// Logical cores.
+    pub cores: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// Tool versions.
+    pub tools: Vec<String>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunResult {
+    /// UTC date and time.
+    pub date: String,
+    /// Where.
+    pub machine: Machine,
+    /// `--quick` or full.
+    pub quick: bool,
+    /// iperf3 test length.
+    pub seconds_per_test: u64,
+    /// Latency exchanges per measurement.
+    pub latency_count: usize,
+    /// Per scenario.
+    pub scenarios: Vec<ScenarioResult>,
+    /// Remarks (skipped systems ...).
+    pub notes: Vec<String>,
+}

@@ -1,0 +1,336 @@
+//! Runs the scenarios: for each, build the link, start the servers, then measure each system.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::thread;
+use std::time::Instant;
+
+use crate::emulator::{ADDR_B, Emulator};
+use crate::error::Result;
+use crate::measure::iperf::{self, IperfSpec};
+use crate::measure::{latency, procstat};
+use crate::procs::{self, Managed};
+use crate::results::{BulkResult, ScenarioResult, SystemResult};
+use crate::scenarios::{Family, Scenario};
+use crate::systems::{COMPETE_PORT, Env, IPERF_PORT, RR_PORT, Running, System};
+
+/// Knobs of a run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// iperf3 test length.
+    pub seconds: u64,
+    /// (streams, reverse) of each bulk test.
+    pub tests: Vec<(u32, bool)>,
+    /// Exchanges per latency measurement.
+    pub latency_count: usize,
+    /// Parallel connections of the latency client.
+    pub latency_conns: usize,
+    /// Seed of the link emulator.
+    pub seed: u64,
+    /// This binary.
+    pub exe: PathBuf,
+    /// Where process logs go.
+    pub logdir: PathBuf,
+}
+
+/// Progress printer: one line per step, with time since the start.
+#[derive(Debug)]
+pub struct Progress {
+    start: Instant,
+}
+
+impl Progress {
+    /// Starts the clock.
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+
+    /// Prints one step.
+    pub fn step(&self, msg: &str) {
+        eprintln!("[{:>5.0}s] {msg}", self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs one scenario over all systems.
+pub fn run_scenario(
+    plan: &Plan,
+    scenario: &Scenario,
+    systems: &[System],
+    p: &Progress,
+) -> ScenarioResult {
+    p.step(&format!("scenario {}: {}", scenario.id, scenario.title));
+    let mut result = ScenarioResult {
+        scenario: scenario.clone(),
+        systems: Vec::new(),
+        link: Default::default(),
+        error: None,
+    };
+    let emu = match Emulator::start(std::process::id(), &scenario.link(plan.seed)) {
+        Ok(e) => e,
+        Err(e) => {
+            p.step(&format!("  link setup failed: {e}"));
+            result.error = Some(e.to_string());
+            return result;
+        }
+    };
+    let env = Env {
+        ns_a: emu.ns_a().to_string(),
+        ns_b: emu.ns_b().to_string(),
+        exe: plan.exe.clone(),
+        logdir: plan.logdir.clone(),
+        rate_mbit: scenario.rate_mbit,
+    };
+    for system in systems {
+        if procs::interrupted() {
+            break;
+        }
+        let r = run_system(plan, scenario, system, &env, &emu, p);
+        result.systems.push(r);
+    }
+    result.link = emu.stats();
+    result
+}
+
+/// Servers in namespace B for one system's measurements.
+fn start_servers(plan: &Plan, env: &Env, competing: bool) -> Result<Vec<Managed>> {
+    let mut v = vec![iperf::server(
+        &env.ns_b,
+        IPERF_PORT,
+        &env.log("iperf3-server"),
+    )?];
+    if competing {
+        v.push(iperf::server(
+            &env.ns_b,
+            COMPETE_PORT,
+            &env.log("iperf3-compete"),
+        )?);
+    }
+    let rr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], RR_PORT));
+    v.push(latency::spawn_server(
+        &env.ns_b,
+        &plan.exe,
+        rr,
+        &env.log("rr-server"),
+    )?);
+    thread::sleep(std::time::Duration::from_millis(300));
+    v.iter_mut().try_for_each(Managed::ensure_alive)?;
+    Ok(v)
+}
+
+/// Measures one system in the current scenario.
+fn run_system(
+    plan: &Plan,
+    scenario: &Scenario,
+    system: &System,
+    env: &Env,
+    emu: &Emulator,
+    p: &Progress,
+) -> SystemResult {
+    let mut res = SystemResult {
+        system: system.name.clone(),
+        ..Default::default()
+    };
+    let competing = scenario.family == Family::Competing;
+    let servers = match start_servers(plan, env, competing) {
+        Ok(s) => s,
+        Err(e) => {
+            p.step(&format!("  {}: servers failed: {e}", system.name));
+            res.notes.push(format!("servers failed: {e}"));
+            return res;
+        }
+    };
+    let mut running = match system.start(env) {
+        Ok(r) => r,
+        Err(e) => {
+            p.step(&format!("  {}: start failed: {e}", system.name));
+            res.notes.push(format!("start failed: {e}"));
+            return res;
+        }
+    };
+    let pids = running.pids();
+    let cpu0 = procstat::total_cpu_seconds(&pids);
+    let tests = if competing {
+        vec![(1, false)]
+    } else {
+        plan.tests.clone()
+    };
+    for (streams, reverse) in tests {
+        if procs::interrupted() {
+            return res;
+        }
+        let b = bulk_test(plan, env, emu, &running, streams, reverse, competing);
+        p.step(&format!(
+            "  {} {}: {}",
+            system.name,
+            b.label(),
+            describe_bulk(&b)
+        ));
+        res.bulk.push(b);
+        if let Err(e) = running.ensure_alive() {
+            res.notes.push(format!("tunnel died: {e}"));
+            break;
+        }
+    }
+    let cpu = procstat::total_cpu_seconds(&pids) - cpu0;
+    let bytes: u64 = res
+        .bulk
+        .iter()
+        .filter(|b| b.mbit.is_some())
+        .map(|b| b.bytes)
+        .sum();
+    if !pids.is_empty() && bytes > 0 {
+        res.cpu_s_per_gb = Some(cpu / (bytes as f64 / 1e9));
+    }
+    if !competing {
+        measure_latency(plan, env, &running, &mut res, p);
+    }
+    let rss: Vec<u64> = pids
+        .iter()
+        .filter_map(|p| procstat::peak_rss_kib(*p).ok())
+        .collect();
+    if !rss.is_empty() {
+        res.peak_rss_mib = Some(rss.iter().sum::<u64>() as f64 / 1024.0);
+    }
+    drop(running);
+    drop(servers);
+    res
+}
+
+fn describe_bulk(b: &BulkResult) -> String {
+    match (&b.error, b.mbit) {
+        (Some(e), _) => format!("error: {e}"),
+        (None, Some(m)) => {
+            let mut s = format!("{m:.1} Mbit/s");
+            if let Some(r) = b.wire_ratio {
+                s.push_str(&format!(", wire/goodput {r:.3}"));
+            }
+            if let (Some(r), Some(cc)) = (b.retransmits, &b.sender_congestion) {
+                s.push_str(&format!(", {cc} sender retransmits {r}"));
+            }
+            if let Some(c) = b.competitor_mbit {
+                s.push_str(&format!(", competing cubic flow {c:.1} Mbit/s"));
+            }
+            s
+        }
+        (None, None) => "no result".into(),
+    }
+}
+
+/// One iperf3 test (plus, in the competing scenario, a concurrent direct cubic flow).
+fn bulk_test(
+    plan: &Plan,
+    env: &Env,
+    emu: &Emulator,
+    running: &Running,
+    streams: u32,
+    reverse: bool,
+    competing: bool,
+) -> BulkResult {
+    let e = &running.endpoints;
+    let spec = IperfSpec {
+        host: e.bulk_host.clone(),
+        port: e.bulk_port,
+        seconds: plan.seconds,
+        streams,
+        reverse,
+        congestion: e.iperf_congestion.clone(),
+    };
+    let competitor = competing.then(|| {
+        let ns = env.ns_a.clone();
+        let spec = IperfSpec {
+            host: ADDR_B.to_string(),
+            port: COMPETE_PORT,
+            seconds: plan.seconds,
+            streams: 1,
+            reverse,
+            congestion: Some("cubic".into()),
+        };
+        thread::spawn(move || iperf::run(&ns, &spec))
+    });
+    let before = emu.stats();
+    let r = iperf::run(&env.ns_a, &spec);
+    let wire = emu.stats().since(&before).wire_bytes();
+    let competitor_mbit = competitor
+        .and_then(|h| h.join().ok())
+        .and_then(|r| r.ok())
+        .map(|r| r.mbit);
+    match r {
+        Ok(r) => BulkResult {
+            streams,
+            reverse,
+            mbit: Some(r.mbit),
+            wire_ratio: (r.bytes > 0 && !competing).then(|| wire as f64 / r.bytes as f64),
+            bytes: r.bytes,
+            wire_bytes: wire,
+            competitor_mbit,
+            retransmits: r.retransmits,
+            sender_congestion: r.sender_congestion,
+            error: None,
+        },
+        Err(err) => BulkResult {
+            streams,
+            reverse,
+            mbit: None,
+            wire_ratio: None,
+            bytes: 0,
+            wire_bytes: wire,
+            competitor_mbit,
+            retransmits: None,
+            sender_congestion: None,
+            error: Some(err.to_string()),
+        },
+    }
+}
+
+/// Latency through the forward and, when the system has one, through SOCKS5.
+fn measure_latency(
+    plan: &Plan,
+    env: &Env,
+    running: &Running,
+    res: &mut SystemResult,
+    p: &Progress,
+) {
+    let e = &running.endpoints;
+    let fwd = latency::measure(
+        &env.ns_a,
+        &plan.exe,
+        e.rr,
+        None,
+        plan.latency_count,
+        plan.latency_conns,
+    );
+    report_latency(&res.system, "forward", &fwd, p);
+    match fwd {
+        Ok(l) => res.latency_forward = Some(l),
+        Err(err) => res.notes.push(format!("forward latency: {err}")),
+    }
+    if let Some(socks) = e.socks {
+        // Through SOCKS5 the target is named as the server side sees it.
+        let target = SocketAddrV4::new([127, 0, 0, 1].into(), RR_PORT);
+        let s = latency::measure(
+            &env.ns_a,
+            &plan.exe,
+            target,
+            Some(socks),
+            plan.latency_count,
+            plan.latency_conns,
+        );
+        report_latency(&res.system, "SOCKS5", &s, p);
+        match s {
+            Ok(l) => res.latency_socks = Some(l),
+            Err(err) => res.notes.push(format!("SOCKS5 latency: {err}")),
+        }
+    }
+}
+
+fn report_latency(system: &str, via: &str, r: &Result<latency::LatencyResult>, p: &Progress) {
+    match r {
+        Ok(l) => p.step(&format!(
+            "  {system} latency via {via}: p50 {:.1} ms, p99 {:.1} ms, {} errors",
+            l.p50_ms, l.p99_ms, l.errors
+        )),
+        Err(e) => p.step(&format!("  {system} latency via {via}: error: {e}")),
+    }
+}

@@ -1,0 +1,137 @@
+//! Prerequisites: root, tools installed with apt-get when missing, the gaptun binary, and a
+//! description of the machine for the report.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::error::{BenchError, Result};
+use crate::procs;
+use crate::results::Machine;
+use crate::systems::gaptun;
+
+/// Fails unless running as root (namespaces and TUN need it).
+pub fn require_root() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(str::to_string));
+    if uid.as_deref() == Some("0") {
+        Ok(())
+    } else {
+        Err(BenchError::Missing("root (run with sudo)".into()))
+    }
+}
+
+/// True if `program` is on PATH.
+pub fn has(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Installs the Debian packages providing missing tools (`iperf3`, `kcptun`).
+pub fn ensure_tools(install: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    if !has("iperf3") {
+        missing.push("iperf3");
+    }
+    if !has("kcptun-client") || !has("kcptun-server") {
+        missing.push("kcptun");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !install {
+        return Err(BenchError::Missing(missing.join(", ")));
+    }
+    eprintln!("installing {} with apt-get", missing.join(", "));
+    let limit = Duration::from_secs(600);
+    procs::run(Command::new("apt-get").args(["update", "-qq"]), limit)?;
+    procs::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq"])
+            .args(&missing),
+        limit,
+    )?;
+    Ok(())
+}
+
+/// Finds a usable gaptun binary: `path` (building `-p gaptun` in release mode if it is absent
+/// and `build` is set), then checks that `gaptun keygen` works. `Err` says why gaptun is skipped.
+pub fn find_gaptun(path: &Path, build: bool) -> Result<PathBuf> {
+    if !path.is_file() && build {
+        eprintln!(
+            "{} not found: cargo build --release -p gaptun",
+            path.display()
+        );
+        procs::run(
+            Command::new("cargo").args(["build", "--release", "-p", "gaptun"]),
+            Duration::from_secs(1800),
+        )?;
+    }
+    if !path.is_file() {
+        return Err(BenchError::Missing(format!(
+            "gaptun binary {}",
+            path.display()
+        )));
+    }
+    let abs = std::fs::canonicalize(path).map_err(|e| BenchError::Io {
+        context: format!("canonicalize {}", path.display()),
+        source: e,
+    })?;
+    gaptun::keygen(&abs)?;
+    Ok(abs)
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    procs::run_unchecked(cmd, Duration::from_secs(5))
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU model, cores, kernel and tool versions.
+pub fn machine(gaptun: Option<&Path>) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown CPU".to_string(), |(_, v)| v.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
+    let mut tools = vec![
+        first_line(Command::new("iperf3").arg("-v")),
+        first_line(Command::new("kcptun-client").arg("-v")),
+    ];
+    if let Some(g) = gaptun {
+        tools.push(format!(
+            "gaptun {}",
+            first_line(Command::new(g).arg("--version"))
+        ));
+    }
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        kernel,
+        tools: tools.into_iter().filter(|t| !t.is_empty()).collect(),
+    }
+}
+
+/// Current UTC date and time (via `date`, to avoid a time crate).
+pub fn now_utc() -> String {
+    first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+}
