@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 use crate::config::EndpointConfig;
 use crate::crypto::Psk;
 use crate::endpoint::Endpoint;
-use crate::frame;
+use crate::frame::{self, AckFrame, CloseFrame, Frame, StreamFrame};
+use crate::range_set::RangeSet;
+use crate::shared::StreamId;
+use crate::crypto::CipherSuite;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use crate::handshake::{self, ReplayCache, TransportParams};
 use crate::packet::ConnectionId;
 
@@ -56,7 +61,7 @@ pub fn handshake(data: &[u8]) {
         max_udp_payload: 1350,
         ciphers: Vec::new(),
     };
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    let mut rng = StdRng::seed_from_u64(7);
     let _ = handshake::accept_initial(
         std::slice::from_ref(&psk),
         &mut replay,
@@ -78,4 +83,85 @@ pub fn handshake(data: &[u8]) {
         &mut rng,
     );
     let _ = client.finish(data);
+}
+
+fn seed_params() -> TransportParams {
+    TransportParams {
+        max_data: 1 << 20,
+        max_stream_data: 1 << 19,
+        max_streams: 100,
+        idle_timeout_ms: 30_000,
+        max_udp_payload: 1350,
+        ciphers: vec![CipherSuite::ChaCha20Poly1305],
+    }
+}
+
+/// A valid Initial for [`FUZZ_PSK`], stamped one second after [`FUZZ_UNIX_TIME`]: a seed that
+/// gets the fuzzer past authentication.
+pub fn seed_initial(seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let psk = Psk::from_bytes(FUZZ_PSK);
+    let (_, initial) = handshake::ClientHandshake::start(
+        &psk,
+        ConnectionId([3; 8]),
+        &seed_params(),
+        FUZZ_UNIX_TIME + Duration::from_secs(1),
+        1350,
+        &mut rng,
+    );
+    initial
+}
+
+/// A payload holding one frame of every type.
+pub fn seed_frames() -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut ranges = RangeSet::new();
+    ranges.insert(0..10);
+    ranges.insert(12..40);
+    ranges.insert(100..101);
+    frame::encode_ack(&ranges, 250, 64, 1000, &mut buf);
+    let frames = [
+        Frame::Ping,
+        Frame::Stream(StreamFrame {
+            id: StreamId(4),
+            offset: 77,
+            fin: true,
+            data: b"hello",
+        }),
+        Frame::ResetStream {
+            id: StreamId(1),
+            error_code: 9,
+            final_size: 1000,
+        },
+        Frame::StopSending {
+            id: StreamId(5),
+            error_code: 2,
+        },
+        Frame::MaxData(1 << 30),
+        Frame::MaxStreamData {
+            id: StreamId(8),
+            max: 1 << 20,
+        },
+        Frame::MaxStreams(500),
+        Frame::DataBlocked(12),
+        Frame::StreamDataBlocked {
+            id: StreamId(8),
+            limit: 99,
+        },
+        Frame::PathChallenge([1, 2, 3, 4, 5, 6, 7, 8]),
+        Frame::PathResponse([8, 7, 6, 5, 4, 3, 2, 1]),
+        Frame::Close(CloseFrame {
+            application: true,
+            error_code: 3,
+            reason: b"bye",
+        }),
+        Frame::Ack(AckFrame {
+            delay_us: 5,
+            ranges: vec![10..20, 2..5],
+        }),
+    ];
+    for f in &frames {
+        f.encode(&mut buf);
+    }
+    buf
 }
