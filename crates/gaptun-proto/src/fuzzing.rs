@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::EndpointConfig;
+use crate::crypto::CipherSuite;
 use crate::crypto::Psk;
 use crate::endpoint::Endpoint;
 use crate::frame::{self, AckFrame, CloseFrame, Frame, StreamFrame};
-use crate::range_set::RangeSet;
-use crate::shared::StreamId;
-use crate::crypto::CipherSuite;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use crate::handshake::{self, ReplayCache, TransportParams};
 use crate::packet::ConnectionId;
+use crate::range_set::RangeSet;
+use crate::shared::StreamId;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 /// The key the fuzz targets and the seed corpus use.
 pub const FUZZ_PSK: [u8; 32] = [0x5a; 32];

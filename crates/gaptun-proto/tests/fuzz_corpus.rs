@@ -66,15 +66,30 @@ fn run(target: &str, entry: fn(&[u8]), generated: Vec<Vec<u8>>, per_seed: usize)
 
 #[test]
 fn frame_decoder_survives_corpus_and_mutations() {
-    run("frames", fuzzing::frames, vec![fuzzing::seed_frames()], 3000);
+    run(
+        "frames",
+        fuzzing::frames,
+        vec![fuzzing::seed_frames()],
+        3000,
+    );
 }
 
 #[test]
 fn handshake_parsers_survive_corpus_and_mutations() {
-    run("handshake", fuzzing::handshake, vec![fuzzing::seed_initial(1)], 300);
+    run(
+        "handshake",
+        fuzzing::handshake,
+        vec![fuzzing::seed_initial(1)],
+        300,
+    );
 }
 
 #[test]
 fn server_endpoint_survives_corpus_and_mutations() {
-    run("datagram", fuzzing::datagram, vec![fuzzing::seed_initial(2)], 300);
+    run(
+        "datagram",
+        fuzzing::datagram,
+        vec![fuzzing::seed_initial(2)],
+        300,
+    );
 }

@@ -551,3 +551,35 @@ fn same_seed_same_run() {
     };
     assert!(run(5) == run(5), "same seed gave different runs");
 }
+
+#[test]
+fn an_unvalidated_client_address_gets_at_most_three_times_what_it_sent() {
+    let mut sim = Sim::new(SimConfig::new(121));
+    sim.set_capture(true);
+    sim.connect(0).expect("client has a key");
+    // Let exactly the first Initial through, then cut the uplink: the server never hears the
+    // client confirm, so the client's address stays unvalidated.
+    sim.run_for(Duration::from_secs(1), |sim| {
+        sim.uplink().stats().delivered >= 1
+    });
+    sim.blackhole_indefinitely(Path::Uplink);
+    // The server application tries to push a lot of data at the unconfirmed client.
+    sim.advance(Duration::from_millis(1));
+    if let Some(server) = sim.server_connection(0) {
+        if let Some(id) = server.open_stream() {
+            let _ = server.write(id, &vec![7u8; 1 << 20]);
+        }
+    }
+    sim.advance(Duration::from_secs(20));
+    let received: usize = sim
+        .captured_from(Node::Client(0))
+        .take(1)
+        .map(|c| c.data.len())
+        .sum();
+    let sent: usize = sim.captured_from(Node::Server).map(|c| c.data.len()).sum();
+    assert!(sent > 0, "the server answered the Initial");
+    assert!(
+        sent <= 3 * received,
+        "server sent {sent} bytes for {received} received"
+    );
+}
