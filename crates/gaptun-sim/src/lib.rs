@@ -15,7 +15,7 @@
 //!
 //! # Example
 //!
-//! ```ignore
+//! ```
 //! use std::time::Duration;
 //! use gaptun_sim::{BulkTransfer, Direction, End, LinkConfig, Sim, SimConfig};
 //!
