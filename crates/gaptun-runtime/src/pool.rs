@@ -2,10 +2,18 @@
 //!
 //! Several connections spread the load over several congestion controllers and UDP flows
 //! (some networks throttle individual flows). Each slot has a supervisor task: it connects,
-//! waits for the connection to end, and reconnects with exponential backoff. New streams go to
-//! the live connection with the fewest open streams (ties broken round-robin); while none is
-//! live, `open_stream` waits up to a bound for a reconnect.
+//! waits for the connection to end, and reconnects. New streams go to the live connection with
+//! the fewest open streams (ties broken round-robin); while none is live, `open_stream` waits up
+//! to a bound for a reconnect.
+//!
+//! Reconnecting: the core resends a handshake's Initial only every 2 s, so a single attempt
+//! could notice a server that came back up to 2 s late. The supervisor therefore starts a new
+//! attempt after each backoff delay (200 ms, doubling up to 1 s) while earlier ones still run,
+//! keeping at most [`MAX_ATTEMPTS_IN_FLIGHT`] (the oldest is dropped to make room). The first
+//! attempt that completes wins and the others are closed. A server that restarts is thus found
+//! within about a second, at the cost of about one Initial per second while it is away.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +22,7 @@ use std::time::Duration;
 
 use gaptun_proto::EndpointConfig;
 use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::connection::RtConnection;
@@ -21,14 +30,22 @@ use crate::endpoint::RtEndpoint;
 use crate::error::ConnectError;
 use crate::stream::RtStream;
 
+/// Handshake attempts a reconnecting slot runs at once.
+pub const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
+
+/// How often a slot that cannot reconnect says so in the log.
+const STILL_RECONNECTING_EVERY: Duration = Duration::from_secs(30);
+
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Connections kept open (at least 1).
     pub conns: usize,
-    /// First reconnect delay; doubles after each failure.
+    /// Delay before the second reconnect attempt (the first starts at once); doubles for each
+    /// further one.
     pub backoff_min: Duration,
-    /// Largest reconnect delay.
+    /// Largest delay between reconnect attempts: a server that comes back is found within
+    /// about this long.
     pub backoff_max: Duration,
     /// How long `open_stream` waits for a connection while none is live.
     pub open_wait: Duration,
@@ -39,7 +56,7 @@ impl Default for PoolConfig {
         Self {
             conns: 1,
             backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(1),
             open_wait: Duration::from_secs(15),
         }
     }
@@ -265,13 +282,22 @@ impl PoolInner {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn unavailable(&self) -> io::Error {
-        let last = self
+    fn note_error(&self, e: String) {
+        *self
             .last_error
             .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(e);
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let msg = match last {
+            .clone()
+    }
+
+    fn unavailable(&self) -> io::Error {
+        let msg = match self.last_error() {
             Some(e) => format!("no connection to {}: {e}", self.server),
             None => format!("no connection to {}", self.server),
         };
@@ -291,10 +317,7 @@ impl PoolInner {
         };
         let result = self.endpoint.connect(addr).await;
         if let Err(e) = &result {
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+            self.note_error(e.to_string());
         }
         result
     }
@@ -313,10 +336,8 @@ async fn resolve(server: &str) -> Result<Vec<SocketAddr>, ConnectError> {
 /// Keeps slot `slot` connected until the pool stops.
 async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnection>) {
     let mut stop = inner.stop.subscribe();
-    let mut backoff = Backoff::new(inner.config.backoff_min, inner.config.backoff_max);
     loop {
         if let Some(c) = conn.take() {
-            backoff.reset();
             inner.set_slot(slot, Some(c.clone()));
             let reason = tokio::select! {
                 reason = c.closed() => reason,
@@ -325,27 +346,64 @@ async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnec
             inner.set_slot(slot, None);
             warn!(server = %inner.server, slot, "connection lost: {reason}; reconnecting");
         }
-        let attempt = tokio::select! {
-            r = inner.connect_once() => r,
-            _ = stop.wait_for(|s| *s) => return,
+        let started = tokio::time::Instant::now();
+        conn = tokio::select! {
+            c = reconnect(&inner, slot) => Some(c),
+            _ = stop.wait_for(|s| *s) => {
+                debug!(slot, "pool stopped");
+                return;
+            }
         };
-        match attempt {
-            Ok(c) => {
-                info!(server = %inner.server, slot, "reconnected");
-                conn = Some(c);
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(server = %inner.server, slot, "connect failed: {e}; retrying in {delay:?}");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+        info!(
+            server = %inner.server,
+            slot,
+            "reconnected after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Runs staggered handshake attempts until one succeeds (see the module documentation).
+/// Dropping the future drops the attempts still running.
+async fn reconnect(inner: &Arc<PoolInner>, slot: usize) -> RtConnection {
+    let mut backoff = Backoff::new(inner.config.backoff_min, inner.config.backoff_max);
+    let mut attempts: JoinSet<Result<RtConnection, ConnectError>> = JoinSet::new();
+    let mut running: VecDeque<AbortHandle> = VecDeque::new();
+    let since = tokio::time::Instant::now();
+    let mut next_start = since;
+    let mut next_report = since + STILL_RECONNECTING_EVERY;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_start) => {
+                running.retain(|a| !a.is_finished());
+                if running.len() >= MAX_ATTEMPTS_IN_FLIGHT
+                    && let Some(oldest) = running.pop_front()
+                {
+                    oldest.abort();
+                    inner.note_error(format!(
+                        "no answer from server for {:.0} s: check that it is running, and the address, port and key",
+                        since.elapsed().as_secs_f64()
+                    ));
                 }
+                let attempt = Arc::clone(inner);
+                running.push_back(attempts.spawn(async move { attempt.connect_once().await }));
+                next_start = tokio::time::Instant::now() + backoff.next_delay();
             }
+            Some(done) = attempts.join_next() => match done {
+                Ok(Ok(conn)) => return conn,
+                Ok(Err(e)) => debug!(server = %inner.server, slot, "connect attempt failed: {e}"),
+                Err(_) => {} // dropped to make room for a newer attempt
+            },
         }
-        if *stop.borrow() {
-            debug!(slot, "pool stopped");
-            return;
+        if tokio::time::Instant::now() >= next_report {
+            next_report += STILL_RECONNECTING_EVERY;
+            warn!(
+                server = %inner.server,
+                slot,
+                "still reconnecting after {:.0} s: {}",
+                since.elapsed().as_secs_f64(),
+                inner.last_error().unwrap_or_else(|| "no answer".into())
+            );
         }
     }
 }
