@@ -74,6 +74,10 @@ pub struct RelayCounters {
     pub dropped: AtomicU64,
     /// Datagrams held back so that later ones overtake them (both directions).
     pub reordered: AtomicU64,
+    /// Datagrams passed on from clients to the server.
+    pub to_server: AtomicU64,
+    /// Datagrams passed on from the server to clients.
+    pub to_client: AtomicU64,
 }
 
 /// A running relay; stops when dropped.
@@ -114,6 +118,14 @@ impl LossyRelay {
         )
     }
 
+    /// Datagrams passed on towards the server and towards the clients so far.
+    pub fn counts_by_direction(&self) -> (u64, u64) {
+        (
+            self.counters.to_server.load(Ordering::Relaxed),
+            self.counters.to_client.load(Ordering::Relaxed),
+        )
+    }
+
     /// Datagrams held back for reordering so far.
     pub fn reordered(&self) -> u64 {
         self.counters.reordered.load(Ordering::Relaxed)
@@ -140,11 +152,19 @@ struct Impairment {
     reorder: f64,
     reorder_delay: Duration,
     counters: Arc<RelayCounters>,
+    /// Counts what this direction passes on.
+    passed: fn(&RelayCounters) -> &AtomicU64,
 }
 
 impl Impairment {
-    fn new(config: &LossyConfig, rng: StdRng, counters: Arc<RelayCounters>) -> Self {
+    fn new(
+        config: &LossyConfig,
+        rng: StdRng,
+        counters: Arc<RelayCounters>,
+        passed: fn(&RelayCounters) -> &AtomicU64,
+    ) -> Self {
         Self {
+            passed,
             rng,
             loss: config.loss.clamp(0.0, 1.0),
             delay: config.delay,
@@ -161,6 +181,7 @@ impl Impairment {
             return None;
         }
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        (self.passed)(&self.counters).fetch_add(1, Ordering::Relaxed);
         let mut due = Instant::now() + self.delay;
         if self.reorder > 0.0 && self.rng.random_bool(self.reorder) {
             self.counters.reordered.fetch_add(1, Ordering::Relaxed);
@@ -227,6 +248,7 @@ async fn run_front(
         &config,
         StdRng::seed_from_u64(rng.random()),
         Arc::clone(&counters),
+        |c| &c.to_server,
     );
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; 65536];
@@ -288,7 +310,7 @@ async fn open_upstream(
     let socket = Arc::new(UdpSocket::bind(bind).await?);
     let (lane_tx, lane_rx) = mpsc::channel(DELAY_LINE);
     tasks.spawn(delay_line(Arc::clone(&socket), lane_rx));
-    let mut impair = Impairment::new(&config, rng, counters);
+    let mut impair = Impairment::new(&config, rng, counters, |c| &c.to_client);
     tasks.spawn(async move {
         let mut buf = vec![0u8; 65536];
         loop {
@@ -355,6 +377,7 @@ mod tests {
             start.elapsed()
         );
         assert_eq!(relay.counts(), (2, 0));
+        assert_eq!(relay.counts_by_direction(), (1, 1));
     }
 
     #[tokio::test]
