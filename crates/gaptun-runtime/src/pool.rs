@@ -134,7 +134,9 @@ impl Drop for StopOnDrop {
 }
 
 impl ClientPool {
-    /// Resolves `server` (`host:port`), binds a UDP socket of the matching address family,
+    /// Resolves `server` (`host:port`), binds a UDP socket of the matching address family
+    /// (IPv4 when the name has both, like kcptun and gap-proxy: a server listening on the
+    /// default `0.0.0.0` is reachable over IPv4 only),
     /// establishes the first connection (failing with its error, e.g. the handshake timeout
     /// when the server is unreachable or the key is wrong), and starts keeping `config.conns`
     /// connections.
@@ -144,7 +146,7 @@ impl ClientPool {
         config: PoolConfig,
     ) -> Result<Self, ConnectError> {
         let addrs = resolve(server).await?;
-        let Some(first) = addrs.first() else {
+        let Some(first) = preferred(&addrs) else {
             return Err(ConnectError::NoAddress {
                 host: server.to_owned(),
                 family: "IP",
@@ -323,6 +325,11 @@ impl PoolInner {
     }
 }
 
+/// The address to connect to: the first IPv4 one, else the first.
+fn preferred(addrs: &[SocketAddr]) -> Option<&SocketAddr> {
+    addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first())
+}
+
 async fn resolve(server: &str) -> Result<Vec<SocketAddr>, ConnectError> {
     let addrs = tokio::net::lookup_host(server)
         .await
@@ -433,6 +440,15 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn ipv4_is_preferred() {
+        let v6: SocketAddr = "[2001:db8::1]:29900".parse().unwrap();
+        let v4: SocketAddr = "192.0.2.1:29900".parse().unwrap();
+        assert_eq!(preferred(&[v6, v4]), Some(&v4));
+        assert_eq!(preferred(&[v6]), Some(&v6));
+        assert_eq!(preferred(&[]), None);
     }
 
     #[tokio::test]

@@ -407,7 +407,7 @@ async fn gap_proxy_config_json_runs_a_client() {
         std::fs::write(
             &config,
             format!(
-                "{{\n  \"local\": \"{socks}\",\n  \"server\": \"127.0.0.1:{port}\",\n  \"key\": \"{KEY}\"\n}}\n"
+                "{{\n  \"local\": \"{socks}\",\n  \"server\": \"localhost:{port}\",\n  \"key\": \"{KEY}\"\n}}\n"
             ),
         )
         .unwrap();
