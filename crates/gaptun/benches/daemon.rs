@@ -441,8 +441,19 @@ async fn open_idle_streams(tunnel: &Tunnel, n: usize) -> Vec<TcpStream> {
 
 struct StreamsResult {
     rss_mib: f64,
+    server_mib: f64,
+    client_mib: f64,
     per_stream_kib: f64,
     open_secs: f64,
+}
+
+impl StreamsResult {
+    fn describe(&self) -> String {
+        format!(
+            "{:.1} MiB (server {:.1}, client {:.1}; {:.2} KiB per stream; opened in {:.1} s)",
+            self.rss_mib, self.server_mib, self.client_mib, self.per_stream_kib, self.open_secs
+        )
+    }
 }
 
 async fn measure_idle_streams(dir: &Path, n: usize, kcptun: bool) -> StreamsResult {
@@ -466,14 +477,18 @@ async fn measure_idle_streams(dir: &Path, n: usize, kcptun: bool) -> StreamsResu
     let rss = tunnel.rss_kib();
     let r = StreamsResult {
         rss_mib: rss as f64 / 1024.0,
+        server_mib: tunnel.server.rss_kib() as f64 / 1024.0,
+        client_mib: tunnel.client.rss_kib() as f64 / 1024.0,
         per_stream_kib: rss.saturating_sub(before) as f64 / n as f64,
         open_secs,
     };
     eprintln!(
-        "{name}: {} streams open in {:.1} s, RSS {:.1} MiB ({:.2} KiB per stream)",
+        "{name}: {} streams open in {:.1} s, RSS {:.1} MiB (server {:.1}, client {:.1}; {:.2} KiB per stream)",
         streams.len(),
         r.open_secs,
         r.rss_mib,
+        r.server_mib,
+        r.client_mib,
         r.per_stream_kib
     );
     drop(streams);
@@ -525,6 +540,8 @@ async fn run() {
     let secs = env_u64("GAPTUN_BENCH_SECS", 10);
     let n_streams = env_u64("GAPTUN_BENCH_STREAMS", 10_000) as usize;
     let with_kcptun = kcptun_available();
+    let parts = std::env::var("GAPTUN_BENCH_PARTS").unwrap_or_else(|_| "bulk,idle,streams".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let dir = scratch();
     let info = machine();
     if !with_kcptun {
@@ -550,30 +567,31 @@ async fn run() {
         bulk_rows.push((label, g, k));
     }
 
-    // Idle: a client with SOCKS5 and one forward, and its server, with no traffic.
-    let idle = {
+    // Idle: a client with one forward, and its server, with no traffic.
+    let mut idle = None;
+    let mut idle_kcptun = None;
+    if part("idle") {
         let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let t = start_gaptun(&dir, "idle", target).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (s, c) = (t.server.rss_kib(), t.client.rss_kib());
         eprintln!("idle: server {s} KiB, client {c} KiB");
-        (s, c)
-    };
-    let idle_kcptun = if with_kcptun {
-        let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let t = start_kcptun(&dir, "idle", target).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        Some(t.rss_kib())
-    } else {
-        None
-    };
+        idle = Some((s, c));
+        if with_kcptun {
+            let t = start_kcptun(&dir, "idle", target).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            idle_kcptun = Some(t.rss_kib());
+        }
+    }
 
-    let streams = measure_idle_streams(&dir, n_streams, false).await;
-    let streams_kcptun = if with_kcptun {
-        Some(measure_idle_streams(&dir, n_streams, true).await)
-    } else {
-        None
-    };
+    let mut streams = None;
+    let mut streams_kcptun = None;
+    if part("streams") {
+        streams = Some(measure_idle_streams(&dir, n_streams, false).await);
+        if with_kcptun {
+            streams_kcptun = Some(measure_idle_streams(&dir, n_streams, true).await);
+        }
+    }
 
     // The report.
     println!("## Daemon on loopback\n");
@@ -615,23 +633,23 @@ async fn run() {
     }
     println!();
     println!("| memory (RSS) | gaptun | kcptun |\n|---|---|---|");
-    let (s, c) = idle;
-    println!(
-        "| idle, client + server | {:.1} MiB (server {:.1}, client {:.1}) | {} |",
-        (s + c) as f64 / 1024.0,
-        s as f64 / 1024.0,
-        c as f64 / 1024.0,
-        idle_kcptun.map_or("".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
-    );
-    println!(
-        "| {n_streams} idle streams, client + server | {:.1} MiB ({:.2} KiB per stream; opened in {:.1} s) | {} |",
-        streams.rss_mib,
-        streams.per_stream_kib,
-        streams.open_secs,
-        streams_kcptun.as_ref().map_or("".into(), |k| format!(
-            "{:.1} MiB ({:.2} KiB per stream; opened in {:.1} s)",
-            k.rss_mib, k.per_stream_kib, k.open_secs
-        ))
-    );
+    if let Some((s, c)) = idle {
+        println!(
+            "| idle, client + server | {:.1} MiB (server {:.1}, client {:.1}) | {} |",
+            (s + c) as f64 / 1024.0,
+            s as f64 / 1024.0,
+            c as f64 / 1024.0,
+            idle_kcptun.map_or("".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        );
+    }
+    if let Some(streams) = streams {
+        println!(
+            "| {n_streams} idle streams, client + server | {} | {} |",
+            streams.describe(),
+            streams_kcptun
+                .as_ref()
+                .map_or("".into(), StreamsResult::describe)
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
