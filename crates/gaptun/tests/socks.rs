@@ -179,3 +179,68 @@ async fn targets_are_refused_with_the_matching_code() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_associate_carries_datagrams_through_the_tunnel() {
+    bounded(30, async {
+        let dir = scratch("socks-udp");
+        let echo = start_udp_echo().await;
+        let port = free_udp_port();
+        let _server = server(&dir, "server", port, &["--allow", &echo.to_string()]);
+        let socks = loopback(free_tcp_port());
+        let _client = client(&dir, "client", port, &["--socks", &socks.to_string()]);
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // UDP ASSOCIATE, announcing the address we will send from.
+        let mut tcp = connect(socks).await;
+        tcp.write_all(&[5, 1, 0]).await.unwrap();
+        let mut choice = [0u8; 2];
+        tcp.read_exact(&mut choice).await.unwrap();
+        let SocketAddr::V4(from) = udp.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let mut req = vec![5, 3, 0, 1];
+        req.extend_from_slice(&from.ip().octets());
+        req.extend_from_slice(&from.port().to_be_bytes());
+        tcp.write_all(&req).await.unwrap();
+        let mut reply = [0u8; 10];
+        tcp.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply[..4], &[5, 0, 0, 1], "UDP ASSOCIATE refused");
+        let relay = SocketAddr::from((
+            [reply[4], reply[5], reply[6], reply[7]],
+            u16::from_be_bytes([reply[8], reply[9]]),
+        ));
+        let SocketAddr::V4(to) = echo else {
+            unreachable!()
+        };
+        let mut header = vec![0, 0, 0, 1];
+        header.extend_from_slice(&to.ip().octets());
+        header.extend_from_slice(&to.port().to_be_bytes());
+        let mut buf = vec![0u8; 65536];
+        for (i, size) in [1usize, 500, 1400, 9000].into_iter().enumerate() {
+            let body = payload(size, 700 + i as u64);
+            let mut datagram = header.clone();
+            datagram.extend_from_slice(&body);
+            // UDP: resend until the answer comes back.
+            let answer = loop {
+                udp.send_to(&datagram, relay).await.unwrap();
+                match tokio::time::timeout(Duration::from_millis(500), udp.recv_from(&mut buf))
+                    .await
+                {
+                    Ok(Ok((n, _))) => break buf[..n].to_vec(),
+                    _ => continue,
+                }
+            };
+            assert_eq!(
+                &answer[..header.len()],
+                &header[..],
+                "source is the echo server"
+            );
+            assert_eq!(
+                &answer[header.len()..],
+                &body[..],
+                "datagram of {size} bytes"
+            );
+        }
+    })
+    .await;
+}
