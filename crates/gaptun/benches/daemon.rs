@@ -228,7 +228,26 @@ async fn start_gaptun(dir: &Path, tag: &str, target: SocketAddr) -> Tunnel {
 /// not compress); everything else at Debian's defaults (AES, FEC 10/3, windows 128/512).
 const KCPTUN_FLAGS: &[&str] = &["--mode", "fast3", "--nocomp", "--quiet"];
 
-async fn start_kcptun(dir: &Path, tag: &str, target: SocketAddr) -> Tunnel {
+/// A second kcptun run with larger windows (1024 packets each way, on both ends): Debian's
+/// defaults (128 to send on the client) limit its upload on their own, and a comparison should
+/// not rest on that alone.
+const KCPTUN_WIDE: &[&str] = &["--sndwnd", "1024", "--rcvwnd", "1024"];
+
+/// What is measured: gaptun, or kcptun with extra flags.
+#[derive(Clone, Copy)]
+enum Subject {
+    Gaptun,
+    Kcptun(&'static [&'static str]),
+}
+
+async fn start(subject: Subject, dir: &Path, tag: &str, target: SocketAddr) -> Tunnel {
+    match subject {
+        Subject::Gaptun => start_gaptun(dir, tag, target).await,
+        Subject::Kcptun(extra) => start_kcptun(dir, tag, target, extra).await,
+    }
+}
+
+async fn start_kcptun(dir: &Path, tag: &str, target: SocketAddr, extra: &[&str]) -> Tunnel {
     let udp = free_port();
     let server = Proc::spawn(
         "kcptun-server",
@@ -236,7 +255,8 @@ async fn start_kcptun(dir: &Path, tag: &str, target: SocketAddr) -> Tunnel {
             .args(["--target", &target.to_string()])
             .args(["--listen", &format!("127.0.0.1:{udp}")])
             .args(["--key", KEY])
-            .args(KCPTUN_FLAGS),
+            .args(KCPTUN_FLAGS)
+            .args(extra),
         &dir.join(format!("{tag}-kcptun-server.log")),
     );
     let port = free_tcp_port();
@@ -246,7 +266,8 @@ async fn start_kcptun(dir: &Path, tag: &str, target: SocketAddr) -> Tunnel {
             .args(["--remoteaddr", &format!("127.0.0.1:{udp}")])
             .args(["--localaddr", &format!("127.0.0.1:{port}")])
             .args(["--key", KEY])
-            .args(KCPTUN_FLAGS),
+            .args(KCPTUN_FLAGS)
+            .args(extra),
         &dir.join(format!("{tag}-kcptun-client.log")),
     );
     wait_for_port(port, "kcptun-client").await;
@@ -351,14 +372,10 @@ async fn bulk(tunnel: &Tunnel, dir: Dir, count: Arc<AtomicU64>, secs: u64) -> Ra
     }
 }
 
-async fn measure_bulk(dir_path: &Path, name: &str, dir: Dir, secs: u64, kcptun: bool) -> Rate {
+async fn measure_bulk(dir_path: &Path, name: &str, dir: Dir, secs: u64, subject: Subject) -> Rate {
     let count = Arc::new(AtomicU64::new(0));
     let target = bulk_target(dir, Arc::clone(&count)).await;
-    let tunnel = if kcptun {
-        start_kcptun(dir_path, name, target).await
-    } else {
-        start_gaptun(dir_path, name, target).await
-    };
+    let tunnel = start(subject, dir_path, name, target).await;
     let rate = bulk(&tunnel, dir, count, secs).await;
     eprintln!(
         "{name}: {:.0} Mbit/s, tunnel CPU {:.2} cores",
@@ -463,11 +480,12 @@ async fn measure_idle_streams(dir: &Path, n: usize, kcptun: bool) -> StreamsResu
     } else {
         "gaptun-streams"
     };
-    let tunnel = if kcptun {
-        start_kcptun(dir, name, target).await
+    let subject = if kcptun {
+        Subject::Kcptun(&[])
     } else {
-        start_gaptun(dir, name, target).await
+        Subject::Gaptun
     };
+    let tunnel = start(subject, dir, name, target).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = tunnel.rss_kib();
     let start = Instant::now();
@@ -558,9 +576,21 @@ async fn run() {
         } else {
             "down"
         };
-        let g = measure_bulk(&dir, &format!("gaptun-{tag}"), dir_kind, secs, false).await;
+        let g = measure_bulk(
+            &dir,
+            &format!("gaptun-{tag}"),
+            dir_kind,
+            secs,
+            Subject::Gaptun,
+        )
+        .await;
         let k = if with_kcptun {
-            Some(measure_bulk(&dir, &format!("kcptun-{tag}"), dir_kind, secs, true).await)
+            let default = Subject::Kcptun(&[]);
+            let wide = Subject::Kcptun(KCPTUN_WIDE);
+            Some((
+                measure_bulk(&dir, &format!("kcptun-{tag}"), dir_kind, secs, default).await,
+                measure_bulk(&dir, &format!("kcptun-wide-{tag}"), dir_kind, secs, wide).await,
+            ))
         } else {
             None
         };
@@ -578,7 +608,7 @@ async fn run() {
         eprintln!("idle: server {s} KiB, client {c} KiB");
         idle = Some((s, c));
         if with_kcptun {
-            let t = start_kcptun(&dir, "idle", target).await;
+            let t = start_kcptun(&dir, "idle", target, &[]).await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             idle_kcptun = Some(t.rss_kib());
         }
@@ -603,8 +633,11 @@ async fn run() {
          source and sink are in the benchmark process and treat both tunnels alike: one TCP \
          connection through a TCP forward, 1 s of warm-up, then {secs} s measured at the \
          receiving end. kcptun is Debian's `kcptun-server`/`kcptun-client` with `{}` \
-         (everything else at its defaults: AES, FEC 10/3, windows 128/512), in the same run.\n",
-        KCPTUN_FLAGS.join(" ")
+         (everything else at its defaults: AES, FEC 10/3, windows 128/512), in the same run, \
+         and once more with `{}` on both ends. CPU is the tunnel processes' user + system \
+         time per second of transfer.\n",
+        KCPTUN_FLAGS.join(" "),
+        KCPTUN_WIDE.join(" ")
     );
     println!("| | |\n|---|---|");
     for (k, v) in &info {
@@ -612,21 +645,24 @@ async fn run() {
     }
     println!();
     println!(
-        "| transfer | gaptun | kcptun fast3 | gaptun / kcptun | CPU used by the tunnel (cores): gaptun / kcptun |"
+        "| transfer | gaptun | kcptun fast3 | ratio | kcptun fast3, windows 1024 | ratio | tunnel CPU (cores): gaptun / kcptun / kcptun 1024 |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (label, g, k) in &bulk_rows {
         match k {
-            Some(k) => println!(
-                "| {label} | {:.0} Mbit/s | {:.0} Mbit/s | {:.1}× | {:.2} / {:.2} |",
+            Some((k, w)) => println!(
+                "| {label} | {:.0} Mbit/s | {:.0} Mbit/s | {:.1}× | {:.0} Mbit/s | {:.1}× | {:.2} / {:.2} / {:.2} |",
                 g.mbit,
                 k.mbit,
                 g.mbit / k.mbit.max(1e-9),
+                w.mbit,
+                g.mbit / w.mbit.max(1e-9),
                 g.cpu_load,
-                k.cpu_load
+                k.cpu_load,
+                w.cpu_load
             ),
             None => println!(
-                "| {label} | {:.0} Mbit/s | not measured | | {:.2} / |",
+                "| {label} | {:.0} Mbit/s | not measured | | | | {:.2} |",
                 g.mbit, g.cpu_load
             ),
         }
