@@ -12,15 +12,24 @@
 //! keeping at most [`MAX_ATTEMPTS_IN_FLIGHT`] (the oldest is dropped to make room). The first
 //! attempt that completes wins and the others are closed. A server that restarts is thus found
 //! within about a second, at the cost of about one Initial per second while it is away.
+//!
+//! A server that crashes and comes back forgets our connection without closing it, and the
+//! protocol has no way to tell us: the connection would only end at its idle timeout. So the
+//! supervisor also watches for one-sided silence: packets keep going out and nothing has come
+//! back for [`PoolConfig::silence_probe`] (or 8 RTTs, if longer). It then probes with new
+//! handshakes, as when reconnecting. If the server answers one, the new connection takes the
+//! slot and new streams go there; the old connection is left to the streams it carries, and
+//! ends with them: at its idle timeout if it is dead, or normally if it was only a passing
+//! outage. If the old connection hears from the server again first, the probe is dropped.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use gaptun_proto::EndpointConfig;
+use gaptun_proto::{ConnectionStats, EndpointConfig};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -49,6 +58,9 @@ pub struct PoolConfig {
     pub backoff_max: Duration,
     /// How long `open_stream` waits for a connection while none is live.
     pub open_wait: Duration,
+    /// How long a connection may send without hearing back before the pool probes the server
+    /// with a new handshake (see the module documentation); at least 8 RTTs.
+    pub silence_probe: Duration,
 }
 
 impl Default for PoolConfig {
@@ -58,6 +70,7 @@ impl Default for PoolConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(1),
             open_wait: Duration::from_secs(15),
+            silence_probe: Duration::from_secs(3),
         }
     }
 }
@@ -346,12 +359,23 @@ async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnec
     loop {
         if let Some(c) = conn.take() {
             inner.set_slot(slot, Some(c.clone()));
-            let reason = tokio::select! {
-                reason = c.closed() => reason,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            inner.set_slot(slot, None);
-            warn!(server = %inner.server, slot, "connection lost: {reason}; reconnecting");
+            match watch(&inner, slot, &c, &mut stop).await {
+                Watched::Stopped => return,
+                Watched::Replaced(new) => {
+                    warn!(
+                        server = %inner.server,
+                        slot,
+                        "the server stopped answering on its connection but accepted a new one \
+                         (did it restart?): new streams use the new connection"
+                    );
+                    conn = Some(new);
+                    continue;
+                }
+                Watched::Lost(reason) => {
+                    inner.set_slot(slot, None);
+                    warn!(server = %inner.server, slot, "connection lost: {reason}; reconnecting");
+                }
+            }
         }
         let started = tokio::time::Instant::now();
         conn = tokio::select! {
@@ -367,6 +391,97 @@ async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnec
             "reconnected after {:.1} s",
             started.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// How watching a live connection ended.
+enum Watched {
+    /// The pool is stopping.
+    Stopped,
+    /// The connection ended.
+    Lost(crate::error::RtError),
+    /// The connection went silent and a probe reached the server: this connection replaces it.
+    Replaced(RtConnection),
+}
+
+/// How often a live connection's counters are checked for silence.
+const SILENCE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Waits for the connection to end, probing the server if it goes silent.
+async fn watch(
+    inner: &Arc<PoolInner>,
+    slot: usize,
+    conn: &RtConnection,
+    stop: &mut watch::Receiver<bool>,
+) -> Watched {
+    let mut tick = tokio::time::interval(SILENCE_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silence = conn
+        .stats()
+        .map(|s| SilenceWatch::new(&s))
+        .unwrap_or_default();
+    let mut probe: Option<std::pin::Pin<Box<dyn Future<Output = RtConnection> + Send + '_>>> = None;
+    loop {
+        tokio::select! {
+            reason = conn.closed() => return Watched::Lost(reason),
+            _ = stop.wait_for(|s| *s) => return Watched::Stopped,
+            new = async {
+                match probe.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            } => return Watched::Replaced(new),
+            _ = tick.tick() => {
+                let Some(stats) = conn.stats() else { continue };
+                let silent = silence.update(&stats, Instant::now());
+                let limit = inner.config.silence_probe.max(stats.rtt * 8);
+                if silent >= limit && probe.is_none() {
+                    debug!(
+                        server = %inner.server,
+                        slot,
+                        "nothing heard for {:.1} s while sending: probing the server",
+                        silent.as_secs_f64()
+                    );
+                    probe = Some(Box::pin(reconnect(inner, slot)));
+                } else if silent.is_zero() && probe.is_some() {
+                    debug!(server = %inner.server, slot, "the server answers again: probe dropped");
+                    probe = None;
+                }
+            }
+        }
+    }
+}
+
+/// Tracks one-sided silence from a connection's counters: since when packets have been going
+/// out without any coming back.
+#[derive(Debug, Default)]
+struct SilenceWatch {
+    received: u64,
+    sent: u64,
+    unanswered_since: Option<Instant>,
+}
+
+impl SilenceWatch {
+    fn new(stats: &ConnectionStats) -> Self {
+        Self {
+            received: stats.packets_received,
+            sent: stats.packets_sent,
+            unanswered_since: None,
+        }
+    }
+
+    /// Takes new counters; returns how long we have been sending without hearing anything.
+    fn update(&mut self, stats: &ConnectionStats, now: Instant) -> Duration {
+        if stats.packets_received != self.received {
+            *self = Self::new(stats);
+            return Duration::ZERO;
+        }
+        if stats.packets_sent != self.sent && self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+        }
+        self.sent = stats.packets_sent;
+        self.unanswered_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 }
 
@@ -440,6 +555,30 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn silence_counts_from_the_first_unanswered_packet() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let stats = |sent, received| ConnectionStats {
+            packets_sent: sent,
+            packets_received: received,
+            ..Default::default()
+        };
+        let mut w = SilenceWatch::new(&stats(10, 10));
+        // Idle: nothing sent, nothing heard, however long.
+        assert_eq!(w.update(&stats(10, 10), at(5000)), Duration::ZERO);
+        // A keepalive goes out and is answered: still no silence.
+        assert_eq!(w.update(&stats(11, 10), at(6000)), Duration::ZERO);
+        assert_eq!(w.update(&stats(11, 11), at(6100)), Duration::ZERO);
+        // Packets go out and nothing comes back: counted from when the first was seen.
+        assert_eq!(w.update(&stats(12, 11), at(7000)), Duration::ZERO);
+        assert_eq!(w.update(&stats(15, 11), at(8000)), Duration::from_secs(1));
+        assert_eq!(w.update(&stats(15, 11), at(10_000)), Duration::from_secs(3));
+        // Anything heard ends it.
+        assert_eq!(w.update(&stats(16, 12), at(10_100)), Duration::ZERO);
+        assert_eq!(w.update(&stats(16, 12), at(20_000)), Duration::ZERO);
     }
 
     #[test]

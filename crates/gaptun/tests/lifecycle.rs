@@ -73,6 +73,43 @@ async fn client_reconnects_after_server_restart_and_keeps_its_window() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_recovers_quickly_from_a_server_crash() {
+    bounded(60, async {
+        let dir = scratch("crash");
+        let http = start_http().await;
+        let port = free_udp_port();
+        let mut first = server(&dir, "server1", port, &["--allow-private"]);
+        let socks = loopback(free_tcp_port());
+        let client = client(&dir, "client", port, &["--socks", &socks.to_string()]);
+        assert!(hello_through(socks, http).await);
+
+        // No CLOSE this time: the new server knows nothing of the old connection.
+        first.signal("KILL");
+        first.wait_exit(Duration::from_secs(5));
+        let _second = server(&dir, "server2", port, &["--allow-private"]);
+        let back = Instant::now();
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(1), hello_through(socks, http));
+            if attempt.await.unwrap_or(false) {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "not recovered; client log:\n{}",
+                client.stderr()
+            );
+        }
+        eprintln!("recovered {:?} after the server came back", back.elapsed());
+        assert!(
+            client.stderr().contains("did it restart?"),
+            "{}",
+            client.stderr()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_wnd_changes_a_live_connection_and_stats_show_it() {
     bounded(30, async {
         let dir = scratch("ctl");
