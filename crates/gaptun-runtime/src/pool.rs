@@ -423,7 +423,13 @@ async fn watch(
     let mut probe: Option<std::pin::Pin<Box<dyn Future<Output = RtConnection> + Send + '_>>> = None;
     loop {
         tokio::select! {
-            reason = conn.closed() => return Watched::Lost(reason),
+            reason = conn.closed() => {
+                // Closed because the pool is shutting down: not a loss to report.
+                if *inner.stop.borrow() {
+                    return Watched::Stopped;
+                }
+                return Watched::Lost(reason);
+            }
             _ = stop.wait_for(|s| *s) => return Watched::Stopped,
             new = async {
                 match probe.as_mut() {
