@@ -122,6 +122,14 @@ async fn ctl_wnd_changes_a_live_connection_and_stats_show_it() {
         let (code, mut open) = socks_connect(socks, &http.to_string()).await;
         assert_eq!(code, 0);
         assert!(hello_through(socks, http).await);
+        // Wait until the finished request's stream is gone on both ends.
+        for control in [&client.control, &server.control] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while stats(control)["connections"][0]["streams_open"] != 1 {
+                assert!(Instant::now() < deadline, "{}", stats(control));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
 
         let before = stats(&client.control);
         let c = &before["connections"][0];
