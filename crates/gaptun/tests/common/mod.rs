@@ -29,8 +29,29 @@ pub async fn bounded<T>(secs: u64, f: impl Future<Output = T>) -> T {
     }
 }
 
-/// A fresh directory for one test's sockets and logs.
-pub fn scratch(name: &str) -> PathBuf {
+/// A fresh directory for one test's sockets and logs; removed when the test passes, kept (with
+/// the daemons' logs) when it fails.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn scratch(name: &str) -> Scratch {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "gaptun-e2e-{}-{}-{name}",
@@ -39,7 +60,7 @@ pub fn scratch(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 pub fn free_tcp_port() -> u16 {
