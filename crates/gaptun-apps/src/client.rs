@@ -31,11 +31,17 @@ pub enum TunnelClientError {
     #[error("no reply from the server within the timeout")]
     ReplyTimeout,
     /// The server refused the request with this code.
-    #[error("server refused the request with code {0:?}")]
+    #[error("refused by the tunnel server: {0}")]
     Rejected(ReplyCode),
 }
 
 impl TunnelClientError {
+    /// Whether the server refused the request (policy, unreachable or refusing target), as
+    /// opposed to the tunnel itself failing. Refusals are what a user has to act on.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Rejected(_))
+    }
+
     /// The SOCKS5 reply code to give a local client for this failure.
     pub fn reply_code(&self) -> ReplyCode {
         match self {

@@ -50,8 +50,10 @@ pub async fn serve_tcp_forward<O: StreamOpener>(
         let (tcp, peer) = crate::listen::accept(&listener).await;
         let (opener, target) = (opener.clone(), target.clone());
         tokio::spawn(async move {
-            if let Err(e) = forward_connection(tcp, &target, &opener).await {
-                debug!(%peer, %target, "tcp forward ended: {e}");
+            match forward_connection(tcp, &target, &opener).await {
+                Err(e) if e.is_refusal() => warn!(%peer, "forward to {target}: {e}"),
+                Err(e) => debug!(%peer, %target, "tcp forward ended: {e}"),
+                Ok(()) => {}
             }
         });
     }
@@ -178,8 +180,10 @@ impl<O: StreamOpener> UdpForward<O> {
             self.idle_timeout,
         );
         tokio::spawn(async move {
-            if let Err(e) = session.run(&opener, rx, idle).await {
-                debug!(%from, "udp forward session ended: {e}");
+            match session.run(&opener, rx, idle).await {
+                Err(e) if e.is_refusal() => warn!(%from, "udp forward: {e}"),
+                Err(e) => debug!(%from, "udp forward session ended: {e}"),
+                Ok(()) => {}
             }
             forget_session(&sessions, from, &tx);
         });

@@ -2,8 +2,11 @@
 //!
 //! Every relay in this crate (SOCKS5 CONNECT, TCP forwards, the server's dialled connections)
 //! ends up here. Two properties matter:
-//! - back-pressure: each direction owns one fixed buffer and writes it out completely before
+//! - back-pressure: each direction owns one bounded buffer and writes it out completely before
 //!   reading again, so a slow reader stalls the writer instead of growing memory;
+//! - cheap idle connections: the buffer starts small and grows only while reads fill it (bulk
+//!   transfer), and falls back once the flow turns light again. A proxy holds thousands of
+//!   connections that mostly wait, each waiting on a read with its buffer allocated.
 //! - half-close: EOF on one side becomes `shutdown()` (FIN) on the other, and the other
 //!   direction keeps flowing until it ends too (protocols like `nc -q` or HTTP/1.0 clients
 //!   rely on this).
@@ -15,8 +18,38 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Buffer size of one copy direction.
-pub const COPY_BUF: usize = 16 * 1024;
+/// Largest buffer of one copy direction, reached during bulk transfers.
+pub const COPY_BUF: usize = 64 * 1024;
+
+/// Buffer a copy direction starts with, and returns to when reads are small.
+pub const INITIAL_COPY_BUF: usize = 1024;
+
+/// The buffer of one copy direction: grows ×4 while reads fill it, up to its limit, and shrinks
+/// back to [`INITIAL_COPY_BUF`] after a read that used less than a sixteenth of it.
+struct CopyBuf {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl CopyBuf {
+    fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            buf: vec![0u8; INITIAL_COPY_BUF.min(max)],
+            max,
+        }
+    }
+
+    /// Adapts the size after a read of `n` bytes (whose data has been used).
+    fn adapt(&mut self, n: usize) {
+        let len = self.buf.len();
+        if n == len && len < self.max {
+            self.buf = vec![0u8; (len * 4).min(self.max)];
+        } else if n < len / 16 && len > INITIAL_COPY_BUF {
+            self.buf = vec![0u8; INITIAL_COPY_BUF.min(self.max)];
+        }
+    }
+}
 
 /// Bytes moved by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,23 +60,25 @@ pub struct Transferred {
     pub b_to_a: u64,
 }
 
-/// Copies `reader` into `writer` through one `buf_size` buffer until EOF, then shuts the
-/// writer down (FIN). Never holds more than `buf_size` bytes that the writer has not taken.
+/// Copies `reader` into `writer` through one buffer of at most `buf_size` bytes until EOF,
+/// then shuts the writer down (FIN). Never holds more than `buf_size` bytes that the writer
+/// has not taken.
 pub async fn copy_half<R, W>(reader: &mut R, writer: &mut W, buf_size: usize) -> io::Result<u64>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buf = vec![0u8; buf_size.max(1)];
+    let mut buf = CopyBuf::new(buf_size);
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buf).await?;
-        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+        let n = reader.read(&mut buf.buf).await?;
+        let Some(chunk) = buf.buf.get(..n).filter(|c| !c.is_empty()) else {
             break;
         };
         writer.write_all(chunk).await?;
         writer.flush().await?;
         total += n as u64;
+        buf.adapt(n);
     }
     writer.shutdown().await?;
     Ok(total)
@@ -90,6 +125,27 @@ mod tests {
             self.0.fetch_add(n as u64, Ordering::Relaxed);
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[test]
+    fn buffer_grows_with_full_reads_and_shrinks_with_small_ones() {
+        let mut b = CopyBuf::new(64 * 1024);
+        assert_eq!(b.buf.len(), 1024);
+        b.adapt(100);
+        assert_eq!(b.buf.len(), 1024, "a partial read keeps the size");
+        b.adapt(1024);
+        assert_eq!(b.buf.len(), 4096);
+        b.adapt(4096);
+        b.adapt(16 * 1024);
+        assert_eq!(b.buf.len(), 64 * 1024);
+        b.adapt(64 * 1024);
+        assert_eq!(b.buf.len(), 64 * 1024, "capped");
+        b.adapt(8 * 1024);
+        assert_eq!(b.buf.len(), 64 * 1024, "a read of an eighth keeps it");
+        b.adapt(100);
+        assert_eq!(b.buf.len(), 1024, "a small read shrinks it");
+        let small = CopyBuf::new(100);
+        assert_eq!(small.buf.len(), 100);
     }
 
     #[tokio::test]

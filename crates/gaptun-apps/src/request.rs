@@ -80,6 +80,23 @@ pub enum ReplyCode {
     AddressTypeNotSupported = 8,
 }
 
+impl std::fmt::Display for ReplyCode {
+    /// The meaning, in the words a user reads in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Succeeded => "succeeded",
+            Self::GeneralFailure => "general failure",
+            Self::NotAllowed => "target not allowed by the server (see --allow)",
+            Self::NetworkUnreachable => "network unreachable",
+            Self::HostUnreachable => "host unreachable",
+            Self::ConnectionRefused => "connection refused",
+            Self::TtlExpired => "timed out",
+            Self::CommandNotSupported => "command not supported",
+            Self::AddressTypeNotSupported => "address type not supported",
+        })
+    }
+}
+
 impl ReplyCode {
     /// The code for a wire byte, if it is one we know.
     pub fn from_byte(byte: u8) -> Option<Self> {

@@ -1,11 +1,13 @@
-//! A UDP relay that imitates a bad network: random loss and a fixed one-way delay.
+//! A UDP relay that imitates a bad network: random loss, a fixed one-way delay, and reordering
+//! (some datagrams held back a little longer than the rest, so later ones overtake them).
 //!
 //! Used by `gaptun demo` and by integration tests to put a real (loopback) bad path between a
 //! client and a server. Clients send to the relay's address; for each client address the relay
 //! opens its own upstream socket (like a NAT), so the server sees one address per client and
 //! answers find their way back.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,27 @@ pub struct LossyConfig {
     pub delay: Duration,
     /// Seed of the loss decisions, for repeatable runs.
     pub seed: u64,
+    /// Probability that a datagram that is not lost is held back by `reorder_delay` on top of
+    /// `delay`, 0.0..=1.0: datagrams sent after it during that time overtake it.
+    pub reorder: f64,
+    /// Extra delay of a reordered datagram.
+    pub reorder_delay: Duration,
+}
+
+impl LossyConfig {
+    /// A relay from `listen` to `upstream` that delivers everything at once, in order; set the
+    /// impairment fields to make it worse.
+    pub fn new(listen: SocketAddr, upstream: SocketAddr) -> Self {
+        Self {
+            listen,
+            upstream,
+            loss: 0.0,
+            delay: Duration::ZERO,
+            seed: 0,
+            reorder: 0.0,
+            reorder_delay: Duration::ZERO,
+        }
+    }
 }
 
 /// Counters, readable while the relay runs.
@@ -49,6 +72,12 @@ pub struct RelayCounters {
     pub forwarded: AtomicU64,
     /// Datagrams dropped on purpose (both directions).
     pub dropped: AtomicU64,
+    /// Datagrams held back so that later ones overtake them (both directions).
+    pub reordered: AtomicU64,
+    /// Datagrams passed on from clients to the server.
+    pub to_server: AtomicU64,
+    /// Datagrams passed on from the server to clients.
+    pub to_client: AtomicU64,
 }
 
 /// A running relay; stops when dropped.
@@ -89,6 +118,19 @@ impl LossyRelay {
         )
     }
 
+    /// Datagrams passed on towards the server and towards the clients so far.
+    pub fn counts_by_direction(&self) -> (u64, u64) {
+        (
+            self.counters.to_server.load(Ordering::Relaxed),
+            self.counters.to_client.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Datagrams held back for reordering so far.
+    pub fn reordered(&self) -> u64 {
+        self.counters.reordered.load(Ordering::Relaxed)
+    }
+
     /// Stops relaying.
     pub fn stop(&mut self) {
         self.tasks.abort_all();
@@ -102,34 +144,94 @@ struct Delayed {
     data: Vec<u8>,
 }
 
-/// Decides, with a seeded RNG, which datagrams get lost.
+/// Decides, with a seeded RNG, which datagrams get lost and which get held back.
 struct Impairment {
     rng: StdRng,
     loss: f64,
     delay: Duration,
+    reorder: f64,
+    reorder_delay: Duration,
     counters: Arc<RelayCounters>,
+    /// Counts what this direction passes on.
+    passed: fn(&RelayCounters) -> &AtomicU64,
 }
 
 impl Impairment {
+    fn new(
+        config: &LossyConfig,
+        rng: StdRng,
+        counters: Arc<RelayCounters>,
+        passed: fn(&RelayCounters) -> &AtomicU64,
+    ) -> Self {
+        Self {
+            passed,
+            rng,
+            loss: config.loss.clamp(0.0, 1.0),
+            delay: config.delay,
+            reorder: config.reorder.clamp(0.0, 1.0),
+            reorder_delay: config.reorder_delay,
+            counters,
+        }
+    }
+
     /// The datagram's due time, or `None` if it is lost.
     fn admit(&mut self) -> Option<Instant> {
-        if self.loss > 0.0 && self.rng.random_bool(self.loss.clamp(0.0, 1.0)) {
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-        Some(Instant::now() + self.delay)
+        (self.passed)(&self.counters).fetch_add(1, Ordering::Relaxed);
+        let mut due = Instant::now() + self.delay;
+        if self.reorder > 0.0 && self.rng.random_bool(self.reorder) {
+            self.counters.reordered.fetch_add(1, Ordering::Relaxed);
+            due += self.reorder_delay;
+        }
+        Some(due)
     }
 }
 
-/// Sends datagrams from `lane` through `socket` once they are due. The delay is the same for
-/// all, so the queue is already in due order.
+/// Sends datagrams from `lane` through `socket` once they are due, earliest first (datagrams
+/// with the same due time keep their order).
 async fn delay_line(socket: Arc<UdpSocket>, mut lane: mpsc::Receiver<Delayed>) {
-    while let Some(d) = lane.recv().await {
-        tokio::time::sleep_until(d.due).await;
-        if let Err(e) = socket.send_to(&d.data, d.to).await {
-            debug!("relay send to {}: {e}", d.to);
+    let mut queue: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut held: HashMap<u64, Delayed> = HashMap::new();
+    let mut seq = 0u64;
+    let mut open = true;
+    while open || !held.is_empty() {
+        let next_due = queue.peek().map(|Reverse((due, _))| *due);
+        tokio::select! {
+            received = lane.recv(), if open && held.len() < DELAY_LINE => match received {
+                Some(d) => {
+                    seq += 1;
+                    queue.push(Reverse((d.due, seq)));
+                    held.insert(seq, d);
+                }
+                None => open = false,
+            },
+            () = sleep_until_due(next_due) => {
+                let now = Instant::now();
+                while let Some(&Reverse((due, id))) = queue.peek() {
+                    if due > now {
+                        break;
+                    }
+                    queue.pop();
+                    if let Some(d) = held.remove(&id)
+                        && let Err(e) = socket.send_to(&d.data, d.to).await
+                    {
+                        debug!("relay send to {}: {e}", d.to);
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Sleeps until `due`, or forever when nothing is queued.
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -142,12 +244,12 @@ async fn run_front(
 ) {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut clients: HashMap<SocketAddr, mpsc::Sender<Delayed>> = HashMap::new();
-    let mut impair = Impairment {
-        rng: StdRng::seed_from_u64(rng.random()),
-        loss: config.loss,
-        delay: config.delay,
-        counters: Arc::clone(&counters),
-    };
+    let mut impair = Impairment::new(
+        &config,
+        StdRng::seed_from_u64(rng.random()),
+        Arc::clone(&counters),
+        |c| &c.to_server,
+    );
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -208,12 +310,7 @@ async fn open_upstream(
     let socket = Arc::new(UdpSocket::bind(bind).await?);
     let (lane_tx, lane_rx) = mpsc::channel(DELAY_LINE);
     tasks.spawn(delay_line(Arc::clone(&socket), lane_rx));
-    let mut impair = Impairment {
-        rng,
-        loss: config.loss,
-        delay: config.delay,
-        counters,
-    };
+    let mut impair = Impairment::new(&config, rng, counters, |c| &c.to_client);
     tasks.spawn(async move {
         let mut buf = vec![0u8; 65536];
         loop {
@@ -259,11 +356,8 @@ mod tests {
     async fn relays_with_delay_and_no_loss() {
         let (upstream, _h) = echo_server().await;
         let relay = LossyRelay::spawn(LossyConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            upstream,
-            loss: 0.0,
             delay: Duration::from_millis(20),
-            seed: 1,
+            ..LossyConfig::new("127.0.0.1:0".parse().unwrap(), upstream)
         })
         .await
         .unwrap();
@@ -283,17 +377,16 @@ mod tests {
             start.elapsed()
         );
         assert_eq!(relay.counts(), (2, 0));
+        assert_eq!(relay.counts_by_direction(), (1, 1));
     }
 
     #[tokio::test]
     async fn total_loss_drops_everything() {
         let (upstream, _h) = echo_server().await;
         let relay = LossyRelay::spawn(LossyConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            upstream,
             loss: 1.0,
-            delay: Duration::ZERO,
             seed: 1,
+            ..LossyConfig::new("127.0.0.1:0".parse().unwrap(), upstream)
         })
         .await
         .unwrap();
@@ -303,5 +396,42 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(relay.counts(), (0, 5));
+    }
+
+    #[tokio::test]
+    async fn reordering_lets_later_datagrams_overtake() {
+        let (upstream, _h) = echo_server().await;
+        let relay = LossyRelay::spawn(LossyConfig {
+            reorder: 0.3,
+            reorder_delay: Duration::from_millis(30),
+            seed: 7,
+            ..LossyConfig::new("127.0.0.1:0".parse().unwrap(), upstream)
+        })
+        .await
+        .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..100u8 {
+            client.send_to(&[i], relay.local_addr()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8];
+        while got.len() < 100 {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 1);
+            got.push(buf[0]);
+        }
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..100).collect::<Vec<u8>>(),
+            "nothing lost or duplicated"
+        );
+        assert_ne!(got, sorted, "some datagrams arrive out of order");
+        assert!(relay.reordered() > 0);
     }
 }

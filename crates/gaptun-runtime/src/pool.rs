@@ -2,18 +2,36 @@
 //!
 //! Several connections spread the load over several congestion controllers and UDP flows
 //! (some networks throttle individual flows). Each slot has a supervisor task: it connects,
-//! waits for the connection to end, and reconnects with exponential backoff. New streams go to
-//! the live connection with the fewest open streams (ties broken round-robin); while none is
-//! live, `open_stream` waits up to a bound for a reconnect.
+//! waits for the connection to end, and reconnects. New streams go to the live connection with
+//! the fewest open streams (ties broken round-robin); while none is live, `open_stream` waits up
+//! to a bound for a reconnect.
+//!
+//! Reconnecting: the core resends a handshake's Initial only every 2 s, so a single attempt
+//! could notice a server that came back up to 2 s late. The supervisor therefore starts a new
+//! attempt after each backoff delay (200 ms, doubling up to 1 s) while earlier ones still run,
+//! keeping at most [`MAX_ATTEMPTS_IN_FLIGHT`] (the oldest is dropped to make room). The first
+//! attempt that completes wins and the others are closed. A server that restarts is thus found
+//! within about a second, at the cost of about one Initial per second while it is away.
+//!
+//! A server that crashes and comes back forgets our connection without closing it, and the
+//! protocol has no way to tell us: the connection would only end at its idle timeout. So the
+//! supervisor also watches for one-sided silence: packets keep going out and nothing has come
+//! back for [`PoolConfig::silence_probe`] (or 8 RTTs, if longer). It then probes with new
+//! handshakes, as when reconnecting. If the server answers one, the new connection takes the
+//! slot and new streams go there; the old connection is left to the streams it carries, and
+//! ends with them: at its idle timeout if it is dead, or normally if it was only a passing
+//! outage. If the old connection hears from the server again first, the probe is dropped.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use gaptun_proto::EndpointConfig;
+use gaptun_proto::{ConnectionStats, EndpointConfig};
 use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::connection::RtConnection;
@@ -21,17 +39,28 @@ use crate::endpoint::RtEndpoint;
 use crate::error::ConnectError;
 use crate::stream::RtStream;
 
+/// Handshake attempts a reconnecting slot runs at once.
+pub const MAX_ATTEMPTS_IN_FLIGHT: usize = 3;
+
+/// How often a slot that cannot reconnect says so in the log.
+const STILL_RECONNECTING_EVERY: Duration = Duration::from_secs(30);
+
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Connections kept open (at least 1).
     pub conns: usize,
-    /// First reconnect delay; doubles after each failure.
+    /// Delay before the second reconnect attempt (the first starts at once); doubles for each
+    /// further one.
     pub backoff_min: Duration,
-    /// Largest reconnect delay.
+    /// Largest delay between reconnect attempts: a server that comes back is found within
+    /// about this long.
     pub backoff_max: Duration,
     /// How long `open_stream` waits for a connection while none is live.
     pub open_wait: Duration,
+    /// How long a connection may send without hearing back before the pool probes the server
+    /// with a new handshake (see the module documentation); at least 8 RTTs.
+    pub silence_probe: Duration,
 }
 
 impl Default for PoolConfig {
@@ -39,8 +68,9 @@ impl Default for PoolConfig {
         Self {
             conns: 1,
             backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(1),
             open_wait: Duration::from_secs(15),
+            silence_probe: Duration::from_secs(3),
         }
     }
 }
@@ -117,7 +147,9 @@ impl Drop for StopOnDrop {
 }
 
 impl ClientPool {
-    /// Resolves `server` (`host:port`), binds a UDP socket of the matching address family,
+    /// Resolves `server` (`host:port`), binds a UDP socket of the matching address family
+    /// (IPv4 when the name has both, like kcptun and gap-proxy: a server listening on the
+    /// default `0.0.0.0` is reachable over IPv4 only),
     /// establishes the first connection (failing with its error, e.g. the handshake timeout
     /// when the server is unreachable or the key is wrong), and starts keeping `config.conns`
     /// connections.
@@ -127,7 +159,7 @@ impl ClientPool {
         config: PoolConfig,
     ) -> Result<Self, ConnectError> {
         let addrs = resolve(server).await?;
-        let Some(first) = addrs.first() else {
+        let Some(first) = preferred(&addrs) else {
             return Err(ConnectError::NoAddress {
                 host: server.to_owned(),
                 family: "IP",
@@ -265,13 +297,22 @@ impl PoolInner {
         self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn unavailable(&self) -> io::Error {
-        let last = self
+    fn note_error(&self, e: String) {
+        *self
             .last_error
             .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(e);
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let msg = match last {
+            .clone()
+    }
+
+    fn unavailable(&self) -> io::Error {
+        let msg = match self.last_error() {
             Some(e) => format!("no connection to {}: {e}", self.server),
             None => format!("no connection to {}", self.server),
         };
@@ -291,13 +332,15 @@ impl PoolInner {
         };
         let result = self.endpoint.connect(addr).await;
         if let Err(e) = &result {
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+            self.note_error(e.to_string());
         }
         result
     }
+}
+
+/// The address to connect to: the first IPv4 one, else the first.
+fn preferred(addrs: &[SocketAddr]) -> Option<&SocketAddr> {
+    addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first())
 }
 
 async fn resolve(server: &str) -> Result<Vec<SocketAddr>, ConnectError> {
@@ -313,39 +356,182 @@ async fn resolve(server: &str) -> Result<Vec<SocketAddr>, ConnectError> {
 /// Keeps slot `slot` connected until the pool stops.
 async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnection>) {
     let mut stop = inner.stop.subscribe();
-    let mut backoff = Backoff::new(inner.config.backoff_min, inner.config.backoff_max);
     loop {
         if let Some(c) = conn.take() {
-            backoff.reset();
             inner.set_slot(slot, Some(c.clone()));
-            let reason = tokio::select! {
-                reason = c.closed() => reason,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            inner.set_slot(slot, None);
-            warn!(server = %inner.server, slot, "connection lost: {reason}; reconnecting");
-        }
-        let attempt = tokio::select! {
-            r = inner.connect_once() => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match attempt {
-            Ok(c) => {
-                info!(server = %inner.server, slot, "reconnected");
-                conn = Some(c);
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(server = %inner.server, slot, "connect failed: {e}; retrying in {delay:?}");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+            match watch(&inner, slot, &c, &mut stop).await {
+                Watched::Stopped => return,
+                Watched::Replaced(new) => {
+                    warn!(
+                        server = %inner.server,
+                        slot,
+                        "the server stopped answering on its connection but accepted a new one \
+                         (did it restart?): new streams use the new connection"
+                    );
+                    conn = Some(new);
+                    continue;
+                }
+                Watched::Lost(reason) => {
+                    inner.set_slot(slot, None);
+                    warn!(server = %inner.server, slot, "connection lost: {reason}; reconnecting");
                 }
             }
         }
-        if *stop.borrow() {
-            debug!(slot, "pool stopped");
-            return;
+        let started = tokio::time::Instant::now();
+        conn = tokio::select! {
+            c = reconnect(&inner, slot) => Some(c),
+            _ = stop.wait_for(|s| *s) => {
+                debug!(slot, "pool stopped");
+                return;
+            }
+        };
+        info!(
+            server = %inner.server,
+            slot,
+            "reconnected after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// How watching a live connection ended.
+enum Watched {
+    /// The pool is stopping.
+    Stopped,
+    /// The connection ended.
+    Lost(crate::error::RtError),
+    /// The connection went silent and a probe reached the server: this connection replaces it.
+    Replaced(RtConnection),
+}
+
+/// How often a live connection's counters are checked for silence.
+const SILENCE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Waits for the connection to end, probing the server if it goes silent.
+async fn watch(
+    inner: &Arc<PoolInner>,
+    slot: usize,
+    conn: &RtConnection,
+    stop: &mut watch::Receiver<bool>,
+) -> Watched {
+    let mut tick = tokio::time::interval(SILENCE_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silence = conn
+        .stats()
+        .map(|s| SilenceWatch::new(&s))
+        .unwrap_or_default();
+    let mut probe: Option<std::pin::Pin<Box<dyn Future<Output = RtConnection> + Send + '_>>> = None;
+    loop {
+        tokio::select! {
+            reason = conn.closed() => {
+                // Closed because the pool is shutting down: not a loss to report.
+                if *inner.stop.borrow() {
+                    return Watched::Stopped;
+                }
+                return Watched::Lost(reason);
+            }
+            _ = stop.wait_for(|s| *s) => return Watched::Stopped,
+            new = async {
+                match probe.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            } => return Watched::Replaced(new),
+            _ = tick.tick() => {
+                let Some(stats) = conn.stats() else { continue };
+                let silent = silence.update(&stats, Instant::now());
+                let limit = inner.config.silence_probe.max(stats.rtt * 8);
+                if silent >= limit && probe.is_none() {
+                    debug!(
+                        server = %inner.server,
+                        slot,
+                        "nothing heard for {:.1} s while sending: probing the server",
+                        silent.as_secs_f64()
+                    );
+                    probe = Some(Box::pin(reconnect(inner, slot)));
+                } else if silent.is_zero() && probe.is_some() {
+                    debug!(server = %inner.server, slot, "the server answers again: probe dropped");
+                    probe = None;
+                }
+            }
+        }
+    }
+}
+
+/// Tracks one-sided silence from a connection's counters: since when packets have been going
+/// out without any coming back.
+#[derive(Debug, Default)]
+struct SilenceWatch {
+    received: u64,
+    sent: u64,
+    unanswered_since: Option<Instant>,
+}
+
+impl SilenceWatch {
+    fn new(stats: &ConnectionStats) -> Self {
+        Self {
+            received: stats.packets_received,
+            sent: stats.packets_sent,
+            unanswered_since: None,
+        }
+    }
+
+    /// Takes new counters; returns how long we have been sending without hearing anything.
+    fn update(&mut self, stats: &ConnectionStats, now: Instant) -> Duration {
+        if stats.packets_received != self.received {
+            *self = Self::new(stats);
+            return Duration::ZERO;
+        }
+        if stats.packets_sent != self.sent && self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+        }
+        self.sent = stats.packets_sent;
+        self.unanswered_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+}
+
+/// Runs staggered handshake attempts until one succeeds (see the module documentation).
+/// Dropping the future drops the attempts still running.
+async fn reconnect(inner: &Arc<PoolInner>, slot: usize) -> RtConnection {
+    let mut backoff = Backoff::new(inner.config.backoff_min, inner.config.backoff_max);
+    let mut attempts: JoinSet<Result<RtConnection, ConnectError>> = JoinSet::new();
+    let mut running: VecDeque<AbortHandle> = VecDeque::new();
+    let since = tokio::time::Instant::now();
+    let mut next_start = since;
+    let mut next_report = since + STILL_RECONNECTING_EVERY;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_start) => {
+                running.retain(|a| !a.is_finished());
+                if running.len() >= MAX_ATTEMPTS_IN_FLIGHT
+                    && let Some(oldest) = running.pop_front()
+                {
+                    oldest.abort();
+                    inner.note_error(format!(
+                        "no answer from server for {:.0} s: check that it is running, and the address, port and key",
+                        since.elapsed().as_secs_f64()
+                    ));
+                }
+                let attempt = Arc::clone(inner);
+                running.push_back(attempts.spawn(async move { attempt.connect_once().await }));
+                next_start = tokio::time::Instant::now() + backoff.next_delay();
+            }
+            Some(done) = attempts.join_next() => match done {
+                Ok(Ok(conn)) => return conn,
+                Ok(Err(e)) => debug!(server = %inner.server, slot, "connect attempt failed: {e}"),
+                Err(_) => {} // dropped to make room for a newer attempt
+            },
+        }
+        if tokio::time::Instant::now() >= next_report {
+            next_report += STILL_RECONNECTING_EVERY;
+            warn!(
+                server = %inner.server,
+                slot,
+                "still reconnecting after {:.0} s: {}",
+                since.elapsed().as_secs_f64(),
+                inner.last_error().unwrap_or_else(|| "no answer".into())
+            );
         }
     }
 }
@@ -375,6 +561,39 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn silence_counts_from_the_first_unanswered_packet() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let stats = |sent, received| ConnectionStats {
+            packets_sent: sent,
+            packets_received: received,
+            ..Default::default()
+        };
+        let mut w = SilenceWatch::new(&stats(10, 10));
+        // Idle: nothing sent, nothing heard, however long.
+        assert_eq!(w.update(&stats(10, 10), at(5000)), Duration::ZERO);
+        // A keepalive goes out and is answered: still no silence.
+        assert_eq!(w.update(&stats(11, 10), at(6000)), Duration::ZERO);
+        assert_eq!(w.update(&stats(11, 11), at(6100)), Duration::ZERO);
+        // Packets go out and nothing comes back: counted from when the first was seen.
+        assert_eq!(w.update(&stats(12, 11), at(7000)), Duration::ZERO);
+        assert_eq!(w.update(&stats(15, 11), at(8000)), Duration::from_secs(1));
+        assert_eq!(w.update(&stats(15, 11), at(10_000)), Duration::from_secs(3));
+        // Anything heard ends it.
+        assert_eq!(w.update(&stats(16, 12), at(10_100)), Duration::ZERO);
+        assert_eq!(w.update(&stats(16, 12), at(20_000)), Duration::ZERO);
+    }
+
+    #[test]
+    fn ipv4_is_preferred() {
+        let v6: SocketAddr = "[2001:db8::1]:29900".parse().unwrap();
+        let v4: SocketAddr = "192.0.2.1:29900".parse().unwrap();
+        assert_eq!(preferred(&[v6, v4]), Some(&v4));
+        assert_eq!(preferred(&[v6]), Some(&v6));
+        assert_eq!(preferred(&[]), None);
     }
 
     #[tokio::test]

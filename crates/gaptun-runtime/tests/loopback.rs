@@ -245,11 +245,10 @@ async fn echo_through_lossy_relay() {
     bounded(120, async {
         let srv = server(key(8));
         let relay = LossyRelay::spawn(LossyConfig {
-            listen: LOOPBACK.parse().unwrap(),
-            upstream: srv.local_addr(),
             loss: 0.02,
             delay: Duration::from_millis(30),
             seed: 42,
+            ..LossyConfig::new(LOOPBACK.parse().unwrap(), srv.local_addr())
         })
         .await
         .unwrap();

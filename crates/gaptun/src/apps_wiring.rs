@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use gaptun_apps::addr::TargetAddr;
 use gaptun_apps::policy::{AllowRule, TargetPolicy};
-use gaptun_apps::relay::DialConfig;
+use gaptun_apps::relay::{DialConfig, RelayError};
 use gaptun_apps::socks5::SocksConfig;
 use gaptun_apps::tunnel::StreamOpener;
 use gaptun_runtime::{ClientPool, RtStream};
@@ -103,7 +103,9 @@ pub async fn serve_udp_forward(socket: UdpSocket, spec: String, opener: PoolOpen
 
 /// Serves one stream a client opened on the server: reads the target request, checks it
 /// against the policy, dials, and relays.
-pub async fn serve_relay_stream(stream: RtStream, policy: Arc<RelayPolicy>) -> Result<()> {
-    gaptun_apps::relay::serve_stream(stream, &policy.targets, &policy.dial).await?;
-    Ok(())
+pub async fn serve_relay_stream(
+    stream: RtStream,
+    policy: Arc<RelayPolicy>,
+) -> Result<(), RelayError> {
+    gaptun_apps::relay::serve_stream(stream, &policy.targets, &policy.dial).await
 }

@@ -104,11 +104,11 @@ pub struct ServerArgs {
     /// File with the key(s), one per line.
     #[arg(long, value_name = "PATH", conflicts_with = "keys")]
     pub key_file: Option<PathBuf>,
-    /// A target clients may reach: host:port, host, *.domain, or IP network (repeatable).
-    /// Without any, every public address is allowed.
+    /// Let clients reach this loopback/private/link-local target (refused otherwise; public
+    /// addresses are always allowed): IP, CIDR, IP:PORT, [IPV6]:PORT or HOST:PORT (repeatable).
     #[arg(long = "allow", value_name = "TARGET")]
     pub allow: Vec<String>,
-    /// Also allow private, loopback and link-local targets.
+    /// Allow every target, private, loopback and link-local ones included.
     #[arg(long)]
     pub allow_private: bool,
     /// Config file (TOML, see gaptun.example.toml).

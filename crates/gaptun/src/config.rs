@@ -289,6 +289,54 @@ mod tests {
         assert!(all.listen.is_some() && all.server.is_some());
     }
 
+    /// Every key the config file accepts, as serde lists them in its unknown-field error.
+    fn all_keys() -> Vec<String> {
+        let e = toml::from_str::<FileConfig>("no_such_key = 1\n").unwrap_err();
+        let message = e.message().to_owned();
+        let list = message.split("expected one of ").nth(1).unwrap();
+        list.split(", ")
+            .map(|k| k.trim().trim_matches('`').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn example_file_documents_every_key() {
+        let text = include_str!("../../../gaptun.example.toml");
+        let keys = all_keys();
+        assert!(keys.len() >= 20, "{keys:?}");
+        for key in &keys {
+            let set = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            assert!(set, "gaptun.example.toml does not show `{key}`");
+        }
+        // Commented-out examples are valid too: each one parses once uncommented.
+        for line in text.lines() {
+            let Some(setting) = line.strip_prefix("# ") else {
+                continue;
+            };
+            let Some((key, _)) = setting.split_once(" = ") else {
+                continue;
+            };
+            if keys.iter().any(|k| k == key.trim()) {
+                let mut toml = format!("{setting}\n");
+                if key.trim() == "brutal_rate" {
+                    toml.push_str("congestion = \"brutal\"\n");
+                }
+                let role = if CLIENT_ONLY.contains(&key.trim()) {
+                    Role::Client
+                } else {
+                    Role::Server
+                };
+                let c = FileConfig::parse(&toml, "example", role)
+                    .unwrap_or_else(|e| panic!("{setting}: {e}"));
+                c.transport().build().unwrap();
+            }
+        }
+    }
+
     /// Removes the lines from the section starting with `marker` up to the next `# ---` marker.
     fn strip_section(text: &str, marker: &str) -> String {
         let mut out = String::new();

@@ -107,7 +107,11 @@ pub struct StatsSnapshot {
     pub accepted: u64,
     pub dropped_unauthenticated: u64,
     pub dropped_replayed_handshakes: u64,
+    /// Established connections.
     pub connections: Vec<ConnSnapshot>,
+    /// Connections still in their handshake, or closed and draining (a reconnecting client
+    /// leaves a few of these for a couple of seconds).
+    pub not_established: u64,
 }
 
 impl ConnSnapshot {
@@ -144,6 +148,11 @@ impl ConnSnapshot {
 /// Collects the figures from the endpoint.
 pub fn snapshot(ctx: &CtlContext) -> StatsSnapshot {
     let ep = ctx.endpoint.stats();
+    let (established, other): (Vec<ConnectionInfo>, Vec<ConnectionInfo>) = ctx
+        .endpoint
+        .connection_stats()
+        .into_iter()
+        .partition(|c| c.established);
     StatsSnapshot {
         role: ctx.role.name(),
         local_addr: ctx.endpoint.local_addr().to_string(),
@@ -151,12 +160,8 @@ pub fn snapshot(ctx: &CtlContext) -> StatsSnapshot {
         accepted: ep.accepted,
         dropped_unauthenticated: ep.dropped_unauthenticated,
         dropped_replayed_handshakes: ep.dropped_replayed_handshakes,
-        connections: ctx
-            .endpoint
-            .connection_stats()
-            .iter()
-            .map(ConnSnapshot::from_info)
-            .collect(),
+        connections: established.iter().map(ConnSnapshot::from_info).collect(),
+        not_established: other.len() as u64,
     }
 }
 
@@ -177,8 +182,12 @@ pub fn human_bytes(n: u64) -> String {
 
 /// The `stats` table.
 pub fn format_table(s: &StatsSnapshot) -> String {
+    let pending = match s.not_established {
+        0 => String::new(),
+        n => format!(" (+{n} handshaking or closing)"),
+    };
     let mut out = format!(
-        "gaptun {} on {}: {} connection(s), receive window {}\n",
+        "gaptun {} on {}: {} connection(s){pending}, receive window {}\n",
         s.role,
         s.local_addr,
         s.connections.len(),
@@ -198,11 +207,7 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         "REMOTE", "RTT", "MIN_RTT", "CWND", "SENT", "RECV", "LOSS%", "RETX", "STREAMS", "WINDOW"
     ));
     for c in &s.connections {
-        let remote = if c.established {
-            c.remote.clone()
-        } else {
-            format!("{} (closing)", c.remote)
-        };
+        let remote = &c.remote;
         out.push_str(&format!(
             "{:<24} {:>6.1}ms {:>6.1}ms {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7}\n",
             remote,
@@ -448,6 +453,7 @@ mod tests {
                 streams_opened_total: 17,
                 receive_window: 32 << 20,
             }],
+            not_established: 0,
         }
     }
 
@@ -475,6 +481,17 @@ mod tests {
                 "3/17",
                 "32.0M"
             ]
+        );
+    }
+
+    #[test]
+    fn table_counts_connections_not_established() {
+        let mut s = sample();
+        s.not_established = 3;
+        let t = format_table(&s);
+        assert_eq!(
+            t.lines().next().unwrap(),
+            "gaptun client on 0.0.0.0:40000: 1 connection(s) (+3 handshaking or closing), receive window 32.0M"
         );
     }
 

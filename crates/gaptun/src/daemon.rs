@@ -11,13 +11,14 @@ use gaptun_proto::EndpointConfig;
 use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtEndpoint};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::apps_wiring::{self, PoolOpener, RelayPolicy};
 use crate::config::Role;
 use crate::ctl::{CtlContext, CtlSocket, handle_line};
 use crate::settings::{ClientSettings, ServerSettings};
 use crate::values::ForwardProto;
+use gaptun_apps::relay::RelayError;
 use gaptun_apps::socks5::SocksConfig;
 
 /// How long shutdown waits for CLOSE frames to go out.
@@ -99,8 +100,12 @@ async fn serve_connection(conn: RtConnection, policy: Arc<RelayPolicy>) {
         let policy = Arc::clone(&policy);
         tokio::spawn(async move {
             let id = stream.id();
-            if let Err(e) = apps_wiring::serve_relay_stream(stream, policy).await {
-                warn!(%remote, %id, "{e:#}");
+            match apps_wiring::serve_relay_stream(stream, policy).await {
+                Ok(()) => {}
+                // What the client asked for and could not get: worth a line at the default level.
+                Err(RelayError::Dial { target, source }) => info!(%remote, "{target}: {source}"),
+                // Connections that end abruptly (resets, the peer going away) are routine.
+                Err(e) => debug!(%remote, %id, "{e}"),
             }
         });
     }

@@ -103,11 +103,10 @@ pub async fn run(d: DemoSettings) -> Result<()> {
     let server_task = tokio::spawn(accept_loop(server.clone(), policy));
 
     let relay = LossyRelay::spawn(LossyConfig {
-        listen: loopback,
-        upstream: server.local_addr(),
         loss: d.loss,
         delay: d.delay,
         seed: d.seed,
+        ..LossyConfig::new(loopback, server.local_addr())
     })
     .await?;
 

@@ -58,6 +58,16 @@ fn init_logging(cli: &Cli, file: &settings::FileLog, fallback: &str) -> Result<(
     )
 }
 
+/// Raises the soft open-files limit to the hard limit: every proxied TCP connection takes a
+/// descriptor on each side, and the usual soft limit of 1024 would cap a busy client or server
+/// far below what it can serve (Go programs such as kcptun get this from their runtime).
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!("open files limit: {limit}"),
+        Err(e) => tracing::debug!("cannot raise the open files limit: {e}"),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let env_key = std::env::var(keys::KEY_ENV).ok();
     match &cli.command {
@@ -71,16 +81,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Server(args) => {
             let (s, log) = settings::server(args, env_key)?;
             init_logging(&cli, &log, "info")?;
+            raise_open_files_limit();
             runtime()?.block_on(daemon::run_server(s))
         }
         Command::Client(args) => {
             let (s, log) = settings::client(args, env_key)?;
             init_logging(&cli, &log, "info")?;
+            raise_open_files_limit();
             runtime()?.block_on(daemon::run_client(s))
         }
         Command::Demo(args) => {
             // The demo draws its figures on stdout; keep logs to warnings unless asked.
             init_logging(&cli, &settings::FileLog::default(), "warn")?;
+            raise_open_files_limit();
             let d = demo::DemoSettings {
                 socks: args.socks,
                 loss: args.loss / 100.0,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::codec::{self, CMD_CONNECT, CMD_UDP_ASSOCIATE, METHOD_NONE_ACCEPTABLE, SocksError};
 use crate::addr::TargetAddr;
@@ -159,6 +159,9 @@ async fn connect<O: StreamOpener>(
     let (stream, reply) = match request_stream(opener, &request, config.reply_timeout).await {
         Ok(ok) => ok,
         Err(e) => {
+            if e.is_refusal() {
+                info!("socks5 CONNECT {}: {e}", request.target);
+            }
             write_reply(&mut tcp, e.reply_code(), &TargetAddr::unspecified()).await?;
             return Err(e.into());
         }
