@@ -105,7 +105,7 @@ mod tests {
         let e = ConnectError::from(ConnectionError::HandshakeTimeout(Duration::from_secs(10)));
         assert_eq!(
             e.to_string(),
-            "no answer from server within 10s: check address, port and key"
+            "no answer from server within 10 s: check address, port and key"
         );
     }
 

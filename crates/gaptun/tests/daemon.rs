@@ -124,7 +124,7 @@ fn wrong_key_is_a_handshake_timeout() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
-        err.contains("no answer from server within 1s: check address, port and key"),
+        err.contains("no answer from server within 1 s: check address, port and key"),
         "{err}"
     );
 }

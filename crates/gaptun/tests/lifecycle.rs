@@ -204,7 +204,7 @@ async fn wrong_key_server_stays_silent_and_logs_nothing_per_packet() {
         assert_eq!(status.code(), Some(1));
         let err = wrong.stderr();
         assert!(
-            err.contains("no answer from server within 2s: check address, port and key"),
+            err.contains("no answer from server within 2 s: check address, port and key"),
             "{err}"
         );
         assert_eq!(
@@ -258,7 +258,7 @@ async fn unreachable_server_is_one_clear_line() {
         assert_eq!(
             last,
             format!(
-                "gaptun: cannot connect to 127.0.0.1:{port}: no answer from server within 1s: check address, port and key"
+                "gaptun: cannot connect to 127.0.0.1:{port}: no answer from server within 1 s: check address, port and key"
             ),
             "{err}"
         );

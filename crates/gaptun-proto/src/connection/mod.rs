@@ -50,7 +50,7 @@ pub enum Event {
 pub enum ConnectionError {
     /// The server did not answer the handshake in time (wrong address, port or key look the same
     /// from here: the server stays silent).
-    #[error("no answer from server within {0:?}: check address, port and key")]
+    #[error("no answer from server within {} s: check address, port and key", .0.as_secs_f64())]
     HandshakeTimeout(Duration),
     /// Nothing was heard from the peer for the idle timeout.
     #[error("peer silent for {0:?}, connection timed out")]
