@@ -37,7 +37,14 @@ fn link() -> impl Strategy<Value = LinkConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // A fixed seed: CI runs the same 64 schedules every time (set PROPTEST_RNG_SEED to explore).
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(
+            std::env::var("PROPTEST_RNG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x9a97),
+        ),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn bytes_arrive_intact_whatever_the_link(
@@ -49,7 +56,12 @@ proptest! {
         to_client in any::<bool>(),
     ) {
         let direction = if to_client { Direction::ToClient } else { Direction::ToServer };
-        let mut sim = Sim::new(SimConfig::new(seed).with_links(up, down));
+        // Up to 25 % loss each way on the handshake too: allow it 30 s, as a user of such a
+        // link would configure.
+        let config = SimConfig::new(seed)
+            .with_links(up, down)
+            .with_transport(|t| t.handshake_timeout = Duration::from_secs(30));
+        let mut sim = Sim::new(config);
         let id = sim.add_workload(
             BulkTransfer::new(0, direction, bytes, seed).with_streams(streams, seed),
         );

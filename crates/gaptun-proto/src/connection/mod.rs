@@ -345,16 +345,16 @@ impl Connection {
         conn
     }
 
-    /// Arms the timer for sending the Initial again: after 1 s (or 3 initial RTTs), then every
-    /// 2 s (or 6 initial RTTs), so a slow path still gets its answer in.
+    /// Arms the timer for sending the Initial again: every 1 s (or 3 initial RTTs, if longer), so
+    /// a slow path still gets its answer in.
     fn schedule_handshake_retry(&mut self, now: Instant) {
         let Some(client) = self.client.as_mut() else {
             return;
         };
         let base = (self.config.initial_rtt * 3).max(Duration::from_secs(1));
-        // Capped at twice the base: the handshake timeout bounds the total anyway, and on a
-        // lossy path more attempts matter more than politeness.
-        let backoff = base * 2u32.saturating_pow(client.attempts.min(1));
+        // No backoff: the handshake timeout bounds the total anyway, an Initial is one datagram
+        // a second, and on a lossy path more attempts matter more than politeness.
+        let backoff = base;
         client.attempts += 1;
         self.timers.set(Timer::HandshakeRetry, now + backoff);
     }
