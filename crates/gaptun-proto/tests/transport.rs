@@ -583,3 +583,49 @@ fn an_unvalidated_client_address_gets_at_most_three_times_what_it_sent() {
         "server sent {sent} bytes for {received} received"
     );
 }
+
+#[test]
+fn bulk_streams_share_the_connection_fairly() {
+    let link = LinkConfig::ideal()
+        .with_delay(Duration::from_millis(20))
+        .with_rate_mbps(20.0)
+        .with_queue_bytes(100_000);
+    let mut sim = Sim::new(SimConfig::new(131).with_link(link));
+    establish(&mut sim);
+    let ids: Vec<StreamId> = {
+        let conn = sim.client_connection(0).expect("client");
+        (0..4)
+            .map(|_| conn.open_stream().expect("stream"))
+            .collect()
+    };
+    let chunk = vec![0x5au8; 16 * 1024];
+    let mut received: HashMap<StreamId, u64> = HashMap::new();
+    let deadline = sim.now() + Duration::from_secs(10);
+    sim.run_until(deadline, |sim| {
+        if let Some(conn) = sim.client_connection(0) {
+            for &id in &ids {
+                while conn.write(id, &chunk).is_ok_and(|n| n > 0) {}
+            }
+        }
+        if let Some(conn) = sim.server_connection(0) {
+            while conn.accept_stream().is_some() {}
+            let mut buf = [0u8; 16 * 1024];
+            for &id in &ids {
+                while let Ok(Some(n)) = conn.read(id, &mut buf) {
+                    *received.entry(id).or_default() += n as u64;
+                }
+            }
+        }
+        false
+    });
+    let counts: Vec<u64> = ids
+        .iter()
+        .map(|id| received.get(id).copied().unwrap_or(0))
+        .collect();
+    let (min, max) = (counts.iter().min().copied(), counts.iter().max().copied());
+    let (Some(min), Some(max)) = (min, max) else {
+        panic!("no data")
+    };
+    assert!(min > 3_000_000, "streams got {counts:?}");
+    assert!(max as f64 <= min as f64 * 1.2, "unfair shares: {counts:?}");
+}

@@ -152,6 +152,8 @@ impl Driver {
             take_accepted(&mut state, now, &mut wakers);
             dispatch_events(&mut state, &mut wakers);
             let more_to_send = self.collect_transmits(&mut state, now);
+            // Sending can make streams writable again (their unsent data went out).
+            dispatch_events(&mut state, &mut wakers);
             let exit = state.closing_since.is_some_and(|since| {
                 state.endpoint.handles().is_empty()
                     || (!more_to_send && now.saturating_duration_since(since) >= CLOSE_LINGER)

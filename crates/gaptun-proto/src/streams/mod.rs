@@ -26,6 +26,13 @@ use crate::varint;
 use recv::Recv;
 use send::{FrameOutcome, Mode, Send};
 
+/// Most bytes one stream may hold that were written but not yet sent once. Writes beyond it
+/// block until half of it went out. Without this cap, whichever stream writes first after space
+/// frees up takes all of the connection's credit and buffer, and streams that write later starve;
+/// with it, the round-robin sender decides the shares. 1 MiB keeps a single stream's pipe full:
+/// at 4 Gbit/s it is 2 ms of sending, and the writer is woken at half of it.
+pub const MAX_UNSENT_PER_STREAM: u64 = 1 << 20;
+
 /// Flow-control limits one side grants the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
@@ -327,12 +334,16 @@ impl Streams {
             return Ok(0);
         }
         let stream_credit = send.credit();
+        let unsent_room = MAX_UNSENT_PER_STREAM.saturating_sub(send.unsent());
         let n = (data.len() as u64)
             .min(stream_credit)
             .min(conn_credit)
-            .min(buffer_room);
+            .min(buffer_room)
+            .min(unsent_room);
         if n < data.len() as u64 {
-            if stream_credit == n {
+            if unsent_room == n && n < stream_credit.min(conn_credit).min(buffer_room) {
+                // Woken from `write_queue` once enough of the stream's data went out.
+            } else if stream_credit == n {
                 if send.blocked_at != Some(send.max_data) {
                     send.blocked_at = Some(send.max_data);
                     self.control
@@ -805,6 +816,15 @@ impl Streams {
                         self.bytes_retransmitted += data.len;
                     } else {
                         self.bytes_sent += data.len;
+                    }
+                    if send.want_writable
+                        && send.is_writable_state()
+                        && send.unsent() <= MAX_UNSENT_PER_STREAM / 2
+                        && send.credit() > 0
+                        && !send.in_conn_blocked
+                    {
+                        send.want_writable = false;
+                        self.events.push_back(StreamEvent::Writable(id));
                     }
                     sent.stream.push(data);
                     let again = match mode {

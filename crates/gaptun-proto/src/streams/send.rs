@@ -114,6 +114,11 @@ impl Send {
         self.max_data.saturating_sub(self.written)
     }
 
+    /// Bytes written by the application and not yet sent once.
+    pub(super) fn unsent(&self) -> u64 {
+        self.written.saturating_sub(self.sent)
+    }
+
     /// Whether the application may still write or finish.
     pub(super) fn is_writable_state(&self) -> bool {
         !self.finished && self.reset.is_none()
