@@ -13,14 +13,18 @@ pub struct BulkResult {
     pub streams: u32,
     /// Server to client (download) when true.
     pub reverse: bool,
-    /// Goodput in Mbit/s.
+    /// Goodput in Mbit/s after the warm-up (over the whole test when iperf3 gave no intervals).
     pub mbit: Option<f64>,
+    /// Goodput in Mbit/s over the whole test, warm-up included.
+    pub whole_mbit: Option<f64>,
     /// Bytes offered to the link (both directions) per goodput byte.
     pub wire_ratio: Option<f64>,
-    /// Goodput bytes.
+    /// Goodput bytes over the whole test.
     pub bytes: u64,
-    /// Link bytes in the interval.
+    /// Link bytes over the whole test.
     pub wire_bytes: u64,
+    /// Link counters over the whole test (lost and queue-dropped packets per direction).
+    pub link: LinkStats,
     /// Goodput of the competing direct cubic flow (competing scenario).
     pub competitor_mbit: Option<f64>,
     /// TCP retransmissions of the iperf3 sender (direct TCP: on the link; tunnels: loopback).
@@ -104,8 +108,10 @@ pub struct RunResult {
     pub machine: Machine,
     /// `--quick` or full.
     pub quick: bool,
-    /// iperf3 test length.
+    /// iperf3 test length measured, after the warm-up.
     pub seconds_per_test: u64,
+    /// Seconds at the start of each iperf3 test left out of the goodput.
+    pub warmup_seconds: u64,
     /// Latency exchanges per measurement.
     pub latency_count: usize,
     /// Per scenario.

@@ -17,8 +17,10 @@ use crate::systems::{COMPETE_PORT, Env, IPERF_PORT, RR_PORT, Running, System};
 /// Knobs of a run.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// iperf3 test length.
+    /// iperf3 test length measured, after the warm-up.
     pub seconds: u64,
+    /// Seconds at the start of each iperf3 test not counted in the goodput.
+    pub warmup: u64,
     /// (streams, reverse) of each bulk test.
     pub tests: Vec<(u32, bool)>,
     /// Exchanges per latency measurement.
@@ -233,6 +235,7 @@ fn bulk_test(
         host: e.bulk_host.clone(),
         port: e.bulk_port,
         seconds: plan.seconds,
+        warmup: plan.warmup,
         streams,
         reverse,
         congestion: e.iperf_congestion.clone(),
@@ -243,6 +246,7 @@ fn bulk_test(
             host: ADDR_B.to_string(),
             port: COMPETE_PORT,
             seconds: plan.seconds,
+            warmup: plan.warmup,
             streams: 1,
             reverse,
             congestion: Some("cubic".into()),
@@ -251,21 +255,26 @@ fn bulk_test(
     });
     let before = emu.stats();
     let r = iperf::run(&env.ns_a, &spec);
-    let wire = emu.stats().since(&before).wire_bytes();
+    let link = emu.stats().since(&before);
+    let wire = link.wire_bytes();
     let competitor_mbit = competitor
         .and_then(|h| h.join().ok())
         .and_then(|r| r.ok())
-        .map(|r| r.mbit);
+        .map(|r| r.steady_mbit.unwrap_or(r.mbit));
     match r {
         Ok(r) => BulkResult {
             streams,
             reverse,
-            mbit: Some(r.mbit),
+            mbit: Some(r.steady_mbit.unwrap_or(r.mbit)),
+            whole_mbit: Some(r.mbit),
             wire_ratio: (r.bytes > 0 && !competing).then(|| wire as f64 / r.bytes as f64),
             bytes: r.bytes,
             wire_bytes: wire,
+            link,
             competitor_mbit,
-            retransmits: r.retransmits,
+            // Only direct TCP's sender is on the link; a tunnel's iperf3 sender talks to
+            // loopback, where its retransmissions say nothing about the tunnel.
+            retransmits: r.retransmits.filter(|_| e.iperf_congestion.is_some()),
             sender_congestion: r.sender_congestion,
             error: None,
         },
@@ -273,9 +282,11 @@ fn bulk_test(
             streams,
             reverse,
             mbit: None,
+            whole_mbit: None,
             wire_ratio: None,
             bytes: 0,
             wire_bytes: wire,
+            link,
             competitor_mbit,
             retransmits: None,
             sender_congestion: None,

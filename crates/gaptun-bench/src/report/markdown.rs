@@ -60,8 +60,11 @@ pub fn render(run: &RunResult, charts: &[(String, String)]) -> String {
     let _ = writeln!(s, "- Tools: {}", m.tools.join("; "));
     let _ = writeln!(
         s,
-        "- iperf3 tests of {} s; latency: {} request/responses of 64 bytes",
-        run.seconds_per_test, run.latency_count
+        "- iperf3 tests of {w} + {} s, goodput counted at the receiver after the first {w} s \
+         (start-up); wire/goodput over the whole test; latency: {} request/responses of 64 bytes",
+        run.seconds_per_test,
+        run.latency_count,
+        w = run.warmup_seconds,
     );
     for n in &run.notes {
         let _ = writeln!(s, "- Note: {n}");
