@@ -17,14 +17,20 @@ pub struct BulkResult {
     pub mbit: Option<f64>,
     /// Goodput in Mbit/s over the whole test, warm-up included.
     pub whole_mbit: Option<f64>,
-    /// Bytes offered to the link (both directions) per goodput byte.
+    /// Bytes offered to the link (both directions) per goodput byte, in the steady part of the
+    /// test (rates after the warm-up; see `runner::steady_wire_ratio`).
     pub wire_ratio: Option<f64>,
+    /// The same over the whole test: all link bytes ÷ all bytes the receiver counted, start-up
+    /// and the drain after the receiver stopped counting included.
+    pub wire_ratio_whole: Option<f64>,
     /// Goodput bytes over the whole test.
     pub bytes: u64,
     /// Link bytes over the whole test.
     pub wire_bytes: u64,
     /// Link counters over the whole test (lost and queue-dropped packets per direction).
     pub link: LinkStats,
+    /// Seconds and link counters of the steady window the wire ratio is measured on.
+    pub steady_link: Option<(f64, LinkStats)>,
     /// Goodput of the competing direct cubic flow (competing scenario).
     pub competitor_mbit: Option<f64>,
     /// TCP retransmissions of the iperf3 sender (direct TCP: on the link; tunnels: loopback).
@@ -62,14 +68,15 @@ pub struct SystemResult {
 }
 
 impl SystemResult {
-    /// Total goodput bytes and wire bytes over the successful bulk tests.
+    /// Wire bytes per goodput byte over the successful bulk tests: their steady ratios
+    /// weighted by goodput (that is, total wire rate ÷ total goodput rate).
     pub fn wire_ratio(&self) -> Option<f64> {
         let (g, w) = self
             .bulk
             .iter()
-            .filter(|b| b.mbit.is_some() && b.competitor_mbit.is_none())
-            .fold((0u64, 0u64), |(g, w), b| (g + b.bytes, w + b.wire_bytes));
-        (g > 0).then(|| w as f64 / g as f64)
+            .filter_map(|b| Some((b.mbit?, b.wire_ratio?)))
+            .fold((0.0, 0.0), |(g, w), (m, r)| (g + m, w + m * r));
+        (g > 0.0).then(|| w / g)
     }
 }
 

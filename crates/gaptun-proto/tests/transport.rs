@@ -565,10 +565,10 @@ fn an_unvalidated_client_address_gets_at_most_three_times_what_it_sent() {
     sim.blackhole_indefinitely(Path::Uplink);
     // The server application tries to push a lot of data at the unconfirmed client.
     sim.advance(Duration::from_millis(1));
-    if let Some(server) = sim.server_connection(0) {
-        if let Some(id) = server.open_stream() {
-            let _ = server.write(id, &vec![7u8; 1 << 20]);
-        }
+    if let Some(server) = sim.server_connection(0)
+        && let Some(id) = server.open_stream()
+    {
+        let _ = server.write(id, &vec![7u8; 1 << 20]);
     }
     sim.advance(Duration::from_secs(20));
     let received: usize = sim

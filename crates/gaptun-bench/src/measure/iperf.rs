@@ -96,13 +96,16 @@ fn run_once(ns: &str, spec: &IperfSpec) -> Result<IperfResult> {
         &String::from_utf8_lossy(&out.stdout),
         spec.reverse,
         spec.warmup,
+        total,
     )
 }
 
-/// Goodput in Mbit/s over the receiver's intervals that start at or after `warmup` seconds.
-/// The receiver is the client for `-R` tests (its own `intervals`), else the server (the
-/// `server_output_json` that `--get-server-output` adds).
-fn steady_mbit(v: &Value, reverse: bool, warmup: u64) -> Option<f64> {
+/// Goodput in Mbit/s over the receiver's intervals that start in `[warmup, last)`, `last` being
+/// the test's nominal length. The receiver is the client for `-R` tests (its own `intervals`),
+/// else the server (the `server_output_json` that `--get-server-output` adds). The receiver's
+/// report ends with a short interval after the sender stopped (the last data in flight), which
+/// is not part of the steady state.
+fn steady_mbit(v: &Value, reverse: bool, warmup: u64, last: u64) -> Option<f64> {
     let path = if reverse {
         "/intervals"
     } else {
@@ -115,18 +118,19 @@ fn steady_mbit(v: &Value, reverse: bool, warmup: u64) -> Option<f64> {
         .filter_map(|i| {
             let sum = i.get("sum")?;
             let start = sum.get("start")?.as_f64()?;
-            let end = sum.get("end")?.as_f64()?;
+            let stop = sum.get("end")?.as_f64()?;
             let bytes = sum.get("bytes")?.as_f64()?;
-            // Intervals start a few microseconds late; anything from warmup - 1 ms counts.
-            (start + 1e-3 >= warmup as f64 && end > start).then_some((bytes, end - start))
+            // Intervals start a few microseconds late: compare with 1 ms of slack.
+            let steady = start + 1e-3 >= warmup as f64 && start + 1e-3 < last as f64;
+            (steady && stop > start).then_some((bytes, stop - start))
         })
         .fold((0.0, 0.0), |(b, t), (bytes, secs)| (b + bytes, t + secs));
     (secs > 0.0).then(|| bytes * 8.0 / secs / 1e6)
 }
 
-/// Reads the receiver-side totals out of iperf3's JSON report, and the goodput after `warmup`
-/// seconds from the receiver's intervals.
-pub fn parse(json: &str, reverse: bool, warmup: u64) -> Result<IperfResult> {
+/// Reads the receiver-side totals out of iperf3's JSON report, and the goodput between `warmup`
+/// and `total` seconds (the test's length) from the receiver's intervals.
+pub fn parse(json: &str, reverse: bool, warmup: u64, total: u64) -> Result<IperfResult> {
     let bad = |detail: String| BenchError::Parse {
         what: "iperf3 JSON".into(),
         detail,
@@ -158,7 +162,7 @@ pub fn parse(json: &str, reverse: bool, warmup: u64) -> Result<IperfResult> {
         bytes,
         seconds,
         mbit: bps / 1e6,
-        steady_mbit: steady_mbit(&v, reverse, warmup),
+        steady_mbit: steady_mbit(&v, reverse, warmup, total),
         retransmits,
         sender_congestion,
     })
@@ -173,7 +177,7 @@ mod tests {
         let json = r#"{"start":{},"end":{"sum_sent":{"bytes":100,"retransmits":7},
             "sender_tcp_congestion":"cubic",
             "sum_received":{"seconds":8.1,"bytes":84100000,"bits_per_second":87000000.5}}}"#;
-        let r = parse(json, false, 0).unwrap();
+        let r = parse(json, false, 0, 8).unwrap();
         assert_eq!(r.bytes, 84_100_000);
         assert_eq!(r.steady_mbit, None);
         assert_eq!(r.retransmits, Some(7));
@@ -188,14 +192,15 @@ mod tests {
             r#"{"start":{},"end":{},"error":"unable to connect"}"#,
             false,
             0,
+            8,
         )
         .unwrap_err();
         assert!(e.to_string().contains("unable to connect"));
         assert!(matches!(
-            parse("not json", true, 0),
+            parse("not json", true, 0, 8),
             Err(BenchError::Parse { .. })
         ));
-        assert!(parse(r#"{"end":{}}"#, false, 0).is_err());
+        assert!(parse(r#"{"end":{}}"#, false, 0, 8).is_err());
     }
 
     const END: &str =
@@ -211,6 +216,8 @@ mod tests {
             interval(0.0, 1.0, 250_000),
             interval(1.0, 2.000_05, 1_250_000),
             interval(2.000_05, 3.000_05, 1_500_000),
+            // After the sender stopped: left out.
+            interval(3.000_05, 3.2, 10_000),
         ]
         .join(",");
         // Upload: the server received; the client's own intervals are the sender's.
@@ -218,16 +225,16 @@ mod tests {
             r#"{{"intervals":[{}],"server_output_json":{{"intervals":[{ivs}]}},{END}}}"#,
             interval(0.0, 3.0, 999)
         );
-        let r = parse(&up, false, 1).unwrap();
+        let r = parse(&up, false, 1, 3).unwrap();
         let steady = r.steady_mbit.unwrap();
         let expected = 2_750_000.0 * 8.0 / 2.000_05 / 1e6;
         assert!((steady - expected).abs() < 1e-9, "{steady} vs {expected}");
         assert!((r.mbit - 8.0).abs() < 1e-12);
         // Download: the client's intervals are the receiver's.
         let down = format!(r#"{{"intervals":[{ivs}],{END}}}"#);
-        let r = parse(&down, true, 2).unwrap();
+        let r = parse(&down, true, 2, 3).unwrap();
         assert!((r.steady_mbit.unwrap() - 12.0).abs() < 1e-3);
         // No interval after the warm-up.
-        assert_eq!(parse(&down, true, 5).unwrap().steady_mbit, None);
+        assert_eq!(parse(&down, true, 3, 3).unwrap().steady_mbit, None);
     }
 }
