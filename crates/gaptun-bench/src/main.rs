@@ -195,7 +195,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
 }
 
 fn list() {
-    println!("scenarios (full run; --quick uses the 0, 1 and 10 % loss ones):");
+    println!("scenarios (full run; --quick uses the 1, 5 and 10 % loss ones):");
     for s in scenarios::all() {
         println!("  {:<20} {}", s.id, s.title);
     }
