@@ -99,9 +99,16 @@ struct RunArgs {
     /// Only these scenarios (comma-separated ids, see `list`).
     #[arg(long)]
     scenarios: Option<String>,
-    /// Length of each iperf3 test in seconds (default 10, quick 4).
+    /// Measured length of each iperf3 test in seconds, after the warm-up (default 10, quick 3).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Bulk tests to run, comma-separated STREAMS{up|down}, e.g. `1up,8down` (default
+    /// 1up,1down,8up,8down; quick 1up).
+    #[arg(long, value_parser = parse_tests)]
+    tests: Option<Tests>,
+    /// Seconds at the start of each iperf3 test not counted in the goodput (default 2, quick 1).
+    #[arg(long)]
+    warmup: Option<u64>,
     /// Request/responses per latency measurement (default 500, quick 100).
     #[arg(long)]
     latency_count: Option<usize>,
@@ -117,6 +124,33 @@ struct RunArgs {
     /// Raw results as JSON.
     #[arg(long, default_value = "target/gaptun-bench/results.json")]
     json: PathBuf,
+}
+
+/// Bulk tests as (streams, reverse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tests(Vec<(u32, bool)>);
+
+/// Parses `1up,8down`.
+fn parse_tests(s: &str) -> std::result::Result<Tests, String> {
+    s.split(',')
+        .map(|t| {
+            let t = t.trim();
+            let (n, reverse) = if let Some(n) = t.strip_suffix("up") {
+                (n, false)
+            } else if let Some(n) = t.strip_suffix("down") {
+                (n, true)
+            } else {
+                return Err(format!(
+                    "{t:?}: expected STREAMSup or STREAMSdown, e.g. 8down"
+                ));
+            };
+            match n.parse::<u32>() {
+                Ok(n) if (1..=128).contains(&n) => Ok((n, reverse)),
+                _ => Err(format!("{t:?}: streams must be 1-128")),
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Tests)
 }
 
 fn main() {
@@ -161,7 +195,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
 }
 
 fn list() {
-    println!("scenarios (full run; --quick uses the 0, 1 and 10 % loss ones):");
+    println!("scenarios (full run; --quick uses the 1, 5 and 10 % loss ones):");
     for s in scenarios::all() {
         println!("  {:<20} {}", s.id, s.title);
     }
@@ -265,11 +299,12 @@ fn run(a: &RunArgs) -> Result<()> {
     let logdir = std::env::temp_dir().join(format!("gaptun-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logdir).ctx(format!("create {}", logdir.display()))?;
     let plan = Plan {
-        seconds: a.seconds.unwrap_or(if a.quick { 4 } else { 10 }),
-        tests: if a.quick {
-            vec![(1, false)]
-        } else {
-            vec![(1, false), (1, true), (8, false), (8, true)]
+        seconds: a.seconds.unwrap_or(if a.quick { 3 } else { 10 }),
+        warmup: a.warmup.unwrap_or(if a.quick { 1 } else { 2 }),
+        tests: match &a.tests {
+            Some(t) => t.0.clone(),
+            None if a.quick => vec![(1, false)],
+            None => vec![(1, false), (1, true), (8, false), (8, true)],
         },
         latency_count: a.latency_count.unwrap_or(if a.quick { 100 } else { 500 }),
         latency_conns: 10,
@@ -293,6 +328,7 @@ fn run(a: &RunArgs) -> Result<()> {
         machine: setup::machine(gaptun.as_deref()),
         quick: a.quick,
         seconds_per_test: plan.seconds,
+        warmup_seconds: plan.warmup,
         latency_count: plan.latency_count,
         scenarios: results,
         notes,
@@ -382,5 +418,12 @@ mod tests {
         assert_eq!(a.systems.as_deref(), Some("tcp-bbr"));
         assert_eq!(a.gaptun, PathBuf::from("target/release/gaptun"));
         assert!(Cli::try_parse_from(["gaptun-bench", "run", "--seconds", "x"]).is_err());
+        let cli = Cli::try_parse_from(["gaptun-bench", "run", "--tests", "1up, 8down"]).unwrap();
+        let Cmd::Run(a) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(a.tests, Some(Tests(vec![(1, false), (8, true)])));
+        assert!(Cli::try_parse_from(["gaptun-bench", "run", "--tests", "1sideways"]).is_err());
+        assert!(Cli::try_parse_from(["gaptun-bench", "run", "--tests", "0up"]).is_err());
     }
 }

@@ -13,14 +13,24 @@ pub struct BulkResult {
     pub streams: u32,
     /// Server to client (download) when true.
     pub reverse: bool,
-    /// Goodput in Mbit/s.
+    /// Goodput in Mbit/s after the warm-up (over the whole test when iperf3 gave no intervals).
     pub mbit: Option<f64>,
-    /// Bytes offered to the link (both directions) per goodput byte.
+    /// Goodput in Mbit/s over the whole test, warm-up included.
+    pub whole_mbit: Option<f64>,
+    /// Bytes offered to the link (both directions) per goodput byte, in the steady part of the
+    /// test (rates after the warm-up; see `runner::steady_wire_ratio`).
     pub wire_ratio: Option<f64>,
-    /// Goodput bytes.
+    /// The same over the whole test: all link bytes ÷ all bytes the receiver counted, start-up
+    /// and the drain after the receiver stopped counting included.
+    pub wire_ratio_whole: Option<f64>,
+    /// Goodput bytes over the whole test.
     pub bytes: u64,
-    /// Link bytes in the interval.
+    /// Link bytes over the whole test.
     pub wire_bytes: u64,
+    /// Link counters over the whole test (lost and queue-dropped packets per direction).
+    pub link: LinkStats,
+    /// Seconds and link counters of the steady window the wire ratio is measured on.
+    pub steady_link: Option<(f64, LinkStats)>,
     /// Goodput of the competing direct cubic flow (competing scenario).
     pub competitor_mbit: Option<f64>,
     /// TCP retransmissions of the iperf3 sender (direct TCP: on the link; tunnels: loopback).
@@ -58,14 +68,15 @@ pub struct SystemResult {
 }
 
 impl SystemResult {
-    /// Total goodput bytes and wire bytes over the successful bulk tests.
+    /// Wire bytes per goodput byte over the successful bulk tests: their steady ratios
+    /// weighted by goodput (that is, total wire rate ÷ total goodput rate).
     pub fn wire_ratio(&self) -> Option<f64> {
         let (g, w) = self
             .bulk
             .iter()
-            .filter(|b| b.mbit.is_some() && b.competitor_mbit.is_none())
-            .fold((0u64, 0u64), |(g, w), b| (g + b.bytes, w + b.wire_bytes));
-        (g > 0).then(|| w as f64 / g as f64)
+            .filter_map(|b| Some((b.mbit?, b.wire_ratio?)))
+            .fold((0.0, 0.0), |(g, w), (m, r)| (g + m, w + m * r));
+        (g > 0.0).then(|| w / g)
     }
 }
 
@@ -104,8 +115,10 @@ pub struct RunResult {
     pub machine: Machine,
     /// `--quick` or full.
     pub quick: bool,
-    /// iperf3 test length.
+    /// iperf3 test length measured, after the warm-up.
     pub seconds_per_test: u64,
+    /// Seconds at the start of each iperf3 test left out of the goodput.
+    pub warmup_seconds: u64,
     /// Latency exchanges per measurement.
     pub latency_count: usize,
     /// Per scenario.

@@ -2,10 +2,11 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::emulator::{ADDR_B, Emulator};
+use crate::emulator::{ADDR_B, Emulator, LinkStats};
 use crate::error::Result;
 use crate::measure::iperf::{self, IperfSpec};
 use crate::measure::{latency, procstat};
@@ -17,8 +18,10 @@ use crate::systems::{COMPETE_PORT, Env, IPERF_PORT, RR_PORT, Running, System};
 /// Knobs of a run.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// iperf3 test length.
+    /// iperf3 test length measured, after the warm-up.
     pub seconds: u64,
+    /// Seconds at the start of each iperf3 test not counted in the goodput.
+    pub warmup: u64,
     /// (streams, reverse) of each bulk test.
     pub tests: Vec<(u32, bool)>,
     /// Exchanges per latency measurement.
@@ -114,7 +117,7 @@ fn start_servers(plan: &Plan, env: &Env, competing: bool) -> Result<Vec<Managed>
         rr,
         &env.log("rr-server"),
     )?);
-    thread::sleep(std::time::Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(300));
     v.iter_mut().try_for_each(Managed::ensure_alive)?;
     Ok(v)
 }
@@ -160,7 +163,17 @@ fn run_system(
         if procs::interrupted() {
             return res;
         }
-        let b = bulk_test(plan, env, emu, &running, streams, reverse, competing);
+        let mut b = bulk_test(plan, env, emu, &running, streams, reverse, competing);
+        if let Some(e) = b.error.clone()
+            && running.ensure_alive().is_ok()
+        {
+            // One more try (a tunnel can drop iperf3's control connection under heavy loss);
+            // the note keeps the failure on record.
+            p.step(&format!("  {} {}: {e}; again", system.name, b.label()));
+            res.notes
+                .push(format!("{} failed once ({e}), then ran again", b.label()));
+            b = bulk_test(plan, env, emu, &running, streams, reverse, competing);
+        }
         p.step(&format!(
             "  {} {}: {}",
             system.name,
@@ -233,6 +246,7 @@ fn bulk_test(
         host: e.bulk_host.clone(),
         port: e.bulk_port,
         seconds: plan.seconds,
+        warmup: plan.warmup,
         streams,
         reverse,
         congestion: e.iperf_congestion.clone(),
@@ -243,6 +257,7 @@ fn bulk_test(
             host: ADDR_B.to_string(),
             port: COMPETE_PORT,
             seconds: plan.seconds,
+            warmup: plan.warmup,
             streams: 1,
             reverse,
             congestion: Some("cubic".into()),
@@ -250,22 +265,41 @@ fn bulk_test(
         thread::spawn(move || iperf::run(&ns, &spec))
     });
     let before = emu.stats();
-    let r = iperf::run(&env.ns_a, &spec);
-    let wire = emu.stats().since(&before).wire_bytes();
+    let started = Instant::now();
+    let (r, samples) = run_sampling(emu, || iperf::run(&env.ns_a, &spec));
+    let link = emu.stats().since(&before);
+    let wire = link.wire_bytes();
+    let window = (
+        started + Duration::from_secs(plan.warmup + 1),
+        started + Duration::from_secs(plan.warmup + plan.seconds),
+    );
+    let steady = steady_link(&samples, window);
     let competitor_mbit = competitor
         .and_then(|h| h.join().ok())
         .and_then(|r| r.ok())
-        .map(|r| r.mbit);
+        .map(|r| r.steady_mbit.unwrap_or(r.mbit));
     match r {
         Ok(r) => BulkResult {
             streams,
             reverse,
-            mbit: Some(r.mbit),
-            wire_ratio: (r.bytes > 0 && !competing).then(|| wire as f64 / r.bytes as f64),
+            mbit: Some(r.steady_mbit.unwrap_or(r.mbit)),
+            whole_mbit: Some(r.mbit),
+            wire_ratio: if competing {
+                None
+            } else {
+                r.steady_mbit
+                    .and_then(|m| steady_wire_ratio(steady.as_ref(), m))
+                    .or_else(|| (r.bytes > 0).then(|| wire as f64 / r.bytes as f64))
+            },
+            wire_ratio_whole: (r.bytes > 0 && !competing).then(|| wire as f64 / r.bytes as f64),
             bytes: r.bytes,
             wire_bytes: wire,
+            link,
+            steady_link: steady,
             competitor_mbit,
-            retransmits: r.retransmits,
+            // Only direct TCP's sender is on the link; a tunnel's iperf3 sender talks to
+            // loopback, where its retransmissions say nothing about the tunnel.
+            retransmits: r.retransmits.filter(|_| e.iperf_congestion.is_some()),
             sender_congestion: r.sender_congestion,
             error: None,
         },
@@ -273,15 +307,71 @@ fn bulk_test(
             streams,
             reverse,
             mbit: None,
+            whole_mbit: None,
             wire_ratio: None,
+            wire_ratio_whole: None,
             bytes: 0,
             wire_bytes: wire,
+            link,
+            steady_link: steady,
             competitor_mbit,
             retransmits: None,
             sender_congestion: None,
             error: Some(err.to_string()),
         },
     }
+}
+
+/// How often the link counters are sampled during a bulk test.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs `f` while sampling the link counters every [`SAMPLE_EVERY`].
+fn run_sampling<T: Send>(
+    emu: &Emulator,
+    f: impl FnOnce() -> T + Send,
+) -> (T, Vec<(Instant, LinkStats)>) {
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut v = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                v.push((Instant::now(), emu.stats()));
+                thread::sleep(SAMPLE_EVERY);
+            }
+            v
+        });
+        let r = f();
+        done.store(true, Ordering::Relaxed);
+        (r, sampler.join().unwrap_or_default())
+    })
+}
+
+/// The link counters over the steady part of a test: the difference between the first sample
+/// at or after `window.0` and the last one at or before `window.1`, with the seconds between
+/// them. `None` if they span less than a second.
+///
+/// The window starts one second after the warm-up (iperf3 needs a few round trips to set up)
+/// and ends at the nominal end of the test, so it lies inside the receiver's measured interval.
+pub fn steady_link(
+    samples: &[(Instant, LinkStats)],
+    window: (Instant, Instant),
+) -> Option<(f64, LinkStats)> {
+    let (t0, a) = samples.iter().find(|(t, _)| *t >= window.0)?;
+    let (t1, b) = samples.iter().rev().find(|(t, _)| *t <= window.1)?;
+    let secs = t1.checked_duration_since(*t0)?.as_secs_f64();
+    (secs >= 1.0).then(|| (secs, b.since(a)))
+}
+
+/// Wire bytes per goodput byte in the steady part of a test: the link's byte rate (both
+/// directions) over [`steady_link`]'s window divided by the receiver's goodput after the
+/// warm-up (`steady_mbit`).
+///
+/// Measured on rates rather than totals because a test's totals include what the tunnel still
+/// carries after the receiver stopped counting (buffered data drained while iperf3 exchanges
+/// its results), which is not overhead of the protocol.
+pub fn steady_wire_ratio(steady: Option<&(f64, LinkStats)>, steady_mbit: f64) -> Option<f64> {
+    let (secs, link) = steady?;
+    (steady_mbit > 0.0).then(|| link.wire_bytes() as f64 / secs / (steady_mbit * 1e6 / 8.0))
 }
 
 /// Latency through the forward and, when the system has one, through SOCKS5.
@@ -332,5 +422,37 @@ fn report_latency(system: &str, via: &str, r: &Result<latency::LatencyResult>, p
             l.p50_ms, l.p99_ms, l.errors
         )),
         Err(e) => p.step(&format!("  {system} latency via {via}: error: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(bytes_ab: u64, bytes_ba: u64) -> LinkStats {
+        let mut l = LinkStats::default();
+        l.a_to_b.counters.bytes_in = bytes_ab;
+        l.b_to_a.counters.bytes_in = bytes_ba;
+        l
+    }
+
+    #[test]
+    fn steady_ratio_uses_rates_inside_the_window() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        // 1.25 MB/s each 100 ms from the A side plus 50 kB/s back: 13 MB/s on the wire.
+        let samples: Vec<(Instant, LinkStats)> = (0..=40)
+            .map(|i| (ms(i * 100), at(i * 1_250_000, i * 50_000)))
+            .collect();
+        let steady = steady_link(&samples, (ms(1000), ms(3050))).unwrap();
+        assert!((steady.0 - 2.0).abs() < 1e-9);
+        assert_eq!(steady.1.a_to_b.counters.bytes_in, 25_000_000);
+        // 96 Mbit/s of goodput = 12 MB/s.
+        let r = steady_wire_ratio(Some(&steady), 96.0).unwrap();
+        assert!((r - 13.0 / 12.0).abs() < 1e-9, "{r}");
+        assert_eq!(steady_wire_ratio(Some(&steady), 0.0), None);
+        // A window shorter than a second gives nothing.
+        assert_eq!(steady_link(&samples, (ms(1000), ms(1900))), None);
+        assert_eq!(steady_link(&[], (ms(0), ms(4000))), None);
     }
 }

@@ -35,6 +35,10 @@ pub struct TransportConfig {
     pub max_ack_delay: Duration,
     /// Acknowledge at once after this many ack-eliciting packets.
     pub ack_eliciting_threshold: u64,
+    /// Send twice a packet with stream data that ends a short burst on a nearly idle connection
+    /// (a request or a response), so that one loss does not cost a retransmission timeout.
+    /// Bulk transfers are not affected.
+    pub duplicate_tail_packets: bool,
     /// Send a PING when nothing was sent for this long (`None`: never).
     pub keepalive_interval: Option<Duration>,
     /// Close the connection after this long without hearing from the peer.
@@ -60,7 +64,8 @@ impl Default for TransportConfig {
             max_rto: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(300),
             max_ack_delay: Duration::from_millis(10),
-            ack_eliciting_threshold: 2,
+            ack_eliciting_threshold: 8,
+            duplicate_tail_packets: true,
             keepalive_interval: Some(Duration::from_secs(10)),
             idle_timeout: Duration::from_secs(40),
             handshake_timeout: Duration::from_secs(10),

@@ -91,6 +91,14 @@ pub struct ConnSnapshot {
     pub packets_received: u64,
     pub packets_lost: u64,
     pub packets_retransmitted: u64,
+    /// Stream payload bytes sent, retransmissions included.
+    pub stream_bytes_sent: u64,
+    /// Stream payload bytes in packets declared lost.
+    pub stream_bytes_lost: u64,
+    /// Stream payload bytes sent again after a loss.
+    pub stream_bytes_retransmitted: u64,
+    /// Authenticated packets dropped as duplicates (a repeated packet number).
+    pub dropped_duplicate: u64,
     /// Lost packets as a percentage of packets sent.
     pub loss_percent: f64,
     pub streams_open: u64,
@@ -137,6 +145,10 @@ impl ConnSnapshot {
             packets_received: s.packets_received,
             packets_lost: s.packets_lost,
             packets_retransmitted: s.packets_retransmitted,
+            stream_bytes_sent: s.stream_bytes_sent,
+            stream_bytes_lost: s.stream_bytes_lost,
+            stream_bytes_retransmitted: s.stream_bytes_retransmitted,
+            dropped_duplicate: s.dropped_replay,
             loss_percent,
             streams_open: s.streams_open,
             streams_opened_total: s.streams_opened_total,
@@ -448,6 +460,10 @@ mod tests {
                 packets_received: 8000,
                 packets_lost: 4,
                 packets_retransmitted: 5,
+                stream_bytes_sent: 9000,
+                stream_bytes_lost: 4000,
+                stream_bytes_retransmitted: 4000,
+                dropped_duplicate: 1,
                 loss_percent: 2.0,
                 streams_open: 3,
                 streams_opened_total: 17,

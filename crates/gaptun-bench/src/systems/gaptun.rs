@@ -1,7 +1,7 @@
 //! gaptun: one server in namespace B allowing the iperf3 and request/response targets, one
 //! client in namespace A with two forwards and a SOCKS5 listener.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,73 +16,45 @@ use crate::procs::{self, Managed};
 /// UDP port of the gaptun server.
 const SERVER_PORT: u16 = 4433;
 
-/// Keys for the two sides, from `gaptun keygen`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    /// Passed to `gaptun server --key`.
-    pub server: String,
-    /// Passed to `gaptun client --key`.
-    pub client: String,
-}
-
-/// Understands `gaptun keygen` output: either a single key (shared by both sides), or lines
-/// naming a private/secret key (server) and a public key (client), as `name: value` or
-/// `name = value`.
-pub fn parse_keygen(out: &str) -> Result<Keys> {
-    // Keys are base64 or hex: they may end in '=' but never contain ':' or " = ".
-    let value = |line: &str| {
-        line.split_once(':')
-            .or_else(|| line.split_once(" = "))
-            .map(|(_, v)| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
+/// Understands `gaptun keygen` output: one line holding a `gt1:` key (the prefix is part of
+/// the key), shared by both sides.
+pub fn parse_keygen(out: &str) -> Result<String> {
     let lines: Vec<&str> = out
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let find = |names: &[&str]| {
-        lines
-            .iter()
-            .find(|l| names.iter().any(|n| l.to_ascii_lowercase().starts_with(n)))
-            .and_then(|l| value(l))
-    };
-    if let (Some(server), Some(client)) = (
-        find(&["private", "secret", "server"]),
-        find(&["public", "client"]),
-    ) {
-        return Ok(Keys { server, client });
-    }
-    match lines.as_slice() {
-        [one] => {
-            let k = value(one).unwrap_or_else(|| (*one).to_string());
-            Ok(Keys {
-                server: k.clone(),
-                client: k,
-            })
-        }
-        _ => Err(BenchError::Parse {
+    let key = lines
+        .iter()
+        .find(|l| l.starts_with("gt1:"))
+        .or(match lines.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        })
+        .ok_or_else(|| BenchError::Parse {
             what: "gaptun keygen output".into(),
-            detail: format!("{} lines, no private/public pair", lines.len()),
-        }),
-    }
+            detail: format!("{} lines, no gt1: key", lines.len()),
+        })?;
+    Ok((*key).to_string())
 }
 
 /// Runs `gaptun keygen`.
-pub fn keygen(binary: &Path) -> Result<Keys> {
+pub fn keygen(binary: &Path) -> Result<String> {
     let out = procs::run(Command::new(binary).arg("keygen"), Duration::from_secs(10))?;
     parse_keygen(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Starts server and client with the congestion controller `cc`.
 pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
-    let keys = keygen(binary)?;
+    let key = keygen(binary)?;
     let bin = binary.to_string_lossy();
     let listen = format!("{ADDR_B}:{SERVER_PORT}");
     let mut s = netns::exec(&env.ns_b, &bin);
-    s.args(["server", "--listen", &listen, "--key", &keys.server])
+    s.args(["server", "--listen", &listen, "--key", &key])
         .args(["--allow", &format!("127.0.0.1:{IPERF_PORT}")])
-        .args(["--allow", &format!("127.0.0.1:{RR_PORT}")]);
+        .args(["--allow", &format!("127.0.0.1:{RR_PORT}")])
+        .arg("--control")
+        .arg(control_socket(env, "server", cc));
     cc_args(&mut s, cc, env.rate_mbit);
     let mut procs = vec![Managed::spawn(
         "gaptun server",
@@ -91,7 +63,7 @@ pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
     )?];
     settle(&mut procs)?;
     let mut c = netns::exec(&env.ns_a, &bin);
-    c.args(["client", "--server", &listen, "--key", &keys.client])
+    c.args(["client", "--server", &listen, "--key", &key])
         .args([
             "--forward",
             &format!("tcp:127.0.0.1:{FWD_BULK_PORT}=127.0.0.1:{IPERF_PORT}"),
@@ -100,7 +72,9 @@ pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
             "--forward",
             &format!("tcp:127.0.0.1:{FWD_RR_PORT}=127.0.0.1:{RR_PORT}"),
         ])
-        .args(["--socks", &format!("127.0.0.1:{SOCKS_PORT}")]);
+        .args(["--socks", &format!("127.0.0.1:{SOCKS_PORT}")])
+        .arg("--control")
+        .arg(control_socket(env, "client", cc));
     cc_args(&mut c, cc, env.rate_mbit);
     procs.push(Managed::spawn(
         "gaptun client",
@@ -112,6 +86,12 @@ pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
         endpoints: tunnel_endpoints(true),
         procs,
     })
+}
+
+/// A control socket of this run's own (the default path is shared by every gaptun on the
+/// machine), usable with `gaptun ctl --socket PATH stats` while the benchmark runs.
+pub fn control_socket(env: &Env, role: &str, cc: &str) -> PathBuf {
+    env.logdir.join(format!("gaptun-{role}-{cc}.sock"))
 }
 
 /// `--congestion CC`, plus `--brutal-rate` at the link rate for brutal (100 Mbit/s when the
@@ -129,24 +109,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keygen_single_key() {
-        let k = parse_keygen("  abcDEF123==\n").unwrap();
-        assert_eq!(k.server, "abcDEF123==");
-        assert_eq!(k.client, "abcDEF123==");
-        let k = parse_keygen("key = xyz\n").unwrap();
-        assert_eq!(k.client, "xyz");
+    fn keygen_gt1_key_is_kept_whole() {
+        assert_eq!(
+            parse_keygen("gt1:abcDEF123+/xyz\n").unwrap(),
+            "gt1:abcDEF123+/xyz"
+        );
+        assert_eq!(parse_keygen("note\n  gt1:QQ \n").unwrap(), "gt1:QQ");
     }
 
     #[test]
-    fn keygen_pair() {
-        let k = parse_keygen("private key: AAA\npublic key: BBB\n").unwrap();
-        assert_eq!(
-            k,
-            Keys {
-                server: "AAA".into(),
-                client: "BBB".into()
-            }
-        );
+    fn keygen_without_a_key_is_an_error() {
+        assert_eq!(parse_keygen("plainkey\n").unwrap(), "plainkey");
         assert!(parse_keygen("a\nb\n").is_err());
         assert!(parse_keygen("").is_err());
     }

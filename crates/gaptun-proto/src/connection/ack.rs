@@ -5,8 +5,15 @@ use std::time::{Duration, Instant};
 use crate::range_set::RangeSet;
 
 /// Highest ranges reported in one ACK frame. Each range is reported in many consecutive ACKs
-/// (we acknowledge every couple of packets), so older ranges need not be repeated forever.
-pub(super) const MAX_ACK_RANGES: usize = 64;
+/// (we acknowledge every couple of packets, and at once after every gap), so older ranges need
+/// not be repeated forever.
+///
+/// Lost packet numbers are never filled in (lost data goes out again under new numbers), so
+/// under steady loss every ACK carries this many ranges: 64 made ACKs of 150–250 bytes, 6–8 % of
+/// the goodput at 100 Mbit/s. With 16, a range is still repeated in every ACK sent while the
+/// next 15 gaps arrive (at 20 % loss, some 80 packets and a dozen ACKs or more), so losing every
+/// copy of it is negligible, and the only cost of that would be one spurious retransmission.
+pub(super) const MAX_ACK_RANGES: usize = 16;
 /// Ranges remembered; older ones are forgotten.
 const MAX_TRACKED_RANGES: usize = 256;
 

@@ -87,6 +87,9 @@ pub struct ConnectionStats {
     pub packets_lost: u64,
     pub bytes_lost: u64,
     pub packets_retransmitted: u64,
+    /// Tail packets of interactive traffic sent a second time (see
+    /// `TransportConfig::duplicate_tail_packets`); also counted in `packets_sent`.
+    pub packets_duplicated: u64,
     /// Stream payload bytes sent again after a loss.
     pub stream_bytes_retransmitted: u64,
     /// Stream payload bytes in packets declared lost.

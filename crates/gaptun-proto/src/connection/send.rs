@@ -9,6 +9,10 @@ use crate::packet;
 use crate::shared::Transmit;
 use crate::streams::SentFrames;
 
+/// Most datagrams in flight before a tail packet for it to still be sent twice (see
+/// `Connection::is_interactive_tail`).
+const DUPLICATE_MAX_IN_FLIGHT: u64 = 4;
+
 /// What limits the next packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Allowance {
@@ -38,6 +42,8 @@ impl Connection {
             return Some(t);
         }
         let mtu = self.mtu();
+        let in_flight_before = self.in_flight;
+        let stream_bytes_before = self.stats.stream_bytes_sent;
         let mut segment_size = None;
         let mut count = 0;
         while count < max_datagrams.max(1) {
@@ -64,11 +70,51 @@ impl Connection {
         if count == 0 {
             return None;
         }
+        if count == 1
+            && max_datagrams >= 2
+            && self.stats.stream_bytes_sent > stream_bytes_before
+            && self.is_interactive_tail(in_flight_before, buf.len())
+        {
+            return Some(self.duplicate_single(buf));
+        }
         Some(Transmit {
             destination: self.path.remote,
             size: buf.len(),
             segment_size: if count > 1 { segment_size } else { None },
         })
+    }
+
+    /// Whether the packet of `size` bytes just built (carrying stream data) ends a short burst
+    /// on a nearly idle connection: duplication is on, nothing else waits to be sent, and at
+    /// most [`DUPLICATE_MAX_IN_FLIGHT`] datagrams were in flight before it.
+    ///
+    /// Such a packet has no successors whose acknowledgement would reveal its loss, so a loss
+    /// costs a retransmission timeout (more than one RTT) on top of the round trip. Sending it
+    /// twice turns a loss rate `p` into `p²` for request/response traffic, which is what keeps
+    /// the tail latency of small exchanges near one RTT on lossy links. Bulk transfers never
+    /// qualify (their in-flight data is far larger), so they pay nothing.
+    fn is_interactive_tail(&self, in_flight_before: u64, size: usize) -> bool {
+        self.config.duplicate_tail_packets
+            && in_flight_before <= DUPLICATE_MAX_IN_FLIGHT * self.mtu() as u64
+            && !self.streams.has_pending()
+            && self.path.send_budget() >= size as u64
+    }
+
+    /// Appends a copy of the single datagram in `buf` and returns both as one GSO transmit.
+    /// The peer drops the second copy to arrive as a replay; only the first counts as sent for
+    /// congestion control, the copy counts in the byte statistics and amplification budget.
+    fn duplicate_single(&mut self, buf: &mut Vec<u8>) -> Transmit {
+        let size = buf.len();
+        buf.extend_from_within(..size);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += size as u64;
+        self.stats.packets_duplicated += 1;
+        self.path.bytes_sent += size as u64;
+        Transmit {
+            destination: self.path.remote,
+            size: buf.len(),
+            segment_size: Some(size),
+        }
     }
 
     fn transmit_initial(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
