@@ -13,6 +13,10 @@ use crate::streams::SentFrames;
 /// `Connection::is_interactive_tail`).
 const DUPLICATE_MAX_IN_FLIGHT: u64 = 4;
 
+/// Bytes of anti-amplification budget kept back for repeating a PATH_CHALLENGE: one small
+/// packet (header, tag, the challenge, an ACK).
+const CHALLENGE_RESERVE: u64 = 96;
+
 /// What limits the next packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Allowance {
@@ -48,7 +52,7 @@ impl Connection {
         let mut count = 0;
         while count < max_datagrams.max(1) {
             let start = buf.len();
-            let budget = self.path.send_budget().min(mtu as u64) as usize;
+            let budget = self.path_budget().min(mtu as u64) as usize;
             if budget < packet::MIN_PACKET_LEN + 16 {
                 break;
             }
@@ -190,6 +194,20 @@ impl Connection {
         self.next_pn = pn + 1;
     }
 
+    /// Bytes the next packet may use on the current path. While the path waits for an answer to
+    /// a PATH_CHALLENGE that has gone out, a small reserve of the anti-amplification budget is
+    /// kept for repeating the challenge, so data cannot use up the budget and leave the path
+    /// unvalidated until the peer happens to send again.
+    fn path_budget(&self) -> u64 {
+        let budget = self.path.send_budget();
+        let waiting = !self.path.validated && self.path.challenge.is_some();
+        if waiting && !self.path.challenge_pending {
+            budget.saturating_sub(CHALLENGE_RESERVE)
+        } else {
+            budget
+        }
+    }
+
     /// Whether the congestion window and pacer let a full packet go now.
     fn allowance(&mut self, now: Instant, mtu: usize) -> Allowance {
         if self.probes > 0 {
@@ -268,7 +286,7 @@ impl Connection {
         let mut sent = SentFrames::default();
         let mut eliciting = false;
         if allowance == Allowance::Full {
-            eliciting = self.write_eliciting_frames(buf, limit, &mut sent);
+            eliciting = self.write_eliciting_frames(now, buf, limit, &mut sent);
         }
         if buf.len() == start + packet::HEADER_LEN {
             buf.truncate(start);
@@ -294,6 +312,7 @@ impl Connection {
     /// Path frames, stream control frames, then stream data. Returns whether any was written.
     fn write_eliciting_frames(
         &mut self,
+        now: Instant,
         buf: &mut Vec<u8>,
         limit: usize,
         sent: &mut SentFrames,
@@ -305,6 +324,9 @@ impl Connection {
         if self.path.challenge_pending {
             if let Some(data) = self.path.challenge {
                 Frame::PathChallenge(data).encode(buf);
+                // Repeated until answered: a lost challenge must not leave the path unvalidated
+                // (and limited by the amplification budget) for good.
+                self.timers.set(Timer::PathChallenge, now + self.rto());
             }
             self.path.challenge_pending = false;
         }
