@@ -117,7 +117,7 @@ fn start_servers(plan: &Plan, env: &Env, competing: bool) -> Result<Vec<Managed>
         rr,
         &env.log("rr-server"),
     )?);
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(150));
     v.iter_mut().try_for_each(Managed::ensure_alive)?;
     Ok(v)
 }
@@ -269,11 +269,16 @@ fn bulk_test(
     let (r, samples) = run_sampling(emu, || iperf::run(&env.ns_a, &spec));
     let link = emu.stats().since(&before);
     let wire = link.wire_bytes();
-    let window = (
-        started + Duration::from_secs(plan.warmup + 1),
-        started + Duration::from_secs(plan.warmup + plan.seconds),
-    );
-    let steady = steady_link(&samples, window);
+    let steady = data_start(&samples, reverse, started).and_then(|t0| {
+        // The receiver's intervals run from its own test start, about when the data starts to
+        // flow (its first data arrives one-way later, and the sender's first data entered the
+        // link about one-way earlier), so the same offsets select the same traffic.
+        let window = (
+            t0 + Duration::from_secs(plan.warmup),
+            t0 + Duration::from_secs(plan.warmup + plan.seconds),
+        );
+        steady_link(&samples, window)
+    });
     let competitor_mbit = competitor
         .and_then(|h| h.join().ok())
         .and_then(|r| r.ok())
@@ -323,7 +328,7 @@ fn bulk_test(
 }
 
 /// How often the link counters are sampled during a bulk test.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 /// Runs `f` while sampling the link counters every [`SAMPLE_EVERY`].
 fn run_sampling<T: Send>(
@@ -346,12 +351,38 @@ fn run_sampling<T: Send>(
     })
 }
 
+/// Bytes per sampling period in the data direction above which the test's data is flowing
+/// (iperf3's control messages stay far below it).
+const DATA_FLOWING_BYTES: u64 = 20_000;
+
+/// When the test's data started to flow: the time of the sample before the first one whose
+/// data-direction byte count (A→B for uploads, B→A for `reverse`) grew by more than
+/// [`DATA_FLOWING_BYTES`]. The receiver's intervals start about then: iperf3 needs a few round
+/// trips (more through a tunnel, and more again when a setup packet is lost) before it sends.
+pub fn data_start(
+    samples: &[(Instant, LinkStats)],
+    reverse: bool,
+    not_before: Instant,
+) -> Option<Instant> {
+    let bytes = |l: &LinkStats| {
+        if reverse {
+            l.b_to_a.counters.bytes_in
+        } else {
+            l.a_to_b.counters.bytes_in
+        }
+    };
+    samples
+        .windows(2)
+        .find(|w| w[0].0 >= not_before && bytes(&w[1].1) > bytes(&w[0].1) + DATA_FLOWING_BYTES)
+        .map(|w| w[0].0)
+}
+
 /// The link counters over the steady part of a test: the difference between the first sample
 /// at or after `window.0` and the last one at or before `window.1`, with the seconds between
 /// them. `None` if they span less than a second.
 ///
-/// The window starts one second after the warm-up (iperf3 needs a few round trips to set up)
-/// and ends at the nominal end of the test, so it lies inside the receiver's measured interval.
+/// The caller aligns the window with the receiver's intervals that make the steady goodput:
+/// from the warm-up to the nominal end, counted from [`data_start`].
 pub fn steady_link(
     samples: &[(Instant, LinkStats)],
     window: (Instant, Instant),
@@ -451,6 +482,13 @@ mod tests {
         let r = steady_wire_ratio(Some(&steady), 96.0).unwrap();
         assert!((r - 13.0 / 12.0).abs() < 1e-9, "{r}");
         assert_eq!(steady_wire_ratio(Some(&steady), 0.0), None);
+        // Data flows from the first sample on (1.25 MB per 100 ms A→B), not B→A.
+        assert_eq!(data_start(&samples, false, ms(0)), Some(ms(0)));
+        assert_eq!(data_start(&samples, false, ms(250)), Some(ms(300)));
+        assert_eq!(data_start(&samples, true, ms(0)), Some(ms(0)));
+        let quiet: Vec<(Instant, LinkStats)> =
+            (0..=10).map(|i| (ms(i * 100), at(i * 500, 0))).collect();
+        assert_eq!(data_start(&quiet, false, ms(0)), None);
         // A window shorter than a second gives nothing.
         assert_eq!(steady_link(&samples, (ms(1000), ms(1900))), None);
         assert_eq!(steady_link(&[], (ms(0), ms(4000))), None);

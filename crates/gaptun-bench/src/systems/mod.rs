@@ -198,7 +198,7 @@ pub fn all(gaptun: Option<&Path>) -> Vec<System> {
     v
 }
 
-/// Waits (up to 10 s) until `addr` accepts TCP connections inside namespace A.
+/// Waits (up to 10 s) until something listens on `addr` inside namespace A.
 fn wait_port(env: &Env, addr: SocketAddr) -> Result<()> {
     let exe = env.exe.to_string_lossy();
     procs::run(
@@ -221,6 +221,6 @@ pub fn tunnel_endpoints(socks: bool) -> Endpoints {
 
 /// Gives a freshly started tunnel a moment, then checks it is still running.
 pub fn settle(procs: &mut [Managed]) -> Result<()> {
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(150));
     procs.iter_mut().try_for_each(Managed::ensure_alive)
 }
