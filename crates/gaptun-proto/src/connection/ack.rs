@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::range_set::RangeSet;
 
 /// Highest ranges reported in one ACK frame. Each range is reported in many consecutive ACKs
-/// (we acknowledge every couple of packets, and at once after every gap), so older ranges need
+/// (we acknowledge every few packets, and at once after every gap), so older ranges need
 /// not be repeated forever.
 ///
 /// Lost packet numbers are never filled in (lost data goes out again under new numbers), so
