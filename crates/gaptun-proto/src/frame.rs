@@ -106,15 +106,28 @@ impl StreamFrame<'_> {
 
     /// Appends this frame with an explicit length field.
     pub fn encode(&self, buf: &mut Vec<u8>) {
-        Self::encode_header(self.id, self.offset, self.data.len(), self.fin, buf);
+        Self::encode_header(self.id, self.offset, self.data.len(), self.fin, true, buf);
         buf.extend_from_slice(self.data);
     }
 
-    /// Appends the header [`StreamFrame::encode`] writes (exactly
-    /// [`StreamFrame::header_len`] bytes); the caller appends `len` bytes of data after it. Lets
-    /// the send buffer copy data straight from its ring buffer.
-    pub fn encode_header(id: StreamId, offset: u64, len: usize, fin: bool, buf: &mut Vec<u8>) {
-        let mut ty = kind::STREAM | STREAM_LEN_BIT;
+    /// Appends a STREAM frame header; the caller appends `len` bytes of data after it. Lets the
+    /// send buffer copy data straight from its ring buffer.
+    ///
+    /// With `explicit_len` the header is exactly [`StreamFrame::header_len`] bytes. Without, the
+    /// length field is left out (one to eight bytes fewer) and the frame runs to the end of the
+    /// packet, so the caller must make it the packet's last frame.
+    pub fn encode_header(
+        id: StreamId,
+        offset: u64,
+        len: usize,
+        fin: bool,
+        explicit_len: bool,
+        buf: &mut Vec<u8>,
+    ) {
+        let mut ty = kind::STREAM;
+        if explicit_len {
+            ty |= STREAM_LEN_BIT;
+        }
         if fin {
             ty |= STREAM_FIN_BIT;
         }
@@ -126,7 +139,9 @@ impl StreamFrame<'_> {
         if offset > 0 {
             varint::write(offset, buf);
         }
-        varint::write(len as u64, buf);
+        if explicit_len {
+            varint::write(len as u64, buf);
+        }
     }
 }
 

@@ -182,12 +182,12 @@ impl Send {
         let space = max_len.saturating_sub(buf.len());
         let first_lost = self.lost.iter().next();
         if let Some(range) = first_lost {
-            let Some(len) = fit(id, range.start, space, range.end - range.start) else {
+            let Some(f) = fit(id, range.start, space, range.end - range.start) else {
                 return FrameOutcome::NoRoom;
             };
-            let end = range.start + len as u64;
+            let end = range.start + f.len as u64;
             self.lost.remove(range.start..end);
-            let data = self.emit(id, range.start, end, buf);
+            let data = self.emit(id, range.start, end, f.to_end, buf);
             return FrameOutcome::Sent {
                 data,
                 retransmit: true,
@@ -198,12 +198,12 @@ impl Send {
         }
         if self.sent < self.written || self.fin_pending() {
             let start = self.sent;
-            let Some(len) = fit(id, start, space, self.written - start) else {
+            let Some(f) = fit(id, start, space, self.written - start) else {
                 return FrameOutcome::NoRoom;
             };
-            let end = start + len as u64;
+            let end = start + f.len as u64;
             self.sent = end;
-            let data = self.emit(id, start, end, buf);
+            let data = self.emit(id, start, end, f.to_end, buf);
             return FrameOutcome::Sent {
                 data,
                 retransmit: false,
@@ -212,14 +212,22 @@ impl Send {
         FrameOutcome::Idle
     }
 
-    /// Encodes the frame for `[start, end)` from the buffer, attaching the FIN if it is due.
-    fn emit(&mut self, id: StreamId, start: u64, end: u64, buf: &mut Vec<u8>) -> SentStreamData {
+    /// Encodes the frame for `[start, end)` from the buffer, attaching the FIN if it is due;
+    /// `to_end` leaves out the length field (the frame ends the packet).
+    fn emit(
+        &mut self,
+        id: StreamId,
+        start: u64,
+        end: u64,
+        to_end: bool,
+        buf: &mut Vec<u8>,
+    ) -> SentStreamData {
         let fin = self.fin_due_at(end);
         if fin {
             self.fin_sent = true;
         }
         let len = (end - start) as usize;
-        StreamFrame::encode_header(id, start, len, fin, buf);
+        StreamFrame::encode_header(id, start, len, fin, !to_end, buf);
         let from = (start - self.buf_offset) as usize;
         copy_out(&self.buf, from, len, buf);
         SentStreamData {
@@ -301,25 +309,45 @@ impl Send {
     }
 }
 
+/// Size of the next STREAM frame: how many data bytes, and whether the frame runs to the end
+/// of the packet without a length field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fit {
+    len: usize,
+    /// The data fills the packet to its last byte, so the length field is left out (the frame
+    /// type says so). Saves 2 bytes on every full packet of a bulk transfer.
+    to_end: bool,
+}
+
 /// How many data bytes of the `want` pending at `offset` go into a frame given `space` bytes, or
 /// `None` if not worth a frame: the header does not fit, or only a piece smaller than
 /// [`MIN_FRAME_DATA`] of a longer range would.
-fn fit(id: StreamId, offset: u64, space: usize, want: u64) -> Option<usize> {
+///
+/// When at least all the space after the header is wanted, the frame takes all of it and omits
+/// the length: nothing can follow it in this packet anyway.
+fn fit(id: StreamId, offset: u64, space: usize, want: u64) -> Option<Fit> {
     let base = StreamFrame::header_len(id, offset, 0) - 1;
     let avail = space.checked_sub(base)?;
+    let want = usize::try_from(want).unwrap_or(usize::MAX);
+    if want >= avail && avail >= MIN_FRAME_DATA {
+        return Some(Fit {
+            len: avail,
+            to_end: true,
+        });
+    }
     // Largest n with length-field size + n <= avail.
     let mut n = avail.checked_sub(1)?;
     while n > 0 && varint::size(n as u64).saturating_add(n) > avail {
         n -= 1;
     }
-    let want = usize::try_from(want).unwrap_or(usize::MAX);
-    if n >= want {
-        Some(want)
+    let len = if n >= want {
+        want
     } else if n >= MIN_FRAME_DATA {
-        Some(n)
+        n
     } else {
-        None
-    }
+        return None;
+    };
+    Some(Fit { len, to_end: false })
 }
 
 /// Appends `len` bytes of `deque` starting at index `from`. Callers stay within the deque; an
@@ -362,29 +390,33 @@ mod tests {
 
     #[test]
     fn fit_fills_space_exactly() {
-        // Exact except where a longer length field would overshoot by one byte (minimal
-        // varints cannot encode 64 in one byte, so 69 bytes of space carry a 68-byte frame).
-        for space in 4..3000usize {
-            if let Some(n) = fit(sid(), 1000, space, u64::MAX) {
-                let len = StreamFrame::header_len(sid(), 1000, n) + n;
-                let boundary = varint::size(n as u64 + 1) > varint::size(n as u64);
+        let explicit = |len| Some(Fit { len, to_end: false });
+        let to_end = |len| Some(Fit { len, to_end: true });
+        // Header of id 4 at offset 1000 without length: type 1 + id 1 + offset 2.
+        for space in 4 + MIN_FRAME_DATA..3000usize {
+            assert_eq!(fit(sid(), 1000, space, u64::MAX), to_end(space - 4));
+        }
+        // A shorter piece carries a length field; exact except where a longer length field
+        // would overshoot by one byte (minimal varints cannot encode 64 in one byte).
+        for space in 6..3000usize {
+            let want = (space - 5) as u64; // one byte short of filling the packet without length
+            if let Some(f) = fit(sid(), 1000, space, want) {
+                assert!(!f.to_end);
+                let len = StreamFrame::header_len(sid(), 1000, f.len) + f.len;
+                let boundary = varint::size(f.len as u64 + 1) > varint::size(f.len as u64);
                 assert!(
                     len == space || (len + 1 == space && boundary),
                     "space {space}"
                 );
             }
         }
-        assert_eq!(fit(sid(), 1000, 69, u64::MAX), Some(63));
-        assert_eq!(fit(sid(), 1000, 70, u64::MAX), Some(64));
-        // Header of id 4 at offset 1000: type 1 + id 1 + offset 2 + length 1.
-        assert_eq!(
-            fit(sid(), 1000, 5 + MIN_FRAME_DATA, 100),
-            Some(MIN_FRAME_DATA)
-        );
-        assert_eq!(fit(sid(), 1000, 4 + MIN_FRAME_DATA, 100), None);
+        assert_eq!(fit(sid(), 1000, 69, 64), explicit(63));
+        assert_eq!(fit(sid(), 1000, 70, 64), explicit(64));
+        assert_eq!(fit(sid(), 1000, 4 + MIN_FRAME_DATA, 100), to_end(MIN_FRAME_DATA));
+        assert_eq!(fit(sid(), 1000, 3 + MIN_FRAME_DATA, 100), None);
         // A short final piece goes out even if tiny.
-        assert_eq!(fit(sid(), 1000, 8, 3), Some(3));
-        assert_eq!(fit(sid(), 1000, 5, 0), Some(0));
+        assert_eq!(fit(sid(), 1000, 8, 3), explicit(3));
+        assert_eq!(fit(sid(), 1000, 5, 0), explicit(0));
         assert_eq!(fit(sid(), 1000, 4, 0), None);
     }
 
