@@ -64,7 +64,7 @@ impl Default for TransportConfig {
             max_rto: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(300),
             max_ack_delay: Duration::from_millis(10),
-            ack_eliciting_threshold: 8,
+            ack_eliciting_threshold: 16,
             duplicate_tail_packets: true,
             keepalive_interval: Some(Duration::from_secs(10)),
             idle_timeout: Duration::from_secs(40),

@@ -10,12 +10,17 @@
 //! cargo bench -p gaptun-sim --bench goodput -- --quick        # 8 s per case
 //! cargo bench -p gaptun-sim --bench goodput -- bbr/5% brutal  # only cases whose name contains a filter
 //! cargo bench -p gaptun-sim --bench goodput -- --seed 7 --duration 60 competing
+//! cargo bench -p gaptun-sim --bench goodput -- --ack-every 16 bbr   # try another ACK policy
 //! ```
 //!
 //! Columns: goodput is measured after a warm-up (5 s, quick: 3 s) from the receiver's progress;
 //! "of ideal" divides it by 100 Mbit/s × (1 − loss); "wire/goodput" is every byte the sender put
 //! on the link (headers, ACK-less overhead, retransmissions, handshake) over the bytes the
-//! application received, for the whole run; "retx/lost" is stream bytes retransmitted over
+//! application received, for the whole run; "IP both ways" counts every datagram of both
+//! directions (ACKs included) with 28 bytes of IPv4 and UDP header each, as a packet capture
+//! would, after the warm-up against the goodput after the warm-up (steady state, as the harness
+//! in crates/gaptun-bench measures it), and "delivered" leaves out what the link dropped (the share a lossy link takes no
+//! protocol can avoid); "retx/lost" is stream bytes retransmitted over
 //! stream bytes in packets declared lost (1.0 means exactly what was lost was resent); queueing
 //! delay is the wait in the bottleneck queue of the data direction, over the whole run.
 
@@ -37,6 +42,8 @@ struct Args {
     duration: Duration,
     warmup: Duration,
     seed: u64,
+    /// Overrides the receiver's ACK threshold (ack-eliciting packets per ACK).
+    ack_every: Option<u64>,
     filters: Vec<String>,
 }
 
@@ -46,6 +53,7 @@ impl Args {
             duration: Duration::from_secs(30),
             warmup: Duration::from_secs(5),
             seed: 1,
+            ack_every: None,
             filters: Vec::new(),
         };
         let mut duration = None;
@@ -57,6 +65,7 @@ impl Args {
                     args.warmup = Duration::from_secs(3);
                 }
                 "--seed" => args.seed = number(iter.next(), "--seed")?,
+                "--ack-every" => args.ack_every = Some(number(iter.next(), "--ack-every")?),
                 "--duration" => duration = Some(number(iter.next(), "--duration")?),
                 "--help" | "-h" => return Err(String::new()),
                 // cargo passes `--bench`; ignore that and any other libtest flag.
@@ -117,10 +126,25 @@ fn ratio(num: u64, den: u64) -> String {
 }
 
 /// One controller at one loss rate.
+/// Bytes of IPv4 and UDP header in front of every datagram on a real link.
+const IP_UDP_HEADER: u64 = 28;
+
+/// Every byte a packet capture would see on `stats`' link: offered, or only delivered.
+fn ip_bytes(stats: &gaptun_sim::LinkStats, delivered: bool) -> u64 {
+    if delivered {
+        stats.bytes_delivered + IP_UDP_HEADER * stats.delivered
+    } else {
+        stats.bytes_sent + IP_UDP_HEADER * stats.sent
+    }
+}
+
 fn single(args: &Args, kind: CongestionKind, loss: f64) -> String {
-    let config = SimConfig::new(args.seed)
+    let mut config = SimConfig::new(args.seed)
         .with_link(link(loss))
         .with_congestion(kind);
+    if let Some(n) = args.ack_every {
+        config = config.with_transport(move |t| t.ack_eliciting_threshold = n);
+    }
     let mut sim = Sim::new(config);
     let id = sim.add_workload(BulkTransfer::new(
         0,
@@ -128,9 +152,18 @@ fn single(args: &Args, kind: CongestionKind, loss: f64) -> String {
         ENDLESS,
         args.seed,
     ));
-    sim.advance(args.duration);
+    sim.advance(args.warmup);
+    let (up_warm, down_warm) = (sim.link_stats(Path::Uplink), sim.link_stats(Path::Downlink));
+    sim.advance(args.duration - args.warmup);
     let (from, to) = (sim.start() + args.warmup, sim.now());
     let uplink = sim.link_stats(Path::Uplink);
+    let downlink = sim.link_stats(Path::Downlink);
+    // Steady state: link bytes after the warm-up against goodput bytes in the same window.
+    let both = |delivered| {
+        ip_bytes(&uplink, delivered) + ip_bytes(&downlink, delivered)
+            - ip_bytes(&up_warm, delivered)
+            - ip_bytes(&down_warm, delivered)
+    };
     let stats = sim
         .client_connection(0)
         .map(|c| c.stats())
@@ -146,14 +179,17 @@ fn single(args: &Args, kind: CongestionKind, loss: f64) -> String {
         eprintln!("  {}: {e}", case_name(kind, loss));
     }
     let goodput = transfer.goodput_bps(from, to) / 1e6;
+    let steady_bytes = (goodput * 1e6 / 8.0 * (to - from).as_secs_f64()) as u64;
     let ideal = RATE_MBPS * (1.0 - loss);
     format!(
-        "| {} | {:.0} % | {:.2} | {:.3} | {} | {} | {} | {} |",
+        "| {} | {:.0} % | {:.2} | {:.3} | {} | {} | {} | {} | {} | {} |",
         controller_name(kind),
         loss * 100.0,
         goodput,
         goodput / ideal,
         ratio(uplink.bytes_sent, transfer.received()),
+        ratio(both(false), steady_bytes),
+        ratio(both(true), steady_bytes),
         ratio(stats.stream_bytes_retransmitted, stats.stream_bytes_lost),
         ms(uplink.queue_delay_avg()),
         ms(uplink.queue_delay_max),
@@ -223,7 +259,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: cargo bench -p gaptun-sim --bench goodput -- [--quick] [--seed N] \
-                 [--duration SECS] [FILTER...]\n\
+                 [--duration SECS] [--ack-every N] [FILTER...]\n\
                  filters match case names such as bbr/5%, none/0%, brutal/20%, competing"
             );
             return ExitCode::from(2);
@@ -243,10 +279,10 @@ fn main() -> ExitCode {
         args.seed
     );
     println!(
-        "| controller | loss | goodput Mbit/s | of ideal | wire/goodput | retx/lost | \
-         queue avg ms | queue max ms |"
+        "| controller | loss | goodput Mbit/s | of ideal | wire/goodput | IP both ways | \
+         delivered | retx/lost | queue avg ms | queue max ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for kind in controllers {
         for loss in LOSSES {
             let name = case_name(kind, loss);

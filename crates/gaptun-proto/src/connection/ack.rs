@@ -28,6 +28,8 @@ pub(super) struct AckState {
     pub(super) ack_needed: bool,
     /// Send the ACK now rather than at the delayed-ACK deadline.
     pub(super) immediate: bool,
+    /// When we last sent an ACK, to space out the ACKs that gaps call for.
+    last_ack_sent: Option<Instant>,
 }
 
 impl AckState {
@@ -38,16 +40,26 @@ impl AckState {
             unacked_eliciting: 0,
             ack_needed: false,
             immediate: false,
+            last_ack_sent: None,
         }
     }
 
     /// Records packet `pn`. Returns true if it calls for an immediate ACK.
+    ///
+    /// An ACK goes out after `threshold` ack-eliciting packets, and at once when a packet
+    /// arrives out of order (a loss or reordering the sender must hear about for its fast
+    /// retransmit) unless an ACK went out less than `gap_spacing` ago. The spacing matters on
+    /// fast lossy paths: at 100 Mbit/s and 10 % loss a gap arrives every 10 packets, and acking
+    /// each at once doubled the ACKs (1 % more bytes on the wire) while gaining the sender at
+    /// most the `threshold` packets (a millisecond or two) it waits for the next ACK anyway. On
+    /// slow or interactive traffic, ACKs are rare, so a gap is still reported at once.
     pub(super) fn on_packet(
         &mut self,
         now: Instant,
         pn: u64,
         ack_eliciting: bool,
         threshold: u64,
+        gap_spacing: Duration,
     ) -> bool {
         let previous_largest = self.received.max();
         let in_order = previous_largest.is_none_or(|l| pn == l + 1);
@@ -63,9 +75,10 @@ impl AckState {
         }
         self.ack_needed = true;
         self.unacked_eliciting += 1;
-        // Out-of-order arrival means loss or reordering: tell the sender at once so that its
-        // fast retransmit is not delayed by our ACK timer.
-        if !in_order || self.unacked_eliciting >= threshold {
+        let recently_acked = self
+            .last_ack_sent
+            .is_some_and(|t| now.saturating_duration_since(t) < gap_spacing);
+        if (!in_order && !recently_acked) || self.unacked_eliciting >= threshold {
             self.immediate = true;
         }
         self.immediate
@@ -78,7 +91,8 @@ impl AckState {
     }
 
     /// An ACK frame was written.
-    pub(super) fn on_ack_sent(&mut self) {
+    pub(super) fn on_ack_sent(&mut self, now: Instant) {
+        self.last_ack_sent = Some(now);
         self.ack_needed = false;
         self.immediate = false;
         self.unacked_eliciting = 0;

@@ -12,7 +12,7 @@ mod recv;
 mod send;
 mod timer;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,6 +94,9 @@ pub struct ConnectionStats {
     pub stream_bytes_retransmitted: u64,
     /// Stream payload bytes in packets declared lost.
     pub stream_bytes_lost: u64,
+    /// Packets declared lost that the peer acknowledged afterwards: losses that were not real
+    /// (their data was sent twice). Counted for the last few thousand losses only.
+    pub packets_lost_spurious: u64,
     pub stream_bytes_sent: u64,
     pub dropped_auth: u64,
     pub dropped_replay: u64,
@@ -219,6 +222,8 @@ pub struct Connection {
     // Sending.
     next_pn: u64,
     sent: BTreeMap<u64, SentPacket>,
+    /// Packet numbers recently declared lost, to notice when an ACK proves a loss spurious.
+    recently_lost: BTreeSet<u64>,
     in_flight: u64,
     largest_acked: Option<u64>,
     last_ack_eliciting_sent: Option<Instant>,
@@ -281,6 +286,7 @@ impl Connection {
             path: Path::new(init.remote, init.side == Side::Client),
             next_pn: 0,
             sent: BTreeMap::new(),
+            recently_lost: BTreeSet::new(),
             in_flight: 0,
             largest_acked: None,
             last_ack_eliciting_sent: None,

@@ -17,6 +17,9 @@ use crate::frame::AckFrame;
 use crate::rtt::GRANULARITY;
 use crate::streams::SentFrames;
 
+/// Lost packet numbers remembered for spotting spurious losses.
+const RECENTLY_LOST_MAX: usize = 4096;
+
 /// A packet we sent that may still be acknowledged or lost.
 #[derive(Debug)]
 pub(super) struct SentPacket {
@@ -83,6 +86,11 @@ impl Connection {
         let mut acked_packets = 0u64;
         let mut newest_acked: Option<(u64, Instant, bool)> = None;
         for range in &ack.ranges {
+            let spurious: Vec<u64> = self.recently_lost.range(range.clone()).copied().collect();
+            for pn in spurious {
+                self.recently_lost.remove(&pn);
+                self.stats.packets_lost_spurious += 1;
+            }
             let pns: Vec<u64> = self.sent.range(range.clone()).map(|(&pn, _)| pn).collect();
             for pn in pns {
                 let Some(p) = self.sent.remove(&pn) else {
@@ -165,6 +173,10 @@ impl Connection {
             self.stats.packets_lost += 1;
             self.stats.bytes_lost += u64::from(p.size);
             self.stats.stream_bytes_lost += p.stream_bytes;
+            self.recently_lost.insert(*pn);
+            if self.recently_lost.len() > RECENTLY_LOST_MAX {
+                self.recently_lost.pop_first();
+            }
             if !p.frames.stream.is_empty() {
                 self.stats.packets_retransmitted += 1;
             }

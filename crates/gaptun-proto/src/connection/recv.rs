@@ -10,6 +10,10 @@ use crate::packet;
 use crate::shared::Side;
 use crate::streams::StreamsError;
 
+/// A gap in the packet numbers calls for an immediate ACK unless one went out within this
+/// fraction of the RTT (see `AckState::on_packet`).
+const GAP_ACK_SPACING_DIVISOR: u32 = 8;
+
 impl Connection {
     /// A datagram for this connection arrived from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
@@ -138,7 +142,10 @@ impl Connection {
             }
         }
         let threshold = self.config.ack_eliciting_threshold.max(1);
-        let immediate = self.ack.on_packet(now, pn, ack_eliciting, threshold);
+        let gap_spacing = self.rtt.get() / GAP_ACK_SPACING_DIVISOR;
+        let immediate = self
+            .ack
+            .on_packet(now, pn, ack_eliciting, threshold, gap_spacing);
         if ack_eliciting && !immediate && self.timers.get(Timer::Ack).is_none() {
             self.timers.set(Timer::Ack, now + self.config.max_ack_delay);
         }

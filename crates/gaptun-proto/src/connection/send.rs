@@ -279,7 +279,7 @@ impl Connection {
                 room,
                 buf,
             ) {
-                self.ack.on_ack_sent();
+                self.ack.on_ack_sent(now);
                 self.timers.stop(Timer::Ack);
             }
         }

@@ -412,7 +412,10 @@ mod tests {
         }
         assert_eq!(fit(sid(), 1000, 69, 64), explicit(63));
         assert_eq!(fit(sid(), 1000, 70, 64), explicit(64));
-        assert_eq!(fit(sid(), 1000, 4 + MIN_FRAME_DATA, 100), to_end(MIN_FRAME_DATA));
+        assert_eq!(
+            fit(sid(), 1000, 4 + MIN_FRAME_DATA, 100),
+            to_end(MIN_FRAME_DATA)
+        );
         assert_eq!(fit(sid(), 1000, 3 + MIN_FRAME_DATA, 100), None);
         // A short final piece goes out even if tiny.
         assert_eq!(fit(sid(), 1000, 8, 3), explicit(3));
