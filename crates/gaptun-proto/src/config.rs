@@ -36,8 +36,8 @@ pub struct TransportConfig {
     /// Acknowledge at once after this many ack-eliciting packets.
     pub ack_eliciting_threshold: u64,
     /// Send twice a packet with stream data that ends a short burst on a nearly idle connection
-    /// (a request or a response), so that one loss does not cost a retransmission timeout.
-    /// Bulk transfers are not affected.
+    /// (a request or a response), so that one loss does not cost a retransmission timeout;
+    /// three times on a path losing 2 % or more. Bulk transfers are not affected.
     pub duplicate_tail_packets: bool,
     /// Send a PING when nothing was sent for this long (`None`: never).
     pub keepalive_interval: Option<Duration>,

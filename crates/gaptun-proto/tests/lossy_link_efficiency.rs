@@ -211,3 +211,62 @@ fn acks_stay_small_under_heavy_loss() {
     assert!(largest <= 100, "largest ACK datagram {largest} bytes");
     assert!(mean < 80.0, "mean {mean:.1} bytes");
 }
+
+#[test]
+fn a_lossy_path_gets_a_third_copy_of_interactive_tails() {
+    // After a bulk transfer has shown 5 % loss, tails go out three times: an exchange then waits
+    // for a timeout only when all three copies of its request or answer are lost (1 in 4 000),
+    // not two (1 in 200, which shows at the 99th percentile).
+    let mut sim = Sim::new(SimConfig::new(29).with_link(lossy(0.05)));
+    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 29));
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(bulk)
+            .expect("workload")
+            .verify(),
+        Ok(())
+    );
+    let before = sim
+        .client_connection(0)
+        .map(|c| c.stats())
+        .unwrap_or_default();
+    let times = exchanges(&mut sim, 1000);
+    let after = sim
+        .client_connection(0)
+        .map(|c| c.stats())
+        .unwrap_or_default();
+    let copies = after.packets_duplicated - before.packets_duplicated;
+    assert!(copies >= 1800, "{copies} extra copies for 1000 requests");
+    let slow = times
+        .iter()
+        .filter(|t| **t > Duration::from_millis(150))
+        .count();
+    assert!(slow <= 2, "{slow} of 1000 exchanges took a timeout");
+}
+
+#[test]
+fn a_clean_path_keeps_two_copies() {
+    let mut sim = Sim::new(SimConfig::new(31).with_link(lossy(0.0)));
+    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 31));
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(bulk)
+            .expect("workload")
+            .verify(),
+        Ok(())
+    );
+    let before = sim
+        .client_connection(0)
+        .map(|c| c.stats())
+        .unwrap_or_default();
+    exchanges(&mut sim, 200);
+    let after = sim
+        .client_connection(0)
+        .map(|c| c.stats())
+        .unwrap_or_default();
+    let copies = after.packets_duplicated - before.packets_duplicated;
+    assert!(
+        (190..=210).contains(&copies),
+        "{copies} extra copies for 200 requests"
+    );
+}

@@ -44,7 +44,8 @@ impl AckState {
         }
     }
 
-    /// Records packet `pn`. Returns true if it calls for an immediate ACK.
+    /// Records packet `pn`. Returns whether it calls for an immediate ACK, and how many packet
+    /// numbers it skipped past the largest so far (0 when in order or late).
     ///
     /// An ACK goes out after `threshold` ack-eliciting packets, and at once when a packet
     /// arrives out of order (a loss or reordering the sender must hear about for its fast
@@ -60,8 +61,9 @@ impl AckState {
         ack_eliciting: bool,
         threshold: u64,
         gap_spacing: Duration,
-    ) -> bool {
+    ) -> (bool, u64) {
         let previous_largest = self.received.max();
+        let skipped = previous_largest.map_or(0, |l| pn.saturating_sub(l).saturating_sub(1));
         let in_order = previous_largest.is_none_or(|l| pn == l + 1);
         self.received.insert_one(pn);
         if self.received.len() > MAX_TRACKED_RANGES {
@@ -71,7 +73,7 @@ impl AckState {
             self.largest_received_at = Some(now);
         }
         if !ack_eliciting {
-            return false;
+            return (false, skipped);
         }
         self.ack_needed = true;
         self.unacked_eliciting += 1;
@@ -81,7 +83,7 @@ impl AckState {
         if (!in_order && !recently_acked) || self.unacked_eliciting >= threshold {
             self.immediate = true;
         }
-        self.immediate
+        (self.immediate, skipped)
     }
 
     /// The ACK delay to report now.

@@ -6,6 +6,7 @@
 //! [`Connection::poll`]. Application commands (streams, close, window) can come at any time.
 
 mod ack;
+mod loss_rate;
 mod path;
 mod recovery;
 mod recv;
@@ -224,6 +225,8 @@ pub struct Connection {
     sent: BTreeMap<u64, SentPacket>,
     /// Packet numbers recently declared lost, to notice when an ACK proves a loss spurious.
     recently_lost: BTreeSet<u64>,
+    /// The path's loss rate, for the number of copies of interactive tail packets.
+    loss_rate: loss_rate::LossRate,
     in_flight: u64,
     largest_acked: Option<u64>,
     last_ack_eliciting_sent: Option<Instant>,
@@ -287,6 +290,7 @@ impl Connection {
             next_pn: 0,
             sent: BTreeMap::new(),
             recently_lost: BTreeSet::new(),
+            loss_rate: loss_rate::LossRate::default(),
             in_flight: 0,
             largest_acked: None,
             last_ack_eliciting_sent: None,

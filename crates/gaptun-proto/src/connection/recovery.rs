@@ -32,6 +32,9 @@ pub(super) struct SentPacket {
     pub(super) rate: PacketRateState,
     /// Stream payload bytes carried, for statistics.
     pub(super) stream_bytes: u64,
+    /// Sent more than once (an interactive tail packet): its fate says little about the loss
+    /// rate of single packets, so it does not feed the estimate.
+    pub(super) copied: bool,
 }
 
 impl Connection {
@@ -65,6 +68,7 @@ impl Connection {
             frames,
             rate,
             stream_bytes,
+            copied: false,
         };
         self.sent.insert(pn, packet);
         self.arm_rto(now);
@@ -101,6 +105,9 @@ impl Connection {
                 }
                 acked_bytes += u64::from(p.size);
                 acked_packets += 1;
+                if !p.copied {
+                    self.loss_rate.observe(false);
+                }
                 self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
                 self.delivery.on_acked(now, &p.rate, u64::from(p.size));
                 self.streams.on_acked(&p.frames);
@@ -169,6 +176,9 @@ impl Connection {
             };
             lost_bytes += u64::from(p.size);
             newest_lost_time = Some(p.time);
+            if !p.copied {
+                self.loss_rate.observe(true);
+            }
             self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
             self.stats.packets_lost += 1;
             self.stats.bytes_lost += u64::from(p.size);

@@ -14,6 +14,10 @@ use crate::streams::StreamsError;
 /// fraction of the RTT (see `AckState::on_packet`).
 const GAP_ACK_SPACING_DIVISOR: u32 = 8;
 
+/// Ack-eliciting packets at least this long are taken as bulk data, never copied, when
+/// estimating the loss rate from arrivals.
+const UNCOPIED_MIN_LEN: usize = 1000;
+
 impl Connection {
     /// A datagram for this connection arrived from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
@@ -143,9 +147,17 @@ impl Connection {
         }
         let threshold = self.config.ack_eliciting_threshold.max(1);
         let gap_spacing = self.rtt.get() / GAP_ACK_SPACING_DIVISOR;
-        let immediate = self
-            .ack
-            .on_packet(now, pn, ack_eliciting, threshold, gap_spacing);
+        let is_new_largest = self.ack.received.max().is_none_or(|l| pn > l);
+        let (immediate, skipped) =
+            self.ack
+                .on_packet(now, pn, ack_eliciting, threshold, gap_spacing);
+        if is_new_largest {
+            // Small ack-eliciting packets may be copies of an interactive tail (the peer sends
+            // those two or three times), whose arrival says little about single packets; the
+            // gap before them still counts.
+            let maybe_copied = ack_eliciting && payload.len() < UNCOPIED_MIN_LEN;
+            self.loss_rate.observe_arrival(skipped, !maybe_copied);
+        }
         if ack_eliciting && !immediate && self.timers.get(Timer::Ack).is_none() {
             self.timers.set(Timer::Ack, now + self.config.max_ack_delay);
         }

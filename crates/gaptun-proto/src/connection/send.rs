@@ -13,6 +13,12 @@ use crate::streams::SentFrames;
 /// `Connection::is_interactive_tail`).
 const DUPLICATE_MAX_IN_FLIGHT: u64 = 4;
 
+/// Estimated loss rate from which interactive tail packets go out three times instead of twice.
+/// At 2 % loss two copies still lose an exchange in about 1 250 (both copies of the request or
+/// of the answer); at 5 %, one in 200, which shows at the 99th percentile of request latency.
+/// Three copies bring 5 % loss down to one exchange in 8 000.
+const THIRD_COPY_LOSS_RATE: f64 = 0.02;
+
 /// Bytes of anti-amplification budget kept back for repeating a PATH_CHALLENGE: one small
 /// packet (header, tag, the challenge, an ACK).
 const CHALLENGE_RESERVE: u64 = 96;
@@ -79,7 +85,8 @@ impl Connection {
             && self.stats.stream_bytes_sent > stream_bytes_before
             && self.is_interactive_tail(in_flight_before, buf.len())
         {
-            return Some(self.duplicate_single(buf));
+            let copies = self.tail_copies().min(max_datagrams);
+            return Some(self.duplicate_single(buf, copies));
         }
         Some(Transmit {
             destination: self.path.remote,
@@ -104,16 +111,35 @@ impl Connection {
             && self.path.send_budget() >= size as u64
     }
 
-    /// Appends a copy of the single datagram in `buf` and returns both as one GSO transmit.
-    /// The peer drops the second copy to arrive as a replay; only the first counts as sent for
-    /// congestion control, the copy counts in the byte statistics and amplification budget.
-    fn duplicate_single(&mut self, buf: &mut Vec<u8>) -> Transmit {
+    /// How many times an interactive tail packet goes out: twice, or three times on a path
+    /// that loses [`THIRD_COPY_LOSS_RATE`] or more.
+    fn tail_copies(&self) -> usize {
+        if self.loss_rate.get() >= THIRD_COPY_LOSS_RATE {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// Appends copies of the single datagram in `buf` (up to `copies` datagrams in all, as the
+    /// amplification budget allows) and returns them as one GSO transmit. The peer drops later
+    /// copies as replays; only the first counts as sent for congestion control, the copies count
+    /// in the byte statistics and amplification budget.
+    fn duplicate_single(&mut self, buf: &mut Vec<u8>, copies: usize) -> Transmit {
         let size = buf.len();
-        buf.extend_from_within(..size);
-        self.stats.packets_sent += 1;
-        self.stats.bytes_sent += size as u64;
-        self.stats.packets_duplicated += 1;
-        self.path.bytes_sent += size as u64;
+        if let Some(p) = self.sent.get_mut(&self.next_pn.saturating_sub(1)) {
+            p.copied = true;
+        }
+        for _ in 1..copies {
+            if self.path.send_budget() < size as u64 {
+                break;
+            }
+            buf.extend_from_within(..size);
+            self.stats.packets_sent += 1;
+            self.stats.bytes_sent += size as u64;
+            self.stats.packets_duplicated += 1;
+            self.path.bytes_sent += size as u64;
+        }
         Transmit {
             destination: self.path.remote,
             size: buf.len(),

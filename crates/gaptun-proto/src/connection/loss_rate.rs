@@ -1,0 +1,83 @@
+//! A running estimate of the path's packet loss rate, for deciding how many copies of an
+//! interactive tail packet to send.
+//!
+//! Two kinds of evidence feed it:
+//! - our own packets sent once (not copies) that were acknowledged or declared lost: the loss
+//!   rate from us to the peer, as long as we send data;
+//! - packets we receive, and gaps in their numbers: the loss rate from the peer to us. Small
+//!   data packets may be copies of an interactive tail; their arrival is not counted (it would
+//!   hide single losses), the gaps before them are.
+//!
+//! Without fresh evidence (a connection carrying only copied requests and answers) the estimate
+//! keeps its last value: what the path did under the last bulk transfer, ACK or keepalive.
+//!
+//! Paths that lose packets usually do so both ways, so one figure serves both directions.
+
+/// Weight of each new observation: the estimate follows the last few dozen packets.
+const ALPHA: f64 = 1.0 / 32.0;
+
+/// Exponentially weighted share of packets lost.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LossRate {
+    rate: f64,
+}
+
+impl LossRate {
+    /// The current estimate, 0.0 to 1.0.
+    pub(super) fn get(&self) -> f64 {
+        self.rate
+    }
+
+    /// One packet's fate: lost or not.
+    pub(super) fn observe(&mut self, lost: bool) {
+        let sample = if lost { 1.0 } else { 0.0 };
+        self.rate += ALPHA * (sample - self.rate);
+    }
+
+    /// A packet arrived after `missing` packet numbers that never did (a gap in the sequence).
+    /// Large jumps (a peer that skipped numbers, or a long outage) count as a few losses only.
+    /// The arrival itself counts only if `counts` (not when it may be one of several copies).
+    pub(super) fn observe_arrival(&mut self, missing: u64, counts: bool) {
+        for _ in 0..missing.min(8) {
+            self.observe(true);
+        }
+        if counts {
+            self.observe(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converges_to_the_loss_share() {
+        let mut r = LossRate::default();
+        assert_eq!(r.get(), 0.0);
+        // One loss in every 20 packets.
+        for i in 0..2000 {
+            r.observe(i % 20 == 0);
+        }
+        assert!((r.get() - 0.05).abs() < 0.03, "{}", r.get());
+        for _ in 0..200 {
+            r.observe(false);
+        }
+        assert!(r.get() < 0.01, "{}", r.get());
+    }
+
+    #[test]
+    fn gaps_count_as_losses_but_jumps_are_capped() {
+        let mut r = LossRate::default();
+        for _ in 0..500 {
+            r.observe_arrival(0, true);
+            r.observe_arrival(1, true);
+            r.observe_arrival(0, false);
+        }
+        // One packet in three missing.
+        assert!((r.get() - 1.0 / 3.0).abs() < 0.05, "{}", r.get());
+        let mut jump = LossRate::default();
+        jump.observe_arrival(1_000_000, true);
+        assert!(jump.get() < 0.3, "{}", jump.get());
+    }
+}
