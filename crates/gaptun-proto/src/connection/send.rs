@@ -160,12 +160,18 @@ impl Connection {
         })
     }
 
-    /// A path MTU probe, if one is due and may go: the path is validated (no probes under the
+    /// A path MTU probe, if one is due and may go: stream data is waiting (a side that only
+    /// acknowledges has no use for larger datagrams), the path is validated (no probes under the
     /// anti-amplification limit), no retransmission timeout is being recovered from, and the
     /// congestion window and pacer have room for it. The probe is one datagram of exactly the
     /// probe size: a PING (so it is acknowledged) and PADDING, with nothing to retransmit.
     fn transmit_mtu_probe(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        if !self.path.validated || self.probes > 0 || self.rto_count > 0 || self.keys.is_none() {
+        if !self.path.validated
+            || self.probes > 0
+            || self.rto_count > 0
+            || self.keys.is_none()
+            || !self.streams.has_pending_data()
+        {
             return None;
         }
         let size = self.pmtu.probe_due(now)?;
