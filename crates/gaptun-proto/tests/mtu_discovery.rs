@@ -201,3 +201,23 @@ fn a_new_client_address_starts_the_search_again() {
         "{after:?}"
     );
 }
+
+#[test]
+fn heavy_random_and_burst_loss_is_not_taken_for_a_black_hole() {
+    for (seed, loss) in [(76, 0.05), (77, 0.20)] {
+        let lossy = link()
+            .with_loss(loss)
+            .with_burst_loss(gaptun_sim::GilbertElliott::with_mean_loss(0.02, 4.0));
+        let mut sim = Sim::new(SimConfig::new(seed).with_link(lossy));
+        let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 4_000_000, 8));
+        assert!(sim.run_workloads(Duration::from_secs(120)), "loss {loss}");
+        assert_eq!(
+            sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+            Ok(())
+        );
+        let client = stats(&mut sim, End::Client);
+        eprintln!("loss {loss}: {client:?}");
+        assert_eq!(client.mtu_black_holes, 0, "loss {loss}: {client:?}");
+        assert_eq!(client.mtu, CEILING as u64, "loss {loss}");
+    }
+}
