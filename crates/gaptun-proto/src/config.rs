@@ -8,8 +8,17 @@ use crate::crypto::{CipherSuite, Psk};
 /// Per-connection transport parameters. The defaults suit a 100 Mbit/s, 100 ms path with loss.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
-    /// Largest UDP payload we send (and accept); every datagram stays within it.
+    /// Largest UDP payload we send (and accept): the ceiling path MTU discovery may probe up
+    /// to. The default, 1472, fills a 1500-byte Ethernet frame over IPv4 (IPv6 peers get 20
+    /// bytes less). Every datagram stays within it, and within the peer's.
     pub max_udp_payload: u16,
+    /// UDP payload size a connection starts with and falls back to on a new path: one that
+    /// practically every path carries, so nothing is lost while discovery looks for more.
+    /// Capped by `max_udp_payload`; raised to `MIN_MTU` (1200).
+    pub initial_udp_payload: u16,
+    /// Probe for datagrams larger than `initial_udp_payload`, up to `max_udp_payload`
+    /// (DPLPMTUD, see `docs/protocol.md`). Off: every datagram stays within the initial size.
+    pub mtu_discovery: bool,
     /// Connection-level receive window in bytes (what the peer may have in flight to us).
     pub receive_window: u64,
     /// Per-stream receive window in bytes.
@@ -52,7 +61,9 @@ pub struct TransportConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         Self {
-            max_udp_payload: 1350,
+            max_udp_payload: 1472,
+            initial_udp_payload: 1350,
+            mtu_discovery: true,
             receive_window: 32 * 1024 * 1024,
             stream_receive_window: 16 * 1024 * 1024,
             send_buffer: 32 * 1024 * 1024,

@@ -143,7 +143,8 @@ fn bulk_transfers_are_not_duplicated() {
         Ok(())
     );
     let stats = sim.client_connection(0).expect("client").stats();
-    assert!(stats.packets_sent > 3000, "{}", stats.packets_sent);
+    // 4 MB in datagrams of up to 1472 bytes (path MTU discovery's ceiling) is about 2 900.
+    assert!(stats.packets_sent > 2800, "{}", stats.packets_sent);
     // At most the few packets sent while almost nothing was in flight (the very first ones).
     assert!(
         stats.packets_duplicated <= 2,

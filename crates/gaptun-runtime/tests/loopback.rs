@@ -276,3 +276,32 @@ async fn dropping_a_stream_early_does_not_break_the_connection() {
     })
     .await;
 }
+
+/// Binds a server and a client on `ip` (port 0); `None` where that address family is missing.
+fn pair_on(ip: &str, psk: u8) -> Option<(RtEndpoint, RtEndpoint)> {
+    let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+    let srv = RtEndpoint::bind(addr, EndpointConfig::server(vec![key(psk)])).ok()?;
+    tokio::spawn(echo_all(srv.clone()));
+    let cli = RtEndpoint::bind(addr, EndpointConfig::client(key(psk))).ok()?;
+    Some((srv, cli))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_discovery_reaches_the_ceiling_over_real_sockets() {
+    bounded(60, async {
+        // Loopback carries far more than the ceiling: 1472 over IPv4, 20 bytes less over IPv6.
+        for (ip, ceiling) in [("127.0.0.1", 1472), ("[::1]", 1452)] {
+            let Some((srv, cli)) = pair_on(ip, 11) else {
+                eprintln!("skipping {ip}: cannot bind");
+                continue;
+            };
+            let conn = cli.connect(srv.local_addr()).await.unwrap();
+            echo_roundtrip(&conn, 2 * 1024 * 1024, 11).await;
+            let stats = conn.stats().unwrap();
+            assert_eq!(stats.mtu, ceiling, "{ip}: {stats:?}");
+            assert!(stats.mtu_probes_acked >= 1, "{ip}: {stats:?}");
+            assert_eq!(stats.mtu_probes_lost, 0, "{ip}: {stats:?}");
+        }
+    })
+    .await;
+}

@@ -4,6 +4,8 @@
 //! have "arrived" ([`Link::pop_due`]). Each datagram goes through this pipeline, in order:
 //!
 //! 1. **blackhole**: while an outage is active, everything is dropped (see [`Link::blackhole`]);
+//!    so is any datagram larger than [`LinkConfig::max_datagram`] (a path MTU limit, as with
+//!    the Don't Fragment bit set: no error comes back);
 //! 2. **random loss** with probability [`LinkConfig::loss`];
 //! 3. **burst loss** from a [Gilbert–Elliott](GilbertElliott) two-state chain (its state advances
 //!    once per datagram offered, whether or not step 2 already dropped it, so the burst process
@@ -134,6 +136,9 @@ pub struct LinkConfig {
     pub duplicate: f64,
     /// Probability that one bit of a datagram is flipped.
     pub corrupt: f64,
+    /// Largest UDP payload the path carries; larger datagrams are dropped silently (`None`: no
+    /// limit). Models the path MTU.
+    pub max_datagram: Option<usize>,
 }
 
 impl Default for LinkConfig {
@@ -156,6 +161,7 @@ impl LinkConfig {
             reorder_delay: Duration::ZERO,
             duplicate: 0.0,
             corrupt: 0.0,
+            max_datagram: None,
         }
     }
 
@@ -220,6 +226,12 @@ impl LinkConfig {
         self
     }
 
+    /// Drops datagrams larger than `bytes` (a path MTU of `bytes` + 28 for IPv4).
+    pub fn with_max_datagram(mut self, bytes: usize) -> Self {
+        self.max_datagram = Some(bytes);
+        self
+    }
+
     /// Bandwidth-delay product of this link alone for a round trip of `rtt`, in bytes (0 without
     /// a rate). Handy to size [`LinkConfig::queue_bytes`].
     pub fn bdp_bytes(&self, rtt: Duration) -> usize {
@@ -248,6 +260,10 @@ pub struct LinkStats {
     pub queue_drops: u64,
     /// Dropped by a blackhole, at entry or on arrival.
     pub blackholed: u64,
+    /// Dropped for being larger than [`LinkConfig::max_datagram`].
+    pub too_big: u64,
+    /// Largest datagram offered, in bytes.
+    pub max_datagram_sent: u64,
     /// Extra copies created.
     pub duplicated: u64,
     /// Copies held back by the reorder delay.
@@ -280,7 +296,7 @@ impl LinkStats {
 
     /// All datagrams dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.lost_random + self.lost_burst + self.queue_drops + self.blackholed
+        self.lost_random + self.lost_burst + self.queue_drops + self.blackholed + self.too_big
     }
 }
 
@@ -417,8 +433,14 @@ impl Link {
     pub fn send(&mut self, now: Instant, datagram: Datagram) -> usize {
         self.stats.sent += 1;
         self.stats.bytes_sent += datagram.data.len() as u64;
+        let len = datagram.data.len();
+        self.stats.max_datagram_sent = self.stats.max_datagram_sent.max(len as u64);
         if self.is_blackholed(now) {
             self.stats.blackholed += 1;
+            return 0;
+        }
+        if self.config.max_datagram.is_some_and(|max| len > max) {
+            self.stats.too_big += 1;
             return 0;
         }
         if self.chance(self.config.loss) {

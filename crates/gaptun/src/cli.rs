@@ -53,7 +53,8 @@ pub struct TransportArgs {
     /// Receive window per connection and stream, in bytes (K, M, G suffixes) [default: 32M].
     #[arg(long, value_name = "BYTES")]
     pub window: Option<ByteSize>,
-    /// Largest UDP payload in bytes, 576-9000 [default: 1350].
+    /// Largest UDP payload in bytes, 576-9000: the ceiling path MTU discovery probes up to
+    /// [default: 1472].
     #[arg(long, value_name = "N")]
     pub mtu: Option<u16>,
     /// Congestion control: bbr (default), none, brutal.

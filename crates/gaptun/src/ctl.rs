@@ -104,6 +104,11 @@ pub struct ConnSnapshot {
     pub streams_open: u64,
     pub streams_opened_total: u64,
     pub receive_window: u64,
+    /// Largest UDP payload data goes in now (path MTU discovery's confirmed size).
+    pub mtu: u64,
+    /// Path MTU probes sent and lost (lost probes are not counted in `packets_lost`).
+    pub mtu_probes_sent: u64,
+    pub mtu_probes_lost: u64,
 }
 
 /// Everything `stats` reports.
@@ -153,6 +158,9 @@ impl ConnSnapshot {
             streams_open: s.streams_open,
             streams_opened_total: s.streams_opened_total,
             receive_window: s.receive_window,
+            mtu: s.mtu,
+            mtu_probes_sent: s.mtu_probes_sent,
+            mtu_probes_lost: s.mtu_probes_lost,
         }
     }
 }
@@ -215,13 +223,23 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7}\n",
-        "REMOTE", "RTT", "MIN_RTT", "CWND", "SENT", "RECV", "LOSS%", "RETX", "STREAMS", "WINDOW"
+        "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7} {:>5}\n",
+        "REMOTE",
+        "RTT",
+        "MIN_RTT",
+        "CWND",
+        "SENT",
+        "RECV",
+        "LOSS%",
+        "RETX",
+        "STREAMS",
+        "WINDOW",
+        "MTU"
     ));
     for c in &s.connections {
         let remote = &c.remote;
         out.push_str(&format!(
-            "{:<24} {:>6.1}ms {:>6.1}ms {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7}\n",
+            "{:<24} {:>6.1}ms {:>6.1}ms {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7} {:>5}\n",
             remote,
             c.rtt_ms,
             c.min_rtt_ms,
@@ -232,6 +250,7 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             c.packets_retransmitted,
             format!("{}/{}", c.streams_open, c.streams_opened_total),
             human_bytes(c.receive_window),
+            c.mtu,
         ));
     }
     out
@@ -468,6 +487,9 @@ mod tests {
                 streams_open: 3,
                 streams_opened_total: 17,
                 receive_window: 32 << 20,
+                mtu: 1472,
+                mtu_probes_sent: 1,
+                mtu_probes_lost: 0,
             }],
             not_established: 0,
         }
@@ -495,7 +517,8 @@ mod tests {
                 "2.00",
                 "5",
                 "3/17",
-                "32.0M"
+                "32.0M",
+                "1472"
             ]
         );
     }

@@ -7,6 +7,7 @@
 
 mod ack;
 mod loss_rate;
+mod mtu;
 mod path;
 mod recovery;
 mod recv;
@@ -31,6 +32,7 @@ use crate::shared::{Side, StreamId};
 use crate::streams::{ReadError, StreamEvent, StreamLimits, Streams, WriteError};
 
 use ack::AckState;
+use mtu::MtuDiscovery;
 use path::Path;
 use recovery::SentPacket;
 use timer::{Timer, TimerTable};
@@ -106,6 +108,15 @@ pub struct ConnectionStats {
     pub streams_opened_total: u64,
     pub receive_window: u64,
     pub migrations: u64,
+    /// Largest UDP payload data is sent in now: the path MTU confirmed by discovery.
+    pub mtu: u64,
+    /// Path MTU probes sent, acknowledged and lost (lost probes are not congestion losses and
+    /// are not counted in `packets_lost`).
+    pub mtu_probes_sent: u64,
+    pub mtu_probes_acked: u64,
+    pub mtu_probes_lost: u64,
+    /// Times large packets stopped getting through and the size fell back to the minimum.
+    pub mtu_black_holes: u64,
 }
 
 /// Transport error codes carried in CLOSE frames (see `docs/protocol.md`).
@@ -219,6 +230,8 @@ pub struct Connection {
     rng: StdRng,
     clock: UnixClock,
     path: Path,
+    /// Path MTU discovery: the datagram size in use and the search for a larger one.
+    pmtu: MtuDiscovery,
 
     // Sending.
     next_pn: u64,
@@ -259,7 +272,13 @@ pub struct Connection {
 impl Connection {
     fn new(init: ConnectionInit, now: Instant, peer_cid: ConnectionId) -> Self {
         let config = init.config;
-        let mtu = u64::from(config.max_udp_payload);
+        let pmtu = MtuDiscovery::new(
+            config.mtu_discovery,
+            config.initial_udp_payload,
+            config.max_udp_payload,
+        );
+        // Congestion control and pacing are sized for the starting datagram size.
+        let mtu = u64::from(pmtu.current());
         // Until the peer's parameters arrive (client side) nothing can be sent on streams.
         let no_credit = StreamLimits {
             max_data: 0,
@@ -287,6 +306,7 @@ impl Connection {
             rng: init.rng,
             clock: init.clock,
             path: Path::new(init.remote, init.side == Side::Client),
+            pmtu,
             next_pn: 0,
             sent: BTreeMap::new(),
             recently_lost: BTreeSet::new(),
@@ -328,7 +348,8 @@ impl Connection {
         let mut conn = Self::new(init, now, ConnectionId([0; 8]));
         let params = conn.local_params();
         let unix = conn.clock.unix_time(now);
-        let max_len = usize::from(conn.config.max_udp_payload);
+        // The Initial must get through before anything is known about the path.
+        let max_len = usize::from(conn.pmtu.current());
         let (handshake, initial) =
             ClientHandshake::start(psk, conn.local_cid, &params, unix, max_len, &mut conn.rng);
         conn.client = Some(ClientStart {
@@ -436,6 +457,8 @@ impl Connection {
         self.streams
             .set_receive_windows(self.receive_window, self.stream_window());
         self.keys = Some(keys);
+        self.pmtu
+            .set_peer_ceiling(peer.max_udp_payload, is_ipv6(self.path.remote));
         self.peer_params = Some(peer);
         self.state = State::Established;
         self.timers.stop(Timer::HandshakeRetry);
@@ -475,13 +498,10 @@ impl Connection {
         }
     }
 
-    /// Largest datagram we send on this connection.
+    /// Largest datagram we send on this connection now (MTU probes aside): the size path MTU
+    /// discovery confirmed, never above either side's `max_udp_payload`.
     fn mtu(&self) -> usize {
-        let peer = self
-            .peer_params
-            .as_ref()
-            .map_or(u16::MAX, |p| p.max_udp_payload);
-        usize::from(self.config.max_udp_payload.min(peer).max(MIN_MTU))
+        usize::from(self.pmtu.current())
     }
 
     /// Ends the connection with `error`, sending a CLOSE frame if we still can.
@@ -612,6 +632,7 @@ impl Connection {
                 self.state = State::Drained;
                 self.timers.stop_all();
             }
+            Timer::MtuProbe => self.on_mtu_probe_timeout(now),
             Timer::PathChallenge => {
                 if !self.path.validated && self.path.challenge.is_some() {
                     self.path.challenge_pending = true;
@@ -732,12 +753,25 @@ impl Connection {
             s.streams_opened_total = st.opened_total;
             s.stream_bytes_retransmitted = st.bytes_retransmitted;
         }
+        s.mtu = u64::from(self.pmtu.current());
+        s.mtu_probes_sent = self.pmtu.stats.probes_sent;
+        s.mtu_probes_acked = self.pmtu.stats.probes_acked;
+        s.mtu_probes_lost = self.pmtu.stats.probes_lost;
+        s.mtu_black_holes = self.pmtu.stats.black_holes;
         s
     }
 
     /// How long ago the connection was created.
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.started)
+    }
+}
+
+/// Whether `addr` is a real IPv6 address (an IPv4-mapped one travels as IPv4).
+fn is_ipv6(addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V4(_) => false,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_none(),
     }
 }
 

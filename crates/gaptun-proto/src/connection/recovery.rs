@@ -35,6 +35,9 @@ pub(super) struct SentPacket {
     /// Sent more than once (an interactive tail packet): its fate says little about the loss
     /// rate of single packets, so it does not feed the estimate.
     pub(super) copied: bool,
+    /// A path MTU probe: its loss is no congestion signal, has nothing to retransmit and does
+    /// not drive the retransmission timer.
+    pub(super) mtu_probe: bool,
 }
 
 impl Connection {
@@ -46,6 +49,26 @@ impl Connection {
         size: usize,
         ack_eliciting: bool,
         frames: SentFrames,
+    ) {
+        self.register_sent(now, pn, size, ack_eliciting, frames, false);
+    }
+
+    /// Registers a sent path MTU probe (ack-eliciting, no frames to retransmit). It counts in
+    /// flight, but only its own timer ([`Timer::MtuProbe`]) watches it, not the RTO.
+    pub(super) fn on_mtu_probe_sent(&mut self, now: Instant, pn: u64, size: usize) {
+        self.register_sent(now, pn, size, true, SentFrames::default(), true);
+        let timeout = self.rto() * 2;
+        self.timers.set(Timer::MtuProbe, now + timeout);
+    }
+
+    fn register_sent(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        size: usize,
+        ack_eliciting: bool,
+        frames: SentFrames,
+        mtu_probe: bool,
     ) {
         let size = size as u64;
         self.stats.packets_sent += 1;
@@ -60,7 +83,6 @@ impl Connection {
         self.in_flight += size;
         self.cc.on_sent(now, size, self.in_flight);
         self.pacer.on_sent(size);
-        self.last_ack_eliciting_sent = Some(now);
         let packet = SentPacket {
             time: now,
             size: size as u32,
@@ -69,9 +91,13 @@ impl Connection {
             rate,
             stream_bytes,
             copied: false,
+            mtu_probe,
         };
         self.sent.insert(pn, packet);
-        self.arm_rto(now);
+        if !mtu_probe {
+            self.last_ack_eliciting_sent = Some(now);
+            self.arm_rto(now);
+        }
     }
 
     /// Processes an ACK frame.
@@ -105,12 +131,17 @@ impl Connection {
                 }
                 acked_bytes += u64::from(p.size);
                 acked_packets += 1;
-                if !p.copied {
+                if !p.copied && !p.mtu_probe {
                     self.loss_rate.observe(false);
                 }
                 self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
                 self.delivery.on_acked(now, &p.rate, u64::from(p.size));
                 self.streams.on_acked(&p.frames);
+                if p.mtu_probe {
+                    self.pmtu.on_probe_acked(pn, now);
+                } else {
+                    self.pmtu.on_packet_acked(pn, datagram_size(p.size));
+                }
             }
         }
         let Some((newest_pn, newest_time, eliciting)) = newest_acked else {
@@ -163,27 +194,35 @@ impl Connection {
         self.declare_lost(now, &lost);
     }
 
-    /// Hands the contents of lost packets back for retransmission.
+    /// Hands the contents of lost packets back for retransmission. Lost MTU probes only count
+    /// as probe failures; the other losses go to the congestion controller and the black-hole
+    /// detector.
     fn declare_lost(&mut self, now: Instant, pns: &[u64]) {
         if pns.is_empty() {
             return;
         }
         let mut lost_bytes = 0u64;
+        let mut lost_packets = Vec::with_capacity(pns.len());
         let mut newest_lost_time = None;
-        for pn in pns {
-            let Some(p) = self.sent.remove(pn) else {
+        for &pn in pns {
+            let Some(p) = self.sent.remove(&pn) else {
                 continue;
             };
+            self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
+            if p.mtu_probe {
+                self.pmtu.on_probe_lost(pn, now);
+                continue;
+            }
+            lost_packets.push((pn, datagram_size(p.size)));
             lost_bytes += u64::from(p.size);
             newest_lost_time = Some(p.time);
             if !p.copied {
                 self.loss_rate.observe(true);
             }
-            self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
             self.stats.packets_lost += 1;
             self.stats.bytes_lost += u64::from(p.size);
             self.stats.stream_bytes_lost += p.stream_bytes;
-            self.recently_lost.insert(*pn);
+            self.recently_lost.insert(pn);
             if self.recently_lost.len() > RECENTLY_LOST_MAX {
                 self.recently_lost.pop_first();
             }
@@ -193,8 +232,16 @@ impl Connection {
             self.streams.on_lost(&p.frames);
         }
         if let Some(t) = newest_lost_time {
-            self.cc
-                .on_loss(now, lost_bytes, pns.len() as u64, t, self.in_flight);
+            let count = lost_packets.len() as u64;
+            self.cc.on_loss(now, lost_bytes, count, t, self.in_flight);
+        }
+        self.pmtu.on_packets_lost(&lost_packets);
+    }
+
+    /// The MTU probe in flight was not acknowledged within its timeout: it is lost.
+    pub(super) fn on_mtu_probe_timeout(&mut self, now: Instant) {
+        if let Some(pn) = self.pmtu.probe_in_flight() {
+            self.declare_lost(now, &[pn]);
         }
     }
 
@@ -210,7 +257,8 @@ impl Connection {
 
     /// Arms (or disarms) the retransmission timer from the last ack-eliciting packet sent.
     pub(super) fn arm_rto(&mut self, now: Instant) {
-        let has_in_flight = self.sent.values().next().is_some();
+        // MTU probes have their own timer. At most one is in flight, so this stops early.
+        let has_in_flight = self.sent.values().any(|p| !p.mtu_probe);
         match self.last_ack_eliciting_sent {
             Some(last) if has_in_flight => {
                 let at = (last + self.backed_off_rto()).max(now);
@@ -226,7 +274,7 @@ impl Connection {
         let overdue: Vec<u64> = self
             .sent
             .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.time) >= rto)
+            .filter(|(_, p)| !p.mtu_probe && now.saturating_duration_since(p.time) >= rto)
             .map(|(&pn, _)| pn)
             .collect();
         self.rto_count = self.rto_count.saturating_add(1);
@@ -241,4 +289,9 @@ impl Connection {
         let at = now + self.backed_off_rto();
         self.timers.set(Timer::Rto, at);
     }
+}
+
+/// A sent packet's size as a datagram size (they never exceed `u16`; saturates otherwise).
+fn datagram_size(size: u32) -> u16 {
+    u16::try_from(size).unwrap_or(u16::MAX)
 }

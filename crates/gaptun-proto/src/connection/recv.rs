@@ -115,6 +115,9 @@ impl Connection {
         path.challenge = Some(challenge);
         path.challenge_pending = true;
         self.path = path;
+        // The new path may carry less: start again from the initial size (probing waits for
+        // the path to be validated).
+        self.pmtu.on_path_changed();
         self.stats.migrations += 1;
         self.timers.set(Timer::PathChallenge, now + self.rto());
         tracing::debug!(remote = %to, "peer address changed; validating new path");

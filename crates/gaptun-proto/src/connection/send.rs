@@ -51,6 +51,9 @@ impl Connection {
         if let Some(t) = self.transmit_response(buf) {
             return Some(t);
         }
+        if let Some(t) = self.transmit_mtu_probe(now, buf) {
+            return Some(t);
+        }
         let mtu = self.mtu();
         let in_flight_before = self.in_flight;
         let stream_bytes_before = self.stats.stream_bytes_sent;
@@ -176,6 +179,45 @@ impl Connection {
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += response.len() as u64;
         self.path.bytes_sent += response.len() as u64;
+        Some(Transmit {
+            destination: self.path.remote,
+            size: buf.len(),
+            segment_size: None,
+        })
+    }
+
+    /// A path MTU probe, if one is due and may go: stream data is waiting (a side that only
+    /// acknowledges has no use for larger datagrams), the path is validated (no probes under the
+    /// anti-amplification limit), no retransmission timeout is being recovered from, and the
+    /// congestion window and pacer have room for it. The probe is one datagram of exactly the
+    /// probe size: a PING (so it is acknowledged) and PADDING, with nothing to retransmit.
+    fn transmit_mtu_probe(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if !self.path.validated
+            || self.probes > 0
+            || self.rto_count > 0
+            || self.keys.is_none()
+            || !self.streams.has_pending_data()
+        {
+            return None;
+        }
+        let size = self.pmtu.probe_due(now)?;
+        let len = usize::from(size);
+        if self.in_flight + u64::from(size) > self.cc.window() {
+            return None;
+        }
+        let rate = self.pacing_rate();
+        if let Some(at) = self.pacer.delay(now, u64::from(size), rate) {
+            self.timers.set(Timer::Pacing, at);
+            return None;
+        }
+        let start = packet::begin(buf);
+        Frame::Ping.encode(buf);
+        // PADDING frames are single zero bytes.
+        buf.resize(start + len - packet::TAG_LEN, 0);
+        let pn = self.next_pn;
+        self.seal(buf, start, pn);
+        self.pmtu.on_probe_sent(pn, size);
+        self.on_mtu_probe_sent(now, pn, buf.len() - start);
         Some(Transmit {
             destination: self.path.remote,
             size: buf.len(),

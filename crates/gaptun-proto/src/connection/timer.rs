@@ -2,6 +2,9 @@
 
 use std::time::Instant;
 
+/// Number of [`Timer`] kinds.
+const COUNT: usize = 11;
+
 /// Every timer a connection can have armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Timer {
@@ -25,10 +28,12 @@ pub(super) enum Timer {
     Close,
     /// Resend an unanswered PATH_CHALLENGE.
     PathChallenge,
+    /// A path MTU probe went unanswered: it counts as lost (see `connection::mtu`).
+    MtuProbe,
 }
 
 impl Timer {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; COUNT] = [
         Self::Idle,
         Self::Ack,
         Self::Loss,
@@ -39,13 +44,14 @@ impl Timer {
         Self::HandshakeTimeout,
         Self::Close,
         Self::PathChallenge,
+        Self::MtuProbe,
     ];
 }
 
 /// Deadlines by timer.
 #[derive(Debug, Default, Clone)]
 pub(super) struct TimerTable {
-    deadlines: [Option<Instant>; 10],
+    deadlines: [Option<Instant>; COUNT],
 }
 
 impl TimerTable {
@@ -62,7 +68,7 @@ impl TimerTable {
     }
 
     pub(super) fn stop_all(&mut self) {
-        self.deadlines = [None; 10];
+        self.deadlines = [None; COUNT];
     }
 
     /// The earliest armed deadline.

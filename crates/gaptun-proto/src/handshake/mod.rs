@@ -191,8 +191,8 @@ pub struct Accepted {
 /// it, else the client's first choice), and builds the Response.
 ///
 /// Initials shorter than [`MIN_INITIAL_LEN`] are [`HandshakeError::Invalid`]. The Response is
-/// padded to a random length no longer than 3x the Initial, nor (when it can be avoided) than
-/// either side's `max_udp_payload`.
+/// padded to a random length no longer than the Initial, nor (when it can be avoided) than
+/// either side's `max_udp_payload`; never longer than 3x the Initial.
 #[allow(clippy::too_many_arguments)]
 pub fn accept_initial(
     psks: &[Psk],
@@ -292,8 +292,9 @@ fn choose_cipher(
         .ok_or(HandshakeError::NoCommonCipher)
 }
 
-/// A random Response length: at least what the content needs, at most 3x the Initial and, where
-/// the content allows, within both sides' `max_udp_payload`.
+/// A random Response length: at least what the content needs and, where the content allows, no
+/// longer than the Initial (a datagram of that size just crossed the path; `max_udp_payload` is
+/// only a ceiling that path MTU discovery probes towards) nor either side's `max_udp_payload`.
 fn response_len(
     initial_len: usize,
     needed: usize,
@@ -301,7 +302,7 @@ fn response_len(
     theirs: &TransportParams,
     rng: &mut dyn rand::RngCore,
 ) -> usize {
-    let udp_limit = usize::from(ours.max_udp_payload.min(theirs.max_udp_payload));
+    let udp_limit = usize::from(ours.max_udp_payload.min(theirs.max_udp_payload)).min(initial_len);
     let high = initial_len
         .saturating_mul(MAX_AMPLIFICATION)
         .min(udp_limit.max(needed));
@@ -567,6 +568,8 @@ mod tests {
                 let acc = accept(&[psk(1)], &mut cache, &init, None, &mut rng).unwrap();
                 assert!(acc.response.len() <= 3 * init.len());
                 assert!(acc.response.len() <= 1350);
+                // No larger than a datagram that just crossed the path.
+                assert!(acc.response.len() <= init.len());
             }
         }
         // Short Initials are refused before any work.
@@ -591,7 +594,8 @@ mod tests {
         };
         for _ in 0..100 {
             let len = response_len(1000, 150, &p, &p, &mut rng);
-            assert!((150..=1350).contains(&len));
+            // Within the Initial's 1000 bytes, though both sides allow 1350.
+            assert!((150..=1000).contains(&len));
             assert_eq!(response_len(1000, 150, &tiny, &p, &mut rng), 150);
             assert!((100..=120).contains(&response_len(40, 100, &p, &p, &mut rng)));
             // Content longer than 3x (impossible for accepted Initials): no padding at all.

@@ -863,6 +863,13 @@ impl Streams {
             || self.pending.iter().any(stream_pending)
     }
 
+    /// Whether stream data (new or to retransmit) is waiting to be sent, control frames aside.
+    pub fn has_pending_data(&self) -> bool {
+        let stream_pending =
+            |id: &StreamId| self.streams.get(id).is_some_and(|s| s.send.is_pending());
+        self.retransmit.iter().any(stream_pending) || self.pending.iter().any(stream_pending)
+    }
+
     /// Whether a control frame is waiting; checks each queued entry is still relevant.
     fn control_pending(&self) -> bool {
         let c = &self.control;

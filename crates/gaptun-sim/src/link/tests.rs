@@ -413,3 +413,20 @@ fn bdp_helper() {
     assert_eq!(cfg.bdp_bytes(Duration::from_millis(100)), 1_250_000);
     assert_eq!(LinkConfig::ideal().bdp_bytes(Duration::from_secs(1)), 0);
 }
+
+#[test]
+fn datagrams_above_the_size_limit_are_dropped_silently() {
+    let t0 = Instant::now();
+    let mut link = Link::new(LinkConfig::ideal().with_max_datagram(1400), 5);
+    assert_eq!(link.send(t0, datagram(1, 1400)), 1);
+    assert_eq!(link.send(t0, datagram(2, 1401)), 0);
+    assert_eq!(link.send(t0, datagram(3, 200)), 1);
+    let delivered: Vec<u32> = std::iter::from_fn(|| link.pop_due(t0))
+        .map(|d| tag(&d))
+        .collect();
+    assert_eq!(delivered, vec![1, 3]);
+    let stats = link.stats();
+    assert_eq!(stats.too_big, 1);
+    assert_eq!(stats.dropped(), 1);
+    assert_eq!(stats.max_datagram_sent, 1401);
+}

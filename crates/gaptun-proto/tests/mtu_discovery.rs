@@ -1,0 +1,223 @@
+//! Path MTU discovery end to end, over simulated links that drop datagrams above a size (as a
+//! real path does with the Don't Fragment bit set). Seeded and in virtual time.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use gaptun_proto::ConnectionStats;
+use gaptun_sim::{BulkTransfer, Direction, End, LinkConfig, Node, Path, Sim, SimConfig, Stage};
+
+/// The defaults' ceiling: a 1500-byte IPv4 MTU.
+const CEILING: usize = 1472;
+/// The defaults' starting size.
+const INITIAL: usize = 1350;
+/// The search stops once the gap is narrower than this (`connection::mtu::SEARCH_PRECISION`).
+const PRECISION: usize = 16;
+
+/// 20 ms each way, 50 Mbit/s, a queue deep enough that the bottleneck drops nothing.
+fn link() -> LinkConfig {
+    LinkConfig::ideal()
+        .with_delay(Duration::from_millis(20))
+        .with_rate_mbps(50.0)
+}
+
+/// Sizes of the datagrams `node` emits, with their send time.
+fn record_sizes(sim: &mut Sim, node: Node) -> Rc<RefCell<Vec<(Duration, usize)>>> {
+    let sizes = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&sizes);
+    sim.add_tap(move |e| {
+        if e.stage == Stage::Sent && e.node == node {
+            sink.borrow_mut().push((e.at, e.data.len()));
+        }
+    });
+    sizes
+}
+
+fn stats(sim: &mut Sim, end: End) -> ConnectionStats {
+    sim.connection(0, end).expect("connection exists").stats()
+}
+
+fn sender_node(direction: Direction) -> Node {
+    match direction {
+        Direction::ToServer => Node::Client(0),
+        Direction::ToClient => Node::Server,
+    }
+}
+
+fn sender_path(direction: Direction) -> Path {
+    match direction {
+        Direction::ToServer => Path::Uplink,
+        Direction::ToClient => Path::Downlink,
+    }
+}
+
+#[test]
+fn without_a_limit_bulk_data_goes_in_ceiling_sized_datagrams() {
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let mut sim = Sim::new(SimConfig::new(71).with_link(link()));
+        let sizes = record_sizes(&mut sim, sender_node(direction));
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 8_000_000, 3));
+        assert!(sim.run_workloads(Duration::from_secs(30)), "{direction:?}");
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
+        let sender = stats(&mut sim, direction.sender());
+        assert_eq!(sender.mtu, CEILING as u64, "{direction:?}");
+        assert_eq!(
+            sender.mtu_probes_acked, 1,
+            "one probe straight to the ceiling"
+        );
+        assert_eq!(sender.mtu_probes_lost, 0);
+        let sizes = sizes.borrow();
+        assert_eq!(sizes.iter().map(|&(_, s)| s).max(), Some(CEILING));
+        // Once the first probe is answered (within the first RTTs), data fills the ceiling.
+        let late: Vec<usize> = sizes
+            .iter()
+            .filter(|&&(at, size)| at > Duration::from_millis(500) && size > 1000)
+            .map(|&(_, s)| s)
+            .collect();
+        let full = late.iter().filter(|&&s| s == CEILING).count();
+        assert!(
+            late.len() > 2000,
+            "{direction:?}: {} large datagrams",
+            late.len()
+        );
+        assert!(
+            full * 100 >= late.len() * 95,
+            "{direction:?}: {full} of {} large datagrams at the ceiling",
+            late.len()
+        );
+    }
+}
+
+#[test]
+fn a_1400_byte_path_is_found_without_congestion_losses() {
+    let limited = link().with_max_datagram(1400);
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let mut sim = Sim::new(SimConfig::new(72).with_link(limited.clone()));
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 8_000_000, 4));
+        assert!(sim.run_workloads(Duration::from_secs(30)), "{direction:?}");
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
+        let sender = stats(&mut sim, direction.sender());
+        let mtu = usize::try_from(sender.mtu).expect("small");
+        assert!(
+            mtu <= 1400 && mtu > 1400 - PRECISION,
+            "{direction:?}: settled at {mtu}"
+        );
+        // Probes above the limit were lost, and only they: nothing reached the congestion
+        // controller as a loss, and the link dropped exactly the lost probes.
+        assert!(sender.mtu_probes_lost >= 3, "{sender:?}");
+        assert_eq!(sender.packets_lost, 0, "{direction:?}: {sender:?}");
+        assert_eq!(sender.bytes_lost, 0);
+        let link = sim.link_stats(sender_path(direction));
+        assert_eq!(link.too_big, sender.mtu_probes_lost, "{direction:?}");
+        assert_eq!(link.lost_random + link.queue_drops, 0);
+    }
+}
+
+#[test]
+fn a_path_that_shrinks_mid_transfer_is_noticed_and_the_transfer_completes() {
+    let mut sim = Sim::new(SimConfig::new(73).with_link(link().with_max_datagram(1472)));
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 16_000_000, 5));
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(stats(&mut sim, End::Client).mtu, CEILING as u64);
+    let received = sim
+        .workload::<BulkTransfer>(id)
+        .expect("workload")
+        .received();
+    assert!(received > 1_000_000, "only {received} bytes after 1 s");
+    // A route change: the uplink now carries 1250 bytes at most.
+    let shrunk = link().with_max_datagram(1250);
+    sim.link_mut(Path::Uplink).set_config(shrunk);
+    let changed_at = sim.now();
+    assert!(
+        sim.run_workloads(Duration::from_secs(30)),
+        "transfer stalled after the path shrank"
+    );
+    let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+    assert_eq!(transfer.verify(), Ok(()));
+    // 16 MB at 50 Mbit/s is about 2.6 s; the detour through a black hole may cost a few
+    // seconds, not the idle timeout.
+    let done = transfer.completed_at().expect("completed");
+    let after_change = done.saturating_duration_since(changed_at);
+    let client = stats(&mut sim, End::Client);
+    eprintln!("completed {after_change:?} after the change; {client:?}");
+    assert!(
+        after_change < Duration::from_secs(8),
+        "took {after_change:?} after the change"
+    );
+    assert!(client.mtu <= 1250, "{client:?}");
+    assert_eq!(client.mtu_black_holes, 1, "{client:?}");
+    // After falling back to the base size the search went up again (it need not have finished
+    // by the end of the transfer: probes only go while data waits).
+    assert!(client.mtu > 1200, "search resumed: {client:?}");
+}
+
+#[test]
+fn with_discovery_off_the_initial_size_is_kept() {
+    let config = SimConfig::new(74)
+        .with_link(link())
+        .with_transport(|t| t.mtu_discovery = false);
+    let mut sim = Sim::new(config);
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 4_000_000, 6));
+    assert!(sim.run_workloads(Duration::from_secs(30)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+        Ok(())
+    );
+    for end in [End::Client, End::Server] {
+        let s = stats(&mut sim, end);
+        assert_eq!(s.mtu, INITIAL as u64, "{end:?}");
+        assert_eq!(s.mtu_probes_sent, 0, "{end:?}");
+    }
+    for path in [Path::Uplink, Path::Downlink] {
+        assert!(sim.link_stats(path).max_datagram_sent <= INITIAL as u64);
+    }
+    assert_eq!(
+        sim.link_stats(Path::Uplink).max_datagram_sent,
+        INITIAL as u64
+    );
+}
+
+#[test]
+fn a_new_client_address_starts_the_search_again() {
+    let mut sim = Sim::new(SimConfig::new(75).with_link(link()));
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToClient, 12_000_000, 7));
+    sim.advance(Duration::from_millis(700));
+    let before = stats(&mut sim, End::Server);
+    assert_eq!(before.mtu, CEILING as u64);
+    sim.rebind_client(0, "10.0.0.201:50001".parse().expect("address"));
+    assert!(sim.run_workloads(Duration::from_secs(30)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+        Ok(())
+    );
+    let after = stats(&mut sim, End::Server);
+    assert_eq!(after.migrations, 1);
+    assert_eq!(after.mtu, CEILING as u64, "found again on the new path");
+    assert!(
+        after.mtu_probes_acked > before.mtu_probes_acked,
+        "{after:?}"
+    );
+}
+
+#[test]
+fn heavy_random_and_burst_loss_is_not_taken_for_a_black_hole() {
+    for (seed, loss) in [(76, 0.05), (77, 0.20)] {
+        let lossy = link()
+            .with_loss(loss)
+            .with_burst_loss(gaptun_sim::GilbertElliott::with_mean_loss(0.02, 4.0));
+        let mut sim = Sim::new(SimConfig::new(seed).with_link(lossy));
+        let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 4_000_000, 8));
+        assert!(sim.run_workloads(Duration::from_secs(120)), "loss {loss}");
+        assert_eq!(
+            sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+            Ok(())
+        );
+        let client = stats(&mut sim, End::Client);
+        eprintln!("loss {loss}: {client:?}");
+        assert_eq!(client.mtu_black_holes, 0, "loss {loss}: {client:?}");
+        assert_eq!(client.mtu, CEILING as u64, "loss {loss}");
+    }
+}
