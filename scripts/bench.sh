@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
   exec sudo -E "$0" "$@"
 fi
-cargo build --release -p gaptun-bench
+# Both binaries, always: the harness runs target/release/gaptun, which must match the checkout.
+cargo build --release -p gaptun-bench -p gaptun
 bin=target/release/gaptun-bench
 case "${1:-}" in
   cleanup|emulate|list) exec "$bin" "$@" ;;
