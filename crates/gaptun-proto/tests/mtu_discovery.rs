@@ -95,7 +95,9 @@ fn a_1400_byte_path_is_found_without_congestion_losses() {
     let limited = link().with_max_datagram(1400);
     for direction in [Direction::ToServer, Direction::ToClient] {
         let mut sim = Sim::new(SimConfig::new(72).with_link(limited.clone()));
-        let id = sim.add_workload(BulkTransfer::new(0, direction, 8_000_000, 4));
+        // Long enough for the whole search (three lost probes per size too large, each lost
+        // only after its timeout): probing stops when no stream data waits.
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 20_000_000, 4));
         assert!(sim.run_workloads(Duration::from_secs(30)), "{direction:?}");
         let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
         assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
@@ -103,7 +105,7 @@ fn a_1400_byte_path_is_found_without_congestion_losses() {
         let mtu = usize::try_from(sender.mtu).expect("small");
         assert!(
             mtu <= 1400 && mtu > 1400 - PRECISION,
-            "{direction:?}: settled at {mtu}"
+            "{direction:?}: settled at {mtu}: {sender:?}"
         );
         // Probes above the limit were lost, and only they: nothing reached the congestion
         // controller as a loss, and the link dropped exactly the lost probes.

@@ -202,11 +202,16 @@ impl Connection {
         }
         let size = self.pmtu.probe_due(now)?;
         let len = usize::from(size);
-        if self.in_flight + u64::from(size) > self.cc.window() {
+        // The same tests as for a data packet of the current size: a probe may exceed the
+        // window and the pacer's budget by its few extra bytes. Testing the probe's own size let
+        // data packets (a few bytes smaller) take every opening of a full window or pacer, so
+        // the probe never went out.
+        let current = self.mtu() as u64;
+        if self.in_flight + current > self.cc.window() {
             return None;
         }
         let rate = self.pacing_rate();
-        if let Some(at) = self.pacer.delay(now, u64::from(size), rate) {
+        if let Some(at) = self.pacer.delay(now, current, rate) {
             self.timers.set(Timer::Pacing, at);
             return None;
         }
