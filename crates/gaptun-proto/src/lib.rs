@@ -37,7 +37,7 @@ mod shared;
 
 pub use config::{EndpointConfig, TransportConfig};
 pub use congestion::CongestionKind;
-pub use connection::{Connection, ConnectionError, ConnectionStats, Event};
+pub use connection::{Connection, ConnectionError, ConnectionStats, Event, MIN_MTU};
 pub use crypto::{CipherSuite, Psk};
 pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats};
 pub use shared::{Side, StreamId, Transmit};

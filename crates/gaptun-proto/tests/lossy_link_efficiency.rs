@@ -213,13 +213,10 @@ fn acks_stay_small_under_heavy_loss() {
     assert!(mean < 80.0, "mean {mean:.1} bytes");
 }
 
-#[test]
-fn a_lossy_path_gets_a_third_copy_of_interactive_tails() {
-    // After a bulk transfer has shown 5 % loss, tails go out three times: an exchange then waits
-    // for a timeout only when all three copies of its request or answer are lost (1 in 4 000),
-    // not two (1 in 200, which shows at the 99th percentile).
-    let mut sim = Sim::new(SimConfig::new(29).with_link(lossy(0.05)));
-    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 29));
+/// A connection that has just carried a 2 MB upload over a path losing `loss` both ways.
+fn after_a_bulk_transfer(seed: u64, loss: f64) -> Sim {
+    let mut sim = Sim::new(SimConfig::new(seed).with_link(lossy(loss)));
+    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, seed));
     assert!(sim.run_workloads(Duration::from_secs(60)));
     assert_eq!(
         sim.workload::<BulkTransfer>(bulk)
@@ -227,16 +224,27 @@ fn a_lossy_path_gets_a_third_copy_of_interactive_tails() {
             .verify(),
         Ok(())
     );
-    let before = sim
-        .client_connection(0)
-        .map(|c| c.stats())
-        .unwrap_or_default();
-    let times = exchanges(&mut sim, 1000);
-    let after = sim
-        .client_connection(0)
-        .map(|c| c.stats())
-        .unwrap_or_default();
-    let copies = after.packets_duplicated - before.packets_duplicated;
+    sim
+}
+
+/// Runs `count` exchanges; returns their times and the extra copies the client sent meanwhile.
+fn exchanges_counting_copies(sim: &mut Sim, count: usize) -> (Vec<Duration>, u64) {
+    let copies = |sim: &mut Sim| {
+        sim.client_connection(0)
+            .map_or(0, |c| c.stats().packets_duplicated)
+    };
+    let before = copies(sim);
+    let times = exchanges(sim, count);
+    (times, copies(sim) - before)
+}
+
+#[test]
+fn a_lossy_path_gets_a_third_copy_of_interactive_tails() {
+    // After a bulk transfer has shown 5 % loss, tails go out three times: an exchange then waits
+    // for a timeout only when all three copies of its request or answer are lost (1 in 4 000),
+    // not two (1 in 200, which shows at the 99th percentile).
+    let mut sim = after_a_bulk_transfer(29, 0.05);
+    let (times, copies) = exchanges_counting_copies(&mut sim, 1000);
     assert!(copies >= 1800, "{copies} extra copies for 1000 requests");
     let slow = times
         .iter()
@@ -247,27 +255,36 @@ fn a_lossy_path_gets_a_third_copy_of_interactive_tails() {
 
 #[test]
 fn a_clean_path_keeps_two_copies() {
-    let mut sim = Sim::new(SimConfig::new(31).with_link(lossy(0.0)));
-    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 31));
-    assert!(sim.run_workloads(Duration::from_secs(60)));
-    assert_eq!(
-        sim.workload::<BulkTransfer>(bulk)
-            .expect("workload")
-            .verify(),
-        Ok(())
-    );
-    let before = sim
-        .client_connection(0)
-        .map(|c| c.stats())
-        .unwrap_or_default();
-    exchanges(&mut sim, 200);
-    let after = sim
-        .client_connection(0)
-        .map(|c| c.stats())
-        .unwrap_or_default();
-    let copies = after.packets_duplicated - before.packets_duplicated;
+    let mut sim = after_a_bulk_transfer(31, 0.0);
+    let (_, copies) = exchanges_counting_copies(&mut sim, 200);
     assert!(
         (190..=210).contains(&copies),
         "{copies} extra copies for 200 requests"
     );
+}
+
+#[test]
+fn a_short_path_keeps_its_ack_clock() {
+    // 50 µs RTT at 1 Gbit/s: a bandwidth-delay product of 6 KB, fewer packets than the ACK
+    // threshold (16), so the ACK timer (10 ms, 200 RTTs) must never be what clocks the sender.
+    // (On real sockets a fixed threshold let an 8-stream transfer fall to 5 Mbit/s once BBR's
+    // window was down to 4 packets; the unit tests in connection/ack.rs check the adaptation.)
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let link = LinkConfig::ideal()
+            .with_delay(Duration::from_micros(25))
+            .with_rate_mbps(1000.0)
+            .with_queue_bytes(64 * 1024);
+        let mut sim = Sim::new(SimConfig::new(37).with_link(link));
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 200_000_000, 37));
+        assert!(sim.run_workloads(Duration::from_secs(20)), "{direction:?}");
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
+        let start = sim.start();
+        let end = transfer.completed_at().expect("completed");
+        let mbit = transfer.goodput_bps(start, end) / 1e6;
+        assert!(
+            mbit > 750.0,
+            "{direction:?}: {mbit:.1} Mbit/s on a 1 Gbit/s link"
+        );
+    }
 }

@@ -53,7 +53,7 @@ pub struct TransportArgs {
     /// Receive window per connection and stream, in bytes (K, M, G suffixes) [default: 32M].
     #[arg(long, value_name = "BYTES")]
     pub window: Option<ByteSize>,
-    /// Largest UDP payload in bytes, 576-9000: the ceiling path MTU discovery probes up to
+    /// Largest UDP payload in bytes, 1200-9000: the ceiling path MTU discovery probes up to
     /// [default: 1472].
     #[arg(long, value_name = "N")]
     pub mtu: Option<u16>,
@@ -75,6 +75,9 @@ pub struct TransportArgs {
     /// Seconds to wait for the server's handshake answer [default: 10].
     #[arg(long, value_name = "SECS")]
     pub handshake_timeout: Option<u64>,
+    /// Don't probe for datagrams larger than 1350 bytes (path MTU discovery is on by default).
+    #[arg(long)]
+    pub no_mtu_discovery: bool,
 }
 
 impl TransportArgs {
@@ -89,6 +92,7 @@ impl TransportArgs {
             idle_timeout: self.idle_timeout,
             cipher: self.cipher,
             handshake_timeout: self.handshake_timeout,
+            mtu_discovery: self.no_mtu_discovery.then_some(false),
         }
     }
 }

@@ -79,6 +79,7 @@ pub struct FileConfig {
     pub idle_timeout: Option<u64>,
     pub cipher: Option<Cipher>,
     pub handshake_timeout: Option<u64>,
+    pub mtu_discovery: Option<bool>,
 }
 
 /// Keys that only one role uses; the other role refuses them instead of ignoring them.
@@ -196,6 +197,7 @@ impl FileConfig {
             idle_timeout: self.idle_timeout,
             cipher: self.cipher,
             handshake_timeout: self.handshake_timeout,
+            mtu_discovery: self.mtu_discovery,
         }
     }
 }

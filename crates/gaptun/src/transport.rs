@@ -30,7 +30,9 @@ use thiserror::Error;
 use crate::values::{ByteSize, Cipher, Congestion, Mode};
 
 /// Smallest and largest accepted `--mtu` (UDP payload bytes).
-pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+/// Smallest and largest accepted `--mtu` (UDP payload bytes). The protocol needs 1200 bytes (a
+/// handshake Initial is at least 1000, and the core never sends data in smaller datagrams).
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = gaptun_proto::MIN_MTU..=9000;
 
 /// Smallest accepted receive window.
 pub const MIN_WINDOW: u64 = 64 * 1024;
@@ -51,12 +53,14 @@ pub struct TransportSettings {
     pub cipher: Option<Cipher>,
     /// Seconds.
     pub handshake_timeout: Option<u64>,
+    /// Probe for datagrams larger than 1350 bytes, up to `mtu`.
+    pub mtu_discovery: Option<bool>,
 }
 
 /// A combination of settings that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TransportError {
-    #[error("mtu {0} is out of range: use 576 to 9000")]
+    #[error("mtu {0} is out of range: use 1200 to 9000")]
     Mtu(u16),
     #[error("window {0} is too small: use at least 64K")]
     Window(u64),
@@ -87,6 +91,7 @@ impl TransportSettings {
             idle_timeout: other.idle_timeout.or(self.idle_timeout),
             cipher: other.cipher.or(self.cipher),
             handshake_timeout: other.handshake_timeout.or(self.handshake_timeout),
+            mtu_discovery: other.mtu_discovery.or(self.mtu_discovery),
         }
     }
 
@@ -99,6 +104,9 @@ impl TransportSettings {
                 return Err(TransportError::Mtu(mtu));
             }
             c.max_udp_payload = mtu;
+        }
+        if let Some(on) = self.mtu_discovery {
+            c.mtu_discovery = on;
         }
         if let Some(ByteSize(w)) = self.window {
             if w < MIN_WINDOW {
@@ -203,6 +211,27 @@ mod tests {
     }
 
     #[test]
+    fn mtu_discovery_and_mtu_range() {
+        let on = TransportSettings::default().build().unwrap();
+        assert!(on.mtu_discovery);
+        let off = TransportSettings {
+            mtu_discovery: Some(false),
+            ..Default::default()
+        };
+        assert!(!off.build().unwrap().mtu_discovery);
+        let small = TransportSettings {
+            mtu: Some(1199),
+            ..Default::default()
+        };
+        assert!(matches!(small.build(), Err(TransportError::Mtu(1199))));
+        let smallest = TransportSettings {
+            mtu: Some(1200),
+            ..Default::default()
+        };
+        assert_eq!(smallest.build().unwrap().max_udp_payload, 1200);
+    }
+
+    #[test]
     fn send_buffer_is_a_quarter_of_the_window() {
         assert_eq!(send_buffer_for(32 << 20), 8 << 20);
         assert_eq!(send_buffer_for(MIN_WINDOW), MIN_WINDOW);
@@ -238,6 +267,7 @@ mod tests {
             idle_timeout: Some(30),
             cipher: Some(Cipher::ChaCha20Poly1305),
             handshake_timeout: Some(3),
+            mtu_discovery: Some(false),
             mode: None,
         };
         let c = s.build().unwrap();
@@ -245,6 +275,7 @@ mod tests {
         assert_eq!(c.stream_receive_window, 64 << 20);
         assert_eq!(c.send_buffer, 16 << 20);
         assert_eq!(c.max_udp_payload, 1200);
+        assert!(!c.mtu_discovery);
         assert_eq!(c.congestion, CongestionKind::Brutal { rate: 12_500_000 });
         assert_eq!(c.keepalive_interval, None);
         assert_eq!(c.idle_timeout, Duration::from_secs(30));

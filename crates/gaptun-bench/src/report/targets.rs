@@ -15,6 +15,7 @@
 
 use std::fmt::Write as _;
 
+use crate::emulator::LinkStats;
 use crate::results::{BulkResult, RunResult, ScenarioResult, SystemResult};
 use crate::scenarios::Family;
 
@@ -59,9 +60,9 @@ fn gaptun_systems(sc: &ScenarioResult) -> impl Iterator<Item = &SystemResult> {
     sc.systems.iter().filter(|r| r.system.starts_with("gaptun"))
 }
 
-/// The wire ratio of the steady windows without the IPv4/UDP headers: UDP payload bytes ÷
-/// goodput, weighted like [`SystemResult::wire_ratio`].
-pub fn udp_level_ratio(r: &SystemResult) -> Option<f64> {
+/// The wire ratio of the steady windows scaled by `part(link)`, a share of the wire bytes,
+/// averaged over the bulk tests weighted by goodput like [`SystemResult::wire_ratio`].
+fn weighted_wire_share(r: &SystemResult, part: impl Fn(&LinkStats) -> f64) -> Option<f64> {
     let (g, w) = r
         .bulk
         .iter()
@@ -69,35 +70,31 @@ pub fn udp_level_ratio(r: &SystemResult) -> Option<f64> {
             let (_, link) = b.steady_link.as_ref()?;
             let ratio = b.wire_ratio?;
             let mbit = b.mbit?;
-            let bytes = link.wire_bytes();
-            let packets = link.a_to_b.counters.packets_in + link.b_to_a.counters.packets_in;
-            (bytes > 0).then(|| {
-                let udp = bytes.saturating_sub(IP_UDP_HEADER * packets) as f64 / bytes as f64;
-                (mbit, mbit * ratio * udp)
-            })
+            (link.wire_bytes() > 0).then(|| (mbit, mbit * ratio * part(link)))
         })
         .fold((0.0, 0.0), |(g, w), (m, x)| (g + m, w + x));
     (g > 0.0).then(|| w / g)
 }
 
+/// The wire ratio of the steady windows without the IPv4/UDP headers: UDP payload bytes ÷
+/// goodput.
+pub fn udp_level_ratio(r: &SystemResult) -> Option<f64> {
+    weighted_wire_share(r, |link| {
+        let bytes = link.wire_bytes();
+        let packets = link.a_to_b.counters.packets_in + link.b_to_a.counters.packets_in;
+        bytes.saturating_sub(IP_UDP_HEADER * packets) as f64 / bytes as f64
+    })
+}
+
 /// The link's own share of the wire ratio: bytes the emulator dropped by random or burst loss
-/// over goodput bytes, in the steady windows, weighted like [`SystemResult::wire_ratio`]. No
-/// protocol can avoid putting these on the wire (each lost byte must be sent again); queue drops
-/// are not included, since a sender that overfills the queue causes them.
+/// over goodput bytes, in the steady windows. No protocol can avoid putting these on the wire
+/// (each lost byte must be sent again); queue drops are not included, since a sender that
+/// overfills the queue causes them.
 pub fn link_loss_share(r: &SystemResult) -> Option<f64> {
-    let (g, w) = r
-        .bulk
-        .iter()
-        .filter_map(|b| {
-            let (_, link) = b.steady_link.as_ref()?;
-            let ratio = b.wire_ratio?;
-            let mbit = b.mbit?;
-            let bytes = link.wire_bytes();
-            let lost = link.a_to_b.counters.bytes_lost + link.b_to_a.counters.bytes_lost;
-            (bytes > 0).then(|| (mbit, mbit * ratio * lost as f64 / bytes as f64))
-        })
-        .fold((0.0, 0.0), |(g, w), (m, x)| (g + m, w + x));
-    (g > 0.0).then(|| w / g)
+    weighted_wire_share(r, |link| {
+        let lost = link.a_to_b.counters.bytes_lost + link.b_to_a.counters.bytes_lost;
+        lost as f64 / link.wire_bytes() as f64
+    })
 }
 
 fn verdict(value: Option<f64>, ok: impl Fn(f64) -> bool) -> Option<bool> {
@@ -240,7 +237,6 @@ pub fn render(run: &RunResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::LinkStats;
     use crate::measure::latency::LatencyResult;
     use crate::results::Machine;
     use crate::scenarios;

@@ -10,10 +10,6 @@ use crate::packet;
 use crate::shared::Side;
 use crate::streams::StreamsError;
 
-/// A gap in the packet numbers calls for an immediate ACK unless one went out within this
-/// fraction of the RTT (see `AckState::on_packet`).
-const GAP_ACK_SPACING_DIVISOR: u32 = 8;
-
 /// Ack-eliciting packets at least this long are taken as bulk data, never copied, when
 /// estimating the loss rate from arrivals.
 const UNCOPIED_MIN_LEN: usize = 1000;
@@ -149,11 +145,10 @@ impl Connection {
             }
         }
         let threshold = self.config.ack_eliciting_threshold.max(1);
-        let gap_spacing = self.rtt.get() / GAP_ACK_SPACING_DIVISOR;
         let is_new_largest = self.ack.received.max().is_none_or(|l| pn > l);
         let (immediate, skipped) =
             self.ack
-                .on_packet(now, pn, ack_eliciting, threshold, gap_spacing);
+                .on_packet(now, pn, ack_eliciting, threshold, self.rtt.get());
         if is_new_largest {
             // Small ack-eliciting packets may be copies of an interactive tail (the peer sends
             // those two or three times), whose arrival says little about single packets; the
