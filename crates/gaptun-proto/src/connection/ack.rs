@@ -129,11 +129,11 @@ impl AckState {
     /// sender measures, and with it BBR's window, collapses (an 8-stream transfer on loopback
     /// fell to 5 Mbit/s). Counting arrivals per RTT keeps the ACK clock running there, while a
     /// fast long path (hundreds of packets per RTT) still gets the full threshold.
+    /// A configured threshold below 2 (every packet) is kept as it is.
     fn effective_threshold(&self, threshold: u64) -> u64 {
         (self.packets_per_rtt / ACKS_PER_RTT)
-            .clamp(MIN_ACK_THRESHOLD, threshold.max(MIN_ACK_THRESHOLD))
+            .max(MIN_ACK_THRESHOLD)
             .min(threshold)
-            .max(1)
     }
 
     /// The ACK delay to report now.

@@ -202,17 +202,10 @@ impl Connection {
         }
         let size = self.pmtu.probe_due(now)?;
         let len = usize::from(size);
-        // The same tests as for a data packet of the current size: a probe may exceed the
-        // window and the pacer's budget by its few extra bytes. Testing the probe's own size let
-        // data packets (a few bytes smaller) take every opening of a full window or pacer, so
-        // the probe never went out.
-        let current = self.mtu() as u64;
-        if self.in_flight + current > self.cc.window() {
-            return None;
-        }
-        let rate = self.pacing_rate();
-        if let Some(at) = self.pacer.delay(now, current, rate) {
-            self.timers.set(Timer::Pacing, at);
+        // The same window and pacer test as a data packet of the current size: a probe may
+        // exceed both by its few extra bytes. Testing the probe's own size let data packets (a
+        // few bytes smaller) take every opening, so the probe never went out.
+        if self.allowance(now, self.mtu()) != Allowance::Full {
             return None;
         }
         let start = packet::begin(buf);
