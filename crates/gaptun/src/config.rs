@@ -1,5 +1,5 @@
-//! The config file: TOML (every key documented in `gaptun.example.toml`), or gap-proxy's
-//! `config.json` accepted as is.
+//! The config file: TOML (every key documented in `server.example.toml` and
+//! `client.example.toml`), or gap-proxy's `config.json` accepted as is.
 //!
 //! Every value is optional in the file; command-line flags override file values key by key.
 //! Unknown keys and keys of the other role are errors, and every error names the file and
