@@ -218,7 +218,7 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
     /// The daemon's control socket [default: the client's, else the server's default path].
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -462,11 +462,6 @@ mod tests {
         };
         assert_eq!(c.command.line(), "stats json");
         assert!(parse(&["ctl", "stats", "yaml"]).is_err());
-        // The socket may follow the command too.
-        let Command::Ctl(c) = parse(&["ctl", "stats", "--socket", "/t"]).unwrap().command else {
-            panic!()
-        };
-        assert_eq!(c.socket, Some(PathBuf::from("/t")));
     }
 
     #[test]
