@@ -6,6 +6,7 @@
 //! [`Connection::poll`]. Application commands (streams, close, window) can come at any time.
 
 mod ack;
+mod liveness;
 mod loss_rate;
 mod mtu;
 mod path;
@@ -58,6 +59,14 @@ pub enum ConnectionError {
     /// Nothing was heard from the peer for the idle timeout.
     #[error("peer silent for {0:?}, connection timed out")]
     TimedOut(Duration),
+    /// The peer stopped answering while we waited on it (unacknowledged data, or a stream it
+    /// was sending on): it is taken as gone (crashed, restarted, or the path is cut).
+    #[error("peer stopped answering for {:.1} s while data was outstanding", .0.as_secs_f64())]
+    Unresponsive(Duration),
+    /// The server answered with a stateless reset: it no longer knows this connection (it
+    /// restarted).
+    #[error("the server reset the connection (it no longer knows it: restarted?)")]
+    Reset,
     /// The peer closed the connection.
     #[error("closed by peer (code {code}): {reason}")]
     ClosedByPeer {
@@ -84,6 +93,9 @@ pub struct ConnectionStats {
     pub pacing_rate: u64,
     pub congestion: &'static str,
     pub packets_sent: u64,
+    /// Packets sent that the peer must acknowledge (everything but ACK-only and CLOSE
+    /// packets): only these prove, when nothing comes back, that the peer is silent.
+    pub packets_ack_eliciting_sent: u64,
     pub packets_received: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -255,6 +267,12 @@ pub struct Connection {
     replay: ReplayWindow,
     ack: AckState,
     last_received: Instant,
+    /// When the peer last sent us stream data: a stream it was sending on that goes quiet
+    /// makes us check that it is still there (see `connection::liveness`).
+    last_stream_received: Option<Instant>,
+    /// When the first ack-eliciting packet sent since we last heard from the peer went out:
+    /// where the peer's silence counts from when we wait on an acknowledgement.
+    unanswered_since: Option<Instant>,
 
     rtt: RttEstimator,
     cc: Box<dyn Controller>,
@@ -323,6 +341,8 @@ impl Connection {
             replay: ReplayWindow::new(),
             ack: AckState::new(),
             last_received: now,
+            last_stream_received: None,
+            unanswered_since: None,
             rtt: RttEstimator::new(config.initial_rtt),
             cc: congestion::build(config.congestion, now, mtu),
             delivery: DeliveryRate::new(now),
@@ -633,6 +653,7 @@ impl Connection {
                 self.timers.stop_all();
             }
             Timer::MtuProbe => self.on_mtu_probe_timeout(now),
+            Timer::Liveness => self.on_liveness_timer(now),
             Timer::PathChallenge => {
                 if !self.path.validated && self.path.challenge.is_some() {
                     self.path.challenge_pending = true;

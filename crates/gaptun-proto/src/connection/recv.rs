@@ -43,6 +43,7 @@ impl Connection {
         self.stats.packets_received += 1;
         self.stats.bytes_received += len;
         self.last_received = now;
+        self.unanswered_since = None;
         if self.state == State::Closing {
             // Answer a peer that has not seen our CLOSE yet, once per packet it sends.
             self.close_pending = true;
@@ -173,7 +174,10 @@ impl Connection {
         match frame {
             Frame::Padding | Frame::Ping => {}
             Frame::Ack(ack) => self.on_ack_frame(now, &ack),
-            Frame::Stream(f) => self.streams.on_stream_frame(&f)?,
+            Frame::Stream(f) => {
+                self.streams.on_stream_frame(&f)?;
+                self.on_stream_data_received(now, f.fin);
+            }
             Frame::ResetStream {
                 id,
                 error_code,
