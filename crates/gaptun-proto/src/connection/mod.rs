@@ -120,6 +120,9 @@ pub struct ConnectionStats {
     pub streams_opened_total: u64,
     pub receive_window: u64,
     pub migrations: u64,
+    /// Server: new peer addresses probed with a PATH_CHALLENGE (a migration, or a copied
+    /// packet sent from elsewhere).
+    pub path_probes: u64,
     /// Largest UDP payload data is sent in now: the path MTU confirmed by discovery.
     pub mtu: u64,
     /// Path MTU probes sent, acknowledged and lost (lost probes are not congestion losses and
@@ -242,6 +245,8 @@ pub struct Connection {
     rng: StdRng,
     clock: UnixClock,
     path: Path,
+    /// Server: a new peer address being validated before the connection moves there.
+    candidate: Option<Path>,
     /// Path MTU discovery: the datagram size in use and the search for a larger one.
     pmtu: MtuDiscovery,
 
@@ -324,6 +329,7 @@ impl Connection {
             rng: init.rng,
             clock: init.clock,
             path: Path::new(init.remote, init.side == Side::Client),
+            candidate: None,
             pmtu,
             next_pn: 0,
             sent: BTreeMap::new(),
@@ -654,11 +660,7 @@ impl Connection {
             }
             Timer::MtuProbe => self.on_mtu_probe_timeout(now),
             Timer::Liveness => self.on_liveness_timer(now),
-            Timer::PathChallenge => {
-                if !self.path.validated && self.path.challenge.is_some() {
-                    self.path.challenge_pending = true;
-                }
-            }
+            Timer::PathChallenge => self.on_path_challenge_timer(now),
         }
     }
 
