@@ -2,8 +2,10 @@
 //! anti-amplification budget that applies until it is; and following a client to a new address
 //! (connection migration, RFC 9000 section 9.3).
 //!
-//! Only the server follows the peer. A packet from a new address that is the newest the server
-//! has received makes that address a *candidate*: the server sends it a PATH_CHALLENGE (within
+//! Only the server follows the peer. A packet from a new address is not processed (nor marked
+//! received, so the same packet number may still arrive from the current path) until that
+//! address has proven that the client is there; if it is the newest the server has received it
+//! makes that address a *candidate*: the server sends it a PATH_CHALLENGE (within
 //! the anti-amplification budget of what arrived from there, repeated each RTO up to
 //! [`MAX_CANDIDATE_CHALLENGES`] times), and one on the current path too, so that a client still
 //! there answers from there. Meanwhile everything else keeps going to the current, validated
@@ -14,14 +16,15 @@
 //!
 //! So an on-path attacker that copies a client's packet and sends the copy first from another
 //! address costs the server a challenge or two and nothing else: it cannot answer the challenge
-//! (it has no keys) and the transfer never leaves the real client's address. A real NAT
-//! rebinding moves the connection after one round trip.
+//! (it has no keys), the original is still taken when it arrives (so the copy does not even
+//! reorder the client's packets), and the transfer never leaves the real client's address. A
+//! real NAT rebinding moves the connection after one round trip; what the client sent from the
+//! new address before that is retransmitted.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Connection, Timer};
-use crate::shared::Side;
 
 /// PATH_CHALLENGEs sent to a candidate address before it is given up (a newer packet from it
 /// starts over).
@@ -77,29 +80,50 @@ impl Connection {
         challenge
     }
 
-    /// Server: an authenticated packet number `pn` of `len` bytes came from `from`, which is not
-    /// the current path. Counts it towards the candidate's budget, or makes `from` the new
-    /// candidate if the packet is the newest so far.
-    pub(super) fn on_packet_from_elsewhere(
+    /// Server: packet `pn` (authenticated, not a replay) of `len` bytes came from `from`, which
+    /// is not the current path. Returns whether to process it as usual: only if `from` is a
+    /// candidate that has proven it is the client (possibly by this very packet).
+    ///
+    /// Anything else is not processed and not marked as received: it may be a copy sent ahead
+    /// of the original by someone on the path, and taking it would make the original a replay
+    /// and reorder what the client sent. Such a packet only starts a probe of its address (if
+    /// it is the newest so far) and may deliver a PATH_RESPONSE.
+    pub(super) fn accept_from_elsewhere(
         &mut self,
         now: Instant,
         from: SocketAddr,
         pn: u64,
         len: u64,
-    ) {
-        if self.side != Side::Server {
-            return;
+        payload: &[u8],
+    ) -> bool {
+        match self.candidate.as_mut() {
+            Some(c) if c.remote == from && c.validated => {
+                c.bytes_received += len;
+                return true;
+            }
+            Some(c) if c.remote == from => c.bytes_received += len,
+            _ => {
+                let newest = self.replay.largest().is_none_or(|l| pn > l);
+                if !newest {
+                    return false;
+                }
+                self.start_candidate(now, from, len);
+            }
         }
-        if let Some(candidate) = self.candidate.as_mut()
-            && candidate.remote == from
-        {
-            candidate.bytes_received += len;
-            return;
+        for frame in crate::frame::iter(payload) {
+            match frame {
+                Ok(crate::frame::Frame::PathResponse(data)) => self.on_path_response(data),
+                Ok(_) => {}
+                Err(_) => break,
+            }
         }
-        // Only the newest packet: a delayed or replayed old datagram cannot even start a probe.
-        if self.replay.largest() != Some(pn) {
-            return;
-        }
+        self.candidate
+            .as_ref()
+            .is_some_and(|c| c.remote == from && c.validated)
+    }
+
+    /// Makes `from` the candidate address and challenges it and the current path.
+    fn start_candidate(&mut self, now: Instant, from: SocketAddr, len: u64) {
         let mut candidate = Path::new(from, false);
         candidate.bytes_received = len;
         candidate.challenge = Some(self.new_challenge());
@@ -169,6 +193,11 @@ impl Connection {
             if candidate.challenges_sent >= MAX_CANDIDATE_CHALLENGES {
                 tracing::debug!(remote = %candidate.remote, "candidate address never answered");
                 self.candidate = None;
+                // The next candidate asks the current path again.
+                if self.path.validated {
+                    self.path.challenge = None;
+                    self.path.challenge_pending = false;
+                }
             } else {
                 candidate.challenge_pending = true;
                 again = true;

@@ -39,6 +39,13 @@ impl Connection {
             self.stats.dropped_replay += 1;
             return;
         }
+        if self.side == Side::Server
+            && self.confirmed
+            && from != self.path.remote
+            && !self.accept_from_elsewhere(now, from, pn, len, payload)
+        {
+            return;
+        }
         self.replay.insert(pn);
         self.stats.packets_received += 1;
         self.stats.bytes_received += len;
@@ -49,7 +56,7 @@ impl Connection {
             self.close_pending = true;
             return;
         }
-        self.on_authenticated_from(now, from, pn, len);
+        self.on_authenticated_from(from, len);
         self.reset_idle_timer(now);
         let non_probing = self.process_payload(now, pn, payload, from);
         if self.state == State::Established && self.side == Side::Server {
@@ -85,7 +92,7 @@ impl Connection {
 
     /// Bookkeeping for an authenticated packet: handshake confirmation, amplification budget,
     /// migration.
-    fn on_authenticated_from(&mut self, now: Instant, from: SocketAddr, pn: u64, len: u64) {
+    fn on_authenticated_from(&mut self, from: SocketAddr, len: u64) {
         if self.side == Side::Server && !self.confirmed {
             self.confirmed = true;
             self.path.validated = true;
@@ -93,12 +100,11 @@ impl Connection {
             self.response_due = false;
             self.timers.stop(Timer::HandshakeTimeout);
         }
+        // Packets from elsewhere were counted by `accept_from_elsewhere` (server); a client
+        // does not follow the server to another address.
         if from == self.path.remote {
             self.path.bytes_received += len;
-            return;
         }
-        // Only the server follows the peer, and only to a validated address (see `path.rs`).
-        self.on_packet_from_elsewhere(now, from, pn, len);
     }
 
     /// Processes the frames of packet `pn`; returns whether it was non-probing (had a frame
