@@ -242,7 +242,10 @@ impl Endpoint {
     fn stateless_reset(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
         if self.config.server {
             let keys = self.keys.iter().map(|slot| &*slot.header_key);
-            if self.reset.answer_unknown(now, from, data, keys, &mut self.rng) {
+            if self
+                .reset
+                .answer_unknown(now, from, data, keys, &mut self.rng)
+            {
                 self.stats.resets_sent += 1;
             }
             return false;

@@ -10,12 +10,12 @@
 //!
 //! - **Self-authenticating connection IDs.** A server issues connection IDs made of
 //!   [`CID_RANDOM_LEN`] random bytes and a [`CID_TAG_LEN`]-byte tag,
-//!   `HMAC-SHA256(cid_key, random)[..4]`, with `cid_key = Derive(psk, "gaptun cid")`
+//!   `HMAC-SHA256(cid_key, random)[..4]`, with `cid_key = Derive(psk, "gaptun v1 cid")`
 //!   (the endpoint's first key). A restarted server only considers answering a datagram whose
 //!   unmasked connection ID carries a valid tag: a prober without the key produces one with
 //!   probability 2^-32 per key and otherwise gets silence, as before.
 //! - **Reset tokens.** The token of a connection is `HMAC-SHA256(reset_key, server_cid)[..16]`
-//!   with `reset_key = Derive(psk, "gaptun reset")`, computed by both ends from the key they
+//!   with `reset_key = Derive(psk, "gaptun v1 reset")`, computed by both ends from the key they
 //!   share; it is never sent except in a reset.
 //!
 //! The reset datagram is random bytes ending in the token, of a random length between
@@ -45,9 +45,9 @@ pub(crate) const RESET_MIN_LEN: usize = MIN_PACKET_LEN + 1;
 const RESETS_PER_SECOND: f64 = 32.0;
 
 /// Label of the connection-ID tag key.
-const CID_KEY_LABEL: &[u8] = b"gaptun cid";
+const CID_KEY_LABEL: &[u8] = b"gaptun v1 cid";
 /// Label of the reset-token key.
-const RESET_KEY_LABEL: &[u8] = b"gaptun reset";
+const RESET_KEY_LABEL: &[u8] = b"gaptun v1 reset";
 
 /// Issues and recognises self-authenticating connection IDs.
 pub(crate) struct CidAuthenticator {
@@ -140,7 +140,8 @@ pub(crate) fn build_reset(
 
 /// Whether `datagram` is a reset carrying `token`.
 pub(crate) fn is_reset(token: &[u8; TOKEN_LEN], datagram: &[u8]) -> bool {
-    datagram.len() >= RESET_MIN_LEN && constant_time_eq(token, &datagram[datagram.len() - TOKEN_LEN..])
+    datagram.len() >= RESET_MIN_LEN
+        && constant_time_eq(token, &datagram[datagram.len() - TOKEN_LEN..])
 }
 
 /// Comparison whose time does not depend on where the inputs differ.
@@ -172,7 +173,8 @@ impl ResetLimiter {
             .last
             .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
         self.last = Some(now);
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * RESETS_PER_SECOND).min(RESETS_PER_SECOND);
+        self.tokens =
+            (self.tokens + elapsed.as_secs_f64() * RESETS_PER_SECOND).min(RESETS_PER_SECOND);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

@@ -160,7 +160,9 @@ fn a_quiet_healthy_connection_stays_up() {
     let mut sim = Sim::new(SimConfig::new(44).with_link(link()));
     let id = sim.add_workload(RequestResponse::new(0, 12, 300, 5000).every(Duration::from_secs(4)));
     assert!(sim.run_workloads(Duration::from_secs(70)));
-    let rr = sim.workload::<RequestResponse>(id).expect("workload exists");
+    let rr = sim
+        .workload::<RequestResponse>(id)
+        .expect("workload exists");
     assert!(rr.errors().is_empty(), "{:?}", rr.errors());
     assert_eq!(rr.connection_lost(), None);
     sim.advance(Duration::from_secs(20));

@@ -13,10 +13,13 @@
 //! attempt that completes wins and the others are closed. A server that restarts is thus found
 //! within about a second, at the cost of about one Initial per second while it is away.
 //!
-//! A server that crashes and comes back forgets our connection without closing it, and the
-//! protocol has no way to tell us: the connection would only end at its idle timeout. So the
-//! supervisor also watches for one-sided silence: packets keep going out and nothing has come
-//! back for [`PoolConfig::silence_probe`] (or 8 RTTs, if longer). It then probes with new
+//! A server that crashes and comes back forgets our connection without closing it. The core
+//! notices most such cases itself: a restarted server answers the old connection's packets with
+//! a stateless reset, and a peer that stops answering while we wait on it ends the connection
+//! within a few seconds (`TransportConfig::dead_peer_timeout`); either way the slot reconnects at
+//! once. As a further guard the supervisor also watches for one-sided silence: packets keep going out and nothing has come
+//! back for [`PoolConfig::silence_probe`] (or 8 RTTs, if longer); only packets the server must
+//! acknowledge count, since an ACK-only packet gets no answer from a healthy server. It then probes with new
 //! handshakes, as when reconnecting. If the server answers one, the new connection takes the
 //! slot and new streams go there; the old connection is left to the streams it carries, and
 //! ends with them: at its idle timeout if it is dead, or normally if it was only a passing
@@ -610,7 +613,10 @@ mod tests {
         assert_eq!(w.update(&stats(12, 8, 10), at(10_000)), Duration::ZERO);
         // An unanswered PING does.
         assert_eq!(w.update(&stats(13, 9, 10), at(11_000)), Duration::ZERO);
-        assert_eq!(w.update(&stats(13, 9, 10), at(14_000)), Duration::from_secs(3));
+        assert_eq!(
+            w.update(&stats(13, 9, 10), at(14_000)),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]

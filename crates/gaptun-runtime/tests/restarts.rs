@@ -125,7 +125,11 @@ async fn works(pool: &ClientPool, limit: Duration) -> bool {
 
 /// Retries [`works`] until it succeeds; returns how long that took from `since`, or `None`
 /// after `limit`.
-async fn time_until_working(pool: &ClientPool, since: Instant, limit: Duration) -> Option<Duration> {
+async fn time_until_working(
+    pool: &ClientPool,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
     while since.elapsed() < limit {
         if works(pool, Duration::from_millis(500)).await {
             return Some(since.elapsed());
@@ -147,9 +151,13 @@ async fn a_killed_server_fails_the_reading_stream_and_the_pool_recovers() {
     bounded(40, async {
         let server = Server::start("127.0.0.1:0".parse().unwrap(), key(31));
         let addr = server.addr;
-        let pool = ClientPool::connect(&addr.to_string(), EndpointConfig::client(key(31)), pool_config())
-            .await
-            .unwrap();
+        let pool = ClientPool::connect(
+            &addr.to_string(),
+            EndpointConfig::client(key(31)),
+            pool_config(),
+        )
+        .await
+        .unwrap();
         let mut stream = pool.open_stream().await.unwrap();
         stream.write_all(b"S").await.unwrap();
         let mut buf = vec![0u8; 64 * 1024];
@@ -169,7 +177,10 @@ async fn a_killed_server_fails_the_reading_stream_and_the_pool_recovers() {
             }
         };
         let noticed = killed.elapsed();
-        eprintln!("reader got `{error}` ({:?}) {noticed:?} after the kill", error.kind());
+        eprintln!(
+            "reader got `{error}` ({:?}) {noticed:?} after the kill",
+            error.kind()
+        );
         assert!(noticed <= Duration::from_secs(6), "took {noticed:?}");
 
         let _server = Server::start(addr, key(31));

@@ -76,7 +76,8 @@ impl Connection {
             self.ping_pending = true;
         }
         let next = (now + probe_after).min(since + limit);
-        self.timers.set(Timer::Liveness, next.max(now + Duration::from_millis(1)));
+        self.timers
+            .set(Timer::Liveness, next.max(now + Duration::from_millis(1)));
     }
 
     /// Stream data arrived: the peer is sending to us, and a stream that stops half-way (no

@@ -109,13 +109,7 @@ impl Connection {
 
     /// Processes the frames of packet `pn`; returns whether it was non-probing (had a frame
     /// other than PATH_CHALLENGE, PATH_RESPONSE and PADDING).
-    fn process_payload(
-        &mut self,
-        now: Instant,
-        pn: u64,
-        payload: &[u8],
-        from: SocketAddr,
-    ) -> bool {
+    fn process_payload(&mut self, now: Instant, pn: u64, payload: &[u8], from: SocketAddr) -> bool {
         let mut ack_eliciting = false;
         let mut non_probing = false;
         for frame in frame::iter(payload) {
