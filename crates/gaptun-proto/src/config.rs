@@ -52,6 +52,11 @@ pub struct TransportConfig {
     pub keepalive_interval: Option<Duration>,
     /// Close the connection after this long without hearing from the peer.
     pub idle_timeout: Duration,
+    /// While we wait on the peer (data unacknowledged, or a stream it was sending on went
+    /// quiet), it must answer within this long, or four retransmission timeouts if longer;
+    /// otherwise the connection is declared dead long before the idle timeout, so that streams
+    /// fail fast and the client reconnects (see `connection::liveness`).
+    pub dead_peer_timeout: Duration,
     /// Give up connecting after this long.
     pub handshake_timeout: Duration,
     /// Cipher to insist on, or `None` to choose by CPU support.
@@ -79,6 +84,7 @@ impl Default for TransportConfig {
             duplicate_tail_packets: true,
             keepalive_interval: Some(Duration::from_secs(10)),
             idle_timeout: Duration::from_secs(40),
+            dead_peer_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
             cipher: None,
         }

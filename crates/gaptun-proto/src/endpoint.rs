@@ -21,7 +21,8 @@ use crate::config::{EndpointConfig, TransportConfig};
 use crate::connection::{Connection, ConnectionInit, UnixClock};
 use crate::crypto::HeaderKey;
 use crate::handshake::{self, ReplayCache, TransportParams};
-use crate::packet::{self, CID_LEN, ConnectionId};
+use crate::packet::{self, ConnectionId};
+use crate::reset::StatelessReset;
 use crate::shared::{Side, Transmit};
 
 /// Names a connection within its endpoint.
@@ -37,6 +38,11 @@ pub struct EndpointStats {
     pub dropped_replayed_handshakes: u64,
     /// Handshakes accepted.
     pub accepted: u64,
+    /// Server: stateless resets sent for packets of connections we do not know (see
+    /// `reset.rs`).
+    pub resets_sent: u64,
+    /// Client: valid stateless resets received (each ended a connection).
+    pub resets_received: u64,
 }
 
 /// Why `connect` failed.
@@ -71,6 +77,8 @@ pub struct Endpoint {
     unconfirmed: HashMap<SocketAddr, ConnectionHandle>,
     /// Round-robin position for `poll_transmit`, so one busy connection cannot starve others.
     transmit_order: VecDeque<ConnectionHandle>,
+    /// Connection IDs, and answering or recognising stateless resets.
+    reset: StatelessReset,
     stats: EndpointStats,
 }
 
@@ -115,6 +123,7 @@ impl Endpoint {
             replay: ReplayCache::new(config.handshake_window),
             unconfirmed: HashMap::new(),
             transmit_order: VecDeque::new(),
+            reset: StatelessReset::new(&config.psks),
             stats: EndpointStats::default(),
             config,
         }
@@ -123,9 +132,7 @@ impl Endpoint {
     /// A connection ID no live connection uses.
     fn new_cid(&mut self) -> ConnectionId {
         loop {
-            let mut cid = [0u8; CID_LEN];
-            self.rng.fill_bytes(&mut cid);
-            let cid = ConnectionId(cid);
+            let cid = self.reset.issue_cid(&mut self.rng);
             if !self.by_cid.contains_key(&cid) {
                 return cid;
             }
@@ -182,6 +189,9 @@ impl Endpoint {
         if self.config.server && self.try_accept(now, from, data) {
             return;
         }
+        if self.stateless_reset(now, from, data) {
+            return;
+        }
         self.stats.dropped_unauthenticated += 1;
     }
 
@@ -223,6 +233,34 @@ impl Endpoint {
                 self.unconfirmed.remove(&from);
             }
         }
+    }
+
+    /// A datagram for no connection we know. Server: if it belongs to a connection we could
+    /// have issued (we restarted since), answer with a stateless reset (it still counts as
+    /// dropped). Client: if it is the reset of one of our connections, that connection ends.
+    /// Returns whether the datagram was a reset we took.
+    fn stateless_reset(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        if self.config.server {
+            let keys = self.keys.iter().map(|slot| &*slot.header_key);
+            if self
+                .reset
+                .answer_unknown(now, from, data, keys, &mut self.rng)
+            {
+                self.stats.resets_sent += 1;
+            }
+            return false;
+        }
+        for conn in self.connections.values_mut() {
+            if conn.remote_address() == from
+                && let Some(cid) = conn.stateless_reset_cid()
+                && self.reset.is_reset_for(&cid, data)
+            {
+                conn.on_stateless_reset(now);
+                self.stats.resets_received += 1;
+                return true;
+            }
+        }
+        false
     }
 
     /// Server: tries `data` as a handshake Initial.
@@ -290,6 +328,9 @@ impl Endpoint {
         max_datagrams: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
+        if let Some(t) = self.reset.poll_transmit(buf) {
+            return Some(t);
+        }
         for _ in 0..self.transmit_order.len() {
             let handle = self.transmit_order.pop_front()?;
             let Some(conn) = self.connections.get_mut(&handle) else {

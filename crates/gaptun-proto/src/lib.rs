@@ -28,6 +28,7 @@ pub mod frame;
 pub mod handshake;
 pub mod packet;
 pub mod range_set;
+mod reset;
 pub mod rtt;
 pub mod streams;
 pub mod varint;

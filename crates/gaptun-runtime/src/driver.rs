@@ -147,6 +147,7 @@ impl Driver {
             // the core must see the real time.
             let now = Instant::now();
             if state.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                discard_untracked_events(&mut state);
                 state.endpoint.handle_timeout(now);
             }
             take_accepted(&mut state, now, &mut wakers);
@@ -227,6 +228,24 @@ fn take_accepted(state: &mut State, now: Instant, wakers: &mut Vec<Waker>) {
         debug!(%remote, "connection accepted");
         state.incoming.push_back(meta);
         wakers.append(&mut state.accept_wakers);
+    }
+}
+
+/// Drops the events of connections no handle tracks any more: closed through a handle,
+/// refused at accept, or abandoned handshake attempts of a reconnecting pool. The core keeps a
+/// drained connection until its last events are polled, so without this each of them stayed
+/// in the endpoint for good (and in `ctl stats` as "handshaking or closing").
+fn discard_untracked_events(state: &mut State) {
+    let State {
+        endpoint, conns, ..
+    } = state;
+    for handle in endpoint.handles() {
+        if conns.contains_key(&handle) {
+            continue;
+        }
+        if let Some(conn) = endpoint.connection(handle) {
+            while conn.poll().is_some() {}
+        }
     }
 }
 

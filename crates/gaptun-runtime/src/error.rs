@@ -30,10 +30,10 @@ impl RtError {
     pub fn io_kind(&self) -> io::ErrorKind {
         match self {
             Self::Connection(ConnectionError::HandshakeTimeout(_))
-            | Self::Connection(ConnectionError::TimedOut(_)) => io::ErrorKind::TimedOut,
-            Self::Connection(ConnectionError::ClosedByPeer { .. }) => {
-                io::ErrorKind::ConnectionReset
-            }
+            | Self::Connection(ConnectionError::TimedOut(_))
+            | Self::Connection(ConnectionError::Unresponsive(_)) => io::ErrorKind::TimedOut,
+            Self::Connection(ConnectionError::ClosedByPeer { .. })
+            | Self::Connection(ConnectionError::Reset) => io::ErrorKind::ConnectionReset,
             Self::Connection(ConnectionError::ProtocolViolation(_)) => io::ErrorKind::InvalidData,
             Self::Connection(ConnectionError::LocallyClosed)
             | Self::EndpointClosed

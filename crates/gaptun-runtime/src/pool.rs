@@ -13,10 +13,13 @@
 //! attempt that completes wins and the others are closed. A server that restarts is thus found
 //! within about a second, at the cost of about one Initial per second while it is away.
 //!
-//! A server that crashes and comes back forgets our connection without closing it, and the
-//! protocol has no way to tell us: the connection would only end at its idle timeout. So the
-//! supervisor also watches for one-sided silence: packets keep going out and nothing has come
-//! back for [`PoolConfig::silence_probe`] (or 8 RTTs, if longer). It then probes with new
+//! A server that crashes and comes back forgets our connection without closing it. The core
+//! notices most such cases itself: a restarted server answers the old connection's packets with
+//! a stateless reset, and a peer that stops answering while we wait on it ends the connection
+//! within a few seconds (`TransportConfig::dead_peer_timeout`); either way the slot reconnects at
+//! once. As a further guard the supervisor also watches for one-sided silence: packets keep going out and nothing has come
+//! back for [`PoolConfig::silence_probe`] (or 8 RTTs, if longer); only packets the server must
+//! acknowledge count, since an ACK-only packet gets no answer from a healthy server. It then probes with new
 //! handshakes, as when reconnecting. If the server answers one, the new connection takes the
 //! slot and new streams go there; the old connection is left to the streams it carries, and
 //! ends with them: at its idle timeout if it is dead, or normally if it was only a passing
@@ -458,8 +461,12 @@ async fn watch(
     }
 }
 
-/// Tracks one-sided silence from a connection's counters: since when packets have been going
-/// out without any coming back.
+/// Tracks one-sided silence from a connection's counters: since when packets the server must
+/// answer have been going out without anything coming back.
+///
+/// Only ack-eliciting packets count: an ACK-only packet (such as the delayed ACK that follows
+/// the last response of a burst) gets no answer from a healthy server, and counting it made a
+/// quiet, healthy connection look dead a few seconds after traffic stopped.
 #[derive(Debug, Default)]
 struct SilenceWatch {
     received: u64,
@@ -471,7 +478,7 @@ impl SilenceWatch {
     fn new(stats: &ConnectionStats) -> Self {
         Self {
             received: stats.packets_received,
-            sent: stats.packets_sent,
+            sent: stats.packets_ack_eliciting_sent,
             unanswered_since: None,
         }
     }
@@ -482,10 +489,10 @@ impl SilenceWatch {
             *self = Self::new(stats);
             return Duration::ZERO;
         }
-        if stats.packets_sent != self.sent && self.unanswered_since.is_none() {
+        if stats.packets_ack_eliciting_sent != self.sent && self.unanswered_since.is_none() {
             self.unanswered_since = Some(now);
         }
-        self.sent = stats.packets_sent;
+        self.sent = stats.packets_ack_eliciting_sent;
         self.unanswered_since
             .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
@@ -569,6 +576,7 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let stats = |sent, received| ConnectionStats {
             packets_sent: sent,
+            packets_ack_eliciting_sent: sent,
             packets_received: received,
             ..Default::default()
         };
@@ -585,6 +593,30 @@ mod tests {
         // Anything heard ends it.
         assert_eq!(w.update(&stats(16, 12), at(10_100)), Duration::ZERO);
         assert_eq!(w.update(&stats(16, 12), at(20_000)), Duration::ZERO);
+    }
+
+    #[test]
+    fn ack_only_packets_are_not_unanswered() {
+        // Regression: after the last response of a burst the client sends a delayed ACK, which
+        // a healthy server does not answer. That must not start the silence clock.
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let stats = |sent, eliciting, received| ConnectionStats {
+            packets_sent: sent,
+            packets_ack_eliciting_sent: eliciting,
+            packets_received: received,
+            ..Default::default()
+        };
+        let mut w = SilenceWatch::new(&stats(10, 8, 10));
+        assert_eq!(w.update(&stats(11, 8, 10), at(100)), Duration::ZERO);
+        assert_eq!(w.update(&stats(11, 8, 10), at(4_000)), Duration::ZERO);
+        assert_eq!(w.update(&stats(12, 8, 10), at(10_000)), Duration::ZERO);
+        // An unanswered PING does.
+        assert_eq!(w.update(&stats(13, 9, 10), at(11_000)), Duration::ZERO);
+        assert_eq!(
+            w.update(&stats(13, 9, 10), at(14_000)),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]

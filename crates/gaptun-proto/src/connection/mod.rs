@@ -6,6 +6,7 @@
 //! [`Connection::poll`]. Application commands (streams, close, window) can come at any time.
 
 mod ack;
+mod liveness;
 mod loss_rate;
 mod mtu;
 mod path;
@@ -58,6 +59,14 @@ pub enum ConnectionError {
     /// Nothing was heard from the peer for the idle timeout.
     #[error("peer silent for {0:?}, connection timed out")]
     TimedOut(Duration),
+    /// The peer stopped answering while we waited on it (unacknowledged data, or a stream it
+    /// was sending on): it is taken as gone (crashed, restarted, or the path is cut).
+    #[error("peer stopped answering for {:.1} s while data was outstanding", .0.as_secs_f64())]
+    Unresponsive(Duration),
+    /// The server answered with a stateless reset: it no longer knows this connection (it
+    /// restarted).
+    #[error("the server reset the connection (it no longer knows it: restarted?)")]
+    Reset,
     /// The peer closed the connection.
     #[error("closed by peer (code {code}): {reason}")]
     ClosedByPeer {
@@ -84,6 +93,9 @@ pub struct ConnectionStats {
     pub pacing_rate: u64,
     pub congestion: &'static str,
     pub packets_sent: u64,
+    /// Packets sent that the peer must acknowledge (everything but ACK-only and CLOSE
+    /// packets): only these prove, when nothing comes back, that the peer is silent.
+    pub packets_ack_eliciting_sent: u64,
     pub packets_received: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -108,6 +120,9 @@ pub struct ConnectionStats {
     pub streams_opened_total: u64,
     pub receive_window: u64,
     pub migrations: u64,
+    /// Server: new peer addresses probed with a PATH_CHALLENGE (a migration, or a copied
+    /// packet sent from elsewhere).
+    pub path_probes: u64,
     /// Largest UDP payload data is sent in now: the path MTU confirmed by discovery.
     pub mtu: u64,
     /// Path MTU probes sent, acknowledged and lost (lost probes are not congestion losses and
@@ -230,6 +245,8 @@ pub struct Connection {
     rng: StdRng,
     clock: UnixClock,
     path: Path,
+    /// Server: a new peer address being validated before the connection moves there.
+    candidate: Option<Path>,
     /// Path MTU discovery: the datagram size in use and the search for a larger one.
     pmtu: MtuDiscovery,
 
@@ -255,6 +272,12 @@ pub struct Connection {
     replay: ReplayWindow,
     ack: AckState,
     last_received: Instant,
+    /// When the peer last sent us stream data: a stream it was sending on that goes quiet
+    /// makes us check that it is still there (see `connection::liveness`).
+    last_stream_received: Option<Instant>,
+    /// When the first ack-eliciting packet sent since we last heard from the peer went out:
+    /// where the peer's silence counts from when we wait on an acknowledgement.
+    unanswered_since: Option<Instant>,
 
     rtt: RttEstimator,
     cc: Box<dyn Controller>,
@@ -306,6 +329,7 @@ impl Connection {
             rng: init.rng,
             clock: init.clock,
             path: Path::new(init.remote, init.side == Side::Client),
+            candidate: None,
             pmtu,
             next_pn: 0,
             sent: BTreeMap::new(),
@@ -323,6 +347,8 @@ impl Connection {
             replay: ReplayWindow::new(),
             ack: AckState::new(),
             last_received: now,
+            last_stream_received: None,
+            unanswered_since: None,
             rtt: RttEstimator::new(config.initial_rtt),
             cc: congestion::build(config.congestion, now, mtu),
             delivery: DeliveryRate::new(now),
@@ -633,11 +659,8 @@ impl Connection {
                 self.timers.stop_all();
             }
             Timer::MtuProbe => self.on_mtu_probe_timeout(now),
-            Timer::PathChallenge => {
-                if !self.path.validated && self.path.challenge.is_some() {
-                    self.path.challenge_pending = true;
-                }
-            }
+            Timer::Liveness => self.on_liveness_timer(now),
+            Timer::PathChallenge => self.on_path_challenge_timer(now),
         }
     }
 

@@ -74,9 +74,12 @@ impl Connection {
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += size;
         self.path.bytes_sent += size;
+        self.arm_liveness(now);
         if !ack_eliciting {
             return;
         }
+        self.stats.packets_ack_eliciting_sent += 1;
+        self.unanswered_since.get_or_insert(now);
         let stream_bytes: u64 = frames.stream.iter().map(|s| s.len).sum();
         self.stats.stream_bytes_sent += stream_bytes;
         let rate = self.delivery.on_sent(now, self.in_flight);

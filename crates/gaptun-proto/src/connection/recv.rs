@@ -39,18 +39,29 @@ impl Connection {
             self.stats.dropped_replay += 1;
             return;
         }
+        if self.side == Side::Server
+            && self.confirmed
+            && from != self.path.remote
+            && !self.accept_from_elsewhere(now, from, pn, len, payload)
+        {
+            return;
+        }
         self.replay.insert(pn);
         self.stats.packets_received += 1;
         self.stats.bytes_received += len;
         self.last_received = now;
+        self.unanswered_since = None;
         if self.state == State::Closing {
             // Answer a peer that has not seen our CLOSE yet, once per packet it sends.
             self.close_pending = true;
             return;
         }
-        self.on_authenticated_from(now, from, pn, len);
+        self.on_authenticated_from(from, len);
         self.reset_idle_timer(now);
-        self.process_payload(now, pn, payload, from);
+        let non_probing = self.process_payload(now, pn, payload, from);
+        if self.state == State::Established && self.side == Side::Server {
+            self.maybe_migrate(from, pn, non_probing);
+        }
     }
 
     /// Client: the datagram should be the server's Response.
@@ -81,7 +92,7 @@ impl Connection {
 
     /// Bookkeeping for an authenticated packet: handshake confirmation, amplification budget,
     /// migration.
-    fn on_authenticated_from(&mut self, now: Instant, from: SocketAddr, pn: u64, len: u64) {
+    fn on_authenticated_from(&mut self, from: SocketAddr, len: u64) {
         if self.side == Side::Server && !self.confirmed {
             self.confirmed = true;
             self.path.validated = true;
@@ -89,38 +100,18 @@ impl Connection {
             self.response_due = false;
             self.timers.stop(Timer::HandshakeTimeout);
         }
+        // Packets from elsewhere were counted by `accept_from_elsewhere` (server); a client
+        // does not follow the server to another address.
         if from == self.path.remote {
             self.path.bytes_received += len;
-            return;
         }
-        // Only the server follows the peer; and only for the newest packet, so that a delayed
-        // or replayed old datagram cannot drag the connection back to a stale address.
-        if self.side != Side::Server || self.replay.largest() != Some(pn) {
-            return;
-        }
-        self.migrate(now, from, len);
     }
 
-    /// The client's address changed (NAT rebinding, new network): continue there, but send no
-    /// more than the anti-amplification budget until the new address answers a challenge.
-    fn migrate(&mut self, now: Instant, to: SocketAddr, len: u64) {
-        let mut challenge = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut self.rng, &mut challenge);
-        let mut path = super::path::Path::new(to, false);
-        path.bytes_received = len;
-        path.challenge = Some(challenge);
-        path.challenge_pending = true;
-        self.path = path;
-        // The new path may carry less: start again from the initial size (probing waits for
-        // the path to be validated).
-        self.pmtu.on_path_changed();
-        self.stats.migrations += 1;
-        self.timers.set(Timer::PathChallenge, now + self.rto());
-        tracing::debug!(remote = %to, "peer address changed; validating new path");
-    }
-
-    fn process_payload(&mut self, now: Instant, pn: u64, payload: &[u8], from: SocketAddr) {
+    /// Processes the frames of packet `pn`; returns whether it was non-probing (had a frame
+    /// other than PATH_CHALLENGE, PATH_RESPONSE and PADDING).
+    fn process_payload(&mut self, now: Instant, pn: u64, payload: &[u8], from: SocketAddr) -> bool {
         let mut ack_eliciting = false;
+        let mut non_probing = false;
         for frame in frame::iter(payload) {
             let frame = match frame {
                 Ok(f) => f,
@@ -128,20 +119,24 @@ impl Connection {
                     self.stats.dropped_malformed += 1;
                     let error = ConnectionError::ProtocolViolation(e.to_string());
                     self.fail(now, error_code::FRAME_ENCODING, error);
-                    return;
+                    return false;
                 }
             };
             ack_eliciting |= frame.is_ack_eliciting();
+            non_probing |= !matches!(
+                frame,
+                Frame::Padding | Frame::PathChallenge(_) | Frame::PathResponse(_)
+            );
             if let Err(e) = self.process_frame(now, frame, from) {
                 self.fail(
                     now,
                     streams_error_code(e),
                     ConnectionError::ProtocolViolation(e.to_string()),
                 );
-                return;
+                return false;
             }
             if self.state != State::Established {
-                return;
+                return false;
             }
         }
         let threshold = self.config.ack_eliciting_threshold.max(1);
@@ -162,6 +157,7 @@ impl Connection {
         if immediate {
             self.timers.stop(Timer::Ack);
         }
+        non_probing
     }
 
     fn process_frame(
@@ -173,7 +169,10 @@ impl Connection {
         match frame {
             Frame::Padding | Frame::Ping => {}
             Frame::Ack(ack) => self.on_ack_frame(now, &ack),
-            Frame::Stream(f) => self.streams.on_stream_frame(&f)?,
+            Frame::Stream(f) => {
+                self.streams.on_stream_frame(&f)?;
+                self.on_stream_data_received(now, f.fin);
+            }
             Frame::ResetStream {
                 id,
                 error_code,
@@ -189,14 +188,7 @@ impl Connection {
             Frame::MaxStreams(count) => self.streams.on_max_streams(count),
             Frame::DataBlocked(_) | Frame::StreamDataBlocked { .. } => {}
             Frame::PathChallenge(data) => self.path_response = Some((data, from)),
-            Frame::PathResponse(data) => {
-                if self.path.challenge == Some(data) {
-                    self.path.validated = true;
-                    self.path.challenge = None;
-                    self.path.challenge_pending = false;
-                    self.timers.stop(Timer::PathChallenge);
-                }
-            }
+            Frame::PathResponse(data) => self.on_path_response(data),
             Frame::Close(close) => {
                 let reason = String::from_utf8_lossy(close.reason).into_owned();
                 let error = ConnectionError::ClosedByPeer {

@@ -51,6 +51,9 @@ impl Connection {
         if let Some(t) = self.transmit_response(buf) {
             return Some(t);
         }
+        if let Some(t) = self.transmit_candidate_challenge(buf) {
+            return Some(t);
+        }
         if let Some(t) = self.transmit_mtu_probe(now, buf) {
             return Some(t);
         }
@@ -252,7 +255,7 @@ impl Connection {
     }
 
     /// Seals the packet `pn` that starts at `start`.
-    fn seal(&mut self, buf: &mut Vec<u8>, start: usize, pn: u64) {
+    pub(super) fn seal(&mut self, buf: &mut Vec<u8>, start: usize, pn: u64) {
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
@@ -319,7 +322,10 @@ impl Connection {
             || self.path.challenge_pending
             || self.path_response.is_some();
         let can_elicit = wants_eliciting && allowance == Allowance::Full;
-        if !ack_due && !can_elicit {
+        // A PATH_RESPONSE goes out even when the window is full: the server waits for it before
+        // it sends to our new address, so holding it back could stall us until an RTO.
+        let urgent_response = self.path_response.is_some();
+        if !ack_due && !can_elicit && !urgent_response {
             if !has_data && allowance == Allowance::Full {
                 // Nothing to send although we could: rate samples taken now understate the
                 // path, and the controller must know.
@@ -353,6 +359,9 @@ impl Connection {
         let mut eliciting = false;
         if allowance == Allowance::Full {
             eliciting = self.write_eliciting_frames(now, buf, limit, &mut sent);
+        } else if let Some((data, _)) = self.path_response.take() {
+            Frame::PathResponse(data).encode(buf);
+            eliciting = true;
         }
         if buf.len() == start + packet::HEADER_LEN {
             buf.truncate(start);

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 /// Number of [`Timer`] kinds.
-const COUNT: usize = 11;
+const COUNT: usize = 12;
 
 /// Every timer a connection can have armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub(super) enum Timer {
     PathChallenge,
     /// A path MTU probe went unanswered: it counts as lost (see `connection::mtu`).
     MtuProbe,
+    /// Check that a peer we wait on still answers (see `connection::liveness`).
+    Liveness,
 }
 
 impl Timer {
@@ -45,6 +47,7 @@ impl Timer {
         Self::Close,
         Self::PathChallenge,
         Self::MtuProbe,
+        Self::Liveness,
     ];
 }
 
