@@ -167,7 +167,7 @@ async fn connect<O: StreamOpener>(
         }
     };
     write_reply(&mut tcp, ReplyCode::Succeeded, &reply.bound).await?;
-    let moved = pump::relay(tcp, stream).await?;
+    let moved = pump::relay_tcp(tcp, stream).await?;
     debug!(target = %request.target, up = moved.a_to_b, down = moved.b_to_a, "socks5 relay done");
     Ok(())
 }
