@@ -595,10 +595,6 @@ impl Streams {
             return Err(StreamsError::FlowControl);
         }
         self.data_recvd += delta;
-        let conn_cap = recv::fragment_cap(self.fragment_window());
-        let Some(stream) = self.streams.get_mut(&id) else {
-            return Ok(());
-        };
         let fragments = stream.recv.fragments();
         let (ingested, tell) = stream.recv.on_reset(error_code, final_size);
         self.recv_fragments -= fragments;
