@@ -3,7 +3,7 @@
 //! A TCP forward turns every accepted connection into a tunnel stream to a fixed target
 //! (dialled by the server, like kcptun's `-l`). The request is pipelined: the local client's
 //! bytes follow the request at once, and the reply is awaited only before bytes flow back.
-//! If the server refuses, the local connection is closed.
+//! If the server refuses, or the stream is cut, the local connection is reset (RST).
 //!
 //! A UDP forward (WireGuard, DNS) keeps one tunnel stream per local source address, so
 //! replies find their way back to the right client. Sessions end after an idle timeout and

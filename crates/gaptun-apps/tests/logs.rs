@@ -116,3 +116,43 @@ async fn policy_refusal_is_logged_with_the_target() {
     assert!(line.contains(&format!("target={target}")), "{line}");
     assert!(line.contains("not allowed"), "{line}");
 }
+
+/// The server's UDP relay logs a refused destination once (at INFO, naming it), not once per
+/// datagram.
+#[tokio::test]
+async fn udp_relay_logs_a_refused_destination_once() {
+    let (logs, _guard) = capture();
+    let refused = start_udp_echo().await;
+    let proxy = start_socks(tunnel(TargetPolicy::new()), SocksConfig::default()).await;
+    let mut control = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(greet(&mut control, &[0]).await, 0);
+    let (rep, bound) = request(&mut control, 3, &TargetAddr::unspecified()).await;
+    assert_eq!(rep, 0);
+    let TargetAddr::Ip(relay) = bound else {
+        panic!("relay address must be an IP: {bound}")
+    };
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut datagram = vec![0, 0, 0];
+    TargetAddr::Ip(refused).encode(&mut datagram);
+    datagram.extend_from_slice(b"x");
+    let wanted = format!("target={refused}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    // Datagrams are sent until the first refusal shows up in the log, then three more.
+    while !logs.text().contains(&wanted) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", logs.text());
+        client.send_to(&datagram, relay).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        client.send_to(&datagram, relay).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let text = logs.text();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&wanted)).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("INFO") && lines[0].contains("udp relay refused"),
+        "{text}"
+    );
+    assert!(lines[0].contains("loopback"), "{text}");
+}
