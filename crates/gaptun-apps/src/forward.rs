@@ -3,7 +3,7 @@
 //! A TCP forward turns every accepted connection into a tunnel stream to a fixed target
 //! (dialled by the server, like kcptun's `-l`). The request is pipelined: the local client's
 //! bytes follow the request at once, and the reply is awaited only before bytes flow back.
-//! If the server refuses, the local connection is closed.
+//! If the server refuses, or the stream is cut, the local connection is reset (RST).
 //!
 //! A UDP forward (WireGuard, DNS) keeps one tunnel stream per local source address, so
 //! replies find their way back to the right client. Sessions end after an idle timeout and
@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::addr::TargetAddr;
 use crate::client::{DEFAULT_REPLY_TIMEOUT, TunnelClientError, await_reply, open_with_request};
 use crate::idle::Activity;
-use crate::pump::{COPY_BUF, copy_half};
+use crate::pump::{COPY_BUF, abort_tcp, copy_half};
 use crate::request::{Command, TunnelRequest, encode_udp_frame, read_udp_frame};
 use crate::tunnel::StreamOpener;
 
@@ -60,8 +60,12 @@ pub async fn serve_tcp_forward<O: StreamOpener>(
 }
 
 /// Relays one local connection to `target`, pipelining its first bytes behind the request.
+///
+/// Ends like [`crate::pump::relay_tcp`]: if the server refuses, or the tunnel stream is reset
+/// or lost, the local connection is reset (RST), never closed with a FIN that would pass for a
+/// complete answer.
 pub async fn forward_connection<O: StreamOpener>(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     target: &TargetAddr,
     opener: &O,
 ) -> Result<(), TunnelClientError> {
@@ -69,21 +73,34 @@ pub async fn forward_connection<O: StreamOpener>(
         command: Command::Connect,
         target: target.clone(),
     };
-    let stream = open_with_request(opener, &request).await?;
-    let (mut local_read, mut local_write) = tcp.into_split();
-    let (mut tunnel_read, mut tunnel_write) = tokio::io::split(stream);
-    let upload = async {
-        copy_half(&mut local_read, &mut tunnel_write, COPY_BUF)
-            .await
-            .map_err(TunnelClientError::Open)
+    let mut stream = match open_with_request(opener, &request).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            abort_tcp(tcp);
+            return Err(e);
+        }
     };
-    let download = async {
-        await_reply(&mut tunnel_read, DEFAULT_REPLY_TIMEOUT).await?;
-        copy_half(&mut tunnel_read, &mut local_write, COPY_BUF)
-            .await
-            .map_err(TunnelClientError::Open)
+    let result = {
+        let (mut local_read, mut local_write) = tcp.split();
+        let (mut tunnel_read, mut tunnel_write) = tokio::io::split(&mut stream);
+        let upload = async {
+            copy_half(&mut local_read, &mut tunnel_write, COPY_BUF)
+                .await
+                .map_err(TunnelClientError::Open)
+        };
+        let download = async {
+            await_reply(&mut tunnel_read, DEFAULT_REPLY_TIMEOUT).await?;
+            copy_half(&mut tunnel_read, &mut local_write, COPY_BUF)
+                .await
+                .map_err(TunnelClientError::Open)
+        };
+        tokio::try_join!(upload, download)
     };
-    tokio::try_join!(upload, download)?;
+    if let Err(e) = result {
+        abort_tcp(tcp);
+        drop(stream);
+        return Err(e);
+    }
     Ok(())
 }
 

@@ -8,8 +8,10 @@
 //!
 //! The check runs on the address actually dialled, after name resolution, so a name that
 //! resolves to a private address is refused as well (no DNS rebinding around the policy).
-//! IPv4-mapped (`::ffff:a.b.c.d`) and NAT64 (`64:ff9b::a.b.c.d`) IPv6 addresses are judged as
-//! the IPv4 address they carry.
+//! An IPv6 address that carries an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4,
+//! Teredo, ISATAP) is judged by that IPv4 address as well: a host that speaks one of these
+//! transition mechanisms delivers the packet to the embedded IPv4 address, so
+//! `2002:7f00:1::` would otherwise be a way to reach `127.0.0.1`. See [`judged_addresses`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,12 +30,19 @@ pub struct TargetPolicy {
 
 /// Why a target was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{ip} is a {class} address and not on the allow list")]
+#[error("{ip}{} is a {class} address and not on the allow list", via_suffix(.embedded_in))]
 pub struct Refused {
     /// The address that was refused (after mapping IPv4-in-IPv6 forms back to IPv4).
     pub ip: IpAddr,
     /// The restricted range it falls in.
     pub class: AddressClass,
+    /// The IPv6 address asked for, when `ip` is an IPv4 address embedded in it (6to4,
+    /// Teredo, NAT64, ...): the operator should see both.
+    pub embedded_in: Option<Ipv6Addr>,
+}
+
+fn via_suffix(embedded_in: &Option<Ipv6Addr>) -> String {
+    embedded_in.map_or_else(String::new, |v6| format!(" (embedded in {v6})"))
 }
 
 /// The restricted ranges, named for error messages and logs.
@@ -126,14 +135,96 @@ impl TargetPolicy {
             return Ok(());
         }
         let ip = canonical_ip(resolved);
-        let Some(class) = classify(ip) else {
-            return Ok(());
-        };
-        if self.allow.iter().any(|rule| rule.matches(host, port, ip)) {
+        let allowed = |addr: IpAddr| self.allow.iter().any(|rule| rule.matches(host, port, addr));
+        // An allow rule naming the address itself (not an embedded one) lets it through.
+        if allowed(ip) {
             return Ok(());
         }
-        Err(Refused { ip, class })
+        let embedded_in = match ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        };
+        for judged in judged_addresses(ip) {
+            if let Some(class) = classify(judged)
+                && !allowed(judged)
+            {
+                let embedded_in = embedded_in.filter(|_| judged != ip);
+                return Err(Refused {
+                    ip: judged,
+                    class,
+                    embedded_in,
+                });
+            }
+        }
+        Ok(())
     }
+}
+
+/// The addresses the policy judges for `ip`: `ip` itself first, then, for an IPv6 address,
+/// every IPv4 address it embeds. The target is refused if any of them is restricted.
+///
+/// Forms recognised (all fixed, well-known prefixes; an operator-specific NAT64 or 6rd prefix
+/// cannot be recognised from the address alone):
+/// - IPv4-compatible `::a.b.c.d` (`::/96`, deprecated; `::` and `::1` stay themselves);
+/// - IPv4-translated `::ffff:0:a.b.c.d` (`::ffff:0:0:0/96`, SIIT);
+/// - NAT64 local-use `64:ff9b:1::/48` (RFC 8215): the prefix length a network uses inside it
+///   is not visible in the address, so every RFC 6052 layout the address is consistent with
+///   (/48, /56, /64 with the reserved octet and the suffix zero; /96 always) is judged;
+/// - 6to4 `2002:AABB:CCDD::/48` (RFC 3056): the IPv4 address is bits 16..48;
+/// - Teredo `2001:0::/32` (RFC 4380): the server's IPv4 address (bits 32..64) and the client's
+///   (the last 32 bits, inverted);
+/// - ISATAP interface identifiers `::0:5efe:a.b.c.d` and `::200:5efe:a.b.c.d` (RFC 5214).
+///
+/// IPv4-mapped `::ffff:a.b.c.d` and well-known NAT64 `64:ff9b::a.b.c.d` are already replaced
+/// by [`canonical_ip`], which this expects to have been applied.
+pub fn judged_addresses(ip: IpAddr) -> Vec<IpAddr> {
+    let mut out = vec![ip];
+    if let IpAddr::V6(v6) = ip {
+        out.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
+    }
+    out
+}
+
+/// The IPv4 addresses embedded in `v6` by the transition forms listed at [`judged_addresses`].
+fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let o = v6.octets();
+    let s = v6.segments();
+    let v4 = |a: u8, b: u8, c: u8, d: u8| Ipv4Addr::new(a, b, c, d);
+    let last32 = v4(o[12], o[13], o[14], o[15]);
+    let mut found = Vec::new();
+    match s {
+        // IPv4-compatible; `::` and `::1` are the unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, ..] if !v6.is_unspecified() && !v6.is_loopback() => found.push(last32),
+        // IPv4-translated (SIIT).
+        [0, 0, 0, 0, 0xffff, 0, ..] => found.push(last32),
+        // NAT64 local-use prefix: try each RFC 6052 layout of a prefix of /48 or longer.
+        [0x64, 0xff9b, 1, ..] => {
+            let zero = |range: std::ops::Range<usize>| o[range].iter().all(|b| *b == 0);
+            if o[8] == 0 && zero(11..16) {
+                found.push(v4(o[6], o[7], o[9], o[10])); // /48
+            }
+            if o[8] == 0 && zero(12..16) {
+                found.push(v4(o[7], o[9], o[10], o[11])); // /56
+            }
+            if o[8] == 0 && zero(13..16) {
+                found.push(v4(o[9], o[10], o[11], o[12])); // /64
+            }
+            found.push(last32); // /96
+        }
+        // 6to4.
+        [0x2002, ..] => found.push(v4(o[2], o[3], o[4], o[5])),
+        // Teredo: server address in clear, client address inverted.
+        [0x2001, 0, ..] => {
+            found.push(v4(o[4], o[5], o[6], o[7]));
+            found.push(v4(!o[12], !o[13], !o[14], !o[15]));
+        }
+        _ => {}
+    }
+    // ISATAP interface identifier (any prefix), with the universal/local bit clear or set.
+    if matches!(s[4], 0 | 0x0200) && s[5] == 0x5efe {
+        found.push(last32);
+    }
+    found
 }
 
 /// Maps IPv4-mapped and NAT64 IPv6 addresses to the IPv4 address they stand for.
@@ -383,6 +474,118 @@ mod tests {
         assert_eq!(canonical_ip(ip("2001:db8::1")), ip("2001:db8::1"));
     }
 
+    /// What the default policy says about `addr`: `None` if allowed, else the judged address
+    /// and its class.
+    fn verdict(addr: &str) -> Option<(IpAddr, AddressClass)> {
+        TargetPolicy::new()
+            .check(addr, 80, ip(addr))
+            .err()
+            .map(|r| (r.ip, r.class))
+    }
+
+    #[test]
+    fn every_ipv6_form_embedding_ipv4_is_judged_by_the_ipv4_address() {
+        use AddressClass::*;
+        // (address, refused as (judged address, class), or None if allowed)
+        let cases: &[(&str, Option<(&str, AddressClass)>)] = &[
+            // IPv4-mapped.
+            ("::ffff:127.0.0.1", Some(("127.0.0.1", Loopback))),
+            (
+                "::ffff:169.254.169.254",
+                Some(("169.254.169.254", LinkLocal)),
+            ),
+            ("::ffff:8.8.8.8", None),
+            // IPv4-compatible (deprecated), but `::` and `::1` keep their own meaning.
+            ("::127.0.0.1", Some(("127.0.0.1", Loopback))),
+            ("::10.0.0.1", Some(("10.0.0.1", Private))),
+            ("::0.0.0.2", Some(("0.0.0.2", Unspecified))),
+            ("::8.8.8.8", None),
+            ("::", Some(("::", Unspecified))),
+            ("::1", Some(("::1", Loopback))),
+            // IPv4-translated (SIIT).
+            ("::ffff:0:192.168.1.1", Some(("192.168.1.1", Private))),
+            ("::ffff:0:8.8.8.8", None),
+            // NAT64 well-known prefix (/96 only).
+            ("64:ff9b::127.0.0.1", Some(("127.0.0.1", Loopback))),
+            ("64:ff9b::100.64.0.1", Some(("100.64.0.1", SharedCgnat))),
+            ("64:ff9b::8.8.8.8", None),
+            // NAT64 local-use prefix (RFC 8215), as /96 ...
+            ("64:ff9b:1::127.0.0.1", Some(("127.0.0.1", Loopback))),
+            ("64:ff9b:1::10.1.2.3", Some(("10.1.2.3", Private))),
+            ("64:ff9b:1:abcd::8.8.8.8", None),
+            ("64:ff9b:1::8.8.8.8", None),
+            // ... as /48: 10.1.2.3 in bits 48..64 and 72..88.
+            ("64:ff9b:1:a01:2:300::", Some(("10.1.2.3", Private))),
+            // ... as /56: 192.168.7.9 in bits 56..64 and 72..96.
+            ("64:ff9b:1:c0:a8:709::", Some(("192.168.7.9", Private))),
+            // ... as /64: 127.0.0.1 in bits 72..104.
+            ("64:ff9b:1:0:7f:0:100::", Some(("127.0.0.1", Loopback))),
+            // 6to4.
+            ("2002:7f00:1::1", Some(("127.0.0.1", Loopback))),
+            ("2002:c0a8:101:1::1", Some(("192.168.1.1", Private))),
+            ("2002:a9fe:a9fe::", Some(("169.254.169.254", LinkLocal))),
+            ("2002:808:808::1", None),
+            // Teredo: the client's address is inverted in the last 32 bits.
+            (
+                "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                Some(("127.0.0.1", Loopback)),
+            ),
+            (
+                "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+                Some(("10.0.0.1", Private)),
+            ),
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", None),
+            // Teredo with a restricted server address.
+            (
+                "2001:0:a00:1:8000:63bf:f7f7:f7f7",
+                Some(("10.0.0.1", Private)),
+            ),
+            // ISATAP interface identifiers, both values of the u/l bit.
+            ("2001:db8::5efe:10.0.0.1", Some(("10.0.0.1", Private))),
+            (
+                "2001:db8::200:5efe:127.0.0.1",
+                Some(("127.0.0.1", Loopback)),
+            ),
+            ("2001:db8::200:5efe:8.8.8.8", None),
+            // Addresses that embed nothing are judged as themselves.
+            ("2001:db8:1::1", None),
+            ("2001:4860:4860::8888", None),
+            ("fd00::1", Some(("fd00::1", UniqueLocal))),
+        ];
+        for (addr, want) in cases {
+            let want = want.map(|(judged, class)| (ip(judged), class));
+            assert_eq!(verdict(addr), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn refusal_of_an_embedded_address_names_both() {
+        let err = TargetPolicy::new()
+            .check("x", 80, ip("2002:7f00:1::1"))
+            .unwrap_err();
+        assert_eq!(err.embedded_in, Some("2002:7f00:1::1".parse().unwrap()));
+        assert_eq!(
+            err.to_string(),
+            "127.0.0.1 (embedded in 2002:7f00:1::1) is a loopback address and not on the allow list"
+        );
+    }
+
+    #[test]
+    fn allow_rules_apply_to_embedded_addresses() {
+        let policy = TargetPolicy {
+            allow: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2002:7f00::/24".parse().unwrap(),
+            ],
+            allow_private: false,
+        };
+        // The embedded address is on the allow list.
+        assert!(policy.check("x", 1, ip("2002:a00:1::1")).is_ok());
+        // The IPv6 address itself is on the allow list.
+        assert!(policy.check("x", 1, ip("2002:7f00:1::1")).is_ok());
+        assert!(policy.check("x", 1, ip("2002:c0a8:101::1")).is_err());
+    }
+
     #[test]
     fn default_policy_refuses_restricted_and_allows_public() {
         let policy = TargetPolicy::new();
@@ -391,7 +594,8 @@ mod tests {
             err,
             Refused {
                 ip: ip("127.0.0.1"),
-                class: AddressClass::Loopback
+                class: AddressClass::Loopback,
+                embedded_in: None,
             }
         );
         assert!(err.to_string().contains("loopback"));

@@ -12,11 +12,18 @@
 //!   rely on this).
 //!
 //! If either direction fails, both are dropped: a reset on one side must not leave the other
-//! side waiting forever.
+//! side waiting forever. Between a TCP connection and a tunnel stream ([`relay_tcp`]) the
+//! failure is passed on as a failure, never as a clean end: the TCP connection is aborted with
+//! a reset (RST) and the tunnel stream is dropped before its FIN, which resets it. A reader on
+//! either side thus gets `ECONNRESET` for a transfer that was cut, and EOF only for one that
+//! the far side ended itself; a client without a length (HTTP/1.0, `nc`, a tar stream) can
+//! tell truncated data from complete data.
 
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
 
 /// Largest buffer of one copy direction, reached during bulk transfers.
 pub const COPY_BUF: usize = 64 * 1024;
@@ -97,6 +104,46 @@ where
         copy_half(&mut b_read, &mut a_write, COPY_BUF),
     )?;
     Ok(Transferred { a_to_b, b_to_a })
+}
+
+/// Relays between a local TCP connection and a tunnel stream until both directions ended.
+///
+/// EOF on either side is passed on as FIN (half-close). Any error — the tunnel stream reset by
+/// the peer, the tunnel connection lost, the TCP peer resetting — ends both directions at once:
+/// the TCP connection is aborted with RST ([`abort_tcp`]) and the tunnel stream is dropped
+/// without FIN (a reset for the transport; see [`crate::tunnel`]).
+pub async fn relay_tcp<S>(mut tcp: TcpStream, mut tunnel: S) -> io::Result<Transferred>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = {
+        let (mut tcp_read, mut tcp_write) = tcp.split();
+        let (mut tunnel_read, mut tunnel_write) = tokio::io::split(&mut tunnel);
+        tokio::try_join!(
+            copy_half(&mut tcp_read, &mut tunnel_write, COPY_BUF),
+            copy_half(&mut tunnel_read, &mut tcp_write, COPY_BUF),
+        )
+    };
+    match result {
+        Ok((to_tunnel, from_tunnel)) => Ok(Transferred {
+            a_to_b: to_tunnel,
+            b_to_a: from_tunnel,
+        }),
+        Err(e) => {
+            abort_tcp(tcp);
+            drop(tunnel);
+            Err(e)
+        }
+    }
+}
+
+/// Closes `tcp` with a reset (SO_LINGER 0, then close) rather than a FIN, so that its peer
+/// reads `ECONNRESET` and knows the data it got is incomplete.
+pub fn abort_tcp(tcp: TcpStream) {
+    if let Err(e) = tcp.set_zero_linger() {
+        debug!("cannot set SO_LINGER 0 before a reset: {e}");
+    }
+    drop(tcp);
 }
 
 #[cfg(test)]

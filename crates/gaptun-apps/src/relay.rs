@@ -174,8 +174,10 @@ where
     }
     .write_to(&mut stream)
     .await?;
-    let moved = pump::relay(stream, tcp).await?;
-    debug!(%target, up = moved.a_to_b, down = moved.b_to_a, "connect relay finished");
+    // A cut client stream resets the target connection (and a reset target resets the
+    // stream): the target must not take a truncated upload for a complete one.
+    let moved = pump::relay_tcp(tcp, stream).await?;
+    debug!(%target, up = moved.b_to_a, down = moved.a_to_b, "connect relay finished");
     Ok(())
 }
 

@@ -10,7 +10,11 @@
 //!   reading);
 //! - `shutdown()` sends FIN, i.e. closes our sending half only; the peer then reads EOF, and
 //!   can keep sending until it shuts down its own half;
-//! - dropping a stream closes (or resets) both halves.
+//! - dropping a stream before `shutdown()` resets it: the peer's reads fail (an error, not
+//!   EOF). The relays rely on this to pass a cut transfer on as a cut one: they drop the stream
+//!   unfinished on any error, and treat any read error from a stream as the far side's reset
+//!   (the local TCP connection is then reset too, see [`crate::pump::relay_tcp`]);
+//! - a stream whose connection is lost reports an error on read, never EOF.
 
 use std::future::Future;
 use std::io;

@@ -11,7 +11,7 @@ use gaptun_proto::EndpointConfig;
 use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtEndpoint};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::apps_wiring::{self, PoolOpener, RelayPolicy};
 use crate::config::Role;
@@ -100,7 +100,12 @@ async fn serve_connection(conn: RtConnection, policy: Arc<RelayPolicy>) {
         let policy = Arc::clone(&policy);
         tokio::spawn(async move {
             let id = stream.id();
-            match apps_wiring::serve_relay_stream(stream, policy).await {
+            // The span names the client in what the relay logs itself (refused UDP
+            // destinations).
+            let served = apps_wiring::serve_relay_stream(stream, policy)
+                .instrument(tracing::info_span!("client", %remote))
+                .await;
+            match served {
                 Ok(()) => {}
                 // What the client asked for and could not get: worth a line at the default level.
                 Err(RelayError::Dial { target, source }) => info!(%remote, "{target}: {source}"),

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::UdpSocket;
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::{DialConfig, RelayError, resolve_allowed};
+use super::{DialConfig, DialError, RelayError, resolve_allowed};
 use crate::addr::TargetAddr;
 use crate::idle::Activity;
 use crate::policy::TargetPolicy;
@@ -26,6 +26,9 @@ use crate::request::{ReplyCode, TunnelReply, encode_udp_frame, read_udp_frame};
 const MAX_PEERS: usize = 4096;
 /// Most resolved names a relay caches.
 const MAX_CACHED_NAMES: usize = 256;
+/// Distinct refused destinations a relay logs at INFO; later ones only at DEBUG, so a client
+/// spraying datagrams at refused addresses cannot flood the log.
+const MAX_LOGGED_REFUSALS: usize = 16;
 /// Largest UDP datagram we receive.
 const MAX_DATAGRAM: usize = 65535;
 /// Receive errors in a row after which the relay gives up (a socket that keeps failing).
@@ -182,10 +185,16 @@ async fn uplink<R: AsyncRead + Unpin>(
 ) -> Result<(), RelayError> {
     let mut buf = Vec::with_capacity(MAX_DATAGRAM);
     let mut names = HashMap::new();
+    let mut refusals = Refusals::default();
     while let Some((target, payload)) = read_udp_frame(&mut reader, &mut buf).await? {
-        let Some(dest) = destination(&target, policy, resolve_timeout, &mut names, shared).await
-        else {
-            continue;
+        let resolved = destination(&target, policy, resolve_timeout, &mut names, shared).await;
+        let dest = match resolved {
+            Ok(Some(dest)) => dest,
+            Ok(None) => continue,
+            Err(e) => {
+                refusals.log(&target, &e);
+                continue;
+            }
         };
         if let Some(socket) = shared.sockets.for_addr(&dest) {
             shared.remember_peer(dest);
@@ -198,34 +207,56 @@ async fn uplink<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Resolves and policy-checks a datagram's destination; `None` means drop it.
+/// Which refused destinations a relay has logged at INFO.
+#[derive(Default)]
+struct Refusals {
+    logged: HashSet<TargetAddr>,
+}
+
+impl Refusals {
+    /// Logs a dropped datagram: a policy refusal at INFO once per destination (up to
+    /// [`MAX_LOGGED_REFUSALS`]), anything else and repeats at DEBUG. The client is named by
+    /// the span the server runs the stream in.
+    fn log(&mut self, target: &TargetAddr, e: &DialError) {
+        let first = !self.logged.contains(target);
+        if matches!(e, DialError::Refused(_)) && first && self.logged.len() < MAX_LOGGED_REFUSALS {
+            self.logged.insert(target.clone());
+            info!(%target, "udp relay refused a destination: {e}");
+            if self.logged.len() == MAX_LOGGED_REFUSALS {
+                info!("further refused destinations of this udp relay are logged at debug level");
+            }
+        } else {
+            debug!(%target, "udp datagram dropped: {e}");
+        }
+    }
+}
+
+/// Resolves and policy-checks a datagram's destination; `Ok(None)` means drop it (no socket
+/// of its family), an error that it was refused or could not be resolved.
 async fn destination(
     target: &TargetAddr,
     policy: &TargetPolicy,
     limit: Duration,
     names: &mut HashMap<TargetAddr, SocketAddr>,
     shared: &Shared,
-) -> Option<SocketAddr> {
+) -> Result<Option<SocketAddr>, DialError> {
     if let Some(cached) = names.get(target) {
-        return Some(*cached);
+        return Ok(Some(*cached));
     }
-    let allowed = match resolve_allowed(target, policy, limit).await {
-        Ok(allowed) => allowed,
-        Err(e) => {
-            debug!(%target, "udp datagram dropped: {e}");
-            return None;
-        }
-    };
-    let dest = allowed
+    let allowed = resolve_allowed(target, policy, limit).await?;
+    let Some(dest) = allowed
         .into_iter()
-        .find(|sa| shared.sockets.for_addr(sa).is_some())?;
+        .find(|sa| shared.sockets.for_addr(sa).is_some())
+    else {
+        return Ok(None);
+    };
     if matches!(target, TargetAddr::Domain(..)) {
         if names.len() >= MAX_CACHED_NAMES {
             names.clear();
         }
         names.insert(target.clone(), dest);
     }
-    Some(dest)
+    Ok(Some(dest))
 }
 
 /// UDP -> tunnel: frames each datagram from a contacted peer with its source address.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::codec::{self, CMD_CONNECT, CMD_UDP_ASSOCIATE, METHOD_NONE_ACCEPTABLE, SocksError};
 use crate::addr::TargetAddr;
@@ -77,12 +77,12 @@ pub async fn serve_connection<O: StreamOpener>(
     opener: O,
     config: &SocksConfig,
 ) -> Result<(), SocksError> {
-    let request = tokio::time::timeout(config.handshake_timeout, handshake(&mut tcp, config))
+    let request = tokio::time::timeout(config.handshake_timeout, handshake(&mut tcp, peer, config))
         .await
         .map_err(|_| SocksError::HandshakeTimeout)??;
     debug!(%peer, command = request.command, target = %request.target, "socks5 request");
     match request.command {
-        CMD_CONNECT => connect(tcp, request.target, &opener, config).await,
+        CMD_CONNECT => connect(tcp, peer, request.target, &opener, config).await,
         CMD_UDP_ASSOCIATE => udp_associate(tcp, peer, request.target, &opener, config).await,
         _ => {
             write_reply(
@@ -98,9 +98,10 @@ pub async fn serve_connection<O: StreamOpener>(
 /// Method negotiation, authentication and the request.
 async fn handshake(
     tcp: &mut TcpStream,
+    peer: SocketAddr,
     config: &SocksConfig,
 ) -> Result<codec::SocksRequest, SocksError> {
-    negotiate_method(tcp, config).await?;
+    negotiate_method(tcp, peer, config).await?;
     match codec::read_request(tcp).await {
         Ok(request) => Ok(request),
         Err(e) => {
@@ -112,26 +113,40 @@ async fn handshake(
     }
 }
 
-async fn negotiate_method(tcp: &mut TcpStream, config: &SocksConfig) -> Result<(), SocksError> {
+async fn negotiate_method(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    config: &SocksConfig,
+) -> Result<(), SocksError> {
     let offered = codec::read_greeting(tcp).await?;
     let method = codec::choose_method(&offered, config.auth.is_some());
     tcp.write_all(&codec::encode_method_choice(method)).await?;
     if method == METHOD_NONE_ACCEPTABLE {
+        // Typically a client without the password a configured proxy requires.
+        warn!(%peer, ?offered, "socks5 client refused: it offers no acceptable method");
         return Err(SocksError::NoAcceptableMethod);
     }
     match &config.auth {
-        Some((user, pass)) => authenticate(tcp, user, pass).await,
+        Some((user, pass)) => authenticate(tcp, peer, user, pass).await,
         None => Ok(()),
     }
 }
 
-async fn authenticate(tcp: &mut TcpStream, user: &str, pass: &str) -> Result<(), SocksError> {
+/// RFC 1929 login. A failure is logged with the username tried (never the password).
+async fn authenticate(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    user: &str,
+    pass: &str,
+) -> Result<(), SocksError> {
     let credentials = codec::read_credentials(tcp).await?;
     let ok = credentials.matches(user, pass);
     tcp.write_all(&codec::encode_auth_status(ok)).await?;
     if ok {
         Ok(())
     } else {
+        let tried = String::from_utf8_lossy(&credentials.username);
+        warn!(%peer, user = %tried.escape_debug(), "socks5 login failed");
         Err(SocksError::AuthFailed)
     }
 }
@@ -148,6 +163,7 @@ async fn write_reply(
 /// CONNECT: ask the tunnel server to dial, pass its verdict on, then relay.
 async fn connect<O: StreamOpener>(
     mut tcp: TcpStream,
+    peer: SocketAddr,
     target: TargetAddr,
     opener: &O,
     config: &SocksConfig,
@@ -160,14 +176,14 @@ async fn connect<O: StreamOpener>(
         Ok(ok) => ok,
         Err(e) => {
             if e.is_refusal() {
-                info!("socks5 CONNECT {}: {e}", request.target);
+                info!(%peer, target = %request.target, "socks5 CONNECT refused: {e}");
             }
             write_reply(&mut tcp, e.reply_code(), &TargetAddr::unspecified()).await?;
             return Err(e.into());
         }
     };
     write_reply(&mut tcp, ReplyCode::Succeeded, &reply.bound).await?;
-    let moved = pump::relay(tcp, stream).await?;
+    let moved = pump::relay_tcp(tcp, stream).await?;
     debug!(target = %request.target, up = moved.a_to_b, down = moved.b_to_a, "socks5 relay done");
     Ok(())
 }
@@ -204,6 +220,9 @@ async fn udp_associate<O: StreamOpener>(
     let stream = match request_stream(opener, &request, config.reply_timeout).await {
         Ok((stream, _)) => stream,
         Err(e) => {
+            if e.is_refusal() {
+                info!(%peer, "socks5 UDP ASSOCIATE refused: {e}");
+            }
             write_reply(&mut tcp, e.reply_code(), &TargetAddr::unspecified()).await?;
             return Err(e.into());
         }

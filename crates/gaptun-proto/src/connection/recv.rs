@@ -208,5 +208,7 @@ fn streams_error_code(e: StreamsError) -> u64 {
         StreamsError::StreamLimit => error_code::STREAM_LIMIT,
         StreamsError::FinalSize => error_code::FINAL_SIZE,
         StreamsError::StreamState => error_code::STREAM_STATE,
+        // Holding back memory the window did not grant is a flow-control violation.
+        StreamsError::Fragmented => error_code::FLOW_CONTROL,
     }
 }

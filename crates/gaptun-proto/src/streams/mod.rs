@@ -105,6 +105,11 @@ pub enum StreamsError {
     /// the peer could not know).
     #[error("frame for a stream in the wrong state")]
     StreamState,
+    /// More gaps in the received data than the receive window pays for (see
+    /// `recv::fragment_cap`): a peer scattering small out-of-order frames to tie up the
+    /// receiver's memory.
+    #[error("peer sent data in more out-of-order fragments than the receive window allows")]
+    Fragmented,
 }
 
 /// One STREAM frame's worth of data sent in a packet.
@@ -227,6 +232,8 @@ pub struct Streams {
     /// Bytes read by the application or discarded.
     data_consumed: u64,
     recv_buffered: u64,
+    /// Fragments (runs of buffered data separated by gaps) across all streams.
+    recv_fragments: u64,
 
     /// Streams with something to send, in round-robin order.
     pending: VecDeque<StreamId>,
@@ -267,6 +274,7 @@ impl Streams {
             data_recvd: 0,
             data_consumed: 0,
             recv_buffered: 0,
+            recv_fragments: 0,
             pending: VecDeque::new(),
             retransmit: VecDeque::new(),
             control: ControlQueue::default(),
@@ -401,8 +409,10 @@ impl Streams {
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
         let stream = self.streams.get_mut(&id).ok_or(ReadError::ClosedStream)?;
         let before = stream.recv.buffered();
+        let fragments = stream.recv.fragments();
         let result = stream.recv.read(buf);
         let consumed = before - stream.recv.buffered();
+        self.recv_fragments = self.recv_fragments - fragments + stream.recv.fragments();
         if consumed > 0 {
             grant_stream_credit(
                 &mut stream.recv,
@@ -442,7 +452,9 @@ impl Streams {
     /// for data still in flight is accounted for.
     pub fn stop(&mut self, id: StreamId, error_code: u64) -> Result<(), ReadError> {
         let stream = self.streams.get_mut(&id).ok_or(ReadError::ClosedStream)?;
+        let fragments = stream.recv.fragments();
         let (ingested, send_stop) = stream.recv.stop(error_code)?;
+        self.recv_fragments -= fragments;
         if send_stop && !stream.recv.stop_queued {
             stream.recv.stop_queued = true;
             self.control.stop.push_back(id);
@@ -515,12 +527,21 @@ impl Streams {
         Ok(self.streams.contains_key(&id))
     }
 
+    /// The connection window the fragment cap is computed from: the configured window, or the
+    /// credit still granted if that is larger (a window shrunk by `set_receive_windows` must
+    /// not turn gaps left by data sent under the old one into an error).
+    fn fragment_window(&self) -> u64 {
+        let granted = self.local_max_data.saturating_sub(self.data_consumed);
+        self.conn_window.max(granted)
+    }
+
     /// A STREAM frame arrived.
     pub fn on_stream_frame(&mut self, frame: &StreamFrame<'_>) -> Result<(), StreamsError> {
         let id = frame.id;
         if !self.ensure_stream(id)? {
             return Ok(());
         }
+        let conn_cap = recv::fragment_cap(self.fragment_window());
         let Some(stream) = self.streams.get_mut(&id) else {
             return Ok(());
         };
@@ -531,9 +552,16 @@ impl Streams {
             return Err(StreamsError::FlowControl);
         }
         self.data_recvd += delta;
+        let fragments = stream.recv.fragments();
         let ingested = stream.recv.ingest(frame.offset, frame.data, frame.fin);
+        self.recv_fragments = self.recv_fragments - fragments + stream.recv.fragments();
         self.recv_buffered += ingested.stored;
         self.data_consumed += ingested.consumed;
+        // Scattered out-of-order data costs memory per gap, beyond what the credit limits:
+        // bound the gaps per stream and per connection (docs/protocol.md 4, "Receiving").
+        if stream.recv.fragments() > stream.recv.fragment_cap() || self.recv_fragments > conn_cap {
+            return Err(StreamsError::Fragmented);
+        }
         notify_readable(&mut stream.recv, id, &mut self.events);
         grant_stream_credit(
             &mut stream.recv,
@@ -567,7 +595,9 @@ impl Streams {
             return Err(StreamsError::FlowControl);
         }
         self.data_recvd += delta;
+        let fragments = stream.recv.fragments();
         let (ingested, tell) = stream.recv.on_reset(error_code, final_size);
+        self.recv_fragments -= fragments;
         self.recv_buffered -= ingested.dropped;
         self.data_consumed += ingested.consumed;
         if tell {

@@ -6,6 +6,28 @@ use crate::range_set::RangeSet;
 
 use super::{ReadError, StreamsError};
 
+/// Pieces of data that arrive next to a stored chunk are merged into it while the merged chunk
+/// stays within this size. Bulk frames (about a packet) are larger and stay as they came, so
+/// the common path copies nothing twice; small frames (interactive writes, or a peer trying to
+/// make the receiver hold one allocation per byte) are packed into chunks of at least half
+/// this size on average (two neighbouring chunks are never both small enough to merge).
+pub(super) const COALESCE_LIMIT: usize = 1024;
+
+/// Each run of buffered data separated from the next by a gap (a "fragment") must be paid for
+/// by this many bytes of receive window: a stream (and a connection) may hold at most
+/// `window / WINDOW_PER_FRAGMENT` fragments, but never fewer than [`MIN_FRAGMENTS`]. A gap is
+/// what a lost or reordered packet leaves, so an honest peer whose frames fill packets stays
+/// far below (about `window / 1200` even if every other packet were lost).
+pub(super) const WINDOW_PER_FRAGMENT: u64 = 256;
+
+/// The fragment cap for small windows.
+pub(super) const MIN_FRAGMENTS: u64 = 64;
+
+/// How many fragments a window of `window` bytes allows (see [`WINDOW_PER_FRAGMENT`]).
+pub(super) fn fragment_cap(window: u64) -> u64 {
+    (window / WINDOW_PER_FRAGMENT).max(MIN_FRAGMENTS)
+}
+
 /// Where the receiving half is, as the application sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RecvState {
@@ -34,6 +56,10 @@ pub(super) struct Ingested {
 /// `chunks` holds received, unread data keyed by stream offset, never overlapping; `received`
 /// says which offsets arrived (including those already read), so retransmitted bytes are
 /// neither stored twice nor counted twice. Empty maps allocate nothing.
+///
+/// What a peer can make us hold is bounded: data by the stream credit; the number of chunks by
+/// merging small neighbours ([`COALESCE_LIMIT`]); the number of gaps (`fragments`, which is
+/// also what sizes `received`) by a cap the caller enforces ([`fragment_cap`]).
 #[derive(Debug)]
 pub(super) struct Recv {
     chunks: BTreeMap<u64, Vec<u8>>,
@@ -57,6 +83,8 @@ pub(super) struct Recv {
     /// In the STOP_SENDING control queue (dedupe).
     pub(super) stop_queued: bool,
     buffered: u64,
+    /// Runs of contiguous buffered data (chunks separated by gaps count once per run).
+    fragments: u64,
 }
 
 impl Recv {
@@ -75,7 +103,30 @@ impl Recv {
             credit_queued: false,
             stop_queued: false,
             buffered: 0,
+            fragments: 0,
         }
+    }
+
+    /// Runs of buffered data separated by gaps: what reordering or loss left, and what an
+    /// attacker sending scattered bytes would inflate.
+    pub(super) fn fragments(&self) -> u64 {
+        self.fragments
+    }
+
+    /// This half's cap on fragments: [`fragment_cap`] of the stream window currently granted.
+    pub(super) fn fragment_cap(&self) -> u64 {
+        fragment_cap(self.max_data.saturating_sub(self.read))
+    }
+
+    #[cfg(test)]
+    /// Heap bytes this half holds for reassembly, as estimated from its own structures: the
+    /// chunks' capacities plus a per-entry cost for the chunk map and the received set
+    /// (B-tree entries with their share of node overhead and allocator rounding).
+    pub(super) fn heap_estimate(&self) -> u64 {
+        const CHUNK_ENTRY: u64 = 64;
+        const RANGE_ENTRY: u64 = 48;
+        let data: u64 = self.chunks.values().map(|c| c.capacity() as u64).sum();
+        data + self.chunks.len() as u64 * CHUNK_ENTRY + self.received.len() as u64 * RANGE_ENTRY
     }
 
     /// Bytes received and not yet read.
@@ -157,7 +208,7 @@ impl Recv {
             let from = (gap.start - offset) as usize;
             let to = (gap.end - offset) as usize;
             if let Some(bytes) = data.get(from..to) {
-                self.chunks.insert(gap.start, bytes.to_vec());
+                self.store(gap.start, bytes);
                 stored += bytes.len() as u64;
             }
         }
@@ -166,6 +217,44 @@ impl Recv {
         Ingested {
             stored,
             ..Ingested::default()
+        }
+    }
+
+    /// Stores `bytes` at `at`, a range not received before: merged into the chunk before and/or
+    /// the chunk after when they touch it and the result stays within [`COALESCE_LIMIT`].
+    /// Keeps the fragment count: a piece touching neither neighbour starts a run, one joining
+    /// two runs ends one.
+    fn store(&mut self, at: u64, bytes: &[u8]) {
+        let end = at + bytes.len() as u64;
+        let before = self
+            .chunks
+            .range_mut(..at)
+            .next_back()
+            .filter(|(key, chunk)| **key + chunk.len() as u64 == at);
+        let touches_before = before.is_some();
+        let (key, merged_len) = match before {
+            Some((&key, chunk)) if chunk.len() + bytes.len() <= COALESCE_LIMIT => {
+                chunk.extend_from_slice(bytes);
+                (key, chunk.len())
+            }
+            _ => {
+                self.chunks.insert(at, bytes.to_vec());
+                (at, bytes.len())
+            }
+        };
+        let after_len = self.chunks.get(&end).map(Vec::len);
+        let touches_after = after_len.is_some();
+        if let Some(after_len) = after_len
+            && merged_len + after_len <= COALESCE_LIMIT
+            && let Some(after) = self.chunks.remove(&end)
+            && let Some(chunk) = self.chunks.get_mut(&key)
+        {
+            chunk.extend_from_slice(&after);
+        }
+        match (touches_before, touches_after) {
+            (false, false) => self.fragments += 1,
+            (true, true) => self.fragments = self.fragments.saturating_sub(1),
+            _ => {}
         }
     }
 
@@ -195,6 +284,7 @@ impl Recv {
         self.final_size = Some(final_size);
         let dropped = std::mem::take(&mut self.buffered);
         self.chunks = BTreeMap::new();
+        self.fragments = 0;
         let consumed = self.consume_all();
         let tell = self.state == RecvState::Open;
         if tell {
@@ -223,6 +313,7 @@ impl Recv {
         self.state = RecvState::Closed;
         let dropped = std::mem::take(&mut self.buffered);
         self.chunks = BTreeMap::new();
+        self.fragments = 0;
         let consumed = self.consume_all();
         let send_stop = self.final_size.is_none() && !all_received;
         Ok((
@@ -272,6 +363,15 @@ impl Recv {
             self.read += take as u64;
             self.buffered -= take as u64;
             n += take;
+        }
+        // The run at the read offset was read to its end.
+        if n > 0
+            && self
+                .chunks
+                .first_key_value()
+                .is_none_or(|(key, _)| *key != self.read)
+        {
+            self.fragments = self.fragments.saturating_sub(1);
         }
         if n == 0 && !out.is_empty() {
             return Err(ReadError::Blocked);
@@ -338,6 +438,84 @@ mod tests {
         assert_eq!(r.state, RecvState::Closed);
         assert_eq!(r.read(&mut [0; 4]), Err(ReadError::ClosedStream));
         assert!(r.is_done());
+    }
+
+    /// Feeds `frames` (offset, length) of a known pattern; returns the data the stream carries.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn small_adjacent_frames_are_coalesced_and_read_back_intact() {
+        let data = pattern(10_000);
+        let mut r = Recv::new(1 << 20);
+        // In order but unread: 1-byte frames pile up in chunks, not one allocation each.
+        for i in 0..5_000u64 {
+            r.ingest(i, &data[i as usize..i as usize + 1], false);
+        }
+        assert_eq!(r.fragments(), 1);
+        assert!(
+            r.chunks.len() <= 5_000 / (COALESCE_LIMIT / 2) + 1,
+            "{}",
+            r.chunks.len()
+        );
+        // Backwards 1-byte frames after a gap also coalesce (merging with the chunk after).
+        for i in (6_000..10_000u64).rev() {
+            r.ingest(i, &data[i as usize..i as usize + 1], i == 9_999);
+        }
+        assert_eq!(r.fragments(), 2, "two runs with a gap between");
+        assert!(
+            r.chunks.len() <= 9_000 / (COALESCE_LIMIT / 2) + 2,
+            "{}",
+            r.chunks.len()
+        );
+        // Filling the gap joins the runs.
+        r.ingest(5_000, &data[5_000..6_000], false);
+        assert_eq!(r.fragments(), 1);
+        assert_eq!(read_all(&mut r), data);
+        assert_eq!(r.fragments(), 0);
+    }
+
+    #[test]
+    fn fragments_count_gaps_and_drop_as_runs_are_read() {
+        let mut r = Recv::new(1000);
+        r.ingest(10, &[1; 10], false);
+        r.ingest(30, &[1; 10], false);
+        r.ingest(50, &[1; 10], false);
+        assert_eq!(r.fragments(), 3);
+        r.ingest(20, &[1; 10], false); // joins the first two runs
+        assert_eq!(r.fragments(), 2);
+        r.ingest(0, &[1; 10], false); // extends the first run at the read offset
+        assert_eq!(r.fragments(), 2);
+        let mut buf = [0u8; 15];
+        assert_eq!(r.read(&mut buf), Ok(Some(15)));
+        assert_eq!(r.fragments(), 2, "the first run is only partly read");
+        let mut buf = [0u8; 100];
+        assert_eq!(r.read(&mut buf), Ok(Some(25)));
+        assert_eq!(r.fragments(), 1);
+        r.on_reset(0, 60);
+        assert_eq!(r.fragments(), 0);
+    }
+
+    /// Every other byte of the window in 1-byte frames: below the cap the structure holds a
+    /// bounded multiple of the window; the cap is what stops the flood before that grows.
+    #[test]
+    fn scattered_one_byte_frames_stay_within_a_multiple_of_the_window() {
+        let window = 256 * 1024;
+        let mut r = Recv::new(window);
+        let cap = r.fragment_cap();
+        assert_eq!(cap, window / WINDOW_PER_FRAGMENT);
+        let mut offset = 1;
+        while r.fragments() <= cap {
+            r.ingest(offset, &[0xAA], false);
+            offset += 2;
+        }
+        // The caller refuses the frame that crossed the cap; what was held until then:
+        let heap = r.heap_estimate();
+        assert!(
+            heap <= 4 * window,
+            "{heap} bytes held for a {window}-byte window"
+        );
     }
 
     #[test]

@@ -468,6 +468,20 @@ pub async fn read_to_eof(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool
     (out, eof)
 }
 
+/// Reads until the connection ends within `limit` (panics on a hang); returns what was read and
+/// how it ended: `Ok(())` for EOF (the far side finished), the error kind otherwise
+/// (`ConnectionReset` for a transfer that was cut or refused).
+pub async fn read_to_end_or_error(
+    tcp: &mut TcpStream,
+    limit: Duration,
+) -> (Vec<u8>, Result<(), std::io::ErrorKind>) {
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(limit, tcp.read_to_end(&mut out))
+        .await
+        .expect("the connection must end, not hang");
+    (out, r.map(|_| ()).map_err(|e| e.kind()))
+}
+
 /// `GET /hello` through SOCKS5 at `socks` to `http`; returns whether the body arrived.
 pub async fn hello_through(socks: SocketAddr, http: SocketAddr) -> bool {
     let (code, mut tcp) = socks_connect(socks, &http.to_string()).await;
