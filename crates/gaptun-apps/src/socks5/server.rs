@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::codec::{self, CMD_CONNECT, CMD_UDP_ASSOCIATE, METHOD_NONE_ACCEPTABLE, SocksError};
 use crate::addr::TargetAddr;
@@ -128,6 +128,14 @@ async fn negotiate_method(tcp: &mut TcpStream, config: &SocksConfig) -> Result<(
 async fn authenticate(tcp: &mut TcpStream, user: &str, pass: &str) -> Result<(), SocksError> {
     let credentials = codec::read_credentials(tcp).await?;
     let ok = credentials.matches(user, pass);
+    if !ok {
+        // The name as sent, quoted and escaped (it is outside input); never the password.
+        let name = String::from_utf8_lossy(&credentials.username);
+        match tcp.peer_addr() {
+            Ok(peer) => warn!(%peer, user = ?name, "socks5 login failed"),
+            Err(_) => warn!(user = ?name, "socks5 login failed"),
+        }
+    }
     tcp.write_all(&codec::encode_auth_status(ok)).await?;
     if ok {
         Ok(())
@@ -160,7 +168,7 @@ async fn connect<O: StreamOpener>(
         Ok(ok) => ok,
         Err(e) => {
             if e.is_refusal() {
-                info!("socks5 CONNECT {}: {e}", request.target);
+                info!(target = %request.target, "socks5 CONNECT {}: {e}", request.target);
             }
             write_reply(&mut tcp, e.reply_code(), &TargetAddr::unspecified()).await?;
             return Err(e.into());
