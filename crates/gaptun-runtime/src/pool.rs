@@ -193,7 +193,7 @@ impl ClientPool {
             last_error: Mutex::new(None),
         });
         let first = inner.connect_once().await?;
-        info!(server, remote = %first.remote_address(), cipher = cipher_of(&first), "connected");
+        info!(server, remote = %first.remote_address(), cipher = %cipher_of(&first), "connected");
         // In the slot before returning, so the caller sees the connection at once.
         inner.set_slot(0, Some(first.clone()));
         tokio::spawn(supervise(Arc::clone(&inner), 0, Some(first)));
@@ -388,7 +388,7 @@ async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnec
         info!(
             server = %inner.server,
             slot,
-            cipher = conn.as_ref().map_or("", cipher_of),
+            cipher = %conn.as_ref().map_or("", cipher_of),
             "reconnected after {:.1} s",
             started.elapsed().as_secs_f64()
         );

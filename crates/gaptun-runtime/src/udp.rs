@@ -213,10 +213,10 @@ fn drain_error_queue(socket: &UdpSocket, found: &mut Vec<SocketAddr>) {
         });
         let Ok(cmsgs) = msg.cmsgs() else { continue };
         for c in cmsgs {
-            let err = match c {
-                ControlMessageOwned::Ipv4RecvErr(err, _)
-                | ControlMessageOwned::Ipv6RecvErr(err, _) => err,
-                _ => continue,
+            let (ControlMessageOwned::Ipv4RecvErr(err, _)
+            | ControlMessageOwned::Ipv6RecvErr(err, _)) = c
+            else {
+                continue;
             };
             if err.ee_errno == libc::ECONNREFUSED as u32
                 && let Some(d) = destination

@@ -143,7 +143,7 @@ impl ConnSnapshot {
         } else {
             s.packets_lost as f64 * 100.0 / s.packets_sent as f64
         };
-        let ms = |d: Duration| s.rtt_sampled.then(|| d.as_secs_f64() * 1000.0);
+        let ms = |d: Duration| s.rtt_sampled.then_some(d.as_secs_f64() * 1000.0);
         Self {
             id: info.handle.0,
             remote: info.remote.to_string(),

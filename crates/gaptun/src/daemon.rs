@@ -107,7 +107,7 @@ pub async fn accept_loop(endpoint: RtEndpoint, policy: Arc<RelayPolicy>) {
 async fn serve_connection(conn: RtConnection, policy: Arc<RelayPolicy>) {
     let remote = conn.remote_address();
     let cipher = conn.stats().map_or("", |s| s.cipher);
-    info!(%remote, cipher, "client connected");
+    info!(%remote, %cipher, "client connected");
     while let Some(stream) = conn.accept_stream().await {
         let policy = Arc::clone(&policy);
         tokio::spawn(async move {

@@ -164,11 +164,14 @@ async fn ctl_wnd_changes_a_live_connection_and_stats_show_it() {
                 .ends_with("1 connection(s), receive window 4.0M"),
             "{table}"
         );
-        assert!(lines.next().unwrap().starts_with("REMOTE "), "{table}");
+        assert!(
+            lines.next().unwrap().trim_start().starts_with("ID REMOTE "),
+            "{table}"
+        );
         let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(row[0], format!("127.0.0.1:{port}"), "{table}");
-        assert_eq!(row[8], "1/2", "{table}");
-        assert_eq!(row[9], "4.0M", "{table}");
+        assert_eq!(row[1], format!("127.0.0.1:{port}"), "{table}");
+        assert_eq!(row[10], "1/2", "{table}");
+        assert_eq!(row[11], "4.0M", "{table}");
         // The server has its own view.
         let s = stats(&server.control);
         assert_eq!(s["role"], "server");
