@@ -38,16 +38,13 @@ impl Direction {
     fn add(&mut self, c: &ConnectionStats) {
         self.packets_sent += c.packets_sent;
         self.retransmitted += c.packets_retransmitted;
-        self.lost += c.packets_lost;
+        // Losses the peer acknowledged afterwards were not losses (the packet was only late).
+        self.lost += c.packets_lost.saturating_sub(c.packets_lost_spurious);
     }
 
     /// Lost packets as a percentage of those sent.
     fn loss_percent(&self) -> f64 {
-        if self.packets_sent == 0 {
-            0.0
-        } else {
-            self.lost as f64 * 100.0 / self.packets_sent as f64
-        }
+        percent(self.lost, self.packets_sent)
     }
 }
 
@@ -64,6 +61,10 @@ pub struct Sample {
     pub down: Direction,
     pub rtt: Duration,
     pub streams: u64,
+    /// Datagrams the lossy relay passed on and dropped on purpose (both directions): the loss
+    /// the link was set up with, as opposed to what the senders saw (which adds queue drops).
+    pub relay_forwarded: u64,
+    pub relay_dropped: u64,
 }
 
 impl Sample {
@@ -84,18 +85,28 @@ impl Sample {
     }
 }
 
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
 /// One status line from two samples `elapsed` apart.
 pub fn status_line(prev: &Sample, now: &Sample, elapsed: Duration, uptime: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let rate = |a: u64, b: u64| human_bytes((b.saturating_sub(a) as f64 / secs) as u64);
     format!(
-        "[{:>4}s] down {:>7}B/s  up {:>7}B/s  rtt {:>5.1} ms  lost down {:.1}% up {:.1}%  retransmitted down {} up {}  streams {}",
+        "[{:>4}s] down {:>7}B/s  up {:>7}B/s  rtt {:>5.1} ms  lost down {:.1}% up {:.1}% (link drops {:.1}%)  retransmitted down {} up {}  streams {}",
         uptime.as_secs(),
         rate(prev.bytes_received, now.bytes_received),
         rate(prev.bytes_sent, now.bytes_sent),
         now.rtt.as_secs_f64() * 1000.0,
         now.down.loss_percent(),
         now.up.loss_percent(),
+        percent(now.relay_dropped, now.relay_forwarded + now.relay_dropped),
         now.down.retransmitted,
         now.up.retransmitted,
         now.streams,
@@ -168,7 +179,7 @@ pub async fn run(d: DemoSettings) -> Result<()> {
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow!("SOCKS5 task failed: {e}")),
         },
-        () = show_figures(&pool, &server) => Ok(()),
+        () = show_figures(&pool, &server, &relay) => Ok(()),
     };
     socks_task.abort();
     pool.shutdown(Duration::from_secs(1)).await;
@@ -203,7 +214,7 @@ fn print_banner(
 
 /// Prints the link's figures once a second: one updating line on a terminal, plain lines
 /// otherwise. Never returns.
-async fn show_figures(pool: &ClientPool, server: &RtEndpoint) {
+async fn show_figures(pool: &ClientPool, server: &RtEndpoint, relay: &LossyRelay) {
     let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
     let mut prev = Sample::default();
@@ -222,7 +233,12 @@ async fn show_figures(pool: &ClientPool, server: &RtEndpoint) {
             .into_iter()
             .map(|c| c.stats)
             .collect();
-        let now = Sample::sum(&client, &served);
+        let (relay_forwarded, relay_dropped) = relay.counts();
+        let now = Sample {
+            relay_forwarded,
+            relay_dropped,
+            ..Sample::sum(&client, &served)
+        };
         let at = Instant::now();
         let line = status_line(&prev, &now, at - prev_at, at - start);
         let mut out = std::io::stdout().lock();
@@ -263,11 +279,13 @@ mod tests {
             },
             rtt: Duration::from_millis(61),
             streams: 3,
+            relay_forwarded: 980,
+            relay_dropped: 20,
         };
         let line = status_line(&prev, &now, Duration::from_secs(2), Duration::from_secs(7));
         assert_eq!(
             line,
-            "[   7s] down    1.0MB/s  up    5.0KB/s  rtt  61.0 ms  lost down 2.0% up 0.5%  retransmitted down 25 up 1  streams 3"
+            "[   7s] down    1.0MB/s  up    5.0KB/s  rtt  61.0 ms  lost down 2.0% up 0.5% (link drops 2.0%)  retransmitted down 25 up 1  streams 3"
         );
     }
 
@@ -287,7 +305,8 @@ mod tests {
         };
         let server = ConnectionStats {
             packets_sent: 100,
-            packets_lost: 2,
+            packets_lost: 5,
+            packets_lost_spurious: 3,
             packets_retransmitted: 3,
             bytes_sent: 1000,
             ..Default::default()
