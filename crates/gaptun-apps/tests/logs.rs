@@ -74,7 +74,7 @@ async fn failed_login_is_logged_with_the_user_and_without_the_password() {
         .find(|l| l.contains("socks5 login failed"))
         .unwrap_or_else(|| panic!("no login failure logged in {text:?}"));
     assert!(line.contains("WARN"), "{line}");
-    assert!(line.contains("user=mallory"), "{line}");
+    assert!(line.contains("user=\"mallory\""), "{line}");
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
     assert!(!text.contains("guess-Xy7"), "password logged: {text}");
     assert!(!text.contains("s3cret"), "password logged: {text}");

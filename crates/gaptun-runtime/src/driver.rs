@@ -114,6 +114,15 @@ impl Driver {
     /// Reads up to a budget of batches and feeds them to the core. Returns whether the budget ran
     /// out (more may be waiting).
     fn receive(&mut self) -> bool {
+        let unreachable = self.io.take_port_unreachable();
+        if !unreachable.is_empty() {
+            debug!(?unreachable, "ICMP port unreachable");
+            let mut wakers = Vec::new();
+            self.shared
+                .lock()
+                .fail_handshakes_to(&unreachable, Instant::now(), &mut wakers);
+            wake_all(wakers);
+        }
         for _ in 0..RECV_BATCHES_PER_ITERATION {
             let n = match self.recv.recv(&self.io) {
                 Ok(n) => n,
@@ -159,9 +168,17 @@ impl Driver {
                 state.endpoint.handles().is_empty()
                     || (!more_to_send && now.saturating_duration_since(since) >= CLOSE_LINGER)
             });
+            // While closing, wake up when the linger ends even if the core has no timer before
+            // then: without this the driver slept until the core's next timer, and a client's
+            // shutdown always waited out the caller's whole limit (2 s).
+            let linger_end = state.closing_since.map(|since| since + CLOSE_LINGER);
+            let timeout = match (state.endpoint.poll_timeout(), linger_end) {
+                (Some(t), Some(l)) => Some(t.min(l)),
+                (t, l) => t.or(l),
+            };
             Step {
                 more_to_send,
-                timeout: state.endpoint.poll_timeout(),
+                timeout,
                 exit,
             }
         };

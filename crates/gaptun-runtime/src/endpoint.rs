@@ -25,6 +25,8 @@ pub struct ConnectionInfo {
     pub remote: SocketAddr,
     /// Whether the handshake completed and the connection is not closing.
     pub established: bool,
+    /// How long ago the connection was created (tells apart two connections to one peer).
+    pub age: Duration,
     /// The core's counters and estimates.
     pub stats: ConnectionStats,
 }
@@ -166,6 +168,7 @@ impl RtEndpoint {
         let mut state = self.shared().lock();
         let mut handles = state.endpoint.handles();
         handles.sort();
+        let now = Instant::now();
         handles
             .into_iter()
             .filter_map(|handle| {
@@ -174,6 +177,7 @@ impl RtEndpoint {
                     handle,
                     remote: conn.remote_address(),
                     established: conn.is_established(),
+                    age: conn.age(now),
                     stats: conn.stats(),
                 })
             })

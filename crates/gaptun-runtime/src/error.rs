@@ -23,6 +23,10 @@ pub enum RtError {
     /// The protocol core dropped the connection without reporting why.
     #[error("connection no longer exists")]
     Gone,
+    /// The server's address answered the handshake with ICMP port unreachable: nothing listens
+    /// on that UDP port (wrong port, or the server is not running).
+    #[error("server port closed (ICMP port unreachable)")]
+    PortUnreachable,
 }
 
 impl RtError {
@@ -39,6 +43,7 @@ impl RtError {
             | Self::EndpointClosed
             | Self::Gone => io::ErrorKind::NotConnected,
             Self::EndpointFailed(_) => io::ErrorKind::Other,
+            Self::PortUnreachable => io::ErrorKind::ConnectionRefused,
         }
     }
 }

@@ -196,7 +196,7 @@ impl ClientPool {
             last_error: Mutex::new(None),
         });
         let first = inner.connect_once().await?;
-        info!(server, remote = %first.remote_address(), "connected");
+        info!(server, remote = %first.remote_address(), cipher = %cipher_of(&first), "connected");
         // In the slot before returning, so the caller sees the connection at once.
         inner.set_slot(0, Some(first.clone()));
         tokio::spawn(supervise(Arc::clone(&inner), 0, Some(first)));
@@ -391,10 +391,16 @@ async fn supervise(inner: Arc<PoolInner>, slot: usize, mut conn: Option<RtConnec
         info!(
             server = %inner.server,
             slot,
+            cipher = %conn.as_ref().map_or("", cipher_of),
             "reconnected after {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// The connection's cipher suite, for its one log line.
+fn cipher_of(conn: &RtConnection) -> &'static str {
+    conn.stats().map_or("", |s| s.cipher)
 }
 
 /// How watching a live connection ended.

@@ -168,6 +168,32 @@ impl State {
 
     /// Stops tracking a connection: records why it ended (first reason wins) and collects its
     /// wakers so every waiting handle sees the error.
+    /// Fails the handshakes in progress to any of `unreachable` (ICMP port unreachable came
+    /// back from there). Established connections are left alone: an ICMP message is easy to
+    /// forge, and they have their own liveness checks.
+    pub(crate) fn fail_handshakes_to(
+        &mut self,
+        unreachable: &[SocketAddr],
+        now: Instant,
+        wakers: &mut Vec<Waker>,
+    ) {
+        let same = |a: SocketAddr, b: SocketAddr| {
+            a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
+        };
+        let failed: Vec<ConnectionHandle> = self
+            .conns
+            .iter()
+            .filter(|(_, cs)| !cs.connected && unreachable.iter().any(|&u| same(u, cs.meta.remote)))
+            .map(|(&h, _)| h)
+            .collect();
+        for handle in failed {
+            if let Some(conn) = self.endpoint.connection(handle) {
+                conn.close(now, 0, b"");
+            }
+            self.forget(handle, RtError::PortUnreachable, wakers);
+        }
+    }
+
     pub(crate) fn forget(
         &mut self,
         handle: ConnectionHandle,

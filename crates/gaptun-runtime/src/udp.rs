@@ -4,6 +4,11 @@
 //! coalesces datagrams of one flow into a single buffer, split again by `stride`); sending uses
 //! GSO (one call sends a buffer of equal-sized datagrams). Where the kernel or NIC lacks support,
 //! `quinn-udp` reports one segment and we fall back to one datagram per call.
+//!
+//! ICMP errors: Linux reports "port unreachable" on an unconnected UDP socket only with
+//! `IP_RECVERR`, through the socket's error queue, which names the destination that failed. We
+//! turn it on so that a client whose first Initial meets a closed server port learns it at once
+//! ([`UdpIo::take_port_unreachable`]) instead of waiting out the handshake timeout.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -40,6 +45,7 @@ impl UdpIo {
         // Best effort: refusal only lowers throughput.
         let _ = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER);
         let _ = state.set_send_buffer_size((&std_socket).into(), SOCKET_BUFFER);
+        enable_icmp_errors(&std_socket, addr.is_ipv6());
         std_socket.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(std_socket)?;
         Ok(Self { socket, state })
@@ -69,9 +75,25 @@ impl UdpIo {
         (one * self.state.gro_segments()).clamp(one, MAX_GRO_BUFFER.max(one))
     }
 
-    /// Waits until the socket may have datagrams to read.
+    /// Waits until the socket may have datagrams to read or an ICMP error to report.
     pub(crate) async fn readable(&self) -> io::Result<()> {
-        self.socket.readable().await
+        self.socket
+            .ready(Interest::READABLE | Interest::ERROR)
+            .await
+            .map(drop)
+    }
+
+    /// Destinations that answered with ICMP port unreachable since the last call (drains the
+    /// socket's error queue; other ICMP errors are dropped). Never blocks.
+    pub(crate) fn take_port_unreachable(&self) -> Vec<SocketAddr> {
+        let mut found = Vec::new();
+        // The closure always ends with `WouldBlock` once the queue is empty, which is what makes
+        // tokio clear the socket's error readiness (else `readable` would return at once again).
+        let _ = self.socket.try_io(Interest::ERROR, || {
+            drain_error_queue(&self.socket, &mut found);
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        found
     }
 
     /// Receives a batch without blocking; `WouldBlock` when nothing is queued.
@@ -142,6 +164,73 @@ impl UdpIo {
         }
     }
 }
+
+/// Asks the kernel to queue ICMP errors for this unconnected socket (best effort: without it we
+/// only lose the early "port closed" message).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn enable_icmp_errors(socket: &std::net::UdpSocket, v6: bool) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let result = if v6 {
+        setsockopt(socket, sockopt::Ipv6RecvErr, &true)
+    } else {
+        setsockopt(socket, sockopt::Ipv4RecvErr, &true)
+    };
+    if let Err(e) = result {
+        tracing::debug!("cannot enable ICMP error reports on the UDP socket: {e}");
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn enable_icmp_errors(_socket: &std::net::UdpSocket, _v6: bool) {}
+
+/// Reads the error queue until it is empty, collecting the destinations of port-unreachable
+/// reports, then clears the socket's pending error.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn drain_error_queue(socket: &UdpSocket, found: &mut Vec<SocketAddr>) {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{
+        ControlMessageOwned, MsgFlags, SockaddrStorage, getsockopt, recvmsg, sockopt,
+    };
+    const CMSG_BUFFER: usize = 512;
+    /// Bounds the work per call, should the queue refill as fast as we read.
+    const MAX_REPORTS: usize = 64;
+    let fd = socket.as_raw_fd();
+    for _ in 0..MAX_REPORTS {
+        let mut payload = [0u8; 64];
+        let mut iov = [IoSliceMut::new(&mut payload)];
+        // Room for the error report and the other control messages `quinn-udp` turned on for
+        // this socket (packet info, ECN, GRO), which the kernel attaches to queued errors too.
+        let mut cmsg = vec![0u8; CMSG_BUFFER];
+        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), flags) else {
+            break;
+        };
+        let destination = msg.address.and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(*v4))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6)))
+        });
+        let Ok(cmsgs) = msg.cmsgs() else { continue };
+        for c in cmsgs {
+            let (ControlMessageOwned::Ipv4RecvErr(err, _)
+            | ControlMessageOwned::Ipv6RecvErr(err, _)) = c
+            else {
+                continue;
+            };
+            if err.ee_errno == libc::ECONNREFUSED as u32
+                && let Some(d) = destination
+            {
+                found.push(d);
+            }
+        }
+    }
+    // Reading the pending error clears it, so the next receive does not fail with it.
+    let _ = getsockopt(socket, sockopt::SocketError);
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn drain_error_queue(_socket: &UdpSocket, _found: &mut Vec<SocketAddr>) {}
 
 /// Receive buffers for one batch, reused across calls.
 #[derive(Debug)]
@@ -218,6 +307,36 @@ mod tests {
             }
         }
         assert_eq!(got, vec![vec![1u8; 100], vec![2u8; 100], vec![3u8; 50]]);
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_reported_as_unreachable() {
+        let io = UdpIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // A port nobody listens on: bind, note the port, close.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        io.send(closed, b"hello", None).await.unwrap();
+        let found = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            loop {
+                io.readable().await.unwrap();
+                let found = io.take_port_unreachable();
+                if !found.is_empty() {
+                    return found;
+                }
+            }
+        })
+        .await
+        .expect("the ICMP error wakes the socket");
+        assert_eq!(found, vec![closed]);
+        // The error is consumed: nothing more to report, and receiving is not failed by it.
+        assert!(io.take_port_unreachable().is_empty());
+        let mut bufs = RecvBuffers::new(&io, 1350);
+        assert_eq!(
+            bufs.recv(&io).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[test]

@@ -217,8 +217,9 @@ pub struct DemoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
-    /// The daemon's control socket [default: the client's, else the server's default path].
-    #[arg(long, value_name = "PATH")]
+    /// The daemon's control socket [default: the client's and/or the server's default path,
+    /// whichever answers]. Accepted before or after the command.
+    #[arg(long, value_name = "PATH", global = true)]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,

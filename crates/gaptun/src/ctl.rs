@@ -77,10 +77,18 @@ pub struct CtlContext {
 /// One connection's figures, as `stats` shows them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConnSnapshot {
+    /// The connection's handle in this daemon: tells apart two connections from one peer.
+    pub id: usize,
     pub remote: String,
     pub established: bool,
-    pub rtt_ms: f64,
-    pub min_rtt_ms: f64,
+    /// Seconds since the connection was created.
+    pub age_secs: u64,
+    /// The cipher suite in use.
+    pub cipher: String,
+    /// Smoothed and minimum RTT; `None` (JSON `null`, `-` in the table) until a first sample,
+    /// rather than the configured initial guess passed off as a measurement.
+    pub rtt_ms: Option<f64>,
+    pub min_rtt_ms: Option<f64>,
     pub cwnd: u64,
     pub bytes_in_flight: u64,
     pub pacing_rate: u64,
@@ -135,11 +143,15 @@ impl ConnSnapshot {
         } else {
             s.packets_lost as f64 * 100.0 / s.packets_sent as f64
         };
+        let ms = |d: Duration| s.rtt_sampled.then_some(d.as_secs_f64() * 1000.0);
         Self {
+            id: info.handle.0,
             remote: info.remote.to_string(),
             established: info.established,
-            rtt_ms: s.rtt.as_secs_f64() * 1000.0,
-            min_rtt_ms: s.min_rtt.as_secs_f64() * 1000.0,
+            age_secs: info.age.as_secs(),
+            cipher: s.cipher.to_owned(),
+            rtt_ms: ms(s.rtt),
+            min_rtt_ms: ms(s.min_rtt),
             cwnd: s.cwnd,
             bytes_in_flight: s.bytes_in_flight,
             pacing_rate: s.pacing_rate,
@@ -200,6 +212,21 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// An RTT for the table: `61.2ms`, or `-` before the first sample.
+fn rtt_cell(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}ms"))
+}
+
+/// A connection's age for the table: `42s`, `17m05s`, `3h02m`, `2d04h`.
+pub fn human_age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
 /// The `stats` table.
 pub fn format_table(s: &StatsSnapshot) -> String {
     let pending = match s.not_established {
@@ -223,8 +250,10 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7} {:>5}\n",
+        "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7} {:>5}\n",
+        "ID",
         "REMOTE",
+        "AGE",
         "RTT",
         "MIN_RTT",
         "CWND",
@@ -239,10 +268,12 @@ pub fn format_table(s: &StatsSnapshot) -> String {
     for c in &s.connections {
         let remote = &c.remote;
         out.push_str(&format!(
-            "{:<24} {:>6.1}ms {:>6.1}ms {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7} {:>5}\n",
+            "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7} {:>5}\n",
+            c.id,
             remote,
-            c.rtt_ms,
-            c.min_rtt_ms,
+            human_age(c.age_secs),
+            rtt_cell(c.rtt_ms),
+            rtt_cell(c.min_rtt_ms),
             human_bytes(c.cwnd),
             human_bytes(c.bytes_sent),
             human_bytes(c.bytes_received),
@@ -289,8 +320,20 @@ pub enum CtlError {
     InUse(String),
     #[error("control socket path {0} exists and is not a socket")]
     NotASocket(String),
-    #[error("cannot create control socket {path}: {source}")]
-    Io { path: String, source: io::Error },
+    /// (The I/O error is part of the message, not a `source`: an error chain printed with
+    /// `{:#}` would otherwise show it twice.)
+    #[error("cannot create control socket {path}: {reason}")]
+    Io { path: String, reason: io::Error },
+    #[error("cannot create control socket {path}: directory {dir} does not exist")]
+    NoDirectory { path: String, dir: String },
+    #[error(
+        "refusing control socket {path}: directory {dir} {why}, so another user could replace the socket (use --control with a private directory)"
+    )]
+    UntrustedDirectory {
+        path: String,
+        dir: String,
+        why: String,
+    },
     #[error("no gaptun daemon answers on {path}: {reason} (is it running? see --socket)")]
     NoDaemon { path: String, reason: String },
 }
@@ -307,11 +350,67 @@ pub fn default_socket_path(role: Role) -> PathBuf {
 /// The current user's ID, read without `unsafe` from the owner of `/proc/self`; falls back to
 /// the user name.
 fn user_id() -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata("/proc/self") {
-        Ok(m) => m.uid().to_string(),
-        Err(_) => std::env::var("USER").unwrap_or_else(|_| "user".into()),
+    match current_uid() {
+        Some(uid) => uid.to_string(),
+        None => std::env::var("USER").unwrap_or_else(|_| "user".into()),
     }
+}
+
+/// Why a directory is not safe for our control socket, or `None` when it is: it must belong to
+/// us or to root, and if others may write to it, the sticky bit must stop them from removing or
+/// renaming our files (as in /tmp). Otherwise another local user could swap the socket for
+/// their own and read what `gaptun ctl` sends and is told.
+pub fn untrusted_directory(owner: u32, mode: u32, me: u32) -> Option<String> {
+    const STICKY: u32 = 0o1000;
+    if owner != me && owner != 0 {
+        return Some(format!("belongs to another user (uid {owner})"));
+    }
+    if mode & 0o022 != 0 && mode & STICKY == 0 {
+        return Some(format!(
+            "is writable by group or others without the sticky bit (mode {:o})",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
+/// Checks the directory the socket goes in (see [`untrusted_directory`]).
+fn check_directory(path: &Path) -> Result<(), CtlError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let shown = || (path.display().to_string(), dir.display().to_string());
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let (path, dir) = shown();
+            return Err(CtlError::NoDirectory { path, dir });
+        }
+        Err(reason) => {
+            return Err(CtlError::Io {
+                path: path.display().to_string(),
+                reason,
+            });
+        }
+    };
+    let Some(me) = current_uid() else {
+        return Ok(());
+    };
+    match untrusted_directory(meta.uid(), meta.mode(), me) {
+        None => Ok(()),
+        Some(why) => {
+            let (path, dir) = shown();
+            Err(CtlError::UntrustedDirectory { path, dir, why })
+        }
+    }
+}
+
+/// The current user's ID: the owner of `/proc/self` (read without `unsafe`).
+fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// A bound control socket; removes its file when dropped.
@@ -331,10 +430,11 @@ impl CtlSocket {
     /// Creates the socket at `path` with mode 0600, replacing a stale one.
     pub fn bind(path: &Path) -> Result<Self, CtlError> {
         let shown = path.display().to_string();
-        let io_err = |source| CtlError::Io {
+        let io_err = |reason| CtlError::Io {
             path: shown.clone(),
-            source,
+            reason,
         };
+        check_directory(path)?;
         match std::fs::symlink_metadata(path) {
             Ok(m) if !m.file_type().is_socket() => return Err(CtlError::NotASocket(shown)),
             Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
@@ -410,9 +510,9 @@ pub async fn request(path: &Path, command: &str) -> Result<String, CtlError> {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-    let io_err = |source| CtlError::Io {
+    let io_err = |reason| CtlError::Io {
         path: shown.clone(),
-        source,
+        reason,
     };
     stream
         .write_all(format!("{}\n", command.trim()).as_bytes())
@@ -465,10 +565,13 @@ mod tests {
             dropped_unauthenticated: 0,
             dropped_replayed_handshakes: 0,
             connections: vec![ConnSnapshot {
+                id: 3,
                 remote: "192.0.2.1:29900".into(),
                 established: true,
-                rtt_ms: 61.25,
-                min_rtt_ms: 60.0,
+                age_secs: 125,
+                cipher: "aes-256-gcm".into(),
+                rtt_ms: Some(61.25),
+                min_rtt_ms: Some(60.0),
                 cwnd: 3 << 20,
                 bytes_in_flight: 0,
                 pacing_rate: 0,
@@ -503,12 +606,14 @@ mod tests {
             lines[0],
             "gaptun client on 0.0.0.0:40000: 1 connection(s), receive window 32.0M"
         );
-        assert!(lines[1].starts_with("REMOTE"), "{t}");
+        assert!(lines[1].trim_start().starts_with("ID REMOTE"), "{t}");
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             row,
             vec![
+                "3",
                 "192.0.2.1:29900",
+                "2m05s",
                 "61.2ms",
                 "60.0ms",
                 "3.0M",
@@ -520,6 +625,82 @@ mod tests {
                 "32.0M",
                 "1472"
             ]
+        );
+    }
+
+    #[test]
+    fn no_rtt_sample_shows_a_dash() {
+        let mut s = sample();
+        s.connections[0].rtt_ms = None;
+        s.connections[0].min_rtt_ms = None;
+        let t = format_table(&s);
+        let row: Vec<&str> = t.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(&row[3..5], &["-", "-"], "{t}");
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert!(v["connections"][0]["rtt_ms"].is_null());
+    }
+
+    #[test]
+    fn two_connections_of_one_client_are_told_apart() {
+        let mut s = sample();
+        let mut second = s.connections[0].clone();
+        second.id = 7;
+        second.age_secs = 4;
+        s.connections.push(second);
+        let t = format_table(&s);
+        let rows: Vec<Vec<&str>> = t
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().take(3).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["3", "192.0.2.1:29900", "2m05s"],
+                vec!["7", "192.0.2.1:29900", "4s"]
+            ]
+        );
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(human_age(0), "0s");
+        assert_eq!(human_age(59), "59s");
+        assert_eq!(human_age(61), "1m01s");
+        assert_eq!(human_age(3 * 3600 + 120), "3h02m");
+        assert_eq!(human_age(2 * 86400 + 4 * 3600), "2d04h");
+    }
+
+    #[test]
+    fn directory_trust() {
+        let me = 1000;
+        assert_eq!(untrusted_directory(me, 0o40700, me), None);
+        assert_eq!(untrusted_directory(0, 0o41777, me), None, "/tmp");
+        assert_eq!(untrusted_directory(0, 0o40755, me), None, "/run");
+        assert!(
+            untrusted_directory(1001, 0o40700, me)
+                .unwrap()
+                .contains("another user (uid 1001)")
+        );
+        assert!(
+            untrusted_directory(1001, 0o41777, me).is_some(),
+            "sticky, but someone else's"
+        );
+        assert!(
+            untrusted_directory(me, 0o40777, me)
+                .unwrap()
+                .contains("without the sticky bit (mode 777)")
+        );
+        assert!(untrusted_directory(0, 0o40775, me).is_some());
+    }
+
+    #[test]
+    fn missing_directory_is_said_once() {
+        let e = CtlSocket::bind(Path::new("/nonexistent/dir/s.sock")).unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(
+            shown,
+            "cannot create control socket /nonexistent/dir/s.sock: directory /nonexistent/dir does not exist"
         );
     }
 
@@ -541,6 +722,8 @@ mod tests {
         assert_eq!(v["role"], "client");
         assert_eq!(v["connections"][0]["packets_retransmitted"], 5);
         assert_eq!(v["connections"][0]["rtt_ms"], 61.25);
+        assert_eq!(v["connections"][0]["id"], 3);
+        assert_eq!(v["connections"][0]["cipher"], "aes-256-gcm");
     }
 
     #[test]

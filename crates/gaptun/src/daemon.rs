@@ -11,7 +11,7 @@ use gaptun_proto::EndpointConfig;
 use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtEndpoint};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::apps_wiring::{self, PoolOpener, RelayPolicy};
 use crate::config::Role;
@@ -24,24 +24,35 @@ use gaptun_apps::socks5::SocksConfig;
 /// How long shutdown waits for CLOSE frames to go out.
 const SHUTDOWN_LINGER: Duration = Duration::from_secs(2);
 
-/// Resolves on SIGINT or SIGTERM, with the signal's name.
-pub async fn shutdown_signal() -> &'static str {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT or SIGTERM, with the signal's name. SIGHUP is logged and ignored:
+/// reloading keys and allow rules in place is not supported, and the default action (exit at
+/// once) would leave the control socket behind and cut every tunnel without a CLOSE.
+///
+/// The handlers are installed when this is called (not when the future is first polled), so a
+/// daemon calls it first thing; it must run inside the tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = &'static str> + Send {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    async move {
+        loop {
+            tokio::select! {
+                Some(()) = recv(&mut interrupt) => return "SIGINT",
+                Some(()) = recv(&mut terminate) => return "SIGTERM",
+                Some(()) = recv(&mut hangup) => info!(
+                    "SIGHUP: reloading is not supported, signal ignored (restart gaptun to apply changes)"
+                ),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        () = interrupt => "SIGINT",
-        () = terminate => "SIGTERM",
+    }
+}
+
+/// The next delivery of `signal`; never resolves when its handler could not be installed.
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -95,7 +106,8 @@ pub async fn accept_loop(endpoint: RtEndpoint, policy: Arc<RelayPolicy>) {
 
 async fn serve_connection(conn: RtConnection, policy: Arc<RelayPolicy>) {
     let remote = conn.remote_address();
-    info!(%remote, "client connected");
+    let cipher = conn.stats().map_or("", |s| s.cipher);
+    info!(%remote, %cipher, "client connected");
     while let Some(stream) = conn.accept_stream().await {
         let policy = Arc::clone(&policy);
         tokio::spawn(async move {
@@ -108,7 +120,9 @@ async fn serve_connection(conn: RtConnection, policy: Arc<RelayPolicy>) {
             match served {
                 Ok(()) => {}
                 // What the client asked for and could not get: worth a line at the default level.
-                Err(RelayError::Dial { target, source }) => info!(%remote, "{target}: {source}"),
+                Err(RelayError::Dial { target, source }) => {
+                    info!(%remote, target = %target, "{target}: {source}");
+                }
                 // Connections that end abruptly (resets, the peer going away) are routine.
                 Err(e) => debug!(%remote, %id, "{e}"),
             }
@@ -116,13 +130,27 @@ async fn serve_connection(conn: RtConnection, policy: Arc<RelayPolicy>) {
     }
     let reason = conn
         .close_reason()
-        .map(|r| r.to_string())
-        .unwrap_or_default();
+        .map_or_else(|| "connection ended".to_owned(), |r| disconnect_reason(&r));
     info!(%remote, "client disconnected: {reason}");
+}
+
+/// Why a connection ended, for the log: a peer that closed without giving a reason gets "no
+/// reason given" rather than an empty string.
+fn disconnect_reason(e: &gaptun_runtime::RtError) -> String {
+    use gaptun_proto::ConnectionError;
+    match e {
+        gaptun_runtime::RtError::Connection(ConnectionError::ClosedByPeer { code, reason })
+            if reason.trim().is_empty() =>
+        {
+            format!("closed by peer (code {code}, no reason given)")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `gaptun server`.
 pub async fn run_server(s: ServerSettings) -> Result<()> {
+    let signals = shutdown_signal();
     let window = s.transport.receive_window;
     let config = EndpointConfig {
         transport: s.transport,
@@ -135,7 +163,7 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     info!(listen = %endpoint.local_addr(), "gaptun server running");
     tokio::select! {
         () = accept_loop(endpoint.clone(), policy) => {}
-        signal = shutdown_signal() => info!("{signal}: shutting down"),
+        signal = signals => info!("{signal}: shutting down"),
     }
     control.abort();
     endpoint.shutdown(SHUTDOWN_LINGER).await;
@@ -178,20 +206,51 @@ fn start_apps(
     if let Some(l) = listeners.socks {
         if let Ok(addr) = l.local_addr() {
             info!(%addr, "SOCKS5 listening");
+            if let Some(warning) = open_socks_warning(addr, socks.auth.is_some()) {
+                warn!("{warning}");
+            }
         }
         apps.spawn(apps_wiring::serve_socks(l, opener.clone(), socks));
     }
     for (l, target) in listeners.tcp {
+        if let Ok(addr) = l.local_addr() {
+            info!(%addr, target = %target, "TCP forward listening");
+        }
         apps.spawn(apps_wiring::serve_tcp_forward(l, target, opener.clone()));
     }
     for (s, target) in listeners.udp {
+        if let Ok(addr) = s.local_addr() {
+            info!(%addr, target = %target, "UDP forward listening");
+        }
         apps.spawn(apps_wiring::serve_udp_forward(s, target, opener.clone()));
     }
     apps
 }
 
+/// The start-up warning for a SOCKS5 proxy anyone on the network can use: listening on a
+/// non-loopback address without a password lets every host that reaches the port use the
+/// tunnel server's network as its own.
+pub fn open_socks_warning(addr: SocketAddr, has_password: bool) -> Option<String> {
+    (!addr.ip().is_loopback() && !has_password).then(|| {
+        format!(
+            "SOCKS5 on {addr} accepts anyone who can reach it (no --socks-password): \
+             listen on 127.0.0.1 or set a user and password"
+        )
+    })
+}
+
+/// Connects the pool to `server`. A server port that is closed answers the first Initial with
+/// ICMP port unreachable: that ends the wait at once with a clear message, instead of waiting
+/// out the handshake timeout.
+async fn connect(server: &str, config: EndpointConfig, pool: PoolConfig) -> Result<ClientPool> {
+    ClientPool::connect(server, config, pool)
+        .await
+        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))
+}
+
 /// `gaptun client`.
 pub async fn run_client(s: ClientSettings) -> Result<()> {
+    let mut signals = std::pin::pin!(shutdown_signal());
     let listeners = bind_listeners(&s).await?;
     let window = s.transport.receive_window;
     let config = EndpointConfig {
@@ -203,9 +262,13 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         ..PoolConfig::default()
     };
     info!(server = %s.server, conns = s.conns, "connecting");
-    let pool = ClientPool::connect(&s.server, config, pool_config)
-        .await
-        .map_err(|e| anyhow!("cannot connect to {}: {e}", s.server))?;
+    let pool = tokio::select! {
+        pool = connect(&s.server, config, pool_config) => pool?,
+        signal = &mut signals => {
+            info!("{signal}: stopped while connecting");
+            return Ok(());
+        }
+    };
     let control = start_control(&s.control, Role::Client, pool.endpoint().clone(), window)?;
     let socks = SocksConfig {
         auth: s.socks_auth.clone(),
@@ -213,7 +276,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
     };
     let mut apps = start_apps(listeners, &PoolOpener::new(pool.clone()), socks);
     let result = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = &mut signals => {
             info!("{signal}: shutting down");
             Ok(())
         }
@@ -233,6 +296,43 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_without_reason_says_so() {
+        use gaptun_proto::ConnectionError;
+        use gaptun_runtime::RtError;
+        let empty = RtError::Connection(ConnectionError::ClosedByPeer {
+            code: 0,
+            reason: String::new(),
+        });
+        assert_eq!(
+            disconnect_reason(&empty),
+            "closed by peer (code 0, no reason given)"
+        );
+        let given = RtError::Connection(ConnectionError::ClosedByPeer {
+            code: 0,
+            reason: "shutting down".into(),
+        });
+        assert_eq!(
+            disconnect_reason(&given),
+            "closed by peer (code 0): shutting down"
+        );
+    }
+
+    #[test]
+    fn open_socks_is_warned_about() {
+        let lan: SocketAddr = "0.0.0.0:1080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+        let local6: SocketAddr = "[::1]:1080".parse().unwrap();
+        let w = open_socks_warning(lan, false).unwrap();
+        assert!(
+            w.starts_with("SOCKS5 on 0.0.0.0:1080 accepts anyone"),
+            "{w}"
+        );
+        assert_eq!(open_socks_warning(lan, true), None);
+        assert_eq!(open_socks_warning(local, false), None);
+        assert_eq!(open_socks_warning(local6, false), None);
+    }
 
     #[tokio::test]
     async fn port_in_use_is_one_clear_line() {

@@ -26,31 +26,71 @@ pub struct DemoSettings {
     pub transport: TransportConfig,
 }
 
-/// Totals over the client's connections at one moment.
+/// One direction's packet counters: what its sender sent, lost and sent again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Direction {
+    pub packets_sent: u64,
+    pub retransmitted: u64,
+    pub lost: u64,
+}
+
+impl Direction {
+    fn add(&mut self, c: &ConnectionStats) {
+        self.packets_sent += c.packets_sent;
+        self.retransmitted += c.packets_retransmitted;
+        // Losses the peer acknowledged afterwards were not losses (the packet was only late).
+        self.lost += c.packets_lost.saturating_sub(c.packets_lost_spurious);
+    }
+
+    /// Lost packets as a percentage of those sent.
+    fn loss_percent(&self) -> f64 {
+        percent(self.lost, self.packets_sent)
+    }
+}
+
+/// Totals at one moment. Byte rates, RTT and streams come from the client; the packet counters
+/// come from each direction's sender, since only a sender knows what it lost: during a download
+/// that is the server (the demo runs both ends, so it can ask both).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sample {
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    pub packets_sent: u64,
-    pub retransmitted: u64,
-    pub lost: u64,
+    /// Client to server.
+    pub up: Direction,
+    /// Server to client.
+    pub down: Direction,
     pub rtt: Duration,
     pub streams: u64,
+    /// Datagrams the lossy relay passed on and dropped on purpose (both directions): the loss
+    /// the link was set up with, as opposed to what the senders saw (which adds queue drops).
+    pub relay_forwarded: u64,
+    pub relay_dropped: u64,
 }
 
 impl Sample {
-    pub fn sum(stats: &[ConnectionStats]) -> Self {
+    /// Sums the client's connections and the server's.
+    pub fn sum(client: &[ConnectionStats], server: &[ConnectionStats]) -> Self {
         let mut s = Self::default();
-        for c in stats {
+        for c in client {
             s.bytes_sent += c.bytes_sent;
             s.bytes_received += c.bytes_received;
-            s.packets_sent += c.packets_sent;
-            s.retransmitted += c.packets_retransmitted;
-            s.lost += c.packets_lost;
+            s.up.add(c);
             s.rtt = s.rtt.max(c.rtt);
             s.streams += c.streams_open;
         }
+        for c in server {
+            s.down.add(c);
+        }
         s
+    }
+}
+
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
     }
 }
 
@@ -58,19 +98,17 @@ impl Sample {
 pub fn status_line(prev: &Sample, now: &Sample, elapsed: Duration, uptime: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let rate = |a: u64, b: u64| human_bytes((b.saturating_sub(a) as f64 / secs) as u64);
-    let loss = if now.packets_sent == 0 {
-        0.0
-    } else {
-        now.lost as f64 * 100.0 / now.packets_sent as f64
-    };
     format!(
-        "[{:>4}s] down {:>7}B/s  up {:>7}B/s  rtt {:>5.1} ms  retransmitted {} ({:.1}% lost)  streams {}",
+        "[{:>4}s] down {:>7}B/s  up {:>7}B/s  rtt {:>5.1} ms  lost down {:.1}% up {:.1}% (link drops {:.1}%)  retransmitted down {} up {}  streams {}",
         uptime.as_secs(),
         rate(prev.bytes_received, now.bytes_received),
         rate(prev.bytes_sent, now.bytes_sent),
         now.rtt.as_secs_f64() * 1000.0,
-        now.retransmitted,
-        loss,
+        now.down.loss_percent(),
+        now.up.loss_percent(),
+        percent(now.relay_dropped, now.relay_forwarded + now.relay_dropped),
+        now.down.retransmitted,
+        now.up.retransmitted,
         now.streams,
     )
 }
@@ -141,7 +179,7 @@ pub async fn run(d: DemoSettings) -> Result<()> {
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow!("SOCKS5 task failed: {e}")),
         },
-        () = show_figures(&pool) => Ok(()),
+        () = show_figures(&pool, &server, &relay) => Ok(()),
     };
     socks_task.abort();
     pool.shutdown(Duration::from_secs(1)).await;
@@ -174,9 +212,9 @@ fn print_banner(
     println!("try: curl -x socks5h://{socks_addr} http://example.com/   (Ctrl-C to stop)");
 }
 
-/// Prints the client's figures once a second: one updating line on a terminal, plain lines
+/// Prints the link's figures once a second: one updating line on a terminal, plain lines
 /// otherwise. Never returns.
-async fn show_figures(pool: &ClientPool) {
+async fn show_figures(pool: &ClientPool, server: &RtEndpoint, relay: &LossyRelay) {
     let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
     let mut prev = Sample::default();
@@ -185,12 +223,22 @@ async fn show_figures(pool: &ClientPool) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let stats: Vec<ConnectionStats> = pool
+        let client: Vec<ConnectionStats> = pool
             .connections()
             .iter()
             .filter_map(|c| c.stats())
             .collect();
-        let now = Sample::sum(&stats);
+        let served: Vec<ConnectionStats> = server
+            .connection_stats()
+            .into_iter()
+            .map(|c| c.stats)
+            .collect();
+        let (relay_forwarded, relay_dropped) = relay.counts();
+        let now = Sample {
+            relay_forwarded,
+            relay_dropped,
+            ..Sample::sum(&client, &served)
+        };
         let at = Instant::now();
         let line = status_line(&prev, &now, at - prev_at, at - start);
         let mut out = std::io::stdout().lock();
@@ -219,16 +267,25 @@ mod tests {
         let now = Sample {
             bytes_received: 2 << 20,
             bytes_sent: 10 * 1024,
-            packets_sent: 1000,
-            retransmitted: 25,
-            lost: 20,
+            up: Direction {
+                packets_sent: 200,
+                retransmitted: 1,
+                lost: 1,
+            },
+            down: Direction {
+                packets_sent: 1000,
+                retransmitted: 25,
+                lost: 20,
+            },
             rtt: Duration::from_millis(61),
             streams: 3,
+            relay_forwarded: 980,
+            relay_dropped: 20,
         };
         let line = status_line(&prev, &now, Duration::from_secs(2), Duration::from_secs(7));
         assert_eq!(
             line,
-            "[   7s] down    1.0MB/s  up    5.0KB/s  rtt  61.0 ms  retransmitted 25 (2.0% lost)  streams 3"
+            "[   7s] down    1.0MB/s  up    5.0KB/s  rtt  61.0 ms  lost down 2.0% up 0.5% (link drops 2.0%)  retransmitted down 25 up 1  streams 3"
         );
     }
 
@@ -246,8 +303,25 @@ mod tests {
             streams_open: 2,
             ..Default::default()
         };
-        let s = Sample::sum(&[a, b]);
-        assert_eq!(s.bytes_sent, 12);
+        let server = ConnectionStats {
+            packets_sent: 100,
+            packets_lost: 5,
+            packets_lost_spurious: 3,
+            packets_retransmitted: 3,
+            bytes_sent: 1000,
+            ..Default::default()
+        };
+        let s = Sample::sum(&[a, b], &[server]);
+        assert_eq!(s.bytes_sent, 12, "byte rates are the client's");
+        assert_eq!(
+            s.down,
+            Direction {
+                packets_sent: 100,
+                retransmitted: 3,
+                lost: 2
+            },
+            "the server's losses are the download's"
+        );
         assert_eq!(s.rtt, Duration::from_millis(30));
         assert_eq!(s.streams, 3);
     }

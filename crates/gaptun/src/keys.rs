@@ -5,6 +5,7 @@
 //! The first source that is set wins; sources are not merged, so a key on the command line
 //! cleanly replaces the file's. Key text is never logged or echoed in errors.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use gaptun_proto::Psk;
@@ -81,7 +82,16 @@ impl KeySources {
 
     /// Parses the winning source's keys (a client uses the first).
     pub fn load(&self) -> Result<Vec<Psk>, KeySourceError> {
-        let (texts, source_name) = self.select(|p| std::fs::read_to_string(p))?;
+        let (texts, source_name) = self.select(|p| {
+            let text = std::fs::read_to_string(p)?;
+            if let Some(w) = std::fs::metadata(p)
+                .ok()
+                .and_then(|m| loose_key_file(p, m.permissions().mode()))
+            {
+                crate::logging::defer_warning(w);
+            }
+            Ok(text)
+        })?;
         texts
             .iter()
             .map(|t| {
@@ -92,6 +102,17 @@ impl KeySources {
             })
             .collect()
     }
+}
+
+/// The start-up warning for a key file other local users can read (its keys open the tunnel).
+pub fn loose_key_file(path: &Path, mode: u32) -> Option<String> {
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "key file {} is readable by group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }
 
 /// Keys in a key file: one per line; blank lines and `#` comments skipped.
@@ -174,6 +195,20 @@ mod tests {
         assert_eq!(e.to_string(), "cannot read key file /nope: no such file");
         let e = s.select(file_with("# only a comment\n")).unwrap_err();
         assert_eq!(e.to_string(), "key file /nope holds no key");
+    }
+
+    #[test]
+    fn readable_key_file_is_warned_about() {
+        let p = Path::new("/etc/gaptun.key");
+        assert_eq!(loose_key_file(p, 0o100600), None);
+        assert_eq!(loose_key_file(p, 0o100400), None);
+        assert_eq!(
+            loose_key_file(p, 0o100640).as_deref(),
+            Some(
+                "key file /etc/gaptun.key is readable by group or others (mode 640): chmod 600 it"
+            )
+        );
+        assert!(loose_key_file(p, 0o100604).is_some());
     }
 
     #[test]

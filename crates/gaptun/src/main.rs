@@ -16,6 +16,7 @@ mod settings;
 mod transport;
 mod values;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
     match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gaptun: {e:#}");
+            logging::fatal(&e);
             ExitCode::FAILURE
         }
     }
@@ -112,31 +113,59 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
 }
 
 /// `gaptun ctl`: sends one command and prints the answer; an `error:` answer fails.
+///
+/// Without `--socket` it talks to whichever daemons answer on the default client and server
+/// sockets. When both run on this host, `stats` shows both (the table of each, or a JSON array);
+/// `wnd` needs a choice, since changing the wrong daemon's window silently would be worse.
 fn run_ctl(args: &CtlArgs) -> Result<()> {
-    let path = match &args.socket {
-        Some(p) => p.clone(),
+    let line = args.command.line();
+    let rt = runtime()?;
+    let paths = match &args.socket {
+        Some(p) => vec![p.clone()],
         None => {
             let client = ctl::default_socket_path(Role::Client);
             let server = ctl::default_socket_path(Role::Server);
-            match (client.exists(), server.exists()) {
-                (true, true) => {
+            let live: Vec<_> = [&client, &server]
+                .into_iter()
+                .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
+                .cloned()
+                .collect();
+            match live.len() {
+                // Neither answers: report it for the client's path (the usual case).
+                0 => vec![client],
+                2 if !line.starts_with("stats") => {
                     return Err(anyhow!(
-                        "both a client ({}) and a server ({}) control socket exist: choose one with --socket",
+                        "both a client ({}) and a server ({}) run here: choose one with --socket",
                         client.display(),
                         server.display()
                     ));
                 }
-                (false, true) => server,
-                _ => client,
+                _ => live,
             }
         }
     };
-    let answer = runtime()?.block_on(ctl::request(&path, &args.command.line()))?;
-    match answer.strip_prefix("error: ") {
-        Some(e) => Err(anyhow!("{}", e.trim_end())),
-        None => {
-            print!("{answer}");
-            Ok(())
+    let mut answers = Vec::new();
+    for path in &paths {
+        let answer = rt.block_on(ctl::request(path, &line))?;
+        if let Some(e) = answer.strip_prefix("error: ") {
+            return Err(anyhow!("{}", e.trim_end()));
         }
+        answers.push(answer);
     }
+    let out = match answers.as_slice() {
+        [one] => one.clone(),
+        many if line.ends_with("json") => format!(
+            "[{}]\n",
+            many.iter()
+                .map(|a| a.trim_end())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        many => many.join("\n"),
+    };
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (`gaptun ctl stats | head -1`) is not an error worth a panic.
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    Ok(())
 }

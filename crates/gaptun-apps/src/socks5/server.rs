@@ -146,7 +146,7 @@ async fn authenticate(
         Ok(())
     } else {
         let tried = String::from_utf8_lossy(&credentials.username);
-        warn!(%peer, user = %tried.escape_debug(), "socks5 login failed");
+        warn!(%peer, user = ?tried, "socks5 login failed");
         Err(SocksError::AuthFailed)
     }
 }

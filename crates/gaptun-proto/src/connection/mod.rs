@@ -88,6 +88,11 @@ pub enum ConnectionError {
 pub struct ConnectionStats {
     pub rtt: Duration,
     pub min_rtt: Duration,
+    /// Whether `rtt` and `min_rtt` come from a measurement; before the first sample they are
+    /// only the configured initial guess, which displays should not pass off as a figure.
+    pub rtt_sampled: bool,
+    /// The negotiated cipher suite's name; empty until the handshake completes.
+    pub cipher: &'static str,
     pub cwnd: u64,
     pub bytes_in_flight: u64,
     pub pacing_rate: u64,
@@ -763,6 +768,8 @@ impl Connection {
         let mut s = self.stats.clone();
         s.rtt = self.rtt.get();
         s.min_rtt = self.rtt.min();
+        s.rtt_sampled = self.rtt.has_sample();
+        s.cipher = self.keys.as_ref().map_or("", |k| k.suite().name());
         s.cwnd = self.cc.window();
         s.bytes_in_flight = self.in_flight;
         s.pacing_rate = self.pacing_rate();

@@ -44,6 +44,14 @@ impl CipherSuite {
         }
     }
 
+    /// The name used in configuration and logs (`--cipher`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Aes256Gcm => "aes-256-gcm",
+            Self::ChaCha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+
     /// Wire code (see `docs/protocol.md`).
     pub fn code(self) -> u8 {
         match self {
