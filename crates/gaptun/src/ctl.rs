@@ -27,8 +27,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info};
 
 use crate::config::Role;
-use crate::transport::MIN_WINDOW;
-use crate::values::ByteSize;
+use crate::values;
 
 /// Longest command line accepted.
 const MAX_COMMAND: u64 = 1024;
@@ -47,13 +46,8 @@ pub enum Command {
 pub fn parse_command(line: &str) -> Result<Command, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        ["wnd", n] => {
-            let ByteSize(bytes) = n.parse()?;
-            if bytes < MIN_WINDOW {
-                return Err(format!("window {bytes} is too small: use at least 64K"));
-            }
-            Ok(Command::Wnd(bytes))
-        }
+        // The same bounds as the command line's, so a raw socket client is bounded too.
+        ["wnd", n] => values::parse_window(n).map(Command::Wnd),
         ["wnd"] => Err("usage: wnd BYTES (e.g. wnd 64M)".into()),
         ["stats"] => Ok(Command::Stats { json: false }),
         ["stats", "json"] => Ok(Command::Stats { json: true }),
@@ -543,6 +537,11 @@ mod tests {
         );
         assert!(parse_command("wnd").unwrap_err().contains("usage"));
         assert!(parse_command("wnd 1K").unwrap_err().contains("too small"));
+        assert!(
+            parse_command("wnd 999999G")
+                .unwrap_err()
+                .contains("too large")
+        );
         assert!(
             parse_command("wnd lots")
                 .unwrap_err()
