@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::RngCore;
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
 use thiserror::Error;
 
 use crate::config::{EndpointConfig, TransportConfig};
@@ -23,6 +23,10 @@ use crate::crypto::HeaderKey;
 use crate::handshake::{self, ReplayCache, TransportParams};
 use crate::packet::{self, CID_LEN, ConnectionId};
 use crate::shared::{Side, Transmit};
+
+mod seed;
+
+pub use seed::{RngSeed, SeedError, SeedOrigin};
 
 /// Names a connection within its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,6 +64,8 @@ pub struct Endpoint {
     transport: Arc<TransportConfig>,
     keys: Vec<KeySlot>,
     rng: StdRng,
+    /// Where `rng`'s seed came from (checked by the runtime's tests: production uses the OS).
+    seed_origin: SeedOrigin,
     clock: UnixClock,
     connections: HashMap<ConnectionHandle, Connection>,
     by_cid: HashMap<ConnectionId, ConnectionHandle>,
@@ -75,24 +81,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Creates an endpoint whose RNG is expanded from a 64-bit `seed`: for tests and
-    /// simulations, where runs must repeat. A real endpoint must use [`Endpoint::with_rng_seed`]
-    /// with 32 bytes from the OS, since ephemeral handshake keys come from this RNG.
-    /// `unix_time` is the wall-clock time at `now`, used for handshake timestamps.
-    pub fn new(config: Arc<EndpointConfig>, seed: u64, now: Instant, unix_time: Duration) -> Self {
-        let mut expanded = [0u8; 32];
-        StdRng::seed_from_u64(seed).fill_bytes(&mut expanded);
-        Self::with_rng_seed(config, expanded, now, unix_time)
-    }
-
-    /// Creates an endpoint whose RNG (ephemeral keys, connection IDs, padding) starts from
-    /// `seed`, which must be 32 secret random bytes in production.
-    pub fn with_rng_seed(
+    /// Creates an endpoint. Its RNG (ephemeral keys, connection IDs, padding) starts from `seed`,
+    /// which must be [`RngSeed::from_os`] in production (tests and the simulator use
+    /// [`RngSeed::insecure_from_u64`] so that runs repeat). `unix_time` is the wall-clock time at
+    /// `now`, used for handshake timestamps.
+    pub fn new(
         config: Arc<EndpointConfig>,
-        seed: [u8; 32],
+        seed: RngSeed,
         now: Instant,
         unix_time: Duration,
     ) -> Self {
+        let seed_origin = seed.origin();
         let keys = config
             .psks
             .iter()
@@ -103,7 +102,8 @@ impl Endpoint {
         Self {
             transport: Arc::new(config.transport.clone()),
             keys,
-            rng: StdRng::from_seed(seed),
+            rng: seed.into_rng(),
+            seed_origin,
             clock: UnixClock {
                 at: now,
                 unix: unix_time,
@@ -140,7 +140,7 @@ impl Endpoint {
             header_key: self.keys[key].header_key.clone(),
             local_cid,
             remote,
-            rng: StdRng::seed_from_u64(self.rng.random()),
+            rng: seed::child_rng(&mut self.rng),
             clock: self.clock,
         }
     }
@@ -370,6 +370,11 @@ impl Endpoint {
         for conn in self.connections.values_mut() {
             conn.set_receive_window(bytes);
         }
+    }
+
+    /// Where this endpoint's RNG seed came from ([`SeedOrigin::Os`] in production).
+    pub fn seed_origin(&self) -> SeedOrigin {
+        self.seed_origin
     }
 
     /// Counters.
