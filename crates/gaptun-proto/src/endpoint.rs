@@ -20,13 +20,19 @@ use thiserror::Error;
 use crate::config::{EndpointConfig, TransportConfig};
 use crate::connection::{Connection, ConnectionInit, UnixClock};
 use crate::crypto::HeaderKey;
-use crate::handshake::{self, ReplayCache, TransportParams};
+use crate::handshake::{
+    self, Admission, HandshakeKey, ReplayCache, ReplayJournal, ReplayRecord, TransportParams,
+};
 use crate::packet::{self, CID_LEN, ConnectionId};
 use crate::shared::{Side, Transmit};
 
+mod limits;
 mod seed;
 
+pub use limits::{LimitHit, LimitKind};
 pub use seed::{RngSeed, SeedError, SeedOrigin};
+
+use limits::Limits;
 
 /// Names a connection within its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,6 +47,11 @@ pub struct EndpointStats {
     pub dropped_replayed_handshakes: u64,
     /// Handshakes accepted.
     pub accepted: u64,
+    /// Initials dropped unauthenticated because their source's or the global handshake budget
+    /// was spent.
+    pub dropped_over_budget: u64,
+    /// Authentic Initials dropped because a connection cap was reached.
+    pub dropped_at_capacity: u64,
 }
 
 /// Why `connect` failed.
@@ -63,6 +74,9 @@ pub struct Endpoint {
     config: Arc<EndpointConfig>,
     transport: Arc<TransportConfig>,
     keys: Vec<KeySlot>,
+    /// Each key's handshake state, derived once here so that a junk datagram costs one AES
+    /// block per key, not a key derivation.
+    handshake_keys: Vec<HandshakeKey>,
     rng: StdRng,
     /// Where `rng`'s seed came from (checked by the runtime's tests: production uses the OS).
     seed_origin: SeedOrigin,
@@ -77,6 +91,8 @@ pub struct Endpoint {
     unconfirmed: HashMap<SocketAddr, ConnectionHandle>,
     /// Round-robin position for `poll_transmit`, so one busy connection cannot starve others.
     transmit_order: VecDeque<ConnectionHandle>,
+    /// Server: handshake budget, connection caps and per-key accounting.
+    limits: Limits,
     stats: EndpointStats,
 }
 
@@ -99,9 +115,15 @@ impl Endpoint {
                 header_key: Arc::new(HeaderKey::new(psk)),
             })
             .collect();
+        let handshake_keys = config.psks.iter().map(HandshakeKey::new).collect();
+        let mut replay = ReplayCache::new(config.handshake_window);
+        // Until persisted state is loaded, nothing is known about Initials accepted before this
+        // start: refuse every one stamped earlier.
+        replay.refuse_stamped_before(unix_time);
         Self {
             transport: Arc::new(config.transport.clone()),
             keys,
+            handshake_keys,
             rng: seed.into_rng(),
             seed_origin,
             clock: UnixClock {
@@ -112,9 +134,10 @@ impl Endpoint {
             by_cid: HashMap::new(),
             next_handle: 0,
             incoming: VecDeque::new(),
-            replay: ReplayCache::new(config.handshake_window),
+            replay,
             unconfirmed: HashMap::new(),
             transmit_order: VecDeque::new(),
+            limits: Limits::new(config.limits),
             stats: EndpointStats::default(),
             config,
         }
@@ -196,8 +219,8 @@ impl Endpoint {
             }
         }
         if !self.config.server {
-            for psk in &self.config.psks {
-                if let Some(cid) = handshake::peek_response_cid(psk, data)
+            for key in &self.handshake_keys {
+                if let Some(cid) = key.peek_response_cid(data)
                     && let Some(&h) = self.by_cid.get(&cid)
                 {
                     return Some(h);
@@ -225,13 +248,23 @@ impl Endpoint {
         }
     }
 
-    /// Server: tries `data` as a handshake Initial.
+    /// Server: tries `data` as a handshake Initial. True if it was one (answered, or dropped on
+    /// purpose and counted), false if it is no Initial under any key.
     fn try_accept(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        if data.len() < handshake::MIN_INITIAL_LEN {
+            return false;
+        }
         let server_cid = self.new_cid();
         let params = self.server_params();
         let unix = self.clock.unix_time(now);
+        let mut gate = Gate {
+            limits: &mut self.limits,
+            connections: &self.connections,
+            now,
+            from,
+        };
         let accepted = handshake::accept_initial(
-            &self.config.psks,
+            &self.handshake_keys,
             &mut self.replay,
             data,
             server_cid,
@@ -240,6 +273,7 @@ impl Endpoint {
             unix,
             self.config.handshake_window,
             &mut self.rng,
+            &mut gate,
         );
         let accepted = match accepted {
             Ok(a) => a,
@@ -250,6 +284,14 @@ impl Endpoint {
             }
             Err(handshake::HandshakeError::Stale) => {
                 self.stats.dropped_replayed_handshakes += 1;
+                return true;
+            }
+            Err(handshake::HandshakeError::OverBudget) => {
+                self.stats.dropped_over_budget += 1;
+                return true;
+            }
+            Err(handshake::HandshakeError::AtCapacity) => {
+                self.stats.dropped_at_capacity += 1;
                 return true;
             }
             Err(_) => return false,
@@ -264,6 +306,7 @@ impl Endpoint {
             data.len(),
         );
         let handle = self.insert(conn);
+        self.limits.on_accepted(handle, accepted.psk_index);
         self.unconfirmed.insert(from, handle);
         self.incoming.push_back(handle);
         self.stats.accepted += 1;
@@ -338,6 +381,7 @@ impl Endpoint {
             if let Some(conn) = self.connections.remove(&handle) {
                 self.by_cid.remove(&conn.local_cid());
             }
+            self.limits.on_removed(handle);
             self.transmit_order.retain(|h| *h != handle);
             self.unconfirmed.retain(|_, h| *h != handle);
             self.incoming.retain(|h| *h != handle);
@@ -377,8 +421,61 @@ impl Endpoint {
         self.seed_origin
     }
 
+    /// Server: loads the replay records a previous run persisted (see
+    /// [`Endpoint::take_replay_journal`]); lifts the refusal of Initials stamped before the
+    /// start, since what was accepted before it is now known.
+    pub fn load_replay_state(
+        &mut self,
+        unix_time: Duration,
+        records: impl IntoIterator<Item = ReplayRecord>,
+    ) {
+        self.replay.load(unix_time, records);
+    }
+
+    /// Server: the handshakes accepted since the last call (to append to persistent storage
+    /// before their Responses are sent) and whether the cache dropped a generation (storage can
+    /// then be compacted to [`Endpoint::replay_records`]).
+    pub fn take_replay_journal(&mut self) -> ReplayJournal {
+        self.replay.take_journal()
+    }
+
+    /// Server: every replay record still remembered.
+    pub fn replay_records(&self) -> Vec<ReplayRecord> {
+        self.replay.records()
+    }
+
+    /// Initials dropped by the handshake budget or a connection cap since the last call, per
+    /// bound and key, for a rate-limited log line (the caller maps key indices to names).
+    pub fn poll_limit_hits(&mut self) -> Vec<LimitHit> {
+        self.limits.take_hits()
+    }
+
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
         self.stats
+    }
+}
+
+/// The endpoint's [`Admission`]: the handshake budget before Noise work, the caps after.
+struct Gate<'a> {
+    limits: &'a mut Limits,
+    connections: &'a HashMap<ConnectionHandle, Connection>,
+    now: Instant,
+    from: SocketAddr,
+}
+
+impl Admission for Gate<'_> {
+    fn may_authenticate(&mut self) -> bool {
+        self.limits.spend_handshake(self.now, self.from.ip())
+    }
+
+    fn may_accept(&mut self, key_index: usize) -> bool {
+        let connections = self.connections;
+        self.limits.admit(key_index, connections.len(), || {
+            connections
+                .values()
+                .filter(|c| c.is_unconfirmed_server())
+                .count()
+        })
     }
 }

@@ -63,7 +63,7 @@ pub fn handshake(data: &[u8]) {
     };
     let mut rng = StdRng::seed_from_u64(7);
     let _ = handshake::accept_initial(
-        std::slice::from_ref(&psk),
+        &[handshake::HandshakeKey::new(&psk)],
         &mut replay,
         data,
         ConnectionId([1; 8]),
@@ -72,6 +72,7 @@ pub fn handshake(data: &[u8]) {
         FUZZ_UNIX_TIME,
         Duration::from_secs(120),
         &mut rng,
+        &mut handshake::AdmitAll,
     );
     let _ = handshake::peek_response_cid(&psk, data);
     let (client, _initial) = handshake::ClientHandshake::start(

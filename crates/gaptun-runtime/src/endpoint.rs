@@ -15,6 +15,7 @@ use tracing::{debug, error};
 use crate::connection::RtConnection;
 use crate::driver::Driver;
 use crate::error::{ConnectError, RtError};
+use crate::replay_state::ReplayStore;
 use crate::state::{Shared, register, wake_all};
 use crate::udp::UdpIo;
 
@@ -68,11 +69,26 @@ impl RtEndpoint {
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
+        let state_file = config.state_file.clone().filter(|_| config.server);
         // 256 bits from the OS: the client's ephemeral keys come from this RNG.
         let seed = RngSeed::from_os().map_err(io::Error::other)?;
-        let endpoint = Endpoint::new(Arc::new(config), seed, Instant::now(), unix_time);
+        let mut endpoint = Endpoint::new(Arc::new(config), seed, Instant::now(), unix_time);
+        let store = match &state_file {
+            Some(path) => Some(
+                ReplayStore::open(path, &mut endpoint, unix_time).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("replay state file {}: {e}", path.display()),
+                    )
+                })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(endpoint, local_addr));
-        spawn_driver(&runtime, Driver::new(Arc::clone(&shared), io, max_payload));
+        spawn_driver(
+            &runtime,
+            Driver::new(Arc::clone(&shared), io, max_payload, store),
+        );
         debug!(addr = %local_addr, "endpoint bound");
         Ok(Self {
             inner: Arc::new(EndpointRef { shared }),
