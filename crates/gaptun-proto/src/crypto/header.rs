@@ -21,9 +21,9 @@ pub struct HeaderKey {
 impl HeaderKey {
     /// Derives the header key from the PSK (HKDF-SHA256, label in `docs/protocol.md`).
     pub fn new(psk: &Psk) -> Self {
-        let key: [u8; 32] = hkdf_expand(psk.as_bytes(), HEADER_KEY_LABEL);
+        let key = zeroize::Zeroizing::new(hkdf_expand::<32>(psk.as_bytes(), HEADER_KEY_LABEL));
         Self {
-            cipher: Aes256::new(&key.into()),
+            cipher: Aes256::new(&(*key).into()),
         }
     }
 
