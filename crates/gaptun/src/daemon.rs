@@ -278,8 +278,8 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
 mod tests {
     #[test]
     fn state_file_location() {
-        use super::state_file_in;
-        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        use super::{OsString, state_file_in};
+        let os = |s: &str| Some(OsString::from(s));
         assert_eq!(
             state_file_in(os("/var/lib/gaptun:/other"), os("/x"), os("/home/u"), 443),
             Some("/var/lib/gaptun/server-443.replay".into())
