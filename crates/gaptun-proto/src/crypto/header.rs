@@ -13,7 +13,8 @@ pub const HEADER_KEY_LABEL: &[u8] = b"gaptun v1 header";
 ///
 /// The key is endpoint-wide (derived from the PSK), not per connection: the receiver must unmask
 /// the connection ID before it knows which connection a datagram belongs to.
-#[derive(Clone)]
+///
+/// Not `Clone`: connections share it through an `Arc`, and its AES key schedule is wiped on drop.
 pub struct HeaderKey {
     cipher: Aes256,
 }
