@@ -1,13 +1,20 @@
-//! Packet protection throughput: sealing and opening full-size (1350-byte) packets, per suite.
+//! Packet protection throughput: sealing and opening full-size (1350-byte) packets, per suite;
+//! and what a server spends on a junk datagram (random bytes that match no connection and no key).
 //!
 //! Run with `cargo bench -p gaptun-proto --bench crypto`. The target is at least 1 GB/s of
 //! seal + open on one core with AES-256-GCM on CPUs with AES instructions.
 
 use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gaptun_proto::crypto::{CipherSuite, HeaderKey, PacketKeys, Psk};
 use gaptun_proto::packet::{self, ConnectionId, HEADER_LEN, TAG_LEN};
+use gaptun_proto::{Endpoint, EndpointConfig, RngSeed};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 const DATAGRAM_LEN: usize = 1350;
 const PAYLOAD_LEN: usize = DATAGRAM_LEN - HEADER_LEN - TAG_LEN;
@@ -64,5 +71,43 @@ fn packet_protection(c: &mut Criterion) {
     bench_suite(c, CipherSuite::ChaCha20Poly1305, "chacha20-poly1305");
 }
 
-criterion_group!(benches, packet_protection);
+/// A server endpoint with `keys` configured keys receiving 1200-byte random datagrams: the
+/// cost a flood of junk (or a prober) imposes per datagram.
+fn junk_rejection(c: &mut Criterion) {
+    let mut group = c.benchmark_group("server endpoint junk");
+    group.throughput(Throughput::Elements(1));
+    let mut rng = StdRng::seed_from_u64(42);
+    let junk: Vec<Vec<u8>> = (0..64)
+        .map(|_| {
+            let mut d = vec![0u8; 1200];
+            rng.fill_bytes(&mut d);
+            d
+        })
+        .collect();
+    let from: SocketAddr = "192.0.2.7:4000".parse().expect("address");
+    for keys in [1u8, 8] {
+        let psks = (0..keys).map(|k| Psk::from_bytes([k + 1; 32])).collect();
+        let config = Arc::new(EndpointConfig::server(psks));
+        let now = Instant::now();
+        let mut server = Endpoint::new(
+            config,
+            RngSeed::insecure_from_u64(1),
+            now,
+            Duration::from_secs(1_700_000_000),
+        );
+        let mut buf = vec![0u8; 1200];
+        let mut i = 0usize;
+        group.bench_function(format!("{keys} key(s), 1200-byte junk"), |b| {
+            b.iter(|| {
+                buf.copy_from_slice(&junk[i % junk.len()]);
+                server.handle_datagram(now, from, &mut buf);
+                i += 1;
+            })
+        });
+        assert_eq!(server.stats().accepted, 0);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, packet_protection, junk_rejection);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Tunable parameters of an endpoint and its connections.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::congestion::CongestionKind;
@@ -91,6 +92,54 @@ impl Default for TransportConfig {
     }
 }
 
+/// A token bucket's size and refill rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRate {
+    /// Tokens the bucket holds when full (the largest burst).
+    pub burst: u32,
+    /// Tokens added per second.
+    pub per_second: u32,
+}
+
+/// What a server lets strangers and key holders make it do (see `docs/protocol.md`, "Limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointLimits {
+    /// Handshake attempts per source (IPv4 address or IPv6 /64) that get past the cheap header
+    /// check: what one address can make the server spend on Noise and X25519.
+    pub handshakes_per_source: TokenRate,
+    /// Handshake attempts across all sources.
+    pub handshakes: TokenRate,
+    /// Sources whose budget is tracked at once (memory bound of the per-source buckets).
+    pub max_sources: usize,
+    /// Connections in total.
+    pub max_connections: usize,
+    /// Connections per key.
+    pub max_connections_per_key: usize,
+    /// Server connections whose client has not confirmed the handshake yet.
+    pub max_half_open: usize,
+}
+
+impl Default for EndpointLimits {
+    /// A handshake costs the server about 0.1 ms of CPU; 512 a second is a few percent of a
+    /// core, and far more than real clients need (each opens a handful of connections).
+    fn default() -> Self {
+        Self {
+            handshakes_per_source: TokenRate {
+                burst: 64,
+                per_second: 16,
+            },
+            handshakes: TokenRate {
+                burst: 1024,
+                per_second: 512,
+            },
+            max_sources: 4096,
+            max_connections: 4096,
+            max_connections_per_key: 1024,
+            max_half_open: 256,
+        }
+    }
+}
+
 /// Settings of an endpoint (one UDP socket, any number of connections).
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
@@ -102,6 +151,13 @@ pub struct EndpointConfig {
     pub server: bool,
     /// Accepted clock difference between client and server for handshake timestamps.
     pub handshake_window: Duration,
+    /// Server: handshake budget and connection caps.
+    pub limits: EndpointLimits,
+    /// Server: where the runtime keeps the fingerprints of accepted handshakes, so that an
+    /// Initial recorded before a restart gets no answer after it. `None`: in memory only, and
+    /// after a start every Initial stamped before it is refused (see `docs/protocol.md`,
+    /// "Replay cache"). Not read by this crate: the runtime opens it.
+    pub state_file: Option<PathBuf>,
 }
 
 impl EndpointConfig {
@@ -112,6 +168,8 @@ impl EndpointConfig {
             transport: TransportConfig::default(),
             server: false,
             handshake_window: Duration::from_secs(120),
+            limits: EndpointLimits::default(),
+            state_file: None,
         }
     }
 

@@ -14,16 +14,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
 use thiserror::Error;
 
 use crate::config::{EndpointConfig, TransportConfig};
 use crate::connection::{Connection, ConnectionInit, UnixClock};
 use crate::crypto::HeaderKey;
-use crate::handshake::{self, ReplayCache, TransportParams};
+use crate::handshake::{
+    self, Admission, HandshakeKey, ReplayCache, ReplayJournal, ReplayRecord, TransportParams,
+};
 use crate::packet::{self, ConnectionId};
 use crate::reset::StatelessReset;
 use crate::shared::{Side, Transmit};
+
+mod limits;
+mod seed;
+
+pub use limits::{LimitHit, LimitKind};
+pub use seed::{RngSeed, SeedError, SeedOrigin};
+
+use limits::Limits;
 
 /// Names a connection within its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +52,11 @@ pub struct EndpointStats {
     pub resets_sent: u64,
     /// Client: valid stateless resets received (each ended a connection).
     pub resets_received: u64,
+    /// Initials dropped unauthenticated because their source's or the global handshake budget
+    /// was spent.
+    pub dropped_over_budget: u64,
+    /// Authentic Initials dropped because a connection cap was reached.
+    pub dropped_at_capacity: u64,
 }
 
 /// Why `connect` failed.
@@ -65,7 +79,12 @@ pub struct Endpoint {
     config: Arc<EndpointConfig>,
     transport: Arc<TransportConfig>,
     keys: Vec<KeySlot>,
+    /// Each key's handshake state, derived once here so that a junk datagram costs one AES
+    /// block per key, not a key derivation.
+    handshake_keys: Vec<HandshakeKey>,
     rng: StdRng,
+    /// Where `rng`'s seed came from (checked by the runtime's tests: production uses the OS).
+    seed_origin: SeedOrigin,
     clock: UnixClock,
     connections: HashMap<ConnectionHandle, Connection>,
     by_cid: HashMap<ConnectionId, ConnectionHandle>,
@@ -79,28 +98,23 @@ pub struct Endpoint {
     transmit_order: VecDeque<ConnectionHandle>,
     /// Connection IDs, and answering or recognising stateless resets.
     reset: StatelessReset,
+    /// Server: handshake budget, connection caps and per-key accounting.
+    limits: Limits,
     stats: EndpointStats,
 }
 
 impl Endpoint {
-    /// Creates an endpoint whose RNG is expanded from a 64-bit `seed`: for tests and
-    /// simulations, where runs must repeat. A real endpoint must use [`Endpoint::with_rng_seed`]
-    /// with 32 bytes from the OS, since ephemeral handshake keys come from this RNG.
-    /// `unix_time` is the wall-clock time at `now`, used for handshake timestamps.
-    pub fn new(config: Arc<EndpointConfig>, seed: u64, now: Instant, unix_time: Duration) -> Self {
-        let mut expanded = [0u8; 32];
-        StdRng::seed_from_u64(seed).fill_bytes(&mut expanded);
-        Self::with_rng_seed(config, expanded, now, unix_time)
-    }
-
-    /// Creates an endpoint whose RNG (ephemeral keys, connection IDs, padding) starts from
-    /// `seed`, which must be 32 secret random bytes in production.
-    pub fn with_rng_seed(
+    /// Creates an endpoint. Its RNG (ephemeral keys, connection IDs, padding) starts from `seed`,
+    /// which must be [`RngSeed::from_os`] in production (tests and the simulator use
+    /// [`RngSeed::insecure_from_u64`] so that runs repeat). `unix_time` is the wall-clock time at
+    /// `now`, used for handshake timestamps.
+    pub fn new(
         config: Arc<EndpointConfig>,
-        seed: [u8; 32],
+        seed: RngSeed,
         now: Instant,
         unix_time: Duration,
     ) -> Self {
+        let seed_origin = seed.origin();
         let keys = config
             .psks
             .iter()
@@ -108,10 +122,17 @@ impl Endpoint {
                 header_key: Arc::new(HeaderKey::new(psk)),
             })
             .collect();
+        let handshake_keys = config.psks.iter().map(HandshakeKey::new).collect();
+        let mut replay = ReplayCache::new(config.handshake_window);
+        // Until persisted state is loaded, nothing is known about Initials accepted before this
+        // start: refuse every one stamped earlier.
+        replay.refuse_stamped_before(unix_time);
         Self {
             transport: Arc::new(config.transport.clone()),
             keys,
-            rng: StdRng::from_seed(seed),
+            handshake_keys,
+            rng: seed.into_rng(),
+            seed_origin,
             clock: UnixClock {
                 at: now,
                 unix: unix_time,
@@ -120,10 +141,11 @@ impl Endpoint {
             by_cid: HashMap::new(),
             next_handle: 0,
             incoming: VecDeque::new(),
-            replay: ReplayCache::new(config.handshake_window),
+            replay,
             unconfirmed: HashMap::new(),
             transmit_order: VecDeque::new(),
             reset: StatelessReset::new(&config.psks),
+            limits: Limits::new(config.limits),
             stats: EndpointStats::default(),
             config,
         }
@@ -147,7 +169,7 @@ impl Endpoint {
             header_key: self.keys[key].header_key.clone(),
             local_cid,
             remote,
-            rng: StdRng::seed_from_u64(self.rng.random()),
+            rng: seed::child_rng(&mut self.rng),
             clock: self.clock,
         }
     }
@@ -206,8 +228,8 @@ impl Endpoint {
             }
         }
         if !self.config.server {
-            for psk in &self.config.psks {
-                if let Some(cid) = handshake::peek_response_cid(psk, data)
+            for key in &self.handshake_keys {
+                if let Some(cid) = key.peek_response_cid(data)
                     && let Some(&h) = self.by_cid.get(&cid)
                 {
                     return Some(h);
@@ -263,13 +285,23 @@ impl Endpoint {
         false
     }
 
-    /// Server: tries `data` as a handshake Initial.
+    /// Server: tries `data` as a handshake Initial. True if it was one (answered, or dropped on
+    /// purpose and counted), false if it is no Initial under any key.
     fn try_accept(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        if data.len() < handshake::MIN_INITIAL_LEN {
+            return false;
+        }
         let server_cid = self.new_cid();
         let params = self.server_params();
         let unix = self.clock.unix_time(now);
+        let mut gate = Gate {
+            limits: &mut self.limits,
+            connections: &self.connections,
+            now,
+            from,
+        };
         let accepted = handshake::accept_initial(
-            &self.config.psks,
+            &self.handshake_keys,
             &mut self.replay,
             data,
             server_cid,
@@ -278,6 +310,7 @@ impl Endpoint {
             unix,
             self.config.handshake_window,
             &mut self.rng,
+            &mut gate,
         );
         let accepted = match accepted {
             Ok(a) => a,
@@ -288,6 +321,14 @@ impl Endpoint {
             }
             Err(handshake::HandshakeError::Stale) => {
                 self.stats.dropped_replayed_handshakes += 1;
+                return true;
+            }
+            Err(handshake::HandshakeError::OverBudget) => {
+                self.stats.dropped_over_budget += 1;
+                return true;
+            }
+            Err(handshake::HandshakeError::AtCapacity) => {
+                self.stats.dropped_at_capacity += 1;
                 return true;
             }
             Err(_) => return false,
@@ -302,6 +343,7 @@ impl Endpoint {
             data.len(),
         );
         let handle = self.insert(conn);
+        self.limits.on_accepted(handle, accepted.psk_index);
         self.unconfirmed.insert(from, handle);
         self.incoming.push_back(handle);
         self.stats.accepted += 1;
@@ -379,6 +421,7 @@ impl Endpoint {
             if let Some(conn) = self.connections.remove(&handle) {
                 self.by_cid.remove(&conn.local_cid());
             }
+            self.limits.on_removed(handle);
             self.transmit_order.retain(|h| *h != handle);
             self.unconfirmed.retain(|_, h| *h != handle);
             self.incoming.retain(|h| *h != handle);
@@ -413,8 +456,66 @@ impl Endpoint {
         }
     }
 
+    /// Where this endpoint's RNG seed came from ([`SeedOrigin::Os`] in production).
+    pub fn seed_origin(&self) -> SeedOrigin {
+        self.seed_origin
+    }
+
+    /// Server: loads the replay records a previous run persisted (see
+    /// [`Endpoint::take_replay_journal`]); lifts the refusal of Initials stamped before the
+    /// start, since what was accepted before it is now known.
+    pub fn load_replay_state(
+        &mut self,
+        unix_time: Duration,
+        records: impl IntoIterator<Item = ReplayRecord>,
+    ) {
+        self.replay.load(unix_time, records);
+    }
+
+    /// Server: the handshakes accepted since the last call (to append to persistent storage
+    /// before their Responses are sent) and whether the cache dropped a generation (storage can
+    /// then be compacted to [`Endpoint::replay_records`]).
+    pub fn take_replay_journal(&mut self) -> ReplayJournal {
+        self.replay.take_journal()
+    }
+
+    /// Server: every replay record still remembered.
+    pub fn replay_records(&self) -> Vec<ReplayRecord> {
+        self.replay.records()
+    }
+
+    /// Initials dropped by the handshake budget or a connection cap since the last call, per
+    /// bound and key, for a rate-limited log line (the caller maps key indices to names).
+    pub fn poll_limit_hits(&mut self) -> Vec<LimitHit> {
+        self.limits.take_hits()
+    }
+
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
         self.stats
+    }
+}
+
+/// The endpoint's [`Admission`]: the handshake budget before Noise work, the caps after.
+struct Gate<'a> {
+    limits: &'a mut Limits,
+    connections: &'a HashMap<ConnectionHandle, Connection>,
+    now: Instant,
+    from: SocketAddr,
+}
+
+impl Admission for Gate<'_> {
+    fn may_authenticate(&mut self) -> bool {
+        self.limits.spend_handshake(self.now, self.from.ip())
+    }
+
+    fn may_accept(&mut self, key_index: usize) -> bool {
+        let connections = self.connections;
+        self.limits.admit(key_index, connections.len(), || {
+            connections
+                .values()
+                .filter(|c| c.is_unconfirmed_server())
+                .count()
+        })
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::config::EndpointConfig;
 use crate::crypto::CipherSuite;
 use crate::crypto::Psk;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, RngSeed};
 use crate::frame::{self, AckFrame, CloseFrame, Frame, StreamFrame};
 use crate::handshake::{self, ReplayCache, TransportParams};
 use crate::packet::ConnectionId;
@@ -41,7 +41,7 @@ pub fn frames(data: &[u8]) {
 pub fn datagram(data: &[u8]) {
     let now = Instant::now();
     let config = Arc::new(EndpointConfig::server(vec![Psk::from_bytes(FUZZ_PSK)]));
-    let mut server = Endpoint::new(config, 1, now, FUZZ_UNIX_TIME);
+    let mut server = Endpoint::new(config, RngSeed::from_bytes([1; 32]), now, FUZZ_UNIX_TIME);
     let mut copy = data.to_vec();
     server.handle_datagram(now, peer(), &mut copy);
     let mut buf = Vec::new();
@@ -63,7 +63,7 @@ pub fn handshake(data: &[u8]) {
     };
     let mut rng = StdRng::seed_from_u64(7);
     let _ = handshake::accept_initial(
-        std::slice::from_ref(&psk),
+        &[handshake::HandshakeKey::new(&psk)],
         &mut replay,
         data,
         ConnectionId([1; 8]),
@@ -72,6 +72,7 @@ pub fn handshake(data: &[u8]) {
         FUZZ_UNIX_TIME,
         Duration::from_secs(120),
         &mut rng,
+        &mut handshake::AdmitAll,
     );
     let _ = handshake::peek_response_cid(&psk, data);
     let (client, _initial) = handshake::ClientHandshake::start(

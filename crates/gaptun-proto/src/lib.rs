@@ -1,6 +1,7 @@
 //! `gaptun-proto`: gaptun's transport as a deterministic state machine with no I/O.
 //!
-//! Nothing in this crate touches a socket, reads a clock or asks the OS for randomness. The
+//! Nothing in this crate touches a socket or reads a clock, and the only call for OS randomness
+//! is [`RngSeed::from_os`], which the caller makes once per endpoint. The
 //! caller (the tokio driver in `gaptun-runtime`, or the simulator in `gaptun-sim`) feeds in
 //! datagrams and the current time, and pulls out datagrams to send, the next timeout and
 //! application events. Randomness comes from an RNG seeded by the caller. The same inputs always
@@ -40,6 +41,6 @@ pub use config::{EndpointConfig, TransportConfig};
 pub use congestion::CongestionKind;
 pub use connection::{Connection, ConnectionError, ConnectionStats, Event, MIN_MTU};
 pub use crypto::{CipherSuite, Psk};
-pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats};
+pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, RngSeed, SeedError, SeedOrigin};
 pub use shared::{Side, StreamId, Transmit};
 pub use streams::{ReadError, StreamEvent, WriteError};

@@ -14,6 +14,7 @@ use gaptun_proto::{Event, StreamEvent, Transmit};
 use tracing::{debug, trace, warn};
 
 use crate::error::RtError;
+use crate::replay_state::ReplayStore;
 use crate::state::{ConnState, MAX_PENDING_ACCEPTS, Shared, State, wake_all};
 use crate::udp::{RecvBuffers, UdpIo};
 
@@ -31,6 +32,10 @@ const MAX_GSO_SEGMENTS: usize = 32;
 /// out and late packets are answered, unless every connection has drained sooner.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(300);
 
+/// How often Initials dropped by the handshake budget or a connection cap are logged (one WARN
+/// line per interval at most, so a flood cannot flood the log).
+const LIMIT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The driver's private data (everything shared with handles is in [`Shared`]).
 pub(crate) struct Driver {
     shared: Arc<Shared>,
@@ -40,6 +45,12 @@ pub(crate) struct Driver {
     outgoing: Vec<(Vec<u8>, Transmit)>,
     spare: Vec<Vec<u8>>,
     max_segments: usize,
+    /// Server: the replay state file, written before the Responses of the handshakes it records.
+    store: Option<ReplayStore>,
+    /// A failure to write the state file was logged (once is enough until it works again).
+    store_failing: bool,
+    /// When dropped Initials are reported next.
+    next_limit_report: Instant,
 }
 
 /// What one locked step decided.
@@ -54,7 +65,12 @@ struct Step {
 
 impl Driver {
     /// `max_payload`: the largest UDP payload the core sends and accepts.
-    pub(crate) fn new(shared: Arc<Shared>, io: UdpIo, max_payload: usize) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        io: UdpIo,
+        max_payload: usize,
+        store: Option<ReplayStore>,
+    ) -> Self {
         let recv = RecvBuffers::new(&io, max_payload);
         let max_segments = io.max_segments_for(max_payload).min(MAX_GSO_SEGMENTS);
         Self {
@@ -64,6 +80,9 @@ impl Driver {
             outgoing: Vec::new(),
             spare: Vec::new(),
             max_segments,
+            store,
+            store_failing: false,
+            next_limit_report: Instant::now() + LIMIT_REPORT_INTERVAL,
         }
     }
 
@@ -161,6 +180,8 @@ impl Driver {
             }
             take_accepted(&mut state, now, &mut wakers);
             dispatch_events(&mut state, &mut wakers);
+            self.persist_replay_state(&mut state);
+            self.report_limits(&mut state, now);
             let more_to_send = self.collect_transmits(&mut state, now);
             // Sending can make streams writable again (their unsent data went out).
             dispatch_events(&mut state, &mut wakers);
@@ -184,6 +205,48 @@ impl Driver {
         };
         wake_all(wakers);
         step
+    }
+
+    /// Appends the handshakes accepted since the last step to the state file, before their
+    /// Responses are collected for sending.
+    fn persist_replay_state(&mut self, state: &mut State) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        match store.persist(&mut state.endpoint) {
+            Ok(()) => self.store_failing = false,
+            Err(e) if !self.store_failing => {
+                self.store_failing = true;
+                warn!(
+                    "cannot write the replay state file: {e} (replays across a restart are not refused until it works)"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// One WARN line per interval for Initials the handshake budget or a cap dropped.
+    fn report_limits(&mut self, state: &mut State, now: Instant) {
+        if now < self.next_limit_report {
+            return;
+        }
+        self.next_limit_report = now + LIMIT_REPORT_INTERVAL;
+        let hits = state.endpoint.poll_limit_hits();
+        if hits.is_empty() {
+            return;
+        }
+        let summary: Vec<String> = hits
+            .iter()
+            .map(|h| match h.key_index {
+                Some(key) => format!("{:?} of key #{key}: {}", h.kind, h.count),
+                None => format!("{:?}: {}", h.kind, h.count),
+            })
+            .collect();
+        warn!(
+            interval_s = LIMIT_REPORT_INTERVAL.as_secs(),
+            "handshakes dropped by server limits: {}",
+            summary.join(", ")
+        );
     }
 
     /// Moves up to a budget of transmits from the core into `outgoing`. Returns whether the budget

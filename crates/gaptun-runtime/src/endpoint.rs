@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gaptun_proto::{ConnectionHandle, ConnectionStats, Endpoint, EndpointConfig, EndpointStats};
+use gaptun_proto::{
+    ConnectionHandle, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, RngSeed,
+};
 use tracing::{debug, error};
 
 use crate::connection::RtConnection;
 use crate::driver::Driver;
 use crate::error::{ConnectError, RtError};
+use crate::replay_state::ReplayStore;
 use crate::state::{Shared, register, wake_all};
 use crate::udp::UdpIo;
 
@@ -68,14 +71,26 @@ impl RtEndpoint {
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        let endpoint = Endpoint::new(
-            Arc::new(config),
-            rand::random::<u64>(),
-            Instant::now(),
-            unix_time,
-        );
+        let state_file = config.state_file.clone().filter(|_| config.server);
+        // 256 bits from the OS: the client's ephemeral keys come from this RNG.
+        let seed = RngSeed::from_os().map_err(io::Error::other)?;
+        let mut endpoint = Endpoint::new(Arc::new(config), seed, Instant::now(), unix_time);
+        let store = match &state_file {
+            Some(path) => Some(
+                ReplayStore::open(path, &mut endpoint, unix_time).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("replay state file {}: {e}", path.display()),
+                    )
+                })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(endpoint, local_addr));
-        spawn_driver(&runtime, Driver::new(Arc::clone(&shared), io, max_payload));
+        spawn_driver(
+            &runtime,
+            Driver::new(Arc::clone(&shared), io, max_payload, store),
+        );
         debug!(addr = %local_addr, "endpoint bound");
         Ok(Self {
             inner: Arc::new(EndpointRef { shared }),
@@ -253,4 +268,42 @@ fn spawn_driver(runtime: &tokio::runtime::Handle, driver: Driver) {
         wake_all(wakers);
         shared.driver_done.send_replace(true);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use gaptun_proto::{Psk, SeedOrigin};
+
+    use super::*;
+
+    /// The bind path seeds from the OS with 256 bits. Reverting `bind` to a 64-bit seed
+    /// (`RngSeed::insecure_from_u64`, only compiled with the `test-util` feature) or to caller
+    /// bytes changes the recorded origin and fails here; and two endpoints' first Initials
+    /// (salt, ephemeral key, padding, all from that RNG) differ.
+    #[tokio::test]
+    async fn bind_seeds_from_the_os() {
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let target = server.local_addr().expect("addr");
+        let mut initials = Vec::new();
+        for _ in 0..2 {
+            let config = EndpointConfig::client(Psk::from_bytes([3; 32]));
+            let ep = RtEndpoint::bind("127.0.0.1:0".parse().expect("addr"), config).expect("bind");
+            assert_eq!(ep.shared().lock().endpoint.seed_origin(), SeedOrigin::Os);
+            let connecting = ep.clone();
+            let task = tokio::spawn(async move { connecting.connect(target).await.is_ok() });
+            let mut buf = [0u8; 2048];
+            let (len, _) = tokio::time::timeout(Duration::from_secs(5), server.recv_from(&mut buf))
+                .await
+                .expect("an Initial within 5 s")
+                .expect("recv");
+            initials.push(buf[..len].to_vec());
+            task.abort();
+            ep.close(0, b"");
+        }
+        assert!(initials[0].len() >= 1000 && initials[1].len() >= 1000);
+        // The 16-byte salt alone: equal only if both RNGs started alike.
+        assert_ne!(initials[0][..16], initials[1][..16]);
+    }
 }

@@ -18,6 +18,7 @@ mod endpoint;
 mod error;
 pub mod lossy_relay;
 mod pool;
+mod replay_state;
 mod state;
 mod stream;
 mod udp;

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use gaptun_proto::endpoint::ConnectError;
 use gaptun_proto::{
-    CongestionKind, Connection, ConnectionHandle, Endpoint, EndpointConfig, Psk, TransportConfig,
+    CongestionKind, Connection, ConnectionHandle, Endpoint, EndpointConfig, Psk, RngSeed,
+    TransportConfig,
 };
 
 use crate::link::{Datagram, Link, LinkConfig, LinkStats};
@@ -485,7 +486,7 @@ impl Sim {
         let start = Instant::now();
         let server = Endpoint::new(
             config.server.clone(),
-            derive_seed(config.seed, SEED_SERVER),
+            RngSeed::insecure_from_u64(derive_seed(config.seed, SEED_SERVER)),
             start,
             config.unix_start,
         );
@@ -586,7 +587,12 @@ impl Sim {
         let address = client_address(index);
         let unix = skewed(self.unix_time(), setup.clock_skew_ms);
         let seed = derive_seed(self.seed, SEED_CLIENT_BASE + index as u64);
-        let endpoint = Endpoint::new(setup.config, seed, self.now, unix);
+        let endpoint = Endpoint::new(
+            setup.config,
+            RngSeed::insecure_from_u64(seed),
+            self.now,
+            unix,
+        );
         self.nodes.clients.push(ClientNode {
             endpoint,
             address,
@@ -608,7 +614,12 @@ impl Sim {
         self.server_restarts += 1;
         let seed = derive_seed(self.seed, SEED_SERVER_RESTART_BASE + self.server_restarts);
         let unix = self.unix_time();
-        self.nodes.server = Endpoint::new(self.server_config.clone(), seed, self.now, unix);
+        self.nodes.server = Endpoint::new(
+            self.server_config.clone(),
+            RngSeed::insecure_from_u64(seed),
+            self.now,
+            unix,
+        );
         self.nodes.accepted.clear();
     }
 

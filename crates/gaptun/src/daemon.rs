@@ -1,7 +1,9 @@
 //! The two daemons: `gaptun server` and `gaptun client`.
 
+use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -148,12 +150,59 @@ fn disconnect_reason(e: &gaptun_runtime::RtError) -> String {
     }
 }
 
+/// Where a server keeps its replay state (the handshakes it answered, so that a recorded Initial
+/// gets no answer after a restart; `docs/protocol.md`, "Replay cache"): a file per listening port
+/// in systemd's `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/gaptun`, else `~/.local/state/gaptun`.
+/// `None` (with a warning) when none can be created, and for port 0 (no stable name: servers on
+/// port 0 would share one file): the server then refuses Initials stamped before its start
+/// instead.
+fn default_state_file(listen: SocketAddr) -> Option<PathBuf> {
+    if listen.port() == 0 {
+        return None;
+    }
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let path = state_file_in(
+        var("STATE_DIRECTORY"),
+        var("XDG_STATE_HOME"),
+        var("HOME"),
+        listen.port(),
+    )?;
+    let dir = path.parent()?;
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            warn!(dir = %dir.display(), "no replay state file ({e}): handshakes recorded before a restart are refused only by their timestamp");
+            None
+        }
+    }
+}
+
+/// The state file's path from the directories the environment names (`STATE_DIRECTORY` may
+/// list several, separated by `:`; the first is used).
+fn state_file_in(
+    state_directory: Option<OsString>,
+    xdg_state_home: Option<OsString>,
+    home: Option<OsString>,
+    port: u16,
+) -> Option<PathBuf> {
+    let dir = if let Some(dirs) = state_directory {
+        let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+        PathBuf::from(first)
+    } else if let Some(xdg) = xdg_state_home {
+        PathBuf::from(xdg).join("gaptun")
+    } else {
+        PathBuf::from(home?).join(".local/state/gaptun")
+    };
+    Some(dir.join(format!("server-{port}.replay")))
+}
+
 /// `gaptun server`.
 pub async fn run_server(s: ServerSettings) -> Result<()> {
     let signals = shutdown_signal();
     let window = s.transport.receive_window;
     let config = EndpointConfig {
         transport: s.transport,
+        state_file: default_state_file(s.listen),
         ..EndpointConfig::server(s.keys)
     };
     let endpoint =
@@ -295,6 +344,25 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn state_file_location() {
+        use super::{OsString, state_file_in};
+        let os = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            state_file_in(os("/var/lib/gaptun:/other"), os("/x"), os("/home/u"), 443),
+            Some("/var/lib/gaptun/server-443.replay".into())
+        );
+        assert_eq!(
+            state_file_in(None, os("/x/state"), os("/home/u"), 8443),
+            Some("/x/state/gaptun/server-8443.replay".into())
+        );
+        assert_eq!(
+            state_file_in(None, None, os("/home/u"), 1),
+            Some("/home/u/.local/state/gaptun/server-1.replay".into())
+        );
+        assert_eq!(state_file_in(None, None, None, 1), None);
+    }
+
     use super::*;
 
     #[test]

@@ -11,6 +11,10 @@ fn gaptun(args: &[&str]) -> Output {
         .args(args)
         .env_remove("GAPTUN_KEY")
         .env_remove("RUST_LOG")
+        .env(
+            "STATE_DIRECTORY",
+            std::env::temp_dir().join("gaptun-test-state"),
+        )
         .output()
         .unwrap()
 }

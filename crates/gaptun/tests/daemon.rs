@@ -13,6 +13,11 @@ const KEY: &str = "integration-test-passphrase";
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gaptun"));
     c.env_remove("GAPTUN_KEY").env_remove("RUST_LOG");
+    // Servers keep their replay state here, not in the user's state directory.
+    c.env(
+        "STATE_DIRECTORY",
+        std::env::temp_dir().join("gaptun-test-state"),
+    );
     c
 }
 

@@ -13,7 +13,8 @@ pub const HEADER_KEY_LABEL: &[u8] = b"gaptun v1 header";
 ///
 /// The key is endpoint-wide (derived from the PSK), not per connection: the receiver must unmask
 /// the connection ID before it knows which connection a datagram belongs to.
-#[derive(Clone)]
+///
+/// Not `Clone`: connections share it through an `Arc`, and its AES key schedule is wiped on drop.
 pub struct HeaderKey {
     cipher: Aes256,
 }
@@ -21,9 +22,9 @@ pub struct HeaderKey {
 impl HeaderKey {
     /// Derives the header key from the PSK (HKDF-SHA256, label in `docs/protocol.md`).
     pub fn new(psk: &Psk) -> Self {
-        let key: [u8; 32] = hkdf_expand(psk.as_bytes(), HEADER_KEY_LABEL);
+        let key = zeroize::Zeroizing::new(hkdf_expand::<32>(psk.as_bytes(), HEADER_KEY_LABEL));
         Self {
-            cipher: Aes256::new(&key.into()),
+            cipher: Aes256::new(&(*key).into()),
         }
     }
 

@@ -8,6 +8,7 @@
 //! the next generation's key, and keeps the previous generation for late packets.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use zeroize::Zeroizing;
 
 use super::{CryptoError, hkdf_expand};
 
@@ -92,9 +93,10 @@ fn cpu_has_aes() -> bool {
     false
 }
 
-/// One key generation of one direction: secret, AEAD key and IV.
+/// One key generation of one direction: secret, AEAD key and IV. The secret and the raw key
+/// bytes are wiped when dropped (ring keeps its own expanded key schedule).
 struct Generation {
-    secret: [u8; 32],
+    secret: Zeroizing<[u8; 32]>,
     key: LessSafeKey,
     iv: [u8; 12],
     phase: bool,
@@ -102,10 +104,11 @@ struct Generation {
 
 impl Generation {
     fn new(suite: CipherSuite, secret: [u8; 32], phase: bool) -> Self {
-        let key_bytes: [u8; 32] = hkdf_expand(&secret, KEY_LABEL);
+        let secret = Zeroizing::new(secret);
+        let key_bytes: Zeroizing<[u8; 32]> = Zeroizing::new(hkdf_expand(&secret, KEY_LABEL));
         let iv: [u8; 12] = hkdf_expand(&secret, IV_LABEL);
         // Both suites take 32-byte keys, the only thing `UnboundKey::new` checks.
-        let unbound = UnboundKey::new(suite.algorithm(), &key_bytes)
+        let unbound = UnboundKey::new(suite.algorithm(), key_bytes.as_ref())
             .expect("AES-256-GCM and ChaCha20-Poly1305 take 32-byte keys");
         Self {
             secret,

@@ -1,11 +1,13 @@
 //! The pre-shared key.
 
 use std::fmt;
+use std::sync::Arc;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 /// Prefix of the text form of a generated key; the `1` is the format version.
 pub const KEY_PREFIX: &str = "gt1:";
@@ -21,9 +23,13 @@ pub const PASSPHRASE_T_COST: u32 = 2;
 /// argon2id lanes.
 pub const PASSPHRASE_P_COST: u32 = 1;
 
-/// 32 bytes shared by client and server. Never printed: `Debug` shows a fingerprint only.
+/// 32 bytes shared by client and server. Never printed (`Debug` shows `Psk(..)`), and wiped from
+/// memory when the last handle is dropped.
+///
+/// `Clone` shares one heap copy of the bytes (an `Arc`) instead of duplicating them: configs and
+/// endpoints hold the key in several places, and sharing keeps exactly one copy to wipe.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Psk([u8; 32]);
+pub struct Psk(Arc<Zeroizing<[u8; 32]>>);
 
 /// Why a key string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -42,12 +48,18 @@ pub enum KeyError {
 impl Psk {
     /// Wraps raw key bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+        Self(Arc::new(Zeroizing::new(bytes)))
     }
 
     /// The raw key bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// Whether two handles share one copy of the bytes (what `clone` gives).
+    #[cfg(test)]
+    fn shares_bytes_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Parses what a user typed: a key printed by [`Psk::to_key_string`] (`gt1:` + base64) is used
@@ -75,33 +87,38 @@ impl Psk {
         )
         .map_err(|_| KeyError::Stretch)?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut out = [0u8; 32];
+        let mut out = Zeroizing::new([0u8; 32]);
         argon
-            .hash_password_into(passphrase.as_bytes(), PASSPHRASE_SALT, &mut out)
+            .hash_password_into(passphrase.as_bytes(), PASSPHRASE_SALT, out.as_mut())
             .map_err(|_| KeyError::Stretch)?;
-        Ok(Self(out))
+        Ok(Self(Arc::new(out)))
     }
 
     /// A fresh random key from `rng`.
     pub fn generate(rng: &mut dyn rand::RngCore) -> Self {
-        let mut b = [0u8; 32];
-        rng.fill_bytes(&mut b);
-        Self(b)
+        let mut b = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(b.as_mut());
+        Self(Arc::new(b))
     }
 
     /// The `gt1:` text form that [`Psk::parse`] reads back: the prefix and the 32 bytes in
     /// standard base64 without padding (43 characters).
     pub fn to_key_string(&self) -> String {
-        format!("{KEY_PREFIX}{}", STANDARD_NO_PAD.encode(self.0))
+        format!("{KEY_PREFIX}{}", STANDARD_NO_PAD.encode(self.as_bytes()))
     }
 
     /// Decodes the base64 part of a `gt1:` key. Trailing `=` padding is tolerated.
     fn decode(encoded: &str) -> Result<Self, KeyError> {
-        let bytes = STANDARD_NO_PAD
-            .decode(encoded.trim_end_matches('='))
+        let bytes = Zeroizing::new(
+            STANDARD_NO_PAD
+                .decode(encoded.trim_end_matches('='))
+                .map_err(|_| KeyError::BadEncoding)?,
+        );
+        let raw: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
             .map_err(|_| KeyError::BadEncoding)?;
-        let raw: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadEncoding)?;
-        Ok(Self(raw))
+        Ok(Self::from_bytes(raw))
     }
 }
 
@@ -178,6 +195,15 @@ mod tests {
             psk.to_key_string(),
             "gt1:+CWX8aaveYu36c5X3RQn8xYZYBzvyo/NqlXOF2xjKDI"
         );
+    }
+
+    #[test]
+    fn clones_share_one_copy() {
+        let psk = Psk::from_bytes([0x11; 32]);
+        let copy = psk.clone();
+        assert!(psk.shares_bytes_with(&copy));
+        assert!(!psk.shares_bytes_with(&Psk::from_bytes([0x11; 32])));
+        assert_eq!(psk, copy);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod noise;
 mod replay_cache;
 mod wire;
 
-pub use replay_cache::ReplayCache;
+pub use replay_cache::{ReplayCache, ReplayJournal, ReplayRecord};
 
 use std::time::Duration;
 
@@ -61,6 +61,70 @@ pub enum HandshakeError {
     /// No cipher suite in common.
     #[error("no cipher suite in common")]
     NoCommonCipher,
+    /// The handshake budget (per source or global) is spent; not authenticated.
+    #[error("handshake budget spent")]
+    OverBudget,
+    /// Authentic and fresh, but a connection cap is reached.
+    #[error("connection limit reached")]
+    AtCapacity,
+}
+
+/// One PSK's handshake state, derived once (the obfuscation key's HKDF and AES key schedule),
+/// so that a server spends one AES block per configured key on a junk datagram.
+pub struct HandshakeKey {
+    psk: Psk,
+    obfuscator: Obfuscator,
+}
+
+impl HandshakeKey {
+    /// Derives the handshake state of `psk`.
+    pub fn new(psk: &Psk) -> Self {
+        Self {
+            psk: psk.clone(),
+            obfuscator: Obfuscator::new(psk),
+        }
+    }
+
+    /// Like [`peek_response_cid`], with the derived state.
+    pub fn peek_response_cid(&self, datagram: &[u8]) -> Option<ConnectionId> {
+        let header = wire::peek_header(&self.obfuscator, datagram)?;
+        (header.kind == TYPE_RESPONSE && header.version == VERSION).then_some(header.client_cid)
+    }
+
+    /// The Initial's header, if `datagram` looks like an Initial under this key (two clear
+    /// bytes checked: about one random datagram in 65536 passes).
+    fn peek_initial(&self, datagram: &[u8]) -> Option<BodyHeader> {
+        let header = wire::peek_header(&self.obfuscator, datagram)?;
+        (header.kind == TYPE_INITIAL && header.version == VERSION).then_some(header)
+    }
+}
+
+impl std::fmt::Debug for HandshakeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeKey(..)")
+    }
+}
+
+/// The server's say on an Initial, asked at the two points where work would be spent.
+pub trait Admission {
+    /// The Initial passed the cheap header check: may Noise work be spent on it?
+    fn may_authenticate(&mut self) -> bool;
+    /// The Initial is authentic and fresh under key `key_index`: may it become a connection?
+    fn may_accept(&mut self, key_index: usize) -> bool;
+}
+
+/// Admits everything (tests, fuzzing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitAll;
+
+impl Admission for AdmitAll {
+    fn may_authenticate(&mut self) -> bool {
+        true
+    }
+
+    fn may_accept(&mut self, _key_index: usize) -> bool {
+        true
+    }
 }
 
 /// The result of a completed handshake, on either side.
@@ -186,16 +250,21 @@ pub struct Accepted {
     pub response: Vec<u8>,
 }
 
-/// Server side: authenticates an Initial against each PSK, checks its timestamp against
+/// Server side: authenticates an Initial against each key, checks its timestamp against
 /// `unix_time` +- `window` and the replay cache, picks a cipher (`cipher` if the client offers
 /// it, else the client's first choice), and builds the Response.
+///
+/// `admission` is asked before any Noise work (an Initial under no key never gets that far:
+/// [`HandshakeError::Invalid`]) and again once the Initial is authentic and recorded in the
+/// replay cache, before the Response is built; a refusal is [`HandshakeError::OverBudget`] or
+/// [`HandshakeError::AtCapacity`].
 ///
 /// Initials shorter than [`MIN_INITIAL_LEN`] are [`HandshakeError::Invalid`]. The Response is
 /// padded to a random length no longer than the Initial, nor (when it can be avoided) than
 /// either side's `max_udp_payload`; never longer than 3x the Initial.
 #[allow(clippy::too_many_arguments)]
 pub fn accept_initial(
-    psks: &[Psk],
+    keys: &[HandshakeKey],
     replay: &mut ReplayCache,
     datagram: &[u8],
     server_cid: ConnectionId,
@@ -204,20 +273,33 @@ pub fn accept_initial(
     unix_time: Duration,
     window: Duration,
     rng: &mut dyn rand::RngCore,
+    admission: &mut dyn Admission,
 ) -> Result<Accepted, HandshakeError> {
     if datagram.len() < MIN_INITIAL_LEN {
         return Err(HandshakeError::Invalid);
     }
-    let (psk_index, obfuscator, header, message, mut noise, payload) =
-        authenticate_initial(psks, datagram, rng).ok_or(HandshakeError::Invalid)?;
+    if !keys.iter().any(|k| k.peek_initial(datagram).is_some()) {
+        return Err(HandshakeError::Invalid);
+    }
+    if !admission.may_authenticate() {
+        return Err(HandshakeError::OverBudget);
+    }
+    let (psk_index, header, message, mut noise, payload) =
+        authenticate_initial(keys, datagram, rng).ok_or(HandshakeError::Invalid)?;
+    let obfuscator = &keys[psk_index].obfuscator;
     let (client_ms, client_params) =
         wire::decode_initial_payload(&payload).ok_or(HandshakeError::Invalid)?;
-    if client_ms.abs_diff(unix_millis(unix_time)) > unix_millis(window) {
+    if client_ms.abs_diff(unix_millis(unix_time)) > unix_millis(window)
+        || replay.stamped_too_early(client_ms)
+    {
         return Err(HandshakeError::Stale);
     }
     let fingerprint = ephemeral_fingerprint(&message).ok_or(HandshakeError::Invalid)?;
     if !replay.insert(unix_time, fingerprint) {
         return Err(HandshakeError::Replayed);
+    }
+    if !admission.may_accept(psk_index) {
+        return Err(HandshakeError::AtCapacity);
     }
     let chosen = choose_cipher(cipher, &client_params.ciphers)?;
     let our_params = TransportParams {
@@ -237,7 +319,7 @@ pub fn accept_initial(
         rng,
     );
     let response = wire::encode_datagram(
-        &obfuscator,
+        obfuscator,
         rng,
         TYPE_RESPONSE,
         header.client_cid,
@@ -257,27 +339,23 @@ pub fn accept_initial(
 }
 
 /// What a successfully authenticated Initial yields.
-type Authenticated = (usize, Obfuscator, BodyHeader, Vec<u8>, NoiseState, Vec<u8>);
+type Authenticated = (usize, BodyHeader, Vec<u8>, NoiseState, Vec<u8>);
 
-/// Tries each PSK: a cheap type/version check on the de-obfuscated header first, then the
+/// Tries each key whose cheap type/version check on the de-obfuscated header passes with the
 /// Noise read that authenticates. The responder's ephemeral seed is drawn once from `rng`.
 fn authenticate_initial(
-    psks: &[Psk],
+    keys: &[HandshakeKey],
     datagram: &[u8],
     rng: &mut dyn rand::RngCore,
 ) -> Option<Authenticated> {
-    let mut seed = [0u8; 32];
-    rng.fill_bytes(&mut seed);
-    psks.iter().enumerate().find_map(|(index, psk)| {
-        let obfuscator = Obfuscator::new(psk);
-        let header = wire::peek_header(&obfuscator, datagram)?;
-        if header.kind != TYPE_INITIAL || header.version != VERSION {
-            return None;
-        }
-        let message = wire::noise_message(&obfuscator, datagram, &header)?;
-        let mut noise = NoiseState::responder(psk, header.client_cid, seed)?;
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(seed.as_mut());
+    keys.iter().enumerate().find_map(|(index, key)| {
+        let header = key.peek_initial(datagram)?;
+        let message = wire::noise_message(&key.obfuscator, datagram, &header)?;
+        let mut noise = NoiseState::responder(&key.psk, header.client_cid, *seed)?;
         let payload = noise.read(&message)?;
-        Some((index, obfuscator, header, message, noise, payload))
+        Some((index, header, message, noise, payload))
     })
 }
 
@@ -362,8 +440,9 @@ mod tests {
         rng: &mut StdRng,
     ) -> Result<Accepted, HandshakeError> {
         let server_params = params(vec![CipherSuite::Aes256Gcm]);
+        let keys: Vec<HandshakeKey> = psks.iter().map(HandshakeKey::new).collect();
         accept_initial(
-            psks,
+            &keys,
             cache,
             dgram,
             SERVER_CID,
@@ -372,6 +451,7 @@ mod tests {
             NOW,
             WINDOW,
             rng,
+            &mut AdmitAll,
         )
     }
 

@@ -1,7 +1,27 @@
-//! Remembers recent Initials so that a replayed one is dropped.
+//! Remembers recent Initials so that a replayed one is dropped, across restarts too when the
+//! caller persists what [`ReplayCache::take_journal`] reports and loads it back.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
+
+/// One accepted Initial: its fingerprint and the server's Unix time (ms) when it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRecord {
+    /// Server Unix time of acceptance, in milliseconds.
+    pub unix_ms: u64,
+    /// The Initial's fingerprint (the client's ephemeral public key).
+    pub fingerprint: [u8; 32],
+}
+
+/// What changed since the last [`ReplayCache::take_journal`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayJournal {
+    /// Records accepted since the last call, in order.
+    pub new: Vec<ReplayRecord>,
+    /// Whether a generation was dropped since: a persisted copy can be compacted to
+    /// [`ReplayCache::records`].
+    pub rotated: bool,
+}
 
 /// Fingerprints of the Initials accepted within the last `window` (two rotating generations, so
 /// memory is bounded by the handshake rate times twice the window).
@@ -17,8 +37,12 @@ pub struct ReplayCache {
     period_ms: u128,
     /// Index (`unix_time / period`) of the current generation.
     current_index: u128,
-    current: HashSet<[u8; 32]>,
-    previous: HashSet<[u8; 32]>,
+    current: HashMap<[u8; 32], u64>,
+    previous: HashMap<[u8; 32], u64>,
+    /// Initials stamped before this (client clock, ms) are refused: set to the server's start
+    /// when no persisted state was loaded, since Initials recorded before a restart are unknown.
+    not_before_ms: Option<u64>,
+    journal: ReplayJournal,
 }
 
 impl ReplayCache {
@@ -27,9 +51,21 @@ impl ReplayCache {
         Self {
             period_ms: window.as_millis().saturating_mul(2).max(1),
             current_index: 0,
-            current: HashSet::new(),
-            previous: HashSet::new(),
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            not_before_ms: None,
+            journal: ReplayJournal::default(),
         }
+    }
+
+    /// Refuses Initials stamped before `unix_time` (see `docs/protocol.md`, "Replay cache").
+    pub fn refuse_stamped_before(&mut self, unix_time: Duration) {
+        self.not_before_ms = Some(u64::try_from(unix_time.as_millis()).unwrap_or(u64::MAX));
+    }
+
+    /// Whether an Initial stamped `client_ms` is older than the floor.
+    pub(crate) fn stamped_too_early(&self, client_ms: u64) -> bool {
+        self.not_before_ms.is_some_and(|floor| client_ms < floor)
     }
 
     /// Records `fingerprint` seen at `unix_time`; false if it was already there (a replay).
@@ -38,10 +74,58 @@ impl ReplayCache {
     /// current generation again.
     pub fn insert(&mut self, unix_time: Duration, fingerprint: [u8; 32]) -> bool {
         self.rotate(unix_time);
-        if self.previous.contains(&fingerprint) {
+        if self.previous.contains_key(&fingerprint) || self.current.contains_key(&fingerprint) {
             return false;
         }
-        self.current.insert(fingerprint)
+        let unix_ms = u64::try_from(unix_time.as_millis()).unwrap_or(u64::MAX);
+        self.current.insert(fingerprint, unix_ms);
+        self.journal.new.push(ReplayRecord {
+            unix_ms,
+            fingerprint,
+        });
+        true
+    }
+
+    /// Loads persisted records at server time `unix_time`: those still within two generations
+    /// are remembered again. Loading lifts the floor of [`ReplayCache::refuse_stamped_before`]:
+    /// what was accepted before the restart is known.
+    pub fn load(&mut self, unix_time: Duration, records: impl IntoIterator<Item = ReplayRecord>) {
+        self.rotate(unix_time);
+        for r in records {
+            let index = u128::from(r.unix_ms) / self.period_ms;
+            if index >= self.current_index {
+                self.current.insert(r.fingerprint, r.unix_ms);
+            } else if index + 1 == self.current_index {
+                self.previous.insert(r.fingerprint, r.unix_ms);
+            }
+        }
+        self.not_before_ms = None;
+        self.journal = ReplayJournal {
+            new: Vec::new(),
+            rotated: true,
+        };
+    }
+
+    /// Records accepted and generations dropped since the last call.
+    pub fn take_journal(&mut self) -> ReplayJournal {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Every remembered record, oldest generation first.
+    pub fn records(&self) -> Vec<ReplayRecord> {
+        let mut out: Vec<ReplayRecord> = Vec::with_capacity(self.len());
+        for generation in [&self.previous, &self.current] {
+            let mut part: Vec<ReplayRecord> = generation
+                .iter()
+                .map(|(&fingerprint, &unix_ms)| ReplayRecord {
+                    unix_ms,
+                    fingerprint,
+                })
+                .collect();
+            part.sort_by_key(|r| (r.unix_ms, r.fingerprint));
+            out.extend(part);
+        }
+        out
     }
 
     /// How many fingerprints are remembered.
@@ -66,9 +150,9 @@ impl ReplayCache {
             self.current.clear();
         }
         self.current_index = index;
+        self.journal.rotated = true;
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +211,49 @@ mod tests {
         assert!(c.insert(secs(1), [1; 32]));
         assert!(!c.insert(secs(1), [1; 32]));
         assert!(c.insert(secs(2), [1; 32]));
+    }
+
+    /// What a restarted server loads back refuses the same fingerprints; records older than two
+    /// generations are not loaded; loading lifts the start-time floor.
+    #[test]
+    fn journal_and_load_survive_a_restart() {
+        let mut c = ReplayCache::new(W);
+        c.refuse_stamped_before(secs(1200));
+        assert!(c.stamped_too_early(1_199_999));
+        assert!(!c.stamped_too_early(1_200_000));
+        assert!(c.insert(secs(1200), [1; 32]));
+        assert!(c.insert(secs(1250), [2; 32]));
+        let j = c.take_journal();
+        assert!(j.rotated, "first insert moved to generation 10");
+        assert_eq!(
+            j.new,
+            vec![
+                ReplayRecord {
+                    unix_ms: 1_200_000,
+                    fingerprint: [1; 32]
+                },
+                ReplayRecord {
+                    unix_ms: 1_250_000,
+                    fingerprint: [2; 32]
+                }
+            ]
+        );
+        assert_eq!(c.take_journal(), ReplayJournal::default());
+        let old = ReplayRecord {
+            unix_ms: 1_000_000,
+            fingerprint: [3; 32],
+        };
+        let mut records = c.records();
+        records.push(old);
+
+        let mut restarted = ReplayCache::new(W);
+        restarted.refuse_stamped_before(secs(1330));
+        restarted.load(secs(1330), records);
+        assert!(!restarted.stamped_too_early(0));
+        assert_eq!(restarted.len(), 2, "the record of generation 8 is gone");
+        assert!(!restarted.insert(secs(1331), [1; 32]));
+        assert!(!restarted.insert(secs(1331), [2; 32]));
+        assert!(restarted.insert(secs(1331), [3; 32]));
+        assert_eq!(restarted.records().len(), 3);
     }
 }

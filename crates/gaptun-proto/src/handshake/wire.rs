@@ -39,9 +39,10 @@ pub(super) struct Obfuscator {
 
 impl Obfuscator {
     pub(super) fn new(psk: &Psk) -> Self {
-        let key: [u8; 32] = hkdf_expand(psk.as_bytes(), OBFUSCATION_LABEL);
+        // The AES key schedule is wiped on drop (the `aes` crate's `zeroize` feature).
+        let key = zeroize::Zeroizing::new(hkdf_expand::<32>(psk.as_bytes(), OBFUSCATION_LABEL));
         Self {
-            cipher: Aes256::new(&key.into()),
+            cipher: Aes256::new(&(*key).into()),
         }
     }
 

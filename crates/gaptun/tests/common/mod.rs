@@ -84,7 +84,12 @@ pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gaptun"));
     c.env_remove("GAPTUN_KEY")
         .env_remove("RUST_LOG")
-        .env_remove("GAPTUN_SOCKS_PASSWORD");
+        .env_remove("GAPTUN_SOCKS_PASSWORD")
+        // Servers keep their replay state here, not in the user's state directory.
+        .env(
+            "STATE_DIRECTORY",
+            std::env::temp_dir().join("gaptun-test-state"),
+        );
     c
 }
 

@@ -1,0 +1,106 @@
+//! The replay state file: an Initial answered before a restart gets no answer after it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gaptun_runtime::RtEndpoint;
+use gaptun_runtime::proto::handshake::{ClientHandshake, TransportParams};
+use gaptun_runtime::proto::packet::ConnectionId;
+use gaptun_runtime::proto::{CipherSuite, EndpointConfig, Psk};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+
+/// A fresh directory under the system's temporary directory, removed by the test at the end.
+fn scratch_dir(name: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("gaptun-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// Sends `initial` to `server` and reports whether `server` sent anything back within a second
+/// (datagrams from earlier servers, such as their late retransmissions, do not count).
+async fn answered(probe: &UdpSocket, server: SocketAddr, initial: &[u8]) -> bool {
+    probe.send_to(initial, server).await.expect("send");
+    let mut buf = [0u8; 2048];
+    let from_server = async {
+        loop {
+            match probe.recv_from(&mut buf).await {
+                Ok((_, from)) if from == server => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), from_server)
+        .await
+        .is_ok()
+}
+
+fn server(config: &EndpointConfig) -> RtEndpoint {
+    RtEndpoint::bind("127.0.0.1:0".parse().expect("addr"), config.clone()).expect("bind")
+}
+
+#[tokio::test]
+async fn recorded_initial_is_refused_after_a_restart() {
+    let dir = scratch_dir("replay");
+    let path = dir.join("replay.state");
+    let psk = Psk::from_bytes([0x42; 32]);
+    let mut config = EndpointConfig::server(vec![psk.clone()]);
+    config.state_file = Some(path.clone());
+    // Stamped 30 s ahead of the server's clock (a client clock running fast, within the
+    // window): a restarted server that remembers nothing would accept it.
+    let ahead = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        + Duration::from_secs(30);
+    let params = TransportParams {
+        max_data: 1 << 20,
+        max_stream_data: 1 << 19,
+        max_streams: 16,
+        idle_timeout_ms: 30_000,
+        max_udp_payload: 1350,
+        ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
+    };
+    let (_, initial) = ClientHandshake::start(
+        &psk,
+        ConnectionId([5; 8]),
+        &params,
+        ahead,
+        1200,
+        &mut StdRng::seed_from_u64(7),
+    );
+    let probe = UdpSocket::bind("127.0.0.1:0").await.expect("bind probe");
+
+    let first = server(&config);
+    assert!(answered(&probe, first.local_addr(), &initial).await);
+    assert_eq!(first.stats().accepted, 1);
+    first.shutdown(Duration::from_secs(1)).await;
+    drop(first);
+    let len = std::fs::metadata(&path).expect("state file").len();
+    assert_eq!(len, 8 + 40, "magic and one record");
+
+    let restarted = server(&config);
+    assert!(!answered(&probe, restarted.local_addr(), &initial).await);
+    let stats = restarted.stats();
+    assert_eq!((stats.accepted, stats.dropped_replayed_handshakes), (0, 1));
+    restarted.shutdown(Duration::from_secs(1)).await;
+
+    // The control: the same restart without the state file answers the recording.
+    let mut stateless = config.clone();
+    stateless.state_file = None;
+    let forgetful = server(&stateless);
+    assert!(answered(&probe, forgetful.local_addr(), &initial).await);
+    forgetful.shutdown(Duration::from_secs(1)).await;
+
+    // A file that is not ours is refused at bind, not silently replaced.
+    std::fs::write(&path, b"something else").expect("write");
+    let err = RtEndpoint::bind("127.0.0.1:0".parse().expect("addr"), config.clone())
+        .expect_err("foreign state file");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    let _ = std::fs::remove_dir_all(&dir);
+}
