@@ -93,3 +93,13 @@ fn server_endpoint_survives_corpus_and_mutations() {
         300,
     );
 }
+
+#[test]
+fn established_connection_survives_corpus_and_mutations() {
+    run(
+        "established",
+        fuzzing::established,
+        fuzzing::seed_established(),
+        40,
+    );
+}
