@@ -70,9 +70,20 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
     m
 }
 
+/// Multiplies the mutations per seed: `FUZZ_REPLAY_SCALE=50 cargo test ...` for a longer local
+/// run on stable (CI uses 1). A different scale also draws different mutations.
+fn scale() -> usize {
+    std::env::var("FUZZ_REPLAY_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 #[test]
 fn every_target_survives_its_corpus_and_mutations() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let scale = scale();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ scale as u64);
     for (target, entry) in fuzzing::TARGETS {
         let mut seeds = corpus(target);
         assert!(
@@ -84,7 +95,7 @@ fn every_target_survives_its_corpus_and_mutations() {
         seeds.push((0..=255u8).collect());
         for seed in &seeds {
             entry(seed);
-            for _ in 0..10_000 {
+            for _ in 0..10_000 * scale {
                 entry(&mutate(seed, &mut rng));
             }
         }
