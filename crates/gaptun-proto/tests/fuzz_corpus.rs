@@ -112,6 +112,6 @@ fn established_connection_survives_corpus_and_mutations() {
         "established",
         fuzzing::established,
         fuzzing::seed_established(),
-        100,
+        60,
     );
 }
