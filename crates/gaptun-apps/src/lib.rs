@@ -17,6 +17,8 @@
 pub mod addr;
 pub mod client;
 pub mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod mem;
 pub mod policy;
 pub mod pump;

@@ -1,5 +1,12 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and by the test that replays the
 //! seed corpus in CI (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes and must never panic.
+//!
+//! Compiled only with the `fuzzing` feature, which the fuzz crate and this crate's own tests
+//! and examples turn on.
+
+mod established;
+
+pub use established::established;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -165,4 +172,52 @@ pub fn seed_frames() -> Vec<u8> {
         f.encode(&mut buf);
     }
     buf
+}
+
+/// Operation programs for [`established`] that reach its main paths: a request and a reply on
+/// a stream, injected STREAM and control frames of every kind, lost, replayed, corrupted and
+/// re-routed datagrams, flow control at its limit, idle timeout, and closes.
+pub fn seed_established() -> Vec<Vec<u8>> {
+    const C: u8 = 0;
+    const S: u8 = 1;
+    const ALL: u8 = 17;
+    const NEW: u8 = 0xff;
+    let exchange = vec![
+        7, C, NEW, 0x03, 0xe8, ALL, 8, S, 0, 7, S, 0, 0x01, 0xf4, 9, S, 0, ALL, 8, C, 0, 9, C, 0,
+        ALL, 8, S, 0, 3, 20, ALL,
+    ];
+    let mut injected = vec![7, C, NEW, 0, 10, ALL, 1, S, 0, 0, 0, 10, 1, 5];
+    injected.extend_from_slice(b"abcde");
+    injected.extend_from_slice(&[8, S, 0, 1, S, 0xf2, 0, 0, 0, 0, 3, b'x', b'y', b'z', ALL]);
+    injected.extend_from_slice(&[8, S, 2, 1, C, 0xf1, 0, 0, 0, 1, 2, b'h', b'i', ALL, 8, C, 0]);
+    let mut control = vec![7, C, NEW, 0x40, 0, 7, S, NEW, 0x40, 0];
+    for kind in 0..12u8 {
+        control.extend_from_slice(&[2, kind % 2, kind, 0, kind % 4, 0, 0x10 + kind, ALL]);
+    }
+    let lossy = vec![
+        7, C, NEW, 0x80, 0, 4, 6, S, 3, 5, S, 2, 14, S, 0, 40, 3, 12, 0, 3, 100, 4, 5, S, 15, 5, C,
+        15, 3, 50, ALL, 8, S, 0, 9, C, 0, 3, 60, ALL, 8, S, 0,
+    ];
+    let migration = vec![
+        7, C, NEW, 0x10, 0, 4, 13, 0x9c, 0x41, 3, 4, 5, C, 15, 13, 0x9c, 0x41, 3, 4, 5, C, 15, 5,
+        S, 15, ALL, 8, S, 0,
+    ];
+    let flow = vec![
+        16, S, 0, 0x10, 7, C, NEW, 0xff, 0xff, ALL, ALL, 7, C, 0, 0xff, 0xff, ALL, 8, S, 0, ALL, 7,
+        C, 0, 0xff, 0xff, ALL, 10, C, 0, 7, ALL, 11, S, 0, 9, ALL,
+    ];
+    let streams: Vec<u8> = (0..10)
+        .flat_map(|i| [7, i % 2, NEW, 0, 20 + i, 9, i % 2, i])
+        .chain([ALL, 8, S, 0, 8, C, 1, 8, S, 2, 8, C, 3])
+        .collect();
+    let idle = vec![7, C, NEW, 0, 5, ALL, 3, 255, 3, 255, 4, 17];
+    let mut frames_raw = vec![0, S];
+    let all = seed_frames();
+    frames_raw.extend_from_slice(&(all.len() as u16).to_be_bytes());
+    frames_raw.extend_from_slice(&all);
+    frames_raw.push(ALL);
+    let closes = vec![7, C, NEW, 0, 5, ALL, 15, C, 3, ALL, 15, S, 4, 12, 0, ALL];
+    vec![
+        exchange, injected, control, lossy, migration, flow, streams, idle, frames_raw, closes,
+    ]
 }

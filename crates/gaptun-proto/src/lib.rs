@@ -34,6 +34,7 @@ pub mod rtt;
 pub mod streams;
 pub mod varint;
 
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod shared;
 

@@ -50,8 +50,20 @@ fn mutations(seed: &[u8], count: usize, rng: &mut StdRng) -> Vec<Vec<u8>> {
     out
 }
 
+/// Multiplies the mutations per seed: `FUZZ_REPLAY_SCALE=50 cargo test ...` for a longer local
+/// run on stable (CI uses 1). A different scale also draws different mutations.
+fn scale() -> usize {
+    std::env::var("FUZZ_REPLAY_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn run(target: &str, entry: fn(&[u8]), generated: Vec<Vec<u8>>, per_seed: usize) {
-    let mut rng = StdRng::seed_from_u64(0xf022);
+    let scale = scale();
+    let per_seed = per_seed * scale;
+    let mut rng = StdRng::seed_from_u64(0xf022 + scale as u64 - 1);
     let mut seeds = corpus(target);
     seeds.extend(generated);
     seeds.push(Vec::new());
@@ -91,5 +103,15 @@ fn server_endpoint_survives_corpus_and_mutations() {
         fuzzing::datagram,
         vec![fuzzing::seed_initial(2)],
         300,
+    );
+}
+
+#[test]
+fn established_connection_survives_corpus_and_mutations() {
+    run(
+        "established",
+        fuzzing::established,
+        fuzzing::seed_established(),
+        60,
     );
 }

@@ -6,6 +6,8 @@
 mod apps_wiring;
 mod cli;
 mod config;
+#[cfg(test)]
+mod config_fuzz;
 mod ctl;
 mod daemon;
 mod demo;

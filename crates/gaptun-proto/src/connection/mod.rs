@@ -6,6 +6,8 @@
 //! [`Connection::poll`]. Application commands (streams, close, window) can come at any time.
 
 mod ack;
+#[cfg(feature = "fuzzing")]
+mod fuzz_hook;
 mod liveness;
 mod loss_rate;
 mod mtu;
