@@ -138,6 +138,7 @@ impl Endpoint {
             side,
             config: self.transport.clone(),
             header_key: self.keys[key].header_key.clone(),
+            key_index: key,
             local_cid,
             remote,
             rng: StdRng::seed_from_u64(self.rng.random()),
