@@ -1,180 +1,205 @@
-//! Command-line interface (clap derive).
+//! Command-line interface (clap derive). The settings of the daemons are defined once, in the
+//! groups below and in [`TransportSettings`]: each field is a flag and a config-file key (see
+//! [`crate::layer`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::layer::settings_group;
 use crate::transport::TransportSettings;
-use crate::values::{ByteSize, Cipher, Congestion, ForwardSpec, LogFormat, Mode};
+use crate::values::{Conns, ForwardSpec, ListenAddr, LogFormat, WindowSize, one_or_many};
 
-/// Default UDP port of the server.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:29900";
-/// Default SOCKS5 address of the client.
+/// Default SOCKS5 address of the client (and the demo).
 pub const DEFAULT_SOCKS: &str = "127.0.0.1:1080";
+
+/// The version with the commit it was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GAPTUN_COMMIT"), ")");
 
 /// Fast, secure tunnel and proxy for bad networks.
 #[derive(Debug, Parser)]
-#[command(name = "gaptun", version, propagate_version = true)]
+#[command(name = "gaptun", version = VERSION, propagate_version = true)]
+#[command(after_help = "Start with `gaptun demo`, or `gaptun keygen` for a server and a client.")]
 pub struct Cli {
-    /// Log level or filter: error, warn, info, debug, trace, or e.g. "gaptun=debug"
-    /// [default: config `log`, else RUST_LOG, else info].
-    #[arg(long, global = true, value_name = "LEVEL")]
-    pub log: Option<String>,
-
-    /// Log format: text or json.
-    #[arg(long, global = true, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses `args` (program name first) and keeps the subcommand's matches next to the
+    /// result: they tell a value given on the command line from a default (see
+    /// [`crate::layer::Layer::from_matches`]).
+    pub fn try_parse_with_matches<I, T>(args: I) -> Result<(Self, ArgMatches), clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let cli = Self::from_arg_matches(&matches)?;
+        let sub = matches
+            .subcommand()
+            .map_or_else(ArgMatches::default, |(_, m)| m.clone());
+        Ok((cli, sub))
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: accept tunnel connections and relay their streams to the targets.
+    #[command(
+        after_help = "Example:\n  GAPTUN_KEY=$(cat key) gaptun server --listen 0.0.0.0:29900\n  \
+                            gaptun server --config server.toml"
+    )]
     Server(ServerArgs),
     /// Run the client: SOCKS5 and port forwards through the tunnel.
+    #[command(
+        after_help = "Example:\n  GAPTUN_KEY=$(cat key) gaptun client --server vpn.example.com:29900 \
+                            --socks 1080 --forward 2222=127.0.0.1:22\n  \
+                            gaptun client --config client.toml"
+    )]
     Client(ClientArgs),
     /// A complete tunnel on this machine through a simulated bad link, with SOCKS5.
+    #[command(after_help = "Example:\n  gaptun demo --loss 5 --delay 100\n  \
+                            curl -x socks5h://127.0.0.1:1080 http://example.com/")]
     Demo(DemoArgs),
     /// Print a new random key.
+    #[command(after_help = "Example:\n  gaptun keygen > key && chmod 600 key")]
     Keygen,
     /// Talk to a running daemon: change the receive window, show statistics.
+    #[command(
+        after_help = "Example:\n  gaptun ctl stats\n  gaptun ctl --socket /run/gaptun/client.sock wnd 64M"
+    )]
     Ctl(CtlArgs),
+    /// Print a shell completion script to stdout.
+    #[command(after_help = "Example:\n  gaptun completions bash > /etc/bash_completion.d/gaptun")]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout.
+    #[command(after_help = "Example:\n  gaptun man > gaptun.1 && man ./gaptun.1")]
+    Man,
 }
 
-/// Transport tuning, shared by server, client and demo.
-#[derive(Debug, Clone, Default, Args)]
-pub struct TransportArgs {
-    /// Retransmission/ACK timing preset: normal, fast (default), fast2, fast3.
-    #[arg(long, value_name = "MODE")]
-    pub mode: Option<Mode>,
-    /// Receive window per connection and stream, in bytes (K, M, G suffixes) [default: 32M].
-    #[arg(long, value_name = "BYTES")]
-    pub window: Option<ByteSize>,
-    /// Largest UDP payload in bytes, 1200-9000: the ceiling path MTU discovery probes up to
-    /// [default: 1472].
-    #[arg(long, value_name = "N")]
-    pub mtu: Option<u16>,
-    /// Congestion control: bbr (default), none, brutal.
-    #[arg(long, value_name = "CC")]
-    pub congestion: Option<Congestion>,
-    /// Target rate of --congestion brutal, in Mbit/s.
-    #[arg(long, value_name = "MBIT")]
-    pub brutal_rate: Option<f64>,
-    /// Seconds between keepalives when idle; 0 disables [default: 10].
-    #[arg(long, value_name = "SECS")]
-    pub keepalive: Option<u64>,
-    /// Seconds of silence before a connection is dropped [default: 40].
-    #[arg(long, value_name = "SECS")]
-    pub idle_timeout: Option<u64>,
-    /// Cipher: auto (default), aes-256-gcm, chacha20-poly1305.
-    #[arg(long, value_name = "CIPHER")]
-    pub cipher: Option<Cipher>,
-    /// Seconds to wait for the server's handshake answer [default: 10].
-    #[arg(long, value_name = "SECS")]
-    pub handshake_timeout: Option<u64>,
-    /// Don't probe for datagrams larger than 1350 bytes (path MTU discovery is on by default).
-    #[arg(long)]
-    pub no_mtu_discovery: bool,
+settings_group! {
+    /// Logging, for the commands that run a daemon.
+    #[derive(Eq)]
+    pub struct LogOptions {
+        /// Log level or filter: error, warn, info, debug, trace, or e.g. "gaptun=debug"
+        /// [default: RUST_LOG, else info].
+        #[arg(long, value_name = "LEVEL")]
+        pub log: Option<String>,
+        /// Log format.
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        pub log_format: Option<LogFormat>,
+    }
 }
 
-impl TransportArgs {
-    pub fn settings(&self) -> TransportSettings {
-        TransportSettings {
-            mode: self.mode,
-            window: self.window,
-            mtu: self.mtu,
-            congestion: self.congestion,
-            brutal_rate: self.brutal_rate,
-            keepalive: self.keepalive,
-            idle_timeout: self.idle_timeout,
-            cipher: self.cipher,
-            handshake_timeout: self.handshake_timeout,
-            mtu_discovery: self.no_mtu_discovery.then_some(false),
-        }
+settings_group! {
+    /// Settings of both daemons besides logging and the transport.
+    #[derive(Eq)]
+    pub struct CommonOptions {
+        /// The key; a server may take several (repeat --key, or a list in the file). Prefer
+        /// --key-file or GAPTUN_KEY: command lines are visible to other users.
+        #[arg(long, value_name = "KEY")]
+        #[serde(default, deserialize_with = "one_or_many")]
+        pub key: Option<Vec<String>>,
+        /// File with the key(s), one per line.
+        #[arg(long, value_name = "PATH", conflicts_with = "key")]
+        pub key_file: Option<PathBuf>,
+        /// Control socket path for `gaptun ctl`
+        /// [default: $XDG_RUNTIME_DIR/gaptun-ROLE.sock, else /tmp/gaptun-ROLE-UID.sock].
+        #[arg(long, value_name = "PATH")]
+        pub control: Option<PathBuf>,
+    }
+}
+
+settings_group! {
+    /// Settings only the server takes.
+    #[derive(Eq)]
+    pub struct ServerOptions {
+        /// UDP address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:29900")]
+        pub listen: Option<SocketAddr>,
+        /// Let clients reach this loopback/private/link-local target (refused otherwise; public
+        /// addresses are always allowed): IP, CIDR, IP:PORT, [IPV6]:PORT or HOST:PORT
+        /// (repeatable).
+        #[arg(long, value_name = "TARGET")]
+        pub allow: Option<Vec<String>>,
+        /// Allow every target, private, loopback and link-local ones included.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false")]
+        pub allow_private: Option<bool>,
+    }
+}
+
+settings_group! {
+    /// Settings only the client takes.
+    #[derive(Eq)]
+    pub struct ClientOptions {
+        /// The server, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        pub server: Option<String>,
+        /// SOCKS5 listen address (PORT alone means 127.0.0.1:PORT).
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKS, conflicts_with = "no_socks")]
+        pub socks: Option<ListenAddr>,
+        /// Run without the SOCKS5 server.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false")]
+        pub no_socks: Option<bool>,
+        /// Require this SOCKS5 username (RFC 1929); needs a password too.
+        #[arg(long, value_name = "USER")]
+        pub socks_user: Option<String>,
+        /// SOCKS5 password for the username (or GAPTUN_SOCKS_PASSWORD).
+        #[arg(long, value_name = "PASS", env = "GAPTUN_SOCKS_PASSWORD", hide_env_values = true)]
+        pub socks_password: Option<String>,
+        /// Port forward [tcp:|udp:]LISTEN=TARGET, e.g. tcp:127.0.0.1:2222=10.0.0.5:22; LISTEN
+        /// may be a bare port (repeatable).
+        #[arg(long, value_name = "SPEC")]
+        pub forward: Option<Vec<ForwardSpec>>,
+        /// Connections to keep open to the server (1-64).
+        #[arg(long, value_name = "N", default_value = "1")]
+        pub conns: Option<Conns>,
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// UDP address to listen on [default: 0.0.0.0:29900].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// A key clients may use (repeatable). Prefer --key-file or GAPTUN_KEY: command lines are
-    /// visible to other users.
-    #[arg(long = "key", value_name = "KEY")]
-    pub keys: Vec<String>,
-    /// File with the key(s), one per line.
-    #[arg(long, value_name = "PATH", conflicts_with = "keys")]
-    pub key_file: Option<PathBuf>,
-    /// Let clients reach this loopback/private/link-local target (refused otherwise; public
-    /// addresses are always allowed): IP, CIDR, IP:PORT, [IPV6]:PORT or HOST:PORT (repeatable).
-    #[arg(long = "allow", value_name = "TARGET")]
-    pub allow: Vec<String>,
-    /// Allow every target, private, loopback and link-local ones included.
-    #[arg(long)]
-    pub allow_private: bool,
-    /// Config file (TOML, see gaptun.example.toml).
+    /// Config file (TOML, see server.example.toml; gap-proxy's config.json also works).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Control socket path for `gaptun ctl`.
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
     #[command(flatten)]
-    pub transport: TransportArgs,
+    pub server: ServerOptions,
+    #[command(flatten)]
+    pub common: CommonOptions,
+    #[command(flatten)]
+    pub log: LogOptions,
+    #[command(flatten, next_help_heading = "Transport")]
+    pub transport: TransportSettings,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The server, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub server: Option<String>,
-    /// The key. Prefer --key-file or GAPTUN_KEY: command lines are visible to other users.
-    #[arg(long, value_name = "KEY")]
-    pub key: Option<String>,
-    /// File with the key.
-    #[arg(long, value_name = "PATH", conflicts_with = "key")]
-    pub key_file: Option<PathBuf>,
-    /// SOCKS5 listen address [default: 127.0.0.1:1080].
-    #[arg(long, value_name = "ADDR", conflicts_with = "no_socks")]
-    pub socks: Option<SocketAddr>,
-    /// Run without the SOCKS5 server.
-    #[arg(long)]
-    pub no_socks: bool,
-    /// Require this SOCKS5 username (RFC 1929); needs --socks-password.
-    #[arg(long, value_name = "USER", requires = "socks_password")]
-    pub socks_user: Option<String>,
-    /// SOCKS5 password for --socks-user (or GAPTUN_SOCKS_PASSWORD).
-    #[arg(
-        long,
-        value_name = "PASS",
-        env = "GAPTUN_SOCKS_PASSWORD",
-        hide_env_values = true
-    )]
-    pub socks_password: Option<String>,
-    /// Port forward [tcp:|udp:]LISTEN=TARGET, e.g. tcp:127.0.0.1:2222=10.0.0.5:22 (repeatable).
-    #[arg(long = "forward", value_name = "SPEC")]
-    pub forwards: Vec<ForwardSpec>,
-    /// Connections to keep open to the server, 1-64 [default: 1].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub conns: Option<u16>,
-    /// Config file (TOML, see gaptun.example.toml; gap-proxy's config.json also works).
+    /// Config file (TOML, see client.example.toml; gap-proxy's config.json also works).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Control socket path for `gaptun ctl`.
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
     #[command(flatten)]
-    pub transport: TransportArgs,
+    pub client: ClientOptions,
+    #[command(flatten)]
+    pub common: CommonOptions,
+    #[command(flatten)]
+    pub log: LogOptions,
+    #[command(flatten, next_help_heading = "Transport")]
+    pub transport: TransportSettings,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// SOCKS5 listen address.
+    /// SOCKS5 listen address (PORT alone means 127.0.0.1:PORT).
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKS)]
-    pub socks: SocketAddr,
+    pub socks: ListenAddr,
     /// Packet loss of the simulated link, in percent (each direction).
     #[arg(long, value_name = "PERCENT", default_value_t = 2.0)]
     pub loss: f64,
@@ -185,7 +210,9 @@ pub struct DemoArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
     #[command(flatten)]
-    pub transport: TransportArgs,
+    pub log: LogOptions,
+    #[command(flatten, next_help_heading = "Transport")]
+    pub transport: TransportSettings,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -199,10 +226,16 @@ pub struct CtlArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum CtlCommand {
-    /// Set the receive window of every live and future connection (K, M, G suffixes).
+    /// Set the receive window of every live and future connection of the daemon.
+    ///
+    /// The window bounds the data in flight per connection and per stream, so throughput is at
+    /// most window / RTT: raise it for fast, long paths (like gap-proxy's `wnd`). It lasts
+    /// until the daemon restarts; set `window` in the config file to keep it.
+    #[command(after_help = "Example:\n  gaptun ctl wnd 64M")]
     Wnd {
+        /// Bytes, with K, M or G suffix (powers of 1024), 64K to 4G.
         #[arg(value_name = "BYTES")]
-        bytes: ByteSize,
+        bytes: WindowSize,
     },
     /// Show connections, RTT, window, throughput counters, loss and retransmissions.
     Stats {
@@ -232,11 +265,10 @@ impl CtlCommand {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
     use clap::error::ErrorKind;
 
     use super::*;
-    use crate::values::ForwardProto;
+    use crate::values::{ForwardProto, Mode};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("gaptun").chain(args.iter().copied()))
@@ -245,6 +277,44 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `--log*` only on the commands that log; every subcommand has an example.
+    #[test]
+    fn help_is_complete() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name();
+            let logs = sub.get_arguments().any(|a| a.get_id() == "log");
+            assert_eq!(
+                logs,
+                matches!(name, "server" | "client" | "demo"),
+                "--log on {name}"
+            );
+            let after = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(after.starts_with("Example:\n  "), "{name}: {after}");
+            assert!(after.contains(&format!("gaptun {name}")), "{name}: {after}");
+        }
+        let help = cmd
+            .find_subcommand_mut("client")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for shown in [
+            "[default: 127.0.0.1:1080]",
+            "[default: 1472]",
+            "[default: fast]",
+            "[default: 1]",
+            "fast2",
+            "chacha20-poly1305",
+            "[default: 32M",
+        ] {
+            assert!(help.contains(shown), "client help lacks {shown}:\n{help}");
+        }
     }
 
     #[test]
@@ -277,22 +347,27 @@ mod tests {
             "64M",
             "--log",
             "debug",
+            "--socks",
+            "1080",
         ])
         .unwrap();
-        assert_eq!(cli.log.as_deref(), Some("debug"));
         let Command::Client(c) = cli.command else {
             panic!()
         };
-        assert_eq!(c.server.as_deref(), Some("vpn.example.com:29900"));
-        assert_eq!(c.conns, Some(4));
-        assert_eq!(c.forwards.len(), 3);
-        assert_eq!(c.forwards[0].proto, ForwardProto::Tcp);
-        assert_eq!(c.forwards[0].listen, "127.0.0.1:2222".parse().unwrap());
-        assert_eq!(c.forwards[0].target, "127.0.0.1:22");
-        assert_eq!(c.forwards[1].proto, ForwardProto::Udp);
-        assert_eq!(c.forwards[2].proto, ForwardProto::Tcp);
+        assert_eq!(c.log.log.as_deref(), Some("debug"));
+        let o = &c.client;
+        assert_eq!(o.server.as_deref(), Some("vpn.example.com:29900"));
+        assert_eq!(o.conns, Some(Conns(4)));
+        assert_eq!(o.socks, Some(ListenAddr("127.0.0.1:1080".parse().unwrap())));
+        let forwards = o.forward.as_ref().unwrap();
+        assert_eq!(forwards.len(), 3);
+        assert_eq!(forwards[0].proto, ForwardProto::Tcp);
+        assert_eq!(forwards[0].listen, "127.0.0.1:2222".parse().unwrap());
+        assert_eq!(forwards[0].target, "127.0.0.1:22");
+        assert_eq!(forwards[1].proto, ForwardProto::Udp);
+        assert_eq!(forwards[2].proto, ForwardProto::Tcp);
         assert_eq!(c.transport.mode, Some(Mode::Fast2));
-        assert_eq!(c.transport.window, Some(ByteSize(64 << 20)));
+        assert_eq!(c.transport.window, Some(WindowSize(64 << 20)));
     }
 
     #[test]
@@ -303,11 +378,33 @@ mod tests {
         let e = parse(&["client", "--conns", "0"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ValueValidation);
         let e = parse(&["server", "--mode", "turbo"]).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        assert!(
+            e.to_string()
+                .contains("[possible values: normal, fast, fast2, fast3]"),
+            "{e}"
+        );
         let e = parse(&["client", "--socks", "127.0.0.1:1", "--no-socks"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
         let e = parse(&["client", "--key", "abcdefghij", "--key-file", "/k"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        let e = parse(&["client", "--forward", "42189=127.0.0.1:0"]).unwrap_err();
+        assert!(e.to_string().contains("invalid port `0`"), "{e}");
+        // Out of range either way: the same message.
+        let big = parse(&["server", "--mtu", "70000"]).unwrap_err();
+        let small = parse(&["server", "--mtu", "100"]).unwrap_err();
+        assert_eq!(big.kind(), small.kind());
+        assert!(
+            big.to_string()
+                .contains("mtu must be a number from 1200 to 9000, not `70000`")
+        );
+        assert!(
+            small
+                .to_string()
+                .contains("mtu must be a number from 1200 to 9000, not `100`")
+        );
+        let e = parse(&["ctl", "wnd", "999999G"]).unwrap_err();
+        assert!(e.to_string().contains("too large: use at most 4G"), "{e}");
     }
 
     #[test]
@@ -331,14 +428,17 @@ mod tests {
             "json",
         ])
         .unwrap();
-        assert_eq!(cli.log_format, Some(LogFormat::Json));
         let Command::Server(s) = cli.command else {
             panic!()
         };
-        assert_eq!(s.listen, Some("0.0.0.0:4000".parse().unwrap()));
-        assert_eq!(s.keys, vec!["first-key-1", "second-key-2"]);
-        assert_eq!(s.allow, vec!["10.0.0.0/8"]);
-        assert!(s.allow_private);
+        assert_eq!(s.log.log_format, Some(LogFormat::Json));
+        assert_eq!(s.server.listen, Some("0.0.0.0:4000".parse().unwrap()));
+        assert_eq!(
+            s.common.key,
+            Some(vec!["first-key-1".into(), "second-key-2".into()])
+        );
+        assert_eq!(s.server.allow, Some(vec!["10.0.0.0/8".into()]));
+        assert_eq!(s.server.allow_private, Some(true));
         assert_eq!(s.transport.brutal_rate, Some(50.0));
     }
 
@@ -370,6 +470,7 @@ mod tests {
             panic!()
         };
         assert_eq!(d.socks, DEFAULT_SOCKS.parse().unwrap());
+        d.transport.build().unwrap();
         assert_eq!(d.loss, 2.0);
         assert_eq!(d.delay, 30);
     }

@@ -1,18 +1,21 @@
-//! The config file: TOML (every key documented in `gaptun.example.toml`), or gap-proxy's
-//! `config.json` accepted as is.
+//! The config file: TOML (every key documented in `server.example.toml` and
+//! `client.example.toml`), or gap-proxy's `config.json` accepted as is.
 //!
-//! Every value is optional in the file; command-line flags override file values. Unknown keys
-//! are errors, and every error names the file and line: a typo must not silently leave a
-//! default in place.
+//! Every value is optional in the file; command-line flags override file values key by key.
+//! Unknown keys and keys of the other role are errors, and every error names the file and
+//! line: a typo must not silently leave a default in place. The keys are the fields of the
+//! settings groups ([`crate::layer`]), so the file accepts exactly what the flags do.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::cli::{ClientOptions, CommonOptions, LogOptions, ServerOptions};
+use crate::layer::Layer;
 use crate::transport::TransportSettings;
-use crate::values::{ByteSize, Cipher, Congestion, ForwardSpec, LogFormat, Mode};
+use crate::values::ListenAddr;
 
 /// Which daemon reads the file; decides which keys make sense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,75 +33,42 @@ impl Role {
     }
 }
 
-/// One key or several (`key = "..."` or `key = ["...", "..."]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+/// The syntax of a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Our own format (see the example files).
+    Toml,
+    /// gap-proxy's `config.json`.
+    GapProxyJson,
 }
 
-impl OneOrMany {
-    pub fn into_vec(self) -> Vec<String> {
-        match self {
-            Self::One(s) => vec![s],
-            Self::Many(v) => v,
+impl Format {
+    /// JSON when the name ends in `.json` or the text starts with `{`, TOML otherwise.
+    pub fn detect(file: &str, text: &str) -> Self {
+        if file.ends_with(".json") || text.trim_start().starts_with('{') {
+            Self::GapProxyJson
+        } else {
+            Self::Toml
         }
     }
 }
 
-/// Everything the config file may set. Field names are the keys.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What a config file sets for one role, group by group; the groups of the other role stay
+/// empty. Each group's fields are its keys (see [`crate::layer`]).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileConfig {
-    // Both roles.
-    pub key: Option<OneOrMany>,
-    pub key_file: Option<PathBuf>,
-    pub control: Option<PathBuf>,
-    pub log: Option<String>,
-    pub log_format: Option<LogFormat>,
-    // Server.
-    pub listen: Option<SocketAddr>,
-    pub allow: Option<Vec<String>>,
-    pub allow_private: Option<bool>,
-    // Client.
-    pub server: Option<String>,
-    pub socks: Option<SocketAddr>,
-    pub no_socks: Option<bool>,
-    pub socks_user: Option<String>,
-    pub socks_password: Option<String>,
-    pub forward: Option<Vec<ForwardSpec>>,
-    pub conns: Option<usize>,
-    // Transport, both roles.
-    pub mode: Option<Mode>,
-    pub window: Option<ByteSize>,
-    pub mtu: Option<u16>,
-    pub congestion: Option<Congestion>,
-    pub brutal_rate: Option<f64>,
-    pub keepalive: Option<u64>,
-    pub idle_timeout: Option<u64>,
-    pub cipher: Option<Cipher>,
-    pub handshake_timeout: Option<u64>,
-    pub mtu_discovery: Option<bool>,
+    pub common: CommonOptions,
+    pub log: LogOptions,
+    pub transport: TransportSettings,
+    pub server: ServerOptions,
+    pub client: ClientOptions,
 }
-
-/// Keys that only one role uses; the other role refuses them instead of ignoring them.
-const SERVER_ONLY: &[&str] = &["listen", "allow", "allow_private"];
-const CLIENT_ONLY: &[&str] = &[
-    "server",
-    "socks",
-    "no_socks",
-    "socks_user",
-    "socks_password",
-    "forward",
-    "conns",
-];
 
 /// gap-proxy's `config.json`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GapProxyConfig {
-    local: Option<SocketAddr>,
+    local: Option<ListenAddr>,
     server: Option<String>,
     key: Option<String>,
 }
@@ -118,6 +88,55 @@ pub enum ConfigError {
     Whole { file: String, message: String },
 }
 
+/// Parses config text for `role`: the pure core of [`FileConfig::load`], with no file system
+/// access (errors name the file as `<text>`). Every problem is an error, never a panic.
+pub fn parse_str(text: &str, format: Format, role: Role) -> Result<FileConfig, ConfigError> {
+    let file = UNNAMED;
+    match format {
+        Format::Toml => parse_toml(text, file, role),
+        Format::GapProxyJson => parse_gap_proxy_json(text, file, role),
+    }
+}
+
+/// The file name in errors from [`parse_str`].
+const UNNAMED: &str = "<text>";
+
+impl ConfigError {
+    /// The same error, naming `file`.
+    fn in_file(self, file: &str) -> Self {
+        match self {
+            Self::Read { reason, .. } => Self::Read {
+                file: file.into(),
+                reason,
+            },
+            Self::At { line, message, .. } => Self::At {
+                file: file.into(),
+                line,
+                message,
+            },
+            Self::Whole { message, .. } => Self::Whole {
+                file: file.into(),
+                message,
+            },
+        }
+    }
+}
+
+/// The keys `role` accepts.
+fn role_keys(role: Role) -> Vec<&'static str> {
+    let own = match role {
+        Role::Server => ServerOptions::KEYS,
+        Role::Client => ClientOptions::KEYS,
+    };
+    [
+        CommonOptions::KEYS,
+        LogOptions::KEYS,
+        TransportSettings::KEYS,
+        own,
+    ]
+    .concat()
+}
+
 impl FileConfig {
     /// Reads and parses `path`, checking that every key suits `role`.
     pub fn load(path: &Path, role: Role) -> Result<Self, ConfigError> {
@@ -129,98 +148,118 @@ impl FileConfig {
         Self::parse(&text, &file, role)
     }
 
-    /// Parses config text; `file` names it in errors. JSON when the name ends in `.json` or the
-    /// text starts with `{`, TOML otherwise.
+    /// Parses config text; `file` names it in errors and, with the text, decides the format
+    /// ([`Format::detect`]).
     pub fn parse(text: &str, file: &str, role: Role) -> Result<Self, ConfigError> {
-        let config = if file.ends_with(".json") || text.trim_start().starts_with('{') {
-            parse_gap_proxy_json(text, file)?
+        parse_str(text, Format::detect(file, text), role).map_err(|e| e.in_file(file))
+    }
+}
+
+fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => ConfigError::At {
+            file: file.into(),
+            line: line_of(text, span.start),
+            message,
+        },
+        None => ConfigError::Whole {
+            file: file.into(),
+            message,
+        },
+    }
+}
+
+/// Checks the keys first (unknown and other-role keys, with their lines), then reads each
+/// group from the text, so that a bad value's error keeps its position too.
+fn parse_toml(text: &str, file: &str, role: Role) -> Result<FileConfig, ConfigError> {
+    let table = toml::de::DeTable::parse(text).map_err(|e| toml_error(text, file, &e))?;
+    let accepted = role_keys(role);
+    let other = match role {
+        Role::Server => (Role::Client, ClientOptions::KEYS),
+        Role::Client => (Role::Server, ServerOptions::KEYS),
+    };
+    for key in table.get_ref().keys() {
+        let name: &str = key.get_ref();
+        if accepted.contains(&name) {
+            continue;
+        }
+        let message = if other.1.contains(&name) {
+            format!(
+                "`{name}` is a {} setting, but this is the {}",
+                other.0.name(),
+                role.name()
+            )
         } else {
-            parse_toml(text, file)?
+            format!(
+                "unknown field `{name}`, expected one of {}",
+                accepted
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
-        config.check_role(text, file, role)?;
-        Ok(config)
+        return Err(ConfigError::At {
+            file: file.into(),
+            line: line_of(text, key.span().start),
+            message,
+        });
     }
+    fn group<G: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<G, ConfigError> {
+        toml::from_str(text).map_err(|e| toml_error(text, file, &e))
+    }
+    let mut config = FileConfig {
+        common: group(text, file)?,
+        log: group(text, file)?,
+        transport: group(text, file)?,
+        ..FileConfig::default()
+    };
+    match role {
+        Role::Server => config.server = group(text, file)?,
+        Role::Client => config.client = group(text, file)?,
+    }
+    Ok(config)
+}
 
-    fn check_role(&self, text: &str, file: &str, role: Role) -> Result<(), ConfigError> {
-        let (foreign, other) = match role {
-            Role::Server => (CLIENT_ONLY, Role::Client),
-            Role::Client => (SERVER_ONLY, Role::Server),
-        };
-        for &key in foreign {
-            if self.has(key) {
-                let message = format!(
-                    "`{key}` is a {} setting, but this is the {}",
-                    other.name(),
-                    role.name()
-                );
-                return Err(match key_line(text, key) {
-                    Some(line) => ConfigError::At {
-                        file: file.into(),
-                        line,
-                        message,
-                    },
-                    None => ConfigError::Whole {
-                        file: file.into(),
-                        message,
-                    },
-                });
+/// gap-proxy's README shows its config.json with `#` comments after the values; gap-proxy's
+/// own parser would not take them, but a user copying the README would, so they are blanked
+/// out (outside strings) before parsing. Line numbers stay the same.
+fn strip_hash_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped, mut in_comment) = (false, false, false);
+    for c in text.chars() {
+        if in_comment {
+            if c == '\n' {
+                in_comment = false;
+                out.push(c);
             }
+            continue;
         }
-        Ok(())
-    }
-
-    fn has(&self, key: &str) -> bool {
-        match key {
-            "listen" => self.listen.is_some(),
-            "allow" => self.allow.is_some(),
-            "allow_private" => self.allow_private.is_some(),
-            "server" => self.server.is_some(),
-            "socks" => self.socks.is_some(),
-            "no_socks" => self.no_socks.is_some(),
-            "forward" => self.forward.is_some(),
-            "conns" => self.conns.is_some(),
-            "socks_user" => self.socks_user.is_some(),
-            "socks_password" => self.socks_password.is_some(),
-            _ => false,
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == '#' {
+            in_comment = true;
+            continue;
         }
+        out.push(c);
     }
-
-    /// The transport knobs set in the file.
-    pub fn transport(&self) -> TransportSettings {
-        TransportSettings {
-            mode: self.mode,
-            window: self.window,
-            mtu: self.mtu,
-            congestion: self.congestion,
-            brutal_rate: self.brutal_rate,
-            keepalive: self.keepalive,
-            idle_timeout: self.idle_timeout,
-            cipher: self.cipher,
-            handshake_timeout: self.handshake_timeout,
-            mtu_discovery: self.mtu_discovery,
-        }
-    }
+    out
 }
 
-fn parse_toml(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().to_owned();
-        match e.span() {
-            Some(span) => ConfigError::At {
-                file: file.into(),
-                line: line_of(text, span.start),
-                message,
-            },
-            None => ConfigError::Whole {
-                file: file.into(),
-                message,
-            },
-        }
-    })
-}
-
-fn parse_gap_proxy_json(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
-    let g: GapProxyConfig = serde_json::from_str(text).map_err(|e| {
+/// gap-proxy's `{"local", "server", "key"}`, one file for both ends: the client listens for
+/// SOCKS5 on `local` and dials `server`; the server listens on every address at `server`'s
+/// port (the address clients dial is often not one the server has, behind a cloud's NAT).
+fn parse_gap_proxy_json(text: &str, file: &str, role: Role) -> Result<FileConfig, ConfigError> {
+    let g: GapProxyConfig = serde_json::from_str(&strip_hash_comments(text)).map_err(|e| {
         let full = e.to_string();
         // serde_json appends " at line L column C"; we put the line first instead.
         let message = full
@@ -233,12 +272,44 @@ fn parse_gap_proxy_json(text: &str, file: &str) -> Result<FileConfig, ConfigErro
             message,
         }
     })?;
-    Ok(FileConfig {
-        socks: g.local,
-        server: g.server,
-        key: g.key.map(OneOrMany::One),
+    let mut config = FileConfig {
+        common: CommonOptions {
+            key: g.key.map(|k| vec![k]),
+            ..Default::default()
+        },
         ..Default::default()
-    })
+    };
+    match role {
+        Role::Client => {
+            config.client.socks = g.local;
+            config.client.server = g.server;
+        }
+        Role::Server => {
+            let port = g.server.as_deref().map(|s| {
+                s.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| {
+                        let message = format!("`server` must be HOST:PORT, not `{s}`");
+                        match key_line(text, "\"server\"") {
+                            Some(line) => ConfigError::At {
+                                file: file.into(),
+                                line,
+                                message,
+                            },
+                            None => ConfigError::Whole {
+                                file: file.into(),
+                                message,
+                            },
+                        }
+                    })
+            });
+            if let Some(port) = port.transpose()? {
+                config.server.listen = Some(SocketAddr::from(([0, 0, 0, 0], port)));
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// 1-based line number of byte offset `pos` in `text`.
@@ -251,13 +322,15 @@ fn line_of(text: &str, pos: usize) -> usize {
         + 1
 }
 
-/// The line on which `key` is assigned, if it can be found.
+/// The line on which JSON `key` (quoted) is set, if it can be found.
 fn key_line(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|line| {
             line.trim_start()
+                .trim_start_matches('{')
+                .trim_start()
                 .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
         })
         .map(|i| i + 1)
 }
@@ -265,106 +338,113 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::values::ForwardProto;
+    use crate::values::{Conns, ForwardProto, Mode, Mtu, WindowSize};
+
+    const SERVER_EXAMPLE: &str = include_str!("../../../server.example.toml");
+    const CLIENT_EXAMPLE: &str = include_str!("../../../client.example.toml");
 
     #[test]
-    fn example_file_parses_for_both_roles() {
-        let text = include_str!("../../../gaptun.example.toml");
-        // The example documents both roles; split it at the role sections.
-        let server_part: String = strip_section(text, "# --- client");
-        let client_part: String = strip_section(text, "# --- server");
-        let s = FileConfig::parse(&server_part, "gaptun.example.toml", Role::Server).unwrap();
-        assert_eq!(s.listen, Some("0.0.0.0:29900".parse().unwrap()));
-        assert_eq!(s.allow_private, Some(false));
-        let c = FileConfig::parse(&client_part, "gaptun.example.toml", Role::Client).unwrap();
-        assert_eq!(c.server.as_deref(), Some("vpn.example.com:29900"));
-        assert_eq!(c.socks, Some("127.0.0.1:1080".parse().unwrap()));
-        assert_eq!(c.conns, Some(2));
-        let fwd = c.forward.clone().unwrap();
+    fn example_files_parse_for_their_roles() {
+        let s = FileConfig::parse(SERVER_EXAMPLE, "server.example.toml", Role::Server).unwrap();
+        assert_eq!(s.server.listen, Some("0.0.0.0:29900".parse().unwrap()));
+        assert_eq!(s.server.allow_private, Some(false));
+        assert_eq!(
+            s.log.log, None,
+            "an uncommented `log` would override RUST_LOG"
+        );
+        s.transport.build().unwrap();
+        let c = FileConfig::parse(CLIENT_EXAMPLE, "client.example.toml", Role::Client).unwrap();
+        assert_eq!(c.client.server.as_deref(), Some("vpn.example.com:29900"));
+        assert_eq!(
+            c.client.socks,
+            Some(ListenAddr("127.0.0.1:1080".parse().unwrap()))
+        );
+        assert_eq!(c.client.conns, Some(Conns(2)));
+        let fwd = c.client.forward.clone().unwrap();
         assert_eq!(fwd[0].proto, ForwardProto::Tcp);
         assert_eq!(fwd[1].proto, ForwardProto::Udp);
-        assert_eq!(c.mode, Some(Mode::Fast));
-        assert_eq!(c.window, Some(ByteSize(32 << 20)));
-        c.transport().build().unwrap();
-        // The full file, with every key, parses as TOML into the struct.
-        let all: FileConfig = toml::from_str(text).unwrap();
-        assert!(all.listen.is_some() && all.server.is_some());
+        assert_eq!(c.transport.mode, Some(Mode::Fast));
+        assert_eq!(c.transport.window, Some(WindowSize(32 << 20)));
+        assert_eq!(
+            c.log.log, None,
+            "an uncommented `log` would override RUST_LOG"
+        );
+        c.transport.build().unwrap();
+        // Each is refused by the other role, with the line of the first foreign key.
+        let e = FileConfig::parse(SERVER_EXAMPLE, "s", Role::Client).unwrap_err();
+        assert!(e.to_string().contains("is a server setting"), "{e}");
+        let e = FileConfig::parse(CLIENT_EXAMPLE, "c", Role::Server).unwrap_err();
+        assert!(e.to_string().contains("is a client setting"), "{e}");
     }
 
-    /// Every key the config file accepts, as serde lists them in its unknown-field error.
-    fn all_keys() -> Vec<String> {
-        let e = toml::from_str::<FileConfig>("no_such_key = 1\n").unwrap_err();
-        let message = e.message().to_owned();
-        let list = message.split("expected one of ").nth(1).unwrap();
-        list.split(", ")
-            .map(|k| k.trim().trim_matches('`').to_owned())
-            .collect()
-    }
-
+    /// Every accepted key appears in the example of a role that takes it, and each commented
+    /// out example parses once uncommented.
     #[test]
-    fn example_file_documents_every_key() {
-        let text = include_str!("../../../gaptun.example.toml");
-        let keys = all_keys();
-        assert!(keys.len() >= 20, "{keys:?}");
-        for key in &keys {
-            let set = text.lines().any(|l| {
-                let l = l.trim_start_matches('#').trim_start();
-                l.strip_prefix(key.as_str())
-                    .is_some_and(|rest| rest.trim_start().starts_with('='))
-            });
-            assert!(set, "gaptun.example.toml does not show `{key}`");
-        }
-        // Commented-out examples are valid too: each one parses once uncommented.
-        for line in text.lines() {
-            let Some(setting) = line.strip_prefix("# ") else {
-                continue;
-            };
-            let Some((key, _)) = setting.split_once(" = ") else {
-                continue;
-            };
-            if keys.iter().any(|k| k == key.trim()) {
-                let mut toml = format!("{setting}\n");
-                if key.trim() == "brutal_rate" {
-                    toml.push_str("congestion = \"brutal\"\n");
-                }
-                let role = if CLIENT_ONLY.contains(&key.trim()) {
-                    Role::Client
-                } else {
-                    Role::Server
+    fn example_files_document_every_key() {
+        for (role, text, own) in [
+            (Role::Server, SERVER_EXAMPLE, ServerOptions::KEYS),
+            (Role::Client, CLIENT_EXAMPLE, ClientOptions::KEYS),
+        ] {
+            let keys = role_keys(role);
+            assert!(keys.len() >= 16 && own.iter().all(|k| keys.contains(k)));
+            for key in &keys {
+                let shown = text.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim_start();
+                    l.strip_prefix(key)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                });
+                assert!(shown, "the {} example does not show `{key}`", role.name());
+            }
+            for line in text.lines() {
+                let Some(setting) = line.strip_prefix("# ") else {
+                    continue;
                 };
-                let c = FileConfig::parse(&toml, "example", role)
-                    .unwrap_or_else(|e| panic!("{setting}: {e}"));
-                c.transport().build().unwrap();
+                let Some((key, _)) = setting.split_once(" = ") else {
+                    continue;
+                };
+                if keys.contains(&key.trim()) {
+                    let mut toml = format!("{setting}\n");
+                    if key.trim() == "brutal_rate" {
+                        toml.push_str("congestion = \"brutal\"\n");
+                    }
+                    let c = FileConfig::parse(&toml, "example", role)
+                        .unwrap_or_else(|e| panic!("{setting}: {e}"));
+                    c.transport.build().unwrap();
+                }
             }
         }
-    }
-
-    /// Removes the lines from the section starting with `marker` up to the next `# ---` marker.
-    fn strip_section(text: &str, marker: &str) -> String {
-        let mut out = String::new();
-        let mut skipping = false;
-        for line in text.lines() {
-            if line.starts_with("# ---") {
-                skipping = line.starts_with(marker);
-            }
-            if !skipping {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
     }
 
     #[test]
-    fn gap_proxy_json_is_accepted() {
+    fn gap_proxy_json_is_accepted_by_both_roles() {
         let text = r#"{"local": "127.0.0.1:1186", "server": "8.8.8.8:2286", "key": "gap-proxy"}"#;
         let c = FileConfig::parse(text, "config.json", Role::Client).unwrap();
-        assert_eq!(c.socks, Some("127.0.0.1:1186".parse().unwrap()));
-        assert_eq!(c.server.as_deref(), Some("8.8.8.8:2286"));
-        assert_eq!(c.key, Some(OneOrMany::One("gap-proxy".into())));
+        assert_eq!(
+            c.client.socks,
+            Some(ListenAddr("127.0.0.1:1186".parse().unwrap()))
+        );
+        assert_eq!(c.client.server.as_deref(), Some("8.8.8.8:2286"));
+        assert_eq!(c.common.key, Some(vec!["gap-proxy".to_string()]));
         // Recognised by content too.
         let c = FileConfig::parse(text, "gap.conf", Role::Client).unwrap();
-        assert_eq!(c.server.as_deref(), Some("8.8.8.8:2286"));
+        assert_eq!(c.client.server.as_deref(), Some("8.8.8.8:2286"));
+        // The server listens on the server's port, on every address.
+        let s = FileConfig::parse(text, "config.json", Role::Server).unwrap();
+        assert_eq!(s.server.listen, Some("0.0.0.0:2286".parse().unwrap()));
+        assert_eq!(s.common.key, Some(vec!["gap-proxy".to_string()]));
+        assert_eq!(s.client, ClientOptions::default());
+    }
+
+    #[test]
+    fn gap_proxy_readme_comments_are_ignored() {
+        // As gap-proxy's README shows it, `#` comments included ("#" in a string stays).
+        let text = "{\n\t\"local\":  \"127.0.0.1:1186\", # SOCKS5\n\t\"server\": \
+                    \"8.8.8.8:2286\",   # server\n\t\"key\":    \"gap#proxy\"       # key\n}\n";
+        let c = parse_str(text, Format::GapProxyJson, Role::Client).unwrap();
+        assert_eq!(c.common.key, Some(vec!["gap#proxy".to_string()]));
+        assert_eq!(c.client.server.as_deref(), Some("8.8.8.8:2286"));
+        let s = parse_str(text, Format::GapProxyJson, Role::Server).unwrap();
+        assert_eq!(s.server.listen, Some("0.0.0.0:2286".parse().unwrap()));
     }
 
     #[test]
@@ -381,53 +461,72 @@ mod tests {
                 .starts_with("config config.json line 3: unknown field"),
             "{e}"
         );
+        let text = "{\n  \"key\": \"k\",\n  \"server\": \"nowhere\"\n}";
+        let e = FileConfig::parse(text, "config.json", Role::Server).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config config.json line 3: `server` must be HOST:PORT, not `nowhere`"
+        );
     }
 
     #[test]
     fn unknown_key_is_rejected_with_line() {
         let text = "listen = \"0.0.0.0:1\"\n\nlisten_addr = \"x\"\n";
         let e = FileConfig::parse(text, "s.toml", Role::Server).unwrap_err();
-        assert_eq!(
-            e,
-            ConfigError::At {
-                file: "s.toml".into(),
-                line: 3,
-                message: e_message(&e),
-            }
+        let ConfigError::At { line, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*line, 3);
+        let s = e.to_string();
+        assert!(
+            s.starts_with("config s.toml line 3: unknown field `listen_addr`, expected one of"),
+            "{s}"
         );
         assert!(
-            e.to_string()
-                .starts_with("config s.toml line 3: unknown field `listen_addr`"),
-            "{e}"
+            s.contains("`allow_private`") && !s.contains("`socks`"),
+            "{s}"
         );
-    }
-
-    fn e_message(e: &ConfigError) -> String {
-        match e {
-            ConfigError::At { message, .. } => message.clone(),
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]
     fn bad_value_names_key_line() {
         let text = "# comment\nmode = \"fast\"\nwindow = \"32Q\"\n";
-        let e = FileConfig::parse(text, "c.toml", Role::Client).unwrap_err();
-        let s = e.to_string();
+        let s = FileConfig::parse(text, "c.toml", Role::Client)
+            .unwrap_err()
+            .to_string();
         assert!(s.starts_with("config c.toml line 3: "), "{s}");
         assert!(s.contains("invalid size `32Q`"), "{s}");
 
-        let text = "conns = \"two\"\n";
-        let s = FileConfig::parse(text, "c.toml", Role::Client)
-            .unwrap_err()
-            .to_string();
-        assert!(s.starts_with("config c.toml line 1: "), "{s}");
+        for (text, line) in [
+            ("conns = \"two\"\n", 1),
+            ("socks = \"localhost\"\n", 1),
+            ("server = \"h:1\"\n\nconns = 65\n", 3),
+            ("forward = [\"42189=127.0.0.1:0\"]\n", 1),
+        ] {
+            let s = FileConfig::parse(text, "c.toml", Role::Client)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                s.starts_with(&format!("config c.toml line {line}: ")),
+                "{s}"
+            );
+        }
+    }
 
-        let text = "socks = \"localhost\"\n";
-        let s = FileConfig::parse(text, "c.toml", Role::Client)
-            .unwrap_err()
-            .to_string();
-        assert!(s.starts_with("config c.toml line 1: "), "{s}");
+    #[test]
+    fn mtu_errors_name_file_and_line_like_the_flag() {
+        for (value, shown) in [("70000", "70000"), ("100", "100"), ("\"big\"", "big")] {
+            let text = format!("mode = \"fast\"\nmtu = {value}\n");
+            let e = FileConfig::parse(&text, "s.toml", Role::Server).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "config s.toml line 2: mtu must be a number from 1200 to 9000, not `{shown}`"
+                )
+            );
+        }
+        let c = FileConfig::parse("mtu = 1400\n", "s.toml", Role::Server).unwrap();
+        assert_eq!(c.transport.mtu, Some(Mtu(1400)));
     }
 
     #[test]
@@ -445,13 +544,45 @@ mod tests {
             e.to_string(),
             "config s.toml line 2: `socks` is a client setting, but this is the server"
         );
+        let text = "\n[server]\nlisten = \"0.0.0.0:1\"\n";
+        let e = FileConfig::parse(text, "c.toml", Role::Server).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config c.toml line 2: `server` is a client setting, but this is the server"
+        );
     }
 
     #[test]
     fn key_may_be_a_list() {
         let text = "key = [\"first-passphrase\", \"second-passphrase\"]\n";
         let c = FileConfig::parse(text, "s.toml", Role::Server).unwrap();
-        assert_eq!(c.key.unwrap().into_vec().len(), 2);
+        assert_eq!(c.common.key.unwrap().len(), 2);
+        let c = FileConfig::parse("key = \"one-passphrase\"", "s.toml", Role::Server).unwrap();
+        assert_eq!(c.common.key.unwrap(), ["one-passphrase"]);
+    }
+
+    #[test]
+    fn odd_input_is_an_error_not_a_panic() {
+        for text in [
+            "",
+            "\u{0}",
+            "[[",
+            "{",
+            "{\"key\": 5}",
+            "mtu = 1e400",
+            "a.b.c = 1",
+            "\"\" = 1",
+        ] {
+            for role in [Role::Server, Role::Client] {
+                for format in [Format::Toml, Format::GapProxyJson] {
+                    let _ = parse_str(text, format, role);
+                }
+            }
+        }
+        assert_eq!(
+            parse_str("", Format::Toml, Role::Client).unwrap(),
+            FileConfig::default()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod ctl;
 mod daemon;
 mod demo;
 mod keys;
+mod layer;
 mod logging;
 mod settings;
 mod transport;
@@ -19,15 +20,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use clap::Parser;
+use clap::ArgMatches;
 
 use crate::cli::{Cli, Command, CtlArgs};
 use crate::config::Role;
 use crate::values::LogFormat;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let (cli, matches) =
+        Cli::try_parse_with_matches(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gaptun: {e:#}");
@@ -43,19 +45,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow!("cannot start the async runtime: {e}"))
 }
 
-/// Sets up logging from the command line, the config file's choices and `RUST_LOG`.
-fn init_logging(cli: &Cli, file: &settings::FileLog, fallback: &str) -> Result<()> {
+/// Sets up logging from the command line's and config file's choices (already merged) and
+/// `RUST_LOG`.
+fn init_logging(log: &settings::FileLog, fallback: &str) -> Result<()> {
     let env = std::env::var("RUST_LOG").ok();
-    let filter = logging::filter_text(
-        cli.log.as_deref(),
-        file.level.as_deref(),
-        env.as_deref(),
-        fallback,
-    );
-    logging::init(
-        &filter,
-        cli.log_format.or(file.format).unwrap_or(LogFormat::Text),
-    )
+    let filter = logging::filter_text(log.level.as_deref(), None, env.as_deref(), fallback);
+    logging::init(&filter, log.format.unwrap_or(LogFormat::Text))
 }
 
 /// Raises the soft open-files limit to the hard limit: every proxied TCP connection takes a
@@ -68,7 +63,8 @@ fn raise_open_files_limit() {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// `matches` are the subcommand's: they tell given flags from defaults.
+fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     let env_key = std::env::var(keys::KEY_ENV).ok();
     match &cli.command {
         Command::Keygen => {
@@ -79,31 +75,39 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Server(args) => {
-            let (s, log) = settings::server(args, env_key)?;
-            init_logging(&cli, &log, "info")?;
+            let (s, log) = settings::server(args, matches, env_key)?;
+            init_logging(&log, "info")?;
             raise_open_files_limit();
             runtime()?.block_on(daemon::run_server(s))
         }
         Command::Client(args) => {
-            let (s, log) = settings::client(args, env_key)?;
-            init_logging(&cli, &log, "info")?;
+            let (s, log) = settings::client(args, matches, env_key)?;
+            init_logging(&log, "info")?;
             raise_open_files_limit();
             runtime()?.block_on(daemon::run_client(s))
         }
         Command::Demo(args) => {
             // The demo draws its figures on stdout; keep logs to warnings unless asked.
-            init_logging(&cli, &settings::FileLog::default(), "warn")?;
+            init_logging(&args.log.clone().into(), "warn")?;
             raise_open_files_limit();
             let d = demo::DemoSettings {
-                socks: args.socks,
+                socks: args.socks.0,
                 loss: args.loss / 100.0,
                 delay: Duration::from_millis(args.delay),
                 seed: args.seed,
-                transport: args.transport.settings().build()?,
+                transport: args.transport.build()?,
             };
             runtime()?.block_on(demo::run(d))
         }
         Command::Ctl(args) => run_ctl(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "gaptun", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| anyhow!("cannot write the man page: {e}")),
     }
 }
 

@@ -1,22 +1,35 @@
-//! Final settings of a daemon: command line over config file over defaults.
+//! Final settings of a daemon: command line (and environment) over config file over defaults,
+//! key by key and group by group ([`Layer::layered`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use clap::ArgMatches;
 use gaptun_proto::{Psk, TransportConfig};
 
-use crate::cli::{ClientArgs, DEFAULT_LISTEN, DEFAULT_SOCKS, ServerArgs};
-use crate::config::{FileConfig, OneOrMany, Role};
+use crate::cli::{ClientArgs, CommonOptions, LogOptions, ServerArgs};
+use crate::config::{FileConfig, Role};
 use crate::ctl::default_socket_path;
 use crate::keys::KeySources;
+use crate::layer::Layer;
 use crate::values::{ForwardSpec, LogFormat, validate_host_port};
 
-/// Logging choices found in the config file (the command line may still override them).
+/// The logging choices of the command line and the config file (flag over file); `RUST_LOG`
+/// applies only where neither says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileLog {
     pub level: Option<String>,
     pub format: Option<LogFormat>,
+}
+
+impl From<LogOptions> for FileLog {
+    fn from(l: LogOptions) -> Self {
+        Self {
+            level: l.log,
+            format: l.log_format,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -49,149 +62,141 @@ fn load_file(path: Option<&PathBuf>, role: Role) -> Result<FileConfig> {
     })
 }
 
-fn file_log(f: &FileConfig) -> FileLog {
-    FileLog {
-        level: f.log.clone(),
-        format: f.log_format,
-    }
+/// The key sources: the command line's and the file's `key`/`key_file` stay apart, because
+/// [`KeySources`] ranks them around `GAPTUN_KEY`.
+fn key_sources(
+    m: &ArgMatches,
+    file: &CommonOptions,
+    env_key: Option<String>,
+) -> Result<KeySources> {
+    let (given, _) = CommonOptions::from_matches(m)?;
+    Ok(KeySources {
+        cli_keys: given.key.unwrap_or_default(),
+        cli_key_file: given.key_file,
+        env_key,
+        config_keys: file.key.clone().unwrap_or_default(),
+        config_key_file: file.key_file.clone(),
+    })
 }
 
-/// Server settings from its flags, its config file and `env_key` (the `GAPTUN_KEY` value).
-pub fn server(args: &ServerArgs, env_key: Option<String>) -> Result<(ServerSettings, FileLog)> {
+/// Server settings from its parsed flags `m` (the `server` subcommand's matches, which tell
+/// given values from defaults), its config file and `env_key` (the `GAPTUN_KEY` value).
+pub fn server(
+    args: &ServerArgs,
+    m: &ArgMatches,
+    env_key: Option<String>,
+) -> Result<(ServerSettings, FileLog)> {
     let file = load_file(args.config.as_ref(), Role::Server)?;
     // Cheap checks first: key stretching (argon2) takes a moment.
-    let transport = file
-        .transport()
-        .overridden_by(&args.transport.settings())
-        .build()?;
-    let keys = KeySources {
-        cli_keys: args.keys.clone(),
-        cli_key_file: args.key_file.clone(),
-        env_key,
-        config_keys: file
-            .key
-            .clone()
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default(),
-        config_key_file: file.key_file.clone(),
-    }
-    .load()?;
-    let listen = match (args.listen, file.listen) {
-        (Some(a), _) | (None, Some(a)) => a,
-        (None, None) => DEFAULT_LISTEN.parse().context("default listen address")?,
-    };
-    let mut allow = file.allow.clone().unwrap_or_default();
-    if !args.allow.is_empty() {
-        allow = args.allow.clone();
-    }
+    let transport = Layer::layered(m, file.transport)?.build()?;
+    let own = Layer::layered(m, file.server)?;
+    let common = Layer::layered(m, file.common.clone())?;
+    let log = Layer::layered(m, file.log)?;
+    let keys = key_sources(m, &file.common, env_key)?.load()?;
     let settings = ServerSettings {
-        listen,
+        listen: own.listen.context("no listen address")?,
         keys,
-        allow,
-        allow_private: args.allow_private || file.allow_private.unwrap_or(false),
-        control: args
+        allow: own.allow.unwrap_or_default(),
+        allow_private: own.allow_private.unwrap_or(false),
+        control: common
             .control
-            .clone()
-            .or(file.control.clone())
             .unwrap_or_else(|| default_socket_path(Role::Server)),
         transport,
     };
-    Ok((settings, file_log(&file)))
+    Ok((settings, log.into()))
 }
 
-/// Client settings from its flags, its config file and `env_key` (the `GAPTUN_KEY` value).
-pub fn client(args: &ClientArgs, env_key: Option<String>) -> Result<(ClientSettings, FileLog)> {
+/// Client settings from its parsed flags `m` (the `client` subcommand's matches), its config
+/// file and `env_key` (the `GAPTUN_KEY` value).
+pub fn client(
+    args: &ClientArgs,
+    m: &ArgMatches,
+    env_key: Option<String>,
+) -> Result<(ClientSettings, FileLog)> {
     let file = load_file(args.config.as_ref(), Role::Client)?;
-    let Some(server) = args.server.clone().or(file.server.clone()) else {
+    let own = Layer::layered(m, file.client)?;
+    let Some(server) = own.server else {
         bail!("no server given: use --server HOST:PORT or `server` in the config file");
     };
     validate_host_port(&server).map_err(|e| anyhow::anyhow!("invalid server `{server}`: {e}"))?;
-    let transport = file
-        .transport()
-        .overridden_by(&args.transport.settings())
-        .build()?;
-    let keys = KeySources {
-        cli_keys: args.key.clone().into_iter().collect(),
-        cli_key_file: args.key_file.clone(),
-        env_key,
-        config_keys: file
-            .key
-            .clone()
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default(),
-        config_key_file: file.key_file.clone(),
-    }
-    .load()?;
+    let transport = Layer::layered(m, file.transport)?.build()?;
+    let common = Layer::layered(m, file.common.clone())?;
+    let log = Layer::layered(m, file.log)?;
+    let socks_auth = match (own.socks_user, own.socks_password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "a SOCKS5 user is set (--socks-user or socks_user) but no password: set \
+             --socks-password, GAPTUN_SOCKS_PASSWORD or socks_password"
+        ),
+        (None, Some(_)) => {
+            bail!("a SOCKS5 password is set but no user: set --socks-user or socks_user")
+        }
+    };
+    let keys = key_sources(m, &file.common, env_key)?.load()?;
     let Some(key) = keys.into_iter().next() else {
         bail!("no key given");
     };
-    let no_socks = args.no_socks || (args.socks.is_none() && file.no_socks.unwrap_or(false));
+    // `--socks` on the command line wins over `no_socks = true` in the file.
+    let (given, _) = crate::cli::ClientOptions::from_matches(m)?;
+    let no_socks = own.no_socks.unwrap_or(false) && given.socks.is_none();
     let socks = if no_socks {
         None
     } else {
-        Some(match (args.socks, file.socks) {
-            (Some(a), _) | (None, Some(a)) => a,
-            (None, None) => DEFAULT_SOCKS.parse().context("default SOCKS address")?,
-        })
+        Some(own.socks.context("no SOCKS5 address")?.0)
     };
-    let user = args.socks_user.clone().or(file.socks_user.clone());
-    let password = args.socks_password.clone().or(file.socks_password.clone());
-    let socks_auth = match (user, password) {
-        (Some(u), Some(p)) => Some((u, p)),
-        (None, None) => None,
-        (Some(_), None) => bail!("socks_user is set but socks_password is missing"),
-        (None, Some(_)) => bail!("socks_password is set but socks_user is missing"),
-    };
-    let forwards = if args.forwards.is_empty() {
-        file.forward.clone().unwrap_or_default()
-    } else {
-        args.forwards.clone()
-    };
-    let conns = args.conns.map(usize::from).or(file.conns).unwrap_or(1);
-    if !(1..=64).contains(&conns) {
-        bail!("conns must be between 1 and 64, not {conns}");
-    }
     let settings = ClientSettings {
         server,
         key,
         socks,
         socks_auth,
-        forwards,
-        conns,
-        control: args
+        forwards: own.forward.unwrap_or_default(),
+        conns: own.conns.map_or(1, |c| usize::from(c.0)),
+        control: common
             .control
-            .clone()
-            .or(file.control.clone())
             .unwrap_or_else(|| default_socket_path(Role::Client)),
         transport,
     };
-    Ok((settings, file_log(&file)))
+    Ok((settings, log.into()))
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
 
-    use clap::Parser;
-
     use super::*;
     use crate::cli::{Cli, Command};
 
-    fn client_args(args: &[&str]) -> ClientArgs {
-        let cli = Cli::try_parse_from(["gaptun", "client"].iter().chain(args)).unwrap();
+    fn client_args(args: &[&str]) -> (ClientArgs, ArgMatches) {
+        let (cli, m) =
+            Cli::try_parse_with_matches(["gaptun", "client"].iter().chain(args)).unwrap();
         match cli.command {
-            Command::Client(c) => c,
+            Command::Client(c) => (c, m),
             _ => panic!(),
         }
     }
 
-    fn server_args(args: &[&str]) -> ServerArgs {
-        let cli = Cli::try_parse_from(["gaptun", "server"].iter().chain(args)).unwrap();
+    fn server_args(args: &[&str]) -> (ServerArgs, ArgMatches) {
+        let (cli, m) =
+            Cli::try_parse_with_matches(["gaptun", "server"].iter().chain(args)).unwrap();
         match cli.command {
-            Command::Server(s) => s,
+            Command::Server(s) => (s, m),
             _ => panic!(),
         }
     }
+
+    fn client_of(args: &[&str]) -> Result<(ClientSettings, FileLog)> {
+        let (a, m) = client_args(args);
+        client(&a, &m, None)
+    }
+
+    fn server_of(args: &[&str]) -> Result<(ServerSettings, FileLog)> {
+        let (a, m) = server_args(args);
+        server(&a, &m, None)
+    }
+
+    /// A generated key, so that tests can load it quickly (a passphrase takes argon2).
+    const KEY: &str = "gt1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
     fn temp_file(name: &str, text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("gaptun-settings-{}", std::process::id()));
@@ -204,12 +209,9 @@ mod tests {
         path
     }
 
-    // The key is only parsed (argon2 / base64) by the protocol core, so these tests stop short
-    // of `load()` where they would need it, and check the source selection instead.
-
     #[test]
     fn missing_server_is_a_clear_error() {
-        let e = client(&client_args(&["--key", "abcdefghijk"]), None).unwrap_err();
+        let e = client_of(&["--key", "abcdefghijk"]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "no server given: use --server HOST:PORT or `server` in the config file"
@@ -218,7 +220,7 @@ mod tests {
 
     #[test]
     fn invalid_server_is_rejected() {
-        let e = client(&client_args(&["--server", "nohostport"]), None).unwrap_err();
+        let e = client_of(&["--server", "nohostport"]).unwrap_err();
         assert!(
             e.to_string().starts_with("invalid server `nohostport`"),
             "{e}"
@@ -227,47 +229,142 @@ mod tests {
 
     #[test]
     fn missing_key_is_a_clear_error() {
-        let e = client(&client_args(&["--server", "h:1"]), None).unwrap_err();
+        let e = client_of(&["--server", "h:1"]).unwrap_err();
         assert!(e.to_string().starts_with("no key given"), "{e}");
-        let e = server(&server_args(&[]), None).unwrap_err();
+        let e = server_of(&[]).unwrap_err();
         assert!(e.to_string().starts_with("no key given"), "{e}");
     }
 
     #[test]
     fn config_errors_surface_with_line() {
         let path = temp_file("bad.toml", "server = \"h:1\"\nsocks = 5\n");
-        let e = client(&client_args(&["--config", path.to_str().unwrap()]), None).unwrap_err();
+        let e = client_of(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert!(e.to_string().contains("bad.toml line 2: "), "{e}");
     }
 
     #[test]
     fn transport_errors_surface() {
-        let e = client(
-            &client_args(&[
-                "--server",
-                "h:1",
-                "--congestion",
-                "brutal",
-                "--key-file",
-                "/nonexistent",
-            ]),
-            None,
-        )
+        let e = client_of(&[
+            "--server",
+            "h:1",
+            "--congestion",
+            "brutal",
+            "--key-file",
+            "/nonexistent",
+        ])
         .unwrap_err();
         // The transport is checked before the key is read.
         assert_eq!(
             e.to_string(),
             "congestion `brutal` needs a rate: set brutal-rate (Mbit/s)"
         );
-        let e = client(
-            &client_args(&["--server", "h:1", "--key-file", "/nonexistent"]),
-            None,
-        )
-        .unwrap_err();
+        let e = client_of(&["--server", "h:1", "--key-file", "/nonexistent"]).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("cannot read key file /nonexistent: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_flags() {
+        let (c, log) = client_of(&["--server", "h:1", "--key", KEY]).unwrap();
+        assert_eq!(c.socks, Some("127.0.0.1:1080".parse().unwrap()));
+        assert_eq!(c.conns, 1);
+        assert_eq!(c.socks_auth, None);
+        assert!(c.forwards.is_empty());
+        assert_eq!(c.transport.max_udp_payload, 1472);
+        assert_eq!(
+            log,
+            FileLog {
+                level: None,
+                format: Some(LogFormat::Text)
+            }
+        );
+        let (s, _) = server_of(&["--key", KEY]).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:29900".parse().unwrap());
+        assert!(!s.allow_private);
+        assert!(s.allow.is_empty());
+    }
+
+    /// Bug 5: the password in the file and the user on the command line make one pair.
+    #[test]
+    fn file_and_flags_merge_for_every_key() {
+        let path = temp_file(
+            "merge.toml",
+            "server = \"h:1\"\nsocks_password = \"pw-from-file\"\nconns = 3\nmtu = 1300\n\
+             mode = \"fast2\"\nsocks = \"127.0.0.1:2000\"\nlog = \"warn\"\n",
+        );
+        let p = path.to_str().unwrap();
+        let (c, log) = client_of(&[
+            "--config",
+            p,
+            "--key",
+            KEY,
+            "--socks-user",
+            "alice",
+            "--mtu",
+            "1400",
+            "--log",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.socks_auth,
+            Some(("alice".to_string(), "pw-from-file".to_string()))
+        );
+        // From the file where no flag says otherwise, from the flag where one does.
+        assert_eq!(c.conns, 3);
+        assert_eq!(c.socks, Some("127.0.0.1:2000".parse().unwrap()));
+        assert_eq!(c.transport.max_udp_payload, 1400);
+        assert_eq!(c.transport.min_rto, std::time::Duration::from_millis(20));
+        assert_eq!(log.level.as_deref(), Some("debug"));
+        // A flag's default does not hide the file's value.
+        let (c, log) = client_of(&["--config", p, "--key", KEY, "--socks-user", "u"]).unwrap();
+        assert_eq!(c.transport.max_udp_payload, 1300);
+        assert_eq!(log.level.as_deref(), Some("warn"));
+
+        let e = client_of(&["--server", "h:1", "--key", KEY, "--socks-user", "u"]).unwrap_err();
+        assert!(e.to_string().contains("no password"), "{e}");
+    }
+
+    #[test]
+    fn server_file_and_flags_merge() {
+        let path = temp_file(
+            "server.toml",
+            "listen = \"127.0.0.1:4000\"\nallow = [\"10.0.0.0/8\"]\nallow_private = true\n",
+        );
+        let p = path.to_str().unwrap();
+        let (s, _) = server_of(&["--config", p, "--key", KEY]).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(s.allow, ["10.0.0.0/8"]);
+        assert!(s.allow_private);
+        let (s, _) = server_of(&[
+            "--config",
+            p,
+            "--key",
+            KEY,
+            "--allow",
+            "127.0.0.1:22",
+            "--allow-private=false",
+            "--listen",
+            "127.0.0.1:5000",
+        ])
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(s.allow, ["127.0.0.1:22"]);
+        assert!(!s.allow_private);
+    }
+
+    #[test]
+    fn socks_flag_beats_no_socks_in_the_file() {
+        let path = temp_file("nosocks.toml", "server = \"h:1\"\nno_socks = true\n");
+        let p = path.to_str().unwrap();
+        let (c, _) = client_of(&["--config", p, "--key", KEY]).unwrap();
+        assert_eq!(c.socks, None);
+        let (c, _) = client_of(&["--config", p, "--key", KEY, "--socks", "1081"]).unwrap();
+        assert_eq!(c.socks, Some("127.0.0.1:1081".parse().unwrap()));
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--no-socks"]).unwrap();
+        assert_eq!(c.socks, None);
     }
 }

@@ -27,43 +27,53 @@ use std::time::Duration;
 use gaptun_proto::{CipherSuite, CongestionKind, TransportConfig};
 use thiserror::Error;
 
-use crate::values::{ByteSize, Cipher, Congestion, Mode};
+use crate::layer::settings_group;
+use crate::values::{Cipher, Congestion, Mode, Mtu, WindowSize};
 
-/// Smallest and largest accepted `--mtu` (UDP payload bytes).
-/// Smallest and largest accepted `--mtu` (UDP payload bytes). The protocol needs 1200 bytes (a
-/// handshake Initial is at least 1000, and the core never sends data in smaller datagrams).
-pub const MTU_RANGE: std::ops::RangeInclusive<u16> = gaptun_proto::MIN_MTU..=9000;
+pub use crate::values::MIN_WINDOW;
 
-/// Smallest accepted receive window.
-pub const MIN_WINDOW: u64 = 64 * 1024;
-
-/// The tuning knobs as given by flags or config keys; `None` keeps the mode's or core's default.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TransportSettings {
-    pub mode: Option<Mode>,
-    pub window: Option<ByteSize>,
-    pub mtu: Option<u16>,
-    pub congestion: Option<Congestion>,
-    /// Megabits per second, for `brutal`.
-    pub brutal_rate: Option<f64>,
-    /// Seconds; 0 disables keepalives.
-    pub keepalive: Option<u64>,
-    /// Seconds.
-    pub idle_timeout: Option<u64>,
-    pub cipher: Option<Cipher>,
-    /// Seconds.
-    pub handshake_timeout: Option<u64>,
-    /// Probe for datagrams larger than 1350 bytes, up to `mtu`.
-    pub mtu_discovery: Option<bool>,
+settings_group! {
+    /// The transport knobs, as flags and config keys; a knob left unset keeps the mode's or
+    /// the core's default. Both roles take them (the two ends need not agree).
+    pub struct TransportSettings {
+        /// Retransmission/ACK timing preset (see the table in the README).
+        #[arg(long, value_name = "MODE", default_value = "fast")]
+        pub mode: Option<Mode>,
+        /// Receive window per connection and stream, in bytes (K, M, G suffixes), 64K to 4G
+        /// [default: 32M per connection, 16M per stream].
+        #[arg(long, value_name = "BYTES")]
+        pub window: Option<WindowSize>,
+        /// Largest UDP payload in bytes, 1200-9000: the ceiling path MTU discovery probes up to.
+        #[arg(long, value_name = "N", default_value = "1472")]
+        pub mtu: Option<Mtu>,
+        /// Probe for datagrams larger than 1350 bytes, up to --mtu (--mtu-discovery=false: never).
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "true")]
+        pub mtu_discovery: Option<bool>,
+        /// Congestion control.
+        #[arg(long, value_name = "CC", default_value = "bbr")]
+        pub congestion: Option<Congestion>,
+        /// Target rate of --congestion brutal, in Mbit/s.
+        #[arg(long, value_name = "MBIT")]
+        pub brutal_rate: Option<f64>,
+        /// Seconds between keepalives when idle; 0 disables.
+        #[arg(long, value_name = "SECS", default_value = "10")]
+        pub keepalive: Option<u64>,
+        /// Seconds of silence before a connection is dropped.
+        #[arg(long, value_name = "SECS", default_value = "40")]
+        pub idle_timeout: Option<u64>,
+        /// Seconds the client waits for the server's handshake answer.
+        #[arg(long, value_name = "SECS", default_value = "10")]
+        pub handshake_timeout: Option<u64>,
+        /// Cipher; auto picks AES-256-GCM where the CPU accelerates it, else ChaCha20-Poly1305.
+        #[arg(long, value_name = "CIPHER", default_value = "auto")]
+        pub cipher: Option<Cipher>,
+    }
 }
 
 /// A combination of settings that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TransportError {
-    #[error("mtu {0} is out of range: use 1200 to 9000")]
-    Mtu(u16),
-    #[error("window {0} is too small: use at least 64K")]
-    Window(u64),
     #[error("congestion `brutal` needs a rate: set brutal-rate (Mbit/s)")]
     BrutalWithoutRate,
     #[error("brutal-rate must be a positive number of Mbit/s")]
@@ -79,39 +89,18 @@ pub enum TransportError {
 }
 
 impl TransportSettings {
-    /// `other`'s values where set, ours elsewhere (command line over config file).
-    pub fn overridden_by(&self, other: &Self) -> Self {
-        Self {
-            mode: other.mode.or(self.mode),
-            window: other.window.or(self.window),
-            mtu: other.mtu.or(self.mtu),
-            congestion: other.congestion.or(self.congestion),
-            brutal_rate: other.brutal_rate.or(self.brutal_rate),
-            keepalive: other.keepalive.or(self.keepalive),
-            idle_timeout: other.idle_timeout.or(self.idle_timeout),
-            cipher: other.cipher.or(self.cipher),
-            handshake_timeout: other.handshake_timeout.or(self.handshake_timeout),
-            mtu_discovery: other.mtu_discovery.or(self.mtu_discovery),
-        }
-    }
-
     /// The core configuration these settings describe.
     pub fn build(&self) -> Result<TransportConfig, TransportError> {
         let mut c = TransportConfig::default();
         apply_mode(&mut c, self.mode.unwrap_or_default());
-        if let Some(mtu) = self.mtu {
-            if !MTU_RANGE.contains(&mtu) {
-                return Err(TransportError::Mtu(mtu));
-            }
+        // Mtu and WindowSize were range-checked when parsed.
+        if let Some(Mtu(mtu)) = self.mtu {
             c.max_udp_payload = mtu;
         }
         if let Some(on) = self.mtu_discovery {
             c.mtu_discovery = on;
         }
-        if let Some(ByteSize(w)) = self.window {
-            if w < MIN_WINDOW {
-                return Err(TransportError::Window(w));
-            }
+        if let Some(WindowSize(w)) = self.window {
             c.receive_window = w;
             c.stream_receive_window = w;
         }
@@ -211,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn mtu_discovery_and_mtu_range() {
+    fn mtu_discovery_and_mtu() {
         let on = TransportSettings::default().build().unwrap();
         assert!(on.mtu_discovery);
         let off = TransportSettings {
@@ -219,16 +208,30 @@ mod tests {
             ..Default::default()
         };
         assert!(!off.build().unwrap().mtu_discovery);
-        let small = TransportSettings {
-            mtu: Some(1199),
-            ..Default::default()
-        };
-        assert!(matches!(small.build(), Err(TransportError::Mtu(1199))));
         let smallest = TransportSettings {
-            mtu: Some(1200),
+            mtu: Some(Mtu(1200)),
             ..Default::default()
         };
         assert_eq!(smallest.build().unwrap().max_udp_payload, 1200);
+    }
+
+    /// The defaults shown in the help (clap's `default_value`s) are the core's defaults, so
+    /// filling them in changes nothing; only the window is left to the core (its per-stream
+    /// window differs from the per-connection one).
+    #[test]
+    fn help_defaults_are_the_core_defaults() {
+        use clap::{Args, Command};
+
+        use crate::layer::Layer;
+        let m = TransportSettings::augment_args(Command::new("t"))
+            .try_get_matches_from(["t"])
+            .unwrap();
+        let (given, defaults) = TransportSettings::from_matches(&m).unwrap();
+        assert_eq!(given, TransportSettings::default());
+        assert!(defaults.mode.is_some() && defaults.mtu.is_some() && defaults.window.is_none());
+        let from_defaults = format!("{:?}", defaults.build().unwrap());
+        let core = format!("{:?}", TransportSettings::default().build().unwrap());
+        assert_eq!(from_defaults, core);
     }
 
     #[test]
@@ -259,8 +262,8 @@ mod tests {
     #[test]
     fn knobs_apply() {
         let s = TransportSettings {
-            window: Some(ByteSize(64 << 20)),
-            mtu: Some(1200),
+            window: Some(WindowSize(64 << 20)),
+            mtu: Some(Mtu(1200)),
             congestion: Some(Congestion::Brutal),
             brutal_rate: Some(100.0),
             keepalive: Some(0),
@@ -287,13 +290,6 @@ mod tests {
     fn bad_combinations() {
         let err = |s: TransportSettings| s.build().unwrap_err();
         let d = TransportSettings::default();
-        assert_eq!(
-            err(TransportSettings {
-                mtu: Some(100),
-                ..d.clone()
-            }),
-            TransportError::Mtu(100)
-        );
         assert_eq!(
             err(TransportSettings {
                 congestion: Some(Congestion::Brutal),
@@ -328,33 +324,10 @@ mod tests {
         );
         assert_eq!(
             err(TransportSettings {
-                window: Some(ByteSize(1000)),
-                ..d.clone()
-            }),
-            TransportError::Window(1000)
-        );
-        assert_eq!(
-            err(TransportSettings {
                 idle_timeout: Some(0),
                 ..d
             }),
             TransportError::IdleTimeout
         );
-    }
-
-    #[test]
-    fn cli_overrides_file() {
-        let file = TransportSettings {
-            mode: Some(Mode::Normal),
-            mtu: Some(1200),
-            ..Default::default()
-        };
-        let cli = TransportSettings {
-            mode: Some(Mode::Fast2),
-            ..Default::default()
-        };
-        let merged = file.overridden_by(&cli);
-        assert_eq!(merged.mode, Some(Mode::Fast2));
-        assert_eq!(merged.mtu, Some(1200));
     }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use clap::ValueEnum;
 use serde::{Deserialize, Deserializer};
 
 /// Implements `Deserialize` from a string through `FromStr`.
@@ -22,7 +23,178 @@ macro_rules! deserialize_via_from_str {
     )*};
 }
 
-deserialize_via_from_str!(ByteSize, ForwardSpec, Mode, Congestion, Cipher, LogFormat);
+deserialize_via_from_str!(
+    ByteSize,
+    WindowSize,
+    ForwardSpec,
+    ListenAddr,
+    Mode,
+    Congestion,
+    Cipher,
+    LogFormat
+);
+
+/// Implements `Deserialize` for an integer newtype from a TOML/JSON integer or a string, both
+/// through `FromStr`, so `mtu = 70000` in a file and `--mtu 70000` fail with the same message.
+macro_rules! bounded_integer {
+    ($(#[$meta:meta])* $name:ident($int:ty), $what:literal, $range:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name(pub $int);
+
+        impl $name {
+            /// The accepted values.
+            pub const RANGE: std::ops::RangeInclusive<$int> = $range;
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                let out_of_range = || {
+                    format!(
+                        "{} must be a number from {} to {}, not `{s}`",
+                        $what,
+                        Self::RANGE.start(),
+                        Self::RANGE.end()
+                    )
+                };
+                let n: $int = s.trim().parse().map_err(|_| out_of_range())?;
+                if Self::RANGE.contains(&n) {
+                    Ok(Self(n))
+                } else {
+                    Err(out_of_range())
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(IntOrText)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// Reads a number as a file may spell it, `1472` or `"1472"`, as text for `FromStr` (so a
+/// negative or huge integer still gets the range check's message).
+struct IntOrText;
+
+impl serde::de::Visitor<'_> for IntOrText {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<String, E> {
+        Ok(n.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<String, E> {
+        Ok(n.to_string())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<String, E> {
+        Ok(s.to_owned())
+    }
+}
+
+bounded_integer!(
+    /// Largest UDP payload in bytes: at least the protocol minimum (a handshake Initial needs
+    /// 1200), at most a jumbo frame's.
+    Mtu(u16),
+    "mtu",
+    gaptun_proto::MIN_MTU..=9000
+);
+
+bounded_integer!(
+    /// Connections a client keeps open to its server.
+    Conns(u16),
+    "conns",
+    1..=64
+);
+
+/// Smallest receive window: a few packets' worth, below which a connection cannot keep data
+/// flowing.
+pub const MIN_WINDOW: u64 = 64 * 1024;
+/// Largest receive window (4 GiB): far above any bandwidth-delay product a tunnel sees, and a
+/// bound on what a typo (`999999G`) can make the daemon promise to buffer.
+pub const MAX_WINDOW: u64 = 4 << 30;
+
+/// A receive window: a [`ByteSize`] from [`MIN_WINDOW`] to [`MAX_WINDOW`] (`--window`, the
+/// `window` key, `gaptun ctl wnd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize(pub u64);
+
+impl FromStr for WindowSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_window(s).map(Self)
+    }
+}
+
+impl fmt::Display for WindowSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        ByteSize(self.0).fmt(f)
+    }
+}
+
+/// Parses a window size and checks its bounds; the control socket's `wnd` command should use
+/// this too, so that a daemon refuses what the command line refuses.
+pub fn parse_window(s: &str) -> Result<u64, String> {
+    let ByteSize(n) = s.parse()?;
+    if n < MIN_WINDOW {
+        return Err(format!("window `{s}` is too small: use at least 64K"));
+    }
+    if n > MAX_WINDOW {
+        return Err(format!("window `{s}` is too large: use at most 4G"));
+    }
+    Ok(n)
+}
+
+/// A local listen address: `IP:PORT`, `[IPv6]:PORT`, or a bare port meaning 127.0.0.1:PORT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_listen(s)
+            .map(Self)
+            .ok_or_else(|| format!("invalid address `{s}`: use IP:PORT, [IPV6]:PORT or PORT"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Deserializes one string or a list of strings (`key = "..."` or `key = ["...", "..."]`).
+pub fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
+}
 
 /// A byte count: plain, or with a K/M/G suffix (powers of 1024), e.g. `512K`, `32M`, `1G`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,8 +313,12 @@ pub fn parse_listen(s: &str) -> Option<SocketAddr> {
 
 /// Checks `host:port` (host a name, an IPv4 address or a bracketed IPv6 address).
 pub fn validate_host_port(s: &str) -> Result<(), String> {
-    if s.parse::<SocketAddr>().is_ok() {
-        return Ok(());
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err("invalid port `0`".into())
+        } else {
+            Ok(())
+        };
     }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err("missing `:port`".into());
@@ -164,7 +340,7 @@ pub fn validate_host_port(s: &str) -> Result<(), String> {
 
 /// Retransmission/ACK timing presets, named like kcptun's modes. See [`crate::transport`] for
 /// the parameters each one sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Mode {
     Normal,
     #[default]
@@ -190,7 +366,7 @@ impl FromStr for Mode {
 }
 
 /// Congestion controller choice (the rate of `brutal` is a separate setting).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Congestion {
     Bbr,
     None,
@@ -213,10 +389,12 @@ impl FromStr for Congestion {
 }
 
 /// Cipher choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Cipher {
     Auto,
+    #[value(name = "aes-256-gcm")]
     Aes256Gcm,
+    #[value(name = "chacha20-poly1305")]
     ChaCha20Poly1305,
 }
 
@@ -236,7 +414,7 @@ impl FromStr for Cipher {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum LogFormat {
     #[default]
     Text,
@@ -300,10 +478,69 @@ mod tests {
             "x:1=y:2",
             "127.0.0.1:2222=host",
             "1=host:0",
+            "42189=127.0.0.1:0",
+            "1=[::1]:0",
             "1=:80",
         ] {
             assert!(bad.parse::<ForwardSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bounded_numbers_share_one_message() {
+        let too_big = "70000".parse::<Mtu>().unwrap_err();
+        let too_small = "100".parse::<Mtu>().unwrap_err();
+        assert_eq!(
+            too_big,
+            "mtu must be a number from 1200 to 9000, not `70000`"
+        );
+        assert_eq!(
+            too_small,
+            "mtu must be a number from 1200 to 9000, not `100`"
+        );
+        assert_eq!("1200".parse(), Ok(Mtu(1200)));
+        assert_eq!("9000".parse(), Ok(Mtu(9000)));
+        assert!("0".parse::<Conns>().is_err());
+        assert_eq!("64".parse(), Ok(Conns(64)));
+        // From a file: an integer or a string, checked the same way.
+        #[derive(Deserialize)]
+        struct F {
+            mtu: Mtu,
+        }
+        let e = toml::from_str::<F>("mtu = 70000").err().unwrap();
+        assert!(e.message().contains("not `70000`"), "{e}");
+        let e = toml::from_str::<F>("mtu = -5").err().unwrap();
+        assert!(e.message().contains("not `-5`"), "{e}");
+        assert_eq!(
+            toml::from_str::<F>("mtu = \"1400\"").unwrap().mtu,
+            Mtu(1400)
+        );
+    }
+
+    #[test]
+    fn windows_are_bounded() {
+        assert_eq!("64K".parse(), Ok(WindowSize(64 << 10)));
+        assert_eq!("4G".parse(), Ok(WindowSize(4 << 30)));
+        let e = "999999G".parse::<WindowSize>().unwrap_err();
+        assert_eq!(e, "window `999999G` is too large: use at most 4G");
+        let e = "5G".parse::<WindowSize>().unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        let e = "1000".parse::<WindowSize>().unwrap_err();
+        assert_eq!(e, "window `1000` is too small: use at least 64K");
+    }
+
+    #[test]
+    fn listen_addresses_accept_a_bare_port() {
+        assert_eq!(
+            "1080".parse(),
+            Ok(ListenAddr("127.0.0.1:1080".parse().unwrap()))
+        );
+        assert_eq!(
+            "[::1]:1080".parse(),
+            Ok(ListenAddr("[::1]:1080".parse().unwrap()))
+        );
+        assert!("localhost:1080".parse::<ListenAddr>().is_err());
+        assert!("70000".parse::<ListenAddr>().is_err());
     }
 
     #[test]

@@ -92,3 +92,130 @@ fn help_lists_the_commands() {
         assert!(out.contains(cmd), "{out}");
     }
 }
+
+/// Bug 5: the password from the file and the user from the command line make one pair (the
+/// run then fails only for the missing key, after the settings were accepted).
+#[test]
+fn socks_password_in_file_and_user_on_command_line_merge() {
+    let p = temp(
+        "auth.toml",
+        "server = \"127.0.0.1:1\"\nsocks_password = \"from-the-file\"\n",
+    );
+    let o = gaptun(&[
+        "client",
+        "--config",
+        p.to_str().unwrap(),
+        "--socks-user",
+        "alice",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("gaptun: no key given"), "{err}");
+}
+
+#[test]
+fn mtu_errors_are_one_kind_from_flags_and_name_the_line_from_a_file() {
+    for mtu in ["70000", "100"] {
+        let o = gaptun(&["server", "--mtu", mtu]);
+        assert_eq!(o.status.code(), Some(2));
+        let expected = format!("mtu must be a number from 1200 to 9000, not `{mtu}`");
+        assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
+    }
+    let p = temp("mtu.toml", "# transport\n\nmtu = 100\n");
+    let o = gaptun(&["server", "--config", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "gaptun: config {} line 3: mtu must be a number from 1200 to 9000, not `100`\n",
+            p.display()
+        )
+    );
+}
+
+#[test]
+fn values_socks_port_forward_target_and_window() {
+    // A bare SOCKS port is accepted (the run stops at the missing key, not at --socks).
+    let o = gaptun(&["client", "--server", "127.0.0.1:1", "--socks", "1080"]);
+    assert!(
+        stderr(&o).starts_with("gaptun: no key given"),
+        "{}",
+        stderr(&o)
+    );
+    let o = gaptun(&["client", "--forward", "42189=127.0.0.1:0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid port `0`"), "{}", stderr(&o));
+    let o = gaptun(&["ctl", "--socket", "/nonexistent/s.sock", "wnd", "999999G"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("at most 4G"), "{}", stderr(&o));
+}
+
+/// The example files work as they are, each for its role (the run stops at the placeholder
+/// key, after the whole file was accepted).
+#[test]
+fn example_files_are_accepted_as_they_are() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for role in ["server", "client"] {
+        let file = root.join(format!("{role}.example.toml"));
+        let o = gaptun(&[role, "--config", file.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.starts_with("gaptun: key from config `key`:"),
+            "{role}: {err}"
+        );
+    }
+}
+
+#[test]
+fn gap_proxy_config_json_serves_both_ends() {
+    let p = temp(
+        "config.json",
+        "{\n\t\"local\":  \"127.0.0.1:1186\", # SOCKS5\n\t\"server\": \"127.0.0.1:2286\",\n\t\"key\": \"short\"\n}\n",
+    );
+    for role in ["server", "client"] {
+        let o = gaptun(&[role, "--config", p.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        // Accepted up to the key, which is too short to be a passphrase.
+        assert!(
+            err.starts_with("gaptun: key from config `key`:"),
+            "{role}: {err}"
+        );
+    }
+}
+
+#[test]
+fn help_version_completions_and_man() {
+    let o = gaptun(&["client", "--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    for shown in [
+        "[default: 127.0.0.1:1080]",
+        "[possible values: normal, fast, fast2, fast3]",
+        "Example:",
+    ] {
+        assert!(out.contains(shown), "{out}");
+    }
+    let o = gaptun(&["keygen", "--help"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("--log"));
+    let o = gaptun(&["--version"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("gaptun 0.") && out.contains("commit"),
+        "{out}"
+    );
+    let o = gaptun(&["completions", "bash"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("_gaptun()") && out.contains("--socks-user"),
+        "{out}"
+    );
+    let o = gaptun(&["man"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with(".ie") || out.contains(".TH gaptun"),
+        "{out}"
+    );
+}

@@ -181,9 +181,15 @@ fn ctl_talks_to_the_server_and_sigterm_stops_it() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["role"], "server");
     assert_eq!(v["receive_window"], 8 << 20);
-    let o = run(&["ctl", "--socket", &socket, "wnd", "1K"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("too small"), "{}", stderr(&o));
+    // Out-of-range windows are refused before they reach the daemon (a usage error).
+    for (size, why) in [
+        ("1K", "too small"),
+        ("999999G", "too large: use at most 4G"),
+    ] {
+        let o = run(&["ctl", "--socket", &socket, "wnd", size]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
+    }
 
     // A second server on the same control socket is refused.
     let o = run(&[
