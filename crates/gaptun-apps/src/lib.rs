@@ -9,6 +9,9 @@
 //! - [`relay`]: serves each stream a client opens: dials TCP targets or relays UDP, after
 //!   checking them against the [`policy`].
 //!
+//! Both sides: [`expose`] publishes services behind the client on the server's ports (a
+//! reverse proxy): the server listens, and opens a stream to the client for each visitor.
+//!
 //! The two sides speak the small per-stream protocol in [`request`]. This crate does not know
 //! the transport: the client reaches it through the [`tunnel::StreamOpener`] trait, the server
 //! hands accepted streams to [`relay::serve_stream`]. [`mem::MemTunnel`] wires both together
@@ -16,6 +19,7 @@
 
 pub mod addr;
 pub mod client;
+pub mod expose;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -104,6 +104,9 @@ pub enum RelayError {
     /// The tunnel stream or the target connection failed while relaying.
     #[error("relay i/o error: {0}")]
     Io(#[from] io::Error),
+    /// An expose registration was malformed.
+    #[error("bad expose registration: {0}")]
+    Expose(#[from] crate::expose::wire::WireError),
 }
 
 /// Serves one stream the client opened: request, policy check, dial, reply, relay.
@@ -119,15 +122,39 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let request = read_request(&mut stream, dial.request_timeout).await?;
+    serve_request(stream, request, policy, dial).await
+}
+
+/// Serves a stream whose request header has been read already (by a caller that handles some
+/// commands itself, such as the expose server).
+///
+/// [`Command::Expose`] is not served here: without an expose server it is answered with
+/// "command not supported".
+pub async fn serve_request<S>(
+    mut stream: S,
+    request: TunnelRequest,
+    policy: &TargetPolicy,
+    dial: &DialConfig,
+) -> Result<(), RelayError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     debug!(command = ?request.command, target = %request.target, "tunnel request");
     match request.command {
         Command::Connect => serve_connect(stream, request.target, policy, dial).await,
         Command::UdpRelay => udp::serve_udp_relay(stream, &request.target, policy, dial).await,
+        Command::Expose => {
+            send_failure(&mut stream, ReplyCode::CommandNotSupported).await;
+            Err(RequestError::UnsupportedCommand(Command::Expose.to_byte()).into())
+        }
     }
 }
 
 /// Reads the request header, answering malformed ones with their reply code.
-async fn read_request<S>(stream: &mut S, limit: Duration) -> Result<TunnelRequest, RelayError>
+pub(crate) async fn read_request<S>(
+    stream: &mut S,
+    limit: Duration,
+) -> Result<TunnelRequest, RelayError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -35,6 +35,9 @@ pub enum Command {
     Connect,
     /// Relay UDP datagrams, each framed with its own address.
     UdpRelay,
+    /// Register exposes: the client asks the server to listen on ports for it
+    /// ([`crate::expose`]); the stream stays open as long as the registration holds.
+    Expose,
 }
 
 impl Command {
@@ -43,6 +46,7 @@ impl Command {
         match self {
             Self::Connect => 1,
             Self::UdpRelay => 3,
+            Self::Expose => 0x10,
         }
     }
 
@@ -51,6 +55,7 @@ impl Command {
         match byte {
             1 => Some(Self::Connect),
             3 => Some(Self::UdpRelay),
+            0x10 => Some(Self::Expose),
             _ => None,
         }
     }

@@ -30,3 +30,15 @@ pub trait StreamOpener: Clone + Send + Sync + 'static {
     /// [`crate::relay::serve_stream`] on it.
     fn open(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 }
+
+/// Accepts the streams the other side of one tunnel connection opens.
+///
+/// Only the expose client needs it: there the server opens a stream per visitor
+/// ([`crate::expose`]). It works per connection, because registrations are per connection.
+pub trait StreamAcceptor: Send + Sync + 'static {
+    /// A bidirectional tunnel stream.
+    type Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next stream the peer opened; `None` once the connection has ended.
+    fn accept(&self) -> impl Future<Output = Option<Self::Accepted>> + Send;
+}

@@ -167,6 +167,7 @@ impl Endpoint {
             side,
             config: self.transport.clone(),
             header_key: self.keys[key].header_key.clone(),
+            key_index: key,
             local_cid,
             remote,
             rng: seed::child_rng(&mut self.rng),

@@ -126,6 +126,21 @@ impl RtConnection {
         self.close_reason().is_some()
     }
 
+    /// Which of the endpoint's keys the connection uses (see `Connection::key_index`); `None`
+    /// once the connection is gone. A server tells its clients' owners apart by it.
+    pub fn key_index(&self) -> Option<usize> {
+        let mut state = self.shared().lock();
+        state
+            .conn(self.meta())
+            .ok()
+            .map(|(conn, _)| conn.key_index())
+    }
+
+    /// Whether `other` is a handle to the same connection as `self`.
+    pub fn same_connection(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner.meta, &other.inner.meta)
+    }
+
     /// Counters and estimates; `None` once the connection is gone.
     pub fn stats(&self) -> Option<ConnectionStats> {
         let mut state = self.shared().lock();

@@ -224,6 +224,36 @@ impl ClientPool {
         self.inner.live()
     }
 
+    /// Each connection of the pool once, as it comes up (the live ones at once, then every
+    /// reconnect or replacement), for services that live per connection: an exposing client
+    /// registers its exposes on each. Ends when the pool stops; does not keep it running.
+    pub fn connection_feed(&self) -> tokio::sync::mpsc::UnboundedReceiver<RtConnection> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let mut version = inner.version.subscribe();
+            let mut stop = inner.stop.subscribe();
+            let mut known: Vec<RtConnection> = Vec::new();
+            loop {
+                known.retain(|c| !c.is_closed());
+                for conn in inner.live() {
+                    if !known.iter().any(|k| k.same_connection(&conn)) {
+                        known.push(conn.clone());
+                        if tx.send(conn).is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = version.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+
     /// Opens a stream on the least-loaded live connection. While no connection is live (all
     /// reconnecting), waits up to `open_wait` for one.
     pub async fn open_stream(&self) -> io::Result<RtStream> {

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gaptun_apps::addr::TargetAddr;
+use gaptun_apps::expose::{ExposePeer, ExposeServer};
 use gaptun_apps::policy::{AllowRule, TargetPolicy};
 use gaptun_apps::relay::{DialConfig, RelayError};
 use gaptun_apps::socks5::SocksConfig;
-use gaptun_apps::tunnel::StreamOpener;
-use gaptun_runtime::{ClientPool, RtStream};
+use gaptun_apps::tunnel::{StreamAcceptor, StreamOpener};
+use gaptun_runtime::{ClientPool, RtConnection, RtStream};
 use tokio::net::{TcpListener, UdpSocket};
 
 /// How long a UDP forward keeps a session to the server without traffic.
@@ -37,6 +38,29 @@ impl StreamOpener for PoolOpener {
     fn open(&self) -> impl Future<Output = io::Result<RtStream>> + Send {
         let pool = self.pool.clone();
         async move { pool.open_stream().await }
+    }
+}
+
+/// One tunnel connection as the expose code sees it: the server opens visitor streams on it,
+/// the client registers on it and accepts them.
+#[derive(Debug, Clone)]
+pub struct ConnHandle(pub RtConnection);
+
+impl StreamOpener for ConnHandle {
+    type Stream = RtStream;
+
+    fn open(&self) -> impl Future<Output = io::Result<RtStream>> + Send {
+        let conn = self.0.clone();
+        async move { conn.open_stream().await }
+    }
+}
+
+impl StreamAcceptor for ConnHandle {
+    type Accepted = RtStream;
+
+    fn accept(&self) -> impl Future<Output = Option<RtStream>> + Send {
+        let conn = self.0.clone();
+        async move { conn.accept_stream().await }
     }
 }
 
@@ -106,6 +130,14 @@ pub async fn serve_udp_forward(socket: UdpSocket, spec: String, opener: PoolOpen
 pub async fn serve_relay_stream(
     stream: RtStream,
     policy: Arc<RelayPolicy>,
+    expose: Option<(ExposeServer<ConnHandle>, ExposePeer<ConnHandle>)>,
 ) -> Result<(), RelayError> {
-    gaptun_apps::relay::serve_stream(stream, &policy.targets, &policy.dial).await
+    match expose {
+        Some((server, peer)) => {
+            server
+                .serve_stream(stream, &peer, &policy.targets, &policy.dial)
+                .await
+        }
+        None => gaptun_apps::relay::serve_stream(stream, &policy.targets, &policy.dial).await,
+    }
 }

@@ -2,14 +2,16 @@
 //! groups below and in [`TransportSettings`]: each field is a flag and a config-file key (see
 //! [`crate::layer`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::layer::settings_group;
 use crate::transport::TransportSettings;
-use crate::values::{Conns, ForwardSpec, ListenAddr, LogFormat, WindowSize, one_or_many};
+use crate::values::{
+    Conns, ExposeArg, ExposePorts, ForwardSpec, ListenAddr, LogFormat, WindowSize, one_or_many,
+};
 
 /// Default SOCKS5 address of the client (and the demo).
 pub const DEFAULT_SOCKS: &str = "127.0.0.1:1080";
@@ -132,6 +134,13 @@ settings_group! {
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
               default_missing_value = "true", default_value = "false")]
         pub allow_private: Option<bool>,
+        /// Ports clients may expose (publish their services on), e.g. 8000-9000,2222
+        /// [default: none].
+        #[arg(long, value_name = "PORTS")]
+        pub expose_ports: Option<ExposePorts>,
+        /// Address the exposed ports listen on (`::` for dual stack).
+        #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+        pub expose_bind: Option<IpAddr>,
     }
 }
 
@@ -159,6 +168,11 @@ settings_group! {
         /// may be a bare port (repeatable).
         #[arg(long, value_name = "SPEC")]
         pub forward: Option<Vec<ForwardSpec>>,
+        /// Publish a local service on the server's port(s) [tcp:|udp:]REMOTE=LOCAL[,proxy=v1|v2],
+        /// e.g. 2222=127.0.0.1:22 or 8000-8005=127.0.0.1:9000 (repeatable; the server must
+        /// allow the ports with --expose-ports).
+        #[arg(long, value_name = "SPEC")]
+        pub expose: Option<Vec<ExposeArg>>,
         /// Connections to keep open to the server (1-64).
         #[arg(long, value_name = "N", default_value = "1")]
         pub conns: Option<Conns>,

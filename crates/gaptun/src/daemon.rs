@@ -15,11 +15,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::apps_wiring::{self, PoolOpener, RelayPolicy};
+use crate::apps_wiring::{self, ConnHandle, PoolOpener, RelayPolicy};
 use crate::config::Role;
 use crate::ctl::{CtlContext, CtlSocket, handle_line};
 use crate::settings::{ClientSettings, ServerSettings};
 use crate::values::ForwardProto;
+use gaptun_apps::expose::{
+    ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig, ExposeSpec,
+};
 use gaptun_apps::relay::RelayError;
 use gaptun_apps::socks5::SocksConfig;
 
@@ -99,24 +102,46 @@ fn start_control(
     ))
 }
 
-/// Accepts connections and serves their streams until the endpoint closes.
-pub async fn accept_loop(endpoint: RtEndpoint, policy: Arc<RelayPolicy>) {
+/// Accepts connections and serves their streams until the endpoint closes. With `expose`,
+/// clients may also register exposes.
+pub async fn accept_loop(
+    endpoint: RtEndpoint,
+    policy: Arc<RelayPolicy>,
+    expose: Option<ExposeServer<ConnHandle>>,
+) {
     while let Some(conn) = endpoint.accept().await {
-        tokio::spawn(serve_connection(conn, Arc::clone(&policy)));
+        tokio::spawn(serve_connection(conn, Arc::clone(&policy), expose.clone()));
     }
 }
 
-async fn serve_connection(conn: RtConnection, policy: Arc<RelayPolicy>) {
+async fn serve_connection(
+    conn: RtConnection,
+    policy: Arc<RelayPolicy>,
+    expose: Option<ExposeServer<ConnHandle>>,
+) {
     let remote = conn.remote_address();
     let cipher = conn.stats().map_or("", |s| s.cipher);
     info!(%remote, %cipher, "client connected");
+    // Keys have no names yet: the owner of exposed ports is the key's position.
+    let owner: Arc<str> = match conn.key_index() {
+        Some(i) => format!("key {}", i + 1).into(),
+        None => "unknown".into(),
+    };
+    let expose = expose.map(|server| {
+        let peer = ExposePeer {
+            owner,
+            opener: ConnHandle(conn.clone()),
+        };
+        (server, peer)
+    });
     while let Some(stream) = conn.accept_stream().await {
         let policy = Arc::clone(&policy);
+        let expose = expose.clone();
         tokio::spawn(async move {
             let id = stream.id();
             // The span names the client in what the relay logs itself (refused UDP
             // destinations).
-            let served = apps_wiring::serve_relay_stream(stream, policy)
+            let served = apps_wiring::serve_relay_stream(stream, policy, expose)
                 .instrument(tracing::info_span!("client", %remote))
                 .await;
             match served {
@@ -209,9 +234,17 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?;
     let control = start_control(&s.control, Role::Server, endpoint.clone(), window)?;
     let policy = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
+    let expose = (!s.expose_ports.is_empty()).then(|| {
+        info!(ports = %s.expose_ports, bind = %s.expose_bind, "clients may expose ports");
+        ExposeServer::new(ExposeServerConfig {
+            bind: s.expose_bind,
+            allowed: s.expose_ports.clone(),
+            ..ExposeServerConfig::default()
+        })
+    });
     info!(listen = %endpoint.local_addr(), "gaptun server running");
     tokio::select! {
-        () = accept_loop(endpoint.clone(), policy) => {}
+        () = accept_loop(endpoint.clone(), policy, expose) => {}
         signal = signals => info!("{signal}: shutting down"),
     }
     control.abort();
@@ -240,8 +273,8 @@ async fn bind_listeners(s: &ClientSettings) -> Result<Listeners> {
             ForwardProto::Udp => udp.push((bind_udp(f.listen, &what).await?, f.target.clone())),
         }
     }
-    if socks.is_none() && tcp.is_empty() && udp.is_empty() {
-        bail!("nothing to do: SOCKS5 is off (--no-socks) and no --forward is given");
+    if socks.is_none() && tcp.is_empty() && udp.is_empty() && s.exposes.is_empty() {
+        bail!("nothing to do: SOCKS5 is off (--no-socks) and no --forward or --expose is given");
     }
     Ok(Listeners { socks, tcp, udp })
 }
@@ -297,6 +330,43 @@ async fn connect(server: &str, config: EndpointConfig, pool: PoolConfig) -> Resu
         .map_err(|e| anyhow!("cannot connect to {server}: {e}"))
 }
 
+/// Registers the exposes on the first connection: a refusal is an error at start-up (one
+/// line per refused expose, naming the port). Then returns the task that registers again on
+/// every new connection (after reconnects), logging refusals from then on.
+async fn start_exposes(
+    pool: &ClientPool,
+    exposes: Vec<ExposeSpec>,
+) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
+    let client = ExposeClient::new(exposes, ExposeClientConfig::default())?;
+    let mut feed = pool.connection_feed();
+    let first = feed
+        .recv()
+        .await
+        .ok_or_else(|| anyhow!("no connection to register the exposes on"))?;
+    let registration = client.register(ConnHandle(first)).await?;
+    if !registration.refusals().is_empty() {
+        let lines: Vec<String> = registration
+            .refusals()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        bail!("{}", lines.join("\n"));
+    }
+    tokio::spawn(registration.serve());
+    Ok(async move {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let forward = async move {
+            while let Some(conn) = feed.recv().await {
+                if tx.send(ConnHandle(conn)).is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::join!(forward, client.run(rx));
+        Ok(())
+    })
+}
+
 /// `gaptun client`.
 pub async fn run_client(s: ClientSettings) -> Result<()> {
     let mut signals = std::pin::pin!(shutdown_signal());
@@ -324,6 +394,20 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         ..SocksConfig::default()
     };
     let mut apps = start_apps(listeners, &PoolOpener::new(pool.clone()), socks);
+    if !s.exposes.is_empty() {
+        let exposes = start_exposes(&pool, s.exposes.clone()).await;
+        match exposes {
+            Ok(task) => {
+                apps.spawn(task);
+            }
+            Err(e) => {
+                apps.abort_all();
+                control.abort();
+                pool.shutdown(SHUTDOWN_LINGER).await;
+                return Err(e);
+            }
+        }
+    }
     let result = tokio::select! {
         signal = &mut signals => {
             info!("{signal}: shutting down");

@@ -138,7 +138,7 @@ pub async fn run(d: DemoSettings) -> Result<()> {
     let server = RtEndpoint::bind(loopback, server_config)?;
     // The demo lets SOCKS reach local services, which a real server refuses by default.
     let policy = Arc::new(RelayPolicy::build(&[], true)?);
-    let server_task = tokio::spawn(accept_loop(server.clone(), policy));
+    let server_task = tokio::spawn(accept_loop(server.clone(), policy, None));
 
     let relay = LossyRelay::spawn(LossyConfig {
         loss: d.loss,

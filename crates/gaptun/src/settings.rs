@@ -1,11 +1,12 @@
 //! Final settings of a daemon: command line (and environment) over config file over defaults,
 //! key by key and group by group ([`Layer::layered`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
+use gaptun_apps::expose::{ExposeSpec, PortSet};
 use gaptun_proto::{Psk, TransportConfig};
 
 use crate::cli::{ClientArgs, CommonOptions, LogOptions, ServerArgs};
@@ -38,6 +39,10 @@ pub struct ServerSettings {
     pub keys: Vec<Psk>,
     pub allow: Vec<String>,
     pub allow_private: bool,
+    /// Ports clients may expose; empty: exposing is off.
+    pub expose_ports: PortSet,
+    /// Where exposed ports listen.
+    pub expose_bind: IpAddr,
     pub control: PathBuf,
     pub transport: TransportConfig,
 }
@@ -50,6 +55,8 @@ pub struct ClientSettings {
     /// SOCKS5 username and password, if clients must authenticate.
     pub socks_auth: Option<(String, String)>,
     pub forwards: Vec<ForwardSpec>,
+    /// Services published on the server's ports.
+    pub exposes: Vec<ExposeSpec>,
     pub conns: usize,
     pub control: PathBuf,
     pub transport: TransportConfig,
@@ -98,6 +105,10 @@ pub fn server(
         keys,
         allow: own.allow.unwrap_or_default(),
         allow_private: own.allow_private.unwrap_or(false),
+        expose_ports: own.expose_ports.map(|p| p.0).unwrap_or_default(),
+        expose_bind: own
+            .expose_bind
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         control: common
             .control
             .unwrap_or_else(|| default_socket_path(Role::Server)),
@@ -114,6 +125,7 @@ pub fn client(
     env_key: Option<String>,
 ) -> Result<(ClientSettings, FileLog)> {
     let file = load_file(args.config.as_ref(), Role::Client)?;
+    let file_sets_socks = file.client.socks.is_some() || file.client.no_socks.is_some();
     let own = Layer::layered(m, file.client)?;
     let Some(server) = own.server else {
         bail!("no server given: use --server HOST:PORT or `server` in the config file");
@@ -139,7 +151,17 @@ pub fn client(
     };
     // `--socks` on the command line wins over `no_socks = true` in the file.
     let (given, _) = crate::cli::ClientOptions::from_matches(m)?;
-    let no_socks = own.no_socks.unwrap_or(false) && given.socks.is_none();
+    let exposes: Vec<ExposeSpec> = own
+        .expose
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    let forwards = own.forward.unwrap_or_default();
+    // A client that only exposes needs no SOCKS5 server: `--no-socks` is implied unless
+    // SOCKS5 is asked for on the command line or in the file.
+    let only_exposes = !exposes.is_empty() && forwards.is_empty() && !file_sets_socks;
+    let no_socks = (own.no_socks.unwrap_or(false) || only_exposes) && given.socks.is_none();
     let socks = if no_socks {
         None
     } else {
@@ -150,7 +172,8 @@ pub fn client(
         key,
         socks,
         socks_auth,
-        forwards: own.forward.unwrap_or_default(),
+        forwards,
+        exposes,
         conns: own.conns.map_or(1, |c| usize::from(c.0)),
         control: common
             .control
@@ -366,5 +389,62 @@ mod tests {
         assert_eq!(c.socks, Some("127.0.0.1:1081".parse().unwrap()));
         let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--no-socks"]).unwrap();
         assert_eq!(c.socks, None);
+    }
+
+    #[test]
+    fn expose_flags_and_keys() {
+        let base = ["--server", "h:1", "--key", KEY];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            client_of(&args).map(|(c, _)| c)
+        };
+        // Only --expose: no SOCKS5 server.
+        let c = with(&[
+            "--expose",
+            "2222=127.0.0.1:22",
+            "--expose",
+            "udp:5353=[::1]:53",
+        ])
+        .unwrap();
+        assert_eq!(c.exposes.len(), 2);
+        assert_eq!(c.exposes[0].to_string(), "tcp:2222=127.0.0.1:22");
+        assert_eq!(c.socks, None);
+        // Asked for SOCKS5 as well: it stays.
+        let c = with(&["--expose", "2222=127.0.0.1:22", "--socks", "1081"]).unwrap();
+        assert_eq!(c.socks, Some("127.0.0.1:1081".parse().unwrap()));
+        let args = [
+            "gaptun",
+            "client",
+            "--expose",
+            "8000-8005=127.0.0.1:9000-9001",
+        ];
+        let err = Cli::try_parse_with_matches(args).unwrap_err().to_string();
+        assert!(err.contains("has 6 ports but local range has 2"), "{err}");
+
+        let path = temp_file(
+            "expose.toml",
+            "server = \"h:1\"\nexpose = [\"8000-8001=127.0.0.1:9000,proxy=v2\"]\n",
+        );
+        let (c, _) = client_of(&["--config", path.to_str().unwrap(), "--key", KEY]).unwrap();
+        assert_eq!(c.exposes[0].local_for(8001), Some(("127.0.0.1", 9001)));
+        assert_eq!(c.socks, None);
+
+        let (s, _) = server_of(&["--key", KEY]).unwrap();
+        assert!(s.expose_ports.is_empty());
+        assert_eq!(s.expose_bind.to_string(), "0.0.0.0");
+        let (s, _) = server_of(&[
+            "--key",
+            KEY,
+            "--expose-ports",
+            "8000-9000,2222",
+            "--expose-bind",
+            "::",
+        ])
+        .unwrap();
+        assert!(s.expose_ports.contains(2222) && s.expose_ports.contains(8500));
+        assert!(!s.expose_ports.contains(22));
+        assert_eq!(s.expose_bind.to_string(), "::");
+        let path = temp_file("expose-server.toml", "expose_ports = \"80,x\"\n");
+        assert!(server_of(&["--config", path.to_str().unwrap(), "--key", KEY]).is_err());
     }
 }

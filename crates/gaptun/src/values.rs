@@ -27,6 +27,8 @@ deserialize_via_from_str!(
     ByteSize,
     WindowSize,
     ForwardSpec,
+    ExposeArg,
+    ExposePorts,
     ListenAddr,
     Mode,
     Congestion,
@@ -300,6 +302,35 @@ impl FromStr for ForwardSpec {
 impl fmt::Display for ForwardSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}={}", self.proto, self.listen, self.target)
+    }
+}
+
+/// An expose (`--expose`, `expose = [...]`): `[tcp:|udp:]REMOTE=LOCAL[,proxy=v1|v2]`, see
+/// [`gaptun_apps::expose::spec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposeArg(pub gaptun_apps::expose::ExposeSpec);
+
+impl FromStr for ExposeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Self)
+            .map_err(|e| format!("invalid expose `{s}`: {e}"))
+    }
+}
+
+/// The ports a server lets clients expose (`--expose-ports 8000-9000,2222`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposePorts(pub gaptun_apps::expose::PortSet);
+
+impl FromStr for ExposePorts {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Self)
+            .map_err(|e| format!("invalid expose ports `{s}`: {e}"))
     }
 }
 

@@ -225,6 +225,8 @@ pub(crate) struct ConnectionInit {
     pub(crate) side: Side,
     pub(crate) config: Arc<TransportConfig>,
     pub(crate) header_key: Arc<HeaderKey>,
+    /// Which of the endpoint's keys the connection uses (server: the one the client proved).
+    pub(crate) key_index: usize,
     pub(crate) local_cid: ConnectionId,
     pub(crate) remote: SocketAddr,
     pub(crate) rng: StdRng,
@@ -238,6 +240,7 @@ pub struct Connection {
     state: State,
     config: Arc<TransportConfig>,
     header_key: Arc<HeaderKey>,
+    key_index: usize,
     keys: Option<PacketKeys>,
     local_cid: ConnectionId,
     peer_cid: ConnectionId,
@@ -325,6 +328,7 @@ impl Connection {
             side: init.side,
             state: State::Handshaking,
             header_key: init.header_key,
+            key_index: init.key_index,
             keys: None,
             local_cid: init.local_cid,
             peer_cid,
@@ -763,6 +767,13 @@ impl Connection {
         let stream = (self.receive_window / 2).max(1);
         self.streams
             .set_receive_windows(self.receive_window, stream);
+    }
+
+    /// Which of the endpoint's keys this connection uses: on a server, the key the client
+    /// proved it holds (its index in `EndpointConfig::psks`), which identifies the client's
+    /// owner for per-key rights such as exposed ports.
+    pub fn key_index(&self) -> usize {
+        self.key_index
     }
 
     /// Counters and estimates.
