@@ -1,5 +1,6 @@
 //! The config file: TOML (every key documented in `server.example.toml` and
-//! `client.example.toml`), or gap-proxy's `config.json` accepted as is.
+//! `client.example.toml`), or gap-proxy's `config.json` or QTRP's `server.yaml` /
+//! `client.yaml` ([`qtrp`]) accepted as they are.
 //!
 //! Every value is optional in the file; command-line flags override file values key by key.
 //! Unknown keys and keys of the other role are errors, and every error names the file and
@@ -16,6 +17,8 @@ use crate::cli::{ClientOptions, CommonOptions, LogOptions, ServerOptions};
 use crate::layer::Layer;
 use crate::transport::TransportSettings;
 use crate::values::ListenAddr;
+
+mod qtrp;
 
 /// Which daemon reads the file; decides which keys make sense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +43,17 @@ pub enum Format {
     Toml,
     /// gap-proxy's `config.json`.
     GapProxyJson,
+    /// QTRP's `server.yaml` or `client.yaml`.
+    QtrpYaml,
 }
 
 impl Format {
-    /// JSON when the name ends in `.json` or the text starts with `{`, TOML otherwise.
+    /// YAML when the name ends in `.yaml` or `.yml`; JSON when it ends in `.json` or the text
+    /// starts with `{`; TOML otherwise.
     pub fn detect(file: &str, text: &str) -> Self {
-        if file.ends_with(".json") || text.trim_start().starts_with('{') {
+        if file.ends_with(".yaml") || file.ends_with(".yml") {
+            Self::QtrpYaml
+        } else if file.ends_with(".json") || text.trim_start().starts_with('{') {
             Self::GapProxyJson
         } else {
             Self::Toml
@@ -62,6 +70,23 @@ pub struct FileConfig {
     pub transport: TransportSettings,
     pub server: ServerOptions,
     pub client: ClientOptions,
+    /// What the daemon logs once logging is up: settings of a foreign format that mean
+    /// nothing here or were translated (see [`qtrp`]).
+    pub notices: Vec<Notice>,
+}
+
+/// How loud a [`Notice`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeLevel {
+    Info,
+    Warn,
+}
+
+/// One line about a config file setting, logged at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub level: NoticeLevel,
+    pub text: String,
 }
 
 /// gap-proxy's `config.json`.
@@ -95,6 +120,7 @@ pub fn parse_str(text: &str, format: Format, role: Role) -> Result<FileConfig, C
     match format {
         Format::Toml => parse_toml(text, file, role),
         Format::GapProxyJson => parse_gap_proxy_json(text, file, role),
+        Format::QtrpYaml => qtrp::parse(text, file, role),
     }
 }
 

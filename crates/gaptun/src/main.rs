@@ -26,7 +26,7 @@ use anyhow::{Result, anyhow};
 use clap::ArgMatches;
 
 use crate::cli::{Cli, Command, CtlArgs};
-use crate::config::Role;
+use crate::config::{NoticeLevel, Role};
 use crate::values::LogFormat;
 
 fn main() -> ExitCode {
@@ -53,7 +53,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init_logging(log: &settings::FileLog, fallback: &str) -> Result<()> {
     let env = std::env::var("RUST_LOG").ok();
     let filter = logging::filter_text(log.level.as_deref(), None, env.as_deref(), fallback);
-    logging::init(&filter, log.format.unwrap_or(LogFormat::Text))
+    logging::init(&filter, log.format.unwrap_or(LogFormat::Text))?;
+    for notice in &log.notices {
+        match notice.level {
+            NoticeLevel::Info => tracing::info!("{}", notice.text),
+            NoticeLevel::Warn => tracing::warn!("{}", notice.text),
+        }
+    }
+    Ok(())
 }
 
 /// Raises the soft open-files limit to the hard limit: every proxied TCP connection takes a

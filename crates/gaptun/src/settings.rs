@@ -10,7 +10,7 @@ use gaptun_apps::expose::{ExposeSpec, PortSet};
 use gaptun_proto::{Psk, TransportConfig};
 
 use crate::cli::{ClientArgs, CommonOptions, LogOptions, ServerArgs};
-use crate::config::{FileConfig, Role};
+use crate::config::{FileConfig, Notice, Role};
 use crate::ctl::default_socket_path;
 use crate::keys::KeySources;
 use crate::layer::Layer;
@@ -22,6 +22,8 @@ use crate::values::{ForwardSpec, LogFormat, validate_host_port};
 pub struct FileLog {
     pub level: Option<String>,
     pub format: Option<LogFormat>,
+    /// Lines about the config file's settings, logged once logging is up.
+    pub notices: Vec<Notice>,
 }
 
 impl From<LogOptions> for FileLog {
@@ -29,6 +31,7 @@ impl From<LogOptions> for FileLog {
         Self {
             level: l.log,
             format: l.log_format,
+            notices: Vec::new(),
         }
     }
 }
@@ -114,7 +117,9 @@ pub fn server(
             .unwrap_or_else(|| default_socket_path(Role::Server)),
         transport,
     };
-    Ok((settings, log.into()))
+    let mut log = FileLog::from(log);
+    log.notices = file.notices;
+    Ok((settings, log))
 }
 
 /// Client settings from its parsed flags `m` (the `client` subcommand's matches), its config
@@ -180,7 +185,9 @@ pub fn client(
             .unwrap_or_else(|| default_socket_path(Role::Client)),
         transport,
     };
-    Ok((settings, log.into()))
+    let mut log = FileLog::from(log);
+    log.notices = file.notices;
+    Ok((settings, log))
 }
 
 #[cfg(test)]
@@ -301,7 +308,8 @@ mod tests {
             log,
             FileLog {
                 level: None,
-                format: Some(LogFormat::Text)
+                format: Some(LogFormat::Text),
+                notices: Vec::new(),
             }
         );
         let (s, _) = server_of(&["--key", KEY]).unwrap();
