@@ -1,5 +1,5 @@
 #![no_main]
-//! Fuzz target: config file text (TOML and gap-proxy JSON, both roles), see
+//! Fuzz target: config file text (TOML, gap-proxy JSON and QTRP YAML, both roles), see
 //! `gaptun::fuzzing::parse_all`.
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

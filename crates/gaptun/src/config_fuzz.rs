@@ -1,4 +1,5 @@
-//! Replays the config corpus (`fuzz/corpus/config/`: TOML files and gap-proxy's `config.json`)
+//! Replays the config corpus (`fuzz/corpus/config/`: TOML files, gap-proxy's `config.json` and
+//! QTRP's YAML files)
 //! and deterministic mutations of it through the config parser, for both roles, on stable.
 //!
 //! This is the config file's fuzz target in the form CI can run: the binary crate has no
@@ -23,10 +24,10 @@ fn corpus() -> Vec<(String, String)> {
     files
 }
 
-/// Parses `text` under the names a TOML and a JSON file would have, for both roles.
+/// Parses `text` under the names a TOML, a JSON and a YAML file would have, for both roles.
 fn parse_everyway(text: &str) {
     let lines = text.lines().count().max(1);
-    for file in ["fuzz.toml", "fuzz.json"] {
+    for file in ["fuzz.toml", "fuzz.json", "fuzz.yaml"] {
         for role in [Role::Server, Role::Client] {
             if let Err(ConfigError::At { line, .. }) = FileConfig::parse(text, file, role) {
                 assert!(
@@ -55,9 +56,9 @@ impl Rng {
 }
 
 /// Line- and byte-level mutations: drop, repeat or cut a line, overwrite a byte with a
-/// character that matters to TOML or JSON, or splice in a value of another type.
+/// character that matters to TOML, JSON or YAML, or splice in a value of another type.
 fn mutate(text: &str, rng: &mut Rng) -> String {
-    const TOKENS: [&str; 12] = [
+    const TOKENS: [&str; 19] = [
         "\"",
         "=",
         "[",
@@ -70,6 +71,14 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
         "99999999999999999999",
         "-1",
         "\"\\u0000\"",
+        // YAML's own syntax: mappings, sequences, anchors, aliases, tags, documents.
+        ": ",
+        "- ",
+        "  ",
+        "&a ",
+        "*a",
+        "!!binary ",
+        "---\n",
     ];
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     if lines.is_empty() {
@@ -103,9 +112,11 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
                 line.insert_str(at, token);
             }
             _ => {
+                let token = TOKENS[rng.below(TOKENS.len())];
                 if let Some((key, _)) = lines[i].split_once('=') {
-                    let token = TOKENS[rng.below(TOKENS.len())];
                     lines[i] = format!("{key}= {token}");
+                } else if let Some((key, _)) = lines[i].split_once(": ") {
+                    lines[i] = format!("{key}: {token}");
                 }
             }
         }
@@ -143,7 +154,8 @@ fn corpus_seeds_are_accepted_where_they_belong() {
     let files = corpus();
     let role_of = |name: &str| match name {
         "server.toml" => Some(Role::Server),
-        "client.toml" | "gap-proxy.json" => Some(Role::Client),
+        "client.toml" | "gap-proxy.json" | "qtrp-client.yaml" => Some(Role::Client),
+        "qtrp-server.yaml" => Some(Role::Server),
         _ => None,
     };
     let mut checked = 0;
@@ -154,5 +166,5 @@ fn corpus_seeds_are_accepted_where_they_belong() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 3);
+    assert_eq!(checked, 5);
 }

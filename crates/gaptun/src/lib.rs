@@ -1,5 +1,5 @@
 //! The binary's config-file parser as a library, for the fuzz targets only: with the
-//! `fuzzing` feature this exposes `fuzzing::parse_str` (config text, TOML or gap-proxy JSON,
+//! `fuzzing` feature this exposes `fuzzing::parse_str` (config text, TOML, gap-proxy JSON or QTRP YAML,
 //! to the settings it sets, or an error). Without the feature the library is empty; the program
 //! itself is `main.rs`, which compiles these modules on its own.
 
@@ -24,10 +24,10 @@ mod values;
 pub mod fuzzing {
     pub use crate::config::{ConfigError, FileConfig, Format, Role, parse_str};
 
-    /// Parses `text` as both formats for both roles, and builds the transport settings of
+    /// Parses `text` as every format for both roles, and builds the transport settings of
     /// every file that parses: none of it may panic.
     pub fn parse_all(text: &str) {
-        for format in [Format::Toml, Format::GapProxyJson] {
+        for format in [Format::Toml, Format::GapProxyJson, Format::QtrpYaml] {
             for role in [Role::Server, Role::Client] {
                 if let Ok(config) = parse_str(text, format, role) {
                     let _ = config.transport.build();
@@ -46,6 +46,9 @@ mod tests {
         parse_all(include_str!("../../../client.example.toml"));
         parse_all("{\"local\": \"1080\", \"server\": \"h:1\", \"key\": \"k\"}");
         parse_all("mtu = 99999999999999999999\n[[x]]\n\u{0}");
+        parse_all(include_str!("../tests/fixtures/qtrp/client.yaml"));
+        let c = parse_str("token: t\nproxies: []\n", Format::QtrpYaml, Role::Client).unwrap();
+        assert_eq!(c.common.key, Some(vec!["t".to_string()]));
         let c = parse_str("conns = 4", Format::Toml, Role::Client).unwrap();
         assert_eq!(c.client.conns.map(|c| c.0), Some(4));
     }
