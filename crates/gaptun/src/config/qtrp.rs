@@ -353,8 +353,8 @@ pub(super) fn parse(text: &str, file: &str, role: Role) -> Result<FileConfig, Co
             config.notices.push(Notice {
                 level: NoticeLevel::Warn,
                 text: format!(
-                    "a QTRP server file has no port allow-list: clients with a token may \
-                     expose any port {DEFAULT_EXPOSE_PORTS}; narrow it with --expose-ports"
+                    "a QTRP server file has no port allow-list: unless --expose-ports says \
+                     otherwise, clients with a token may expose any port {DEFAULT_EXPOSE_PORTS}"
                 ),
             });
         }
