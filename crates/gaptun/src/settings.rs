@@ -455,4 +455,52 @@ mod tests {
         let path = temp_file("expose-server.toml", "expose_ports = \"80,x\"\n");
         assert!(server_of(&["--config", path.to_str().unwrap(), "--key", KEY]).is_err());
     }
+
+    /// QTRP's seed files through the whole settings path: tokens become keys (passphrases),
+    /// proxies exposes without SOCKS5, brutal the controller, and flags override the file.
+    #[test]
+    fn qtrp_yaml_files_become_settings() {
+        let fixture = |name: &str| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/qtrp")
+                .join(name)
+        };
+        let server_yaml = fixture("server.yaml");
+        let (s, log) = server_of(&["--config", server_yaml.to_str().unwrap()]).unwrap();
+        assert_eq!(s.keys.len(), 1);
+        assert_eq!(s.listen, "0.0.0.0:6000".parse().unwrap());
+        assert!(s.expose_ports.contains(1024) && !s.expose_ports.contains(80));
+        assert_eq!(
+            s.transport.congestion,
+            gaptun_proto::CongestionKind::Brutal { rate: 12_500_000 }
+        );
+        assert_eq!(log.notices.len(), 3);
+        let (s, _) = server_of(&[
+            "--config",
+            server_yaml.to_str().unwrap(),
+            "--expose-ports",
+            "2222",
+            "--key",
+            KEY,
+        ])
+        .unwrap();
+        assert!(s.expose_ports.contains(2222) && !s.expose_ports.contains(8080));
+        assert_eq!(s.keys.len(), 1, "--key replaces the file's tokens");
+
+        let client_yaml = fixture("client.yaml");
+        let (c, log) = client_of(&["--config", client_yaml.to_str().unwrap()]).unwrap();
+        assert_eq!(c.server, "127.0.0.1:6000");
+        assert_eq!(c.socks, None);
+        assert_eq!(c.exposes.len(), 3);
+        assert_eq!(c.exposes[2].local_for(8003), Some(("127.0.0.1", 8003)));
+        assert_eq!(log.notices.len(), 2);
+        let (c, _) = client_of(&[
+            "--config",
+            client_yaml.to_str().unwrap(),
+            "--socks",
+            "127.0.0.1:1090",
+        ])
+        .unwrap();
+        assert_eq!(c.socks, Some("127.0.0.1:1090".parse().unwrap()));
+    }
 }
