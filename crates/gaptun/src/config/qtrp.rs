@@ -3,17 +3,17 @@
 //! QTRP is a reverse proxy in Go: a client behind NAT publishes local services on ports of a
 //! public server. Its two files map onto gaptun's settings key by key:
 //!
-//! | QTRP key                    | gaptun                                                      |
-//! |-----------------------------|-------------------------------------------------------------|
-//! | `bind` (server)             | `listen` (UDP: gaptun's transport runs over UDP)            |
-//! | `auth.tokens` (server)      | `key` (each token a passphrase, as `--key` takes it)        |
-//! | `server` (client)           | `server`                                                    |
-//! | `token` (client)            | `key`                                                       |
-//! | `proxies[]` (client)        | `expose`, `REMOTE_PORT=LOCAL_ADDR`; no SOCKS5 (`no_socks`)  |
-//! | `brutal.enabled`/`target_mbps` | `congestion = "brutal"`, `brutal_rate` in Mbit/s         |
-//! | `crypto: chacha20`          | `cipher = "chacha20-poly1305"`                              |
-//! | `crypto: tls`/`none`        | ignored: gaptun always encrypts with its own handshake      |
-//! | `transport: net/gnet/quic`  | ignored: gaptun always runs its own transport over UDP      |
+//! | QTRP key                       | gaptun                                                     |
+//! |--------------------------------|------------------------------------------------------------|
+//! | `bind` (server)                | `listen` (UDP: gaptun's transport runs over UDP)           |
+//! | `auth.tokens` (server)         | `key` (each token a passphrase, as `--key` takes it)       |
+//! | `server` (client)              | `server`                                                   |
+//! | `token` (client)               | `key`                                                      |
+//! | `proxies[]` (client)           | `expose`, `REMOTE_PORT=LOCAL_ADDR`; no SOCKS5 (`no_socks`) |
+//! | `brutal.enabled`/`target_mbps` | `congestion = "brutal"`, `brutal_rate` in Mbit/s           |
+//! | `crypto: chacha20`             | `cipher = "chacha20-poly1305"`                             |
+//! | `crypto: tls`/`none`           | ignored: gaptun always encrypts with its own handshake     |
+//! | `transport: net/gnet/quic`     | ignored: gaptun always runs its own transport over UDP     |
 //!
 //! A QTRP server lets any client with a token publish any port; gaptun needs an allow-list
 //! (`expose_ports`), so a QTRP server file allows 1024-65535 (the ports an unprivileged QTRP
@@ -24,10 +24,11 @@
 //! and keys of the other role are errors naming the line, as in a TOML file.
 //!
 //! The YAML crate is `serde_yaml_ng`: `serde_yaml` is archived (unmaintained since 2024), and
-//! `serde_yaml_ng` is its maintained continuation with the same API, in particular error
-//! positions (`Error::location`) that let every error name its line. `serde_norway` is another
-//! fork with fewer releases; `serde-saphyr` is pure Rust but renders multi-line snippet errors
-//! and pulls in several more crates, which this one-screen format does not need.
+//! `serde_yaml_ng` is a maintained fork of it with the same API, in particular error positions
+//! (`Error::location`) that let every error name its line. `serde_norway` is a similar fork
+//! (either would do). `serde-saphyr` is pure Rust where these two build on `unsafe-libyaml`, but
+//! renders multi-line snippet errors and pulls in several more crates, which a one-screen file
+//! does not need; the `config` fuzz target covers the YAML path either way.
 
 use std::fmt;
 use std::net::SocketAddr;
