@@ -1,7 +1,8 @@
 //! QTRP's YAML files with the real binaries: `gaptun server --config server.yaml` and
 //! `gaptun client --config client.yaml`, written the way QTRP's README writes them, publish a
-//! local TCP service on the server's port; the bytes a visitor fetches there are hashed, and
-//! the start-up lines about QTRP settings that mean nothing here are checked on both sides.
+//! local TCP service on the server's port (the bytes a visitor fetches there are hashed) and a
+//! port range port by port; the start-up lines about QTRP settings that mean nothing here are
+//! checked on both sides.
 
 #![allow(clippy::unwrap_used)]
 
@@ -23,12 +24,24 @@ fn dir() -> PathBuf {
     d
 }
 
-/// A port free for TCP now, below the ephemeral range.
-fn free_tcp_port() -> u16 {
-    let start = 21_000 + u16::try_from(std::process::id() % 9000).unwrap();
+/// The first of `n` consecutive ports free for TCP now, below the ephemeral range; `salt`
+/// keeps the searches of one test apart.
+fn free_tcp_ports(n: u16, salt: u16) -> u16 {
+    let start = 21_000 + u16::try_from(std::process::id() % 9000).unwrap() + salt * 211;
     (start..start + 2000)
-        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .find(|p| (*p..*p + n).all(|q| TcpListener::bind(("127.0.0.1", q)).is_ok()))
         .unwrap()
+}
+
+/// A local service on `port` answering every connection with `tag`.
+fn tag_service(port: u16, tag: &'static [u8]) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { return };
+            let _ = tcp.write_all(tag);
+        }
+    });
 }
 
 /// A child process killed (SIGKILL) on drop.
@@ -117,9 +130,14 @@ fn qtrp_yaml_files_publish_a_service() {
         .local_addr()
         .unwrap()
         .port();
-    let exposed = free_tcp_port();
+    let exposed = free_tcp_ports(1, 0);
     let data = payload();
     let local = service(data.clone());
+    // A range, QTRP's `8000-8005` form: each server port reaches its own local port.
+    let range = free_tcp_ports(2, 1);
+    let range_local = free_tcp_ports(2, 2);
+    tag_service(range_local, b"range-first");
+    tag_service(range_local + 1, b"range-second");
 
     // QTRP's server.yaml as its README shows it, on loopback, with other documented values.
     let server_yaml = d.join("server.yaml");
@@ -142,7 +160,9 @@ fn qtrp_yaml_files_publish_a_service() {
              transport: quic\n\
              crypto: none\n\
              token: qtrp-e2e-token\n\
-             proxies:\n  - remote_port: {exposed}\n    local_addr: 127.0.0.1:{local}\n"
+             proxies:\n  - remote_port: {exposed}\n    local_addr: 127.0.0.1:{local}\n\
+             \x20 - remote_port: {range}-{}\n    local_addr: 127.0.0.1:{range_local}\n",
+            range + 1
         ),
     )
     .unwrap();
@@ -173,6 +193,8 @@ fn qtrp_yaml_files_publish_a_service() {
     );
     assert_eq!(got.len(), data.len());
     assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+    assert_eq!(fetch(range, Duration::from_secs(10)), b"range-first");
+    assert_eq!(fetch(range + 1, Duration::from_secs(10)), b"range-second");
 
     let server_log = std::fs::read_to_string(server_log).unwrap();
     for line in [
