@@ -238,7 +238,10 @@ impl Driver {
         let summary: Vec<String> = hits
             .iter()
             .map(|h| match h.key_index {
-                Some(key) => format!("{:?} of key #{key}: {}", h.kind, h.count),
+                Some(key) => match state.key_names.get(key) {
+                    Some(name) => format!("{:?} of {name}: {}", h.kind, h.count),
+                    None => format!("{:?} of key #{key}: {}", h.kind, h.count),
+                },
                 None => format!("{:?}: {}", h.kind, h.count),
             })
             .collect();

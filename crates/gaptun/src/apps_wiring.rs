@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gaptun_apps::addr::TargetAddr;
-use gaptun_apps::expose::{ExposePeer, ExposeServer};
+use gaptun_apps::expose::{ExposePeer, ExposeServer, PortSet};
 use gaptun_apps::policy::{AllowRule, TargetPolicy};
 use gaptun_apps::relay::{DialConfig, RelayError};
 use gaptun_apps::socks5::SocksConfig;
@@ -85,6 +85,52 @@ impl RelayPolicy {
             targets,
             dial: DialConfig::default(),
         })
+    }
+}
+
+/// A server's user as the connection code needs it: the name logs show, the targets it may
+/// reach and the ports it may expose (its own rules, else the server-wide ones).
+#[derive(Debug, Clone)]
+pub struct ServerUser {
+    pub name: Arc<str>,
+    pub policy: Arc<RelayPolicy>,
+    /// The user's own `expose_ports`; `None`: the server's.
+    pub expose_ports: Option<Arc<PortSet>>,
+}
+
+impl ServerUser {
+    /// One entry per key, in the endpoint's key order. A user with its own `allow` gets its
+    /// own policy (built once, shared by its keys); the others share `server_wide`.
+    pub fn for_keys(
+        key_users: &[Arc<crate::settings::User>],
+        server_wide: &Arc<RelayPolicy>,
+        allow_private: bool,
+    ) -> Result<Vec<Self>> {
+        let mut out: Vec<Self> = Vec::with_capacity(key_users.len());
+        for (i, user) in key_users.iter().enumerate() {
+            // A user with several keys: the same entry again.
+            let earlier = key_users
+                .get(..i)
+                .and_then(|before| before.iter().position(|u| Arc::ptr_eq(u, user)))
+                .and_then(|j| out.get(j).cloned());
+            if let Some(same) = earlier {
+                out.push(same);
+                continue;
+            }
+            let policy = match &user.allow {
+                Some(rules) => Arc::new(
+                    RelayPolicy::build(rules, allow_private)
+                        .with_context(|| format!("user {}", user.name))?,
+                ),
+                None => Arc::clone(server_wide),
+            };
+            out.push(Self {
+                name: Arc::clone(&user.name),
+                policy,
+                expose_ports: user.expose_ports.clone().map(Arc::new),
+            });
+        }
+        Ok(out)
     }
 }
 
