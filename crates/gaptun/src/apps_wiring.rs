@@ -16,6 +16,8 @@ use gaptun_apps::tunnel::{StreamAcceptor, StreamOpener};
 use gaptun_runtime::{ClientPool, RtConnection, RtStream};
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::ratelimit::{Limited, RateLimit};
+
 /// How long a UDP forward keeps a session to the server without traffic.
 const UDP_FORWARD_IDLE: Duration = Duration::from_secs(120);
 
@@ -64,6 +66,23 @@ impl StreamAcceptor for ConnHandle {
     }
 }
 
+/// A server's connection to one client as its user's streams see it: the visitor streams the
+/// expose server opens on it draw from the user's rate limit.
+#[derive(Debug, Clone)]
+pub struct UserConn {
+    pub conn: RtConnection,
+    pub limit: Option<Arc<RateLimit>>,
+}
+
+impl StreamOpener for UserConn {
+    type Stream = Limited<RtStream>;
+
+    fn open(&self) -> impl Future<Output = io::Result<Limited<RtStream>>> + Send {
+        let (conn, limit) = (self.conn.clone(), self.limit.clone());
+        async move { Ok(Limited::new(conn.open_stream().await?, limit)) }
+    }
+}
+
 /// What the server lets clients reach, parsed once at start-up.
 #[derive(Debug, Clone)]
 pub struct RelayPolicy {
@@ -96,6 +115,8 @@ pub struct ServerUser {
     pub policy: Arc<RelayPolicy>,
     /// The user's own `expose_ports`; `None`: the server's.
     pub expose_ports: Option<Arc<PortSet>>,
+    /// The bucket all of the user's relay and expose streams draw from; `None`: no limit.
+    pub limit: Option<Arc<RateLimit>>,
 }
 
 impl ServerUser {
@@ -128,6 +149,7 @@ impl ServerUser {
                 name: Arc::clone(&user.name),
                 policy,
                 expose_ports: user.expose_ports.clone().map(Arc::new),
+                limit: user.rate_limit.map(|mbit| Arc::new(RateLimit::new(mbit))),
             });
         }
         Ok(out)
@@ -174,9 +196,9 @@ pub async fn serve_udp_forward(socket: UdpSocket, spec: String, opener: PoolOpen
 /// Serves one stream a client opened on the server: reads the target request, checks it
 /// against the policy, dials, and relays.
 pub async fn serve_relay_stream(
-    stream: RtStream,
+    stream: Limited<RtStream>,
     policy: Arc<RelayPolicy>,
-    expose: Option<(ExposeServer<ConnHandle>, ExposePeer<ConnHandle>)>,
+    expose: Option<(ExposeServer<UserConn>, ExposePeer<UserConn>)>,
 ) -> Result<(), RelayError> {
     match expose {
         Some((server, peer)) => {

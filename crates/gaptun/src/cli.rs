@@ -165,6 +165,9 @@ pub struct UserOptions {
     /// Targets this user may reach through SOCKS5 and forwards, with the syntax of the
     /// server's `allow` [default: the server's allow].
     pub allow: Option<Vec<String>>,
+    /// Rate limit in Mbit/s for all of this user's relay and expose streams together, both
+    /// directions counted [default: none].
+    pub rate_limit: Option<u32>,
 }
 
 settings_group! {

@@ -27,7 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info};
 
-use crate::apps_wiring::ConnHandle;
+use crate::apps_wiring::UserConn;
 use crate::config::Role;
 use crate::values;
 
@@ -80,7 +80,7 @@ pub enum ExposeSource {
     /// No expose on this daemon.
     None,
     /// A server's: every port some client holds.
-    Server(ExposeServer<ConnHandle>),
+    Server(ExposeServer<UserConn>),
     /// A client's: the exposes it registers.
     Client(ExposeClient),
 }

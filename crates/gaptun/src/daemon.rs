@@ -15,9 +15,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::apps_wiring::{self, ConnHandle, PoolOpener, RelayPolicy, ServerUser};
+use crate::apps_wiring::{self, ConnHandle, PoolOpener, RelayPolicy, ServerUser, UserConn};
 use crate::config::Role;
 use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
+use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, ServerSettings};
 use crate::values::ForwardProto;
 use gaptun_apps::expose::{
@@ -111,7 +112,7 @@ fn start_control(
 pub async fn accept_loop(
     endpoint: RtEndpoint,
     users: Arc<[ServerUser]>,
-    expose: Option<ExposeServer<ConnHandle>>,
+    expose: Option<ExposeServer<UserConn>>,
 ) {
     while let Some(conn) = endpoint.accept().await {
         tokio::spawn(serve_connection(conn, Arc::clone(&users), expose.clone()));
@@ -121,7 +122,7 @@ pub async fn accept_loop(
 async fn serve_connection(
     conn: RtConnection,
     users: Arc<[ServerUser]>,
-    expose: Option<ExposeServer<ConnHandle>>,
+    expose: Option<ExposeServer<UserConn>>,
 ) {
     let remote = conn.remote_address();
     let cipher = conn.stats().map_or("", |s| s.cipher);
@@ -137,7 +138,10 @@ async fn serve_connection(
     let expose = expose.map(|server| {
         let peer = ExposePeer {
             owner: Arc::clone(&name),
-            opener: ConnHandle(conn.clone()),
+            opener: UserConn {
+                conn: conn.clone(),
+                limit: user.limit.clone(),
+            },
             allowed: user.expose_ports.clone(),
         };
         (server, peer)
@@ -146,10 +150,12 @@ async fn serve_connection(
         let policy = Arc::clone(&policy);
         let expose = expose.clone();
         let name = Arc::clone(&name);
+        let limit = user.limit.clone();
         tokio::spawn(async move {
             let id = stream.id();
             // The span names the client and its user in what the relay logs itself (refused
             // UDP destinations).
+            let stream = Limited::new(stream, limit);
             let served = apps_wiring::serve_relay_stream(stream, policy, expose)
                 .instrument(tracing::info_span!("client", %remote, user = %name))
                 .await;

@@ -142,6 +142,7 @@ pub async fn run(d: DemoSettings) -> Result<()> {
         name: "key 1".into(),
         policy,
         expose_ports: None,
+        limit: None,
     }]
     .into();
     let server_task = tokio::spawn(accept_loop(server.clone(), users, None));

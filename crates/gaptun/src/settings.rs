@@ -44,6 +44,8 @@ pub struct User {
     pub expose_ports: Option<PortSet>,
     /// The user's own `allow` rules; `None`: the server's.
     pub allow: Option<Vec<String>>,
+    /// Mbit/s for all of the user's relay and expose streams together; `None`: no limit.
+    pub rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +161,7 @@ fn server_keys(
             name: format!("key {}", i + 1).into(),
             expose_ports: None,
             allow: None,
+            rate_limit: None,
         }));
     }
     for (name, options) in users {
@@ -188,10 +191,14 @@ fn server_keys(
             }
             other => other.with_context(|| format!("user {name}"))?,
         };
+        if options.rate_limit == Some(0) {
+            bail!("user {name}: rate_limit must be at least 1 (Mbit/s); leave it out for none");
+        }
         let user = Arc::new(User {
             name: name.as_str().into(),
             expose_ports: options.expose_ports.as_ref().map(|p| p.0.clone()),
             allow: options.allow.clone(),
+            rate_limit: options.rate_limit,
         });
         for key in user_keys {
             if let Some(i) = keys.iter().position(|k| *k == key) {
@@ -547,7 +554,7 @@ mod tests {
     fn named_users_with_their_own_limits() {
         let text = format!(
             "key = \"{KEY}\"\nexpose_ports = \"7000\"\nallow = [\"10.0.0.0/8\"]\n\
-             [users.alice]\nkey = \"{KEY2}\"\nexpose_ports = \"9000-9001\"\n\
+             [users.alice]\nkey = \"{KEY2}\"\nexpose_ports = \"9000-9001\"\nrate_limit = 20\n\
              [users.bob]\nkey = [\"{KEY3}\"]\nallow = [\"127.0.0.1:22\"]\n"
         );
         let path = temp_file("users.toml", &text);
@@ -559,8 +566,10 @@ mod tests {
         let alice = &s.key_users[1];
         assert!(alice.expose_ports.as_ref().unwrap().contains(9001));
         assert_eq!(alice.allow, None);
+        assert_eq!(alice.rate_limit, Some(20));
         let bob = &s.key_users[2];
         assert_eq!(bob.expose_ports, None);
+        assert_eq!(bob.rate_limit, None);
         assert_eq!(
             bob.allow.as_deref(),
             Some(&["127.0.0.1:22".to_string()][..])

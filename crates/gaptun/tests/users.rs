@@ -1,7 +1,8 @@
 //! Named users on a server, with the real binaries: each user may expose only its own ports
 //! (a refusal names the port and the rule), one user's `allow` lets it reach a target the
 //! other is refused, `ctl stats json` names the users and gives each expose's figures after a
-//! known transfer, and the logs name the users but never print a key.
+//! known transfer, a user's rate limit holds, and the logs name the users but never print a
+//! key.
 
 mod common;
 
@@ -15,6 +16,9 @@ const BOB_KEY: &str = "gt1:SxHBK5fKQw007lbLK8hc2ZBFs7tC071WmFwiBKoll0Y";
 
 /// Bytes sent through the expose (and echoed back).
 const SENT: usize = 4 << 20;
+
+/// Alice's rate limit, Mbit/s: both directions of her streams together.
+const ALICE_MBIT: u32 = 40;
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
@@ -32,7 +36,7 @@ async fn named_users_have_their_own_ports_targets_and_figures() {
         format!(
             "listen = \"127.0.0.1:{tunnel}\"\nexpose_bind = \"127.0.0.1\"\n\
              [users.alice]\nkey = \"{ALICE_KEY}\"\nexpose_ports = \"{alice_port}\"\n\
-             allow = [\"{echo}\"]\n\
+             allow = [\"{echo}\"]\nrate_limit = {ALICE_MBIT}\n\
              [users.bob]\nkey = [\"{BOB_KEY}\"]\nexpose_ports = \"{bob_port}\"\n"
         ),
     )
@@ -113,6 +117,7 @@ async fn named_users_have_their_own_ports_targets_and_figures() {
         // A known transfer through Alice's expose: SENT bytes each way.
         let data = payload(SENT, 9);
         let mut visitor = connect(format!("127.0.0.1:{alice_port}").parse().unwrap()).await;
+        let started = std::time::Instant::now();
         let (mut r, mut w) = visitor.split();
         let send = async {
             w.write_all(&data).await.unwrap();
@@ -124,6 +129,17 @@ async fn named_users_have_their_own_ports_targets_and_figures() {
         };
         tokio::join!(send, recv);
         assert_eq!(sha256(&back), sha256(&data));
+        // 2 × SENT bytes through a bucket of ALICE_MBIT: at least 90 % of the time that takes
+        // (unlimited, loopback moves this in a fraction of it).
+        let took = started.elapsed().as_secs_f64();
+        let floor = 2.0 * SENT as f64 * 8.0 / (f64::from(ALICE_MBIT) * 1e6);
+        println!(
+            "{SENT} bytes each way under {ALICE_MBIT} Mbit/s took {took:.2} s (floor {floor:.2} s)"
+        );
+        assert!(
+            took > 0.9 * floor,
+            "the rate limit did not hold: {took:.2} s"
+        );
     })
     .await;
 
