@@ -257,7 +257,8 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
             .iter()
             .any(|u| u.expose_ports.as_ref().is_some_and(|p| !p.is_empty()));
     let expose = someone_exposes.then(|| {
-        info!(ports = %s.expose_ports, bind = %s.expose_bind, "clients may expose ports");
+        // `server_wide` applies to plain keys and to users without their own ports.
+        info!(server_wide = %s.expose_ports, bind = %s.expose_bind, "clients may expose ports");
         for u in users.iter() {
             if let Some(own) = &u.expose_ports {
                 info!(user = %u.name, ports = %own, "user's own expose ports");
