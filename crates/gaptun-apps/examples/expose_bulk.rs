@@ -73,6 +73,7 @@ async fn main() {
             let peer = ExposePeer {
                 owner: "bench".into(),
                 opener: Conn(conn.clone()),
+                allowed: None,
             };
             let expose = expose.clone();
             tokio::spawn(async move {

@@ -107,6 +107,7 @@ async fn accept_all(
         let peer = ExposePeer {
             owner: owner.into(),
             opener: Conn(conn.clone()),
+            allowed: None,
         };
         let expose = expose.clone();
         tokio::spawn(async move {

@@ -235,17 +235,10 @@ impl Driver {
         if hits.is_empty() {
             return;
         }
-        let summary: Vec<String> = hits
-            .iter()
-            .map(|h| match h.key_index {
-                Some(key) => format!("{:?} of key #{key}: {}", h.kind, h.count),
-                None => format!("{:?}: {}", h.kind, h.count),
-            })
-            .collect();
         warn!(
             interval_s = LIMIT_REPORT_INTERVAL.as_secs(),
             "handshakes dropped by server limits: {}",
-            summary.join(", ")
+            limit_summary(&hits, &state.key_names)
         );
     }
 
@@ -372,4 +365,52 @@ fn apply_event(cs: &mut ConnState, event: Event, wakers: &mut Vec<Waker>) -> Opt
         Event::ConnectionLost(e) => return Some(RtError::Connection(e)),
     }
     None
+}
+
+/// The WARN's list of limit hits, each key named by `key_names` (the user it belongs to, set
+/// by the application) and by its number where it has no name. The key itself never appears.
+fn limit_summary(hits: &[gaptun_proto::endpoint::LimitHit], key_names: &[Arc<str>]) -> String {
+    hits.iter()
+        .map(|h| match h.key_index {
+            Some(key) => match key_names.get(key) {
+                Some(name) => format!("{:?} of {name}: {}", h.kind, h.count),
+                None => format!("{:?} of key #{key}: {}", h.kind, h.count),
+            },
+            None => format!("{:?}: {}", h.kind, h.count),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use gaptun_proto::endpoint::{LimitHit, LimitKind};
+
+    use super::*;
+
+    #[test]
+    fn limit_warning_names_the_user() {
+        let hits = [
+            LimitHit {
+                kind: LimitKind::KeyConnections,
+                key_index: Some(1),
+                count: 3,
+            },
+            LimitHit {
+                kind: LimitKind::KeyConnections,
+                key_index: Some(2),
+                count: 1,
+            },
+            LimitHit {
+                kind: LimitKind::HandshakeBudget,
+                key_index: None,
+                count: 7,
+            },
+        ];
+        let names: Vec<Arc<str>> = vec!["key 1".into(), "alice".into()];
+        assert_eq!(
+            limit_summary(&hits, &names),
+            "KeyConnections of alice: 3, KeyConnections of key #2: 1, HandshakeBudget: 7"
+        );
+    }
 }

@@ -32,6 +32,8 @@ pub struct ConnectionInfo {
     pub age: Duration,
     /// The core's counters and estimates.
     pub stats: ConnectionStats,
+    /// Which of the endpoint's keys the connection uses (a server names the user by it).
+    pub key_index: usize,
 }
 
 /// A gaptun endpoint bound to a UDP socket: a client (connects), a server (accepts), or both.
@@ -173,6 +175,13 @@ impl RtEndpoint {
         self.shared().kick();
     }
 
+    /// Names the server's keys (by index, as in `EndpointConfig::server`) for log lines about
+    /// them, such as the WARN for handshakes a per-key cap dropped: the application knows
+    /// which user a key belongs to, the core only its position.
+    pub fn set_key_names(&self, names: Vec<Arc<str>>) {
+        self.shared().lock().key_names = names;
+    }
+
     /// Endpoint-wide counters.
     pub fn stats(&self) -> EndpointStats {
         self.shared().lock().endpoint.stats()
@@ -194,6 +203,7 @@ impl RtEndpoint {
                     established: conn.is_established(),
                     age: conn.age(now),
                     stats: conn.stats(),
+                    key_index: conn.key_index(),
                 })
             })
             .collect()

@@ -130,6 +130,9 @@ pub(crate) struct State {
     pub(crate) closing_since: Option<Instant>,
     /// Set when the driver died; every operation fails with this.
     pub(crate) failed: Option<RtError>,
+    /// Server side: what to call each key (by index) in log lines, e.g. the user owning it.
+    /// Empty: keys are called by their number.
+    pub(crate) key_names: Vec<Arc<str>>,
     next_generation: u64,
 }
 
@@ -142,6 +145,7 @@ impl State {
             accept_wakers: Vec::new(),
             closing_since: None,
             failed: None,
+            key_names: Vec::new(),
             next_generation: 0,
         }
     }

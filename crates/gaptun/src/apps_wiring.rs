@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gaptun_apps::addr::TargetAddr;
-use gaptun_apps::expose::{ExposePeer, ExposeServer};
+use gaptun_apps::expose::{ExposePeer, ExposeServer, PortSet};
 use gaptun_apps::policy::{AllowRule, TargetPolicy};
 use gaptun_apps::relay::{DialConfig, RelayError};
 use gaptun_apps::socks5::SocksConfig;
 use gaptun_apps::tunnel::{StreamAcceptor, StreamOpener};
 use gaptun_runtime::{ClientPool, RtConnection, RtStream};
 use tokio::net::{TcpListener, UdpSocket};
+
+use crate::ratelimit::{Limited, RateLimit};
 
 /// How long a UDP forward keeps a session to the server without traffic.
 const UDP_FORWARD_IDLE: Duration = Duration::from_secs(120);
@@ -64,6 +66,23 @@ impl StreamAcceptor for ConnHandle {
     }
 }
 
+/// A server's connection to one client as its user's streams see it: the visitor streams the
+/// expose server opens on it draw from the user's rate limit.
+#[derive(Debug, Clone)]
+pub struct UserConn {
+    pub conn: RtConnection,
+    pub limit: Option<Arc<RateLimit>>,
+}
+
+impl StreamOpener for UserConn {
+    type Stream = Limited<RtStream>;
+
+    fn open(&self) -> impl Future<Output = io::Result<Limited<RtStream>>> + Send {
+        let (conn, limit) = (self.conn.clone(), self.limit.clone());
+        async move { Ok(Limited::new(conn.open_stream().await?, limit)) }
+    }
+}
+
 /// What the server lets clients reach, parsed once at start-up.
 #[derive(Debug, Clone)]
 pub struct RelayPolicy {
@@ -85,6 +104,55 @@ impl RelayPolicy {
             targets,
             dial: DialConfig::default(),
         })
+    }
+}
+
+/// A server's user as the connection code needs it: the name logs show, the targets it may
+/// reach and the ports it may expose (its own rules, else the server-wide ones).
+#[derive(Debug, Clone)]
+pub struct ServerUser {
+    pub name: Arc<str>,
+    pub policy: Arc<RelayPolicy>,
+    /// The user's own `expose_ports`; `None`: the server's.
+    pub expose_ports: Option<Arc<PortSet>>,
+    /// The bucket all of the user's relay and expose streams draw from; `None`: no limit.
+    pub limit: Option<Arc<RateLimit>>,
+}
+
+impl ServerUser {
+    /// One entry per key, in the endpoint's key order. A user with its own `allow` gets its
+    /// own policy (built once, shared by its keys); the others share `server_wide`.
+    pub fn for_keys(
+        key_users: &[Arc<crate::settings::User>],
+        server_wide: &Arc<RelayPolicy>,
+        allow_private: bool,
+    ) -> Result<Vec<Self>> {
+        let mut out: Vec<Self> = Vec::with_capacity(key_users.len());
+        for (i, user) in key_users.iter().enumerate() {
+            // A user with several keys: the same entry again.
+            let earlier = key_users
+                .get(..i)
+                .and_then(|before| before.iter().position(|u| Arc::ptr_eq(u, user)))
+                .and_then(|j| out.get(j).cloned());
+            if let Some(same) = earlier {
+                out.push(same);
+                continue;
+            }
+            let policy = match &user.allow {
+                Some(rules) => Arc::new(
+                    RelayPolicy::build(rules, allow_private)
+                        .with_context(|| format!("user {}", user.name))?,
+                ),
+                None => Arc::clone(server_wide),
+            };
+            out.push(Self {
+                name: Arc::clone(&user.name),
+                policy,
+                expose_ports: user.expose_ports.clone().map(Arc::new),
+                limit: user.rate_limit.map(|mbit| Arc::new(RateLimit::new(mbit))),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -128,9 +196,9 @@ pub async fn serve_udp_forward(socket: UdpSocket, spec: String, opener: PoolOpen
 /// Serves one stream a client opened on the server: reads the target request, checks it
 /// against the policy, dials, and relays.
 pub async fn serve_relay_stream(
-    stream: RtStream,
+    stream: Limited<RtStream>,
     policy: Arc<RelayPolicy>,
-    expose: Option<(ExposeServer<ConnHandle>, ExposePeer<ConnHandle>)>,
+    expose: Option<(ExposeServer<UserConn>, ExposePeer<UserConn>)>,
 ) -> Result<(), RelayError> {
     match expose {
         Some((server, peer)) => {

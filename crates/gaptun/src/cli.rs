@@ -2,6 +2,7 @@
 //! groups below and in [`TransportSettings`]: each field is a flag and a config-file key (see
 //! [`crate::layer`]).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -141,7 +142,32 @@ settings_group! {
         /// Address the exposed ports listen on (`::` for dual stack).
         #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
         pub expose_bind: Option<IpAddr>,
+        /// Named users, each with its own key(s) and limits: `[users.NAME]` tables in the
+        /// config file only (keys have no place on a command line). See [`UserOptions`].
+        #[arg(skip)]
+        pub users: Option<BTreeMap<String, UserOptions>>,
     }
+}
+
+/// One named user of a server (`[users.NAME]` in its config file). The name stands for the
+/// user's key(s) in logs and `ctl stats`; the key itself is never shown. The limits given here
+/// replace the server-wide ones for this user; those not given fall back to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserOptions {
+    /// The user's key, or several (a list).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub key: Option<Vec<String>>,
+    /// File with the user's key(s), one per line (instead of `key`).
+    pub key_file: Option<PathBuf>,
+    /// Ports this user may expose, e.g. "8000-8005,2222" [default: the server's expose_ports].
+    pub expose_ports: Option<ExposePorts>,
+    /// Targets this user may reach through SOCKS5 and forwards, with the syntax of the
+    /// server's `allow` [default: the server's allow].
+    pub allow: Option<Vec<String>>,
+    /// Rate limit in Mbit/s for all of this user's relay and expose streams together, both
+    /// directions counted [default: none].
+    pub rate_limit: Option<u32>,
 }
 
 settings_group! {

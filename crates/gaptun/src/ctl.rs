@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use gaptun_apps::expose::{ExposeClient, ExposeServer, ExposeSnapshot, ExposeSpec};
 use gaptun_runtime::{ConnectionInfo, RtEndpoint};
 use serde::Serialize;
 use thiserror::Error;
@@ -26,6 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info};
 
+use crate::apps_wiring::UserConn;
 use crate::config::Role;
 use crate::values;
 
@@ -66,6 +68,90 @@ pub struct CtlContext {
     pub endpoint: RtEndpoint,
     /// The receive window currently configured (for display; the core holds the real one).
     pub window: Arc<AtomicU64>,
+    /// Server: the user of each key, by key index (empty on a client).
+    pub key_users: Vec<Arc<str>>,
+    /// Where the expose figures come from.
+    pub exposes: ExposeSource,
+}
+
+/// The daemon's exposes, for `stats`.
+#[derive(Debug, Clone)]
+pub enum ExposeSource {
+    /// No expose on this daemon.
+    None,
+    /// A server's: every port some client holds.
+    Server(ExposeServer<UserConn>),
+    /// A client's: the exposes it registers.
+    Client(ExposeClient),
+}
+
+/// One expose's figures, as `stats` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExposeRow {
+    /// `tcp` or `udp`.
+    pub kind: String,
+    /// The server port(s), e.g. `8000-8005`.
+    pub ports: String,
+    /// Server: the user holding the ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Client: what it dials for each visitor (the first port of a range, with the range).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    pub visitors_now: u64,
+    pub visitors_total: u64,
+    /// Bytes from visitors to the service.
+    pub bytes_to_service: u64,
+    /// Bytes from the service back to visitors.
+    pub bytes_to_visitors: u64,
+}
+
+impl ExposeRow {
+    fn new(s: &ExposeSnapshot, user: Option<String>, local: Option<String>) -> Self {
+        Self {
+            kind: s.kind.to_string(),
+            ports: s.ports.to_string(),
+            user,
+            local,
+            visitors_now: s.visitors_now,
+            visitors_total: s.visitors_total,
+            bytes_to_service: s.bytes_to_service,
+            bytes_to_visitors: s.bytes_to_visitors,
+        }
+    }
+}
+
+/// The local side of a client's expose: `127.0.0.1:9000`, `[::1]:9000-9005`.
+fn local_of(spec: &ExposeSpec) -> String {
+    let host = if spec.local_host.contains(':') {
+        format!("[{}]", spec.local_host)
+    } else {
+        spec.local_host.clone()
+    };
+    let span = u32::from(spec.remote.last()) - u32::from(spec.remote.first());
+    match u32::from(spec.local_port) + span {
+        last if span > 0 => format!("{host}:{}-{last}", spec.local_port),
+        _ => format!("{host}:{}", spec.local_port),
+    }
+}
+
+impl ExposeSource {
+    fn rows(&self) -> Vec<ExposeRow> {
+        match self {
+            Self::None => Vec::new(),
+            Self::Server(server) => server
+                .stats()
+                .iter()
+                .map(|(owner, s)| ExposeRow::new(s, Some(owner.to_string()), None))
+                .collect(),
+            Self::Client(client) => client
+                .specs()
+                .iter()
+                .zip(client.stats())
+                .map(|(spec, s)| ExposeRow::new(&s, None, Some(local_of(spec))))
+                .collect(),
+        }
+    }
 }
 
 /// One connection's figures, as `stats` shows them.
@@ -74,6 +160,9 @@ pub struct ConnSnapshot {
     /// The connection's handle in this daemon: tells apart two connections from one peer.
     pub id: usize,
     pub remote: String,
+    /// Server: the user whose key the connection uses (never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub established: bool,
     /// Seconds since the connection was created.
     pub age_secs: u64,
@@ -127,6 +216,8 @@ pub struct StatsSnapshot {
     /// Connections still in their handshake, or closed and draining (a reconnecting client
     /// leaves a few of these for a couple of seconds).
     pub not_established: u64,
+    /// The exposes (server: the ports clients hold; client: its own).
+    pub exposes: Vec<ExposeRow>,
 }
 
 impl ConnSnapshot {
@@ -141,6 +232,7 @@ impl ConnSnapshot {
         Self {
             id: info.handle.0,
             remote: info.remote.to_string(),
+            user: None,
             established: info.established,
             age_secs: info.age.as_secs(),
             cipher: s.cipher.to_owned(),
@@ -186,8 +278,18 @@ pub fn snapshot(ctx: &CtlContext) -> StatsSnapshot {
         accepted: ep.accepted,
         dropped_unauthenticated: ep.dropped_unauthenticated,
         dropped_replayed_handshakes: ep.dropped_replayed_handshakes,
-        connections: established.iter().map(ConnSnapshot::from_info).collect(),
+        connections: established
+            .iter()
+            .map(|info| ConnSnapshot {
+                user: ctx
+                    .key_users
+                    .get(info.key_index)
+                    .map(|name| name.to_string()),
+                ..ConnSnapshot::from_info(info)
+            })
+            .collect(),
         not_established: other.len() as u64,
+        exposes: ctx.exposes.rows(),
     }
 }
 
@@ -240,6 +342,7 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             s.accepted, s.dropped_unauthenticated, s.dropped_replayed_handshakes
         ));
     }
+    out.push_str(&exposes_table(&s.exposes));
     if s.connections.is_empty() {
         return out;
     }
@@ -259,6 +362,9 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         "WINDOW",
         "MTU"
     ));
+    if s.role == "server" {
+        out.insert_str(out.len() - 1, " USER");
+    }
     for c in &s.connections {
         let remote = &c.remote;
         out.push_str(&format!(
@@ -276,6 +382,33 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             format!("{}/{}", c.streams_open, c.streams_opened_total),
             human_bytes(c.receive_window),
             c.mtu,
+        ));
+        if let Some(user) = &c.user {
+            out.insert_str(out.len() - 1, &format!(" {user}"));
+        }
+    }
+    out
+}
+
+/// The exposes part of the `stats` table (nothing when there is no expose).
+fn exposes_table(rows: &[ExposeRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{:<18} {:<24} {:>8} {:>8} {:>10} {:>11}\n",
+        "EXPOSE", "USER/LOCAL", "VISITORS", "TOTAL", "TO_SERVICE", "TO_VISITORS"
+    );
+    for r in rows {
+        let who = r.user.as_deref().or(r.local.as_deref()).unwrap_or("-");
+        out.push_str(&format!(
+            "{:<18} {:<24} {:>8} {:>8} {:>10} {:>11}\n",
+            format!("{}:{}", r.kind, r.ports),
+            who,
+            r.visitors_now,
+            r.visitors_total,
+            human_bytes(r.bytes_to_service),
+            human_bytes(r.bytes_to_visitors),
         ));
     }
     out
@@ -566,6 +699,7 @@ mod tests {
             connections: vec![ConnSnapshot {
                 id: 3,
                 remote: "192.0.2.1:29900".into(),
+                user: None,
                 established: true,
                 age_secs: 125,
                 cipher: "aes-256-gcm".into(),
@@ -594,7 +728,48 @@ mod tests {
                 mtu_probes_lost: 0,
             }],
             not_established: 0,
+            exposes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn server_table_names_users_and_lists_exposes() {
+        let mut s = sample();
+        s.role = "server";
+        s.connections[0].user = Some("alice".into());
+        s.exposes = vec![ExposeRow {
+            kind: "tcp".into(),
+            ports: "8000-8005".into(),
+            user: Some("alice".into()),
+            local: None,
+            visitors_now: 2,
+            visitors_total: 40,
+            bytes_to_service: 1536,
+            bytes_to_visitors: 3 << 20,
+        }];
+        let t = format_table(&s);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[2].starts_with("EXPOSE"), "{t}");
+        let row: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["tcp:8000-8005", "alice", "2", "40", "1.5K", "3.0M"],
+            "{t}"
+        );
+        assert!(lines[4].trim_end().ends_with("MTU USER"), "{t}");
+        assert!(lines[5].trim_end().ends_with("1472 alice"), "{t}");
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["connections"][0]["user"], "alice");
+        assert_eq!(v["exposes"][0]["user"], "alice");
+        assert!(v["exposes"][0].get("local").is_none());
+        assert_eq!(v["exposes"][0]["bytes_to_visitors"], 3 << 20);
+    }
+
+    #[test]
+    fn client_expose_local_side() {
+        let spec = |s: &str| s.parse::<ExposeSpec>().unwrap();
+        assert_eq!(local_of(&spec("2222=127.0.0.1:22")), "127.0.0.1:22");
+        assert_eq!(local_of(&spec("8000-8005=[::1]:9000")), "[::1]:9000-9005");
     }
 
     #[test]

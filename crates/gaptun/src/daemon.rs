@@ -15,13 +15,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::apps_wiring::{self, ConnHandle, PoolOpener, RelayPolicy};
+use crate::apps_wiring::{self, ConnHandle, PoolOpener, RelayPolicy, ServerUser, UserConn};
 use crate::config::Role;
-use crate::ctl::{CtlContext, CtlSocket, handle_line};
+use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
+use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, ServerSettings};
 use crate::values::ForwardProto;
 use gaptun_apps::expose::{
-    ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig, ExposeSpec,
+    ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
 use gaptun_apps::relay::RelayError;
 use gaptun_apps::socks5::SocksConfig;
@@ -89,6 +90,8 @@ fn start_control(
     role: Role,
     endpoint: RtEndpoint,
     window: u64,
+    key_users: Vec<Arc<str>>,
+    exposes: ExposeSource,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let socket = CtlSocket::bind(path)?;
     info!(path = %socket.path().display(), "control socket ready (gaptun ctl)");
@@ -96,69 +99,81 @@ fn start_control(
         role,
         endpoint,
         window: Arc::new(AtomicU64::new(window)),
+        key_users,
+        exposes,
     };
     Ok(tokio::spawn(
         socket.serve(move |line: &str| handle_line(line, &ctx)),
     ))
 }
 
-/// Accepts connections and serves their streams until the endpoint closes. With `expose`,
-/// clients may also register exposes.
+/// Accepts connections and serves their streams until the endpoint closes. `users` holds the
+/// user of each key, by key index. With `expose`, clients may also register exposes.
 pub async fn accept_loop(
     endpoint: RtEndpoint,
-    policy: Arc<RelayPolicy>,
-    expose: Option<ExposeServer<ConnHandle>>,
+    users: Arc<[ServerUser]>,
+    expose: Option<ExposeServer<UserConn>>,
 ) {
     while let Some(conn) = endpoint.accept().await {
-        tokio::spawn(serve_connection(conn, Arc::clone(&policy), expose.clone()));
+        tokio::spawn(serve_connection(conn, Arc::clone(&users), expose.clone()));
     }
 }
 
 async fn serve_connection(
     conn: RtConnection,
-    policy: Arc<RelayPolicy>,
-    expose: Option<ExposeServer<ConnHandle>>,
+    users: Arc<[ServerUser]>,
+    expose: Option<ExposeServer<UserConn>>,
 ) {
     let remote = conn.remote_address();
     let cipher = conn.stats().map_or("", |s| s.cipher);
-    info!(%remote, %cipher, "client connected");
-    // Keys have no names yet: the owner of exposed ports is the key's position.
-    let owner: Arc<str> = match conn.key_index() {
-        Some(i) => format!("key {}", i + 1).into(),
-        None => "unknown".into(),
+    // The connection's key decides who it is; a connection gone before this point has no
+    // key index left, and nothing to serve.
+    let Some(user) = conn.key_index().and_then(|i| users.get(i)).cloned() else {
+        debug!(%remote, "connection ended before it was served");
+        return;
     };
+    let name = Arc::clone(&user.name);
+    info!(%remote, user = %name, %cipher, "client connected");
+    let policy = Arc::clone(&user.policy);
     let expose = expose.map(|server| {
         let peer = ExposePeer {
-            owner,
-            opener: ConnHandle(conn.clone()),
+            owner: Arc::clone(&name),
+            opener: UserConn {
+                conn: conn.clone(),
+                limit: user.limit.clone(),
+            },
+            allowed: user.expose_ports.clone(),
         };
         (server, peer)
     });
     while let Some(stream) = conn.accept_stream().await {
         let policy = Arc::clone(&policy);
         let expose = expose.clone();
+        let name = Arc::clone(&name);
+        let limit = user.limit.clone();
         tokio::spawn(async move {
             let id = stream.id();
-            // The span names the client in what the relay logs itself (refused UDP
-            // destinations).
+            // The span names the client and its user in what the relay logs itself (refused
+            // UDP destinations).
+            let stream = Limited::new(stream, limit);
             let served = apps_wiring::serve_relay_stream(stream, policy, expose)
-                .instrument(tracing::info_span!("client", %remote))
+                .instrument(tracing::info_span!("client", %remote, user = %name))
                 .await;
             match served {
                 Ok(()) => {}
                 // What the client asked for and could not get: worth a line at the default level.
                 Err(RelayError::Dial { target, source }) => {
-                    info!(%remote, target = %target, "{target}: {source}");
+                    info!(%remote, user = %name, target = %target, "{target}: {source}");
                 }
                 // Connections that end abruptly (resets, the peer going away) are routine.
-                Err(e) => debug!(%remote, %id, "{e}"),
+                Err(e) => debug!(%remote, user = %name, %id, "{e}"),
             }
         });
     }
     let reason = conn
         .close_reason()
         .map_or_else(|| "connection ended".to_owned(), |r| disconnect_reason(&r));
-    info!(%remote, "client disconnected: {reason}");
+    info!(%remote, user = %name, "client disconnected: {reason}");
 }
 
 /// Why a connection ended, for the log: a peer that closed without giving a reason gets "no
@@ -232,19 +247,43 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     };
     let endpoint =
         RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?;
-    let control = start_control(&s.control, Role::Server, endpoint.clone(), window)?;
-    let policy = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
-    let expose = (!s.expose_ports.is_empty()).then(|| {
-        info!(ports = %s.expose_ports, bind = %s.expose_bind, "clients may expose ports");
+    let server_wide = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
+    let users: Arc<[ServerUser]> =
+        ServerUser::for_keys(&s.key_users, &server_wide, s.allow_private)?.into();
+    let names: Vec<Arc<str>> = users.iter().map(|u| Arc::clone(&u.name)).collect();
+    endpoint.set_key_names(names.clone());
+    let someone_exposes = !s.expose_ports.is_empty()
+        || users
+            .iter()
+            .any(|u| u.expose_ports.as_ref().is_some_and(|p| !p.is_empty()));
+    let expose = someone_exposes.then(|| {
+        // `server_wide` applies to plain keys and to users without their own ports.
+        info!(server_wide = %s.expose_ports, bind = %s.expose_bind, "clients may expose ports");
+        for u in users.iter() {
+            if let Some(own) = &u.expose_ports {
+                info!(user = %u.name, ports = %own, "user's own expose ports");
+            }
+        }
         ExposeServer::new(ExposeServerConfig {
             bind: s.expose_bind,
             allowed: s.expose_ports.clone(),
             ..ExposeServerConfig::default()
         })
     });
+    let source = expose
+        .clone()
+        .map_or(ExposeSource::None, ExposeSource::Server);
+    let control = start_control(
+        &s.control,
+        Role::Server,
+        endpoint.clone(),
+        window,
+        names,
+        source,
+    )?;
     info!(listen = %endpoint.local_addr(), "gaptun server running");
     tokio::select! {
-        () = accept_loop(endpoint.clone(), policy, expose) => {}
+        () = accept_loop(endpoint.clone(), users, expose) => {}
         signal = signals => info!("{signal}: shutting down"),
     }
     control.abort();
@@ -335,9 +374,8 @@ async fn connect(server: &str, config: EndpointConfig, pool: PoolConfig) -> Resu
 /// every new connection (after reconnects), logging refusals from then on.
 async fn start_exposes(
     pool: &ClientPool,
-    exposes: Vec<ExposeSpec>,
+    client: ExposeClient,
 ) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
-    let client = ExposeClient::new(exposes, ExposeClientConfig::default())?;
     let mut feed = pool.connection_feed();
     let first = feed
         .recv()
@@ -388,14 +426,35 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
             return Ok(());
         }
     };
-    let control = start_control(&s.control, Role::Client, pool.endpoint().clone(), window)?;
+    let expose_client = if s.exposes.is_empty() {
+        None
+    } else {
+        match ExposeClient::new(s.exposes.clone(), ExposeClientConfig::default()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                pool.shutdown(SHUTDOWN_LINGER).await;
+                return Err(e.into());
+            }
+        }
+    };
+    let source = expose_client
+        .clone()
+        .map_or(ExposeSource::None, ExposeSource::Client);
+    let control = start_control(
+        &s.control,
+        Role::Client,
+        pool.endpoint().clone(),
+        window,
+        Vec::new(),
+        source,
+    )?;
     let socks = SocksConfig {
         auth: s.socks_auth.clone(),
         ..SocksConfig::default()
     };
     let mut apps = start_apps(listeners, &PoolOpener::new(pool.clone()), socks);
-    if !s.exposes.is_empty() {
-        let exposes = start_exposes(&pool, s.exposes.clone()).await;
+    if let Some(client) = expose_client {
+        let exposes = start_exposes(&pool, client).await;
         match exposes {
             Ok(task) => {
                 apps.spawn(task);

@@ -11,7 +11,7 @@ use gaptun_proto::{ConnectionStats, EndpointConfig, Psk, TransportConfig};
 use gaptun_runtime::lossy_relay::{LossyConfig, LossyRelay};
 use gaptun_runtime::{ClientPool, PoolConfig, RtEndpoint};
 
-use crate::apps_wiring::{self, PoolOpener, RelayPolicy};
+use crate::apps_wiring::{self, PoolOpener, RelayPolicy, ServerUser};
 use crate::ctl::human_bytes;
 use crate::daemon::{accept_loop, bind_tcp, shutdown_signal};
 
@@ -138,7 +138,14 @@ pub async fn run(d: DemoSettings) -> Result<()> {
     let server = RtEndpoint::bind(loopback, server_config)?;
     // The demo lets SOCKS reach local services, which a real server refuses by default.
     let policy = Arc::new(RelayPolicy::build(&[], true)?);
-    let server_task = tokio::spawn(accept_loop(server.clone(), policy, None));
+    let users: Arc<[ServerUser]> = vec![ServerUser {
+        name: "key 1".into(),
+        policy,
+        expose_ports: None,
+        limit: None,
+    }]
+    .into();
+    let server_task = tokio::spawn(accept_loop(server.clone(), users, None));
 
     let relay = LossyRelay::spawn(LossyConfig {
         loss: d.loss,

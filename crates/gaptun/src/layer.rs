@@ -4,7 +4,8 @@
 //!
 //! A field's name is its config key and (kebab-cased) its flag; its doc comment is the help
 //! text; `#[arg(default_value = ..)]` is both the default and the `[default: ..]` in the help;
-//! the group it sits in decides which role accepts it. Adding a setting is one field.
+//! the group it sits in decides which role accepts it. Adding a setting is one field. A field
+//! with `#[arg(skip)]` is a config-file-only key (the server's `[users.NAME]` tables).
 //!
 //! Every field is an `Option` so that "not given" is visible: clap fills defaults into its
 //! matches like given values, and [`Layer::from_matches`] separates the two by their
@@ -86,7 +87,13 @@ macro_rules! settings_group {
                 keep: &dyn Fn(Option<clap::parser::ValueSource>) -> bool,
             ) {
                 $(
-                    if !keep(matches.value_source(stringify!($field))) {
+                    // A field marked `#[arg(skip)]` is a config-file-only setting: it has no
+                    // argument (clap panics when asked for one it does not know), so no source.
+                    let known = matches.ids().any(|id| id.as_str() == stringify!($field));
+                    let source = known
+                        .then(|| matches.value_source(stringify!($field)))
+                        .flatten();
+                    if !keep(source) {
                         self.$field = None;
                     }
                 )*

@@ -14,6 +14,7 @@ mod demo;
 mod keys;
 mod layer;
 mod logging;
+mod ratelimit;
 mod settings;
 mod transport;
 mod values;

@@ -3,16 +3,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
 use gaptun_apps::expose::{ExposeSpec, PortSet};
 use gaptun_proto::{Psk, TransportConfig};
 
-use crate::cli::{ClientArgs, CommonOptions, LogOptions, ServerArgs};
+use crate::cli::{ClientArgs, CommonOptions, LogOptions, ServerArgs, UserOptions};
 use crate::config::{FileConfig, Notice, Role};
 use crate::ctl::default_socket_path;
-use crate::keys::KeySources;
+use crate::keys::{KeySourceError, KeySources};
 use crate::layer::Layer;
 use crate::values::{ForwardSpec, LogFormat, validate_host_port};
 
@@ -36,10 +37,27 @@ impl From<LogOptions> for FileLog {
     }
 }
 
+/// Who a key belongs to on the server, and that user's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Shown in logs and `ctl stats` in place of the key: the `[users.NAME]` table's name, or
+    /// "key N" for the N-th plain key (`key`, `key_file`, `--key`, `GAPTUN_KEY`).
+    pub name: Arc<str>,
+    /// The user's own `expose_ports`; `None`: the server's.
+    pub expose_ports: Option<PortSet>,
+    /// The user's own `allow` rules; `None`: the server's.
+    pub allow: Option<Vec<String>>,
+    /// Mbit/s for all of the user's relay and expose streams together; `None`: no limit.
+    pub rate_limit: Option<u32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub keys: Vec<Psk>,
+    /// The user of each key, by the key's position in `keys` (what a connection's key index
+    /// names).
+    pub key_users: Vec<Arc<User>>,
     pub allow: Vec<String>,
     pub allow_private: bool,
     /// Ports clients may expose; empty: exposing is off.
@@ -102,10 +120,17 @@ pub fn server(
     let own = Layer::layered(m, file.server)?;
     let common = Layer::layered(m, file.common.clone())?;
     let log = Layer::layered(m, file.log)?;
-    let keys = key_sources(m, &file.common, env_key)?.load()?;
+    let users = own.users.clone().unwrap_or_default();
+    let plain = match key_sources(m, &file.common, env_key)?.load() {
+        // Named users alone are enough.
+        Err(KeySourceError::Missing) if !users.is_empty() => Vec::new(),
+        other => other?,
+    };
+    let (keys, key_users) = server_keys(plain, &users)?;
     let settings = ServerSettings {
         listen: own.listen.context("no listen address")?,
         keys,
+        key_users,
         allow: own.allow.unwrap_or_default(),
         allow_private: own.allow_private.unwrap_or(false),
         expose_ports: own.expose_ports.map(|p| p.0).unwrap_or_default(),
@@ -120,6 +145,79 @@ pub fn server(
     let mut log = FileLog::from(log);
     log.notices = file.notices;
     Ok((settings, log))
+}
+
+/// Longest user name: it appears in every log line about the user's connections.
+const MAX_USER_NAME: usize = 64;
+
+/// The server's keys in the endpoint's order, each with its user: the plain keys first ("key
+/// 1", "key 2", … with the server-wide limits), then each named user's keys. A key given twice
+/// is an error: the endpoint would always match the first, so the second user's limits would
+/// silently never apply.
+fn server_keys(
+    plain: Vec<Psk>,
+    users: &std::collections::BTreeMap<String, UserOptions>,
+) -> Result<(Vec<Psk>, Vec<Arc<User>>)> {
+    let mut keys = Vec::new();
+    let mut owners: Vec<Arc<User>> = Vec::new();
+    for (i, key) in plain.into_iter().enumerate() {
+        keys.push(key);
+        owners.push(Arc::new(User {
+            name: format!("key {}", i + 1).into(),
+            expose_ports: None,
+            allow: None,
+            rate_limit: None,
+        }));
+    }
+    for (name, options) in users {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_USER_NAME
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        if !valid {
+            bail!(
+                "user name `{}` is not allowed: use 1 to {MAX_USER_NAME} letters, digits, \
+                 `-`, `_`, `.` or `@`",
+                name.escape_debug()
+            );
+        }
+        if options.key.is_some() && options.key_file.is_some() {
+            bail!("user {name}: set `key` or `key_file`, not both");
+        }
+        let sources = KeySources {
+            config_keys: options.key.clone().unwrap_or_default(),
+            config_key_file: options.key_file.clone(),
+            ..KeySources::default()
+        };
+        let user_keys = match sources.load() {
+            Err(KeySourceError::Missing) => {
+                bail!("user {name} has no key: set `key` or `key_file`")
+            }
+            other => other.with_context(|| format!("user {name}"))?,
+        };
+        if options.rate_limit == Some(0) {
+            bail!("user {name}: rate_limit must be at least 1 (Mbit/s); leave it out for none");
+        }
+        let user = Arc::new(User {
+            name: name.as_str().into(),
+            expose_ports: options.expose_ports.as_ref().map(|p| p.0.clone()),
+            allow: options.allow.clone(),
+            rate_limit: options.rate_limit,
+        });
+        for key in user_keys {
+            if let Some(i) = keys.iter().position(|k| *k == key) {
+                let other = owners.get(i).map_or("another user", |u| &u.name);
+                bail!("user {name} has the same key as {other}: each user needs its own key");
+            }
+            keys.push(key);
+            owners.push(Arc::clone(&user));
+        }
+    }
+    if keys.is_empty() {
+        return Err(KeySourceError::Missing.into());
+    }
+    Ok((keys, owners))
 }
 
 /// Client settings from its parsed flags `m` (the `client` subcommand's matches), its config
@@ -502,5 +600,91 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.socks, Some("127.0.0.1:1090".parse().unwrap()));
+    }
+
+    /// A second generated key (the same rule as [`KEY`]).
+    const KEY2: &str = "gt1:AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    const KEY3: &str = "gt1:AgECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+    #[test]
+    fn named_users_with_their_own_limits() {
+        let text = format!(
+            "key = \"{KEY}\"\nexpose_ports = \"7000\"\nallow = [\"10.0.0.0/8\"]\n\
+             [users.alice]\nkey = \"{KEY2}\"\nexpose_ports = \"9000-9001\"\nrate_limit = 20\n\
+             [users.bob]\nkey = [\"{KEY3}\"]\nallow = [\"127.0.0.1:22\"]\n"
+        );
+        let path = temp_file("users.toml", &text);
+        let (s, _) = server_of(&["--config", path.to_str().unwrap()]).unwrap();
+        let names: Vec<&str> = s.key_users.iter().map(|u| &*u.name).collect();
+        assert_eq!(names, ["key 1", "alice", "bob"]);
+        assert_eq!(s.keys.len(), 3);
+        assert_eq!(s.keys[1], Psk::parse(KEY2).unwrap());
+        let alice = &s.key_users[1];
+        assert!(alice.expose_ports.as_ref().unwrap().contains(9001));
+        assert_eq!(alice.allow, None);
+        assert_eq!(alice.rate_limit, Some(20));
+        let bob = &s.key_users[2];
+        assert_eq!(bob.expose_ports, None);
+        assert_eq!(bob.rate_limit, None);
+        assert_eq!(
+            bob.allow.as_deref(),
+            Some(&["127.0.0.1:22".to_string()][..])
+        );
+        // The server-wide rules stay for the plain key.
+        assert!(s.expose_ports.contains(7000));
+
+        // Named users alone are enough; a plain key on the command line still comes first.
+        let text = format!("[users.carol]\nkey = \"{KEY2}\"\n");
+        let path = temp_file("users-only.toml", &text);
+        let (s, _) = server_of(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(&*s.key_users[0].name, "carol");
+        let (s, _) = server_of(&["--config", path.to_str().unwrap(), "--key", KEY]).unwrap();
+        let names: Vec<&str> = s.key_users.iter().map(|u| &*u.name).collect();
+        assert_eq!(names, ["key 1", "carol"]);
+    }
+
+    #[test]
+    fn bad_users_are_clear_errors_without_the_key() {
+        let cases = [
+            (
+                format!("[users.alice]\nkey = \"{KEY}\"\n[users.bob]\nkey = \"{KEY}\"\n"),
+                "user bob has the same key as alice: each user needs its own key".to_string(),
+            ),
+            (
+                "[users.alice]\nexpose_ports = \"80\"\n".to_string(),
+                "user alice has no key: set `key` or `key_file`".to_string(),
+            ),
+            (
+                format!("[users.\"a b\"]\nkey = \"{KEY}\"\n"),
+                "user name `a b` is not allowed: use 1 to 64 letters, digits, `-`, `_`, `.` or `@`"
+                    .to_string(),
+            ),
+            (
+                "[users.alice]\nkey = \"tiny7\"\n".to_string(),
+                "user alice".to_string(),
+            ),
+        ];
+        for (i, (text, want)) in cases.iter().enumerate() {
+            let path = temp_file(&format!("bad-users-{i}.toml"), text);
+            let e = server_of(&["--config", path.to_str().unwrap()]).unwrap_err();
+            let shown = format!("{e:#}");
+            assert!(shown.starts_with(want.as_str()), "{shown}");
+            assert!(!shown.contains(KEY) && !shown.contains("tiny7"), "{shown}");
+        }
+        // Unknown keys inside a user's table name their line.
+        let path = temp_file("typo-users.toml", "\n[users.alice]\nkeys = \"x\"\n");
+        let e = server_of(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(
+            e.to_string().contains("line 3: unknown field `keys`"),
+            "{e}"
+        );
+        // A client's file may not have users.
+        let path = temp_file("client-users.toml", "[users.alice]\nkey = \"x\"\n");
+        let e = client_of(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`users` is a server setting, but this is the client"),
+            "{e}"
+        );
     }
 }

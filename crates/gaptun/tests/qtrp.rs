@@ -203,7 +203,7 @@ fn qtrp_yaml_files_publish_a_service() {
         "QTRP setting `crypto: chacha20` → cipher chacha20-poly1305",
         "a QTRP server file has no port allow-list: unless --expose-ports says otherwise, \
          clients with a token may expose any port 1024-65535",
-        "clients may expose ports ports=1024-65535",
+        "clients may expose ports server_wide=1024-65535",
     ] {
         assert!(
             server_log.contains(line),

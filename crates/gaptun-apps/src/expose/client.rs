@@ -169,6 +169,11 @@ impl ExposeClient {
         })
     }
 
+    /// The exposes as given, in the order of [`ExposeClient::stats`].
+    pub fn specs(&self) -> &[ExposeSpec] {
+        &self.inner.specs
+    }
+
     /// The exposes with their figures.
     pub fn stats(&self) -> Vec<ExposeSnapshot> {
         self.inner

@@ -66,6 +66,9 @@ pub struct ExposePeer<O> {
     pub owner: Arc<str>,
     /// Opens streams to this client connection (visitor streams).
     pub opener: O,
+    /// The ports this owner may expose, when it has its own rule (a named user's
+    /// `expose_ports`); `None`: [`ExposeServerConfig::allowed`].
+    pub allowed: Option<Arc<PortSet>>,
 }
 
 /// The expose server: shared by every client connection of a gaptun server.
@@ -169,6 +172,18 @@ impl<O: StreamOpener> ExposeServer<O> {
                 Status::Ok => {
                     info!(owner = %peer.owner, "expose {}:{} registered", entry.kind, entry.ports)
                 }
+                // The rule at fault, so that the operator sees which one to change.
+                Status::NotAllowed => {
+                    let rule = match &peer.allowed {
+                        Some(own) => format!("{}'s expose_ports {own}", peer.owner),
+                        None => format!("the server's expose_ports {}", self.inner.config.allowed),
+                    };
+                    info!(
+                        owner = %peer.owner,
+                        "expose {}:{} refused at port {}: outside {rule}",
+                        entry.kind, entry.ports, v.port
+                    )
+                }
                 status => info!(
                     owner = %peer.owner,
                     "expose {}:{} refused at port {}: {status:?}",
@@ -221,8 +236,12 @@ impl<O: StreamOpener> ExposeServer<O> {
         peer: &ExposePeer<O>,
     ) -> Verdict {
         let refuse = |status, port| Verdict { status, port };
+        let allowed = peer
+            .allowed
+            .as_deref()
+            .unwrap_or(&self.inner.config.allowed);
         for port in entry.ports.ports() {
-            if !self.inner.config.allowed.contains(port) {
+            if !allowed.contains(port) {
                 return refuse(Status::NotAllowed, port);
             }
             if let Some(claim) = table.claims.get(&(entry.kind, port))
