@@ -175,7 +175,6 @@ pub fn select(ids: &str) -> Vec<Scenario> {
     let wanted: Vec<&str> = ids.split(',').map(str::trim).collect();
     std::iter::once(loopback())
         .chain(all())
-        .into_iter()
         .filter(|s| wanted.contains(&s.id.as_str()))
         .collect()
 }
