@@ -2,6 +2,7 @@
 # Runs the gaptun benchmark harness (crates/gaptun-bench) as root.
 #   scripts/bench.sh --quick          # under 3 minutes
 #   scripts/bench.sh                  # full run (about an hour)
+#   scripts/bench.sh --expose         # expose (issue 9): gaptun-expose vs rathole (a few minutes)
 #   scripts/bench.sh cleanup          # remove namespaces left by an interrupted run
 # Extra arguments go to `gaptun-bench run` (see `gaptun-bench run --help`).
 set -euo pipefail

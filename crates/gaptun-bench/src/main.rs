@@ -69,6 +69,29 @@ enum Cmd {
         count: usize,
         #[arg(long, default_value_t = 10)]
         conns: usize,
+        /// A new connection per exchange, timed to the response's first byte.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// (internal) idle-connection sink: greets each connection with one byte, holds it.
+    #[command(hide = true)]
+    IdleSink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// (internal) opens N idle connections, samples the RSS of the given PIDs; prints JSON.
+    #[command(hide = true)]
+    IdleConns {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Comma-separated PIDs whose resident set is sampled.
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        /// Seconds to hold all connections open.
+        #[arg(long, default_value_t = 3)]
+        hold: u64,
     },
     /// (internal) wait until something listens on a TCP port (without connecting to it).
     #[command(hide = true)]
@@ -90,9 +113,18 @@ struct RunArgs {
     /// Don't build gaptun when the binary is missing.
     #[arg(long)]
     no_build: bool,
-    /// Don't apt-get install missing tools.
+    /// Don't apt-get install missing tools (nor cargo install rathole).
     #[arg(long)]
     no_install: bool,
+    /// Run the expose scenario instead (issue 9): gaptun-expose and rathole publish the
+    /// services of namespace B on ports of namespace A; default scenarios `clean` and
+    /// `100m-100ms-5pct`, default test `1down` (the visitor's download).
+    #[arg(long)]
+    expose: bool,
+    /// Idle visitor connections held at once in the expose scenario's clean link (default
+    /// 10000, quick 2000; 0: skip).
+    #[arg(long)]
+    idle_conns: Option<usize>,
     /// Only these systems (comma-separated names, see `list`).
     #[arg(long)]
     systems: Option<String>,
@@ -115,15 +147,51 @@ struct RunArgs {
     /// RNG seed of the link emulator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Markdown file receiving the generated section.
-    #[arg(long, default_value = "docs/benchmarks.md")]
-    md: PathBuf,
-    /// Directory for the PNG charts.
-    #[arg(long, default_value = "docs/img")]
-    img_dir: PathBuf,
-    /// Raw results as JSON.
-    #[arg(long, default_value = "target/gaptun-bench/results.json")]
-    json: PathBuf,
+    /// Markdown file receiving the generated section (default `docs/benchmarks.md`; with
+    /// `--expose` `target/gaptun-bench/expose.md`, so that the forward run's section in the
+    /// docs is not replaced).
+    #[arg(long)]
+    md: Option<PathBuf>,
+    /// Directory for the PNG charts (default `docs/img`; with `--expose`
+    /// `target/gaptun-bench/img`).
+    #[arg(long)]
+    img_dir: Option<PathBuf>,
+    /// Raw results as JSON (default `target/gaptun-bench/results.json`; with `--expose`
+    /// `target/gaptun-bench/expose.json`).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn md(&self) -> PathBuf {
+        self.md.clone().unwrap_or_else(|| {
+            PathBuf::from(if self.expose {
+                "target/gaptun-bench/expose.md"
+            } else {
+                "docs/benchmarks.md"
+            })
+        })
+    }
+
+    fn img_dir(&self) -> PathBuf {
+        self.img_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(if self.expose {
+                "target/gaptun-bench/img"
+            } else {
+                "docs/img"
+            })
+        })
+    }
+
+    fn json(&self) -> PathBuf {
+        self.json.clone().unwrap_or_else(|| {
+            PathBuf::from(if self.expose {
+                "target/gaptun-bench/expose.json"
+            } else {
+                "target/gaptun-bench/results.json"
+            })
+        })
+    }
 }
 
 /// Bulk tests as (streams, reverse).
@@ -180,9 +248,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             socks,
             count,
             conns,
+            fresh,
         } => {
-            let rep =
-                measure::latency::client(target, socks, count, conns, Duration::from_secs(10));
+            let rep = measure::latency::client_mode(
+                target,
+                socks,
+                count,
+                conns,
+                Duration::from_secs(10),
+                fresh,
+            );
             let json = serde_json::to_string(&rep).map_err(|e| BenchError::Parse {
                 what: "report".into(),
                 detail: e.to_string(),
@@ -191,6 +266,27 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::WaitPort { addr, seconds } => wait_port(addr, seconds),
+        Cmd::IdleSink { listen } => measure::idle::sink(listen),
+        Cmd::IdleConns {
+            target,
+            count,
+            pids,
+            hold,
+        } => {
+            let rep = measure::idle::load(
+                target,
+                count,
+                Duration::from_secs(hold),
+                (Duration::from_secs(180), Duration::from_secs(10)),
+                &pids,
+            );
+            let json = serde_json::to_string(&rep).map_err(|e| BenchError::Parse {
+                what: "report".into(),
+                detail: e.to_string(),
+            })?;
+            println!("{json}");
+            Ok(())
+        }
     }
 }
 
@@ -201,6 +297,10 @@ fn list() {
     }
     println!("systems:");
     for s in systems::all(Some(Path::new("gaptun"))) {
+        println!("  {}", s.name);
+    }
+    println!("expose systems (--expose; scenarios clean and 100m-100ms-5pct unless chosen):");
+    for s in systems::expose(Some(Path::new("gaptun")), Some(Path::new("rathole"))) {
         println!("  {}", s.name);
     }
 }
@@ -289,6 +389,9 @@ fn emulate(id: &str, seconds: u64, seed: u64) -> Result<()> {
 fn run(a: &RunArgs) -> Result<()> {
     setup::require_root()?;
     procs::install_interrupt_handler()?;
+    // The daemons and servers started below inherit it: 10 000 idle visitor connections need
+    // more open files than the usual soft limit of 1024.
+    measure::idle::raise_nofile();
     setup::ensure_tools(!a.no_install)?;
     let progress = Progress::new();
     let mut notes = Vec::new();
@@ -300,7 +403,23 @@ fn run(a: &RunArgs) -> Result<()> {
             None
         }
     };
-    let mut systems = systems::all(gaptun.as_deref());
+    let rathole = if a.expose {
+        match setup::find_rathole(!a.no_install) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                progress.step(&format!("rathole skipped: {e}"));
+                notes.push(format!("rathole not measured: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut systems = if a.expose {
+        systems::expose(gaptun.as_deref(), rathole.as_deref())
+    } else {
+        systems::all(gaptun.as_deref())
+    };
     if a.quick && a.systems.is_none() {
         // The tuned-window kcptun variant is only in the full run, to stay under 3 minutes.
         systems.retain(|s| !s.name.contains("-wnd"));
@@ -311,6 +430,7 @@ fn run(a: &RunArgs) -> Result<()> {
     }
     let scenarios = match &a.scenarios {
         Some(ids) => scenarios::select(ids),
+        None if a.expose => scenarios::select(scenarios::EXPOSE),
         None if a.quick => scenarios::quick(),
         None => scenarios::all(),
     };
@@ -326,12 +446,14 @@ fn run(a: &RunArgs) -> Result<()> {
         warmup: a.warmup.unwrap_or(if a.quick { 1 } else { 2 }),
         tests: match &a.tests {
             Some(t) => t.0.clone(),
+            None if a.expose => vec![(1, true)],
             None if a.quick => vec![(1, false)],
             None => vec![(1, false), (1, true), (8, false), (8, true)],
         },
         latency_count: a.latency_count.unwrap_or(if a.quick { 100 } else { 500 }),
         // Quick: the same exchanges over more connections, in half the time.
         latency_conns: if a.quick { 20 } else { 10 },
+        idle_conns: a.idle_conns.unwrap_or(if a.quick { 2000 } else { 10_000 }),
         seed: a.seed,
         exe: std::env::current_exe().ctx("locate own binary")?,
         logdir: logdir.clone(),
@@ -349,7 +471,7 @@ fn run(a: &RunArgs) -> Result<()> {
     }
     let run = RunResult {
         date: setup::now_utc(),
-        machine: setup::machine(gaptun.as_deref()),
+        machine: setup::machine(gaptun.as_deref(), rathole.as_deref()),
         quick: a.quick,
         seconds_per_test: plan.seconds,
         warmup_seconds: plan.warmup,
@@ -362,24 +484,25 @@ fn run(a: &RunArgs) -> Result<()> {
 
 /// Writes the JSON, the charts and the Markdown section.
 fn write_outputs(a: &RunArgs, run: &RunResult, progress: &Progress) -> Result<()> {
-    if let Some(dir) = a.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let (json_path, md_path) = (a.json(), a.md());
+    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).ctx(format!("create {}", dir.display()))?;
     }
     let json = serde_json::to_string_pretty(run).map_err(|e| BenchError::Parse {
         what: "results".into(),
         detail: e.to_string(),
     })?;
-    std::fs::write(&a.json, json).ctx(format!("write {}", a.json.display()))?;
-    progress.step(&format!("raw results: {}", a.json.display()));
+    std::fs::write(&json_path, json).ctx(format!("write {}", json_path.display()))?;
+    progress.step(&format!("raw results: {}", json_path.display()));
     let charts = write_charts(a, run, progress);
     let generated = report::markdown::render(run, &charts);
-    if let Some(dir) = a.md.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = md_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).ctx(format!("create {}", dir.display()))?;
     }
-    let existing = std::fs::read_to_string(&a.md).unwrap_or_default();
-    std::fs::write(&a.md, report::markdown::splice(&existing, &generated))
-        .ctx(format!("write {}", a.md.display()))?;
-    progress.step(&format!("report: {}", a.md.display()));
+    let existing = std::fs::read_to_string(&md_path).unwrap_or_default();
+    std::fs::write(&md_path, report::markdown::splice(&existing, &generated))
+        .ctx(format!("write {}", md_path.display()))?;
+    progress.step(&format!("report: {}", md_path.display()));
     println!("{generated}");
     Ok(())
 }
@@ -388,12 +511,13 @@ fn write_outputs(a: &RunArgs, run: &RunResult, progress: &Progress) -> Result<()
 fn write_charts(a: &RunArgs, run: &RunResult, progress: &Progress) -> Vec<(String, String)> {
     use report::charts;
     let mut out = Vec::new();
-    if std::fs::create_dir_all(&a.img_dir).is_err() {
+    let (img_dir, md_path) = (a.img_dir(), a.md());
+    if std::fs::create_dir_all(&img_dir).is_err() {
         return out;
     }
     let rel = |file: &str| -> String {
-        let md_dir = a.md.parent().unwrap_or(Path::new(""));
-        let img = a.img_dir.join(file);
+        let md_dir = md_path.parent().unwrap_or(Path::new(""));
+        let img = img_dir.join(file);
         img.strip_prefix(md_dir)
             .map_or_else(|_| img.display().to_string(), |p| p.display().to_string())
     };
@@ -401,7 +525,7 @@ fn write_charts(a: &RunArgs, run: &RunResult, progress: &Progress) -> Vec<(Strin
         if series.is_empty() {
             return;
         }
-        match charts::line_chart(&a.img_dir.join(&file), &title, x, y, &series) {
+        match charts::line_chart(&img_dir.join(&file), &title, x, y, &series) {
             Ok(()) => out.push((title, rel(&file))),
             Err(e) => progress.step(&format!("chart {file} failed: {e}")),
         }
@@ -454,6 +578,14 @@ mod tests {
         assert!(a.quick);
         assert_eq!(a.systems.as_deref(), Some("tcp-bbr"));
         assert_eq!(a.gaptun, PathBuf::from("target/release/gaptun"));
+        assert_eq!(a.md(), PathBuf::from("docs/benchmarks.md"));
+        let cli = Cli::try_parse_from(["gaptun-bench", "run", "--expose"]).unwrap();
+        let Cmd::Run(a) = cli.command else {
+            panic!("expected run")
+        };
+        // The expose run must not overwrite the forward run's generated section.
+        assert_eq!(a.md(), PathBuf::from("target/gaptun-bench/expose.md"));
+        assert_eq!(a.json(), PathBuf::from("target/gaptun-bench/expose.json"));
         assert!(Cli::try_parse_from(["gaptun-bench", "run", "--seconds", "x"]).is_err());
         let cli = Cli::try_parse_from(["gaptun-bench", "run", "--tests", "1up, 8down"]).unwrap();
         let Cmd::Run(a) = cli.command else {

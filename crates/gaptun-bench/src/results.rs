@@ -63,6 +63,10 @@ pub struct SystemResult {
     pub latency_forward: Option<LatencyResult>,
     /// Latency through SOCKS5.
     pub latency_socks: Option<LatencyResult>,
+    /// Expose systems: a new visitor connection per request, connect to first response byte.
+    pub latency_first_byte: Option<LatencyResult>,
+    /// Expose systems, clean scenario: many idle visitor connections held at once.
+    pub idle: Option<crate::measure::idle::IdleReport>,
     /// Why the system could not be measured (start failure), or latency errors.
     pub notes: Vec<String>,
 }

@@ -6,14 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::emulator::{ADDR_B, Emulator, LinkStats};
+use crate::emulator::{ADDR_A, ADDR_B, Emulator, LinkStats};
 use crate::error::Result;
 use crate::measure::iperf::{self, IperfSpec};
-use crate::measure::{latency, procstat};
+use crate::measure::{idle, latency, procstat};
 use crate::procs::{self, Managed};
 use crate::results::{BulkResult, ScenarioResult, SystemResult};
 use crate::scenarios::{Family, Scenario};
-use crate::systems::{COMPETE_PORT, Env, IPERF_PORT, RR_PORT, Running, System};
+use crate::systems::{
+    COMPETE_PORT, Env, FWD_IDLE_PORT, IDLE_PORT, IPERF_PORT, RR_PORT, Running, System,
+};
 
 /// Knobs of a run.
 #[derive(Debug, Clone)]
@@ -28,6 +30,8 @@ pub struct Plan {
     pub latency_count: usize,
     /// Parallel connections of the latency client.
     pub latency_conns: usize,
+    /// Idle visitor connections held at once (expose systems, clean scenario; 0: skip).
+    pub idle_conns: usize,
     /// Seed of the link emulator.
     pub seed: u64,
     /// This binary.
@@ -78,12 +82,15 @@ pub fn run_scenario(
             return result;
         }
     };
+    // Loopback: everything in namespace A, the emulated link stays unused.
+    let loopback = scenario.family == Family::Loopback;
     let env = Env {
         ns_a: emu.ns_a().to_string(),
-        ns_b: emu.ns_b().to_string(),
+        ns_b: if loopback { emu.ns_a() } else { emu.ns_b() }.to_string(),
         exe: plan.exe.clone(),
         logdir: plan.logdir.clone(),
         rate_mbit: scenario.rate_mbit,
+        a_addr: if loopback { "127.0.0.1" } else { ADDR_A }.to_string(),
     };
     for system in systems {
         if procs::interrupted() {
@@ -97,7 +104,7 @@ pub fn run_scenario(
 }
 
 /// Servers in namespace B for one system's measurements.
-fn start_servers(plan: &Plan, env: &Env, competing: bool) -> Result<Vec<Managed>> {
+fn start_servers(plan: &Plan, env: &Env, competing: bool, expose: bool) -> Result<Vec<Managed>> {
     let mut v = vec![iperf::server(
         &env.ns_b,
         IPERF_PORT,
@@ -117,6 +124,14 @@ fn start_servers(plan: &Plan, env: &Env, competing: bool) -> Result<Vec<Managed>
         rr,
         &env.log("rr-server"),
     )?);
+    if expose {
+        v.push(idle::spawn_sink(
+            &env.ns_b,
+            &plan.exe,
+            SocketAddr::from(([127, 0, 0, 1], IDLE_PORT)),
+            &env.log("idle-sink"),
+        )?);
+    }
     thread::sleep(Duration::from_millis(150));
     v.iter_mut().try_for_each(Managed::ensure_alive)?;
     Ok(v)
@@ -136,7 +151,7 @@ fn run_system(
         ..Default::default()
     };
     let competing = scenario.family == Family::Competing;
-    let servers = match start_servers(plan, env, competing) {
+    let servers = match start_servers(plan, env, competing, system.is_expose()) {
         Ok(s) => s,
         Err(e) => {
             p.step(&format!("  {}: servers failed: {e}", system.name));
@@ -198,6 +213,9 @@ fn run_system(
     }
     if !competing {
         measure_latency(plan, env, &running, &mut res, p);
+    }
+    if system.is_expose() {
+        measure_expose(plan, env, scenario, &mut running, &mut res, p);
     }
     let rss: Vec<u64> = pids
         .iter()
@@ -443,6 +461,66 @@ fn measure_latency(
             Ok(l) => res.latency_socks = Some(l),
             Err(err) => res.notes.push(format!("SOCKS5 latency: {err}")),
         }
+    }
+}
+
+/// The expose scenario's own measurements: time from a new visitor connection to the first
+/// response byte, and (on the clean link) many idle visitor connections with the daemons'
+/// resident set while they are held.
+fn measure_expose(
+    plan: &Plan,
+    env: &Env,
+    scenario: &Scenario,
+    running: &mut Running,
+    res: &mut SystemResult,
+    p: &Progress,
+) {
+    let count = (plan.latency_count / 5).max(10);
+    let fresh = latency::measure_mode(
+        &env.ns_a,
+        &plan.exe,
+        running.endpoints.rr,
+        None,
+        count,
+        5,
+        true,
+    );
+    report_latency(&res.system, "new connection, first byte", &fresh, p);
+    match fresh {
+        Ok(l) => res.latency_first_byte = Some(l),
+        Err(err) => res.notes.push(format!("first-byte latency: {err}")),
+    }
+    if !matches!(scenario.family, Family::Loopback | Family::Clean) || plan.idle_conns == 0 {
+        return;
+    }
+    let pids = running.pids();
+    let target = SocketAddr::V4(latency::local(FWD_IDLE_PORT));
+    match idle::measure(&env.ns_a, &plan.exe, target, plan.idle_conns, &pids) {
+        Ok(r) => {
+            p.step(&format!(
+                "  {} idle: {}/{} held ({} errors{}) in {:.1} s, RSS {:?} KiB before, {:?} KiB held (total {:.1} MiB), {:?} KiB after",
+                res.system,
+                r.held,
+                r.wanted,
+                r.errors,
+                r.first_error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!(", first: {e}")),
+                r.open_seconds,
+                r.rss_before_kib,
+                r.rss_held_kib,
+                r.held_total_mib(),
+                r.rss_after_kib,
+            ));
+            res.idle = Some(r);
+        }
+        Err(err) => {
+            p.step(&format!("  {} idle: error: {err}", res.system));
+            res.notes.push(format!("idle connections: {err}"));
+        }
+    }
+    if let Err(e) = running.ensure_alive() {
+        res.notes.push(format!("tunnel died under idle load: {e}"));
     }
 }
 

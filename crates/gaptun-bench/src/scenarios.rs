@@ -10,6 +10,9 @@ use crate::emulator::pipeline::{GilbertElliott, ImpairConfig, QueueLimit};
 /// Family a scenario belongs to; the goodput-vs-loss chart plots the `LossSweep` family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Family {
+    /// No emulated link at all: visitor, tunnel and service share namespace A's loopback
+    /// (expose runs only).
+    Loopback,
     /// No impairment at all: the emulator's own ceiling.
     Clean,
     /// 100 Mbit/s, 100 ms RTT at increasing random loss.
@@ -150,11 +153,28 @@ pub fn quick() -> Vec<Scenario> {
         .collect()
 }
 
-/// Picks scenarios by id (comma-separated), from the full list.
+/// Default scenarios of the expose run (`--expose`): loopback (bulk ceiling, idle
+/// connections) and the lossy target link.
+pub const EXPOSE: &str = "loopback,100m-100ms-5pct";
+
+/// The loopback scenario: no emulated link (the emulator's namespaces exist, but every process
+/// runs in namespace A and talks over its loopback). Only the expose systems support it.
+pub fn loopback() -> Scenario {
+    Scenario::new(
+        "loopback",
+        "Loopback (no emulated link: visitor, tunnel and service in one namespace)",
+        Family::Loopback,
+        None,
+        0,
+        0.0,
+    )
+}
+
+/// Picks scenarios by id (comma-separated), from the full list and `loopback`.
 pub fn select(ids: &str) -> Vec<Scenario> {
     let wanted: Vec<&str> = ids.split(',').map(str::trim).collect();
-    all()
-        .into_iter()
+    std::iter::once(loopback())
+        .chain(all())
         .filter(|s| wanted.contains(&s.id.as_str()))
         .collect()
 }
@@ -185,6 +205,13 @@ mod tests {
             ["100m-100ms-1pct", "100m-100ms-5pct", "100m-100ms-10pct"]
         );
         assert_eq!(select("clean, competing").len(), 2);
+        assert_eq!(
+            select(EXPOSE)
+                .into_iter()
+                .map(|s| s.family)
+                .collect::<Vec<_>>(),
+            [Family::Loopback, Family::LossSweep]
+        );
         assert_eq!(all().len(), 9);
     }
 }

@@ -58,6 +58,66 @@ pub fn ensure_tools(install: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where `cargo install` puts binaries: `$CARGO_HOME/bin`, else `$HOME/.cargo/bin`.
+fn cargo_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|d| d.join("bin"))
+}
+
+/// rathole on PATH or in cargo's bin directory.
+fn locate_rathole() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("rathole"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        cargo_bin_dir()
+            .map(|d| d.join("rathole"))
+            .filter(|p| p.is_file())
+    })
+}
+
+/// rathole for the expose scenario: found on PATH or in cargo's bin directory, else (with
+/// `install`) built with `cargo install rathole`, the way kcptun comes from apt-get. Only the
+/// TCP transport is compared, so only the `server` and `client` features are built (no TLS
+/// library needed). `--locked` is tried first; rathole 0.5.0's lock file pins `time` 0.3.29,
+/// which newer compilers reject (E0282 in `format_description`), so on failure the install is
+/// retried with freshly resolved dependencies. `Err` says why rathole is skipped.
+pub fn find_rathole(install: bool) -> Result<PathBuf> {
+    if let Some(p) = locate_rathole() {
+        return Ok(p);
+    }
+    if !install {
+        return Err(BenchError::Missing(
+            "rathole (cargo install rathole)".into(),
+        ));
+    }
+    let limit = Duration::from_secs(1800);
+    let features = ["--no-default-features", "--features", "server,client"];
+    eprintln!("rathole not found: cargo install rathole --locked (a few minutes)");
+    let locked = procs::run(
+        Command::new("cargo")
+            .args(["install", "rathole", "--locked"])
+            .args(features),
+        limit,
+    );
+    if let Err(e) = locked {
+        eprintln!("cargo install rathole --locked failed ({e}); again without --locked");
+        procs::run(
+            Command::new("cargo")
+                .args(["install", "rathole"])
+                .args(features),
+            limit,
+        )?;
+    }
+    locate_rathole().ok_or_else(|| {
+        BenchError::Missing("rathole (cargo install finished but no binary found)".into())
+    })
+}
+
 /// Finds a usable gaptun binary: `path` (building `-p gaptun` in release mode if it is absent
 /// and `build` is set), then checks that `gaptun keygen` works. `Err` says why gaptun is skipped.
 pub fn find_gaptun(path: &Path, build: bool) -> Result<PathBuf> {
@@ -104,7 +164,7 @@ fn first_line(cmd: &mut Command) -> String {
 }
 
 /// CPU model, cores, kernel and tool versions.
-pub fn machine(gaptun: Option<&Path>) -> Machine {
+pub fn machine(gaptun: Option<&Path>, rathole: Option<&Path>) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -122,6 +182,9 @@ pub fn machine(gaptun: Option<&Path>) -> Machine {
             "gaptun {}",
             first_line(Command::new(g).arg("--version"))
         ));
+    }
+    if let Some(r) = rathole {
+        tools.push(first_line(Command::new(r).arg("--version")));
     }
     Machine {
         cpu,

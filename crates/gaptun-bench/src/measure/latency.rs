@@ -172,6 +172,62 @@ fn client_conn(
     rep
 }
 
+/// `count` sequential exchanges, each on a new connection: the time from starting the connect
+/// to the first byte of the response (what a new visitor waits for), in `samples_us`.
+fn client_fresh(target: SocketAddrV4, count: usize, timeout: Duration) -> RrReport {
+    let mut rep = RrReport::default();
+    let mut msg = [0u8; MSG_LEN];
+    for i in 0..count {
+        msg[0] = i as u8;
+        let t = Instant::now();
+        let r = open(target, None, timeout).and_then(|mut s| {
+            s.write_all(&msg)?;
+            let mut first = [0u8; 1];
+            s.read_exact(&mut first)?;
+            let us = t.elapsed().as_micros() as u64;
+            s.read_exact(&mut msg[1..])?;
+            if first[0] != i as u8 {
+                return Err(io::Error::other("response does not echo the request"));
+            }
+            Ok(us)
+        });
+        match r {
+            Ok(us) => rep.samples_us.push(us),
+            Err(_) => rep.errors += 1,
+        }
+    }
+    rep
+}
+
+/// Runs `count` exchanges spread over `conns` parallel connections (with `fresh`, each
+/// exchange on a new connection, timed to the response's first byte).
+pub fn client_mode(
+    target: SocketAddrV4,
+    socks: Option<SocketAddr>,
+    count: usize,
+    conns: usize,
+    timeout: Duration,
+    fresh: bool,
+) -> RrReport {
+    if !fresh {
+        return client(target, socks, count, conns, timeout);
+    }
+    let conns = conns.clamp(1, count.max(1));
+    let handles: Vec<_> = (0..conns)
+        .map(|i| {
+            let share = count / conns + usize::from(i < count % conns);
+            thread::spawn(move || client_fresh(target, share, timeout))
+        })
+        .collect();
+    let mut all = RrReport::default();
+    for h in handles {
+        let r = h.join().unwrap_or_default();
+        all.samples_us.extend(r.samples_us);
+        all.errors += r.errors;
+    }
+    all
+}
+
 /// Runs `count` exchanges spread over `conns` parallel connections.
 pub fn client(
     target: SocketAddrV4,
@@ -216,10 +272,26 @@ pub fn measure(
     count: usize,
     conns: usize,
 ) -> Result<LatencyResult> {
+    measure_mode(ns, exe, target, socks, count, conns, false)
+}
+
+/// [`measure`], with `fresh`: a new connection per exchange, timed to the first response byte.
+pub fn measure_mode(
+    ns: &str,
+    exe: &Path,
+    target: SocketAddrV4,
+    socks: Option<SocketAddr>,
+    count: usize,
+    conns: usize,
+    fresh: bool,
+) -> Result<LatencyResult> {
     let exe = exe.to_string_lossy();
     let mut cmd = netns::exec(ns, &exe);
     cmd.args(["rr-client", "--target", &target.to_string()])
         .args(["--count", &count.to_string(), "--conns", &conns.to_string()]);
+    if fresh {
+        cmd.arg("--fresh");
+    }
     if let Some(s) = socks {
         cmd.args(["--socks", &s.to_string()]);
     }
@@ -282,6 +354,25 @@ mod tests {
         assert_eq!(rep.samples_us.len(), 50);
         assert_eq!(rep.connect_us.len(), 3);
         assert_eq!(rep.errors, 0);
+    }
+
+    #[test]
+    fn fresh_mode_opens_a_connection_per_exchange() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(addr) = l.local_addr().unwrap() else {
+            panic!("v4 expected")
+        };
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                thread::spawn(move || serve_conn(c));
+            }
+        });
+        let rep = client_mode(addr, None, 12, 2, Duration::from_secs(5), true);
+        assert_eq!((rep.samples_us.len(), rep.errors), (12, 0));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 12);
     }
 
     /// A minimal SOCKS5 server for the test: checks the exact bytes, replies with a domain

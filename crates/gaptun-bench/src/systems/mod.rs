@@ -3,6 +3,7 @@
 //! Every system exposes, inside namespace A, a TCP endpoint reaching the iperf3 server and one
 //! reaching the request/response server in namespace B (and optionally a SOCKS5 proxy).
 
+pub mod expose;
 pub mod gaptun;
 pub mod kcptun;
 pub mod tcp;
@@ -21,10 +22,14 @@ pub const IPERF_PORT: u16 = 5201;
 pub const COMPETE_PORT: u16 = 5202;
 /// Request/response server port in namespace B.
 pub const RR_PORT: u16 = 7000;
+/// Idle-connection sink port in namespace B (expose scenario).
+pub const IDLE_PORT: u16 = 7001;
 /// Tunnel forward listening for the bulk test, in namespace A.
 pub const FWD_BULK_PORT: u16 = 15201;
 /// Tunnel forward listening for the latency test, in namespace A.
 pub const FWD_RR_PORT: u16 = 17000;
+/// Exposed port of the idle-connection sink, in namespace A (expose systems only).
+pub const FWD_IDLE_PORT: u16 = 17001;
 /// SOCKS5 listener, in namespace A.
 pub const SOCKS_PORT: u16 = 11080;
 
@@ -41,6 +46,9 @@ pub struct Env {
     pub logdir: PathBuf,
     /// Bottleneck rate of the scenario (for gaptun's brutal controller).
     pub rate_mbit: Option<f64>,
+    /// Namespace A's address as seen from `ns_b`: where an expose system's server listens
+    /// (the link address, or 127.0.0.1 in the loopback scenario, where `ns_b` is `ns_a`).
+    pub a_addr: String,
 }
 
 impl Env {
@@ -109,6 +117,16 @@ pub enum SystemKind {
         /// `bbr`, `none` or `brutal`.
         congestion: String,
     },
+    /// gaptun's expose (server in A publishes services of the client in B), default congestion.
+    GaptunExpose {
+        /// The gaptun binary.
+        binary: PathBuf,
+    },
+    /// rathole over its TCP transport, server in A, client in B.
+    Rathole {
+        /// The rathole binary.
+        binary: PathBuf,
+    },
 }
 
 /// A named system under test.
@@ -127,6 +145,8 @@ impl System {
             SystemKind::Direct { congestion } => tcp::start(env, congestion)?,
             SystemKind::Kcptun { mode, window } => kcptun::start(env, mode.as_deref(), *window)?,
             SystemKind::Gaptun { binary, congestion } => gaptun::start(env, binary, congestion)?,
+            SystemKind::GaptunExpose { binary } => expose::start_gaptun(env, binary)?,
+            SystemKind::Rathole { binary } => expose::start_rathole(env, binary)?,
         };
         if !running.procs.is_empty() {
             let e = running.endpoints.clone();
@@ -138,6 +158,12 @@ impl System {
                 ),
             )?;
             wait_port(env, SocketAddr::V4(e.rr))?;
+            if self.is_expose() {
+                wait_port(
+                    env,
+                    SocketAddr::V4(crate::measure::latency::local(FWD_IDLE_PORT)),
+                )?;
+            }
             if let Some(s) = e.socks {
                 wait_port(env, s)?;
             }
@@ -145,6 +171,38 @@ impl System {
         }
         Ok(running)
     }
+
+    /// Whether the system publishes services of namespace B on ports of namespace A (the
+    /// expose scenario) rather than forwarding from A.
+    pub fn is_expose(&self) -> bool {
+        matches!(
+            self.kind,
+            SystemKind::GaptunExpose { .. } | SystemKind::Rathole { .. }
+        )
+    }
+}
+
+/// The systems of the expose scenario (issue 9): gaptun's expose when a gaptun binary was
+/// found, rathole when it is installed.
+pub fn expose(gaptun: Option<&Path>, rathole: Option<&Path>) -> Vec<System> {
+    let mut v = Vec::new();
+    if let Some(bin) = gaptun {
+        v.push(System {
+            name: "gaptun-expose".into(),
+            kind: SystemKind::GaptunExpose {
+                binary: bin.to_path_buf(),
+            },
+        });
+    }
+    if let Some(bin) = rathole {
+        v.push(System {
+            name: "rathole".into(),
+            kind: SystemKind::Rathole {
+                binary: bin.to_path_buf(),
+            },
+        });
+    }
+    v
 }
 
 /// The full list of systems; gaptun's only when a usable binary was found.
