@@ -58,13 +58,23 @@ async fn client_reconnects_after_server_restart_and_keeps_its_window() {
         let conns = s["connections"].as_array().unwrap();
         assert_eq!(conns.len(), 1, "{s}");
         assert_eq!(conns[0]["receive_window"], 8 << 20, "{s}");
-        assert_eq!(
-            stats(&second.control)["connections"]
+        // Reconnect attempts that lost the race are closed by the client; on a loaded machine
+        // the server may still count one for a moment, so wait for the end state.
+        let settled = Instant::now();
+        loop {
+            let n = stats(&second.control)["connections"]
                 .as_array()
                 .unwrap()
-                .len(),
-            1
-        );
+                .len();
+            if n == 1 {
+                break;
+            }
+            assert!(
+                settled.elapsed() < Duration::from_secs(3),
+                "the restarted server still has {n} connections"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let log = client.stderr();
         assert!(log.contains("connection lost"), "{log}");
         assert!(log.contains("reconnected after"), "{log}");
