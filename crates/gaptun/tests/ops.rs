@@ -288,8 +288,17 @@ fn ctl_stats_with_a_client_and_a_server_on_one_host() {
     assert_eq!(ids.len(), 2, "{table}");
     assert_ne!(ids[0], ids[1], "{table}");
 
-    let o = ctl_here(&["stats", "json"]);
-    let both: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The first RTT sample comes with the first ACK after the handshake: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let both = loop {
+        let o = ctl_here(&["stats", "json"]);
+        let both: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if both[0]["connections"][0]["rtt_ms"].as_f64().is_some() {
+            break both;
+        }
+        assert!(Instant::now() < deadline, "no RTT sample: {both}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let roles: Vec<&str> = both
         .as_array()
         .unwrap()
