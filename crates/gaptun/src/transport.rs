@@ -62,6 +62,10 @@ settings_group! {
         /// Seconds of silence before a connection is dropped.
         #[arg(long, value_name = "SECS", default_value = "40")]
         pub idle_timeout: Option<u64>,
+        /// Seconds a peer we wait on (data unacknowledged, or its stream unfinished) may stay
+        /// silent before the connection is declared dead and its streams reset (4 RTO if longer).
+        #[arg(long, value_name = "SECS", default_value = "3")]
+        pub dead_peer_timeout: Option<u64>,
         /// Seconds the client waits for the server's handshake answer.
         #[arg(long, value_name = "SECS", default_value = "10")]
         pub handshake_timeout: Option<u64>,
@@ -82,6 +86,8 @@ pub enum TransportError {
     RateWithoutBrutal,
     #[error("idle-timeout must be at least 1 second")]
     IdleTimeout,
+    #[error("dead-peer-timeout must be at least 1 second")]
+    DeadPeerTimeout,
     #[error("handshake-timeout must be at least 1 second")]
     HandshakeTimeout,
     #[error("keepalive ({keepalive} s) must be shorter than idle-timeout ({idle} s)")]
@@ -122,6 +128,12 @@ impl TransportSettings {
                 keepalive: k.as_secs(),
                 idle: c.idle_timeout.as_secs(),
             });
+        }
+        if let Some(secs) = self.dead_peer_timeout {
+            if secs == 0 {
+                return Err(TransportError::DeadPeerTimeout);
+            }
+            c.dead_peer_timeout = Duration::from_secs(secs);
         }
         if let Some(secs) = self.handshake_timeout {
             if secs == 0 {
@@ -270,6 +282,7 @@ mod tests {
             idle_timeout: Some(30),
             cipher: Some(Cipher::ChaCha20Poly1305),
             handshake_timeout: Some(3),
+            dead_peer_timeout: Some(20),
             mtu_discovery: Some(false),
             mode: None,
         };
@@ -284,6 +297,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.cipher, Some(CipherSuite::ChaCha20Poly1305));
         assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.dead_peer_timeout, Duration::from_secs(20));
     }
 
     #[test]
@@ -321,6 +335,13 @@ mod tests {
                 keepalive: 50,
                 idle: 40
             }
+        );
+        assert_eq!(
+            err(TransportSettings {
+                dead_peer_timeout: Some(0),
+                ..d.clone()
+            }),
+            TransportError::DeadPeerTimeout
         );
         assert_eq!(
             err(TransportSettings {
