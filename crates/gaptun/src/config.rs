@@ -113,6 +113,23 @@ pub enum ConfigError {
     Whole { file: String, message: String },
 }
 
+impl ConfigError {
+    /// An error at `line` of `file` when the line is known, else about the whole file.
+    fn located(file: &str, line: Option<usize>, message: String) -> Self {
+        match line {
+            Some(line) => Self::At {
+                file: file.into(),
+                line,
+                message,
+            },
+            None => Self::Whole {
+                file: file.into(),
+                message,
+            },
+        }
+    }
+}
+
 /// Parses config text for `role`: the pure core of [`FileConfig::load`], with no file system
 /// access (errors name the file as `<text>`). Every problem is an error, never a panic.
 pub fn parse_str(text: &str, format: Format, role: Role) -> Result<FileConfig, ConfigError> {
@@ -183,17 +200,8 @@ impl FileConfig {
 
 fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
     let message = e.message().trim().to_owned();
-    match e.span() {
-        Some(span) => ConfigError::At {
-            file: file.into(),
-            line: line_of(text, span.start),
-            message,
-        },
-        None => ConfigError::Whole {
-            file: file.into(),
-            message,
-        },
-    }
+    let line = e.span().map(|span| line_of(text, span.start));
+    ConfigError::located(file, line, message)
 }
 
 /// Checks the keys first (unknown and other-role keys, with their lines), then reads each
@@ -317,17 +325,7 @@ fn parse_gap_proxy_json(text: &str, file: &str, role: Role) -> Result<FileConfig
                     .filter(|&p| p != 0)
                     .ok_or_else(|| {
                         let message = format!("`server` must be HOST:PORT, not `{s}`");
-                        match key_line(text, "\"server\"") {
-                            Some(line) => ConfigError::At {
-                                file: file.into(),
-                                line,
-                                message,
-                            },
-                            None => ConfigError::Whole {
-                                file: file.into(),
-                                message,
-                            },
-                        }
+                        ConfigError::located(file, key_line(text, "\"server\""), message)
                     })
             });
             if let Some(port) = port.transpose()? {

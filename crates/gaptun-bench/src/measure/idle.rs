@@ -84,11 +84,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// `VmRSS` in KiB from the text of `/proc/<pid>/status`.
 pub fn parse_vmrss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    super::procstat::parse_status_kib(status, "VmRSS:")
 }
 
 fn open_one(target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {

@@ -31,17 +31,22 @@ pub fn parse_stat_ticks(stat: &str) -> Result<u64> {
     Ok(get(11)? + get(12)?)
 }
 
-/// `VmHWM` (peak resident set) in KiB, parsed from the text of `/proc/<pid>/status`.
-pub fn parse_vmhwm_kib(status: &str) -> Result<u64> {
+/// The value of a `Vm…:` line (e.g. `VmHWM:`, `VmRSS:`) in KiB, from the text of
+/// `/proc/<pid>/status`.
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| BenchError::Parse {
-            what: "/proc/<pid>/status".into(),
-            detail: "no VmHWM line".into(),
-        })
+}
+
+/// `VmHWM` (peak resident set) in KiB, parsed from the text of `/proc/<pid>/status`.
+pub fn parse_vmhwm_kib(status: &str) -> Result<u64> {
+    parse_status_kib(status, "VmHWM:").ok_or_else(|| BenchError::Parse {
+        what: "/proc/<pid>/status".into(),
+        detail: "no VmHWM line".into(),
+    })
 }
 
 /// CPU seconds (user + system) used so far by `pid`.

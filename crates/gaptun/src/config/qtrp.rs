@@ -186,17 +186,8 @@ fn yaml_error(file: &str, role: Role, e: &serde_yaml_ng::Error) -> ConfigError {
             role.name()
         );
     }
-    match e.location() {
-        Some(at) => ConfigError::At {
-            file: file.into(),
-            line: at.line().max(1),
-            message,
-        },
-        None => ConfigError::Whole {
-            file: file.into(),
-            message,
-        },
-    }
+    let line = e.location().map(|at| at.line().max(1));
+    ConfigError::located(file, line, message)
 }
 
 /// An error about top-level `key`, at its line when it can be found.
@@ -208,17 +199,7 @@ fn key_error(text: &str, file: &str, key: &str, message: String) -> ConfigError 
                 .is_some_and(|rest| rest.trim_start().starts_with(':'))
         })
         .map(|i| i + 1);
-    match line {
-        Some(line) => ConfigError::At {
-            file: file.into(),
-            line,
-            message,
-        },
-        None => ConfigError::Whole {
-            file: file.into(),
-            message,
-        },
-    }
+    ConfigError::located(file, line, message)
 }
 
 fn info(text: String) -> Notice {
