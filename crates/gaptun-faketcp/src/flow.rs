@@ -1,0 +1,739 @@
+//! One fake-TCP flow: the handshake, sequence and acknowledgement numbers, timestamps, the
+//! periodic ACK and the timers. Sans-IO (explicit `now`), so every rule is unit-tested.
+//!
+//! What a middlebox must see to keep the flow (the faults of rsock, phantun and udp2raw in the
+//! issue are the reasons behind each rule):
+//! - a three-way handshake with a random ISN and Linux's SYN options (MSS, SACK-permitted,
+//!   timestamps, window scale): conntrack only enables window scaling when both SYN and SYN-ACK
+//!   carry the option, and without scaling a fast flow leaves the 64 KiB window and is INVALID;
+//! - each segment's sequence number inside the window the other side last advertised, so the
+//!   receiver must ACK now and then: we ACK when `ack_bytes` arrived unacknowledged or
+//!   `ack_delay` after the first unacknowledged byte, not once per segment (rsock's waste);
+//! - acknowledgements of data only as far as we received it (never ahead of the sender), which
+//!   conntrack checks too;
+//! - something in each direction every `keepalive`, so NAT mappings do not time out.
+//!
+//! gaptun retransmits on its own; every datagram is a new segment with new sequence numbers,
+//! and a lost segment simply leaves a hole we acknowledge across (the cumulative ACK jumps).
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::packet::{ACK, FIN, Header, PSH, RST, SYN, Segment, seq_before};
+
+/// Our advertised window: the field's largest value at window scale 9, 32 MiB. Big enough
+/// that the data sent between two of our ACKs (at most `ack_bytes` plus one round trip at
+/// the sender's rate) always stays inside it for conntrack, up to a gigabit at 250 ms.
+const WINDOW_FIELD: u16 = 0xffff;
+const WINDOW_SCALE: u8 = 9;
+/// The unscaled window Linux puts on a SYN and SYN-ACK with a 1460-byte MSS.
+const SYN_WINDOW: u16 = 64240;
+/// MSS we announce: Ethernet's 1500 minus IPv4 and TCP headers, as Linux does.
+const MSS: u16 = 1460;
+/// Sequence distance beyond which a segment is taken as not ours (RST) or not moving our
+/// acknowledgement: far more than any window, far less than half the space.
+const SANE_DISTANCE: u32 = 1 << 30;
+
+/// The timers of a flow; the defaults suit the Internet, tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Longest wait before acknowledging received data with an empty segment.
+    pub ack_delay: Duration,
+    /// Unacknowledged bytes that trigger an empty ACK at once.
+    pub ack_bytes: u32,
+    /// Longest silence in our direction: then an empty ACK goes out (keeps NAT mappings).
+    pub keepalive: Duration,
+    /// Silence from the peer after which the flow is taken for dead (mapping timed out, peer
+    /// gone): the client reconnects, the server forgets the flow.
+    pub idle_timeout: Duration,
+    /// First SYN retransmission timeout (doubles each time, as Linux's 1 s initial RTO).
+    pub syn_rto: Duration,
+    /// SYN retransmissions before the attempt is given up.
+    pub syn_retries: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            ack_delay: Duration::from_millis(40),
+            ack_bytes: 256 * 1024,
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(35),
+            syn_rto: Duration::from_secs(1),
+            syn_retries: 4,
+        }
+    }
+}
+
+/// The segments a flow sends on its own, besides data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    Syn,
+    SynAck,
+    Ack,
+}
+
+/// Why a flow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The peer or a middlebox sent a RST.
+    Reset,
+    /// The peer or a middlebox sent a FIN.
+    Fin,
+    /// No SYN-ACK (client) or final ACK (server) in time.
+    HandshakeTimeout,
+    /// Nothing heard for `idle_timeout`.
+    Idle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    SynSent { retries: u32, next: Instant },
+    SynReceived,
+    Established,
+    Closed(CloseReason),
+}
+
+/// What receiving a segment asks of the caller.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// The payload is ours: hand it up.
+    pub deliver: bool,
+    /// Send this right away.
+    pub reply: Option<Control>,
+    /// The flow became established with this segment.
+    pub established: bool,
+    /// The flow ended with this segment.
+    pub closed: Option<CloseReason>,
+    /// A delayed ACK was scheduled: the timers must run sooner than they planned.
+    pub ack_scheduled: bool,
+}
+
+/// One flow's state. The caller owns the addresses' socket and sends what the flow builds.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    state: State,
+    timing: Timing,
+    created: Instant,
+    /// Our initial sequence number.
+    iss: u32,
+    /// The peer's initial sequence number (known after its SYN).
+    irs: u32,
+    snd_nxt: u32,
+    rcv_nxt: u32,
+    /// Random per-flow offset of our timestamp clock, as Linux randomises it.
+    ts_offset: u32,
+    ts_recent: u32,
+    ip_id: u16,
+    last_recv: Instant,
+    last_send: Instant,
+    ack_owed: u32,
+    ack_due: Option<Instant>,
+}
+
+impl Flow {
+    /// A client flow: the SYN is due at once (`Control::Syn`; the caller sends it).
+    pub(crate) fn connect(
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        timing: Timing,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let iss = rng.random();
+        let mut flow = Self::new(local, remote, timing, now, iss, rng);
+        flow.state = State::SynSent {
+            retries: 0,
+            next: now + timing.syn_rto,
+        };
+        flow
+    }
+
+    /// A server flow from the client's SYN; the caller sends `Control::SynAck`.
+    pub(crate) fn accept(
+        syn: &Segment<'_>,
+        timing: Timing,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let iss = rng.random();
+        let mut flow = Self::new(syn.dst, syn.src, timing, now, iss, rng);
+        flow.state = State::SynReceived;
+        flow.irs = syn.seq;
+        flow.rcv_nxt = syn.seq.wrapping_add(1);
+        flow.ts_recent = syn.tsval.unwrap_or(0);
+        flow.last_recv = now;
+        flow
+    }
+
+    fn new(
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        timing: Timing,
+        now: Instant,
+        iss: u32,
+        rng: &mut impl Rng,
+    ) -> Self {
+        Self {
+            local,
+            remote,
+            state: State::Closed(CloseReason::HandshakeTimeout),
+            timing,
+            created: now,
+            iss,
+            irs: 0,
+            snd_nxt: iss.wrapping_add(1),
+            rcv_nxt: 0,
+            ts_offset: rng.random(),
+            ts_recent: 0,
+            ip_id: rng.random(),
+            last_recv: now,
+            last_send: now,
+            ack_owed: 0,
+            ack_due: None,
+        }
+    }
+
+    pub(crate) fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    pub(crate) fn remote(&self) -> SocketAddrV4 {
+        self.remote
+    }
+
+    /// The peer's initial sequence number (a SYN with another one is a new connection).
+    pub(crate) fn irs(&self) -> u32 {
+        self.irs
+    }
+
+    pub(crate) fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    pub(crate) fn closed(&self) -> Option<CloseReason> {
+        match self.state {
+            State::Closed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Takes in a segment of this flow (addresses already matched by the caller).
+    pub(crate) fn on_segment(&mut self, seg: &Segment<'_>, now: Instant) -> Outcome {
+        let mut out = Outcome::default();
+        match self.state {
+            State::Closed(_) => return out,
+            State::SynSent { .. } => {
+                if seg.flags & ACK == 0 || seg.ack != self.iss.wrapping_add(1) {
+                    return out;
+                }
+                if seg.flags & RST != 0 {
+                    return self.close(CloseReason::Reset);
+                }
+                if seg.flags & SYN == 0 {
+                    return out;
+                }
+                self.irs = seg.seq;
+                self.rcv_nxt = seg.seq.wrapping_add(1);
+                self.note_timestamp(seg);
+                self.last_recv = now;
+                self.state = State::Established;
+                out.established = true;
+                out.reply = Some(Control::Ack);
+                return out;
+            }
+            State::SynReceived => {
+                if seg.flags & RST != 0 {
+                    return self.close(CloseReason::Reset);
+                }
+                if seg.flags & SYN != 0 {
+                    // The client did not get our SYN-ACK: say it again.
+                    if seg.seq == self.irs {
+                        out.reply = Some(Control::SynAck);
+                    }
+                    return out;
+                }
+                if seg.flags & ACK == 0 || seq_before(seg.ack, self.iss.wrapping_add(1)) {
+                    return out;
+                }
+                self.state = State::Established;
+                out.established = true;
+            }
+            State::Established => {}
+        }
+
+        if seg.flags & RST != 0 {
+            // Only a RST near where we are is taken (RFC 5961's idea; a middlebox's RST
+            // carries the sequence number we acknowledged last).
+            if seg
+                .seq
+                .wrapping_sub(self.rcv_nxt)
+                .wrapping_add(SANE_DISTANCE)
+                < 2 * SANE_DISTANCE
+            {
+                return self.close(CloseReason::Reset);
+            }
+            return out;
+        }
+        if seg.flags & SYN != 0 {
+            // A repeated SYN-ACK (our handshake ACK was lost) or SYN: acknowledge again.
+            out.reply = Some(Control::Ack);
+            return out;
+        }
+        self.last_recv = now;
+        self.note_timestamp(seg);
+        if seg.flags & FIN != 0 {
+            let mut closed = self.close(CloseReason::Fin);
+            closed.established = out.established;
+            return closed;
+        }
+        if !seg.payload.is_empty() {
+            let end = seg.seq.wrapping_add(seg.payload.len() as u32);
+            if seq_before(self.rcv_nxt, end) && end.wrapping_sub(self.rcv_nxt) < SANE_DISTANCE {
+                self.rcv_nxt = end;
+            }
+            self.ack_owed = self.ack_owed.saturating_add(seg.payload.len() as u32);
+            if self.ack_owed >= self.timing.ack_bytes {
+                out.reply = Some(Control::Ack);
+            } else if self.ack_due.is_none() {
+                self.ack_due = Some(now + self.timing.ack_delay);
+                out.ack_scheduled = true;
+            }
+            out.deliver = true;
+        }
+        out
+    }
+
+    fn close(&mut self, reason: CloseReason) -> Outcome {
+        self.state = State::Closed(reason);
+        Outcome {
+            closed: Some(reason),
+            ..Outcome::default()
+        }
+    }
+
+    fn note_timestamp(&mut self, seg: &Segment<'_>) {
+        if let Some(tsval) = seg.tsval
+            && !seq_before(tsval, self.ts_recent)
+        {
+            self.ts_recent = tsval;
+        }
+    }
+
+    /// When [`Flow::on_timeout`] next has something to do.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed(_) => None,
+            State::SynSent { next, .. } => Some(next),
+            State::SynReceived => Some(self.created + self.handshake_limit()),
+            State::Established => {
+                let mut at = (self.last_send + self.timing.keepalive)
+                    .min(self.last_recv + self.timing.idle_timeout);
+                if let Some(due) = self.ack_due {
+                    at = at.min(due);
+                }
+                Some(at)
+            }
+        }
+    }
+
+    /// How long a server waits for the handshake's last ACK: as long as the client retries.
+    fn handshake_limit(&self) -> Duration {
+        self.timing.syn_rto * ((1 << self.timing.syn_retries.min(10)) * 2)
+    }
+
+    /// Runs the timers: a segment to send, or the flow closed (see [`Flow::closed`]).
+    pub(crate) fn on_timeout(&mut self, now: Instant) -> Option<Control> {
+        match self.state {
+            State::Closed(_) => None,
+            State::SynSent { retries, next } => {
+                if now < next {
+                    return None;
+                }
+                if retries >= self.timing.syn_retries {
+                    self.state = State::Closed(CloseReason::HandshakeTimeout);
+                    return None;
+                }
+                let retries = retries + 1;
+                self.state = State::SynSent {
+                    retries,
+                    next: now + self.timing.syn_rto * (1 << retries.min(10)),
+                };
+                Some(Control::Syn)
+            }
+            State::SynReceived => {
+                if now >= self.created + self.handshake_limit() {
+                    self.state = State::Closed(CloseReason::HandshakeTimeout);
+                }
+                None
+            }
+            State::Established => {
+                if now >= self.last_recv + self.timing.idle_timeout {
+                    self.state = State::Closed(CloseReason::Idle);
+                    return None;
+                }
+                let ack_due = self.ack_due.is_some_and(|due| now >= due);
+                if ack_due || now >= self.last_send + self.timing.keepalive {
+                    return Some(Control::Ack);
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes a control segment into `out`; the flow counts it as sent.
+    pub(crate) fn write_control(&mut self, control: Control, now: Instant, out: &mut Vec<u8>) {
+        let (flags, seq, ack, window, syn_options) = match control {
+            Control::Syn => (SYN, self.iss, 0, SYN_WINDOW, Some((MSS, WINDOW_SCALE))),
+            Control::SynAck => (
+                SYN | ACK,
+                self.iss,
+                self.rcv_nxt,
+                SYN_WINDOW,
+                Some((MSS, WINDOW_SCALE)),
+            ),
+            Control::Ack => (ACK, self.snd_nxt, self.rcv_nxt, WINDOW_FIELD, None),
+        };
+        let header = Header {
+            src: self.local,
+            dst: self.remote,
+            ip_id: self.next_ip_id(),
+            seq,
+            ack,
+            flags,
+            window,
+            timestamps: Some((self.tsval(now), self.ts_recent)),
+            syn_options,
+        };
+        crate::packet::build(&header, &[], out);
+        if control == Control::Ack {
+            self.acknowledged();
+        }
+        self.last_send = now;
+    }
+
+    /// Writes `payload` as the next data segment into `out`. Nothing changes until
+    /// [`Flow::commit_data`] (the send may still fail with `WouldBlock`).
+    pub(crate) fn write_data(&self, payload: &[u8], now: Instant, out: &mut Vec<u8>) {
+        let header = Header {
+            src: self.local,
+            dst: self.remote,
+            ip_id: self.ip_id,
+            seq: self.snd_nxt,
+            ack: self.rcv_nxt,
+            flags: ACK | PSH,
+            window: WINDOW_FIELD,
+            timestamps: Some((self.tsval(now), self.ts_recent)),
+            syn_options: None,
+        };
+        crate::packet::build(&header, payload, out);
+    }
+
+    /// The data segment written by [`Flow::write_data`] went out: it used sequence space and
+    /// carried our acknowledgement.
+    pub(crate) fn commit_data(&mut self, len: usize, now: Instant) {
+        self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
+        self.ip_id = self.ip_id.wrapping_add(1);
+        self.acknowledged();
+        self.last_send = now;
+    }
+
+    fn acknowledged(&mut self) {
+        self.ack_owed = 0;
+        self.ack_due = None;
+    }
+
+    fn next_ip_id(&mut self) -> u16 {
+        let id = self.ip_id;
+        self.ip_id = id.wrapping_add(1);
+        id
+    }
+
+    /// Milliseconds since the flow began, plus the random offset.
+    fn tsval(&self, now: Instant) -> u32 {
+        let ms = now.saturating_duration_since(self.created).as_millis() as u32;
+        self.ts_offset.wrapping_add(ms)
+    }
+}
+
+/// The RST a server sends for a segment of a flow it does not know (as the kernel would):
+/// it tells a client that survived our restart to start over at once.
+pub(crate) fn reset_for(seg: &Segment<'_>, out: &mut Vec<u8>) {
+    let (seq, ack, flags) = if seg.flags & ACK != 0 {
+        (seg.ack, 0, RST)
+    } else {
+        let len = seg.payload.len() as u32 + u32::from(seg.flags & (SYN | FIN) != 0);
+        (0, seg.seq.wrapping_add(len), RST | ACK)
+    };
+    let header = Header {
+        src: seg.dst,
+        dst: seg.src,
+        ip_id: 0,
+        seq,
+        ack,
+        flags,
+        window: 0,
+        timestamps: None,
+        syn_options: None,
+    };
+    crate::packet::build(&header, &[], out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::parse;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn client_addr() -> SocketAddrV4 {
+        "10.0.0.1:40000".parse().expect("address")
+    }
+
+    fn server_addr() -> SocketAddrV4 {
+        "10.0.0.2:10001".parse().expect("address")
+    }
+
+    /// Builds `control` from `flow` and returns the bytes (to parse as the peer).
+    fn control(flow: &mut Flow, control: Control, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        flow.write_control(control, now, &mut out);
+        out
+    }
+
+    fn data(flow: &mut Flow, payload: &[u8], now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        flow.write_data(payload, now, &mut out);
+        flow.commit_data(payload.len(), now);
+        out
+    }
+
+    fn handshake(now: Instant) -> (Flow, Flow) {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut client = Flow::connect(
+            client_addr(),
+            server_addr(),
+            Timing::default(),
+            now,
+            &mut rng,
+        );
+        let syn = control(&mut client, Control::Syn, now);
+        let syn_seg = parse(&syn).expect("syn parses");
+        assert_eq!(syn_seg.flags, SYN);
+        assert_eq!(
+            (syn_seg.mss, syn_seg.wscale),
+            (Some(MSS), Some(WINDOW_SCALE))
+        );
+        let mut server = Flow::accept(&syn_seg, Timing::default(), now, &mut rng);
+        let synack = control(&mut server, Control::SynAck, now);
+        let synack_seg = parse(&synack).expect("syn-ack parses");
+        assert_eq!(synack_seg.ack, syn_seg.seq.wrapping_add(1));
+        let outcome = client.on_segment(&synack_seg, now);
+        assert!(outcome.established);
+        assert_eq!(outcome.reply, Some(Control::Ack));
+        let ack = control(&mut client, Control::Ack, now);
+        let outcome = server.on_segment(&parse(&ack).expect("ack parses"), now);
+        assert!(outcome.established && !outcome.deliver);
+        (client, server)
+    }
+
+    #[test]
+    fn handshake_then_data_advances_numbers() {
+        let now = Instant::now();
+        let (mut client, mut server) = handshake(now);
+        let first = data(&mut client, &[1; 1000], now);
+        let second = data(&mut client, &[2; 500], now);
+        let a = parse(&first).expect("parses");
+        let b = parse(&second).expect("parses");
+        assert_eq!(b.seq, a.seq.wrapping_add(1000));
+        assert_eq!(a.seq, client.iss.wrapping_add(1));
+        // The server takes both; its ACK covers exactly what arrived.
+        assert!(server.on_segment(&a, now).deliver);
+        assert!(server.on_segment(&b, now).deliver);
+        let ack_bytes = control(&mut server, Control::Ack, now);
+        let ack = parse(&ack_bytes).expect("parses");
+        assert_eq!(ack.ack, b.seq.wrapping_add(500));
+        assert_eq!(ack.window, WINDOW_FIELD);
+        // Timestamps echo the peer's latest.
+        assert_eq!(ack.tsecr, b.tsval);
+    }
+
+    #[test]
+    fn ack_is_delayed_not_per_packet_and_forced_by_bytes() {
+        let start = Instant::now();
+        let (mut client, mut server) = handshake(start);
+        let seg = data(&mut client, &[0; 1400], start);
+        let outcome = server.on_segment(&parse(&seg).expect("parses"), start);
+        assert_eq!(outcome.reply, None, "no ACK per segment");
+        assert_eq!(server.on_timeout(start + Duration::from_millis(10)), None);
+        assert_eq!(
+            server.on_timeout(start + Duration::from_millis(40)),
+            Some(Control::Ack)
+        );
+        control(&mut server, Control::Ack, start + Duration::from_millis(40));
+        assert_eq!(server.on_timeout(start + Duration::from_millis(80)), None);
+
+        // 256 KiB unacknowledged: an ACK at once.
+        let mut replies = 0;
+        for _ in 0..200 {
+            let seg = data(&mut client, &[0; 1400], start);
+            if server
+                .on_segment(&parse(&seg).expect("parses"), start)
+                .reply
+                == Some(Control::Ack)
+            {
+                replies += 1;
+                control(&mut server, Control::Ack, start);
+            }
+        }
+        assert_eq!(replies, 1, "one ACK for 280 KB");
+    }
+
+    #[test]
+    fn data_sent_acknowledges_and_keepalive_follows_silence() {
+        let start = Instant::now();
+        let (mut client, mut server) = handshake(start);
+        let seg = data(&mut client, b"ping", start);
+        server.on_segment(&parse(&seg).expect("parses"), start);
+        // The reply carries the ACK: no empty ACK afterwards.
+        let reply_bytes = data(&mut server, b"pong", start);
+        let reply = parse(&reply_bytes).expect("parses");
+        assert_eq!(reply.ack, parse(&seg).expect("parses").seq.wrapping_add(4));
+        assert_eq!(server.on_timeout(start + Duration::from_millis(100)), None);
+        // Ten seconds of silence from us: an empty ACK keeps the mapping.
+        let later = start + Timing::default().keepalive;
+        assert_eq!(client.on_timeout(later), Some(Control::Ack));
+    }
+
+    #[test]
+    fn lost_segment_leaves_a_hole_the_ack_jumps() {
+        let now = Instant::now();
+        let (mut client, mut server) = handshake(now);
+        let _lost = data(&mut client, &[0; 100], now);
+        let late = parse(&data(&mut client, &[0; 100], now))
+            .expect("parses")
+            .seq;
+        let seg = data(&mut client, &[0; 100], now);
+        let seg = {
+            let mut s = parse(&seg).expect("parses");
+            s.seq = late;
+            s.payload = &[0; 100];
+            s
+        };
+        assert!(server.on_segment(&seg, now).deliver);
+        let ack_bytes = control(&mut server, Control::Ack, now);
+        let ack = parse(&ack_bytes).expect("parses");
+        assert_eq!(ack.ack, late.wrapping_add(100));
+    }
+
+    #[test]
+    fn rst_and_fin_close_the_flow() {
+        let now = Instant::now();
+        let (mut client, mut server) = handshake(now);
+        let mut out = Vec::new();
+        let seg = data(&mut client, b"x", now);
+        reset_for(&parse(&seg).expect("parses"), &mut out);
+        let rst = parse(&out).expect("parses");
+        assert_eq!(rst.flags, RST);
+        assert_eq!(
+            client.on_segment(&rst, now).closed,
+            Some(CloseReason::Reset)
+        );
+        assert_eq!(client.closed(), Some(CloseReason::Reset));
+
+        // A RST far from our window is ignored (blind injection).
+        let far_bytes = data(&mut server, b"y", now);
+        let mut far = parse(&far_bytes).expect("parses");
+        far.flags = RST;
+        far.seq = far.seq.wrapping_add(0x8000_0000);
+        let (mut c2, _) = handshake(now);
+        assert_eq!(c2.on_segment(&far, now).closed, None);
+
+        let fin_bytes = data(&mut client, b"", now);
+        let mut fin = parse(&fin_bytes).expect("parses");
+        fin.flags = FIN | ACK;
+        assert_eq!(server.on_segment(&fin, now).closed, Some(CloseReason::Fin));
+    }
+
+    #[test]
+    fn syn_is_retried_then_given_up() {
+        let start = Instant::now();
+        let mut rng = StdRng::seed_from_u64(1);
+        let timing = Timing::default();
+        let mut client = Flow::connect(client_addr(), server_addr(), timing, start, &mut rng);
+        let mut now = start;
+        let mut syns = 0;
+        while client.closed().is_none() {
+            now = client.next_deadline().expect("a deadline while connecting");
+            if client.on_timeout(now) == Some(Control::Syn) {
+                syns += 1;
+            }
+        }
+        assert_eq!(syns, timing.syn_retries);
+        assert_eq!(client.closed(), Some(CloseReason::HandshakeTimeout));
+        assert_eq!(now - start, Duration::from_secs(1 + 2 + 4 + 8 + 16));
+    }
+
+    #[test]
+    fn silent_peer_closes_the_flow() {
+        let start = Instant::now();
+        let (mut client, _server) = handshake(start);
+        let deadline = start + Timing::default().idle_timeout;
+        let mut now = start;
+        while client.closed().is_none() {
+            now = client.next_deadline().expect("deadline");
+            if client.on_timeout(now) == Some(Control::Ack) {
+                control(&mut client, Control::Ack, now);
+            }
+        }
+        assert_eq!(now, deadline);
+        assert_eq!(client.closed(), Some(CloseReason::Idle));
+    }
+
+    #[test]
+    fn server_repeats_syn_ack_for_a_repeated_syn() {
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut client = Flow::connect(
+            client_addr(),
+            server_addr(),
+            Timing::default(),
+            now,
+            &mut rng,
+        );
+        let syn = control(&mut client, Control::Syn, now);
+        let syn = parse(&syn).expect("parses");
+        let mut server = Flow::accept(&syn, Timing::default(), now, &mut rng);
+        assert_eq!(server.on_segment(&syn, now).reply, Some(Control::SynAck));
+        // Without the final ACK, the server gives the attempt up.
+        let limit = server.next_deadline().expect("deadline");
+        server.on_timeout(limit);
+        assert_eq!(server.closed(), Some(CloseReason::HandshakeTimeout));
+    }
+
+    #[test]
+    fn random_isn_differs_between_flows() {
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(9);
+        let a = Flow::connect(
+            client_addr(),
+            server_addr(),
+            Timing::default(),
+            now,
+            &mut rng,
+        );
+        let b = Flow::connect(
+            client_addr(),
+            server_addr(),
+            Timing::default(),
+            now,
+            &mut rng,
+        );
+        assert_ne!(a.iss, b.iss);
+        assert_ne!(a.iss, 0);
+    }
+}

@@ -1,0 +1,782 @@
+//! [`FakeTcpSocket`]: datagrams in, datagrams out, carried as TCP segments of real-looking flows.
+//!
+//! To gaptun it behaves like a UDP socket: a client sends to `server:port` for any port of the
+//! server's range, a server answers the client address each flow came from. Underneath, a
+//! client keeps one flow per server port (its own local port each, reconnecting with a new
+//! port and ISN after a RST, a FIN or silence), and a server keeps one flow per client
+//! address. Segments of the handshake and ACKs are handled inside [`FakeTcpSocket::poll_recv`]
+//! (whoever reads the socket) and in a small timer task (retransmitted SYNs, delayed and
+//! keepalive ACKs, reconnections); data goes straight through.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSliceMut, Read};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use socket2::Socket;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::error::FakeTcpError;
+use crate::flow::{CloseReason, Control, Flow, Timing, reset_for};
+use crate::nft::{RstGuard, Scope};
+use crate::packet::{self, ACK, RST, SYN, Segment};
+use crate::sys::{self, Filter};
+
+/// Datagrams a client keeps while its flow for that port is (re)connecting; more are dropped,
+/// as a full UDP buffer would.
+const QUEUE_WHILE_CONNECTING: usize = 256;
+/// Most flows a server keeps (SYN floods cost a bounded table).
+const MAX_SERVER_FLOWS: usize = 4096;
+/// Longest wait between a client's reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Largest packet we read (an IPv4 packet cannot be longer).
+const RECV_BUFFER: usize = 65535;
+
+/// A fake-TCP server: the ports it listens on.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to answer on; `0.0.0.0` answers on every address.
+    pub addr: Ipv4Addr,
+    /// Ports to listen on (one or a range).
+    pub ports: RangeInclusive<u16>,
+    /// Timers of the flows.
+    pub timing: Timing,
+}
+
+/// A fake-TCP client: the server and its ports (one flow each).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server's address.
+    pub server: Ipv4Addr,
+    /// The server's ports.
+    pub ports: RangeInclusive<u16>,
+    /// Timers of the flows.
+    pub timing: Timing,
+}
+
+/// Counters of one carrier (cumulative).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FakeTcpStats {
+    /// Flows that completed the handshake.
+    pub established: u64,
+    /// Flows ended by a RST (peer or middlebox).
+    pub resets: u64,
+    /// Flows ended by a FIN.
+    pub fins: u64,
+    /// Flows ended because nothing was heard for the idle timeout.
+    pub idle_timeouts: u64,
+    /// Handshakes that got no answer.
+    pub handshake_timeouts: u64,
+    /// Data segments sent and received.
+    pub data_sent: u64,
+    pub data_received: u64,
+    /// Empty ACKs sent (delayed ACKs and keepalives; never one per data segment).
+    pub acks_sent: u64,
+    /// Bytes of whole IP packets sent (headers included), for overhead figures.
+    pub wire_bytes_sent: u64,
+    /// Datagrams dropped: no flow for the destination, or the reconnect queue full.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    established: AtomicU64,
+    resets: AtomicU64,
+    fins: AtomicU64,
+    idle_timeouts: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    data_sent: AtomicU64,
+    data_received: AtomicU64,
+    acks_sent: AtomicU64,
+    wire_bytes_sent: AtomicU64,
+    dropped: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A fake-TCP carrier (see the module documentation). Cheap to clone; the timer task and the
+/// nftables table live until the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct FakeTcpSocket {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    fd: AsyncFd<Socket>,
+    state: Mutex<State>,
+    /// Wakes the timer task when a deadline came closer (a delayed ACK, a reconnection).
+    /// Shared with the task, which must not keep `Inner` alive while it waits.
+    timer: Arc<Notify>,
+    counters: Counters,
+    local: SocketAddr,
+    timer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    _rules: RstGuard,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.timer_task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    role: Role,
+    timing: Timing,
+    rng: StdRng,
+    recv_buf: Vec<u8>,
+    send_buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Server {
+        addr: Ipv4Addr,
+        ports: RangeInclusive<u16>,
+        flows: HashMap<SocketAddrV4, Flow>,
+    },
+    Client {
+        server: Ipv4Addr,
+        local_ip: Ipv4Addr,
+        slots: HashMap<u16, Slot>,
+    },
+}
+
+/// A client's flow to one server port, and what it needs to reconnect.
+#[derive(Debug)]
+struct Slot {
+    flow: Option<Flow>,
+    /// Keeps the flow's local port ours (see [`sys::reserve_port`]).
+    reservation: Option<Socket>,
+    queue: VecDeque<Vec<u8>>,
+    /// When to open the next flow (none while one exists).
+    retry_at: Option<Instant>,
+    failures: u32,
+}
+
+impl FakeTcpSocket {
+    /// Starts a server: installs the RST rules and opens the raw socket. Needs a tokio runtime.
+    pub fn server(config: ServerConfig) -> Result<Self, FakeTcpError> {
+        let rules = RstGuard::install(&Scope::Server {
+            addr: config.addr,
+            ports: config.ports.clone(),
+        })?;
+        let socket = sys::raw_socket(&Filter::ToPorts {
+            addr: config.addr,
+            ports: config.ports.clone(),
+        })?;
+        let local = SocketAddr::V4(SocketAddrV4::new(config.addr, *config.ports.start()));
+        info!(%local, ports = ?config.ports, table = rules.table(), "fake TCP server listening");
+        let role = Role::Server {
+            addr: config.addr,
+            ports: config.ports,
+            flows: HashMap::new(),
+        };
+        Self::start(socket, rules, role, config.timing, local)
+    }
+
+    /// Starts a client: one flow per server port, connecting at once. Needs a tokio runtime.
+    pub fn client(config: ClientConfig) -> Result<Self, FakeTcpError> {
+        let local_ip = sys::source_for(config.server)?;
+        let rules = RstGuard::install(&Scope::Client {
+            server: config.server,
+            ports: config.ports.clone(),
+        })?;
+        let socket = sys::raw_socket(&Filter::FromPorts {
+            server: config.server,
+            ports: config.ports.clone(),
+        })?;
+        let now = Instant::now();
+        let slots = config
+            .ports
+            .clone()
+            .map(|port| {
+                let slot = Slot {
+                    flow: None,
+                    reservation: None,
+                    queue: VecDeque::new(),
+                    retry_at: Some(now),
+                    failures: 0,
+                };
+                (port, slot)
+            })
+            .collect();
+        let local = SocketAddr::V4(SocketAddrV4::new(local_ip, 0));
+        let role = Role::Client {
+            server: config.server,
+            local_ip,
+            slots,
+        };
+        Self::start(socket, rules, role, config.timing, local)
+    }
+
+    fn start(
+        socket: Socket,
+        rules: RstGuard,
+        role: Role,
+        timing: Timing,
+        local: SocketAddr,
+    ) -> Result<Self, FakeTcpError> {
+        let inner = Arc::new(Inner {
+            fd: register(socket)?,
+            state: Mutex::new(State {
+                role,
+                timing,
+                rng: StdRng::from_os_rng(),
+                recv_buf: vec![0; RECV_BUFFER],
+                send_buf: Vec::with_capacity(RECV_BUFFER),
+            }),
+            timer: Arc::new(Notify::new()),
+            counters: Counters::default(),
+            local,
+            timer_task: Mutex::new(None),
+            _rules: rules,
+        });
+        let task = tokio::spawn(timer_task(Arc::downgrade(&inner), inner.timer.clone()));
+        if let Ok(mut slot) = inner.timer_task.lock() {
+            *slot = Some(task);
+        }
+        Ok(Self { inner })
+    }
+
+    /// The server's address and first port; a client's source address with port 0 (each flow
+    /// has its own port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// Bytes a fake-TCP datagram costs on the wire beyond what the same datagram costs over UDP
+    /// (TCP header with timestamps, 32 bytes, instead of UDP's 8). Subtract it from the UDP
+    /// payload size that fits a path to get the largest datagram this carrier takes whole.
+    pub const EXTRA_OVERHEAD_VS_UDP: usize = packet::TCP_HEADER + packet::DATA_OPTIONS - 8;
+
+    /// The counters so far.
+    pub fn stats(&self) -> FakeTcpStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FakeTcpStats {
+            established: get(&c.established),
+            resets: get(&c.resets),
+            fins: get(&c.fins),
+            idle_timeouts: get(&c.idle_timeouts),
+            handshake_timeouts: get(&c.handshake_timeouts),
+            data_sent: get(&c.data_sent),
+            data_received: get(&c.data_received),
+            acks_sent: get(&c.acks_sent),
+            wire_bytes_sent: get(&c.wire_bytes_sent),
+            dropped: get(&c.dropped),
+        }
+    }
+
+    /// Established flows right now.
+    pub fn established_flows(&self) -> usize {
+        let state = self.inner.lock();
+        match &state.role {
+            Role::Server { flows, .. } => flows.values().filter(|f| f.is_established()).count(),
+            Role::Client { slots, .. } => slots
+                .values()
+                .filter(|s| s.flow.as_ref().is_some_and(Flow::is_established))
+                .count(),
+        }
+    }
+
+    /// The (local, remote) addresses of the established flows, for tests and `stats`.
+    pub fn flow_addresses(&self) -> Vec<(SocketAddrV4, SocketAddrV4)> {
+        let state = self.inner.lock();
+        let flows: Vec<&Flow> = match &state.role {
+            Role::Server { flows, .. } => flows.values().collect(),
+            Role::Client { slots, .. } => slots.values().filter_map(|s| s.flow.as_ref()).collect(),
+        };
+        flows
+            .into_iter()
+            .filter(|f| f.is_established())
+            .map(|f| (f.local(), f.remote()))
+            .collect()
+    }
+
+    /// Receives datagrams into `bufs`, returning how many arrived and, in `meta`, each one's
+    /// length and sender. Handshake and ACK segments are handled here and not returned.
+    pub fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [(usize, SocketAddr)],
+    ) -> Poll<io::Result<usize>> {
+        let capacity = bufs.len().min(meta.len());
+        if capacity == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let mut filled = 0;
+        loop {
+            let mut guard = match self.inner.fd.poll_read_ready(cx) {
+                Poll::Ready(guard) => guard?,
+                Poll::Pending if filled > 0 => return Poll::Ready(Ok(filled)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let mut state = self.inner.lock();
+            loop {
+                let read = guard.try_io(|fd| {
+                    let mut socket: &Socket = fd.get_ref();
+                    socket.read(&mut state.recv_buf)
+                });
+                let len = match read {
+                    Ok(Ok(len)) => len,
+                    Ok(Err(e)) => {
+                        if filled > 0 {
+                            return Poll::Ready(Ok(filled));
+                        }
+                        return Poll::Ready(Err(e));
+                    }
+                    // Readiness cleared: poll again (registers the waker).
+                    Err(_would_block) => break,
+                };
+                if let Some((n, from)) = self.inner.on_packet(&mut state, len, &mut bufs[filled]) {
+                    meta[filled] = (n, from);
+                    filled += 1;
+                    if filled == capacity {
+                        return Poll::Ready(Ok(filled));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Receives one datagram.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let mut meta = [(0, self.inner.local)];
+        std::future::poll_fn(|cx| {
+            let mut bufs = [IoSliceMut::new(&mut *buf)];
+            self.poll_recv(cx, &mut bufs, &mut meta)
+        })
+        .await?;
+        Ok(meta[0])
+    }
+
+    /// Sends one datagram to `destination` without waiting: `WouldBlock` when the kernel buffer
+    /// is full (then [`FakeTcpSocket::poll_writable`]). A datagram for a flow that is being
+    /// (re)established is queued (a client) or dropped (a server: it has no flow to that
+    /// address any more), as UDP loses datagrams.
+    pub fn try_send(&self, destination: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        let SocketAddr::V4(destination) = destination else {
+            bump(&self.inner.counters.dropped, 1);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "fake TCP carries IPv4 only",
+            ));
+        };
+        let mut state = self.inner.lock();
+        let state = &mut *state;
+        let now = Instant::now();
+        let flow = match &mut state.role {
+            Role::Server { flows, .. } => match flows.get_mut(&destination) {
+                Some(flow) if flow.is_established() => flow,
+                _ => {
+                    bump(&self.inner.counters.dropped, 1);
+                    return Ok(());
+                }
+            },
+            Role::Client { server, slots, .. } => {
+                let slot = match slots.get_mut(&destination.port()) {
+                    Some(slot) if destination.ip() == server => slot,
+                    _ => {
+                        bump(&self.inner.counters.dropped, 1);
+                        return Ok(());
+                    }
+                };
+                match &mut slot.flow {
+                    Some(flow) if flow.is_established() => flow,
+                    _ => {
+                        if slot.queue.len() < QUEUE_WHILE_CONNECTING {
+                            slot.queue.push_back(payload.to_vec());
+                        } else {
+                            bump(&self.inner.counters.dropped, 1);
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        flow.write_data(payload, now, &mut state.send_buf);
+        self.inner
+            .send_packet(&state.send_buf, *flow.remote().ip())?;
+        flow.commit_data(payload.len(), now);
+        bump(&self.inner.counters.data_sent, 1);
+        Ok(())
+    }
+
+    /// Sends `contents` as datagrams of `segment_size` bytes (the last may be shorter), as a
+    /// GSO batch would be split. Stops at the first error; returns how many bytes went.
+    pub fn try_send_segments(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: usize,
+    ) -> io::Result<usize> {
+        let mut sent = 0;
+        for chunk in contents.chunks(segment_size.max(1)) {
+            match self.try_send(destination, chunk) {
+                Ok(()) => sent += chunk.len(),
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Ready when a send may succeed again after `WouldBlock`.
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let guard = ready!(self.inner.fd.poll_write_ready(cx))?;
+        drop(guard);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends one datagram, waiting while the kernel buffer is full.
+    pub async fn send_to(&self, payload: &[u8], destination: SocketAddr) -> io::Result<()> {
+        loop {
+            match self.try_send(destination, payload) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::future::poll_fn(|cx| self.poll_writable(cx)).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves flow state we can still use.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends one whole IP packet to `dst`.
+    fn send_packet(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+        let addr = socket2::SockAddr::from(SocketAddrV4::new(dst, 0));
+        self.fd
+            .try_io(Interest::WRITABLE, |socket| socket.send_to(packet, &addr))?;
+        bump(&self.counters.wire_bytes_sent, packet.len() as u64);
+        Ok(())
+    }
+
+    /// Sends a control segment of `flow` (best effort: the peer repeats what it needs).
+    fn send_control(&self, flow: &mut Flow, control: Control, now: Instant, buf: &mut Vec<u8>) {
+        flow.write_control(control, now, buf);
+        if control == Control::Ack {
+            bump(&self.counters.acks_sent, 1);
+        }
+        if let Err(e) = self.send_packet(buf, *flow.remote().ip()) {
+            debug!(remote = %flow.remote(), "fake TCP: control segment not sent: {e}");
+        }
+    }
+
+    /// Handles one packet read into `state.recv_buf[..len]`; a data payload is copied into
+    /// `out` and returned with its sender.
+    fn on_packet(
+        &self,
+        state: &mut State,
+        len: usize,
+        out: &mut [u8],
+    ) -> Option<(usize, SocketAddr)> {
+        let State {
+            role,
+            timing,
+            rng,
+            recv_buf,
+            send_buf,
+        } = state;
+        let seg = packet::parse(&recv_buf[..len]).ok()?;
+        let now = Instant::now();
+        match role {
+            Role::Server { addr, ports, flows } => {
+                if !ports.contains(&seg.dst.port())
+                    || (!addr.is_unspecified() && seg.dst.ip() != addr)
+                {
+                    return None;
+                }
+                self.server_segment(flows, &seg, *timing, now, rng, send_buf, out)
+            }
+            Role::Client { slots, .. } => {
+                let slot = slots.get_mut(&seg.src.port())?;
+                let flow = slot.flow.as_mut()?;
+                if flow.local() != seg.dst || flow.remote() != seg.src {
+                    return None;
+                }
+                let outcome = flow.on_segment(&seg, now);
+                if let Some(control) = outcome.reply {
+                    self.send_control(flow, control, now, send_buf);
+                }
+                if outcome.established {
+                    bump(&self.counters.established, 1);
+                    slot.failures = 0;
+                    debug!(local = %flow.local(), remote = %flow.remote(), "fake TCP flow established");
+                    self.flush_queue(slot, now, send_buf);
+                }
+                if let Some(reason) = outcome.closed {
+                    self.client_flow_closed(slot, reason, now);
+                    self.timer.notify_one();
+                    return None;
+                }
+                if outcome.ack_scheduled {
+                    self.timer.notify_one();
+                }
+                outcome.deliver.then(|| self.deliver(&seg, out))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server_segment(
+        &self,
+        flows: &mut HashMap<SocketAddrV4, Flow>,
+        seg: &Segment<'_>,
+        timing: Timing,
+        now: Instant,
+        rng: &mut StdRng,
+        send_buf: &mut Vec<u8>,
+        out: &mut [u8],
+    ) -> Option<(usize, SocketAddr)> {
+        let is_syn = seg.flags & (SYN | ACK | RST) == SYN;
+        let fresh_syn = is_syn && flows.get(&seg.src).is_none_or(|f| f.irs() != seg.seq);
+        if fresh_syn {
+            if flows.len() >= MAX_SERVER_FLOWS && !flows.contains_key(&seg.src) {
+                flows.retain(|_, f| f.is_established());
+                if flows.len() >= MAX_SERVER_FLOWS {
+                    return None;
+                }
+            }
+            let mut flow = Flow::accept(seg, timing, now, rng);
+            self.send_control(&mut flow, Control::SynAck, now, send_buf);
+            if flows.insert(seg.src, flow).is_some() {
+                debug!(remote = %seg.src, "fake TCP: client reconnected from the same address");
+            }
+            self.timer.notify_one();
+            return None;
+        }
+        let Some(flow) = flows.get_mut(&seg.src) else {
+            if seg.flags & RST == 0 {
+                // Not ours (we restarted, or the flow was forgotten): say so, as the kernel
+                // would, so the client starts over at once.
+                reset_for(seg, send_buf);
+                let _ = self.send_packet(send_buf, *seg.src.ip());
+            }
+            return None;
+        };
+        if flow.local() != seg.dst {
+            return None;
+        }
+        let outcome = flow.on_segment(seg, now);
+        if let Some(control) = outcome.reply {
+            self.send_control(flow, control, now, send_buf);
+        }
+        if outcome.established {
+            bump(&self.counters.established, 1);
+            debug!(remote = %seg.src, local = %seg.dst, "fake TCP flow accepted");
+        }
+        if let Some(reason) = outcome.closed {
+            self.count_close(reason);
+            debug!(remote = %seg.src, ?reason, "fake TCP flow closed");
+            flows.remove(&seg.src);
+            return None;
+        }
+        if outcome.ack_scheduled {
+            self.timer.notify_one();
+        }
+        outcome.deliver.then(|| self.deliver(seg, out))
+    }
+
+    fn deliver(&self, seg: &Segment<'_>, out: &mut [u8]) -> (usize, SocketAddr) {
+        bump(&self.counters.data_received, 1);
+        let n = seg.payload.len().min(out.len());
+        out[..n].copy_from_slice(&seg.payload[..n]);
+        (n, SocketAddr::V4(seg.src))
+    }
+
+    fn count_close(&self, reason: CloseReason) {
+        let counter = match reason {
+            CloseReason::Reset => &self.counters.resets,
+            CloseReason::Fin => &self.counters.fins,
+            CloseReason::Idle => &self.counters.idle_timeouts,
+            CloseReason::HandshakeTimeout => &self.counters.handshake_timeouts,
+        };
+        bump(counter, 1);
+    }
+
+    /// A client flow ended: reconnect at once the first time, then back off.
+    fn client_flow_closed(&self, slot: &mut Slot, reason: CloseReason, now: Instant) {
+        self.count_close(reason);
+        let Some(flow) = slot.flow.take() else { return };
+        slot.reservation = None;
+        let delay = if slot.failures == 0 {
+            Duration::ZERO
+        } else {
+            (Duration::from_millis(500) * (1 << slot.failures.min(6))).min(MAX_BACKOFF)
+        };
+        slot.failures += 1;
+        slot.retry_at = Some(now + delay);
+        info!(remote = %flow.remote(), ?reason, ?delay, "fake TCP flow lost; reconnecting");
+    }
+
+    fn flush_queue(&self, slot: &mut Slot, now: Instant, send_buf: &mut Vec<u8>) {
+        let Some(flow) = slot.flow.as_mut() else {
+            return;
+        };
+        while let Some(payload) = slot.queue.pop_front() {
+            flow.write_data(&payload, now, send_buf);
+            if self.send_packet(send_buf, *flow.remote().ip()).is_err() {
+                bump(&self.counters.dropped, 1 + slot.queue.len() as u64);
+                slot.queue.clear();
+                return;
+            }
+            flow.commit_data(payload.len(), now);
+            bump(&self.counters.data_sent, 1);
+        }
+    }
+
+    /// Runs every flow's timers and the client's reconnections; returns the next deadline.
+    fn on_timers(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let State {
+            role,
+            timing,
+            rng,
+            send_buf,
+            ..
+        } = &mut *state;
+        let mut next: Option<Instant> = None;
+        let mut note = |at: Option<Instant>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n: Instant| n.min(at)));
+            }
+        };
+        match role {
+            Role::Server { flows, .. } => {
+                flows.retain(|remote, flow| {
+                    if flow.next_deadline().is_some_and(|at| at <= now)
+                        && let Some(control) = flow.on_timeout(now)
+                    {
+                        self.send_control(flow, control, now, send_buf);
+                    }
+                    if let Some(reason) = flow.closed() {
+                        self.count_close(reason);
+                        debug!(%remote, ?reason, "fake TCP flow forgotten");
+                        return false;
+                    }
+                    note(flow.next_deadline());
+                    true
+                });
+            }
+            Role::Client {
+                server,
+                local_ip,
+                slots,
+            } => {
+                for (&port, slot) in slots.iter_mut() {
+                    if let Some(flow) = slot.flow.as_mut() {
+                        if flow.next_deadline().is_some_and(|at| at <= now)
+                            && let Some(control) = flow.on_timeout(now)
+                        {
+                            self.send_control(flow, control, now, send_buf);
+                        }
+                        if let Some(reason) = flow.closed() {
+                            self.client_flow_closed(slot, reason, now);
+                        }
+                    }
+                    if slot.flow.is_none() && slot.retry_at.is_some_and(|at| at <= now) {
+                        let remote = SocketAddrV4::new(*server, port);
+                        self.open_flow(slot, *local_ip, remote, *timing, now, rng, send_buf);
+                    }
+                    match &slot.flow {
+                        Some(flow) => note(flow.next_deadline()),
+                        None => note(slot.retry_at),
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_flow(
+        &self,
+        slot: &mut Slot,
+        local_ip: Ipv4Addr,
+        remote: SocketAddrV4,
+        timing: Timing,
+        now: Instant,
+        rng: &mut StdRng,
+        send_buf: &mut Vec<u8>,
+    ) {
+        // The local port must not fall in the server's range on the same address, or our
+        // own filter would take our segments for the server's.
+        let reserved = (0..8).find_map(|_| match sys::reserve_port(local_ip) {
+            Ok((socket, port)) if !(local_ip == *remote.ip() && port == remote.port()) => {
+                Some((socket, port))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                warn!("fake TCP: no local port for a new flow: {e}");
+                None
+            }
+        });
+        let Some((reservation, port)) = reserved else {
+            slot.retry_at = Some(now + Duration::from_secs(1));
+            return;
+        };
+        let mut flow = Flow::connect(SocketAddrV4::new(local_ip, port), remote, timing, now, rng);
+        self.send_control(&mut flow, Control::Syn, now, send_buf);
+        debug!(local = %flow.local(), %remote, "fake TCP: SYN sent");
+        slot.flow = Some(flow);
+        slot.reservation = Some(reservation);
+        slot.retry_at = None;
+    }
+}
+
+/// Registers the raw socket with tokio's reactor.
+///
+/// The crate's only `unsafe`: tokio requires the caller to promise that the descriptor stays
+/// open and is not replaced while registered (its I/O-safety contract). It holds: the
+/// `socket2::Socket` owns the descriptor, the `AsyncFd` owns the `Socket` and hands out only
+/// shared references, so the descriptor is closed only when the `AsyncFd` itself is dropped,
+/// after deregistration.
+#[allow(unsafe_code)]
+fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: see above; `socket` is moved into the `AsyncFd` and owned by it from here on.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE) };
+    registered.map_err(io::Error::from)
+}
+
+/// Runs the timers until the carrier is dropped.
+async fn timer_task(inner: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let next = strong.on_timers();
+        drop(strong);
+        let wait = next.map_or(Duration::from_secs(1), |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+            () = wake.notified() => {}
+        }
+    }
+}
