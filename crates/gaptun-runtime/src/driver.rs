@@ -5,18 +5,18 @@
 //! wait for them, then send everything the core wants sent. When there is nothing left to do it
 //! sleeps until the socket is readable, a handle kicks it, or the core's next timer.
 
-use std::io;
+use std::future::poll_fn;
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use gaptun_proto::{Event, StreamEvent, Transmit};
 use tracing::{debug, trace, warn};
 
+use crate::carrier::{self, Carrier, CarrierTransmit, RecvBuffers};
 use crate::error::RtError;
 use crate::replay_state::ReplayStore;
 use crate::state::{ConnState, MAX_PENDING_ACCEPTS, Shared, State, wake_all};
-use crate::udp::{RecvBuffers, UdpIo};
 
 /// Receive batches handled before the driver turns to sending, so a flood of incoming datagrams
 /// cannot starve our own transmissions (ACKs above all).
@@ -39,11 +39,12 @@ const LIMIT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// The driver's private data (everything shared with handles is in [`Shared`]).
 pub(crate) struct Driver {
     shared: Arc<Shared>,
-    io: UdpIo,
-    recv: RecvBuffers,
+    /// The carriers, in the order the core numbers them, each with its receive buffers.
+    carriers: Vec<CarrierSlot>,
     /// Filled transmit buffers waiting to be sent, reused across iterations.
     outgoing: Vec<(Vec<u8>, Transmit)>,
     spare: Vec<Vec<u8>>,
+    /// Datagrams the core may put into one transmit: the least any carrier can send at once.
     max_segments: usize,
     /// Server: the replay state file, written before the Responses of the handshakes it records.
     store: Option<ReplayStore>,
@@ -52,6 +53,19 @@ pub(crate) struct Driver {
     /// When dropped Initials are reported next.
     next_limit_report: Instant,
 }
+
+/// One carrier the driver polls.
+struct CarrierSlot {
+    carrier: Arc<dyn Carrier>,
+    recv: RecvBuffers,
+    /// Receive errors since the last success: past a few, the carrier stops counting as
+    /// progress, so that a permanently failing one cannot keep the driver spinning (it is still
+    /// polled on every iteration).
+    errors_in_row: u32,
+}
+
+/// Receive errors in a row after which a carrier's errors no longer wake the driver.
+const MAX_RECV_ERRORS_IN_ROW: u32 = 8;
 
 /// What one locked step decided.
 struct Step {
@@ -64,19 +78,30 @@ struct Step {
 }
 
 impl Driver {
-    /// `max_payload`: the largest UDP payload the core sends and accepts.
+    /// `max_payload`: the largest datagram the core sends and accepts.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        io: UdpIo,
+        carriers: Vec<Arc<dyn Carrier>>,
         max_payload: usize,
         store: Option<ReplayStore>,
     ) -> Self {
-        let recv = RecvBuffers::new(&io, max_payload);
-        let max_segments = io.max_segments_for(max_payload).min(MAX_GSO_SEGMENTS);
+        let max_segments = carriers
+            .iter()
+            .map(|c| carrier::segments_for(&**c, max_payload))
+            .min()
+            .unwrap_or(1)
+            .min(MAX_GSO_SEGMENTS);
+        let carriers = carriers
+            .into_iter()
+            .map(|carrier| CarrierSlot {
+                recv: RecvBuffers::new(&*carrier, max_payload),
+                carrier,
+                errors_in_row: 0,
+            })
+            .collect();
         Self {
             shared,
-            io,
-            recv,
+            carriers,
             outgoing: Vec::new(),
             spare: Vec::new(),
             max_segments,
@@ -94,7 +119,10 @@ impl Driver {
     /// Runs until the endpoint has closed.
     pub(crate) async fn run(mut self) {
         loop {
-            let recv_busy = self.receive();
+            let recv_busy = match poll_fn(|cx| Poll::Ready(self.poll_receive(cx))).await {
+                Poll::Ready(busy) => busy,
+                Poll::Pending => false,
+            };
             let step = self.step();
             self.send().await;
             if step.exit {
@@ -109,60 +137,88 @@ impl Driver {
         }
     }
 
-    /// Sleeps until the socket is readable, a handle kicks us, or `timeout`.
-    async fn wait(&self, timeout: Option<Instant>) {
+    /// Sleeps until a carrier has datagrams (which are then fed to the core), a handle kicks
+    /// us, or `timeout`.
+    async fn wait(&mut self, timeout: Option<Instant>) {
         let sleep = async {
             match timeout {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
+        let shared = Arc::clone(&self.shared);
         tokio::select! {
-            _ = self.shared.wake_driver.notified() => {}
-            r = self.io.readable() => {
-                if let Err(e) = r {
-                    warn!("UDP socket error: {e}");
-                    // Avoid spinning on a permanently failing socket.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
+            _ = shared.wake_driver.notified() => {}
+            _ = poll_fn(|cx| self.poll_receive(cx)) => {}
             () = sleep => {}
         }
     }
 
-    /// Reads up to a budget of batches and feeds them to the core. Returns whether the budget ran
-    /// out (more may be waiting).
-    fn receive(&mut self) -> bool {
-        let unreachable = self.io.take_port_unreachable();
-        if !unreachable.is_empty() {
-            debug!(?unreachable, "ICMP port unreachable");
-            let mut wakers = Vec::new();
-            self.shared
-                .lock()
-                .fail_handshakes_to(&unreachable, Instant::now(), &mut wakers);
-            wake_all(wakers);
+    /// Reads up to a budget of batches from every carrier and feeds them to the core.
+    /// `Ready(busy)` when anything happened, `busy` telling whether a budget ran out (more may be
+    /// waiting); `Pending` when no carrier had anything (each will wake the task).
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut progress = false;
+        let mut busy = false;
+        for index in 0..self.carriers.len() {
+            let (p, b) = self.poll_receive_from(index, cx);
+            progress |= p;
+            busy |= b;
         }
+        if progress {
+            Poll::Ready(busy)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// [`poll_receive`](Self::poll_receive) for one carrier: (anything happened, budget ran out).
+    fn poll_receive_from(&mut self, index: usize, cx: &mut Context<'_>) -> (bool, bool) {
+        let Some(slot) = self.carriers.get_mut(index) else {
+            return (false, false);
+        };
+        let mut progress = false;
         for _ in 0..RECV_BATCHES_PER_ITERATION {
-            let n = match self.recv.recv(&self.io) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) => {
-                    // ICMP errors reported on the socket and the like: not fatal for UDP.
-                    debug!("UDP receive error: {e}");
-                    return false;
+            let polled = slot.recv.poll_recv(&*slot.carrier, cx);
+            let unreachable = slot.carrier.take_unreachable();
+            if !unreachable.is_empty() {
+                debug!(?unreachable, kind = slot.carrier.kind(), "peer unreachable");
+                let mut wakers = Vec::new();
+                self.shared
+                    .lock()
+                    .fail_handshakes_to(&unreachable, Instant::now(), &mut wakers);
+                wake_all(wakers);
+                progress = true;
+            }
+            let n = match polled {
+                Poll::Pending => return (progress, false),
+                Poll::Ready(Ok(n)) => {
+                    slot.errors_in_row = 0;
+                    n
+                }
+                Poll::Ready(Err(e)) => {
+                    // ICMP errors reported on the socket and the like: not fatal for datagrams.
+                    debug!(kind = slot.carrier.kind(), "receive error: {e}");
+                    slot.errors_in_row = slot.errors_in_row.saturating_add(1);
+                    if slot.errors_in_row > MAX_RECV_ERRORS_IN_ROW {
+                        warn!(kind = slot.carrier.kind(), "carrier keeps failing: {e}");
+                        return (progress, false);
+                    }
+                    return (true, false);
                 }
             };
+            progress = true;
             let mut state = self.shared.lock();
             let now = Instant::now();
             for i in 0..n {
-                let (from, datagrams) = self.recv.datagrams(i);
+                let (from, datagrams) = slot.recv.datagrams(i);
                 for datagram in datagrams {
                     trace!(%from, len = datagram.len(), "datagram in");
                     state.endpoint.handle_datagram(now, from, datagram);
                 }
             }
         }
-        true
+        (progress, true)
     }
 
     /// Timers, accepts, events and transmit collection, under one lock acquisition.
@@ -266,8 +322,17 @@ impl Driver {
         for (buf, t) in self.outgoing.drain(..) {
             let contents = buf.get(..t.size).unwrap_or(&buf);
             trace!(to = %t.destination, len = t.size, segment = ?t.segment_size, "datagram out");
-            if let Err(e) = self.io.send(t.destination, contents, t.segment_size).await {
-                debug!(to = %t.destination, "UDP send error: {e}");
+            let Some(slot) = self.carriers.first() else {
+                self.spare.push(buf);
+                continue;
+            };
+            let transmit = CarrierTransmit {
+                destination: t.destination,
+                contents,
+                segment_size: t.segment_size,
+            };
+            if let Err(e) = carrier::send(&*slot.carrier, transmit).await {
+                debug!(to = %t.destination, kind = slot.carrier.kind(), "send error: {e}");
             }
             self.spare.push(buf);
         }

@@ -12,12 +12,12 @@ use gaptun_proto::{
 };
 use tracing::{debug, error};
 
+use crate::carrier::{Carrier, UdpCarrier};
 use crate::connection::RtConnection;
 use crate::driver::Driver;
 use crate::error::{ConnectError, RtError};
 use crate::replay_state::ReplayStore;
 use crate::state::{Shared, register, wake_all};
-use crate::udp::UdpIo;
 
 /// One connection's figures, for `stats` displays.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,8 +67,8 @@ impl RtEndpoint {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
         let _guard = runtime.enter();
-        let io = UdpIo::bind(addr)?;
-        let local_addr = io.local_addr()?;
+        let carrier = UdpCarrier::bind(addr)?;
+        let local_addr = carrier.local_addr()?;
         let max_payload = usize::from(config.transport.max_udp_payload);
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -91,7 +91,12 @@ impl RtEndpoint {
         let shared = Arc::new(Shared::new(endpoint, local_addr));
         spawn_driver(
             &runtime,
-            Driver::new(Arc::clone(&shared), io, max_payload, store),
+            Driver::new(
+                Arc::clone(&shared),
+                vec![Arc::new(carrier)],
+                max_payload,
+                store,
+            ),
         );
         debug!(addr = %local_addr, "endpoint bound");
         Ok(Self {

@@ -12,6 +12,7 @@
 //! - [`ClientPool`]: N connections to one server, reconnecting with backoff;
 //! - [`lossy_relay`]: a loopback relay with loss and delay, for demos and tests.
 
+pub mod carrier;
 mod connection;
 mod driver;
 mod endpoint;
@@ -21,8 +22,8 @@ mod pool;
 mod replay_state;
 mod state;
 mod stream;
-mod udp;
 
+pub use carrier::{Carrier, CarrierTransmit, RecvMeta, UdpCarrier};
 pub use connection::RtConnection;
 pub use endpoint::{ConnectionInfo, RtEndpoint};
 pub use error::{ConnectError, RtError};
