@@ -8,6 +8,7 @@
 //!
 //! Needs root, or CAP_NET_RAW and CAP_NET_ADMIN (raw socket, nftables). IPv4 only.
 
+mod carrier;
 mod error;
 mod flow;
 #[cfg(target_os = "linux")]

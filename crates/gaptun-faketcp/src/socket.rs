@@ -107,6 +107,9 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 /// A fake-TCP carrier (see the module documentation). Cheap to clone; the timer task and the
 /// nftables table live until the last clone is dropped.
+///
+/// Incoming segments, handshake and RSTs included, are handled by whoever receives: keep a
+/// receive pending at all times, as the runtime's driver does, or flows will not progress.
 #[derive(Debug, Clone)]
 pub struct FakeTcpSocket {
     inner: Arc<Inner>,

@@ -1,0 +1,52 @@
+//! [`FakeTcpSocket`] as one of the runtime's [`Carrier`]s.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use gaptun_runtime::{Carrier, CarrierTransmit, RecvMeta};
+
+use crate::FakeTcpSocket;
+
+/// Datagrams one receive call returns at most (the runtime's batches are this size too).
+const BATCH: usize = 32;
+
+impl Carrier for FakeTcpSocket {
+    fn kind(&self) -> &'static str {
+        "faketcp"
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(FakeTcpSocket::local_addr(self))
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let n = bufs.len().min(meta.len()).min(BATCH);
+        let mut found = [(0, FakeTcpSocket::local_addr(self)); BATCH];
+        let filled = match FakeTcpSocket::poll_recv(self, cx, &mut bufs[..n], &mut found[..n]) {
+            Poll::Ready(Ok(filled)) => filled,
+            other => return other,
+        };
+        for (slot, &(len, addr)) in meta.iter_mut().zip(&found[..filled]) {
+            *slot = RecvMeta {
+                addr,
+                len,
+                stride: len,
+            };
+        }
+        Poll::Ready(Ok(filled))
+    }
+
+    fn try_send(&self, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
+        FakeTcpSocket::try_send(self, transmit.destination, transmit.contents)
+    }
+
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        FakeTcpSocket::poll_writable(self, cx)
+    }
+}
