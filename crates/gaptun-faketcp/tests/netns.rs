@@ -125,29 +125,46 @@ fn datagrams_cross_a_strict_nat_intact_and_valid() {
     let dead_pid = dead.id();
     dead.wait().expect("wait");
     let stale = format!("gaptun_ft_{dead_pid}_0");
-    topo.exec(&topo.server, &["nft", "add", "table", "ip", &stale]).expect("stale table");
+    topo.exec(&topo.server, &["nft", "add", "table", "ip", &stale])
+        .expect("stale table");
     let topo = Arc::new(topo);
     let (stop, server) = echo_server(&topo, Timing::default());
-    let after_start = topo.exec(&topo.server, &["nft", "list", "tables"]).unwrap_or_default();
-    assert!(!after_start.contains(&stale), "stale table removed at start: {after_start}");
+    let after_start = topo
+        .exec(&topo.server, &["nft", "list", "tables"])
+        .unwrap_or_default();
+    assert!(
+        !after_start.contains(&stale),
+        "stale table removed at start: {after_start}"
+    );
     let t = Arc::clone(&topo);
     let client_side = Topology::spawn_in(&topo.client, move || async move {
         let sock = client(&t, Timing::default());
-        let tables = t.exec(&t.client, &["nft", "list", "tables"]).unwrap_or_default();
+        let tables = t
+            .exec(&t.client, &["nft", "list", "tables"])
+            .unwrap_or_default();
         let hashes = echo_many(&sock, &t, 3000, 64).await;
         (hashes, sock.stats(), sock.established_flows(), tables)
     });
     let (hashes, stats, flows, client_tables) = client_side.join().expect("client thread");
-    let server_tables = topo.exec(&topo.server, &["nft", "list", "tables"]).unwrap_or_default();
+    let server_tables = topo
+        .exec(&topo.server, &["nft", "list", "tables"])
+        .unwrap_or_default();
     let _ = stop.send(());
     let server_flows = server.join().expect("server thread");
 
     let (sent, echoed) = hashes.expect("all echoes back");
-    assert_eq!(sent, echoed, "SHA-256 of the echoes equals that of the datagrams sent");
+    assert_eq!(
+        sent, echoed,
+        "SHA-256 of the echoes equals that of the datagrams sent"
+    );
     assert_eq!(flows, 3, "one flow per server port");
     assert_eq!(stats.established, 3);
     assert_eq!(stats.resets + stats.fins + stats.idle_timeouts, 0);
-    assert_eq!(topo.invalid_packets(), 0, "conntrack found no INVALID segment");
+    assert_eq!(
+        topo.invalid_packets(),
+        0,
+        "conntrack found no INVALID segment"
+    );
     // ACKs are periodic, not one per data segment.
     assert!(
         stats.acks_sent < stats.data_received / 4,
@@ -156,14 +173,29 @@ fn datagrams_cross_a_strict_nat_intact_and_valid() {
         stats.data_received
     );
     // The server saw the NATed address; both ends had their RST table while running.
-    assert!(server_flows.iter().all(|(_, remote)| *remote.ip() == topo.router_wan_ip));
+    assert!(
+        server_flows
+            .iter()
+            .all(|(_, remote)| *remote.ip() == topo.router_wan_ip)
+    );
     assert_eq!(server_flows.len(), 3);
-    assert!(client_tables.contains("gaptun_ft_"), "client rules: {client_tables}");
-    assert!(server_tables.contains("gaptun_ft_"), "server rules: {server_tables}");
+    assert!(
+        client_tables.contains("gaptun_ft_"),
+        "client rules: {client_tables}"
+    );
+    assert!(
+        server_tables.contains("gaptun_ft_"),
+        "server rules: {server_tables}"
+    );
     // Dropped carriers take their rules with them.
     for ns in [&topo.client, &topo.server] {
-        let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap_or_default();
-        assert!(!tables.contains("gaptun_ft_"), "left behind in {ns}: {tables}");
+        let tables = topo
+            .exec(ns, &["nft", "list", "tables"])
+            .unwrap_or_default();
+        assert!(
+            !tables.contains("gaptun_ft_"),
+            "left behind in {ns}: {tables}"
+        );
     }
 }
 
@@ -208,7 +240,10 @@ fn keepalives_keep_the_nat_mapping_across_idle_time() {
     let (first, second, _) = run(Duration::from_secs(30));
     assert!(first, "data flows before the idle time");
     assert!(!second, "without keepalives the mapping is gone");
-    assert!(topo.invalid_packets() > 0, "conntrack refused the orphaned flow");
+    assert!(
+        topo.invalid_packets() > 0,
+        "conntrack refused the orphaned flow"
+    );
 }
 
 /// The router answers the client's data with a RST (nft `reject with tcp reset`, as a
@@ -223,7 +258,9 @@ fn router_rst_makes_the_client_reconnect() {
     let t = Arc::clone(&topo);
     let outcome = Topology::spawn_in(&topo.client, move || async move {
         let sock = client(&t, Timing::default());
-        echo_many(&sock, &t, 30, 3).await.expect("echoes before the RST");
+        echo_many(&sock, &t, 30, 3)
+            .await
+            .expect("echoes before the RST");
         let before = sock.flow_addresses();
         t.router_nft(
             "table ip gfreject {\n\
@@ -244,7 +281,8 @@ fn router_rst_makes_the_client_reconnect() {
                 break;
             }
         }
-        t.router(&["nft", "delete", "table", "ip", "gfreject"]).expect("rule removed");
+        t.router(&["nft", "delete", "table", "ip", "gfreject"])
+            .expect("rule removed");
         let resets = sock.stats().resets;
         // Reconnection is immediate after the first loss of each flow. Keep receiving meanwhile
         // (handshakes progress in the receive path), and swallow the echoes of the doomed
@@ -271,7 +309,10 @@ fn router_rst_makes_the_client_reconnect() {
     assert!(stats.established >= 4, "a new flow was opened: {stats:?}");
     assert_eq!(after.len(), 3);
     let reconnected = after.iter().filter(|flow| !before.contains(flow)).count();
-    assert!(reconnected >= 1, "a flow with a new local port replaced the reset one");
+    assert!(
+        reconnected >= 1,
+        "a flow with a new local port replaced the reset one"
+    );
     let (sent, echoed) = echoes.expect("echoes after reconnecting");
     assert_eq!(sent, echoed);
 }

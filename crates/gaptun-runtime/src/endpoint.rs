@@ -68,7 +68,23 @@ impl RtEndpoint {
             .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
         let _guard = runtime.enter();
         let carrier = UdpCarrier::bind(addr)?;
-        let local_addr = carrier.local_addr()?;
+        Self::with_carriers(vec![Arc::new(carrier)], config)
+    }
+
+    /// Starts an endpoint on carriers made elsewhere (fake TCP, several at once); the first
+    /// one's address is the endpoint's [`local_addr`](Self::local_addr). Must be called within
+    /// a tokio runtime.
+    pub fn with_carriers(
+        carriers: Vec<Arc<dyn Carrier>>,
+        config: EndpointConfig,
+    ) -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
+        let _guard = runtime.enter();
+        let local_addr = carriers
+            .first()
+            .ok_or_else(|| io::Error::other("an endpoint needs at least one carrier"))?
+            .local_addr()?;
         let max_payload = usize::from(config.transport.max_udp_payload);
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -91,12 +107,7 @@ impl RtEndpoint {
         let shared = Arc::new(Shared::new(endpoint, local_addr));
         spawn_driver(
             &runtime,
-            Driver::new(
-                Arc::clone(&shared),
-                vec![Arc::new(carrier)],
-                max_payload,
-                store,
-            ),
+            Driver::new(Arc::clone(&shared), carriers, max_payload, store),
         );
         debug!(addr = %local_addr, "endpoint bound");
         Ok(Self {

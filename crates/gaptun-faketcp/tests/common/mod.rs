@@ -94,8 +94,12 @@ impl Topology {
         let (c, r, s) = (&self.client, &self.router, &self.server);
         run(&["ip", "netns", "add", r])?;
         run(&["ip", "netns", "add", s])?;
-        run(&["ip", "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "lan", "netns", r])?;
-        run(&["ip", "-n", r, "link", "add", "wan", "type", "veth", "peer", "name", "eth0", "netns", s])?;
+        run(&[
+            "ip", "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "lan", "netns", r,
+        ])?;
+        run(&[
+            "ip", "-n", r, "link", "add", "wan", "type", "veth", "peer", "name", "eth0", "netns", s,
+        ])?;
         let lan = format!("10.{net}.1.1/24");
         let wan = format!("10.{net}.2.1/24");
         let client = format!("{}/24", self.client_ip);
@@ -125,8 +129,18 @@ impl Topology {
                }\n\
              }\n",
         )?;
-        in_ns(r, &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=0"])?;
-        in_ns(r, &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"])?;
+        in_ns(
+            r,
+            &[
+                "sysctl",
+                "-qw",
+                "net.netfilter.nf_conntrack_tcp_be_liberal=0",
+            ],
+        )?;
+        in_ns(
+            r,
+            &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"],
+        )?;
         Ok(())
     }
 
