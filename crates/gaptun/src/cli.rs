@@ -11,7 +11,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use crate::layer::settings_group;
 use crate::transport::TransportSettings;
 use crate::values::{
-    Conns, ExposeArg, ExposePorts, ForwardSpec, ListenAddr, LogFormat, WindowSize, one_or_many,
+    CarrierChoice, Conns, ExposeArg, ExposePorts, ForwardSpec, ListenAddr, LogFormat, WindowSize,
+    one_or_many,
 };
 
 /// Default SOCKS5 address of the client (and the demo).
@@ -116,6 +117,11 @@ settings_group! {
         /// [default: $XDG_RUNTIME_DIR/gaptun-ROLE.sock, else /tmp/gaptun-ROLE-UID.sock].
         #[arg(long, value_name = "PATH")]
         pub control: Option<PathBuf>,
+        /// How datagrams travel: udp; faketcp (TCP-looking segments on the same port number,
+        /// for networks that throttle or block UDP; root or CAP_NET_RAW and nftables); all
+        /// (a server accepts both, a client uses both).
+        #[arg(long, value_name = "CARRIER", default_value = "udp")]
+        pub carrier: Option<CarrierChoice>,
     }
 }
 

@@ -18,9 +18,10 @@ use tracing::{Instrument, debug, info, warn};
 use crate::apps_wiring::{self, ConnHandle, PoolOpener, RelayPolicy, ServerUser, UserConn};
 use crate::config::Role;
 use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
+use crate::faketcp_wiring;
 use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, ServerSettings};
-use crate::values::ForwardProto;
+use crate::values::{CarrierChoice, ForwardProto};
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
@@ -245,8 +246,11 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         state_file: default_state_file(s.listen),
         ..EndpointConfig::server(s.keys)
     };
-    let endpoint =
-        RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?;
+    let endpoint = if s.carrier == CarrierChoice::Udp {
+        RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?
+    } else {
+        faketcp_wiring::server_endpoint(s.listen, s.carrier, config)?
+    };
     let server_wide = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
     let users: Arc<[ServerUser]> =
         ServerUser::for_keys(&s.key_users, &server_wide, s.allow_private)?.into();
@@ -363,10 +367,19 @@ pub fn open_socks_warning(addr: SocketAddr, has_password: bool) -> Option<String
 /// Connects the pool to `server`. A server port that is closed answers the first Initial with
 /// ICMP port unreachable: that ends the wait at once with a clear message, instead of waiting
 /// out the handshake timeout.
-async fn connect(server: &str, config: EndpointConfig, pool: PoolConfig) -> Result<ClientPool> {
-    ClientPool::connect(server, config, pool)
-        .await
-        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))
+async fn connect(
+    server: &str,
+    carrier: CarrierChoice,
+    config: EndpointConfig,
+    pool: PoolConfig,
+) -> Result<ClientPool> {
+    let pool = if carrier == CarrierChoice::Udp {
+        ClientPool::connect(server, config, pool).await
+    } else {
+        let endpoint = faketcp_wiring::client_endpoint(server, carrier, config).await?;
+        ClientPool::with_endpoint(endpoint, server, pool).await
+    };
+    pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))
 }
 
 /// Registers the exposes on the first connection: a refusal is an error at start-up (one
@@ -418,9 +431,9 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         conns: s.conns,
         ..PoolConfig::default()
     };
-    info!(server = %s.server, conns = s.conns, "connecting");
+    info!(server = %s.server, conns = s.conns, carrier = ?s.carrier, "connecting");
     let pool = tokio::select! {
-        pool = connect(&s.server, config, pool_config) => pool?,
+        pool = connect(&s.server, s.carrier, config, pool_config) => pool?,
         signal = &mut signals => {
             info!("{signal}: stopped while connecting");
             return Ok(());

@@ -11,6 +11,7 @@ mod config_fuzz;
 mod ctl;
 mod daemon;
 mod demo;
+mod faketcp_wiring;
 mod keys;
 mod layer;
 mod logging;

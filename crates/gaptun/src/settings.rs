@@ -15,7 +15,7 @@ use crate::config::{FileConfig, Notice, Role};
 use crate::ctl::default_socket_path;
 use crate::keys::{KeySourceError, KeySources};
 use crate::layer::Layer;
-use crate::values::{ForwardSpec, LogFormat, validate_host_port};
+use crate::values::{CarrierChoice, ForwardSpec, LogFormat, validate_host_port};
 
 /// The logging choices of the command line and the config file (flag over file); `RUST_LOG`
 /// applies only where neither says.
@@ -66,6 +66,7 @@ pub struct ServerSettings {
     pub expose_bind: IpAddr,
     pub control: PathBuf,
     pub transport: TransportConfig,
+    pub carrier: CarrierChoice,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +82,7 @@ pub struct ClientSettings {
     pub conns: usize,
     pub control: PathBuf,
     pub transport: TransportConfig,
+    pub carrier: CarrierChoice,
 }
 
 fn load_file(path: Option<&PathBuf>, role: Role) -> Result<FileConfig> {
@@ -141,6 +143,7 @@ pub fn server(
             .control
             .unwrap_or_else(|| default_socket_path(Role::Server)),
         transport,
+        carrier: common.carrier.unwrap_or_default(),
     };
     let mut log = FileLog::from(log);
     log.notices = file.notices;
@@ -282,6 +285,7 @@ pub fn client(
             .control
             .unwrap_or_else(|| default_socket_path(Role::Client)),
         transport,
+        carrier: common.carrier.unwrap_or_default(),
     };
     let mut log = FileLog::from(log);
     log.notices = file.notices;

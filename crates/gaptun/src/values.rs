@@ -33,7 +33,8 @@ deserialize_via_from_str!(
     Mode,
     Congestion,
     Cipher,
-    LogFormat
+    LogFormat,
+    CarrierChoice
 );
 
 /// Implements `Deserialize` for an integer newtype from a TOML/JSON integer or a string, both
@@ -396,6 +397,43 @@ impl FromStr for Mode {
     }
 }
 
+/// How datagrams travel between client and server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum CarrierChoice {
+    /// UDP datagrams.
+    #[default]
+    Udp,
+    /// TCP-looking segments on a raw socket, for networks that throttle or block UDP.
+    Faketcp,
+    /// Both: a server accepts either, a client uses both at once.
+    All,
+}
+
+impl CarrierChoice {
+    /// Whether UDP is one of the carriers.
+    pub fn udp(self) -> bool {
+        matches!(self, Self::Udp | Self::All)
+    }
+
+    /// Whether fake TCP is one of the carriers.
+    pub fn faketcp(self) -> bool {
+        matches!(self, Self::Faketcp | Self::All)
+    }
+}
+
+impl FromStr for CarrierChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "udp" => Ok(Self::Udp),
+            "faketcp" => Ok(Self::Faketcp),
+            "all" => Ok(Self::All),
+            _ => Err(format!("invalid carrier `{s}`: use udp, faketcp or all")),
+        }
+    }
+}
+
 /// Congestion controller choice (the rate of `brutal` is a separate setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Congestion {
@@ -578,6 +616,13 @@ mod tests {
     fn enums() {
         assert_eq!("fast3".parse(), Ok(Mode::Fast3));
         assert!("turbo".parse::<Mode>().is_err());
+        assert_eq!("faketcp".parse(), Ok(CarrierChoice::Faketcp));
+        assert!(
+            "all"
+                .parse::<CarrierChoice>()
+                .is_ok_and(|c| c.udp() && c.faketcp())
+        );
+        assert!("tcp".parse::<CarrierChoice>().is_err());
         assert_eq!("brutal".parse(), Ok(Congestion::Brutal));
         assert_eq!("chacha20-poly1305".parse(), Ok(Cipher::ChaCha20Poly1305));
         assert_eq!("json".parse(), Ok(LogFormat::Json));

@@ -1,0 +1,111 @@
+//! `--carrier`: the endpoint's carriers (UDP, fake TCP, or both) for the daemons.
+//!
+//! Fake TCP uses the same port number as UDP (TCP ports are a separate space), so `--listen`
+//! and `--server` name both. Its segments carry 24 bytes more header than UDP datagrams
+//! (TCP with timestamps against UDP), so the largest datagram is made that much smaller and a
+//! packet on the wire keeps the size `--mtu` was chosen for.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use gaptun_faketcp::{ClientConfig, FakeTcpSocket, ServerConfig, Timing};
+use gaptun_proto::EndpointConfig;
+use gaptun_runtime::{Carrier, RtEndpoint, UdpCarrier};
+use tracing::info;
+
+use crate::values::CarrierChoice;
+
+/// Shrinks the datagram ceiling for fake TCP (see the module documentation).
+fn fit_payload(config: &mut EndpointConfig, choice: CarrierChoice) {
+    if choice.faketcp() {
+        let extra = FakeTcpSocket::EXTRA_OVERHEAD_VS_UDP as u16;
+        let t = &mut config.transport;
+        t.max_udp_payload = t.max_udp_payload.saturating_sub(extra).max(1200);
+        t.initial_udp_payload = t.initial_udp_payload.min(t.max_udp_payload);
+    }
+}
+
+fn ipv4(addr: IpAddr, what: SocketAddr) -> Result<Ipv4Addr> {
+    match addr {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(anyhow!("fake TCP supports IPv4 only, not {what}")),
+    }
+}
+
+/// The server's endpoint on `listen` with the chosen carriers.
+pub fn server_endpoint(
+    listen: SocketAddr,
+    choice: CarrierChoice,
+    mut config: EndpointConfig,
+) -> Result<RtEndpoint> {
+    fit_payload(&mut config, choice);
+    let mut carriers: Vec<Arc<dyn Carrier>> = Vec::new();
+    if choice.udp() {
+        let udp = UdpCarrier::bind(listen)
+            .map_err(|e| crate::daemon::bind_error(&e, listen, "tunnel"))?;
+        carriers.push(Arc::new(udp));
+    }
+    if choice.faketcp() {
+        let faketcp = FakeTcpSocket::server(ServerConfig {
+            addr: ipv4(listen.ip(), listen)?,
+            ports: listen.port()..=listen.port(),
+            timing: Timing::default(),
+        })?;
+        info!(listen = %listen, "fake TCP carrier listening");
+        carriers.push(Arc::new(faketcp));
+    }
+    Ok(RtEndpoint::with_carriers(carriers, config)?)
+}
+
+/// The client's endpoint towards `server` (`host:port`) with the chosen carriers; the pool
+/// then connects through it.
+pub async fn client_endpoint(
+    server: &str,
+    choice: CarrierChoice,
+    mut config: EndpointConfig,
+) -> Result<RtEndpoint> {
+    fit_payload(&mut config, choice);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("resolving {server}"))?
+        .collect();
+    let target = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .copied()
+        .ok_or_else(|| anyhow!("fake TCP supports IPv4 only: {server} has no IPv4 address"))?;
+    let mut carriers: Vec<Arc<dyn Carrier>> = Vec::new();
+    if choice.faketcp() {
+        let faketcp = FakeTcpSocket::client(ClientConfig {
+            server: ipv4(target.ip(), target)?,
+            ports: target.port()..=target.port(),
+            timing: Timing::default(),
+        })?;
+        carriers.push(Arc::new(faketcp));
+    }
+    if choice.udp() {
+        let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+        let udp =
+            UdpCarrier::bind(bind).map_err(|e| crate::daemon::bind_error(&e, bind, "tunnel"))?;
+        carriers.push(Arc::new(udp));
+    }
+    Ok(RtEndpoint::with_carriers(carriers, config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gaptun_proto::Psk;
+
+    #[test]
+    fn fake_tcp_datagrams_are_shorter_by_the_extra_header() {
+        let mut config = EndpointConfig::client(Psk::from_bytes([1; 32]));
+        let udp = config.transport.max_udp_payload;
+        fit_payload(&mut config, CarrierChoice::Udp);
+        assert_eq!(config.transport.max_udp_payload, udp);
+        fit_payload(&mut config, CarrierChoice::Faketcp);
+        assert_eq!(config.transport.max_udp_payload, udp - 24);
+        assert!(config.transport.initial_udp_payload <= udp - 24);
+    }
+}
