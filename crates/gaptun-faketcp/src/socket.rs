@@ -174,11 +174,12 @@ struct Slot {
 impl FakeTcpSocket {
     /// Starts a server: installs the RST rules and opens the raw socket. Needs a tokio runtime.
     pub fn server(config: ServerConfig) -> Result<Self, FakeTcpError> {
-        let rules = RstGuard::install(&Scope::Server {
+        // The raw socket first: without the privilege it is the one-line error to show.
+        let socket = sys::raw_socket(&Filter::ToPorts {
             addr: config.addr,
             ports: config.ports.clone(),
         })?;
-        let socket = sys::raw_socket(&Filter::ToPorts {
+        let rules = RstGuard::install(&Scope::Server {
             addr: config.addr,
             ports: config.ports.clone(),
         })?;
@@ -195,11 +196,11 @@ impl FakeTcpSocket {
     /// Starts a client: one flow per server port, connecting at once. Needs a tokio runtime.
     pub fn client(config: ClientConfig) -> Result<Self, FakeTcpError> {
         let local_ip = sys::source_for(config.server)?;
-        let rules = RstGuard::install(&Scope::Client {
+        let socket = sys::raw_socket(&Filter::FromPorts {
             server: config.server,
             ports: config.ports.clone(),
         })?;
-        let socket = sys::raw_socket(&Filter::FromPorts {
+        let rules = RstGuard::install(&Scope::Client {
             server: config.server,
             ports: config.ports.clone(),
         })?;

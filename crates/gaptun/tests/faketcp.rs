@@ -1,0 +1,185 @@
+//! The daemons with `--carrier`: fake TCP through a NAT router with strict conntrack (the
+//! namespaces of gaptun-faketcp's tests), `--carrier all` with UDP blocked at the router, and
+//! the one-line error without the privilege. Needs root; skips with a printed reason otherwise.
+
+// Test helpers: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "../../gaptun-faketcp/tests/common/mod.rs"]
+mod netns;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Daemon, KEY, scratch};
+use netns::{Topology, topology_or_skip};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TUNNEL_PORT: u16 = 29900;
+const SINK_PORT: u16 = 39001;
+const FORWARD_PORT: u16 = 39002;
+
+/// `gaptun ARGS` inside `ns`, logging to `<dir>/<name>.log`.
+fn daemon_in(ns: &str, dir: &Path, name: &str, args: &[&str]) -> Daemon {
+    let control = dir.join(format!("{name}.sock"));
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_gaptun")])
+        .args(args)
+        .args(["--control", control.to_str().unwrap()])
+        .env_remove("GAPTUN_KEY")
+        .env("RUST_LOG", "info")
+        .env("STATE_DIRECTORY", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon {
+        child,
+        control,
+        log,
+    };
+    daemon.wait_ready();
+    daemon
+}
+
+/// A TCP sink in the server namespace: returns the SHA-256 and length of one connection.
+fn sink(topo: &Topology) -> std::thread::JoinHandle<([u8; 32], usize)> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = Topology::spawn_in(&topo.server, move || async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", SINK_PORT))
+            .await
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut hash = Sha256::new();
+        let mut total = 0;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            total += n;
+        }
+        (hash.finalize().into(), total)
+    });
+    ready_rx.recv().unwrap();
+    handle
+}
+
+/// Sends `len` bytes through the client's forward from the client namespace.
+fn send_through_forward(topo: &Topology, len: usize) -> [u8; 32] {
+    Topology::spawn_in(&topo.client, move || async move {
+        let data = common::payload(len, 7);
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", FORWARD_PORT))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), conn.write_all(&data))
+            .await
+            .expect("sent within 60 s")
+            .unwrap();
+        conn.shutdown().await.unwrap();
+        Sha256::digest(&data).into()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Runs server and client with `carrier` and moves 8 MiB through a TCP forward.
+fn transfer(topo: &Arc<Topology>, carrier: &str, dir: &Path) -> (Daemon, Daemon) {
+    let sink = sink(topo);
+    let listen = format!("0.0.0.0:{TUNNEL_PORT}");
+    let server = daemon_in(
+        &topo.server,
+        dir,
+        "server",
+        &["server", "--listen", &listen, "--key", KEY, "--allow-private", "--carrier", carrier],
+    );
+    let server_addr = format!("{}:{TUNNEL_PORT}", topo.server_ip);
+    let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
+    let client = daemon_in(
+        &topo.client,
+        dir,
+        "client",
+        &[
+            "client", "--server", &server_addr, "--key", KEY, "--no-socks", "--forward",
+            &forward, "--carrier", carrier,
+        ],
+    );
+    let sent = send_through_forward(topo, 8 << 20);
+    let (received, len) = sink.join().unwrap();
+    assert_eq!(len, 8 << 20, "client log:\n{}", client.stderr());
+    assert_eq!(sent, received, "SHA-256 intact");
+    (server, client)
+}
+
+#[test]
+fn faketcp_daemons_through_strict_nat() {
+    let Some(topo) = topology_or_skip("faketcp_daemons_through_strict_nat") else {
+        return;
+    };
+    let topo = Arc::new(topo);
+    let dir = scratch("faketcp-nat");
+    let (mut server, mut client) = transfer(&topo, "faketcp", &dir);
+    assert_eq!(topo.invalid_packets(), 0, "conntrack found no INVALID segment");
+    let tables = topo.exec(&topo.server, &["nft", "list", "tables"]).unwrap();
+    assert!(tables.contains("gaptun_ft_"), "server's RST rules: {tables}");
+    // SIGTERM: the daemons remove their rules on the way out.
+    client.terminate();
+    server.terminate();
+    for ns in [&topo.client, &topo.server] {
+        let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
+        assert!(!tables.contains("gaptun_ft_"), "rules left in {ns}: {tables}");
+    }
+}
+
+#[test]
+fn carrier_all_keeps_working_with_udp_blocked() {
+    let Some(topo) = topology_or_skip("carrier_all_keeps_working_with_udp_blocked") else {
+        return;
+    };
+    topo.router_nft(
+        "table ip gfblock {\n\
+           counter udp_dropped {}\n\
+           chain block_udp { type filter hook forward priority filter - 1; policy accept;\n\
+             meta l4proto udp counter name udp_dropped drop\n\
+           }\n\
+         }\n",
+    )
+    .unwrap();
+    let topo = Arc::new(topo);
+    let dir = scratch("faketcp-all");
+    let (_server, _client) = transfer(&topo, "all", &dir);
+    assert_eq!(topo.invalid_packets(), 0);
+}
+
+#[test]
+fn faketcp_without_privilege_is_one_clear_line() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP faketcp_without_privilege_is_one_clear_line: needs root to drop it");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps", "-all"])
+        .arg(env!("CARGO_BIN_EXE_gaptun"))
+        .args(["server", "--listen", "127.0.0.1:29931", "--key", KEY, "--carrier", "faketcp"])
+        .args(["--control", "/tmp/gaptun-faketcp-noprivilege.sock"])
+        .env_remove("GAPTUN_KEY")
+        .env("STATE_DIRECTORY", std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("fake TCP needs root or CAP_NET_RAW"),
+        "stderr: {stderr}"
+    );
+}
