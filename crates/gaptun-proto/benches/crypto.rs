@@ -100,7 +100,7 @@ fn junk_rejection(c: &mut Criterion) {
         group.bench_function(format!("{keys} key(s), 1200-byte junk"), |b| {
             b.iter(|| {
                 buf.copy_from_slice(&junk[i % junk.len()]);
-                server.handle_datagram(now, from, &mut buf);
+                server.handle_datagram(now, gaptun_proto::CarrierId(0), from, &mut buf);
                 i += 1;
             })
         });

@@ -24,7 +24,7 @@ use crate::handshake::{
 };
 use crate::packet::{self, ConnectionId};
 use crate::reset::StatelessReset;
-use crate::shared::{Side, Transmit};
+use crate::shared::{CarrierId, PathAddr, Side, Transmit};
 
 mod limits;
 mod seed;
@@ -65,6 +65,9 @@ pub enum ConnectError {
     /// The endpoint has no key to connect with.
     #[error("no key configured")]
     NoKey,
+    /// No path to the server was given.
+    #[error("no path to the server")]
+    NoPath,
 }
 
 /// Per-PSK state: its header key (the server may accept several keys).
@@ -93,7 +96,7 @@ pub struct Endpoint {
     replay: ReplayCache,
     /// Server: connections whose client has not confirmed the handshake yet, by address, so a
     /// retransmitted Initial (its Response was lost) gets the Response again.
-    unconfirmed: HashMap<SocketAddr, ConnectionHandle>,
+    unconfirmed: HashMap<PathAddr, ConnectionHandle>,
     /// Round-robin position for `poll_transmit`, so one busy connection cannot starve others.
     transmit_order: VecDeque<ConnectionHandle>,
     /// Connection IDs, and answering or recognising stateless resets.
@@ -161,7 +164,7 @@ impl Endpoint {
         }
     }
 
-    fn init(&mut self, side: Side, key: usize, remote: SocketAddr) -> ConnectionInit {
+    fn init(&mut self, side: Side, key: usize, remote: PathAddr) -> ConnectionInit {
         let local_cid = self.new_cid();
         ConnectionInit {
             side,
@@ -184,25 +187,45 @@ impl Endpoint {
         handle
     }
 
-    /// Starts connecting to `remote`.
+    /// Starts connecting to `remote` on carrier 0.
     pub fn connect(
         &mut self,
         now: Instant,
         remote: SocketAddr,
     ) -> Result<ConnectionHandle, ConnectError> {
+        self.connect_paths(now, &[PathAddr::single(remote)])
+    }
+
+    /// Starts connecting to a server reachable over `paths` (say, each port of a port range, or
+    /// several carriers): the connection spreads its packets over all of them and stops using a
+    /// path that goes dark (see [`Connection::paths`]).
+    pub fn connect_paths(
+        &mut self,
+        now: Instant,
+        paths: &[PathAddr],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let &first = paths.first().ok_or(ConnectError::NoPath)?;
         let psk = self
             .config
             .psks
             .first()
             .cloned()
             .ok_or(ConnectError::NoKey)?;
-        let init = self.init(Side::Client, 0, remote);
-        let conn = Connection::new_client(init, now, &psk);
+        let init = self.init(Side::Client, 0, first);
+        let mut conn = Connection::new_client(init, now, &psk);
+        conn.start_paths(now, paths);
         Ok(self.insert(conn))
     }
 
-    /// A datagram arrived from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+    /// A datagram arrived on `carrier` from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        carrier: CarrierId,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
+        let from = PathAddr::new(carrier, from);
         if let Some(handle) = self.route(data)
             && let Some(conn) = self.connections.get_mut(&handle)
         {
@@ -244,12 +267,12 @@ impl Endpoint {
     /// address of a connection whose client has not confirmed yet, the client did not get our
     /// Response and sent its Initial again: answer again. From anywhere else it is a replay and
     /// gets silence. (A forged source address only sends the Response to the real client.)
-    fn repeat_response(&mut self, from: SocketAddr, len: usize) {
+    fn repeat_response(&mut self, from: PathAddr, len: usize) {
         let Some(&handle) = self.unconfirmed.get(&from) else {
             return;
         };
         match self.connections.get_mut(&handle) {
-            Some(conn) if conn.is_unconfirmed_server() && conn.remote_address() == from => {
+            Some(conn) if conn.is_unconfirmed_server() && conn.path() == from => {
                 conn.on_initial_repeated(len);
             }
             _ => {
@@ -262,7 +285,7 @@ impl Endpoint {
     /// have issued (we restarted since), answer with a stateless reset (it still counts as
     /// dropped). Client: if it is the reset of one of our connections, that connection ends.
     /// Returns whether the datagram was a reset we took.
-    fn stateless_reset(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+    fn stateless_reset(&mut self, now: Instant, from: PathAddr, data: &[u8]) -> bool {
         if self.config.server {
             let keys = self.keys.iter().map(|slot| &*slot.header_key);
             if self
@@ -274,7 +297,7 @@ impl Endpoint {
             return false;
         }
         for conn in self.connections.values_mut() {
-            if conn.remote_address() == from
+            if conn.remote_address() == from.remote
                 && let Some(cid) = conn.stateless_reset_cid()
                 && self.reset.is_reset_for(&cid, data)
             {
@@ -288,7 +311,7 @@ impl Endpoint {
 
     /// Server: tries `data` as a handshake Initial. True if it was one (answered, or dropped on
     /// purpose and counted), false if it is no Initial under any key.
-    fn try_accept(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+    fn try_accept(&mut self, now: Instant, from: PathAddr, data: &[u8]) -> bool {
         if data.len() < handshake::MIN_INITIAL_LEN {
             return false;
         }
@@ -299,7 +322,7 @@ impl Endpoint {
             limits: &mut self.limits,
             connections: &self.connections,
             now,
-            from,
+            from: from.remote,
         };
         let accepted = handshake::accept_initial(
             &self.handshake_keys,

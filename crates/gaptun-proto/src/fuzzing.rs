@@ -50,7 +50,7 @@ pub fn datagram(data: &[u8]) {
     let config = Arc::new(EndpointConfig::server(vec![Psk::from_bytes(FUZZ_PSK)]));
     let mut server = Endpoint::new(config, RngSeed::from_bytes([1; 32]), now, FUZZ_UNIX_TIME);
     let mut copy = data.to_vec();
-    server.handle_datagram(now, peer(), &mut copy);
+    server.handle_datagram(now, crate::CarrierId(0), peer(), &mut copy);
     let mut buf = Vec::new();
     while server.poll_transmit(now, 1, &mut buf).is_some() {}
     server.handle_timeout(now + Duration::from_secs(60));

@@ -43,5 +43,5 @@ pub use congestion::CongestionKind;
 pub use connection::{Connection, ConnectionError, ConnectionStats, Event, MIN_MTU};
 pub use crypto::{CipherSuite, Psk};
 pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, RngSeed, SeedError, SeedOrigin};
-pub use shared::{Side, StreamId, Transmit};
+pub use shared::{CarrierId, PathAddr, Side, StreamId, Transmit};
 pub use streams::{ReadError, StreamEvent, WriteError};

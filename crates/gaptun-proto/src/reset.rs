@@ -196,7 +196,7 @@ pub(crate) struct StatelessReset {
     /// One per configured key, in the same order.
     reset_keys: Vec<ResetKey>,
     limiter: ResetLimiter,
-    queued: std::collections::VecDeque<(std::net::SocketAddr, Vec<u8>)>,
+    queued: std::collections::VecDeque<(crate::shared::PathAddr, Vec<u8>)>,
 }
 
 impl StatelessReset {
@@ -221,13 +221,14 @@ impl StatelessReset {
         }
     }
 
-    /// Server: `data` from `from` matched no connection and is no handshake. If, unmasked with
+    /// Server: `data` from `from` (a path: the reset goes back on the carrier it came in on)
+    /// matched no connection and is no handshake. If, unmasked with
     /// one of `header_keys` (in key order), it carries a connection ID this server could have
     /// issued, a reset is queued for it (within the rate limit). Returns whether one was.
     pub(crate) fn answer_unknown<'a>(
         &mut self,
         now: Instant,
-        from: std::net::SocketAddr,
+        from: crate::shared::PathAddr,
         data: &[u8],
         header_keys: impl Iterator<Item = &'a crate::crypto::HeaderKey>,
         rng: &mut dyn RngCore,
@@ -271,14 +272,10 @@ impl StatelessReset {
 
     /// The next queued reset, written into `buf`.
     pub(crate) fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<crate::shared::Transmit> {
-        let (destination, datagram) = self.queued.pop_front()?;
+        let (path, datagram) = self.queued.pop_front()?;
         buf.clear();
         buf.extend_from_slice(&datagram);
-        Some(crate::shared::Transmit {
-            destination,
-            size: buf.len(),
-            segment_size: None,
-        })
+        Some(crate::shared::Transmit::to(path, buf.len(), None))
     }
 }
 

@@ -60,12 +60,56 @@ impl fmt::Display for StreamId {
     }
 }
 
+/// One of the caller's carriers: what moves datagrams (a UDP socket, a fake-TCP flow table...).
+///
+/// The core never looks inside: the caller numbers its carriers, passes the number with every
+/// datagram it delivers, and sends each [`Transmit`] on the carrier it names. Carrier 0 is the
+/// one a caller with a single socket uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CarrierId(pub u16);
+
+impl fmt::Display for CarrierId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "carrier {}", self.0)
+    }
+}
+
+/// A network path to the peer: which of our carriers, and the peer's address on it. (The local
+/// address is the carrier's own.) Validation, migration and path health are kept per path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PathAddr {
+    /// The carrier the path uses.
+    pub carrier: CarrierId,
+    /// The peer's address on that carrier.
+    pub remote: SocketAddr,
+}
+
+impl PathAddr {
+    /// `remote` on `carrier`.
+    pub fn new(carrier: CarrierId, remote: SocketAddr) -> Self {
+        Self { carrier, remote }
+    }
+
+    /// `remote` on carrier 0 (a caller with one socket).
+    pub fn single(remote: SocketAddr) -> Self {
+        Self::new(CarrierId::default(), remote)
+    }
+}
+
+impl fmt::Display for PathAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} via {}", self.remote, self.carrier)
+    }
+}
+
 /// A datagram (or a batch of equal-sized datagrams, for GSO) that the caller must send.
 ///
 /// The bytes are in the buffer passed to `poll_transmit`; this is the metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Transmit {
+    /// The carrier to send it on.
+    pub carrier: CarrierId,
     /// Where to send it.
     pub destination: SocketAddr,
     /// Total bytes written into the buffer.
@@ -73,4 +117,21 @@ pub struct Transmit {
     /// When set, the buffer holds several datagrams of this size (the last may be shorter), to be
     /// sent with one GSO call or split by the caller.
     pub segment_size: Option<usize>,
+}
+
+impl Transmit {
+    /// A transmit of `size` bytes on `path`.
+    pub(crate) fn to(path: PathAddr, size: usize, segment_size: Option<usize>) -> Self {
+        Self {
+            carrier: path.carrier,
+            destination: path.remote,
+            size,
+            segment_size,
+        }
+    }
+
+    /// The path it goes out on.
+    pub fn path(&self) -> PathAddr {
+        PathAddr::new(self.carrier, self.destination)
+    }
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use gaptun_proto::{ConnectionError, ConnectionStats};
+use gaptun_proto::connection::PathInfo;
+use gaptun_proto::{ConnectionError, ConnectionStats, PathAddr};
 
 use crate::endpoint::{EndpointRef, RtEndpoint};
 use crate::error::RtError;
@@ -58,6 +59,29 @@ impl RtConnection {
     /// The peer's address when the connection was made.
     pub fn remote_address(&self) -> SocketAddr {
         self.inner.meta.remote
+    }
+
+    /// Client: spreads packets over `paths` from now on (see
+    /// [`gaptun_proto::Connection::set_paths`]); moving to a new carrier or server port this way
+    /// is a migration, validated by the server, with no new handshake. Fails if the connection
+    /// has ended.
+    pub fn set_paths(&self, paths: &[PathAddr]) -> Result<(), RtError> {
+        {
+            let mut state = self.shared().lock();
+            let (conn, _) = state.conn(self.meta())?;
+            conn.set_paths(paths);
+        }
+        self.shared().kick();
+        Ok(())
+    }
+
+    /// The connection's paths and their health (empty once it has ended).
+    pub fn paths(&self) -> Vec<PathInfo> {
+        let mut state = self.shared().lock();
+        state
+            .conn(self.meta())
+            .map(|(conn, _)| conn.paths())
+            .unwrap_or_default()
     }
 
     /// Opens a stream, waiting while the peer's stream limit is reached (or the handshake is

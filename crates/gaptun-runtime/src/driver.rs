@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use gaptun_proto::{Event, StreamEvent, Transmit};
+use gaptun_proto::{CarrierId, Event, StreamEvent, Transmit};
 use tracing::{debug, trace, warn};
 
 use crate::carrier::{self, Carrier, CarrierTransmit, RecvBuffers};
@@ -39,8 +39,12 @@ const LIMIT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// The driver's private data (everything shared with handles is in [`Shared`]).
 pub(crate) struct Driver {
     shared: Arc<Shared>,
-    /// The carriers, in the order the core numbers them, each with its receive buffers.
+    /// The carriers (as in `State::carriers`), each with its receive buffers.
     carriers: Vec<CarrierSlot>,
+    /// `State::carriers_version` that `carriers` reflects.
+    carriers_version: u64,
+    /// The largest datagram the core sends and accepts, for sizing receive buffers.
+    max_payload: usize,
     /// Filled transmit buffers waiting to be sent, reused across iterations.
     outgoing: Vec<(Vec<u8>, Transmit)>,
     spare: Vec<Vec<u8>>,
@@ -56,6 +60,7 @@ pub(crate) struct Driver {
 
 /// One carrier the driver polls.
 struct CarrierSlot {
+    id: CarrierId,
     carrier: Arc<dyn Carrier>,
     recv: RecvBuffers,
     /// Receive errors since the last success: past a few, the carrier stops counting as
@@ -78,37 +83,57 @@ struct Step {
 }
 
 impl Driver {
-    /// `max_payload`: the largest datagram the core sends and accepts.
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        carriers: Vec<Arc<dyn Carrier>>,
-        max_payload: usize,
-        store: Option<ReplayStore>,
-    ) -> Self {
-        let max_segments = carriers
-            .iter()
-            .map(|c| carrier::segments_for(&**c, max_payload))
-            .min()
-            .unwrap_or(1)
-            .min(MAX_GSO_SEGMENTS);
-        let carriers = carriers
-            .into_iter()
-            .map(|carrier| CarrierSlot {
-                recv: RecvBuffers::new(&*carrier, max_payload),
-                carrier,
-                errors_in_row: 0,
-            })
-            .collect();
-        Self {
+    /// `max_payload`: the largest datagram the core sends and accepts. The carriers are those
+    /// of the shared state, picked up again whenever they change.
+    pub(crate) fn new(shared: Arc<Shared>, max_payload: usize, store: Option<ReplayStore>) -> Self {
+        let mut driver = Self {
             shared,
-            carriers,
+            carriers: Vec::new(),
+            carriers_version: u64::MAX,
+            max_payload,
             outgoing: Vec::new(),
             spare: Vec::new(),
-            max_segments,
+            max_segments: 1,
             store,
             store_failing: false,
             next_limit_report: Instant::now() + LIMIT_REPORT_INTERVAL,
+        };
+        driver.sync_carriers();
+        driver
+    }
+
+    /// Takes up carriers added or removed since the last call (keeping the buffers of those
+    /// that stay), and the batch size all of them can send.
+    fn sync_carriers(&mut self) {
+        let current = {
+            let state = self.shared.lock();
+            if state.carriers_version == self.carriers_version {
+                return;
+            }
+            self.carriers_version = state.carriers_version;
+            state.carriers.clone()
+        };
+        let mut old = std::mem::take(&mut self.carriers);
+        for (id, carrier) in current {
+            let slot = match old.iter().position(|s| s.id == id) {
+                Some(i) => old.swap_remove(i),
+                None => CarrierSlot {
+                    id,
+                    recv: RecvBuffers::new(&*carrier, self.max_payload),
+                    carrier,
+                    errors_in_row: 0,
+                },
+            };
+            self.carriers.push(slot);
         }
+        self.max_segments = self
+            .carriers
+            .iter()
+            .map(|s| carrier::segments_for(&*s.carrier, self.max_payload))
+            .min()
+            .unwrap_or(1)
+            .min(MAX_GSO_SEGMENTS);
+        debug!(carriers = self.carriers.len(), "carriers changed");
     }
 
     /// The state this driver serves.
@@ -119,6 +144,7 @@ impl Driver {
     /// Runs until the endpoint has closed.
     pub(crate) async fn run(mut self) {
         loop {
+            self.sync_carriers();
             let recv_busy = match poll_fn(|cx| Poll::Ready(self.poll_receive(cx))).await {
                 Poll::Ready(busy) => busy,
                 Poll::Pending => false,
@@ -127,6 +153,11 @@ impl Driver {
             self.send().await;
             if step.exit {
                 debug!(addr = %self.shared.local_addr, "endpoint driver finished");
+                // Close the sockets now (and let a fake-TCP carrier remove its nftables
+                // rules), not when the last handle to the shared state goes: a restarted
+                // server must be able to bind the same address at once.
+                self.carriers.clear();
+                self.shared.lock().carriers.clear();
                 break;
             }
             if recv_busy || step.more_to_send {
@@ -213,8 +244,8 @@ impl Driver {
             for i in 0..n {
                 let (from, datagrams) = slot.recv.datagrams(i);
                 for datagram in datagrams {
-                    trace!(%from, len = datagram.len(), "datagram in");
-                    state.endpoint.handle_datagram(now, from, datagram);
+                    trace!(%from, carrier = slot.id.0, len = datagram.len(), "datagram in");
+                    state.endpoint.handle_datagram(now, slot.id, from, datagram);
                 }
             }
         }
@@ -321,8 +352,14 @@ impl Driver {
     async fn send(&mut self) {
         for (buf, t) in self.outgoing.drain(..) {
             let contents = buf.get(..t.size).unwrap_or(&buf);
-            trace!(to = %t.destination, len = t.size, segment = ?t.segment_size, "datagram out");
-            let Some(slot) = self.carriers.first() else {
+            trace!(to = %t.destination, carrier = t.carrier.0, len = t.size, segment = ?t.segment_size, "datagram out");
+            let Some(slot) = self.carriers.iter().find(|s| s.id == t.carrier) else {
+                // A carrier removed since the core chose it (a hop): the datagram is lost, and
+                // recovered like any other loss.
+                trace!(
+                    carrier = t.carrier.0,
+                    "datagram for a removed carrier dropped"
+                );
                 self.spare.push(buf);
                 continue;
             };

@@ -8,7 +8,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gaptun_proto::{
-    ConnectionHandle, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, RngSeed,
+    CarrierId, ConnectionHandle, ConnectionStats, Endpoint, EndpointConfig, EndpointStats,
+    PathAddr, RngSeed,
 };
 use tracing::{debug, error};
 
@@ -64,16 +65,33 @@ impl RtEndpoint {
     /// runtime; fails with an `io::Error` otherwise, or when the address is taken
     /// (`ErrorKind::AddrInUse`).
     pub fn bind(addr: SocketAddr, config: EndpointConfig) -> io::Result<Self> {
+        Self::bind_all(&[addr], config)
+    }
+
+    /// Binds a UDP socket on each of `addrs` (say, every port of a range), each its own carrier
+    /// numbered in order from 0, and starts the driver task. Fails if any cannot be bound, with
+    /// the address in the message.
+    pub fn bind_all(addrs: &[SocketAddr], config: EndpointConfig) -> io::Result<Self> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
         let _guard = runtime.enter();
-        let carrier = UdpCarrier::bind(addr)?;
-        Self::with_carriers(vec![Arc::new(carrier)], config)
+        let mut carriers: Vec<Arc<dyn Carrier>> = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let carrier = UdpCarrier::bind(addr).map_err(|e| {
+                if addrs.len() > 1 {
+                    io::Error::new(e.kind(), format!("{addr}: {e}"))
+                } else {
+                    e
+                }
+            })?;
+            carriers.push(Arc::new(carrier));
+        }
+        Self::with_carriers(carriers, config)
     }
 
-    /// Starts an endpoint on carriers made elsewhere (fake TCP, several at once); the first
-    /// one's address is the endpoint's [`local_addr`](Self::local_addr). Must be called within
-    /// a tokio runtime.
+    /// Starts an endpoint on carriers made elsewhere (fake TCP, UDP and fake TCP together),
+    /// numbered in order from 0; the first one's address is the endpoint's
+    /// [`local_addr`](Self::local_addr). Must be called within a tokio runtime.
     pub fn with_carriers(
         carriers: Vec<Arc<dyn Carrier>>,
         config: EndpointConfig,
@@ -81,10 +99,13 @@ impl RtEndpoint {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
         let _guard = runtime.enter();
-        let local_addr = carriers
-            .first()
-            .ok_or_else(|| io::Error::other("an endpoint needs at least one carrier"))?
-            .local_addr()?;
+        let Some(first) = carriers.first() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no address to bind",
+            ));
+        };
+        let local_addr = first.local_addr()?;
         let max_payload = usize::from(config.transport.max_udp_payload);
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -105,9 +126,15 @@ impl RtEndpoint {
             None => None,
         };
         let shared = Arc::new(Shared::new(endpoint, local_addr));
+        {
+            let mut state = shared.lock();
+            for carrier in carriers {
+                state.add_carrier(carrier);
+            }
+        }
         spawn_driver(
             &runtime,
-            Driver::new(Arc::clone(&shared), carriers, max_payload, store),
+            Driver::new(Arc::clone(&shared), max_payload, store),
         );
         debug!(addr = %local_addr, "endpoint bound");
         Ok(Self {
@@ -123,9 +150,40 @@ impl RtEndpoint {
         &self.inner.shared
     }
 
-    /// The bound address (with the actual port when 0 was asked for).
+    /// The bound address (with the actual port when 0 was asked for); with several carriers,
+    /// that of the first.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared().local_addr
+    }
+
+    /// Every carrier with its number, kind and local address (for statistics).
+    pub fn carriers(&self) -> Vec<(CarrierId, &'static str, Option<SocketAddr>)> {
+        let state = self.shared().lock();
+        state
+            .carriers
+            .iter()
+            .map(|(id, c)| (*id, c.kind(), c.local_addr().ok()))
+            .collect()
+    }
+
+    /// Adds a carrier (another UDP socket, a fake-TCP carrier...) for the driver to poll;
+    /// returns its number, which paths name. Fails only once the endpoint has used up all
+    /// 65 536 numbers.
+    pub fn add_carrier(&self, carrier: Arc<dyn Carrier>) -> io::Result<CarrierId> {
+        let id = self
+            .shared()
+            .lock()
+            .add_carrier(carrier)
+            .ok_or_else(|| io::Error::other("carrier numbers used up"))?;
+        self.shared().kick();
+        Ok(id)
+    }
+
+    /// Stops using carrier `id`: the driver drops it (closing its socket) at its next round.
+    /// Packets the core still sends on it are lost, and recovered like any loss.
+    pub fn remove_carrier(&self, id: CarrierId) {
+        self.shared().lock().remove_carrier(id);
+        self.shared().kick();
     }
 
     /// Connects to `remote`, resolving once the handshake completes.
@@ -134,6 +192,14 @@ impl RtEndpoint {
     /// purpose) makes this fail after the handshake timeout with
     /// [`gaptun_proto::ConnectionError::HandshakeTimeout`].
     pub async fn connect(&self, remote: SocketAddr) -> Result<RtConnection, ConnectError> {
+        self.connect_paths(&[PathAddr::single(remote)]).await
+    }
+
+    /// Connects to a server reachable over several paths (each port of a range, several
+    /// carriers): the connection spreads its packets over all of them and leaves for a while
+    /// a path whose packets stop being acknowledged. Resolves once the handshake completes.
+    pub async fn connect_paths(&self, paths: &[PathAddr]) -> Result<RtConnection, ConnectError> {
+        let remote = paths.first().map_or(self.local_addr(), |p| p.remote);
         let meta = {
             let mut wakers = Vec::new();
             let mut state = self.shared().lock();
@@ -143,7 +209,7 @@ impl RtEndpoint {
             if state.closing_since.is_some() {
                 return Err(RtError::EndpointClosed.into());
             }
-            let handle = state.endpoint.connect(Instant::now(), remote)?;
+            let handle = state.endpoint.connect_paths(Instant::now(), paths)?;
             let meta = state.track(handle, remote, &mut wakers);
             drop(state);
             wake_all(wakers);

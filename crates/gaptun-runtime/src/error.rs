@@ -64,6 +64,9 @@ pub enum ConnectError {
     /// The endpoint has no key to connect with.
     #[error("no key configured")]
     NoKey,
+    /// No path to the server was given (an empty list to `connect_paths`).
+    #[error("no path to the server")]
+    NoPath,
     /// The server name did not resolve.
     #[error("cannot resolve {host}: {reason}")]
     Resolve {
@@ -95,6 +98,7 @@ impl From<gaptun_proto::endpoint::ConnectError> for ConnectError {
     fn from(e: gaptun_proto::endpoint::ConnectError) -> Self {
         match e {
             gaptun_proto::endpoint::ConnectError::NoKey => Self::NoKey,
+            gaptun_proto::endpoint::ConnectError::NoPath => Self::NoPath,
         }
     }
 }

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use gaptun_proto::{ConnectionStats, EndpointConfig};
+use gaptun_proto::{ConnectionStats, EndpointConfig, PathAddr};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -363,7 +363,19 @@ impl PoolInner {
                 family,
             });
         };
-        let result = self.endpoint.connect(addr).await;
+        // Every carrier of the endpoint (UDP and fake TCP with `--carrier all`) reaches the
+        // server at `addr`: one path each, used at once.
+        let paths: Vec<PathAddr> = self
+            .endpoint
+            .carriers()
+            .into_iter()
+            .map(|(id, _, _)| PathAddr::new(id, addr))
+            .collect();
+        let result = if paths.len() > 1 {
+            self.endpoint.connect_paths(&paths).await
+        } else {
+            self.endpoint.connect(addr).await
+        };
         if let Err(e) = &result {
             self.note_error(e.to_string());
         }

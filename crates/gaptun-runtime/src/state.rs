@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
 use std::time::Instant;
 
-use gaptun_proto::{Connection, ConnectionHandle, Endpoint, StreamId};
+use gaptun_proto::{CarrierId, Connection, ConnectionHandle, Endpoint, StreamId};
 use tokio::sync::{Notify, watch};
 
+use crate::carrier::Carrier;
 use crate::error::RtError;
 
 /// Accepted connections waiting for the application; beyond this, new ones are refused.
@@ -133,6 +134,11 @@ pub(crate) struct State {
     /// Server side: what to call each key (by index) in log lines, e.g. the user owning it.
     /// Empty: keys are called by their number.
     pub(crate) key_names: Vec<Arc<str>>,
+    /// The carriers the driver polls, by the number the core knows them by.
+    pub(crate) carriers: Vec<(CarrierId, Arc<dyn Carrier>)>,
+    /// Bumped when `carriers` changes, so the driver picks the change up.
+    pub(crate) carriers_version: u64,
+    next_carrier: u16,
     next_generation: u64,
 }
 
@@ -146,7 +152,29 @@ impl State {
             closing_since: None,
             failed: None,
             key_names: Vec::new(),
+            carriers: Vec::new(),
+            carriers_version: 0,
+            next_carrier: 0,
             next_generation: 0,
+        }
+    }
+
+    /// Adds a carrier for the driver to poll; returns its number. `None` once every number has
+    /// been used (65 536 carriers over the endpoint's life).
+    pub(crate) fn add_carrier(&mut self, carrier: Arc<dyn Carrier>) -> Option<CarrierId> {
+        let id = CarrierId(self.next_carrier);
+        self.next_carrier = self.next_carrier.checked_add(1)?;
+        self.carriers.push((id, carrier));
+        self.carriers_version += 1;
+        Some(id)
+    }
+
+    /// Stops polling carrier `id` (its socket closes once the driver lets go of it).
+    pub(crate) fn remove_carrier(&mut self, id: CarrierId) {
+        let before = self.carriers.len();
+        self.carriers.retain(|(c, _)| *c != id);
+        if self.carriers.len() != before {
+            self.carriers_version += 1;
         }
     }
 

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use gaptun_proto::endpoint::ConnectError;
 use gaptun_proto::{
-    CongestionKind, Connection, ConnectionHandle, Endpoint, EndpointConfig, Psk, RngSeed,
-    TransportConfig,
+    CarrierId, CongestionKind, Connection, ConnectionHandle, Endpoint, EndpointConfig, PathAddr,
+    Psk, RngSeed, TransportConfig,
 };
 
 use crate::link::{Datagram, Link, LinkConfig, LinkStats};
@@ -295,6 +295,9 @@ pub struct SimStats {
     pub unroutable: u64,
     /// Datagrams injected by the test.
     pub injected: u64,
+    /// Datagrams dropped because their source or destination address is blocked
+    /// ([`Sim::block_address`]).
+    pub blocked: u64,
 }
 
 #[derive(Debug)]
@@ -313,6 +316,9 @@ struct ClientNode {
 pub struct Nodes {
     server: Endpoint,
     server_address: SocketAddr,
+    /// Further server addresses, each its own carrier: `extra_server_addresses[i]` is carrier
+    /// `i + 1` (carrier 0 is `server_address`).
+    extra_server_addresses: Vec<SocketAddr>,
     clients: Vec<ClientNode>,
     accepted: Vec<Accepted>,
 }
@@ -337,13 +343,48 @@ impl Nodes {
     /// Connects client `index` to the server, or returns its existing primary connection.
     fn connect(&mut self, now: Instant, index: usize) -> Result<ConnectionHandle, ConnectError> {
         let server = self.server_address;
+        self.connect_paths(now, index, &[server])
+    }
+
+    /// [`Nodes::connect`] over paths to each of `servers` (the client's one carrier to each).
+    fn connect_paths(
+        &mut self,
+        now: Instant,
+        index: usize,
+        servers: &[SocketAddr],
+    ) -> Result<ConnectionHandle, ConnectError> {
         let node = self.client_node(index);
         if let Some(handle) = node.primary {
             return Ok(handle);
         }
-        let handle = node.endpoint.connect(now, server)?;
+        let paths: Vec<PathAddr> = servers.iter().map(|&s| PathAddr::single(s)).collect();
+        let handle = node.endpoint.connect_paths(now, &paths)?;
         node.primary = Some(handle);
         Ok(handle)
+    }
+
+    /// The server carrier that owns `address`, if any.
+    fn server_carrier(&self, address: SocketAddr) -> Option<CarrierId> {
+        if address == self.server_address {
+            return Some(CarrierId(0));
+        }
+        let i = self
+            .extra_server_addresses
+            .iter()
+            .position(|&a| a == address)?;
+        u16::try_from(i + 1).ok().map(CarrierId)
+    }
+
+    /// The address of server carrier `carrier` (carrier 0's for an unknown one).
+    fn server_carrier_address(&self, carrier: CarrierId) -> SocketAddr {
+        match usize::from(carrier.0).checked_sub(1) {
+            Some(i) => self
+                .extra_server_addresses
+                .get(i)
+                .copied()
+                .unwrap_or(self.server_address),
+            None => self.server_address,
+        }
     }
 
     /// The server connection most recently accepted from any address client `index` has had.
@@ -466,6 +507,8 @@ pub struct Sim {
     buf: Vec<u8>,
     /// Instants processed without the clock moving.
     spins: u64,
+    /// Addresses whose datagrams are dropped on delivery ([`Sim::block_address`]).
+    blocked: BTreeSet<SocketAddr>,
 }
 
 impl fmt::Debug for Sim {
@@ -500,6 +543,7 @@ impl Sim {
             nodes: Nodes {
                 server,
                 server_address: config.server_address,
+                extra_server_addresses: Vec::new(),
                 clients: Vec::new(),
                 accepted: Vec::new(),
             },
@@ -514,6 +558,7 @@ impl Sim {
             auto_accept: config.auto_accept,
             buf: Vec::new(),
             spins: 0,
+            blocked: BTreeSet::new(),
         };
         for setup in config.clients {
             sim.add_client(setup);
@@ -628,6 +673,39 @@ impl Sim {
     /// [`Sim::client_connection`] use).
     pub fn connect(&mut self, index: usize) -> Result<ConnectionHandle, ConnectError> {
         self.nodes.connect(self.now, index)
+    }
+
+    /// Like [`Sim::connect`], but over paths to each of `servers` (server addresses given by
+    /// [`Sim::add_server_address`], or the main one): the client spreads its packets over them.
+    pub fn connect_paths(
+        &mut self,
+        index: usize,
+        servers: &[SocketAddr],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        self.nodes.connect_paths(self.now, index, servers)
+    }
+
+    /// Gives the server one more address (another port, say), as its own carrier; returns the
+    /// carrier's number. Uplink datagrams to it reach the server on that carrier, and what the
+    /// server sends on the carrier leaves from it.
+    pub fn add_server_address(&mut self, address: SocketAddr) -> CarrierId {
+        if let Some(c) = self.nodes.server_carrier(address) {
+            return c;
+        }
+        self.nodes.extra_server_addresses.push(address);
+        let n = self.nodes.extra_server_addresses.len();
+        CarrierId(u16::try_from(n).unwrap_or(u16::MAX))
+    }
+
+    /// Drops, from now on, every datagram sent from or to `address` when it is delivered (a
+    /// port a middlebox blocks in both directions). Counted in [`SimStats::blocked`].
+    pub fn block_address(&mut self, address: SocketAddr) {
+        self.blocked.insert(address);
+    }
+
+    /// Undoes [`Sim::block_address`].
+    pub fn unblock_address(&mut self, address: SocketAddr) {
+        self.blocked.remove(&address);
     }
 
     /// Forgets client `index`'s primary connection, so the next [`Sim::connect`] opens a new one.
@@ -776,7 +854,9 @@ impl Sim {
             &data,
         );
         let now = self.now;
-        self.nodes.server.handle_datagram(now, from, &mut data);
+        self.nodes
+            .server
+            .handle_datagram(now, CarrierId(0), from, &mut data);
     }
 
     /// Hands `data` to client `index` now, as if it came from `from` (no link involved).
@@ -794,7 +874,7 @@ impl Sim {
         self.nodes
             .client_node(index)
             .endpoint
-            .handle_datagram(now, from, &mut data);
+            .handle_datagram(now, CarrierId(0), from, &mut data);
     }
 
     /// Sends a raw datagram into a link now, with any source address: it suffers the link's
@@ -979,8 +1059,12 @@ impl Sim {
     fn deliver(&mut self) {
         let now = self.now;
         while let Some(mut d) = self.uplink.pop_due(now) {
-            if d.dst != self.nodes.server_address {
+            let Some(carrier) = self.nodes.server_carrier(d.dst) else {
                 self.stats.unroutable += 1;
+                continue;
+            };
+            if self.blocked.contains(&d.src) || self.blocked.contains(&d.dst) {
+                self.stats.blocked += 1;
                 continue;
             }
             self.tap(
@@ -991,13 +1075,19 @@ impl Sim {
                 d.dst,
                 &d.data,
             );
-            self.nodes.server.handle_datagram(now, d.src, &mut d.data);
+            self.nodes
+                .server
+                .handle_datagram(now, carrier, d.src, &mut d.data);
         }
         while let Some(mut d) = self.downlink.pop_due(now) {
             let Some(index) = self.nodes.clients.iter().position(|c| c.address == d.dst) else {
                 self.stats.unroutable += 1;
                 continue;
             };
+            if self.blocked.contains(&d.src) || self.blocked.contains(&d.dst) {
+                self.stats.blocked += 1;
+                continue;
+            }
             self.tap(
                 Path::Downlink,
                 Stage::Delivered,
@@ -1007,7 +1097,8 @@ impl Sim {
                 &d.data,
             );
             if let Some(node) = self.nodes.clients.get_mut(index) {
-                node.endpoint.handle_datagram(now, d.src, &mut d.data);
+                node.endpoint
+                    .handle_datagram(now, CarrierId(0), d.src, &mut d.data);
             }
         }
     }
@@ -1083,6 +1174,11 @@ impl Sim {
             };
             let Some(transmit) = endpoint.poll_transmit(now, self.max_datagrams, &mut buf) else {
                 break;
+            };
+            // The server sends from the address of the carrier it chose (clients have one).
+            let src = match node {
+                Node::Server => self.nodes.server_carrier_address(transmit.carrier),
+                _ => src,
             };
             polls += 1;
             assert!(

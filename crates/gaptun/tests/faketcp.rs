@@ -92,15 +92,24 @@ fn send_through_forward(topo: &Topology, len: usize) -> [u8; 32] {
     .unwrap()
 }
 
-/// Runs server and client with `carrier` and moves 8 MiB through a TCP forward.
-fn transfer(topo: &Arc<Topology>, carrier: &str, dir: &Path) -> (Daemon, Daemon) {
-    let sink = sink(topo);
+/// Starts server and client with `carrier`, the client forwarding a local TCP port to the
+/// sink's.
+fn daemons(topo: &Topology, carrier: &str, dir: &Path) -> (Daemon, Daemon) {
     let listen = format!("0.0.0.0:{TUNNEL_PORT}");
     let server = daemon_in(
         &topo.server,
         dir,
         "server",
-        &["server", "--listen", &listen, "--key", KEY, "--allow-private", "--carrier", carrier],
+        &[
+            "server",
+            "--listen",
+            &listen,
+            "--key",
+            KEY,
+            "--allow-private",
+            "--carrier",
+            carrier,
+        ],
     );
     let server_addr = format!("{}:{TUNNEL_PORT}", topo.server_ip);
     let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
@@ -109,15 +118,41 @@ fn transfer(topo: &Arc<Topology>, carrier: &str, dir: &Path) -> (Daemon, Daemon)
         dir,
         "client",
         &[
-            "client", "--server", &server_addr, "--key", KEY, "--no-socks", "--forward",
-            &forward, "--carrier", carrier,
+            "client",
+            "--server",
+            &server_addr,
+            "--key",
+            KEY,
+            "--no-socks",
+            "--forward",
+            &forward,
+            "--carrier",
+            carrier,
         ],
     );
+    (server, client)
+}
+
+/// Moves 8 MiB through the client's forward to the sink and checks it.
+fn transfer(topo: &Topology, client: &Daemon) {
+    let sink = sink(topo);
     let sent = send_through_forward(topo, 8 << 20);
     let (received, len) = sink.join().unwrap();
     assert_eq!(len, 8 << 20, "client log:\n{}", client.stderr());
     assert_eq!(sent, received, "SHA-256 intact");
-    (server, client)
+}
+
+/// Packets of a named counter in the router's `gfcount` table.
+fn counted(topo: &Topology, name: &str) -> u64 {
+    let listing = topo
+        .router(&["nft", "list", "counter", "ip", "gfcount", name])
+        .unwrap_or_default();
+    listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -127,36 +162,68 @@ fn faketcp_daemons_through_strict_nat() {
     };
     let topo = Arc::new(topo);
     let dir = scratch("faketcp-nat");
-    let (mut server, mut client) = transfer(&topo, "faketcp", &dir);
-    assert_eq!(topo.invalid_packets(), 0, "conntrack found no INVALID segment");
+    let (mut server, mut client) = daemons(&topo, "faketcp", &dir);
+    transfer(&topo, &client);
+    assert_eq!(
+        topo.invalid_packets(),
+        0,
+        "conntrack found no INVALID segment"
+    );
     let tables = topo.exec(&topo.server, &["nft", "list", "tables"]).unwrap();
-    assert!(tables.contains("gaptun_ft_"), "server's RST rules: {tables}");
+    assert!(
+        tables.contains("gaptun_ft_"),
+        "server's RST rules: {tables}"
+    );
     // SIGTERM: the daemons remove their rules on the way out.
     client.terminate();
     server.terminate();
     for ns in [&topo.client, &topo.server] {
         let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
-        assert!(!tables.contains("gaptun_ft_"), "rules left in {ns}: {tables}");
+        assert!(
+            !tables.contains("gaptun_ft_"),
+            "rules left in {ns}: {tables}"
+        );
     }
 }
 
+/// `--carrier all`: the client opens paths over UDP and fake TCP; when the router starts
+/// dropping UDP, transfers go on over fake TCP.
 #[test]
 fn carrier_all_keeps_working_with_udp_blocked() {
     let Some(topo) = topology_or_skip("carrier_all_keeps_working_with_udp_blocked") else {
         return;
     };
     topo.router_nft(
-        "table ip gfblock {\n\
-           counter udp_dropped {}\n\
-           chain block_udp { type filter hook forward priority filter - 1; policy accept;\n\
-             meta l4proto udp counter name udp_dropped drop\n\
+        "table ip gfcount {\n\
+           counter udp_packets {}\n\
+           counter tcp_packets {}\n\
+           chain tally { type filter hook forward priority filter - 2; policy accept;\n\
+             meta l4proto udp counter name udp_packets\n\
+             meta l4proto tcp counter name tcp_packets\n\
            }\n\
          }\n",
     )
     .unwrap();
     let topo = Arc::new(topo);
     let dir = scratch("faketcp-all");
-    let (_server, _client) = transfer(&topo, "all", &dir);
+    let (_server, client) = daemons(&topo, "all", &dir);
+    transfer(&topo, &client);
+    let (udp, tcp) = (counted(&topo, "udp_packets"), counted(&topo, "tcp_packets"));
+    // Both carriers were tried; how much each carries is the multipath scheduler's choice
+    // (today fake TCP, the client's first path, takes nearly everything).
+    eprintln!("--carrier all through the router: {udp} UDP and {tcp} TCP packets");
+    assert!(udp > 0, "the UDP path was tried");
+    assert!(tcp > 1000, "fake TCP carried the transfer: {tcp} packets");
+
+    topo.router_nft(
+        "table ip gfblock {\n\
+           chain block_udp { type filter hook forward priority filter - 1; policy accept;\n\
+             meta l4proto udp drop\n\
+           }\n\
+         }\n",
+    )
+    .unwrap();
+    transfer(&topo, &client);
     assert_eq!(topo.invalid_packets(), 0);
 }
 
@@ -167,9 +234,25 @@ fn faketcp_without_privilege_is_one_clear_line() {
         return;
     }
     let out = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps", "-all"])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps",
+            "-all",
+        ])
         .arg(env!("CARGO_BIN_EXE_gaptun"))
-        .args(["server", "--listen", "127.0.0.1:29931", "--key", KEY, "--carrier", "faketcp"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:29931",
+            "--key",
+            KEY,
+            "--carrier",
+            "faketcp",
+        ])
         .args(["--control", "/tmp/gaptun-faketcp-noprivilege.sock"])
         .env_remove("GAPTUN_KEY")
         .env("STATE_DIRECTORY", std::env::temp_dir())

@@ -11,6 +11,7 @@ mod fuzz_hook;
 mod liveness;
 mod loss_rate;
 mod mtu;
+mod multipath;
 mod path;
 mod recovery;
 mod recv;
@@ -18,7 +19,6 @@ mod send;
 mod timer;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,13 @@ use crate::crypto::{HeaderKey, PacketKeys, Psk, ReplayWindow};
 use crate::handshake::{ClientHandshake, TransportParams};
 use crate::packet::ConnectionId;
 use crate::rtt::RttEstimator;
-use crate::shared::{Side, StreamId};
+use crate::shared::{PathAddr, Side, StreamId};
 use crate::streams::{ReadError, StreamEvent, StreamLimits, Streams, WriteError};
 
 use ack::AckState;
 use mtu::MtuDiscovery;
+pub use multipath::PathInfo;
+use multipath::PathSet;
 use path::Path;
 use recovery::SentPacket;
 use timer::{Timer, TimerTable};
@@ -127,6 +129,13 @@ pub struct ConnectionStats {
     pub streams_opened_total: u64,
     pub receive_window: u64,
     pub migrations: u64,
+    /// Server: times the current path changed to another validated one (the client spreads
+    /// its packets over several paths).
+    pub path_switches: u64,
+    /// Client: paths packets go out on now; server: validated paths (current and alternates).
+    pub paths_alive: u64,
+    /// Client: times a path was declared dead (no acknowledgements) and left for a while.
+    pub paths_abandoned: u64,
     /// Server: new peer addresses probed with a PATH_CHALLENGE (a migration, or a copied
     /// packet sent from elsewhere).
     pub path_probes: u64,
@@ -228,7 +237,8 @@ pub(crate) struct ConnectionInit {
     /// Which of the endpoint's keys the connection uses (server: the one the client proved).
     pub(crate) key_index: usize,
     pub(crate) local_cid: ConnectionId,
-    pub(crate) remote: SocketAddr,
+    /// The path the connection starts on (client: the first of `paths`).
+    pub(crate) remote: PathAddr,
     pub(crate) rng: StdRng,
     pub(crate) clock: UnixClock,
 }
@@ -257,6 +267,10 @@ pub struct Connection {
     path: Path,
     /// Server: a new peer address being validated before the connection moves there.
     candidate: Option<Path>,
+    /// Server: validated paths other than the current one (see `connection::path`).
+    alternates: Vec<Path>,
+    /// Client: the paths packets are spread over (see `connection::multipath`).
+    paths: PathSet,
     /// Path MTU discovery: the datagram size in use and the search for a larger one.
     pmtu: MtuDiscovery,
 
@@ -274,7 +288,7 @@ pub struct Connection {
     /// Probe packets that may ignore the congestion window and pacer (after an RTO).
     probes: u32,
     ping_pending: bool,
-    path_response: Option<([u8; 8], SocketAddr)>,
+    path_response: Option<([u8; 8], PathAddr)>,
     close_reason: Option<CloseReason>,
     close_pending: bool,
 
@@ -341,6 +355,8 @@ impl Connection {
             clock: init.clock,
             path: Path::new(init.remote, init.side == Side::Client),
             candidate: None,
+            alternates: Vec::new(),
+            paths: PathSet::new(&[init.remote]),
             pmtu,
             next_pn: 0,
             sent: BTreeMap::new(),
@@ -397,6 +413,15 @@ impl Connection {
         });
         conn.schedule_handshake_retry(now);
         conn
+    }
+
+    /// Client: the connection reaches the server over `paths` (the caller checked it is not
+    /// empty); the Initial goes out on the first, its repeats on the next ones in turn.
+    pub(crate) fn start_paths(&mut self, now: Instant, paths: &[PathAddr]) {
+        self.paths.replace(paths);
+        if let Some(first) = self.paths.next_path(now) {
+            self.path.addr = first;
+        }
     }
 
     /// A server connection for an accepted Initial of `initial_len` bytes.
@@ -495,7 +520,7 @@ impl Connection {
             .set_receive_windows(self.receive_window, self.stream_window());
         self.keys = Some(keys);
         self.pmtu
-            .set_peer_ceiling(peer.max_udp_payload, is_ipv6(self.path.remote));
+            .set_peer_ceiling(peer.max_udp_payload, is_ipv6(self.path.addr.remote));
         self.peer_params = Some(peer);
         self.state = State::Established;
         self.timers.stop(Timer::HandshakeRetry);
@@ -600,8 +625,50 @@ impl Connection {
     }
 
     /// The peer's current address.
-    pub fn remote_address(&self) -> SocketAddr {
-        self.path.remote
+    pub fn remote_address(&self) -> std::net::SocketAddr {
+        self.path.addr.remote
+    }
+
+    /// The path the last packets went out on.
+    pub fn path(&self) -> PathAddr {
+        self.path.addr
+    }
+
+    /// Client: spreads packets over `paths` from now on (the first path's carrier and address
+    /// first). Paths that stay keep their health; paths left out get no more packets, and
+    /// PATH_CHALLENGEs arriving on them are not answered, so that a server still sending there
+    /// moves to a path we use. Moving to a new address makes the server validate it (no new
+    /// handshake): this is how a client hops ports. Ignored on a server (it follows the client)
+    /// and for an empty list.
+    pub fn set_paths(&mut self, paths: &[PathAddr]) {
+        if self.side != Side::Client || paths.is_empty() {
+            return;
+        }
+        self.paths.replace(paths);
+        if !self.paths.contains(self.path.addr)
+            && let Some(&first) = paths.first()
+        {
+            self.path.addr = first;
+        }
+    }
+
+    /// Client: each path's health and figures, in the order given. Server: the current path and
+    /// the validated alternates, all alive.
+    pub fn paths(&self) -> Vec<PathInfo> {
+        if self.side == Side::Client {
+            return self.paths.info();
+        }
+        std::iter::once(&self.path)
+            .chain(&self.alternates)
+            .map(|p| PathInfo {
+                addr: p.addr,
+                alive: p.validated,
+                packets_sent: 0,
+                packets_acked: 0,
+                packets_lost: 0,
+                deaths: 0,
+            })
+            .collect()
     }
 
     /// Whether the handshake completed and the connection is not closing.
@@ -651,6 +718,11 @@ impl Connection {
                 if self.state == State::Handshaking {
                     if let Some(client) = self.client.as_mut() {
                         client.initial_due = true;
+                    }
+                    // Each attempt on the next path: one that is blocked must not keep the
+                    // handshake from the others.
+                    if let Some(next) = self.paths.next_path(now) {
+                        self.path.addr = next;
                     }
                     self.schedule_handshake_retry(now);
                 }
@@ -796,6 +868,10 @@ impl Connection {
             s.streams_opened_total = st.opened_total;
             s.stream_bytes_retransmitted = st.bytes_retransmitted;
         }
+        s.paths_alive = match self.side {
+            Side::Client => self.paths.alive() as u64,
+            Side::Server => 1 + self.alternates.len() as u64,
+        };
         s.mtu = u64::from(self.pmtu.current());
         s.mtu_probes_sent = self.pmtu.stats.probes_sent;
         s.mtu_probes_acked = self.pmtu.stats.probes_acked;
@@ -811,10 +887,10 @@ impl Connection {
 }
 
 /// Whether `addr` is a real IPv6 address (an IPv4-mapped one travels as IPv4).
-fn is_ipv6(addr: SocketAddr) -> bool {
+fn is_ipv6(addr: std::net::SocketAddr) -> bool {
     match addr {
-        SocketAddr::V4(_) => false,
-        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_none(),
+        std::net::SocketAddr::V4(_) => false,
+        std::net::SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_none(),
     }
 }
 

@@ -20,15 +20,29 @@
 //! reorder the client's packets), and the transfer never leaves the real client's address. A
 //! real NAT rebinding moves the connection after one round trip; what the client sent from the
 //! new address before that is retransmitted.
+//!
+//! Paths, not addresses: a path is (our carrier, the peer's address on it), so a client that
+//! spreads its packets over a range of server ports, or over two carriers, reaches the server on
+//! several paths. The server keeps the paths it has validated (up to [`MAX_ALTERNATES`] besides
+//! the current one) and answers on the path the newest packet came from: a packet from a
+//! validated path is taken at once, and a non-probing one that is the newest so far makes its
+//! path the current one (a switch, not a migration: nothing is reset). A path whose peer address
+//! is that of a validated path, on another of our carriers, counts as validated at once: the
+//! address has proven it is the client, and only the carrier differs (packets copied to another
+//! port by an attacker are answered to the real client). A client that moves to a new address
+//! (NAT rebinding, port hopping) goes through the candidate validation above.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Connection, Timer};
+use crate::shared::PathAddr;
 
 /// PATH_CHALLENGEs sent to a candidate address before it is given up (a newer packet from it
 /// starts over).
 const MAX_CANDIDATE_CHALLENGES: u32 = 6;
+
+/// Validated paths a server keeps besides the current one (oldest forgotten first).
+pub(super) const MAX_ALTERNATES: usize = 16;
 
 /// Before a path is validated we send at most this many times what we received on it, so that
 /// a forged source address cannot turn us into an amplifier.
@@ -36,10 +50,10 @@ pub(super) const AMPLIFICATION_FACTOR: u64 = 3;
 
 #[derive(Debug, Clone)]
 pub(super) struct Path {
-    pub(super) remote: SocketAddr,
+    pub(super) addr: PathAddr,
     /// The peer proved it receives at this address (handshake confirmed or PATH_RESPONSE).
     pub(super) validated: bool,
-    /// Bytes received from and sent to `remote` since it became the path.
+    /// Bytes received from and sent to `addr` since it became the path.
     pub(super) bytes_received: u64,
     pub(super) bytes_sent: u64,
     /// Outstanding PATH_CHALLENGE data.
@@ -51,9 +65,9 @@ pub(super) struct Path {
 }
 
 impl Path {
-    pub(super) fn new(remote: SocketAddr, validated: bool) -> Self {
+    pub(super) fn new(addr: PathAddr, validated: bool) -> Self {
         Self {
-            remote,
+            addr,
             validated,
             bytes_received: 0,
             bytes_sent: 0,
@@ -91,17 +105,21 @@ impl Connection {
     pub(super) fn accept_from_elsewhere(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: PathAddr,
         pn: u64,
         len: u64,
         payload: &[u8],
     ) -> bool {
+        if let Some(alt) = self.alternate_for(from) {
+            alt.bytes_received += len;
+            return true;
+        }
         match self.candidate.as_mut() {
-            Some(c) if c.remote == from && c.validated => {
+            Some(c) if c.addr == from && c.validated => {
                 c.bytes_received += len;
                 return true;
             }
-            Some(c) if c.remote == from => c.bytes_received += len,
+            Some(c) if c.addr == from => c.bytes_received += len,
             _ => {
                 let newest = self.replay.largest().is_none_or(|l| pn > l);
                 if !newest {
@@ -119,11 +137,42 @@ impl Connection {
         }
         self.candidate
             .as_ref()
-            .is_some_and(|c| c.remote == from && c.validated)
+            .is_some_and(|c| c.addr == from && c.validated)
+    }
+
+    /// The validated alternate path `from`, if it is one, or becomes one because its peer
+    /// address is already validated on another of our carriers.
+    fn alternate_for(&mut self, from: PathAddr) -> Option<&mut Path> {
+        if let Some(i) = self.alternates.iter().position(|p| p.addr == from) {
+            return self.alternates.get_mut(i);
+        }
+        let known = self.path.validated && self.path.addr.remote == from.remote
+            || self
+                .alternates
+                .iter()
+                .any(|p| p.validated && p.addr.remote == from.remote);
+        if !known {
+            return None;
+        }
+        tracing::debug!(path = %from, "known peer address on another carrier: path added");
+        self.push_alternate(Path::new(from, true));
+        self.alternates.last_mut()
+    }
+
+    /// Keeps `path` as a validated alternate, forgetting the oldest beyond the limit.
+    fn push_alternate(&mut self, path: Path) {
+        if !path.validated {
+            return;
+        }
+        self.alternates.retain(|p| p.addr != path.addr);
+        if self.alternates.len() >= MAX_ALTERNATES {
+            self.alternates.remove(0);
+        }
+        self.alternates.push(path);
     }
 
     /// Makes `from` the candidate address and challenges it and the current path.
-    fn start_candidate(&mut self, now: Instant, from: SocketAddr, len: u64) {
+    fn start_candidate(&mut self, now: Instant, from: PathAddr, len: u64) {
         let mut candidate = Path::new(from, false);
         candidate.bytes_received = len;
         candidate.challenge = Some(self.new_challenge());
@@ -137,7 +186,7 @@ impl Connection {
         }
         self.stats.path_probes += 1;
         self.timers.set(Timer::PathChallenge, now + self.rto());
-        tracing::debug!(remote = %from, "packet from a new peer address: validating it");
+        tracing::debug!(path = %from, "packet from a new peer address: validating it");
     }
 
     /// A PATH_RESPONSE arrived.
@@ -163,24 +212,42 @@ impl Connection {
     }
 
     /// After packet `pn` from `from` was processed: move to the candidate if this packet
-    /// completes the conditions (validated candidate, non-probing, newest).
-    pub(super) fn maybe_migrate(&mut self, from: SocketAddr, pn: u64, non_probing: bool) {
+    /// completes the conditions (validated candidate, non-probing, newest), or switch to a
+    /// validated alternate path it came on if it is non-probing and the newest.
+    pub(super) fn maybe_migrate(&mut self, from: PathAddr, pn: u64, non_probing: bool) {
+        if from == self.path.addr || !non_probing || self.replay.largest() != Some(pn) {
+            return;
+        }
+        if let Some(i) = self.alternates.iter().position(|p| p.addr == from) {
+            let path = self.alternates.remove(i);
+            let old = std::mem::replace(&mut self.path, path);
+            self.push_alternate(old);
+            self.stats.path_switches += 1;
+            return;
+        }
         let ready = self
             .candidate
             .as_ref()
-            .is_some_and(|c| c.remote == from && c.validated);
-        if !ready || !non_probing || self.replay.largest() != Some(pn) {
+            .is_some_and(|c| c.addr == from && c.validated);
+        if !ready {
             return;
         }
         let Some(mut path) = self.candidate.take() else {
             return;
         };
         path.challenge_pending = false;
-        self.path = path;
-        // The new path may carry less: start again from the initial size.
-        self.pmtu.on_path_changed();
+        let other_host = path.addr.remote.ip() != self.path.addr.remote.ip();
+        let old = std::mem::replace(&mut self.path, path);
+        if old.challenge.is_none() {
+            self.push_alternate(old);
+        }
+        if other_host {
+            // The new path may carry less: start again from the initial size. (A new port of the
+            // same host, or another carrier to it, shares the route and keeps the size.)
+            self.pmtu.on_path_changed();
+        }
         self.stats.migrations += 1;
-        tracing::debug!(remote = %from, "peer address changed: moved to the validated address");
+        tracing::debug!(path = %from, "peer address changed: moved to the validated address");
     }
 
     /// The path-challenge timer fired: repeat unanswered challenges, give up on a candidate that
@@ -191,7 +258,7 @@ impl Connection {
             && !candidate.validated
         {
             if candidate.challenges_sent >= MAX_CANDIDATE_CHALLENGES {
-                tracing::debug!(remote = %candidate.remote, "candidate address never answered");
+                tracing::debug!(path = %candidate.addr, "candidate address never answered");
                 self.candidate = None;
                 // The next candidate asks the current path again.
                 if self.path.validated {
@@ -224,7 +291,7 @@ impl Connection {
             return None;
         }
         let data = candidate.challenge?;
-        let remote = candidate.remote;
+        let remote = candidate.addr;
         let budget = candidate.send_budget();
         let start = crate::packet::begin(buf);
         crate::frame::Frame::PathChallenge(data).encode(buf);
@@ -243,10 +310,6 @@ impl Connection {
             candidate.challenges_sent += 1;
             candidate.bytes_sent += size;
         }
-        Some(crate::shared::Transmit {
-            destination: remote,
-            size: buf.len(),
-            segment_size: None,
-        })
+        Some(crate::shared::Transmit::to(remote, buf.len(), None))
     }
 }

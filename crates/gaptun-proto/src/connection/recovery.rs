@@ -38,6 +38,8 @@ pub(super) struct SentPacket {
     /// A path MTU probe: its loss is no congestion signal, has nothing to retransmit and does
     /// not drive the retransmission timer.
     pub(super) mtu_probe: bool,
+    /// The path it went out on: its fate is that path's health (client, several paths).
+    pub(super) path: crate::shared::PathAddr,
 }
 
 impl Connection {
@@ -95,7 +97,11 @@ impl Connection {
             stream_bytes,
             copied: false,
             mtu_probe,
+            path: self.path.addr,
         };
+        if !mtu_probe {
+            self.paths.on_sent(self.path.addr, now);
+        }
         self.sent.insert(pn, packet);
         if !mtu_probe {
             self.last_ack_eliciting_sent = Some(now);
@@ -140,6 +146,7 @@ impl Connection {
                 self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
                 self.delivery.on_acked(now, &p.rate, u64::from(p.size));
                 self.streams.on_acked(&p.frames);
+                self.paths.on_acked(p.path);
                 if p.mtu_probe {
                     self.pmtu.on_probe_acked(pn, now);
                 } else {
@@ -217,6 +224,9 @@ impl Connection {
                 continue;
             }
             lost_packets.push((pn, datagram_size(p.size)));
+            if self.paths.len() > 1 && self.paths.on_lost(p.path, now) {
+                self.stats.paths_abandoned += 1;
+            }
             lost_bytes += u64::from(p.size);
             newest_lost_time = Some(p.time);
             if !p.copied {

@@ -1,13 +1,12 @@
 //! Receiving: authenticating datagrams, processing frames, and following the peer to a new
 //! address.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Connection, ConnectionError, State, Timer, error_code};
 use crate::frame::{self, Frame};
 use crate::packet;
-use crate::shared::Side;
+use crate::shared::{PathAddr, Side};
 use crate::streams::StreamsError;
 
 /// Ack-eliciting packets at least this long are taken as bulk data, never copied, when
@@ -15,8 +14,8 @@ use crate::streams::StreamsError;
 const UNCOPIED_MIN_LEN: usize = 1000;
 
 impl Connection {
-    /// A datagram for this connection arrived from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+    /// A datagram for this connection arrived on path `from` (our carrier, the peer's address).
+    pub fn handle_datagram(&mut self, now: Instant, from: PathAddr, data: &mut [u8]) {
         match self.state {
             State::Drained | State::Draining => return,
             State::Handshaking => {
@@ -41,7 +40,7 @@ impl Connection {
         }
         if self.side == Side::Server
             && self.confirmed
-            && from != self.path.remote
+            && from != self.path.addr
             && !self.accept_from_elsewhere(now, from, pn, len, payload)
         {
             return;
@@ -65,8 +64,8 @@ impl Connection {
     }
 
     /// Client: the datagram should be the server's Response.
-    fn handle_response(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        if from != self.path.remote {
+    fn handle_response(&mut self, now: Instant, from: PathAddr, data: &[u8]) {
+        if !self.paths.contains(from) {
             return;
         }
         let Some(hs) = self.client.as_mut().and_then(|c| c.handshake.as_mut()) else {
@@ -92,7 +91,7 @@ impl Connection {
 
     /// Bookkeeping for an authenticated packet: handshake confirmation, amplification budget,
     /// migration.
-    fn on_authenticated_from(&mut self, from: SocketAddr, len: u64) {
+    fn on_authenticated_from(&mut self, from: PathAddr, len: u64) {
         if self.side == Side::Server && !self.confirmed {
             self.confirmed = true;
             self.path.validated = true;
@@ -102,14 +101,14 @@ impl Connection {
         }
         // Packets from elsewhere were counted by `accept_from_elsewhere` (server); a client
         // does not follow the server to another address.
-        if from == self.path.remote {
+        if from == self.path.addr {
             self.path.bytes_received += len;
         }
     }
 
     /// Processes the frames of packet `pn`; returns whether it was non-probing (had a frame
     /// other than PATH_CHALLENGE, PATH_RESPONSE and PADDING).
-    fn process_payload(&mut self, now: Instant, pn: u64, payload: &[u8], from: SocketAddr) -> bool {
+    fn process_payload(&mut self, now: Instant, pn: u64, payload: &[u8], from: PathAddr) -> bool {
         let mut ack_eliciting = false;
         let mut non_probing = false;
         for frame in frame::iter(payload) {
@@ -164,7 +163,7 @@ impl Connection {
         &mut self,
         now: Instant,
         frame: Frame<'_>,
-        from: SocketAddr,
+        from: PathAddr,
     ) -> Result<(), StreamsError> {
         match frame {
             Frame::Padding | Frame::Ping => {}
@@ -187,6 +186,9 @@ impl Connection {
             Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(id, max)?,
             Frame::MaxStreams(count) => self.streams.on_max_streams(count),
             Frame::DataBlocked(_) | Frame::StreamDataBlocked { .. } => {}
+            // A client does not answer on a path it has left (port hopping): the server, still
+            // sending there, must move to the path the client uses now, which it validates.
+            Frame::PathChallenge(_) if self.side == Side::Client && !self.paths.contains(from) => {}
             Frame::PathChallenge(data) => self.path_response = Some((data, from)),
             Frame::PathResponse(data) => self.on_path_response(data),
             Frame::Close(close) => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::{Connection, State, Timer};
 use crate::frame::{self, CloseFrame, Frame};
 use crate::packet;
-use crate::shared::Transmit;
+use crate::shared::{Side, Transmit};
 use crate::streams::SentFrames;
 
 /// Most datagrams in flight before a tail packet for it to still be sent twice (see
@@ -47,6 +47,16 @@ impl Connection {
             State::Handshaking => return self.transmit_initial(buf),
             State::Closing => return self.transmit_close(now, buf),
             State::Established => {}
+        }
+        if self.side == Side::Client
+            && self.paths.len() > 1
+            && let Some(next) = self.paths.next_path(now)
+        {
+            // Spread over the client's paths, one batch each in turn.
+            self.path.addr = next;
+            if self.paths.needs_probe(next, now) {
+                self.ping_pending = true;
+            }
         }
         if let Some(t) = self.transmit_response(buf) {
             return Some(t);
@@ -94,11 +104,11 @@ impl Connection {
             let copies = self.tail_copies().min(max_datagrams);
             return Some(self.duplicate_single(buf, copies));
         }
-        Some(Transmit {
-            destination: self.path.remote,
-            size: buf.len(),
-            segment_size: if count > 1 { segment_size } else { None },
-        })
+        Some(Transmit::to(
+            self.path.addr,
+            buf.len(),
+            if count > 1 { segment_size } else { None },
+        ))
     }
 
     /// Whether the packet of `size` bytes just built (carrying stream data) ends a short burst
@@ -146,11 +156,7 @@ impl Connection {
             self.stats.packets_duplicated += 1;
             self.path.bytes_sent += size as u64;
         }
-        Transmit {
-            destination: self.path.remote,
-            size: buf.len(),
-            segment_size: Some(size),
-        }
+        Transmit::to(self.path.addr, buf.len(), Some(size))
     }
 
     fn transmit_initial(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
@@ -162,11 +168,7 @@ impl Connection {
         buf.extend_from_slice(&client.initial);
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += buf.len() as u64;
-        Some(Transmit {
-            destination: self.path.remote,
-            size: buf.len(),
-            segment_size: None,
-        })
+        Some(Transmit::to(self.path.addr, buf.len(), None))
     }
 
     fn transmit_response(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
@@ -182,11 +184,7 @@ impl Connection {
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += response.len() as u64;
         self.path.bytes_sent += response.len() as u64;
-        Some(Transmit {
-            destination: self.path.remote,
-            size: buf.len(),
-            segment_size: None,
-        })
+        Some(Transmit::to(self.path.addr, buf.len(), None))
     }
 
     /// A path MTU probe, if one is due and may go: stream data is waiting (a side that only
@@ -219,11 +217,7 @@ impl Connection {
         self.seal(buf, start, pn);
         self.pmtu.on_probe_sent(pn, size);
         self.on_mtu_probe_sent(now, pn, buf.len() - start);
-        Some(Transmit {
-            destination: self.path.remote,
-            size: buf.len(),
-            segment_size: None,
-        })
+        Some(Transmit::to(self.path.addr, buf.len(), None))
     }
 
     fn transmit_close(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
@@ -247,11 +241,7 @@ impl Connection {
         let pn = self.next_pn;
         self.seal(buf, start, pn);
         self.on_packet_sent(now, pn, buf.len() - start, false, SentFrames::default());
-        Some(Transmit {
-            destination: self.path.remote,
-            size: buf.len(),
-            segment_size: None,
-        })
+        Some(Transmit::to(self.path.addr, buf.len(), None))
     }
 
     /// Seals the packet `pn` that starts at `start`.

@@ -270,7 +270,8 @@ impl Harness {
     fn receive(&mut self, to: Side, from: SocketAddr, dgram: Vec<u8>) {
         let mut copy = dgram.clone();
         let now = self.now;
-        self.endpoint(to).handle_datagram(now, from, &mut copy);
+        self.endpoint(to)
+            .handle_datagram(now, crate::CarrierId(0), from, &mut copy);
         if self.history.len() >= MAX_HISTORY {
             self.history.pop_front();
         }

@@ -1,0 +1,165 @@
+//! Paths and carriers in the simulator: a client that reaches its server over several paths
+//! (a port range), a path that goes dark, and a connection moved to a new path mid-transfer
+//! (port hopping), each with a transfer checked end to end by SHA-256.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gaptun_sim::{BulkTransfer, Direction, LinkConfig, Sim, SimConfig};
+
+/// The server's ports 29900..29900+n, the first being the simulation's main address.
+fn server_ports(sim: &mut Sim, n: u16) -> Vec<SocketAddr> {
+    let main = sim.server_address();
+    let mut ports = vec![main];
+    for i in 1..n {
+        let addr = SocketAddr::new(main.ip(), main.port() + i);
+        let carrier = sim.add_server_address(addr);
+        assert_eq!(carrier.0, i, "server carriers are numbered in order");
+        ports.push(addr);
+    }
+    ports
+}
+
+fn link() -> LinkConfig {
+    LinkConfig::ideal()
+        .with_delay(Duration::from_millis(20))
+        .with_rate_mbps(20.0)
+        .with_queue_bytes(150_000)
+        .with_loss(0.01)
+}
+
+/// A transfer over 4 ports, one of which goes dark (both directions) a second in: the client
+/// abandons that path and finishes over the other three with the data intact; once the port
+/// works again the client's retry finds it and uses it again.
+#[test]
+fn a_port_range_survives_a_port_going_dark_and_retries_it() {
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let mut sim = Sim::new(SimConfig::new(11).with_link(link()));
+        let ports = server_ports(&mut sim, 4);
+        sim.connect_paths(0, &ports).expect("client has a key");
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 4_000_000, 3).with_streams(3, 4));
+        sim.advance(Duration::from_secs(1));
+        let conn = sim.client_connection(0).expect("client connection");
+        assert!(
+            conn.is_established(),
+            "{direction:?}: handshake over the range"
+        );
+        // Ack-eliciting packets on each port: data when uploading, the per-path PINGs when the
+        // client mostly acknowledges.
+        let used_before: Vec<u64> = conn.paths().iter().map(|p| p.packets_sent).collect();
+        assert!(
+            used_before.iter().all(|&n| n >= 1),
+            "{direction:?}: every port carries packets: {used_before:?}"
+        );
+        let dark = ports[2];
+        sim.block_address(dark);
+        assert!(
+            sim.run_workloads(Duration::from_secs(60)),
+            "{direction:?}: transfer did not finish with a port dark"
+        );
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
+        assert_eq!(transfer.received(), 4_000_000);
+        assert!(sim.stats().blocked > 0, "the port did drop packets");
+
+        let conn = sim.client_connection(0).expect("client connection");
+        assert!(conn.is_established(), "{direction:?}: connection kept");
+        let stats = conn.stats();
+        assert!(stats.paths_abandoned >= 1, "{direction:?}: {stats:?}");
+        let paths = conn.paths();
+        let dark_path = paths
+            .iter()
+            .find(|p| p.addr.remote == dark)
+            .expect("the dark port is still in the set");
+        assert!(!dark_path.alive, "{direction:?}: dark port abandoned");
+        assert!(paths.iter().filter(|p| p.alive).count() == 3);
+
+        // The port comes back: at its next retry one acknowledged packet revives it.
+        sim.unblock_address(dark);
+        let acked_before = dark_path.packets_acked;
+        let revived = sim.run_for(Duration::from_secs(40), |sim| {
+            sim.client_connection(0).is_some_and(|c| {
+                c.paths()
+                    .iter()
+                    .any(|p| p.addr.remote == dark && p.alive && p.packets_acked > acked_before)
+            })
+        });
+        // An idle connection sends little, so keep some traffic going while we wait.
+        assert!(revived || keep_busy_until_revived(&mut sim, dark, acked_before));
+        let server = sim.server_connection(0).expect("server connection");
+        assert!(
+            server.stats().path_switches > 0,
+            "{direction:?}: the server followed the client over its paths"
+        );
+        assert_eq!(
+            server.stats().migrations,
+            0,
+            "no address change, no migration"
+        );
+    }
+}
+
+/// Sends pings on the client connection until the dark path is revived (bounded).
+fn keep_busy_until_revived(sim: &mut Sim, dark: SocketAddr, acked_before: u64) -> bool {
+    for _ in 0..200 {
+        sim.advance(Duration::from_millis(200));
+        let Some(conn) = sim.client_connection(0) else {
+            return false;
+        };
+        if conn
+            .paths()
+            .iter()
+            .any(|p| p.addr.remote == dark && p.alive && p.packets_acked > acked_before)
+        {
+            return true;
+        }
+        if let Some(id) = conn.open_stream() {
+            let _ = conn.write(id, &[0; 2000]);
+            let _ = conn.finish(id);
+        }
+    }
+    false
+}
+
+/// A connection moved mid-transfer to a new client address and a new server port (what port
+/// hopping does): the server validates the new path and migrates, no new handshake, every
+/// stream intact; the old path stays unused afterwards.
+#[test]
+fn moving_to_a_new_path_mid_transfer_keeps_every_stream() {
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let mut sim = Sim::new(SimConfig::new(12).with_link(link()));
+        let ports = server_ports(&mut sim, 2);
+        sim.connect_paths(0, &ports[..1]).expect("client has a key");
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 3_000_000, 5).with_streams(4, 6));
+        sim.advance(Duration::from_millis(800));
+        assert!(
+            sim.client_connection(0).is_some_and(|c| c.is_established()),
+            "{direction:?}: connected"
+        );
+        let moved_to: SocketAddr = "10.0.0.77:41000".parse().expect("addr");
+        sim.rebind_client(0, moved_to);
+        sim.client_connection(0)
+            .expect("client connection")
+            .set_paths(&[gaptun_proto::PathAddr::single(ports[1])]);
+        assert!(
+            sim.run_workloads(Duration::from_secs(60)),
+            "{direction:?}: transfer did not finish after the move"
+        );
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
+        assert_eq!(
+            sim.accepted().len(),
+            1,
+            "{direction:?}: no second handshake"
+        );
+        let server = sim.server_connection(0).expect("server connection");
+        assert!(server.is_established());
+        assert_eq!(server.stats().migrations, 1, "{direction:?}");
+        let path = server.path();
+        assert_eq!(path.remote, moved_to, "{direction:?}: server follows");
+        assert_eq!(
+            path.carrier.0, 1,
+            "{direction:?}: on the new port's carrier"
+        );
+    }
+}
