@@ -82,6 +82,16 @@ struct Step {
     exit: bool,
 }
 
+/// The carriers close with the driver (when it finishes, or when its runtime drops the task),
+/// not when the last handle to the shared state goes: a restarted server must be able to bind
+/// the same address at once, and a fake-TCP carrier must remove its nftables rules.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.carriers.clear();
+        self.shared.lock().carriers.clear();
+    }
+}
+
 impl Driver {
     /// `max_payload`: the largest datagram the core sends and accepts. The carriers are those
     /// of the shared state, picked up again whenever they change.
@@ -153,11 +163,6 @@ impl Driver {
             self.send().await;
             if step.exit {
                 debug!(addr = %self.shared.local_addr, "endpoint driver finished");
-                // Close the sockets now (and let a fake-TCP carrier remove its nftables
-                // rules), not when the last handle to the shared state goes: a restarted
-                // server must be able to bind the same address at once.
-                self.carriers.clear();
-                self.shared.lock().carriers.clear();
                 break;
             }
             if recv_busy || step.more_to_send {
