@@ -4,8 +4,10 @@
 # unattended (CI runs it as root with no stdin); as another user it uses sudo if it can.
 #
 #   curl            the end-to-end tests download through the SOCKS5 port with it (needed)
-#   iperf3, kcptun  the daemon benchmark (scripts/bench-daemon.sh) compares against kcptun
-#                   (optional: the tests do not need them)
+#   nftables, iproute2  fake TCP installs nftables rules; its tests build network namespaces
+#                   (needed: without them those tests skip, and fake TCP cannot start)
+#   iperf3, kcptun  the daemon benchmark (scripts/bench-daemon.sh) compares against kcptun, and
+#                   scripts/faketcp-bench.sh runs kcptun over fake TCP (optional for the tests)
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -14,7 +16,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-REQUIRED=(curl ca-certificates)
+REQUIRED=(curl ca-certificates nftables iproute2)
 OPTIONAL=(iperf3 kcptun)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Fake-TCP measurements (issue 10), gaptun over UDP and over fake TCP side by side, with
+# iperf3 (one TCP connection) through a gaptun TCP forward. Run as root; uses namespaces only.
+#
+#   scripts/faketcp-bench.sh loopback   # one namespace, loopback: throughput and wire overhead
+#   scripts/faketcp-bench.sh link       # client -- router -- server, the router's netem adds
+#                                       # 50 ms delay, 5 % loss and 100 Mbit/s each way
+#   scripts/faketcp-bench.sh kcptun     # kcptun (client and server) over a gaptun fake-TCP
+#                                       # UDP forward, iperf3 through kcptun (clean link)
+#   scripts/faketcp-bench.sh cleanup    # remove namespaces left by an interrupted run
+#
+# SECS (default 10) sets each iperf3 run's length. Wire bytes are counted by nftables on the
+# tunnel's port (IP packets, both directions); overhead = wire bytes / iperf3 goodput bytes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo -E "$0" "$@"
+fi
+SECS=${SECS:-10}
+GAPTUN=target/release/gaptun
+KEY=faketcp-bench-passphrase
+NS_C=gfb-client NS_R=gfb-router NS_S=gfb-server NS_L=gfb-loop
+PORT=29900
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for ns in $NS_C $NS_R $NS_S $NS_L; do ip netns del "$ns" 2>/dev/null || true; done
+}
+
+start() { # NS NAME ARGS...: runs a daemon in NS, logging to /tmp/gfb-NAME.log
+  local ns=$1 name=$2; shift 2
+  ip netns exec "$ns" "$@" >"/tmp/gfb-$name.log" 2>&1 &
+  PIDS+=($!)
+}
+
+iperf_bytes() { # NS PORT: runs iperf3 and prints "bytes bits_per_second"
+  ip netns exec "$1" iperf3 -c 127.0.0.1 -p "$2" -t "$SECS" -J | python3 -c '
+import json, sys
+end = json.load(sys.stdin)["end"]["sum_received"]
+print(int(end["bytes"]), end["bits_per_second"])'
+}
+
+nft_counters() { # NS: prints the wire bytes counted on the tunnel port
+  ip netns exec "$1" nft list counter inet gfbcount wire | awk '/bytes/ {for (i=1;i<=NF;i++) if ($i=="bytes") print $(i+1)}'
+}
+
+count_wire() { # NS: counts every packet to or from the tunnel port, once (output hook)
+  ip netns exec "$1" nft -f - <<EOF
+table inet gfbcount {
+  counter wire {}
+  chain out { type filter hook output priority 0; policy accept;
+    udp dport $PORT counter name wire
+    udp sport $PORT counter name wire
+    tcp dport $PORT counter name wire
+    tcp sport $PORT counter name wire
+  }
+}
+EOF
+}
+
+count_forwarded() { # NS: the same, counted as the router forwards
+  ip netns exec "$1" nft -f - <<EOF
+table inet gfbcount {
+  counter wire {}
+  chain fwd_count { type filter hook forward priority 0; policy accept;
+    udp dport $PORT counter name wire
+    udp sport $PORT counter name wire
+    tcp dport $PORT counter name wire
+    tcp sport $PORT counter name wire
+  }
+}
+EOF
+}
+
+reset_counter() { ip netns exec "$1" nft reset counter inet gfbcount wire >/dev/null; }
+
+run_pair() { # CARRIER NS_SERVER NS_CLIENT SERVER_ADDR COUNT_NS
+  local carrier=$1 ns_s=$2 ns_c=$3 server=$4 count_ns=$5
+  start "$ns_s" "server-$carrier" $GAPTUN server --listen "0.0.0.0:$PORT" --key "$KEY" \
+    --allow-private --carrier "$carrier" --control "/tmp/gfb-s-$carrier.sock"
+  sleep 1
+  start "$ns_c" "client-$carrier" $GAPTUN client --server "$server:$PORT" --key "$KEY" \
+    --no-socks --forward tcp:127.0.0.1:5202=127.0.0.1:5201 --carrier "$carrier" \
+    --control "/tmp/gfb-c-$carrier.sock"
+  sleep 2
+  reset_counter "$count_ns"
+  read -r bytes bps < <(iperf_bytes "$ns_c" 5202)
+  local wire
+  wire=$(nft_counters "$count_ns")
+  python3 -c "
+b, w, bps = $bytes, $wire, $bps
+print(f'$carrier: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes, wire {w} bytes, overhead {w/b:.4f}')"
+  kill "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true
+  sleep 1
+}
+
+loopback() {
+  ip netns add $NS_L
+  ip -n $NS_L link set lo up
+  count_wire $NS_L
+  start $NS_L iperf3 iperf3 -s -B 127.0.0.1 -p 5201
+  for carrier in udp faketcp; do run_pair "$carrier" $NS_L $NS_L 127.0.0.1 $NS_L; done
+}
+
+three_namespaces() { # extra netem arguments for the router's two interfaces
+  for ns in $NS_C $NS_R $NS_S; do ip netns add $ns; ip -n $ns link set lo up; done
+  ip -n $NS_C link add eth0 type veth peer name lan netns $NS_R
+  ip -n $NS_R link add wan type veth peer name eth0 netns $NS_S
+  ip -n $NS_C addr add 10.77.1.2/24 dev eth0
+  ip -n $NS_R addr add 10.77.1.1/24 dev lan
+  ip -n $NS_R addr add 10.77.2.1/24 dev wan
+  ip -n $NS_S addr add 10.77.2.2/24 dev eth0
+  for pair in "$NS_C eth0" "$NS_R lan" "$NS_R wan" "$NS_S eth0"; do
+    set -- $pair; ip -n "$1" link set "$2" up
+  done
+  ip -n $NS_C route add default via 10.77.1.1
+  ip netns exec $NS_R sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec $NS_R nft -f - <<EOF
+table ip gfbnat {
+  chain nat_out { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade }
+}
+EOF
+  ip netns exec $NS_R sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=0
+  if [ $# -gt 0 ]; then
+    ip netns exec $NS_R tc qdisc add dev lan root netem "$@"
+    ip netns exec $NS_R tc qdisc add dev wan root netem "$@"
+  fi
+  count_forwarded $NS_R
+  start $NS_S iperf3 iperf3 -s -B 127.0.0.1 -p 5201
+}
+
+link() {
+  three_namespaces delay 50ms loss 5% rate 100mbit limit 10000
+  for carrier in udp faketcp; do run_pair "$carrier" $NS_S $NS_C 10.77.2.2 $NS_R; done
+}
+
+kcptun() {
+  three_namespaces
+  start $NS_S kcptun-server kcptun-server -l 127.0.0.1:29901 -t 127.0.0.1:5201 --mode fast3 \
+    --crypt none --nocomp
+  start $NS_S server-kcp $GAPTUN server --listen "0.0.0.0:$PORT" --key "$KEY" --allow-private \
+    --carrier faketcp --control /tmp/gfb-s-kcp.sock
+  sleep 1
+  start $NS_C client-kcp $GAPTUN client --server "10.77.2.2:$PORT" --key "$KEY" --no-socks \
+    --forward udp:127.0.0.1:30000=127.0.0.1:29901 --carrier faketcp --control /tmp/gfb-c-kcp.sock
+  start $NS_C kcptun-client kcptun-client -l 127.0.0.1:5203 -r 127.0.0.1:30000 --mode fast3 \
+    --crypt none --nocomp
+  sleep 3
+  reset_counter $NS_R
+  read -r bytes bps < <(iperf_bytes $NS_C 5203)
+  echo "kcptun fast3 over gaptun fake TCP (UDP forward): $(python3 -c "print(f'{$bps/1e6:.1f}')") Mbit/s, $bytes bytes; router saw $(nft_counters $NS_R) wire bytes on TCP/UDP $PORT"
+  ip netns exec $NS_R conntrack -L -p tcp 2>/dev/null | grep -c "dport=$PORT" | sed 's/^/conntrack entries for the fake-TCP port: /' || true
+}
+
+case "${1:-}" in
+  cleanup) cleanup; exit 0 ;;
+  loopback|link|kcptun) ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
+esac
+trap cleanup EXIT
+cleanup
+[ -x $GAPTUN ] || cargo build --release -p gaptun
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r), ${SECS}s per run"
+"$1"
