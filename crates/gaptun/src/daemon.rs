@@ -63,7 +63,7 @@ async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 }
 
 /// The one-line error for a failed bind: "address 127.0.0.1:1080 already in use (socks)".
-pub fn bind_error(e: &io::Error, addr: SocketAddr, what: &str) -> anyhow::Error {
+pub fn bind_error(e: &io::Error, addr: impl std::fmt::Display, what: &str) -> anyhow::Error {
     match e.kind() {
         io::ErrorKind::AddrInUse => anyhow!("address {addr} already in use ({what})"),
         io::ErrorKind::AddrNotAvailable => anyhow!("address {addr} is not available here ({what})"),
@@ -242,11 +242,11 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     let window = s.transport.receive_window;
     let config = EndpointConfig {
         transport: s.transport,
-        state_file: default_state_file(s.listen),
+        state_file: default_state_file(s.listen.first),
         ..EndpointConfig::server(s.keys)
     };
-    let endpoint =
-        RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?;
+    let endpoint = RtEndpoint::bind_all(&s.listen.addrs(), config)
+        .map_err(|e| bind_error(&e, s.listen, "tunnel"))?;
     let server_wide = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
     let users: Arc<[ServerUser]> =
         ServerUser::for_keys(&s.key_users, &server_wide, s.allow_private)?.into();
@@ -281,7 +281,11 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         names,
         source,
     )?;
-    info!(listen = %endpoint.local_addr(), "gaptun server running");
+    if s.listen.last_port == s.listen.first.port() {
+        info!(listen = %endpoint.local_addr(), "gaptun server running");
+    } else {
+        info!(listen = %s.listen, ports = endpoint.carriers().len(), "gaptun server running");
+    }
     tokio::select! {
         () = accept_loop(endpoint.clone(), users, expose) => {}
         signal = signals => info!("{signal}: shutting down"),
@@ -416,6 +420,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
     };
     let pool_config = PoolConfig {
         conns: s.conns,
+        hop_interval: s.hop_interval,
         ..PoolConfig::default()
     };
     info!(server = %s.server, conns = s.conns, "connecting");
