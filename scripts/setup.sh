@@ -6,6 +6,9 @@
 #   curl            the end-to-end tests download through the SOCKS5 port with it (needed)
 #   iperf3, kcptun  the daemon benchmark (scripts/bench-daemon.sh) compares against kcptun
 #                   (optional: the tests do not need them)
+#   iproute2, nftables, socat
+#                   the port-range test in network namespaces (crates/gaptun/tests/ports_netns.rs)
+#                   builds a router with them (optional: it is skipped, saying why, without them)
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -15,7 +18,7 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 REQUIRED=(curl ca-certificates)
-OPTIONAL=(iperf3 kcptun)
+OPTIONAL=(iperf3 kcptun iproute2 nftables socat)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
