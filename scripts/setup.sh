@@ -6,6 +6,7 @@
 #   curl            the end-to-end tests download through the SOCKS5 port with it (needed)
 #   nftables, iproute2  fake TCP installs nftables rules; its tests build network namespaces
 #                   (needed: without them those tests skip, and fake TCP cannot start)
+#   socat           the port-range test in network namespaces (crates/gaptun/tests/ports_netns.rs)
 #   iperf3, kcptun  the daemon benchmark (scripts/bench-daemon.sh) compares against kcptun, and
 #                   scripts/faketcp-bench.sh runs kcptun over fake TCP (optional for the tests)
 set -euo pipefail
@@ -16,7 +17,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-REQUIRED=(curl ca-certificates nftables iproute2)
+REQUIRED=(curl ca-certificates nftables iproute2 socat)
 OPTIONAL=(iperf3 kcptun)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -41,8 +41,6 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     /// The carriers (as in `State::carriers`), each with its receive buffers.
     carriers: Vec<CarrierSlot>,
-    /// `State::carriers_version` that `carriers` reflects.
-    carriers_version: u64,
     /// The largest datagram the core sends and accepts, for sizing receive buffers.
     max_payload: usize,
     /// Filled transmit buffers waiting to be sent, reused across iterations.
@@ -99,7 +97,6 @@ impl Driver {
         let mut driver = Self {
             shared,
             carriers: Vec::new(),
-            carriers_version: u64::MAX,
             max_payload,
             outgoing: Vec::new(),
             spare: Vec::new(),
@@ -112,29 +109,27 @@ impl Driver {
         driver
     }
 
-    /// Takes up carriers added or removed since the last call (keeping the buffers of those
-    /// that stay), and the batch size all of them can send.
+    /// Takes up carriers added or removed since the last call, and the batch size all of them
+    /// can send.
     fn sync_carriers(&mut self) {
-        let current = {
-            let state = self.shared.lock();
-            if state.carriers_version == self.carriers_version {
+        let (added, removed) = {
+            let mut state = self.shared.lock();
+            if state.carriers_added.is_empty() && state.carriers_removed.is_empty() {
                 return;
             }
-            self.carriers_version = state.carriers_version;
-            state.carriers.clone()
+            (
+                std::mem::take(&mut state.carriers_added),
+                std::mem::take(&mut state.carriers_removed),
+            )
         };
-        let mut old = std::mem::take(&mut self.carriers);
-        for (id, carrier) in current {
-            let slot = match old.iter().position(|s| s.id == id) {
-                Some(i) => old.swap_remove(i),
-                None => CarrierSlot {
-                    id,
-                    recv: RecvBuffers::new(&*carrier, self.max_payload),
-                    carrier,
-                    errors_in_row: 0,
-                },
-            };
-            self.carriers.push(slot);
+        self.carriers.retain(|s| !removed.contains(&s.id));
+        for (id, carrier) in added {
+            self.carriers.push(CarrierSlot {
+                id,
+                recv: RecvBuffers::new(&*carrier, self.max_payload),
+                carrier,
+                errors_in_row: 0,
+            });
         }
         self.max_segments = self
             .carriers

@@ -158,12 +158,7 @@ impl RtEndpoint {
 
     /// Every carrier with its number, kind and local address (for statistics).
     pub fn carriers(&self) -> Vec<(CarrierId, &'static str, Option<SocketAddr>)> {
-        let state = self.shared().lock();
-        state
-            .carriers
-            .iter()
-            .map(|(id, c)| (*id, c.kind(), c.local_addr().ok()))
-            .collect()
+        self.shared().lock().carriers.clone()
     }
 
     /// Adds a carrier (another UDP socket, a fake-TCP carrier...) for the driver to poll;
@@ -356,7 +351,13 @@ fn spawn_driver(runtime: &tokio::runtime::Handle, driver: Driver) {
             Err(_) => RtError::EndpointFailed("driver task cancelled".into()),
         };
         let mut wakers = Vec::new();
-        shared.lock().fail_all(&reason, &mut wakers);
+        {
+            let mut state = shared.lock();
+            state.fail_all(&reason, &mut wakers);
+            // Carriers added after the driver ended would never be polled (nor closed by it).
+            state.carriers.clear();
+            state.carriers_added.clear();
+        }
         wake_all(wakers);
         shared.driver_done.send_replace(true);
     });

@@ -67,6 +67,14 @@ pub enum ConnectError {
     /// No path to the server was given (an empty list to `connect_paths`).
     #[error("no path to the server")]
     NoPath,
+    /// The server is not `HOST:PORT` or `HOST:FIRST-LAST`.
+    #[error("invalid server `{server}`: {reason}")]
+    InvalidServer {
+        /// As given.
+        server: String,
+        /// What is wrong with it.
+        reason: crate::ports::PortRangeError,
+    },
     /// The server name did not resolve.
     #[error("cannot resolve {host}: {reason}")]
     Resolve {

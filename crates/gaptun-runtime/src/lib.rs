@@ -19,6 +19,7 @@ mod endpoint;
 mod error;
 pub mod lossy_relay;
 mod pool;
+pub mod ports;
 mod replay_state;
 mod state;
 mod stream;
@@ -28,6 +29,7 @@ pub use connection::RtConnection;
 pub use endpoint::{ConnectionInfo, RtEndpoint};
 pub use error::{ConnectError, RtError};
 pub use pool::{Backoff, ClientPool, PoolConfig};
+pub use ports::{ListenRange, PortRangeError, ServerTarget};
 pub use stream::{ABANDONED, RtStream};
 
 /// The protocol core, re-exported so users need only this crate for configuration types.

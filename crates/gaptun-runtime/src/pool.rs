@@ -32,14 +32,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use gaptun_proto::{ConnectionStats, EndpointConfig, PathAddr};
+use gaptun_proto::{CarrierId, ConnectionStats, EndpointConfig, PathAddr};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::carrier::{Carrier, UdpCarrier};
 use crate::connection::RtConnection;
 use crate::endpoint::RtEndpoint;
 use crate::error::ConnectError;
+use crate::ports::ServerTarget;
 use crate::stream::RtStream;
 
 /// Handshake attempts a reconnecting slot runs at once.
@@ -64,7 +66,18 @@ pub struct PoolConfig {
     /// How long a connection may send without hearing back before the pool probes the server
     /// with a new handshake (see the module documentation); at least 8 RTTs.
     pub silence_probe: Duration,
+    /// Port hopping: every this long, move every connection to a new local UDP socket (a new
+    /// source port) and, with a server port range, to the range's next port first, without a
+    /// new handshake (the server validates the new path). `None`: no hopping.
+    pub hop_interval: Option<Duration>,
 }
+
+/// The `kind()` of UDP carriers: the ones that spread over a port range and hop.
+const UDP_KIND: &str = "udp";
+
+/// After a hop, how long the old socket stays open: packets in flight to it, and the server's
+/// until it has validated the new path (one round trip), still arrive.
+pub const HOP_GRACE: Duration = Duration::from_secs(3);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -74,6 +87,7 @@ impl Default for PoolConfig {
             backoff_max: Duration::from_secs(1),
             open_wait: Duration::from_secs(15),
             silence_probe: Duration::from_secs(3),
+            hop_interval: None,
         }
     }
 }
@@ -130,6 +144,12 @@ pub struct ClientPool {
 struct PoolInner {
     endpoint: RtEndpoint,
     server: String,
+    /// `server` parsed: host and port range.
+    target: ServerTarget,
+    /// The carrier new connections use (changes with each hop).
+    carrier: Mutex<CarrierId>,
+    /// Hops done so far (picks the first server port of the next one).
+    hops: AtomicUsize,
     config: PoolConfig,
     slots: Mutex<Vec<Option<RtConnection>>>,
     /// Bumped whenever a slot changes, to wake `open_stream` waiters.
@@ -161,7 +181,8 @@ impl ClientPool {
         endpoint_config: EndpointConfig,
         config: PoolConfig,
     ) -> Result<Self, ConnectError> {
-        let addrs = resolve(server).await?;
+        let target = parse_target(server)?;
+        let addrs = resolve(&target.lookup_name()).await?;
         let Some(first) = preferred(&addrs) else {
             return Err(ConnectError::NoAddress {
                 host: server.to_owned(),
@@ -184,10 +205,22 @@ impl ClientPool {
         server: &str,
         config: PoolConfig,
     ) -> Result<Self, ConnectError> {
+        let target = parse_target(server)?;
         let conns = config.conns.max(1);
+        // The UDP carrier spreads over the port range and hops; other carriers (fake TCP
+        // with `--carrier all`) get one path each besides it.
+        let carriers = endpoint.carriers();
+        let carrier = carriers
+            .iter()
+            .find(|(_, kind, _)| *kind == UDP_KIND)
+            .or(carriers.first())
+            .map_or(CarrierId(0), |(id, _, _)| *id);
         let inner = Arc::new(PoolInner {
             endpoint,
             server: server.to_owned(),
+            target,
+            carrier: Mutex::new(carrier),
+            hops: AtomicUsize::new(0),
             config: PoolConfig { conns, ..config },
             slots: Mutex::new(vec![None; conns]),
             version: watch::Sender::new(0),
@@ -202,6 +235,9 @@ impl ClientPool {
         tokio::spawn(supervise(Arc::clone(&inner), 0, Some(first)));
         for slot in 1..conns {
             tokio::spawn(supervise(Arc::clone(&inner), slot, None));
+        }
+        if let Some(interval) = inner.config.hop_interval {
+            tokio::spawn(hop(Arc::clone(&inner), interval));
         }
         Ok(Self {
             _stop_on_drop: Arc::new(StopOnDrop(Arc::clone(&inner))),
@@ -352,10 +388,36 @@ impl PoolInner {
         io::Error::new(io::ErrorKind::NotConnected, msg)
     }
 
+    /// The paths to the server at `ip`: on the current UDP carrier one per port of the range,
+    /// starting (after hops) at a different port each time; on every other carrier (fake TCP
+    /// with `--carrier all`, which spreads over ports by itself) one path to the first port.
+    fn paths_to(&self, ip: std::net::IpAddr) -> Vec<PathAddr> {
+        let carrier = *self.carrier.lock().unwrap_or_else(PoisonError::into_inner);
+        let ports: Vec<u16> = self.target.ports().collect();
+        let start = self.hops.load(Ordering::Relaxed) % ports.len().max(1);
+        let first = ports.first().copied().unwrap_or(0);
+        let others = self
+            .endpoint
+            .carriers()
+            .into_iter()
+            .filter(|(id, kind, _)| *id != carrier && *kind != UDP_KIND)
+            .map(|(id, _, _)| PathAddr::new(id, SocketAddr::new(ip, first)));
+        let mut paths: Vec<PathAddr> = others.collect();
+        paths.extend(
+            ports
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(ports.len())
+                .map(|&port| PathAddr::new(carrier, SocketAddr::new(ip, port))),
+        );
+        paths
+    }
+
     /// Resolves the server again (its address may have changed) and connects once.
     async fn connect_once(&self) -> Result<RtConnection, ConnectError> {
         let want_v4 = self.endpoint.local_addr().is_ipv4();
-        let addrs = resolve(&self.server).await?;
+        let addrs = resolve(&self.target.lookup_name()).await?;
         let Some(addr) = addrs.into_iter().find(|a| a.is_ipv4() == want_v4) else {
             let family = if want_v4 { "IPv4" } else { "IPv6" };
             return Err(ConnectError::NoAddress {
@@ -363,23 +425,76 @@ impl PoolInner {
                 family,
             });
         };
-        // Every carrier of the endpoint (UDP and fake TCP with `--carrier all`) reaches the
-        // server at `addr`: one path each, used at once.
-        let paths: Vec<PathAddr> = self
-            .endpoint
-            .carriers()
-            .into_iter()
-            .map(|(id, _, _)| PathAddr::new(id, addr))
-            .collect();
-        let result = if paths.len() > 1 {
-            self.endpoint.connect_paths(&paths).await
-        } else {
-            self.endpoint.connect(addr).await
-        };
+        let result = self.endpoint.connect_paths(&self.paths_to(addr.ip())).await;
         if let Err(e) = &result {
             self.note_error(e.to_string());
         }
         result
+    }
+}
+
+/// `server` as a [`ServerTarget`], or the error that names what is wrong with it.
+fn parse_target(server: &str) -> Result<ServerTarget, ConnectError> {
+    server
+        .parse()
+        .map_err(|reason| ConnectError::InvalidServer {
+            server: server.to_owned(),
+            reason,
+        })
+}
+
+/// Port hopping (see [`PoolConfig::hop_interval`]): every `interval`, a new local socket
+/// becomes the carrier of every live connection and of new ones; the old socket is dropped
+/// [`HOP_GRACE`] later.
+async fn hop(inner: Arc<PoolInner>, interval: Duration) {
+    let mut stop = inner.stop.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let local = inner.endpoint.local_addr();
+        let unspecified = SocketAddr::new(
+            if local.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        );
+        let carrier = match UdpCarrier::bind(unspecified) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("port hop: cannot bind a new UDP socket: {e}; staying on the current one");
+                continue;
+            }
+        };
+        let new_port = carrier.local_addr().map(|a| a.port()).unwrap_or(0);
+        let id = match inner.endpoint.add_carrier(Arc::new(carrier)) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!("port hop: {e}; hopping stops");
+                return;
+            }
+        };
+        let old = std::mem::replace(
+            &mut *inner.carrier.lock().unwrap_or_else(PoisonError::into_inner),
+            id,
+        );
+        inner.hops.fetch_add(1, Ordering::Relaxed);
+        let mut moved = 0;
+        for conn in inner.live() {
+            let ip = conn.remote_address().ip();
+            if conn.set_paths(&inner.paths_to(ip)).is_ok() {
+                moved += 1;
+            }
+        }
+        debug!(local_port = new_port, moved, "port hop");
+        let endpoint = inner.endpoint.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HOP_GRACE).await;
+            endpoint.remove_carrier(old);
+        });
     }
 }
 

@@ -134,10 +134,13 @@ pub(crate) struct State {
     /// Server side: what to call each key (by index) in log lines, e.g. the user owning it.
     /// Empty: keys are called by their number.
     pub(crate) key_names: Vec<Arc<str>>,
-    /// The carriers the driver polls, by the number the core knows them by.
-    pub(crate) carriers: Vec<(CarrierId, Arc<dyn Carrier>)>,
-    /// Bumped when `carriers` changes, so the driver picks the change up.
-    pub(crate) carriers_version: u64,
+    /// The carriers the driver polls: number (as the core knows them), kind, local address.
+    pub(crate) carriers: Vec<(CarrierId, &'static str, Option<SocketAddr>)>,
+    /// Carriers added since the driver last looked, for it to take. The driver owns the
+    /// carriers, so that they close when it ends, even if a handle outlives it.
+    pub(crate) carriers_added: Vec<(CarrierId, Arc<dyn Carrier>)>,
+    /// Carriers removed since the driver last looked.
+    pub(crate) carriers_removed: Vec<CarrierId>,
     next_carrier: u16,
     next_generation: u64,
 }
@@ -153,7 +156,8 @@ impl State {
             failed: None,
             key_names: Vec::new(),
             carriers: Vec::new(),
-            carriers_version: 0,
+            carriers_added: Vec::new(),
+            carriers_removed: Vec::new(),
             next_carrier: 0,
             next_generation: 0,
         }
@@ -164,18 +168,17 @@ impl State {
     pub(crate) fn add_carrier(&mut self, carrier: Arc<dyn Carrier>) -> Option<CarrierId> {
         let id = CarrierId(self.next_carrier);
         self.next_carrier = self.next_carrier.checked_add(1)?;
-        self.carriers.push((id, carrier));
-        self.carriers_version += 1;
+        self.carriers
+            .push((id, carrier.kind(), carrier.local_addr().ok()));
+        self.carriers_added.push((id, carrier));
         Some(id)
     }
 
     /// Stops polling carrier `id` (its socket closes once the driver lets go of it).
     pub(crate) fn remove_carrier(&mut self, id: CarrierId) {
-        let before = self.carriers.len();
-        self.carriers.retain(|(c, _)| *c != id);
-        if self.carriers.len() != before {
-            self.carriers_version += 1;
-        }
+        self.carriers.retain(|(c, _, _)| *c != id);
+        self.carriers_added.retain(|(c, _)| *c != id);
+        self.carriers_removed.push(id);
     }
 
     /// Starts tracking a connection the core just created. If the core reused the handle of a

@@ -3,7 +3,7 @@
 //! [`crate::layer`]).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -11,8 +11,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use crate::layer::settings_group;
 use crate::transport::TransportSettings;
 use crate::values::{
-    CarrierChoice, Conns, ExposeArg, ExposePorts, ForwardSpec, ListenAddr, LogFormat, WindowSize,
-    one_or_many,
+    CarrierChoice, Conns, ExposeArg, ExposePorts, ForwardSpec, HopInterval, ListenAddr,
+    ListenPorts, LogFormat, WindowSize, one_or_many,
 };
 
 /// Default SOCKS5 address of the client (and the demo).
@@ -129,9 +129,10 @@ settings_group! {
     /// Settings only the server takes.
     #[derive(Eq)]
     pub struct ServerOptions {
-        /// UDP address to listen on.
+        /// UDP address to listen on; a port range IP:FIRST-LAST listens on every port of it
+        /// (for clients that spread their packets over the range).
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:29900")]
-        pub listen: Option<SocketAddr>,
+        pub listen: Option<ListenPorts>,
         /// Let clients reach this loopback/private/link-local target (refused otherwise; public
         /// addresses are always allowed): IP, CIDR, IP:PORT, [IPV6]:PORT or HOST:PORT
         /// (repeatable).
@@ -180,9 +181,14 @@ settings_group! {
     /// Settings only the client takes.
     #[derive(Eq)]
     pub struct ClientOptions {
-        /// The server, HOST:PORT.
+        /// The server, HOST:PORT; HOST:FIRST-LAST spreads the packets over every port of the
+        /// range (the server must listen on it), leaving a port that stops answering for a while.
         #[arg(long, value_name = "HOST:PORT")]
         pub server: Option<String>,
+        /// Port hopping: every SECS seconds move to a new local UDP port (and, with a port
+        /// range, start at its next port), without a new handshake [default: off].
+        #[arg(long, value_name = "SECS")]
+        pub hop_interval: Option<HopInterval>,
         /// SOCKS5 listen address (PORT alone means 127.0.0.1:PORT).
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKS, conflicts_with = "no_socks")]
         pub socks: Option<ListenAddr>,

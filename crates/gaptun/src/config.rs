@@ -329,7 +329,7 @@ fn parse_gap_proxy_json(text: &str, file: &str, role: Role) -> Result<FileConfig
                     })
             });
             if let Some(port) = port.transpose()? {
-                config.server.listen = Some(SocketAddr::from(([0, 0, 0, 0], port)));
+                config.server.listen = Some(SocketAddr::from(([0, 0, 0, 0], port)).into());
             }
         }
     }

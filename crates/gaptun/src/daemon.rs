@@ -64,7 +64,7 @@ async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 }
 
 /// The one-line error for a failed bind: "address 127.0.0.1:1080 already in use (socks)".
-pub fn bind_error(e: &io::Error, addr: SocketAddr, what: &str) -> anyhow::Error {
+pub fn bind_error(e: &io::Error, addr: impl std::fmt::Display, what: &str) -> anyhow::Error {
     match e.kind() {
         io::ErrorKind::AddrInUse => anyhow!("address {addr} already in use ({what})"),
         io::ErrorKind::AddrNotAvailable => anyhow!("address {addr} is not available here ({what})"),
@@ -243,11 +243,12 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     let window = s.transport.receive_window;
     let config = EndpointConfig {
         transport: s.transport,
-        state_file: default_state_file(s.listen),
+        state_file: default_state_file(s.listen.first),
         ..EndpointConfig::server(s.keys)
     };
     let endpoint = if s.carrier == CarrierChoice::Udp {
-        RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?
+        RtEndpoint::bind_all(&s.listen.addrs(), config)
+            .map_err(|e| bind_error(&e, s.listen, "tunnel"))?
     } else {
         faketcp_wiring::server_endpoint(s.listen, s.carrier, config)?
     };
@@ -285,7 +286,11 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         names,
         source,
     )?;
-    info!(listen = %endpoint.local_addr(), "gaptun server running");
+    if s.listen.last_port == s.listen.first.port() {
+        info!(listen = %endpoint.local_addr(), "gaptun server running");
+    } else {
+        info!(listen = %s.listen, ports = endpoint.carriers().len(), "gaptun server running");
+    }
     tokio::select! {
         () = accept_loop(endpoint.clone(), users, expose) => {}
         signal = signals => info!("{signal}: shutting down"),
@@ -429,6 +434,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
     };
     let pool_config = PoolConfig {
         conns: s.conns,
+        hop_interval: s.hop_interval,
         ..PoolConfig::default()
     };
     info!(server = %s.server, conns = s.conns, carrier = ?s.carrier, "connecting");

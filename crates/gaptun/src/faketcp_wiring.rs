@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use gaptun_faketcp::{ClientConfig, FakeTcpSocket, ServerConfig, Timing};
 use gaptun_proto::EndpointConfig;
-use gaptun_runtime::{Carrier, RtEndpoint, UdpCarrier};
+use gaptun_runtime::{Carrier, ListenRange, RtEndpoint, ServerTarget, UdpCarrier};
 use tracing::info;
 
 use crate::values::CarrierChoice;
@@ -33,23 +33,27 @@ fn ipv4(addr: IpAddr, what: SocketAddr) -> Result<Ipv4Addr> {
     }
 }
 
-/// The server's endpoint on `listen` with the chosen carriers.
+/// The server's endpoint on `listen` (a port or a range) with the chosen carriers: a UDP
+/// socket per port, and one fake-TCP carrier over the whole range.
 pub fn server_endpoint(
-    listen: SocketAddr,
+    listen: ListenRange,
     choice: CarrierChoice,
     mut config: EndpointConfig,
 ) -> Result<RtEndpoint> {
     fit_payload(&mut config, choice);
     let mut carriers: Vec<Arc<dyn Carrier>> = Vec::new();
     if choice.udp() {
-        let udp = UdpCarrier::bind(listen)
-            .map_err(|e| crate::daemon::bind_error(&e, listen, "tunnel"))?;
-        carriers.push(Arc::new(udp));
+        for addr in listen.addrs() {
+            let udp = UdpCarrier::bind(addr)
+                .map_err(|e| crate::daemon::bind_error(&e, addr, "tunnel"))?;
+            carriers.push(Arc::new(udp));
+        }
     }
     if choice.faketcp() {
+        let first = listen.first;
         let faketcp = FakeTcpSocket::server(ServerConfig {
-            addr: ipv4(listen.ip(), listen)?,
-            ports: listen.port()..=listen.port(),
+            addr: ipv4(first.ip(), first)?,
+            ports: first.port()..=listen.last_port.max(first.port()),
             timing: Timing::default(),
         })?;
         info!(listen = %listen, "fake TCP carrier listening");
@@ -58,19 +62,23 @@ pub fn server_endpoint(
     Ok(RtEndpoint::with_carriers(carriers, config)?)
 }
 
-/// The client's endpoint towards `server` (`host:port`) with the chosen carriers; the pool
-/// then connects through it.
+/// The client's endpoint towards `server` (`host:port` or `host:first-last`) with the chosen
+/// carriers; the pool then connects through it (fake TCP opens a flow to every port of the
+/// range, UDP spreads over them).
 pub async fn client_endpoint(
     server: &str,
     choice: CarrierChoice,
     mut config: EndpointConfig,
 ) -> Result<RtEndpoint> {
     fit_payload(&mut config, choice);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+    let target: ServerTarget = server
+        .parse()
+        .map_err(|e| anyhow!("invalid server `{server}`: {e}"))?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target.lookup_name())
         .await
         .with_context(|| format!("resolving {server}"))?
         .collect();
-    let target = addrs
+    let addr = addrs
         .iter()
         .find(|a| a.is_ipv4())
         .copied()
@@ -78,8 +86,8 @@ pub async fn client_endpoint(
     let mut carriers: Vec<Arc<dyn Carrier>> = Vec::new();
     if choice.faketcp() {
         let faketcp = FakeTcpSocket::client(ClientConfig {
-            server: ipv4(target.ip(), target)?,
-            ports: target.port()..=target.port(),
+            server: ipv4(addr.ip(), addr)?,
+            ports: target.ports(),
             timing: Timing::default(),
         })?;
         carriers.push(Arc::new(faketcp));

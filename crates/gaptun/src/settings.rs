@@ -15,7 +15,7 @@ use crate::config::{FileConfig, Notice, Role};
 use crate::ctl::default_socket_path;
 use crate::keys::{KeySourceError, KeySources};
 use crate::layer::Layer;
-use crate::values::{CarrierChoice, ForwardSpec, LogFormat, validate_host_port};
+use crate::values::{CarrierChoice, ForwardSpec, LogFormat};
 
 /// The logging choices of the command line and the config file (flag over file); `RUST_LOG`
 /// applies only where neither says.
@@ -53,7 +53,8 @@ pub struct User {
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    pub listen: SocketAddr,
+    /// One port, or a range (a UDP socket per port).
+    pub listen: gaptun_runtime::ListenRange,
     pub keys: Vec<Psk>,
     /// The user of each key, by the key's position in `keys` (what a connection's key index
     /// names).
@@ -80,6 +81,8 @@ pub struct ClientSettings {
     /// Services published on the server's ports.
     pub exposes: Vec<ExposeSpec>,
     pub conns: usize,
+    /// Port hopping interval; `None`: off.
+    pub hop_interval: Option<std::time::Duration>,
     pub control: PathBuf,
     pub transport: TransportConfig,
     pub carrier: CarrierChoice,
@@ -130,7 +133,7 @@ pub fn server(
     };
     let (keys, key_users) = server_keys(plain, &users)?;
     let settings = ServerSettings {
-        listen: own.listen.context("no listen address")?,
+        listen: own.listen.context("no listen address")?.0,
         keys,
         key_users,
         allow: own.allow.unwrap_or_default(),
@@ -236,7 +239,9 @@ pub fn client(
     let Some(server) = own.server else {
         bail!("no server given: use --server HOST:PORT or `server` in the config file");
     };
-    validate_host_port(&server).map_err(|e| anyhow::anyhow!("invalid server `{server}`: {e}"))?;
+    server
+        .parse::<gaptun_runtime::ServerTarget>()
+        .map_err(|e| anyhow::anyhow!("invalid server `{server}`: {e}"))?;
     let transport = Layer::layered(m, file.transport)?.build()?;
     let common = Layer::layered(m, file.common.clone())?;
     let log = Layer::layered(m, file.log)?;
@@ -281,6 +286,9 @@ pub fn client(
         forwards,
         exposes,
         conns: own.conns.map_or(1, |c| usize::from(c.0)),
+        hop_interval: own
+            .hop_interval
+            .map(|h| std::time::Duration::from_secs(u64::from(h.0))),
         control: common
             .control
             .unwrap_or_else(|| default_socket_path(Role::Client)),
@@ -360,6 +368,47 @@ mod tests {
     }
 
     #[test]
+    fn port_ranges_and_hopping_from_flags_and_file() {
+        let (c, _) = client_of(&[
+            "--server",
+            "vpn.example.com:10001-10010",
+            "--key",
+            KEY,
+            "--hop-interval",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(c.server, "vpn.example.com:10001-10010");
+        assert_eq!(c.hop_interval, Some(std::time::Duration::from_secs(5)));
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY]).unwrap();
+        assert_eq!(c.hop_interval, None, "off by default");
+        let e = client_of(&["--server", "h:10010-10001", "--key", KEY]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid server `h:10010-10001`: port range `10010-10001` is reversed: write the \
+             lower port first"
+        );
+        let e = client_of(&["--server", "h:1-", "--key", KEY]).unwrap_err();
+        assert!(e.to_string().contains("invalid port ``"), "{e}");
+        let (s, _) = server_of(&["--key", KEY, "--listen", "0.0.0.0:10001-10010"]).unwrap();
+        assert_eq!(s.listen.addrs().len(), 10);
+
+        let path = temp_file(
+            "range.toml",
+            "listen = \"127.0.0.1:7000-7002\"\nkey = \"abcdefghijklmnop\"\n",
+        );
+        let (s, _) = server_of(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7000-7002");
+        let path = temp_file("reversed.toml", "listen = \"127.0.0.1:7002-7000\"\n");
+        let e = server_of(&["--config", path.to_str().unwrap(), "--key", KEY]).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("is reversed"), "{text}");
+        let path = temp_file("hop.toml", "server = \"h:10001-10003\"\nhop_interval = 2\n");
+        let (c, _) = client_of(&["--config", path.to_str().unwrap(), "--key", KEY]).unwrap();
+        assert_eq!(c.hop_interval, Some(std::time::Duration::from_secs(2)));
+    }
+
+    #[test]
     fn missing_key_is_a_clear_error() {
         let e = client_of(&["--server", "h:1"]).unwrap_err();
         assert!(e.to_string().starts_with("no key given"), "{e}");
@@ -415,7 +464,7 @@ mod tests {
             }
         );
         let (s, _) = server_of(&["--key", KEY]).unwrap();
-        assert_eq!(s.listen, "0.0.0.0:29900".parse().unwrap());
+        assert_eq!(s.listen.to_string(), "0.0.0.0:29900");
         assert!(!s.allow_private);
         assert!(s.allow.is_empty());
     }
@@ -469,7 +518,7 @@ mod tests {
         );
         let p = path.to_str().unwrap();
         let (s, _) = server_of(&["--config", p, "--key", KEY]).unwrap();
-        assert_eq!(s.listen, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:4000");
         assert_eq!(s.allow, ["10.0.0.0/8"]);
         assert!(s.allow_private);
         let (s, _) = server_of(&[
@@ -484,7 +533,7 @@ mod tests {
             "127.0.0.1:5000",
         ])
         .unwrap();
-        assert_eq!(s.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(s.allow, ["127.0.0.1:22"]);
         assert!(!s.allow_private);
     }
@@ -570,7 +619,7 @@ mod tests {
         let server_yaml = fixture("server.yaml");
         let (s, log) = server_of(&["--config", server_yaml.to_str().unwrap()]).unwrap();
         assert_eq!(s.keys.len(), 1);
-        assert_eq!(s.listen, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(s.listen.to_string(), "0.0.0.0:6000");
         assert!(s.expose_ports.contains(1024) && !s.expose_ports.contains(80));
         assert_eq!(
             s.transport.congestion,

@@ -30,6 +30,7 @@ deserialize_via_from_str!(
     ExposeArg,
     ExposePorts,
     ListenAddr,
+    ListenPorts,
     Mode,
     Congestion,
     Cipher,
@@ -125,6 +126,41 @@ bounded_integer!(
     "conns",
     1..=64
 );
+
+bounded_integer!(
+    /// Seconds between port hops (a new local UDP socket, and the next server port of a
+    /// range); at most an hour.
+    HopInterval(u16),
+    "hop_interval",
+    1..=3600
+);
+
+/// The server's listen address: `IP:PORT`, or a port range `IP:FIRST-LAST` (one UDP socket per
+/// port, for clients that spread their packets over the range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenPorts(pub gaptun_runtime::ListenRange);
+
+impl FromStr for ListenPorts {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(Self).map_err(|e| {
+            format!("invalid listen address `{s}`: {e} (use IP:PORT or IP:FIRST-LAST)")
+        })
+    }
+}
+
+impl fmt::Display for ListenPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<SocketAddr> for ListenPorts {
+    fn from(addr: SocketAddr) -> Self {
+        Self(gaptun_runtime::ListenRange::single(addr))
+    }
+}
 
 /// Smallest receive window: a few packets' worth, below which a connection cannot keep data
 /// flowing.
@@ -596,6 +632,25 @@ mod tests {
         assert!(e.contains("too large"), "{e}");
         let e = "1000".parse::<WindowSize>().unwrap_err();
         assert_eq!(e, "window `1000` is too small: use at least 64K");
+    }
+
+    #[test]
+    fn listen_port_ranges_parse_and_bad_ones_are_clear() {
+        let r: ListenPorts = "0.0.0.0:10001-10010".parse().unwrap();
+        assert_eq!(r.0.addrs().len(), 10);
+        assert_eq!(r.to_string(), "0.0.0.0:10001-10010");
+        let e = "0.0.0.0:10010-10001".parse::<ListenPorts>().unwrap_err();
+        assert_eq!(
+            e,
+            "invalid listen address `0.0.0.0:10010-10001`: port range `10010-10001` is reversed: \
+             write the lower port first (use IP:PORT or IP:FIRST-LAST)"
+        );
+        let e = "0.0.0.0:10001-x".parse::<ListenPorts>().unwrap_err();
+        assert!(e.contains("invalid port `x`"), "{e}");
+        let e = "0.0.0.0".parse::<ListenPorts>().unwrap_err();
+        assert!(e.contains("missing `:PORT`"), "{e}");
+        assert!("60".parse::<HopInterval>().is_ok());
+        assert!("0".parse::<HopInterval>().is_err());
     }
 
     #[test]

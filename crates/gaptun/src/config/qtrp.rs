@@ -310,7 +310,7 @@ pub(super) fn parse(text: &str, file: &str, role: Role) -> Result<FileConfig, Co
                     )
                 })?;
                 port = Some(addr.port().to_string());
-                config.server.listen = Some(addr);
+                config.server.listen = Some(addr.into());
             }
             if let Some(t) = f.transport {
                 config.notices.push(transport_notice(t, port.as_deref()));
