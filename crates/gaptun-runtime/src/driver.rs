@@ -396,7 +396,7 @@ fn take_accepted(state: &mut State, now: Instant, wakers: &mut Vec<Waker>) {
         }
         let remote = conn.remote_address();
         let established = conn.is_established();
-        let meta = state.track(handle, remote, wakers);
+        let meta = state.track(handle, remote, false, wakers);
         if let Some(cs) = state.conns.get_mut(&handle) {
             cs.connected = established;
         }

@@ -205,7 +205,7 @@ impl RtEndpoint {
                 return Err(RtError::EndpointClosed.into());
             }
             let handle = state.endpoint.connect_paths(Instant::now(), paths)?;
-            let meta = state.track(handle, remote, &mut wakers);
+            let meta = state.track(handle, remote, paths.len() > 1, &mut wakers);
             drop(state);
             wake_all(wakers);
             meta

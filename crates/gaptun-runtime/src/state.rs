@@ -66,6 +66,9 @@ pub(crate) struct ConnMeta {
     pub(crate) handle: ConnectionHandle,
     pub(crate) generation: u64,
     pub(crate) remote: SocketAddr,
+    /// Client: the connection was made over several paths (a port range), so one closed port
+    /// must not fail its handshake (the others may answer).
+    pub(crate) several_paths: bool,
     pub(crate) lost: OnceLock<RtError>,
 }
 
@@ -187,6 +190,7 @@ impl State {
         &mut self,
         handle: ConnectionHandle,
         remote: SocketAddr,
+        several_paths: bool,
         wakers: &mut Vec<Waker>,
     ) -> Arc<ConnMeta> {
         self.forget(handle, RtError::Gone, wakers);
@@ -195,6 +199,7 @@ impl State {
             handle,
             generation: self.next_generation,
             remote,
+            several_paths,
             lost: OnceLock::new(),
         });
         self.conns.insert(handle, ConnState::new(Arc::clone(&meta)));
@@ -218,7 +223,11 @@ impl State {
         let failed: Vec<ConnectionHandle> = self
             .conns
             .iter()
-            .filter(|(_, cs)| !cs.connected && unreachable.iter().any(|&u| same(u, cs.meta.remote)))
+            .filter(|(_, cs)| {
+                !cs.connected
+                    && !cs.meta.several_paths
+                    && unreachable.iter().any(|&u| same(u, cs.meta.remote))
+            })
             .map(|(&h, _)| h)
             .collect();
         for handle in failed {
