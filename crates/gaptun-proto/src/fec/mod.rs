@@ -35,9 +35,9 @@ pub const MAX_GROUP_PARITY: usize = 16;
 
 /// Bytes a packet that may be protected leaves free below the datagram size limit, so that a
 /// parity packet over it still fits: the parity packet's header and tag (28), the FEC_PARITY
-/// frame's fields (type, first packet number, counts, gaps, shard length: at most 8 + 8 + 3 + 31
-/// + 2, the gaps of consecutive numbers taking one byte each) and the shard's length prefix and
-/// even-size padding (3).
+/// frame's fields (type 1, first packet number 8, data count 1, gaps up to 32 of one byte each,
+/// parity count and index 2, shard length 2) and the shard's length prefix and even-size
+/// padding (3): 77 bytes.
 pub const PARITY_RESERVE: usize = 28 + 1 + 8 + 1 + MAX_GROUP_DATA + 1 + 1 + 2 + 3;
 
 /// How a connection uses FEC (the `fec` setting).
