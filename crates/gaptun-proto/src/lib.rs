@@ -44,7 +44,7 @@ pub use config::{EndpointConfig, TransportConfig};
 pub use congestion::CongestionKind;
 pub use connection::{Connection, ConnectionError, ConnectionStats, Event, MIN_MTU};
 pub use crypto::{CipherSuite, Psk};
-pub use fec::FecMode;
 pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, RngSeed, SeedError, SeedOrigin};
+pub use fec::FecMode;
 pub use shared::{Side, StreamId, Transmit};
 pub use streams::{ReadError, StreamEvent, WriteError};

@@ -81,7 +81,10 @@ fn random_loss_tails_are_rebuilt_within_one_round_trip() {
     assert_eq!(client.fec_rebuilt_failed + server.fec_rebuilt_failed, 0);
     assert_eq!(client.packets_duplicated + server.packets_duplicated, 0);
     assert!(p50 < Duration::from_millis(105), "{p50:?}");
-    assert!(p99 <= Duration::from_millis(150), "p99 {p99:?} above 1.5 RTT");
+    assert!(
+        p99 <= Duration::from_millis(150),
+        "p99 {p99:?} above 1.5 RTT"
+    );
 }
 
 #[test]
@@ -98,13 +101,19 @@ fn burst_loss_tails_are_rebuilt() {
         client.fec_packets_rebuilt, server.fec_packets_rebuilt
     );
     assert!(client.fec_packets_rebuilt + server.fec_packets_rebuilt > 5);
-    assert!(p99 <= Duration::from_millis(130), "p99 {p99:?} above 1.3 RTT");
+    assert!(
+        p99 <= Duration::from_millis(130),
+        "p99 {p99:?} above 1.3 RTT"
+    );
 }
 
 #[test]
 fn five_percent_loss_p99_stays_at_one_round_trip() {
     let (_, p99, _) = request_latency(link().with_loss(0.05), FecMode::Auto, 47, 400, 200);
-    assert!(p99 <= Duration::from_millis(110), "p99 {p99:?} above 1.1 RTT");
+    assert!(
+        p99 <= Duration::from_millis(110),
+        "p99 {p99:?} above 1.1 RTT"
+    );
 }
 
 /// Echo exchanges on one stream with random contents, larger than one packet each way;
@@ -222,10 +231,17 @@ fn bulk_on_auto_gets_no_parity_and_keeps_its_goodput() {
             off / 1e6
         );
         // Only the first burst, before anything is in flight, may be protected.
-        assert!(stats.fec_parity_sent <= 16, "{} parity", stats.fec_parity_sent);
+        assert!(
+            stats.fec_parity_sent <= 16,
+            "{} parity",
+            stats.fec_parity_sent
+        );
         assert!(auto >= off * 0.97, "auto {auto} vs off {off} at {loss}");
         let wire = |s: &ConnectionStats| s.bytes_sent as f64 / s.stream_bytes_sent as f64;
-        assert!(wire(&stats) <= wire(&off_stats) * 1.01 + 0.002, "loss {loss}");
+        assert!(
+            wire(&stats) <= wire(&off_stats) * 1.01 + 0.002,
+            "loss {loss}"
+        );
     }
 }
 
@@ -233,7 +249,12 @@ fn bulk_on_auto_gets_no_parity_and_keeps_its_goodput() {
 fn fixed_groups_protect_every_packet() {
     let config = SimConfig::new(61)
         .with_link(link().with_loss(0.05))
-        .with_transport(|t| t.fec = FecMode::Fixed { data: 10, parity: 3 });
+        .with_transport(|t| {
+            t.fec = FecMode::Fixed {
+                data: 10,
+                parity: 3,
+            }
+        });
     let mut sim = Sim::new(config);
     let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 61));
     assert!(sim.run_workloads(Duration::from_secs(120)));
@@ -245,7 +266,10 @@ fn fixed_groups_protect_every_packet() {
     let data = client.packets_ack_eliciting_sent as f64;
     let parity = client.fec_parity_sent as f64;
     // Three parity packets per ten data packets (more for groups closed early at a tail).
-    assert!(parity >= data * 0.29, "{parity} parity for {data} data packets");
+    assert!(
+        parity >= data * 0.29,
+        "{parity} parity for {data} data packets"
+    );
     assert!(server.fec_packets_rebuilt > 50, "{server:?}");
     // Rebuilt packets are acknowledged: fewer retransmissions than losses on the link.
     assert!(client.packets_lost < server.fec_packets_rebuilt + client.packets_lost / 2 + 50);
@@ -261,7 +285,10 @@ fn a_peer_that_refuses_fec_gets_tail_copies_instead() {
     let (sent, read) = echo(&mut sim, 5, 100, 67);
     assert_eq!(sent, read);
     let (client, server) = stats(&mut sim);
-    assert_eq!(client.fec_parity_sent, 0, "the server did not accept parity");
+    assert_eq!(
+        client.fec_parity_sent, 0,
+        "the server did not accept parity"
+    );
     assert_eq!(server.fec_parity_sent, 0, "off: no parity");
     assert!(client.packets_duplicated > 0 && server.packets_duplicated > 0);
 }
@@ -288,8 +315,15 @@ fn forged_parity_rebuilds_nothing_that_passes_the_aead() {
     let forged: Vec<u8> = (0..120u8).map(|b| b.wrapping_mul(37)).collect();
     let len = forged.len() + 2;
     let mut encoder = reed_solomon_simd::ReedSolomonEncoder::new(1, 1, len).expect("encoder");
-    encoder.add_original_shard(shard(&forged, len)).expect("shard");
-    let parity = encoder.encode().expect("encode").recovery(0).expect("parity").to_vec();
+    encoder
+        .add_original_shard(shard(&forged, len))
+        .expect("shard");
+    let parity = encoder
+        .encode()
+        .expect("encode")
+        .recovery(0)
+        .expect("parity")
+        .to_vec();
     let client = sim.client_connection(0).expect("client");
     let future_pn = client.stats().packets_sent + 1000;
     let mut payload = Vec::new();
@@ -319,7 +353,10 @@ fn forged_parity_rebuilds_nothing_that_passes_the_aead() {
     sim.run_for(Duration::from_millis(10), |_| false);
     let (_, after) = stats(&mut sim);
     assert_eq!(after.fec_parity_received, before.fec_parity_received + 1);
-    assert_eq!(after.fec_rebuilt_failed, 1, "the rebuilt bytes failed the AEAD");
+    assert_eq!(
+        after.fec_rebuilt_failed, 1,
+        "the rebuilt bytes failed the AEAD"
+    );
     assert_eq!(after.fec_packets_rebuilt, before.fec_packets_rebuilt);
     assert_eq!(after.dropped_auth, mid.dropped_auth + 1);
     // The connection carries on.

@@ -783,7 +783,10 @@ mod tests {
             "{t}"
         );
         assert!(lines[4].trim_end().ends_with("MTU FEC_PAR/REB USER"), "{t}");
-        assert!(lines[5].trim_end().ends_with("1472        12/2 alice"), "{t}");
+        assert!(
+            lines[5].trim_end().ends_with("1472        12/2 alice"),
+            "{t}"
+        );
         assert_eq!(v_fec(&s), (12, 1500, 2));
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["connections"][0]["user"], "alice");

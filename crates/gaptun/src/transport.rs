@@ -239,7 +239,10 @@ mod tests {
     #[test]
     fn fec_modes() {
         use gaptun_proto::FecMode;
-        assert_eq!(TransportSettings::default().build().unwrap().fec, FecMode::Auto);
+        assert_eq!(
+            TransportSettings::default().build().unwrap().fec,
+            FecMode::Auto
+        );
         let fixed = TransportSettings {
             fec: Some("10/3".parse().unwrap()),
             ..Default::default()

@@ -100,7 +100,9 @@ impl FecReceiver {
         if group.done || group.parity.iter().any(|(i, _)| *i == frame.parity_index) {
             return;
         }
-        group.parity.push((frame.parity_index, frame.shard.to_vec()));
+        group
+            .parity
+            .push((frame.parity_index, frame.shard.to_vec()));
         let group = &self.groups[index];
         let missing: Vec<usize> = (0..group.data_pns.len())
             .filter(|&i| self.get(group.data_pns[i]).is_none())

@@ -292,7 +292,10 @@ mod tests {
         p.encode(&mut out);
         assert_eq!(out.len(), 8 * 4 + 2 + 1 + 2 + 1);
         assert_eq!(&out[32..], &[0x05, 0x46, 2, 2, 1, FLAG_FEC]);
-        assert_eq!(TransportParams::decode(&mut Reader::new(&out)), Some(p.clone()));
+        assert_eq!(
+            TransportParams::decode(&mut Reader::new(&out)),
+            Some(p.clone())
+        );
         // A peer from before the flags byte: no FEC.
         let old = TransportParams::decode(&mut Reader::new(&out[..out.len() - 1]));
         assert_eq!(old, Some(TransportParams { fec: false, ..p }));
