@@ -1,8 +1,9 @@
 //! The connection's side of FEC (see `crate::fec`): which packets are protected, how much
 //! parity they get and when it goes out, and the opening of rebuilt packets.
 //!
-//! `auto` protects interactive traffic only: a burst of packets that starts on a nearly idle
-//! connection (at most [`AUTO_MAX_IN_FLIGHT`] packets in flight before it) forms a group, which
+//! `auto` protects interactive traffic only: the packets carrying stream data in a burst that
+//! starts on a nearly idle connection (at most [`AUTO_MAX_IN_FLIGHT`] packets in flight before
+//! it) form a group, which
 //! closes when nothing more waits to be sent (the tail of a request or a response) or at
 //! [`AUTO_MAX_DATA`] packets. Such tails have no later packets whose acknowledgement would reveal
 //! a loss, so a loss costs a retransmission timeout on top of the round trip; parity turns it
@@ -23,7 +24,7 @@ const AUTO_MAX_IN_FLIGHT: u64 = 4;
 /// `auto`: most data packets in one group (a larger response gets several groups).
 const AUTO_MAX_DATA: usize = 16;
 /// `auto`: most parity packets per group.
-const AUTO_MAX_PARITY: usize = 8;
+const AUTO_MAX_PARITY: usize = 10;
 /// `auto`: the chance, at the estimated loss rate, that a group loses more packets than its
 /// parity can rebuild. One in a thousand per direction keeps the 99th percentile of
 /// request/response latency at one round trip.
@@ -96,13 +97,21 @@ impl Connection {
             return;
         }
         let limit = self.fec_group_limit();
+        let auto = self.config.fec == FecMode::Auto;
         if protect && segment > 0 {
             for (i, datagram) in buf.chunks(segment).enumerate() {
                 let pn = first_pn + i as u64;
                 let Some(p) = self.sent.get_mut(&pn) else {
                     continue;
                 };
-                if p.mtu_probe {
+                // `auto` protects what an exchange waits for: STREAM frames (data or FIN) and
+                // stream resets. A packet with only credit updates (which the receiver of a
+                // bulk transfer sends while nothing of its own is in flight) or a PING is not
+                // worth parity.
+                let ends_exchange = !p.frames.stream.is_empty()
+                    || !p.frames.reset.is_empty()
+                    || !p.frames.stop_sending.is_empty();
+                if p.mtu_probe || (auto && !ends_exchange) {
                     continue;
                 }
                 // Its fate (rebuilt or not) says little about single packets' loss rate.
@@ -246,16 +255,25 @@ impl Connection {
 
 /// Parity packets for a group of `k` data packets on a path losing `loss` of its packets in
 /// runs of `burst` on average: the fewest that make losing more than can be rebuilt less likely
-/// than [`AUTO_TARGET_FAILURE`] (independent losses), plus one per packet a burst takes beyond
-/// the first, at most [`AUTO_MAX_PARITY`].
+/// than [`AUTO_TARGET_FAILURE`], at most [`AUTO_MAX_PARITY`]. Two models, the larger answer
+/// wins: independent losses (binomial), and one burst (the packets of a group go out nearly back
+/// to back, so a run of losses takes consecutive ones): a run that starts in the group with
+/// probability about `loss` and goes on with probability `1 − 1/burst` per packet must be
+/// shorter than the parity.
 fn auto_parity(k: usize, loss: f64, burst: f64) -> usize {
     let q = loss.clamp(AUTO_MIN_LOSS, 0.5);
     let mut parity = 1;
     while parity < AUTO_MAX_PARITY && binomial_tail(k + parity, parity, q) > AUTO_TARGET_FAILURE {
         parity += 1;
     }
-    let extra = (burst.round() as usize).saturating_sub(1);
-    (parity + extra).min(AUTO_MAX_PARITY)
+    if burst > 1.5 {
+        let stay = 1.0 - 1.0 / burst;
+        let runs = ((AUTO_TARGET_FAILURE / q).ln() / stay.ln()).ceil();
+        if runs.is_finite() && runs > 0.0 {
+            parity = parity.max(runs as usize);
+        }
+    }
+    parity.min(AUTO_MAX_PARITY)
 }
 
 /// P(more than `max` of `n` packets lost), each independently with probability `q`.
@@ -283,8 +301,10 @@ mod tests {
         // 20 %: 0.2^5 = 3e-4 for a single packet.
         assert_eq!(auto_parity(1, 0.2, 1.0), 4);
         assert!(auto_parity(10, 0.2, 1.0) > auto_parity(1, 0.2, 1.0));
-        // Bursts of 4 add 3.
-        assert_eq!(auto_parity(1, 0.02, 4.0), auto_parity(1, 0.02, 1.0) + 3);
+        // Bursts of 2 at 2 %: a run must end within p packets, 0.02 * 0.5^p <= 1e-3: p = 5.
+        assert_eq!(auto_parity(1, 0.02, 2.0), 5);
+        // Bursts of 4 at 2 % would need 11: capped.
+        assert_eq!(auto_parity(1, 0.02, 4.0), AUTO_MAX_PARITY);
         assert_eq!(auto_parity(16, 0.5, 8.0), AUTO_MAX_PARITY);
     }
 
