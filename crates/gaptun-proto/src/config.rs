@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::congestion::CongestionKind;
 use crate::crypto::{CipherSuite, Psk};
+use crate::fec::FecMode;
 
 /// Per-connection transport parameters. The defaults suit a 100 Mbit/s, 100 ms path with loss.
 #[derive(Debug, Clone)]
@@ -48,7 +49,13 @@ pub struct TransportConfig {
     /// Send twice a packet with stream data that ends a short burst on a nearly idle connection
     /// (a request or a response), so that one loss does not cost a retransmission timeout;
     /// three times on a path losing 2 % or more. Bulk transfers are not affected.
+    ///
+    /// Used only when FEC is off on either side: otherwise parity protects these tails.
     pub duplicate_tail_packets: bool,
+    /// Forward error correction (see `crate::fec`): `Auto` protects the tails of interactive
+    /// exchanges with parity sized by the measured loss, `Fixed` every packet, `Off` none (and
+    /// refuses the peer's parity). Parity is sent only to a peer that accepts it.
+    pub fec: FecMode,
     /// Send a PING when nothing was sent for this long (`None`: never).
     pub keepalive_interval: Option<Duration>,
     /// Close the connection after this long without hearing from the peer.
@@ -83,6 +90,7 @@ impl Default for TransportConfig {
             max_ack_delay: Duration::from_millis(10),
             ack_eliciting_threshold: 16,
             duplicate_tail_packets: true,
+            fec: FecMode::Auto,
             keepalive_interval: Some(Duration::from_secs(10)),
             idle_timeout: Duration::from_secs(40),
             dead_peer_timeout: Duration::from_secs(3),

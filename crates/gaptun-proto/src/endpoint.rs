@@ -384,6 +384,7 @@ impl Endpoint {
             idle_timeout_ms: t.idle_timeout.as_millis().try_into().unwrap_or(u64::MAX),
             max_udp_payload: t.max_udp_payload,
             ciphers: Vec::new(),
+            fec: t.fec.accepts_parity(),
         }
     }
 

@@ -30,6 +30,8 @@ pub mod kind {
     pub const PATH_RESPONSE: u64 = 0x1b;
     pub const CLOSE: u64 = 0x1c;
     pub const APPLICATION_CLOSE: u64 = 0x1d;
+    /// One parity shard of a FEC group (see `crate::fec`).
+    pub const FEC_PARITY: u64 = 0x20;
 }
 
 /// One decoded frame. Borrowed data points into the packet payload.
@@ -67,6 +69,8 @@ pub enum Frame<'a> {
     PathResponse([u8; 8]),
     /// The connection is being closed.
     Close(CloseFrame<'a>),
+    /// A FEC parity shard: feeds the rebuilding of lost packets, never delivered as data.
+    FecParity(crate::fec::ParityFrame<'a>),
 }
 
 /// ACK frame contents.
@@ -225,12 +229,17 @@ impl Frame<'_> {
                 buf.extend_from_slice(data);
             }
             Self::Close(close) => close.encode(buf),
+            Self::FecParity(parity) => parity.encode(buf),
         }
     }
 
     /// Whether receiving this frame obliges the receiver to send an ACK.
     pub fn is_ack_eliciting(&self) -> bool {
-        !matches!(self, Self::Padding | Self::Ack(_) | Self::Close(_))
+        // Parity is not acknowledged for its own sake: it is never retransmitted.
+        !matches!(
+            self,
+            Self::Padding | Self::Ack(_) | Self::Close(_) | Self::FecParity(_)
+        )
     }
 }
 
@@ -441,6 +450,7 @@ impl<'a> Reader<'a> {
             kind::PATH_CHALLENGE => Frame::PathChallenge(self.array8()?),
             kind::PATH_RESPONSE => Frame::PathResponse(self.array8()?),
             kind::CLOSE | kind::APPLICATION_CLOSE => Frame::Close(self.close(ty)?),
+            kind::FEC_PARITY => Frame::FecParity(crate::fec::ParityFrame::decode(&mut self.rest)?),
             other => return Err(FrameError::UnknownType(other)),
         })
     }

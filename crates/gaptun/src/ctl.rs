@@ -200,6 +200,12 @@ pub struct ConnSnapshot {
     /// Path MTU probes sent and lost (lost probes are not counted in `packets_lost`).
     pub mtu_probes_sent: u64,
     pub mtu_probes_lost: u64,
+    /// FEC parity packets sent, and their bytes (the wire overhead due to FEC; both also in
+    /// the packet and byte totals).
+    pub fec_parity_sent: u64,
+    pub fec_parity_bytes: u64,
+    /// Lost packets rebuilt from the peer's parity.
+    pub fec_packets_rebuilt: u64,
 }
 
 /// Everything `stats` reports.
@@ -259,6 +265,9 @@ impl ConnSnapshot {
             mtu: s.mtu,
             mtu_probes_sent: s.mtu_probes_sent,
             mtu_probes_lost: s.mtu_probes_lost,
+            fec_parity_sent: s.fec_parity_sent,
+            fec_parity_bytes: s.fec_parity_bytes,
+            fec_packets_rebuilt: s.fec_packets_rebuilt,
         }
     }
 }
@@ -347,7 +356,7 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7} {:>5}\n",
+        "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7} {:>5} {:>11}\n",
         "ID",
         "REMOTE",
         "AGE",
@@ -360,7 +369,8 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         "RETX",
         "STREAMS",
         "WINDOW",
-        "MTU"
+        "MTU",
+        "FEC_PAR/REB"
     ));
     if s.role == "server" {
         out.insert_str(out.len() - 1, " USER");
@@ -368,7 +378,7 @@ pub fn format_table(s: &StatsSnapshot) -> String {
     for c in &s.connections {
         let remote = &c.remote;
         out.push_str(&format!(
-            "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7} {:>5}\n",
+            "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.2} {:>7} {:>9} {:>7} {:>5} {:>11}\n",
             c.id,
             remote,
             human_age(c.age_secs),
@@ -382,6 +392,7 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             format!("{}/{}", c.streams_open, c.streams_opened_total),
             human_bytes(c.receive_window),
             c.mtu,
+            format!("{}/{}", c.fec_parity_sent, c.fec_packets_rebuilt),
         ));
         if let Some(user) = &c.user {
             out.insert_str(out.len() - 1, &format!(" {user}"));
@@ -726,10 +737,25 @@ mod tests {
                 mtu: 1472,
                 mtu_probes_sent: 1,
                 mtu_probes_lost: 0,
+                fec_parity_sent: 12,
+                fec_parity_bytes: 1500,
+                fec_packets_rebuilt: 2,
             }],
             not_established: 0,
             exposes: Vec::new(),
         }
+    }
+
+    /// The FEC counters of the first connection in the JSON form.
+    fn v_fec(s: &StatsSnapshot) -> (u64, u64, u64) {
+        let v: serde_json::Value = serde_json::to_value(s).unwrap();
+        let c = &v["connections"][0];
+        let n = |k: &str| c[k].as_u64().unwrap();
+        (
+            n("fec_parity_sent"),
+            n("fec_parity_bytes"),
+            n("fec_packets_rebuilt"),
+        )
     }
 
     #[test]
@@ -756,8 +782,12 @@ mod tests {
             ["tcp:8000-8005", "alice", "2", "40", "1.5K", "3.0M"],
             "{t}"
         );
-        assert!(lines[4].trim_end().ends_with("MTU USER"), "{t}");
-        assert!(lines[5].trim_end().ends_with("1472 alice"), "{t}");
+        assert!(lines[4].trim_end().ends_with("MTU FEC_PAR/REB USER"), "{t}");
+        assert!(
+            lines[5].trim_end().ends_with("1472        12/2 alice"),
+            "{t}"
+        );
+        assert_eq!(v_fec(&s), (12, 1500, 2));
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["connections"][0]["user"], "alice");
         assert_eq!(v["exposes"][0]["user"], "alice");
@@ -797,7 +827,8 @@ mod tests {
                 "5",
                 "3/17",
                 "32.0M",
-                "1472"
+                "1472",
+                "12/2"
             ]
         );
     }

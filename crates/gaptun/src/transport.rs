@@ -28,7 +28,7 @@ use gaptun_proto::{CipherSuite, CongestionKind, TransportConfig};
 use thiserror::Error;
 
 use crate::layer::settings_group;
-use crate::values::{Cipher, Congestion, Mode, Mtu, WindowSize};
+use crate::values::{Cipher, Congestion, Fec, Mode, Mtu, WindowSize};
 
 pub use crate::values::MIN_WINDOW;
 
@@ -72,6 +72,12 @@ settings_group! {
         /// Cipher; auto picks AES-256-GCM where the CPU accelerates it, else ChaCha20-Poly1305.
         #[arg(long, value_name = "CIPHER", default_value = "auto")]
         pub cipher: Option<Cipher>,
+        /// Forward error correction: auto (parity for the tails of interactive exchanges, sized
+        /// by the measured loss; none for bulk), off, or D/P (every packet, in groups of D data
+        /// and P parity packets, like kcptun's datashard/parityshard). Sent only to a peer that
+        /// has FEC on too.
+        #[arg(long, value_name = "FEC", default_value = "auto")]
+        pub fec: Option<Fec>,
     }
 }
 
@@ -140,6 +146,9 @@ impl TransportSettings {
                 return Err(TransportError::HandshakeTimeout);
             }
             c.handshake_timeout = Duration::from_secs(secs);
+        }
+        if let Some(Fec(mode)) = self.fec {
+            c.fec = mode;
         }
         c.cipher = match self.cipher {
             None | Some(Cipher::Auto) => None,
@@ -227,6 +236,32 @@ mod tests {
         assert_eq!(smallest.build().unwrap().max_udp_payload, 1200);
     }
 
+    #[test]
+    fn fec_modes() {
+        use gaptun_proto::FecMode;
+        assert_eq!(
+            TransportSettings::default().build().unwrap().fec,
+            FecMode::Auto
+        );
+        let fixed = TransportSettings {
+            fec: Some("10/3".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            fixed.build().unwrap().fec,
+            FecMode::Fixed {
+                data: 10,
+                parity: 3
+            }
+        );
+        let off: Fec = "off".parse().unwrap();
+        assert_eq!(off, Fec(FecMode::Off));
+        let err = "10/0".parse::<Fec>().unwrap_err();
+        assert!(err.contains("parity 1 to 16"), "{err}");
+        let err = "lots".parse::<Fec>().unwrap_err();
+        assert!(err.contains("\"auto\", \"off\" or \"D/P\""), "{err}");
+    }
+
     /// The defaults shown in the help (clap's `default_value`s) are the core's defaults, so
     /// filling them in changes nothing; only the window is left to the core (its per-stream
     /// window differs from the per-connection one).
@@ -284,9 +319,11 @@ mod tests {
             handshake_timeout: Some(3),
             dead_peer_timeout: Some(20),
             mtu_discovery: Some(false),
+            fec: Some(Fec(gaptun_proto::FecMode::Off)),
             mode: None,
         };
         let c = s.build().unwrap();
+        assert_eq!(c.fec, gaptun_proto::FecMode::Off);
         assert_eq!(c.receive_window, 64 << 20);
         assert_eq!(c.stream_receive_window, 64 << 20);
         assert_eq!(c.send_buffer, 16 << 20);

@@ -34,6 +34,7 @@ deserialize_via_from_str!(
     Mode,
     Congestion,
     Cipher,
+    Fec,
     LogFormat,
     CarrierChoice
 );
@@ -515,6 +516,25 @@ impl FromStr for Cipher {
                 "invalid cipher `{s}`: use auto, aes-256-gcm or chacha20-poly1305"
             )),
         }
+    }
+}
+
+/// Forward error correction (`--fec`, the `fec` key): `auto`, `off` or `D/P`, as
+/// [`gaptun_proto::FecMode`] parses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fec(pub gaptun_proto::FecMode);
+
+impl FromStr for Fec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(Self).map_err(|e| format!("{e}"))
+    }
+}
+
+impl fmt::Display for Fec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 

@@ -44,9 +44,20 @@ pub fn keygen(binary: &Path) -> Result<String> {
     parse_keygen(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Starts server and client with the congestion controller `cc`.
-pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
+/// Starts server and client with the congestion controller `cc` and, if given, `--fec`.
+pub fn start(env: &Env, binary: &Path, cc: &str, fec: Option<&str>) -> Result<Running> {
     let key = keygen(binary)?;
+    // Log and socket names tell the FEC variants apart.
+    let tag = match fec {
+        Some(f) => format!("{cc}-fec-{}", f.replace('/', "-")),
+        None => cc.to_string(),
+    };
+    let cc_args = |cmd: &mut Command| {
+        cc_args(cmd, cc, env.rate_mbit);
+        if let Some(f) = fec {
+            cmd.args(["--fec", f]);
+        }
+    };
     let bin = binary.to_string_lossy();
     let listen = format!("{ADDR_B}:{SERVER_PORT}");
     let mut s = netns::exec(&env.ns_b, &bin);
@@ -54,12 +65,12 @@ pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
         .args(["--allow", &format!("127.0.0.1:{IPERF_PORT}")])
         .args(["--allow", &format!("127.0.0.1:{RR_PORT}")])
         .arg("--control")
-        .arg(control_socket(env, "server", cc));
-    cc_args(&mut s, cc, env.rate_mbit);
+        .arg(control_socket(env, "server", &tag));
+    cc_args(&mut s);
     let mut procs = vec![Managed::spawn(
         "gaptun server",
         &mut s,
-        &env.log(&format!("gaptun-server-{cc}")),
+        &env.log(&format!("gaptun-server-{tag}")),
     )?];
     settle(&mut procs)?;
     let mut c = netns::exec(&env.ns_a, &bin);
@@ -74,12 +85,12 @@ pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
         ])
         .args(["--socks", &format!("127.0.0.1:{SOCKS_PORT}")])
         .arg("--control")
-        .arg(control_socket(env, "client", cc));
-    cc_args(&mut c, cc, env.rate_mbit);
+        .arg(control_socket(env, "client", &tag));
+    cc_args(&mut c);
     procs.push(Managed::spawn(
         "gaptun client",
         &mut c,
-        &env.log(&format!("gaptun-client-{cc}")),
+        &env.log(&format!("gaptun-client-{tag}")),
     )?);
     settle(&mut procs)?;
     Ok(Running {

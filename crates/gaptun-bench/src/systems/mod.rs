@@ -116,6 +116,8 @@ pub enum SystemKind {
         binary: PathBuf,
         /// `bbr`, `none` or `brutal`.
         congestion: String,
+        /// `--fec` value (`None`: gaptun's default, `auto`).
+        fec: Option<String>,
     },
     /// gaptun's expose (server in A publishes services of the client in B), default congestion.
     GaptunExpose {
@@ -144,7 +146,11 @@ impl System {
         let mut running = match &self.kind {
             SystemKind::Direct { congestion } => tcp::start(env, congestion)?,
             SystemKind::Kcptun { mode, window } => kcptun::start(env, mode.as_deref(), *window)?,
-            SystemKind::Gaptun { binary, congestion } => gaptun::start(env, binary, congestion)?,
+            SystemKind::Gaptun {
+                binary,
+                congestion,
+                fec,
+            } => gaptun::start(env, binary, congestion, fec.as_deref())?,
             SystemKind::GaptunExpose { binary } => expose::start_gaptun(env, binary)?,
             SystemKind::Rathole { binary } => expose::start_rathole(env, binary)?,
         };
@@ -249,9 +255,20 @@ pub fn all(gaptun: Option<&Path>) -> Vec<System> {
                 kind: SystemKind::Gaptun {
                     binary: bin.to_path_buf(),
                     congestion: cc.into(),
+                    fec: None,
                 },
             });
         }
+        // The default controller without FEC, to weigh what `fec = auto` (the default) costs
+        // bulk transfers and gains small requests, side by side.
+        v.push(System {
+            name: "gaptun-bbr-fec-off".into(),
+            kind: SystemKind::Gaptun {
+                binary: bin.to_path_buf(),
+                congestion: "bbr".into(),
+                fec: Some("off".into()),
+            },
+        });
     }
     v
 }

@@ -20,12 +20,22 @@ const ALPHA: f64 = 1.0 / 32.0;
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct LossRate {
     rate: f64,
+    /// Mean length of the runs of missing packet numbers seen (0 before the first).
+    burst: f64,
 }
+
+/// Weight of each new run length in the burst-length estimate.
+const BURST_ALPHA: f64 = 1.0 / 8.0;
 
 impl LossRate {
     /// The current estimate, 0.0 to 1.0.
     pub(super) fn get(&self) -> f64 {
         self.rate
+    }
+
+    /// Mean number of packets lost in a row when packets are lost (at least 1).
+    pub(super) fn burst(&self) -> f64 {
+        self.burst.max(1.0)
     }
 
     /// One packet's fate: lost or not.
@@ -38,6 +48,14 @@ impl LossRate {
     /// Large jumps (a peer that skipped numbers, or a long outage) count as a few losses only.
     /// The arrival itself counts only if `counts` (not when it may be one of several copies).
     pub(super) fn observe_arrival(&mut self, missing: u64, counts: bool) {
+        if missing > 0 {
+            let run = missing.min(16) as f64;
+            if self.burst == 0.0 {
+                self.burst = run;
+            } else {
+                self.burst += BURST_ALPHA * (run - self.burst);
+            }
+        }
         for _ in 0..missing.min(8) {
             self.observe(true);
         }
@@ -76,6 +94,13 @@ mod tests {
         }
         // One packet in three missing.
         assert!((r.get() - 1.0 / 3.0).abs() < 0.05, "{}", r.get());
+        assert!((r.burst() - 1.0).abs() < 1e-9, "{}", r.burst());
+        let mut bursts = LossRate::default();
+        for _ in 0..100 {
+            bursts.observe_arrival(4, true);
+            bursts.observe_arrival(0, true);
+        }
+        assert!((bursts.burst() - 4.0).abs() < 0.01, "{}", bursts.burst());
         let mut jump = LossRate::default();
         jump.observe_arrival(1_000_000, true);
         assert!(jump.get() < 0.3, "{}", jump.get());

@@ -6,6 +6,7 @@
 //! [`Connection::poll`]. Application commands (streams, close, window) can come at any time.
 
 mod ack;
+mod fec;
 #[cfg(feature = "fuzzing")]
 mod fuzz_hook;
 mod liveness;
@@ -148,6 +149,18 @@ pub struct ConnectionStats {
     pub mtu_probes_lost: u64,
     /// Times large packets stopped getting through and the size fell back to the minimum.
     pub mtu_black_holes: u64,
+    /// FEC parity packets sent (also counted in `packets_sent`).
+    pub fec_parity_sent: u64,
+    /// Datagram bytes of those parity packets: the wire overhead due to FEC (also counted in
+    /// `bytes_sent`).
+    pub fec_parity_bytes: u64,
+    /// FEC parity packets received.
+    pub fec_parity_received: u64,
+    /// Lost packets rebuilt from parity that passed authentication and were processed.
+    pub fec_packets_rebuilt: u64,
+    /// Rebuilt packets that failed authentication (a wrong or forged shard); also counted in
+    /// `dropped_auth`.
+    pub fec_rebuilt_failed: u64,
 }
 
 /// Transport error codes carried in CLOSE frames (see `docs/protocol.md`).
@@ -273,6 +286,8 @@ pub struct Connection {
     paths: PathSet,
     /// Path MTU discovery: the datagram size in use and the search for a larger one.
     pmtu: MtuDiscovery,
+    /// Forward error correction: groups being protected, parity to send, packets to rebuild.
+    fec: fec::FecState,
 
     // Sending.
     next_pn: u64,
@@ -358,6 +373,7 @@ impl Connection {
             alternates: Vec::new(),
             paths: PathSet::new(&[init.remote]),
             pmtu,
+            fec: fec::FecState::default(),
             next_pn: 0,
             sent: BTreeMap::new(),
             recently_lost: BTreeSet::new(),
@@ -500,6 +516,7 @@ impl Connection {
                 .unwrap_or(u64::MAX),
             max_udp_payload: self.config.max_udp_payload,
             ciphers,
+            fec: self.config.fec.accepts_parity(),
         }
     }
 
@@ -744,6 +761,8 @@ impl Connection {
             Timer::MtuProbe => self.on_mtu_probe_timeout(now),
             Timer::Liveness => self.on_liveness_timer(now),
             Timer::PathChallenge => self.on_path_challenge_timer(now),
+            // The parity goes out in the next `poll_transmit`.
+            Timer::FecParity => {}
         }
     }
 

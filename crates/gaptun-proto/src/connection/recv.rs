@@ -29,6 +29,10 @@ impl Connection {
             return;
         };
         let largest = self.replay.largest();
+        let fec = self.config.fec.accepts_parity();
+        if fec {
+            self.fec.receiver.stash(data);
+        }
         let Ok((pn, payload)) = packet::open(&self.header_key, keys, largest, data) else {
             // Forged, corrupted, or for another key: dropped without a word.
             self.stats.dropped_auth += 1;
@@ -46,6 +50,9 @@ impl Connection {
             return;
         }
         self.replay.insert(pn);
+        if fec {
+            self.fec.receiver.commit(pn);
+        }
         self.stats.packets_received += 1;
         self.stats.bytes_received += len;
         self.last_received = now;
@@ -61,6 +68,7 @@ impl Connection {
         if self.state == State::Established && self.side == Side::Server {
             self.maybe_migrate(from, pn, non_probing);
         }
+        self.open_rebuilt(now);
     }
 
     /// Client: the datagram should be the server's Response.
@@ -108,7 +116,13 @@ impl Connection {
 
     /// Processes the frames of packet `pn`; returns whether it was non-probing (had a frame
     /// other than PATH_CHALLENGE, PATH_RESPONSE and PADDING).
-    fn process_payload(&mut self, now: Instant, pn: u64, payload: &[u8], from: PathAddr) -> bool {
+    pub(super) fn process_payload(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        payload: &[u8],
+        from: PathAddr,
+    ) -> bool {
         let mut ack_eliciting = false;
         let mut non_probing = false;
         for frame in frame::iter(payload) {
@@ -191,6 +205,7 @@ impl Connection {
             Frame::PathChallenge(_) if self.side == Side::Client && !self.paths.contains(from) => {}
             Frame::PathChallenge(data) => self.path_response = Some((data, from)),
             Frame::PathResponse(data) => self.on_path_response(data),
+            Frame::FecParity(parity) => self.on_parity_frame(&parity),
             Frame::Close(close) => {
                 let reason = String::from_utf8_lossy(close.reason).into_owned();
                 let error = ConnectionError::ClosedByPeer {

@@ -67,8 +67,13 @@ impl Connection {
         if let Some(t) = self.transmit_mtu_probe(now, buf) {
             return Some(t);
         }
-        let mtu = self.mtu();
+        if let Some(t) = self.transmit_parity(now, buf) {
+            return Some(t);
+        }
         let in_flight_before = self.in_flight;
+        let protect = self.fec_protects(in_flight_before);
+        let mtu = self.fec_packet_limit(self.mtu(), protect);
+        let first_pn = self.next_pn;
         let stream_bytes_before = self.stats.stream_bytes_sent;
         let mut segment_size = None;
         let mut count = 0;
@@ -96,8 +101,10 @@ impl Connection {
         if count == 0 {
             return None;
         }
+        self.fec_after_batch(now, buf, first_pn, segment_size.unwrap_or(0), protect);
         if count == 1
             && max_datagrams >= 2
+            && !self.fec_sending()
             && self.stats.stream_bytes_sent > stream_bytes_before
             && self.is_interactive_tail(in_flight_before, buf.len())
         {
@@ -257,7 +264,7 @@ impl Connection {
     /// a PATH_CHALLENGE that has gone out, a small reserve of the anti-amplification budget is
     /// kept for repeating the challenge, so data cannot use up the budget and leave the path
     /// unvalidated until the peer happens to send again.
-    fn path_budget(&self) -> u64 {
+    pub(super) fn path_budget(&self) -> u64 {
         let budget = self.path.send_budget();
         let waiting = !self.path.validated && self.path.challenge.is_some();
         if waiting && !self.path.challenge_pending {

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 /// Number of [`Timer`] kinds.
-const COUNT: usize = 12;
+const COUNT: usize = 13;
 
 /// Every timer a connection can have armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub(super) enum Timer {
     MtuProbe,
     /// Check that a peer we wait on still answers (see `connection::liveness`).
     Liveness,
+    /// A queued FEC parity packet is due (parity of a group is spread in time).
+    FecParity,
 }
 
 impl Timer {
@@ -48,6 +50,7 @@ impl Timer {
         Self::PathChallenge,
         Self::MtuProbe,
         Self::Liveness,
+        Self::FecParity,
     ];
 }
 

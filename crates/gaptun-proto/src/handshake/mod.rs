@@ -43,6 +43,8 @@ pub struct TransportParams {
     /// Cipher suites the sender supports, most preferred first (the server's list has one entry:
     /// its choice).
     pub ciphers: Vec<CipherSuite>,
+    /// The sender accepts FEC parity (FEC_PARITY frames); without it none is sent to it.
+    pub fec: bool,
 }
 
 /// Why a handshake datagram was refused. All of these lead to a silent drop on the server.
@@ -421,6 +423,7 @@ mod tests {
             idle_timeout_ms: 40_000,
             max_udp_payload: 1350,
             ciphers,
+            fec: true,
         }
     }
 

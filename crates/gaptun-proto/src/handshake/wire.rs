@@ -177,6 +177,9 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Flags byte after the cipher list: the sender accepts FEC parity.
+const FLAG_FEC: u8 = 0x01;
+
 /// Most cipher suites a parameter block lists (the count is one byte).
 const MAX_CIPHERS: usize = u8::MAX as usize;
 
@@ -196,6 +199,7 @@ impl TransportParams {
         let ciphers = &self.ciphers[..self.ciphers.len().min(MAX_CIPHERS)];
         out.push(ciphers.len() as u8);
         out.extend(ciphers.iter().map(|c| c.code()));
+        out.push(u8::from(self.fec) * FLAG_FEC);
     }
 
     /// Reads what [`TransportParams::encode`] wrote. Unknown cipher codes are skipped, so a
@@ -212,6 +216,8 @@ impl TransportParams {
             .iter()
             .filter_map(|&c| CipherSuite::from_code(c))
             .collect();
+        // The flags byte came later: a peer that does not send it has none of the features.
+        let flags = r.u8().unwrap_or(0);
         Some(Self {
             max_data,
             max_stream_data,
@@ -219,6 +225,7 @@ impl TransportParams {
             idle_timeout_ms,
             max_udp_payload,
             ciphers,
+            fec: flags & FLAG_FEC != 0,
         })
     }
 }
@@ -274,6 +281,7 @@ mod tests {
             idle_timeout_ms: 30_000,
             max_udp_payload: 1350,
             ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
+            fec: true,
         }
     }
 
@@ -282,10 +290,16 @@ mod tests {
         let p = params();
         let mut out = Vec::new();
         p.encode(&mut out);
-        assert_eq!(out.len(), 8 * 4 + 2 + 1 + 2);
-        assert_eq!(&out[32..], &[0x05, 0x46, 2, 2, 1]);
-        assert_eq!(TransportParams::decode(&mut Reader::new(&out)), Some(p));
-        for len in 0..out.len() {
+        assert_eq!(out.len(), 8 * 4 + 2 + 1 + 2 + 1);
+        assert_eq!(&out[32..], &[0x05, 0x46, 2, 2, 1, FLAG_FEC]);
+        assert_eq!(
+            TransportParams::decode(&mut Reader::new(&out)),
+            Some(p.clone())
+        );
+        // A peer from before the flags byte: no FEC.
+        let old = TransportParams::decode(&mut Reader::new(&out[..out.len() - 1]));
+        assert_eq!(old, Some(TransportParams { fec: false, ..p }));
+        for len in 0..out.len() - 1 {
             assert_eq!(
                 TransportParams::decode(&mut Reader::new(&out[..len])),
                 None,
@@ -302,8 +316,9 @@ mod tests {
             ..params()
         }
         .encode(&mut out);
-        out.pop();
-        out.extend_from_slice(&[3, 9, 2, 0]);
+        // Drop the flags byte and the empty count; three codes instead, then the flags.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(&[3, 9, 2, 0, 0]);
         let p = TransportParams::decode(&mut Reader::new(&out)).unwrap();
         assert_eq!(p.ciphers, vec![CipherSuite::ChaCha20Poly1305]);
     }
@@ -322,7 +337,8 @@ mod tests {
             decode_response_payload(&resp),
             Some((cid, Some(CipherSuite::Aes256Gcm), p))
         );
-        for len in 0..init.len() {
+        // Everything but the optional flags byte is required.
+        for len in 0..init.len() - 1 {
             assert_eq!(decode_initial_payload(&init[..len]), None);
         }
     }

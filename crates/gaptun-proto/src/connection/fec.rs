@@ -1,0 +1,313 @@
+//! The connection's side of FEC (see `crate::fec`): which packets are protected, how much
+//! parity they get and when it goes out, and the opening of rebuilt packets.
+//!
+//! `auto` protects interactive traffic only: the packets carrying stream data in a burst that
+//! starts on a nearly idle connection (at most [`AUTO_MAX_IN_FLIGHT`] packets in flight before
+//! it) form a group, which
+//! closes when nothing more waits to be sent (the tail of a request or a response) or at
+//! [`AUTO_MAX_DATA`] packets. Such tails have no later packets whose acknowledgement would reveal
+//! a loss, so a loss costs a retransmission timeout on top of the round trip; parity turns it
+//! into no delay at all. A bulk transfer has far more in flight and gets no parity, so its
+//! goodput and wire overhead stay what they are without FEC.
+
+use std::time::{Duration, Instant};
+
+use super::{Connection, Timer};
+use crate::fec::{FecMode, FecReceiver, FecSender, PARITY_RESERVE, ParityFrame};
+use crate::frame::Frame;
+use crate::packet;
+use crate::shared::Transmit;
+use crate::streams::SentFrames;
+
+/// `auto`: most packets in flight before a burst for it to count as interactive.
+const AUTO_MAX_IN_FLIGHT: u64 = 4;
+/// `auto`: most data packets in one group (a larger response gets several groups).
+const AUTO_MAX_DATA: usize = 16;
+/// `auto`: most parity packets per group.
+const AUTO_MAX_PARITY: usize = 10;
+/// `auto`: the chance, at the estimated loss rate, that a group loses more packets than its
+/// parity can rebuild. One in a thousand per direction keeps the 99th percentile of
+/// request/response latency at one round trip.
+const AUTO_TARGET_FAILURE: f64 = 1e-3;
+/// `auto`: loss rate assumed at least, so that a path that has shown no loss yet still gets one
+/// parity packet per tail (what the blind tail copy did before).
+const AUTO_MIN_LOSS: f64 = 0.01;
+/// Most rebuilt packets opened per received datagram (one parity packet completes one group).
+const MAX_REBUILT_PER_DATAGRAM: usize = 64;
+
+/// Both halves of FEC for one connection.
+#[derive(Debug, Default)]
+pub(super) struct FecState {
+    pub(super) sender: FecSender,
+    pub(super) receiver: FecReceiver,
+}
+
+impl Connection {
+    /// Whether we send parity: our mode is not `off` and the peer accepts it.
+    pub(super) fn fec_sending(&self) -> bool {
+        self.config.fec != FecMode::Off && self.peer_params.as_ref().is_some_and(|p| p.fec)
+    }
+
+    /// Whether we rebuild from the peer's parity (announced in our transport parameters).
+    pub(super) fn fec_receiving(&self) -> bool {
+        self.config.fec.accepts_parity()
+    }
+
+    /// Whether the packets of the batch about to be built are protected, given the bytes that
+    /// were in flight before it. Protected packets leave [`PARITY_RESERVE`] bytes free so that
+    /// their parity fits in a datagram.
+    pub(super) fn fec_protects(&self, in_flight_before: u64) -> bool {
+        if !self.fec_sending() {
+            return false;
+        }
+        match self.config.fec {
+            FecMode::Off => false,
+            FecMode::Fixed { .. } => true,
+            FecMode::Auto => {
+                let open = self.fec.sender.open_len();
+                (open > 0 && open < AUTO_MAX_DATA)
+                    || in_flight_before <= AUTO_MAX_IN_FLIGHT * self.mtu() as u64
+            }
+        }
+    }
+
+    /// Size limit of a packet in a batch that `protect`s: the datagram size less the parity
+    /// reserve.
+    pub(super) fn fec_packet_limit(&self, mtu: usize, protect: bool) -> usize {
+        if protect {
+            mtu.saturating_sub(PARITY_RESERVE)
+        } else {
+            mtu
+        }
+    }
+
+    /// After a batch of packets `first_pn..` (laid out in `buf` as `segment`-byte datagrams,
+    /// the last one possibly shorter) was built: adds the ack-eliciting ones to the open group
+    /// if `protect`, and closes the group when it is full, at the end of a burst, or (auto) when
+    /// the traffic stopped being interactive.
+    pub(super) fn fec_after_batch(
+        &mut self,
+        now: Instant,
+        buf: &[u8],
+        first_pn: u64,
+        segment: usize,
+        protect: bool,
+    ) {
+        if !self.fec_sending() {
+            return;
+        }
+        let limit = self.fec_group_limit();
+        let auto = self.config.fec == FecMode::Auto;
+        if protect && segment > 0 {
+            for (i, datagram) in buf.chunks(segment).enumerate() {
+                let pn = first_pn + i as u64;
+                let Some(p) = self.sent.get_mut(&pn) else {
+                    continue;
+                };
+                // `auto` protects what an exchange waits for: STREAM frames (data or FIN) and
+                // stream resets. A packet with only credit updates (which the receiver of a
+                // bulk transfer sends while nothing of its own is in flight) or a PING is not
+                // worth parity.
+                let ends_exchange = !p.frames.stream.is_empty()
+                    || !p.frames.reset.is_empty()
+                    || !p.frames.stop_sending.is_empty();
+                if p.mtu_probe || (auto && !ends_exchange) {
+                    continue;
+                }
+                // Its fate (rebuilt or not) says little about single packets' loss rate.
+                p.copied = true;
+                self.fec.sender.add(pn, datagram);
+                if self.fec.sender.open_len() >= limit {
+                    self.fec_close_group(now);
+                }
+            }
+        }
+        let tail = !self.streams.has_pending();
+        if tail || !protect {
+            self.fec_close_group(now);
+        }
+    }
+
+    /// Data packets per group in the current mode.
+    fn fec_group_limit(&self) -> usize {
+        match self.config.fec {
+            FecMode::Fixed { data, .. } => usize::from(data),
+            _ => AUTO_MAX_DATA,
+        }
+    }
+
+    /// Closes the open group (if any) and queues its parity.
+    fn fec_close_group(&mut self, now: Instant) {
+        let k = self.fec.sender.open_len();
+        if k == 0 {
+            return;
+        }
+        let (parity, spacing) = match self.config.fec {
+            FecMode::Fixed { parity, .. } => (usize::from(parity), Duration::ZERO),
+            _ => (
+                auto_parity(k, self.loss_rate.get(), self.loss_rate.burst()),
+                self.fec_spacing(),
+            ),
+        };
+        self.fec.sender.close(now, parity, spacing);
+        self.fec_arm_timer();
+    }
+
+    /// Time between the parity packets of one group in `auto`: a twentieth of the RTT, 1 to
+    /// 5 ms, so that a loss burst of a few milliseconds cannot take the whole group while the
+    /// last parity still arrives well within the round trip.
+    fn fec_spacing(&self) -> Duration {
+        (self.rtt.get() / 20).clamp(Duration::from_millis(1), Duration::from_millis(5))
+    }
+
+    fn fec_arm_timer(&mut self) {
+        match self.fec.sender.next_due() {
+            Some(at) => self.timers.set(Timer::FecParity, at),
+            None => self.timers.stop(Timer::FecParity),
+        }
+    }
+
+    /// A parity packet, if one is due: an ordinary protected packet whose payload is one
+    /// FEC_PARITY frame. It is not ack-eliciting, not congestion controlled (it is small and
+    /// comes with interactive traffic, or is the user's fixed choice) and never retransmitted.
+    pub(super) fn transmit_parity(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if !self.fec_sending() {
+            return None;
+        }
+        let parity = self.fec.sender.pop_due(now)?;
+        let start = packet::begin(buf);
+        Frame::FecParity(ParityFrame {
+            data_pns: parity.data_pns.clone(),
+            parity_count: parity.parity_count,
+            parity_index: parity.index,
+            shard: &parity.shard,
+        })
+        .encode(buf);
+        let size = buf.len() - start + packet::TAG_LEN;
+        if size > self.mtu() {
+            // The group's packets were larger than the reserve allows (the datagram size
+            // shrank since): this parity cannot be sent.
+            buf.truncate(start);
+            self.fec.sender.dropped += 1;
+            self.fec_arm_timer();
+            return None;
+        }
+        if (size as u64) > self.path_budget() {
+            buf.truncate(start);
+            self.fec.sender.push_back_front(parity);
+            return None;
+        }
+        let pn = self.next_pn;
+        self.seal(buf, start, pn);
+        self.on_packet_sent(now, pn, size, false, SentFrames::default());
+        self.stats.fec_parity_sent += 1;
+        self.stats.fec_parity_bytes += size as u64;
+        self.fec_arm_timer();
+        Some(Transmit::to(self.path.addr, buf.len(), None))
+    }
+
+    /// A FEC_PARITY frame arrived in an authenticated packet.
+    pub(super) fn on_parity_frame(&mut self, frame: &ParityFrame<'_>) {
+        if !self.fec_receiving() {
+            return;
+        }
+        self.stats.fec_parity_received += 1;
+        self.fec.receiver.on_parity(frame);
+    }
+
+    /// Opens and processes the packets parity has rebuilt. Each goes through the AEAD and the
+    /// replay window like a received packet: a wrong shard (or a forged one) rebuilds bytes
+    /// that fail authentication and are dropped.
+    pub(super) fn open_rebuilt(&mut self, now: Instant) {
+        for _ in 0..MAX_REBUILT_PER_DATAGRAM {
+            if self.state != super::State::Established {
+                return;
+            }
+            let Some(mut datagram) = self.fec.receiver.take_rebuilt() else {
+                return;
+            };
+            let Some(keys) = self.keys.as_mut() else {
+                return;
+            };
+            let largest = self.replay.largest();
+            let Ok((pn, payload)) = packet::open(&self.header_key, keys, largest, &mut datagram)
+            else {
+                self.stats.dropped_auth += 1;
+                self.stats.fec_rebuilt_failed += 1;
+                continue;
+            };
+            if !self.replay.is_fresh(pn) {
+                self.stats.dropped_replay += 1;
+                continue;
+            }
+            self.replay.insert(pn);
+            self.stats.fec_packets_rebuilt += 1;
+            self.stats.packets_received += 1;
+            let from = self.path.addr;
+            self.process_payload(now, pn, payload, from);
+        }
+    }
+}
+
+/// Parity packets for a group of `k` data packets on a path losing `loss` of its packets in
+/// runs of `burst` on average: the fewest that make losing more than can be rebuilt less likely
+/// than [`AUTO_TARGET_FAILURE`], at most [`AUTO_MAX_PARITY`]. Two models, the larger answer
+/// wins: independent losses (binomial), and one burst (the packets of a group go out nearly back
+/// to back, so a run of losses takes consecutive ones): a run that starts in the group with
+/// probability about `loss` and goes on with probability `1 − 1/burst` per packet must be
+/// shorter than the parity.
+fn auto_parity(k: usize, loss: f64, burst: f64) -> usize {
+    let q = loss.clamp(AUTO_MIN_LOSS, 0.5);
+    let mut parity = 1;
+    while parity < AUTO_MAX_PARITY && binomial_tail(k + parity, parity, q) > AUTO_TARGET_FAILURE {
+        parity += 1;
+    }
+    if burst > 1.5 {
+        let stay = 1.0 - 1.0 / burst;
+        let runs = ((AUTO_TARGET_FAILURE / q).ln() / stay.ln()).ceil();
+        if runs.is_finite() && runs > 0.0 {
+            parity = parity.max(runs as usize);
+        }
+    }
+    parity.min(AUTO_MAX_PARITY)
+}
+
+/// P(more than `max` of `n` packets lost), each independently with probability `q`.
+fn binomial_tail(n: usize, max: usize, q: f64) -> f64 {
+    let mut within = 0.0;
+    let mut coefficient = 1.0;
+    for i in 0..=max.min(n) {
+        if i > 0 {
+            coefficient *= (n - i + 1) as f64 / i as f64;
+        }
+        within += coefficient * q.powi(i as i32) * (1.0 - q).powi((n - i) as i32);
+    }
+    (1.0 - within).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parity_follows_loss_and_burst() {
+        // A clean path: one parity packet, like the single tail copy it replaces.
+        assert_eq!(auto_parity(1, 0.0, 1.0), 1);
+        assert_eq!(auto_parity(1, 0.05, 1.0), 2);
+        // 20 %: 0.2^5 = 3e-4 for a single packet.
+        assert_eq!(auto_parity(1, 0.2, 1.0), 4);
+        assert!(auto_parity(10, 0.2, 1.0) > auto_parity(1, 0.2, 1.0));
+        // Bursts of 2 at 2 %: a run must end within p packets, 0.02 * 0.5^p <= 1e-3: p = 5.
+        assert_eq!(auto_parity(1, 0.02, 2.0), 5);
+        // Bursts of 4 at 2 % would need 11: capped.
+        assert_eq!(auto_parity(1, 0.02, 4.0), AUTO_MAX_PARITY);
+        assert_eq!(auto_parity(16, 0.5, 8.0), AUTO_MAX_PARITY);
+    }
+
+    #[test]
+    fn binomial_tail_known_values() {
+        assert!((binomial_tail(2, 1, 0.1) - 0.01).abs() < 1e-12);
+        assert!((binomial_tail(3, 0, 0.5) - 0.875).abs() < 1e-12);
+        assert_eq!(binomial_tail(3, 3, 0.5), 0.0);
+    }
+}

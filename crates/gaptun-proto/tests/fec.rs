@@ -1,0 +1,382 @@
+//! Forward error correction in the simulator (seeded, virtual clock): lost packets are rebuilt
+//! from parity under random and burst loss, parity is never delivered as stream data, a forged
+//! parity shard rebuilds nothing that passes the AEAD, and bulk transfers on `auto` pay nothing.
+
+use std::time::Duration;
+
+use gaptun_proto::fec::ParityFrame;
+use gaptun_proto::frame::Frame;
+use gaptun_proto::{ConnectionStats, FecMode, StreamId};
+use gaptun_sim::{
+    BulkTransfer, Direction, GilbertElliott, LinkConfig, RequestResponse, Sim, SimConfig,
+};
+use sha2::{Digest, Sha256};
+
+/// 100 ms round trip, 100 Mbit/s.
+fn link() -> LinkConfig {
+    LinkConfig::ideal()
+        .with_delay(Duration::from_millis(50))
+        .with_rate_mbps(100.0)
+}
+
+fn establish(sim: &mut Sim) {
+    sim.connect(0).expect("client has a key");
+    let up = sim.run_for(Duration::from_secs(10), |sim| {
+        sim.client_connection(0).is_some_and(|c| c.is_established())
+            && sim.server_connection(0).is_some_and(|c| c.is_established())
+    });
+    assert!(up, "handshake did not complete");
+}
+
+fn stats(sim: &mut Sim) -> (ConnectionStats, ConnectionStats) {
+    (
+        sim.client_connection(0).expect("client").stats(),
+        sim.server_connection(0).expect("server").stats(),
+    )
+}
+
+/// Runs `count` request/response exchanges (a new stream each, like a proxied request) and
+/// returns their p50 and p99 latency.
+fn request_latency(
+    link: LinkConfig,
+    fec: FecMode,
+    seed: u64,
+    count: usize,
+    response: usize,
+) -> (Duration, Duration, Sim) {
+    let config = SimConfig::new(seed)
+        .with_link(link)
+        .with_transport(move |t| t.fec = fec);
+    let mut sim = Sim::new(config);
+    // A short upload first, as in the benchmark harness (bulk tests, then latency): the loss
+    // rate and burst length that size the parity are measured, not guessed.
+    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 1_000_000, seed));
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(bulk)
+            .expect("workload")
+            .verify(),
+        Ok(())
+    );
+    sim.advance(Duration::from_millis(500));
+    let id = sim.add_workload(
+        RequestResponse::new(0, count, 200, response).every(Duration::from_millis(150)),
+    );
+    assert!(sim.run_workloads(Duration::from_secs(600)));
+    let w = sim.workload::<RequestResponse>(id).expect("workload");
+    assert!(w.errors().is_empty(), "{:?}", w.errors());
+    assert_eq!(w.completed(), count);
+    let p50 = w.quantile(0.5).expect("latencies");
+    let p99 = w.quantile(0.99).expect("latencies");
+    (p50, p99, sim)
+}
+
+#[test]
+fn random_loss_tails_are_rebuilt_within_one_round_trip() {
+    // 20 % loss each way. Without parity (tail copies only) about one exchange in a hundred
+    // loses every copy of its request or answer and waits for a timeout.
+    let (p50, p99, mut sim) = request_latency(link().with_loss(0.2), FecMode::Auto, 41, 400, 200);
+    let (client, server) = stats(&mut sim);
+    eprintln!(
+        "fec auto, 20 %: p50 {p50:?} p99 {p99:?}; client parity {} rebuilt {}; server parity {} \
+         rebuilt {}",
+        client.fec_parity_sent,
+        client.fec_packets_rebuilt,
+        server.fec_parity_sent,
+        server.fec_packets_rebuilt
+    );
+    assert!(client.fec_packets_rebuilt > 20, "{client:?}");
+    assert!(server.fec_packets_rebuilt > 20, "{server:?}");
+    assert_eq!(client.fec_rebuilt_failed + server.fec_rebuilt_failed, 0);
+    assert_eq!(client.packets_duplicated + server.packets_duplicated, 0);
+    assert!(p50 < Duration::from_millis(105), "{p50:?}");
+    assert!(
+        p99 <= Duration::from_millis(150),
+        "p99 {p99:?} above 1.5 RTT"
+    );
+}
+
+#[test]
+fn burst_loss_tails_are_rebuilt() {
+    // Gilbert–Elliott, 2 % of packets lost in bursts of 4 on average (the harness's burst
+    // scenario). Back-to-back copies lose all of them to one burst; parity sized for the
+    // measured burst length gets through.
+    let ge = GilbertElliott::with_mean_loss(0.02, 4.0);
+    let burst = link().with_burst_loss(ge);
+    let (p50, p99, mut sim) = request_latency(burst, FecMode::Auto, 43, 600, 200);
+    let (client, server) = stats(&mut sim);
+    eprintln!(
+        "fec auto, burst: p50 {p50:?} p99 {p99:?}; rebuilt {} / {}",
+        client.fec_packets_rebuilt, server.fec_packets_rebuilt
+    );
+    assert!(client.fec_packets_rebuilt + server.fec_packets_rebuilt > 5);
+    assert!(
+        p99 <= Duration::from_millis(130),
+        "p99 {p99:?} above 1.3 RTT"
+    );
+}
+
+#[test]
+fn five_percent_loss_p99_stays_at_one_round_trip() {
+    let (_, p99, _) = request_latency(link().with_loss(0.05), FecMode::Auto, 47, 400, 200);
+    assert!(
+        p99 <= Duration::from_millis(110),
+        "p99 {p99:?} above 1.1 RTT"
+    );
+}
+
+/// Echo exchanges on one stream with random contents, larger than one packet each way;
+/// returns the SHA-256 of everything written and of everything read back.
+fn echo(sim: &mut Sim, count: usize, size: usize, seed: u64) -> ([u8; 32], [u8; 32]) {
+    let id = sim
+        .client_connection(0)
+        .and_then(|c| c.open_stream())
+        .expect("stream");
+    let mut server_stream: Option<StreamId> = None;
+    let mut sent_hash = Sha256::new();
+    let mut read_hash = Sha256::new();
+    let mut state = seed;
+    for _ in 0..count {
+        let msg: Vec<u8> = (0..size)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 33) as u8
+            })
+            .collect();
+        sent_hash.update(&msg);
+        let mut written = 0;
+        let mut received = 0;
+        let done = sim.run_for(Duration::from_secs(30), |sim| {
+            let mut wrote = false;
+            if let Some(conn) = sim.client_connection(0)
+                && written < msg.len()
+                && let Ok(n) = conn.write(id, &msg[written..])
+            {
+                written += n;
+                wrote |= n > 0;
+            }
+            if let Some(conn) = sim.server_connection(0) {
+                if server_stream.is_none() {
+                    server_stream = conn.accept_stream();
+                }
+                let mut buf = [0u8; 4096];
+                if let Some(sid) = server_stream {
+                    while let Ok(Some(n)) = conn.read(sid, &mut buf) {
+                        assert_eq!(conn.write(sid, &buf[..n]), Ok(n));
+                        wrote = true;
+                    }
+                }
+            }
+            if wrote {
+                let now = sim.now();
+                sim.wake_at(now);
+            }
+            if let Some(conn) = sim.client_connection(0) {
+                let mut buf = [0u8; 4096];
+                while let Ok(Some(n)) = conn.read(id, &mut buf) {
+                    read_hash.update(&buf[..n]);
+                    received += n;
+                }
+            }
+            received >= size
+        });
+        assert!(done, "exchange did not complete");
+        sim.advance(Duration::from_millis(30));
+    }
+    (sent_hash.finalize().into(), read_hash.finalize().into())
+}
+
+#[test]
+fn multi_packet_answers_are_rebuilt_and_parity_is_never_data() {
+    // 5 000-byte messages (four packets) each way at 10 % loss: groups of several packets.
+    let config = SimConfig::new(53)
+        .with_link(link().with_loss(0.1))
+        .with_transport(|t| t.fec = FecMode::Auto);
+    let mut sim = Sim::new(config);
+    establish(&mut sim);
+    let (sent, read) = echo(&mut sim, 150, 5000, 53);
+    assert_eq!(sent, read, "the echoed bytes are exactly the bytes sent");
+    let (client, server) = stats(&mut sim);
+    assert!(client.fec_packets_rebuilt > 10, "{client:?}");
+    assert!(server.fec_packets_rebuilt > 10, "{server:?}");
+    // The client writes each message at once: groups of four or five packets. Single-packet
+    // groups at 10 % loss would take at least two parity packets each; groups of four take
+    // about four. (The server echoes what it has read so far, often a packet at a time.)
+    assert!(
+        client.fec_parity_sent < client.packets_ack_eliciting_sent * 3 / 2,
+        "{} parity for {} data packets",
+        client.fec_parity_sent,
+        client.packets_ack_eliciting_sent
+    );
+    assert_eq!(client.fec_rebuilt_failed + server.fec_rebuilt_failed, 0);
+}
+
+#[test]
+fn bulk_on_auto_gets_no_parity_and_keeps_its_goodput() {
+    let run = |fec: FecMode, loss: f64| {
+        let config = SimConfig::new(59)
+            .with_link(link().with_loss(loss))
+            .with_transport(move |t| t.fec = fec);
+        let mut sim = Sim::new(config);
+        let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 8_000_000, 59));
+        assert!(sim.run_workloads(Duration::from_secs(120)));
+        let w = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(w.verify(), Ok(()));
+        let end = w.completed_at().expect("completed");
+        let goodput = w.goodput_bps(sim.start(), end);
+        let client = sim.client_connection(0).expect("client").stats();
+        let server = sim.server_connection(0).expect("server").stats();
+        // The receiver's credit updates go out while it has nothing in flight: no parity for
+        // them either.
+        assert!(
+            server.fec_parity_sent <= 16,
+            "server sent {}",
+            server.fec_parity_sent
+        );
+        (goodput, client)
+    };
+    for loss in [0.0, 0.02, 0.1] {
+        let (auto, stats) = run(FecMode::Auto, loss);
+        let (off, off_stats) = run(FecMode::Off, loss);
+        eprintln!(
+            "loss {loss}: auto {:.1} Mbit/s ({} parity of {} packets), off {:.1} Mbit/s",
+            auto / 1e6,
+            stats.fec_parity_sent,
+            stats.packets_sent,
+            off / 1e6
+        );
+        // Only the first burst, before anything is in flight, may be protected.
+        assert!(
+            stats.fec_parity_sent <= 16,
+            "{} parity",
+            stats.fec_parity_sent
+        );
+        assert!(auto >= off * 0.97, "auto {auto} vs off {off} at {loss}");
+        let wire = |s: &ConnectionStats| s.bytes_sent as f64 / s.stream_bytes_sent as f64;
+        assert!(
+            wire(&stats) <= wire(&off_stats) * 1.01 + 0.002,
+            "loss {loss}"
+        );
+    }
+}
+
+#[test]
+fn fixed_groups_protect_every_packet() {
+    let config = SimConfig::new(61)
+        .with_link(link().with_loss(0.05))
+        .with_transport(|t| {
+            t.fec = FecMode::Fixed {
+                data: 10,
+                parity: 3,
+            }
+        });
+    let mut sim = Sim::new(config);
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 61));
+    assert!(sim.run_workloads(Duration::from_secs(120)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+        Ok(())
+    );
+    let (client, server) = stats(&mut sim);
+    let data = client.packets_ack_eliciting_sent as f64;
+    let parity = client.fec_parity_sent as f64;
+    // Three parity packets per ten data packets (more for groups closed early at a tail).
+    assert!(
+        parity >= data * 0.29,
+        "{parity} parity for {data} data packets"
+    );
+    assert!(server.fec_packets_rebuilt > 50, "{server:?}");
+    // Rebuilt packets are acknowledged: fewer retransmissions than losses on the link.
+    assert!(client.packets_lost < server.fec_packets_rebuilt + client.packets_lost / 2 + 50);
+}
+
+#[test]
+fn a_peer_that_refuses_fec_gets_tail_copies_instead() {
+    let mut config = SimConfig::new(67).with_link(link());
+    // Only the server turns FEC off.
+    std::sync::Arc::make_mut(&mut config.server).transport.fec = FecMode::Off;
+    let mut sim = Sim::new(config);
+    establish(&mut sim);
+    let (sent, read) = echo(&mut sim, 5, 100, 67);
+    assert_eq!(sent, read);
+    let (client, server) = stats(&mut sim);
+    assert_eq!(
+        client.fec_parity_sent, 0,
+        "the server did not accept parity"
+    );
+    assert_eq!(server.fec_parity_sent, 0, "off: no parity");
+    assert!(client.packets_duplicated > 0 && server.packets_duplicated > 0);
+}
+
+/// A data shard as the spec lays it out: the datagram's length (u16), the datagram, zeros to
+/// `len`.
+fn shard(datagram: &[u8], len: usize) -> Vec<u8> {
+    let mut s = (datagram.len() as u16).to_be_bytes().to_vec();
+    s.extend_from_slice(datagram);
+    s.resize(len, 0);
+    s
+}
+
+#[test]
+fn forged_parity_rebuilds_nothing_that_passes_the_aead() {
+    let mut sim = Sim::new(SimConfig::new(71).with_link(link()));
+    establish(&mut sim);
+    let (sent, read) = echo(&mut sim, 3, 100, 71);
+    assert_eq!(sent, read);
+    let (_, before) = stats(&mut sim);
+
+    // A peer holding the keys sends parity that makes the server rebuild a "packet" of its
+    // choosing for a packet number it never received: bytes not sealed with the packet key.
+    let forged: Vec<u8> = (0..120u8).map(|b| b.wrapping_mul(37)).collect();
+    let len = forged.len() + 2;
+    let mut encoder = reed_solomon_simd::ReedSolomonEncoder::new(1, 1, len).expect("encoder");
+    encoder
+        .add_original_shard(shard(&forged, len))
+        .expect("shard");
+    let parity = encoder
+        .encode()
+        .expect("encode")
+        .recovery(0)
+        .expect("parity")
+        .to_vec();
+    let client = sim.client_connection(0).expect("client");
+    let future_pn = client.stats().packets_sent + 1000;
+    let mut payload = Vec::new();
+    Frame::FecParity(ParityFrame {
+        data_pns: vec![future_pn],
+        parity_count: 1,
+        parity_index: 0,
+        shard: &parity,
+    })
+    .encode(&mut payload);
+    let mut datagram = Vec::new();
+    assert!(client.fuzz_seal(&payload, &mut datagram));
+    let from = sim.client_address(0);
+
+    // The same parity datagram corrupted on the way: it fails authentication itself and is
+    // never looked at as parity.
+    let mut corrupted = datagram.clone();
+    let last = corrupted.len() - 1;
+    corrupted[last] ^= 1;
+    sim.inject_to_server(from, corrupted);
+    sim.run_for(Duration::from_millis(10), |_| false);
+    let (_, mid) = stats(&mut sim);
+    assert_eq!(mid.fec_parity_received, before.fec_parity_received);
+    assert_eq!(mid.dropped_auth, before.dropped_auth + 1);
+
+    sim.inject_to_server(from, datagram);
+    sim.run_for(Duration::from_millis(10), |_| false);
+    let (_, after) = stats(&mut sim);
+    assert_eq!(after.fec_parity_received, before.fec_parity_received + 1);
+    assert_eq!(
+        after.fec_rebuilt_failed, 1,
+        "the rebuilt bytes failed the AEAD"
+    );
+    assert_eq!(after.fec_packets_rebuilt, before.fec_packets_rebuilt);
+    assert_eq!(after.dropped_auth, mid.dropped_auth + 1);
+    // The connection carries on.
+    let (sent, read) = echo(&mut sim, 3, 100, 72);
+    assert_eq!(sent, read);
+}
