@@ -3,14 +3,19 @@
 # iperf3 (one TCP connection) through a gaptun TCP forward. Run as root; uses namespaces only.
 #
 #   scripts/faketcp-bench.sh loopback   # one namespace, loopback: throughput and wire overhead
-#   scripts/faketcp-bench.sh link       # client -- router -- server, the router's netem adds
-#                                       # 50 ms delay, 5 % loss and 100 Mbit/s each way
+#   scripts/faketcp-bench.sh link       # through gaptun-bench's emulated link (TUN, any IP
+#                                       # packet): 100 Mbit/s, 100 ms RTT, 5 % loss each way
 #   scripts/faketcp-bench.sh kcptun     # kcptun (client and server) over a gaptun fake-TCP
 #                                       # UDP forward, iperf3 through kcptun (clean link)
+#   scripts/faketcp-bench.sh bulk       # 256 MiB over fake TCP through the NAT router (strict
+#                                       # conntrack): SHA-256 both ends, INVALID count
 #   scripts/faketcp-bench.sh cleanup    # remove namespaces left by an interrupted run
 #
-# SECS (default 10) sets each iperf3 run's length. Wire bytes are counted by nftables on the
-# tunnel's port (IP packets, both directions); overhead = wire bytes / iperf3 goodput bytes.
+# SECS (default 10) sets each iperf3 run's length. Overhead = wire bytes / iperf3 goodput bytes,
+# wire bytes = what both daemons sent (`ctl stats json`: bytes and packets) plus, per packet,
+# the IPv4 and UDP (28) or TCP-with-timestamps (52) headers. (nftables counts one GSO batch of
+# UDP datagrams as one packet with one header, which would flatter UDP; for fake TCP, which has
+# no GSO, its count is printed too, and includes the carrier's own empty ACKs.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -42,8 +47,13 @@ end = json.load(sys.stdin)["end"]["sum_received"]
 print(int(end["bytes"]), end["bits_per_second"])'
 }
 
-nft_counters() { # NS: prints the wire bytes counted on the tunnel port
-  ip netns exec "$1" nft list counter inet gfbcount wire | awk '/bytes/ {for (i=1;i<=NF;i++) if ($i=="bytes") print $(i+1)}'
+nft_counters() { # NS...: prints the wire bytes counted on the tunnel port, summed
+  local total=0 ns n
+  for ns in "$@"; do
+    n=$(ip netns exec "$ns" nft list counter inet gfbcount wire | awk '/bytes/ {for (i=1;i<=NF;i++) if ($i=="bytes") print $(i+1)}')
+    total=$((total + n))
+  done
+  echo $total
 }
 
 count_wire() { # NS: counts every packet to or from the tunnel port, once (output hook)
@@ -74,9 +84,12 @@ table inet gfbcount {
 EOF
 }
 
-reset_counter() { ip netns exec "$1" nft reset counter inet gfbcount wire >/dev/null; }
+reset_counter() { # NS...
+  local ns
+  for ns in "$@"; do ip netns exec "$ns" nft reset counter inet gfbcount wire >/dev/null; done
+}
 
-run_pair() { # CARRIER NS_SERVER NS_CLIENT SERVER_ADDR COUNT_NS
+run_pair() { # CARRIER NS_SERVER NS_CLIENT SERVER_ADDR "COUNTING_NS..."
   local carrier=$1 ns_s=$2 ns_c=$3 server=$4 count_ns=$5
   start "$ns_s" "server-$carrier" $GAPTUN server --listen "0.0.0.0:$PORT" --key "$KEY" \
     --allow-private --carrier "$carrier" --control "/tmp/gfb-s-$carrier.sock"
@@ -85,13 +98,32 @@ run_pair() { # CARRIER NS_SERVER NS_CLIENT SERVER_ADDR COUNT_NS
     --no-socks --forward tcp:127.0.0.1:5202=127.0.0.1:5201 --carrier "$carrier" \
     --control "/tmp/gfb-c-$carrier.sock"
   sleep 2
-  reset_counter "$count_ns"
+  reset_counter $count_ns
   read -r bytes bps < <(iperf_bytes "$ns_c" 5202)
-  local wire
-  wire=$(nft_counters "$count_ns")
+  local wire sent
+  wire=$(nft_counters $count_ns)
+  sent=$(for sock in "/tmp/gfb-s-$carrier.sock" "/tmp/gfb-c-$carrier.sock"; do
+    $GAPTUN ctl --socket "$sock" stats json; echo; done | python3 -c '
+import json, sys
+total = [0, 0]
+def walk(v):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k == "bytes_sent": total[0] += x
+            elif k == "packets_sent": total[1] += x
+            else: walk(x)
+    elif isinstance(v, list):
+        for x in v: walk(x)
+for line in sys.stdin:
+    if line.strip(): walk(json.loads(line))
+print(total[0], total[1])')
   python3 -c "
 b, w, bps = $bytes, $wire, $bps
-print(f'$carrier: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes, wire {w} bytes, overhead {w/b:.4f}')"
+sent_bytes, sent_packets = map(int, '$sent'.split())
+header = 52 if '$carrier' == 'faketcp' else 28
+model = sent_bytes + header * sent_packets
+print(f'$carrier: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes; {sent_packets} packets, '
+      f'wire {model} bytes, overhead {model/b:.4f} (nftables counted {w}, {w/b:.4f})')"
   kill "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true
   sleep 1
 }
@@ -104,7 +136,7 @@ loopback() {
   for carrier in udp faketcp; do run_pair "$carrier" $NS_L $NS_L 127.0.0.1 $NS_L; done
 }
 
-three_namespaces() { # extra netem arguments for the router's two interfaces
+three_namespaces() { # client -- NAT router (strict conntrack) -- server, clean links
   for ns in $NS_C $NS_R $NS_S; do ip netns add $ns; ip -n $ns link set lo up; done
   ip -n $NS_C link add eth0 type veth peer name lan netns $NS_R
   ip -n $NS_R link add wan type veth peer name eth0 netns $NS_S
@@ -119,21 +151,38 @@ three_namespaces() { # extra netem arguments for the router's two interfaces
   ip netns exec $NS_R sysctl -qw net.ipv4.ip_forward=1
   ip netns exec $NS_R nft -f - <<EOF
 table ip gfbnat {
-  chain nat_out { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade }
+  counter invalid {}
+  chain forward_check {
+    type filter hook forward priority filter; policy accept;
+    ct state invalid counter name invalid drop
+  }
+  chain nat_out {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" masquerade
+  }
 }
 EOF
   ip netns exec $NS_R sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=0
-  if [ $# -gt 0 ]; then
-    ip netns exec $NS_R tc qdisc add dev lan root netem "$@"
-    ip netns exec $NS_R tc qdisc add dev wan root netem "$@"
-  fi
   count_forwarded $NS_R
   start $NS_S iperf3 iperf3 -s -B 127.0.0.1 -p 5201
 }
 
 link() {
-  three_namespaces delay 50ms loss 5% rate 100mbit limit 10000
-  for carrier in udp faketcp; do run_pair "$carrier" $NS_S $NS_C 10.77.2.2 $NS_R; done
+  local bench=target/release/gaptun-bench
+  [ -x $bench ] || cargo build --release -p gaptun-bench
+  $bench emulate --scenario 100m-100ms-5pct --seconds $((SECS * 2 + 40)) \
+    >/tmp/gfb-emulate.json 2>/tmp/gfb-emulate.log &
+  PIDS+=($!)
+  for _ in $(seq 100); do grep -q "link up" /tmp/gfb-emulate.log && break; sleep 0.2; done
+  local ns_a ns_b
+  read -r ns_a ns_b < <(sed -n 's/^link up: \([^ ]*\) .* <-> \([^ ]*\) .*/\1 \2/p' /tmp/gfb-emulate.log)
+  sed -n 's/^link up: //p' /tmp/gfb-emulate.log
+  count_wire "$ns_a"
+  count_wire "$ns_b"
+  start "$ns_b" iperf3 iperf3 -s -B 127.0.0.1 -p 5201
+  for carrier in udp faketcp; do
+    run_pair "$carrier" "$ns_b" "$ns_a" 10.201.0.2 "$ns_a $ns_b"
+  done
 }
 
 kcptun() {
@@ -154,9 +203,43 @@ kcptun() {
   ip netns exec $NS_R conntrack -L -p tcp 2>/dev/null | grep -c "dport=$PORT" | sed 's/^/conntrack entries for the fake-TCP port: /' || true
 }
 
+bulk() {
+  three_namespaces
+  local mib=${MIB:-256}
+  ip netns exec $NS_S python3 -c '
+import hashlib, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 5301)); s.listen(1)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    d = c.recv(1 << 20)
+    if not d: break
+    h.update(d); n += len(d)
+print(f"server received {n} bytes, sha256 {h.hexdigest()}", flush=True)' >/tmp/gfb-sink.log 2>&1 &
+  PIDS+=($!)
+  start $NS_S server-bulk $GAPTUN server --listen "0.0.0.0:$PORT" --key "$KEY" --allow-private \
+    --carrier faketcp --control /tmp/gfb-s-bulk.sock
+  sleep 1
+  start $NS_C client-bulk $GAPTUN client --server "10.77.2.2:$PORT" --key "$KEY" --no-socks \
+    --forward tcp:127.0.0.1:5302=127.0.0.1:5301 --carrier faketcp --control /tmp/gfb-c-bulk.sock
+  sleep 2
+  ip netns exec $NS_C python3 -c '
+import hashlib, socket, sys, time
+mib = int(sys.argv[1]); h = hashlib.sha256(); block = bytearray(1 << 20); x = 0x9e3779b97f4a7c15
+s = socket.create_connection(("127.0.0.1", 5302)); start = time.time()
+for i in range(mib):
+    block[0:8] = i.to_bytes(8, "little"); x = (x * 6364136223846793005 + 1) % (1 << 64)
+    block[8:16] = x.to_bytes(8, "little"); h.update(block); s.sendall(block)
+s.shutdown(socket.SHUT_WR); s.recv(1); took = time.time() - start
+print(f"client sent {mib << 20} bytes in {took:.1f} s ({(mib << 23) / took / 1e6:.0f} Mbit/s), sha256 {h.hexdigest()}")' "$mib"
+  sleep 1
+  cat /tmp/gfb-sink.log
+  echo "router INVALID packets: $(ip netns exec $NS_R nft list counter ip gfbnat invalid | awk '/packets/ {for (i=1;i<=NF;i++) if ($i=="packets") print $(i+1)}')"
+}
+
 case "${1:-}" in
   cleanup) cleanup; exit 0 ;;
-  loopback|link|kcptun) ;;
+  loopback|link|kcptun|bulk) ;;
   *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
 trap cleanup EXIT

