@@ -361,6 +361,7 @@ impl Endpoint {
             idle_timeout_ms: t.idle_timeout.as_millis().try_into().unwrap_or(u64::MAX),
             max_udp_payload: t.max_udp_payload,
             ciphers: Vec::new(),
+            max_datagram_size: t.max_datagram_size,
         }
     }
 

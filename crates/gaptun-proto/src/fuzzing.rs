@@ -67,6 +67,7 @@ pub fn handshake(data: &[u8]) {
         idle_timeout_ms: 30_000,
         max_udp_payload: 1350,
         ciphers: Vec::new(),
+        max_datagram_size: 65_535,
     };
     let mut rng = StdRng::seed_from_u64(7);
     let _ = handshake::accept_initial(
@@ -101,6 +102,7 @@ fn seed_params() -> TransportParams {
         idle_timeout_ms: 30_000,
         max_udp_payload: 1350,
         ciphers: vec![CipherSuite::ChaCha20Poly1305],
+        max_datagram_size: 65_535,
     }
 }
 

@@ -84,6 +84,8 @@ pub(crate) struct ConnState {
     pub(crate) readers: HashMap<StreamId, Waker>,
     /// One writer per stream.
     pub(crate) writers: HashMap<StreamId, Waker>,
+    /// Waiting for a datagram.
+    pub(crate) datagram_wakers: Vec<Waker>,
 }
 
 impl ConnState {
@@ -96,6 +98,7 @@ impl ConnState {
             accept_wakers: Vec::new(),
             readers: HashMap::new(),
             writers: HashMap::new(),
+            datagram_wakers: Vec::new(),
         }
     }
 
@@ -106,6 +109,7 @@ impl ConnState {
         out.append(&mut self.accept_wakers);
         out.extend(self.readers.drain().map(|(_, w)| w));
         out.extend(self.writers.drain().map(|(_, w)| w));
+        out.append(&mut self.datagram_wakers);
     }
 }
 

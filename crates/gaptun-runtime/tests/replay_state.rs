@@ -65,6 +65,7 @@ async fn recorded_initial_is_refused_after_a_restart() {
         idle_timeout_ms: 30_000,
         max_udp_payload: 1350,
         ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
+        max_datagram_size: 65_535,
     };
     let (_, initial) = ClientHandshake::start(
         &psk,

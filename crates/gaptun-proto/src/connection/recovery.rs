@@ -38,6 +38,8 @@ pub(super) struct SentPacket {
     /// A path MTU probe: its loss is no congestion signal, has nothing to retransmit and does
     /// not drive the retransmission timer.
     pub(super) mtu_probe: bool,
+    /// DATAGRAM frames carried: counted when lost, never sent again.
+    pub(super) datagram_frames: u32,
 }
 
 impl Connection {
@@ -80,6 +82,7 @@ impl Connection {
         }
         self.stats.packets_ack_eliciting_sent += 1;
         self.unanswered_since.get_or_insert(now);
+        let datagram_frames = self.datagrams.take_frames_in_packet();
         let stream_bytes: u64 = frames.stream.iter().map(|s| s.len).sum();
         self.stats.stream_bytes_sent += stream_bytes;
         let rate = self.delivery.on_sent(now, self.in_flight);
@@ -95,6 +98,7 @@ impl Connection {
             stream_bytes,
             copied: false,
             mtu_probe,
+            datagram_frames,
         };
         self.sent.insert(pn, packet);
         if !mtu_probe {
@@ -225,6 +229,7 @@ impl Connection {
             self.stats.packets_lost += 1;
             self.stats.bytes_lost += u64::from(p.size);
             self.stats.stream_bytes_lost += p.stream_bytes;
+            self.datagrams.stats.frames_lost += u64::from(p.datagram_frames);
             self.recently_lost.insert(pn);
             if self.recently_lost.len() > RECENTLY_LOST_MAX {
                 self.recently_lost.pop_first();

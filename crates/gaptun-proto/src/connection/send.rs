@@ -199,7 +199,7 @@ impl Connection {
             || self.probes > 0
             || self.rto_count > 0
             || self.keys.is_none()
-            || !self.streams.has_pending_data()
+            || !(self.streams.has_pending_data() || self.datagrams.has_pending())
         {
             return None;
         }
@@ -315,7 +315,7 @@ impl Connection {
     fn write_packet(&mut self, now: Instant, buf: &mut Vec<u8>, budget: usize) -> bool {
         let allowance = self.allowance(now, budget);
         let ack_due = self.ack.ack_needed && self.ack.immediate;
-        let has_data = self.streams.has_pending();
+        let has_data = self.streams.has_pending() || self.datagrams.has_pending();
         let wants_eliciting = has_data
             || self.ping_pending
             || self.probes > 0
@@ -358,7 +358,8 @@ impl Connection {
         let mut sent = SentFrames::default();
         let mut eliciting = false;
         if allowance == Allowance::Full {
-            eliciting = self.write_eliciting_frames(now, buf, limit, &mut sent);
+            let packet_room = limit.saturating_sub(start + packet::HEADER_LEN);
+            eliciting = self.write_eliciting_frames(now, buf, limit, packet_room, &mut sent);
         } else if let Some((data, _)) = self.path_response.take() {
             Frame::PathResponse(data).encode(buf);
             eliciting = true;
@@ -384,12 +385,15 @@ impl Connection {
         true
     }
 
-    /// Path frames, stream control frames, then stream data. Returns whether any was written.
+    /// Path frames, stream control frames, datagrams, then stream data. Returns whether any was
+    /// written. Datagrams go before stream data: whoever chose them did so for latency, and
+    /// the congestion window bounds what they can take.
     fn write_eliciting_frames(
         &mut self,
         now: Instant,
         buf: &mut Vec<u8>,
         limit: usize,
+        packet_room: usize,
         sent: &mut SentFrames,
     ) -> bool {
         let before = buf.len();
@@ -406,6 +410,7 @@ impl Connection {
             self.path.challenge_pending = false;
         }
         self.streams.write_control(buf, limit, sent);
+        self.datagrams.write(buf, limit, packet_room);
         self.streams.write_stream_data(buf, limit, sent);
         if buf.len() == before && (self.ping_pending || self.probes > 0) {
             Frame::Ping.encode(buf);

@@ -43,6 +43,9 @@ pub struct TransportParams {
     /// Cipher suites the sender supports, most preferred first (the server's list has one entry:
     /// its choice).
     pub ciphers: Vec<CipherSuite>,
+    /// Largest unreliable datagram (reassembled payload bytes) the sender accepts; 0: it takes
+    /// none, and must never be sent one.
+    pub max_datagram_size: u32,
 }
 
 /// Why a handshake datagram was refused. All of these lead to a silent drop on the server.
@@ -421,6 +424,7 @@ mod tests {
             idle_timeout_ms: 40_000,
             max_udp_payload: 1350,
             ciphers,
+            max_datagram_size: 65_535,
         }
     }
 

@@ -182,7 +182,9 @@ const MAX_CIPHERS: usize = u8::MAX as usize;
 
 impl TransportParams {
     /// Appends the fixed-width encoding: max_data, max_stream_data, max_streams,
-    /// idle_timeout_ms (u64 BE each), max_udp_payload (u16 BE), cipher count (u8), cipher codes.
+    /// idle_timeout_ms (u64 BE each), max_udp_payload (u16 BE), cipher count (u8), cipher codes,
+    /// max_datagram_size (u32 BE). The last field came later: a peer that predates it stops
+    /// after the cipher codes, which reads as 0 (no datagrams).
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         for v in [
             self.max_data,
@@ -196,6 +198,7 @@ impl TransportParams {
         let ciphers = &self.ciphers[..self.ciphers.len().min(MAX_CIPHERS)];
         out.push(ciphers.len() as u8);
         out.extend(ciphers.iter().map(|c| c.code()));
+        out.extend_from_slice(&self.max_datagram_size.to_be_bytes());
     }
 
     /// Reads what [`TransportParams::encode`] wrote. Unknown cipher codes are skipped, so a
@@ -212,6 +215,8 @@ impl TransportParams {
             .iter()
             .filter_map(|&c| CipherSuite::from_code(c))
             .collect();
+        // Absent (an older peer): no datagram support.
+        let max_datagram_size = r.array().map_or(0, u32::from_be_bytes);
         Some(Self {
             max_data,
             max_stream_data,
@@ -219,6 +224,7 @@ impl TransportParams {
             idle_timeout_ms,
             max_udp_payload,
             ciphers,
+            max_datagram_size,
         })
     }
 }
@@ -274,6 +280,7 @@ mod tests {
             idle_timeout_ms: 30_000,
             max_udp_payload: 1350,
             ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
+            max_datagram_size: 65_535,
         }
     }
 
@@ -282,10 +289,21 @@ mod tests {
         let p = params();
         let mut out = Vec::new();
         p.encode(&mut out);
-        assert_eq!(out.len(), 8 * 4 + 2 + 1 + 2);
-        assert_eq!(&out[32..], &[0x05, 0x46, 2, 2, 1]);
-        assert_eq!(TransportParams::decode(&mut Reader::new(&out)), Some(p));
-        for len in 0..out.len() {
+        assert_eq!(out.len(), 8 * 4 + 2 + 1 + 2 + 4);
+        assert_eq!(&out[32..], &[0x05, 0x46, 2, 2, 1, 0, 0, 0xff, 0xff]);
+        assert_eq!(
+            TransportParams::decode(&mut Reader::new(&out)),
+            Some(p.clone())
+        );
+        // An older peer's block ends after the cipher codes: no datagrams.
+        assert_eq!(
+            TransportParams::decode(&mut Reader::new(&out[..out.len() - 4])),
+            Some(TransportParams {
+                max_datagram_size: 0,
+                ..p
+            })
+        );
+        for len in 0..out.len() - 4 {
             assert_eq!(
                 TransportParams::decode(&mut Reader::new(&out[..len])),
                 None,
@@ -302,7 +320,7 @@ mod tests {
             ..params()
         }
         .encode(&mut out);
-        out.pop();
+        out.truncate(out.len() - 5);
         out.extend_from_slice(&[3, 9, 2, 0]);
         let p = TransportParams::decode(&mut Reader::new(&out)).unwrap();
         assert_eq!(p.ciphers, vec![CipherSuite::ChaCha20Poly1305]);
@@ -322,7 +340,8 @@ mod tests {
             decode_response_payload(&resp),
             Some((cid, Some(CipherSuite::Aes256Gcm), p))
         );
-        for len in 0..init.len() {
+        // Cut before the optional last field: malformed.
+        for len in 0..init.len() - 4 {
             assert_eq!(decode_initial_payload(&init[..len]), None);
         }
     }
