@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use gaptun_proto::{ConnectionError, ConnectionStats, SendDatagramError};
+use gaptun_proto::{ConnectionError, ConnectionStats};
 
+use crate::datagram::RtDatagrams;
 use crate::endpoint::{EndpointRef, RtEndpoint};
 use crate::error::RtError;
 use crate::state::{ConnMeta, Shared, register, wake_all};
@@ -98,52 +99,29 @@ impl RtConnection {
         Some(RtStream::new(Arc::clone(&self.inner), id))
     }
 
+    /// This connection's unreliable datagrams, as a handle that does not keep the connection
+    /// open (see [`RtDatagrams`]).
+    pub fn datagrams(&self) -> RtDatagrams {
+        RtDatagrams::new(
+            Arc::clone(&self.inner.endpoint.shared),
+            Arc::clone(&self.inner.meta),
+        )
+    }
+
     /// Largest datagram [`RtConnection::send_datagram`] takes; `None` if the peer does not
     /// accept datagrams (an older peer: use a stream instead) or the connection is gone.
     pub fn max_datagram_size(&self) -> Option<usize> {
-        let mut state = self.shared().lock();
-        let (conn, _) = state.conn(self.meta()).ok()?;
-        conn.max_datagram_size()
+        self.datagrams().max_size()
     }
 
-    /// Queues an unreliable datagram. It never waits: when the path is slower than the
-    /// application, the oldest queued datagrams are dropped instead (see
-    /// `TransportConfig::datagram_buffer`), as UDP itself would. Errors: the connection is gone,
-    /// the peer takes no datagrams (`Unsupported`) or not this large (`InvalidInput`).
+    /// Queues an unreliable datagram; see [`RtDatagrams::send`].
     pub fn send_datagram(&self, data: Vec<u8>) -> io::Result<()> {
-        {
-            let mut state = self.shared().lock();
-            let (conn, _) = state.conn(self.meta())?;
-            conn.send_datagram(data).map_err(|e| {
-                let kind = match e {
-                    SendDatagramError::NotConnected => io::ErrorKind::NotConnected,
-                    SendDatagramError::Unsupported => io::ErrorKind::Unsupported,
-                    SendDatagramError::TooLarge { .. } => io::ErrorKind::InvalidInput,
-                };
-                io::Error::new(kind, e)
-            })?;
-        }
-        self.shared().kick();
-        Ok(())
+        self.datagrams().send(data)
     }
 
     /// The next datagram the peer sent; an error once the connection has ended.
     pub async fn read_datagram(&self) -> Result<Vec<u8>, RtError> {
-        poll_fn(|cx| {
-            let mut state = self.shared().lock();
-            let (conn, cs) = match state.conn(self.meta()) {
-                Ok(found) => found,
-                Err(e) => return Poll::Ready(Err(e)),
-            };
-            match conn.recv_datagram() {
-                Some(d) => Poll::Ready(Ok(d)),
-                None => {
-                    register(&mut cs.datagram_wakers, cx.waker());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        self.datagrams().read().await
     }
 
     /// Resolves when the connection ends, with the reason.

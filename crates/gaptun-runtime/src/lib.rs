@@ -13,6 +13,7 @@
 //! - [`lossy_relay`]: a loopback relay with loss and delay, for demos and tests.
 
 mod connection;
+mod datagram;
 mod driver;
 mod endpoint;
 mod error;
@@ -24,6 +25,7 @@ mod stream;
 mod udp;
 
 pub use connection::RtConnection;
+pub use datagram::RtDatagrams;
 pub use endpoint::{ConnectionInfo, RtEndpoint};
 pub use error::{ConnectError, RtError};
 pub use pool::{Backoff, ClientPool, PoolConfig};

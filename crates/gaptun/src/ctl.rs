@@ -200,6 +200,12 @@ pub struct ConnSnapshot {
     /// Path MTU probes sent and lost (lost probes are not counted in `packets_lost`).
     pub mtu_probes_sent: u64,
     pub mtu_probes_lost: u64,
+    /// Unreliable datagrams (UDP forwards and SOCKS5 UDP): sent, received, dropped because a
+    /// queue was full or a piece never came, and frames lost on the path (never resent).
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    pub datagrams_dropped: u64,
+    pub datagram_frames_lost: u64,
 }
 
 /// Everything `stats` reports.
@@ -259,6 +265,10 @@ impl ConnSnapshot {
             mtu: s.mtu,
             mtu_probes_sent: s.mtu_probes_sent,
             mtu_probes_lost: s.mtu_probes_lost,
+            datagrams_sent: s.datagrams.sent,
+            datagrams_received: s.datagrams.received,
+            datagrams_dropped: s.datagrams.dropped_send + s.datagrams.dropped_recv,
+            datagram_frames_lost: s.datagrams.frames_lost,
         }
     }
 }
@@ -726,6 +736,10 @@ mod tests {
                 mtu: 1472,
                 mtu_probes_sent: 1,
                 mtu_probes_lost: 0,
+                datagrams_sent: 0,
+                datagrams_received: 0,
+                datagrams_dropped: 0,
+                datagram_frames_lost: 0,
             }],
             not_established: 0,
             exposes: Vec::new(),
