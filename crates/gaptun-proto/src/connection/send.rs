@@ -19,6 +19,9 @@ const DUPLICATE_MAX_IN_FLIGHT: u64 = 4;
 /// Three copies bring 5 % loss down to one exchange in 8 000.
 const THIRD_COPY_LOSS_RATE: f64 = 0.02;
 
+/// Full-size packets that may be in flight (counting the next one) before the pacer applies.
+const UNPACED_IN_FLIGHT: u64 = 4;
+
 /// Bytes of anti-amplification budget kept back for repeating a PATH_CHALLENGE: one small
 /// packet (header, tag, the challenge, an ACK).
 const CHALLENGE_RESERVE: u64 = 96;
@@ -284,6 +287,12 @@ impl Connection {
         }
         if self.in_flight + mtu as u64 > self.cc.window() {
             return Allowance::AckOnly;
+        }
+        if self.in_flight + mtu as u64 <= UNPACED_IN_FLIGHT * self.mtu() as u64 {
+            // Next to nothing in flight: no burst to spread. An app-limited flow (voice, games,
+            // a UDP echo) is what the rate estimate measured, so pacing at that estimate (or
+            // below it, in a drain phase) would hold its own packets back by tens of ms.
+            return Allowance::Full;
         }
         let rate = self.pacing_rate();
         match self.pacer.delay(now, mtu as u64, rate) {
