@@ -89,6 +89,55 @@ fn order_and_loss_are_kept_as_sent() {
     assert_eq!(server.datagrams.dropped_recv, 0);
 }
 
+/// Issue 10's latency target in simulated time: an echo of 50 datagrams/s over a 100 ms RTT
+/// path that loses 5 % each way. What comes back comes back in one RTT: nothing waits for a
+/// retransmission, the pacer or the congestion window.
+#[test]
+fn echo_at_5_percent_loss_takes_one_rtt() {
+    let link = LinkConfig::ideal()
+        .with_delay(Duration::from_millis(50))
+        .with_loss(0.05)
+        .with_rate_mbps(100.0)
+        .with_queue_bytes(1_250_000);
+    let mut sim = connected(SimConfig::new(77).with_link(link));
+    let start = sim.now();
+    let mut rtts = Vec::new();
+    let mut next_send = sim.now();
+    let mut sent = 0u32;
+    while sim.now() - start < Duration::from_secs(30) {
+        if sim.now() >= next_send {
+            let mut d = numbered(sent, 200);
+            let at = (sim.now() - start).as_micros() as u64;
+            d[4..12].copy_from_slice(&at.to_be_bytes());
+            sim.client_connection(0).unwrap().send_datagram(d).unwrap();
+            sent += 1;
+            next_send += Duration::from_millis(20);
+        }
+        let server = sim.server_connection(0).unwrap();
+        while let Some(d) = server.recv_datagram() {
+            server.send_datagram(d).unwrap();
+        }
+        let now = (sim.now() - start).as_micros() as u64;
+        let client = sim.client_connection(0).unwrap();
+        while let Some(d) = client.recv_datagram() {
+            let at = u64::from_be_bytes(d[4..12].try_into().unwrap());
+            rtts.push(Duration::from_micros(now - at));
+        }
+        sim.advance(Duration::from_millis(1));
+    }
+    rtts.sort();
+    let p99 = rtts[(rtts.len() - 1) * 99 / 100];
+    let max = *rtts.last().unwrap();
+    // About 90 % come back (5 % lost each way).
+    assert!(
+        rtts.len() > 1300 && rtts.len() < 1450,
+        "{} of {sent}",
+        rtts.len()
+    );
+    assert!(p99 <= Duration::from_millis(120), "p99 {p99:?}");
+    assert!(max <= Duration::from_millis(120), "max {max:?}");
+}
+
 #[test]
 fn a_4k_datagram_is_split_and_reassembled() {
     let mut sim = connected(SimConfig::new(5).with_link(link(20)));
