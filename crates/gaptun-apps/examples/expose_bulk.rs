@@ -74,6 +74,7 @@ async fn main() {
                 owner: "bench".into(),
                 opener: Conn(conn.clone()),
                 allowed: None,
+                flows: None,
             };
             let expose = expose.clone();
             tokio::spawn(async move {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -25,8 +25,9 @@ use crate::addr::TargetAddr;
 use crate::client::{DEFAULT_REPLY_TIMEOUT, TunnelClientError, await_reply, open_with_request};
 use crate::idle::Activity;
 use crate::pump::{COPY_BUF, abort_tcp, copy_half};
-use crate::request::{Command, TunnelRequest, encode_udp_frame, read_udp_frame};
+use crate::request::{Command, TunnelRequest};
 use crate::tunnel::StreamOpener;
+use crate::udp_tunnel::{UdpDown, UdpUp, open_udp};
 
 /// Most concurrent UDP forward sessions (local source addresses).
 pub const MAX_UDP_SESSIONS: usize = 1024;
@@ -235,38 +236,30 @@ impl UdpSession {
         queue: SessionQueue,
         idle: Duration,
     ) -> Result<(), TunnelClientError> {
-        let request = TunnelRequest {
-            command: Command::UdpRelay,
-            target: (*self.target).clone(),
-        };
-        let stream = open_with_request(opener, &request).await?;
-        let (tunnel_read, mut tunnel_write) = tokio::io::split(stream);
+        let tunnel = open_udp(opener, (*self.target).clone()).await?;
+        debug!(client = %self.client, datagrams = tunnel.uses_datagrams(), "udp forward session");
+        let (mut up, down) = tunnel.split();
         let result = tokio::select! {
-            r = self.upload(queue, &mut tunnel_write) => r,
-            r = self.download(tunnel_read) => r,
+            r = self.upload(queue, &mut up) => r,
+            r = self.download(down) => r,
             () = self.activity.idle_for(idle) => Ok(()),
         };
-        let _ = tunnel_write.shutdown().await;
+        up.shutdown().await;
         result
     }
 
-    /// Local datagrams, framed to the fixed target.
+    /// Local datagrams, to the fixed target. They follow the request at once: the server
+    /// keeps what arrives before it has read the request.
     async fn upload<S: AsyncWrite>(
         &self,
         mut queue: SessionQueue,
-        tunnel: &mut WriteHalf<S>,
+        tunnel: &mut UdpUp<S>,
     ) -> Result<(), TunnelClientError> {
-        let mut frame = Vec::with_capacity(MAX_DATAGRAM + 8);
         while let Some(datagram) = queue.recv().await {
-            frame.clear();
-            if encode_udp_frame(&self.target, &datagram, &mut frame).is_err() {
-                continue;
-            }
             tunnel
-                .write_all(&frame)
+                .send(&self.target, &datagram)
                 .await
                 .map_err(TunnelClientError::Open)?;
-            tunnel.flush().await.map_err(TunnelClientError::Open)?;
             self.activity.touch();
         }
         Ok(())
@@ -275,12 +268,11 @@ impl UdpSession {
     /// The server's reply, then the target's datagrams back to the local client.
     async fn download<S: AsyncRead>(
         &self,
-        mut tunnel: ReadHalf<S>,
+        mut tunnel: UdpDown<S>,
     ) -> Result<(), TunnelClientError> {
-        await_reply(&mut tunnel, DEFAULT_REPLY_TIMEOUT).await?;
-        let mut buf = Vec::with_capacity(MAX_DATAGRAM);
-        while let Some((_source, payload)) = read_udp_frame(&mut tunnel, &mut buf).await? {
-            if let Err(e) = self.socket.send_to(payload, self.client).await {
+        tunnel.await_reply(DEFAULT_REPLY_TIMEOUT).await?;
+        while let Some((_source, payload)) = tunnel.recv().await? {
+            if let Err(e) = self.socket.send_to(&payload, self.client).await {
                 debug!(client = %self.client, "udp forward send failed: {e}");
             }
             self.activity.touch();

@@ -20,6 +20,7 @@
 pub mod addr;
 pub mod client;
 pub mod expose;
+pub mod flow;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -33,6 +34,7 @@ pub mod tunnel;
 
 mod idle;
 mod listen;
+mod udp_tunnel;
 
 pub use addr::TargetAddr;
 pub use mem::MemTunnel;

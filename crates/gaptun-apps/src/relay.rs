@@ -19,6 +19,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::debug;
 
 use crate::addr::TargetAddr;
+use crate::flow::FlowMux;
 use crate::policy::{Refused, TargetPolicy};
 use crate::pump;
 use crate::request::{Command, ReplyCode, RequestError, TunnelReply, TunnelRequest};
@@ -98,6 +99,9 @@ pub enum RelayError {
         /// Why it failed.
         source: DialError,
     },
+    /// A UDP flow request named a flow id already in use on its connection.
+    #[error("udp flow {0} already in use")]
+    FlowInUse(u32),
     /// No UDP socket could be bound for a relay.
     #[error("cannot bind a UDP socket: {0}")]
     UdpBind(#[source] io::Error),
@@ -114,15 +118,29 @@ pub enum RelayError {
 /// Returns when the relay is over. Failures are answered on the stream with the matching
 /// reply code before the error is returned.
 pub async fn serve_stream<S>(
-    mut stream: S,
+    stream: S,
     policy: &TargetPolicy,
     dial: &DialConfig,
 ) -> Result<(), RelayError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    serve_stream_with_flows(stream, policy, dial, None).await
+}
+
+/// [`serve_stream`] on a connection whose datagram flows UDP relays may use
+/// ([`Command::UdpFlow`]); without `flows` such a request is answered "command not supported".
+pub async fn serve_stream_with_flows<S>(
+    mut stream: S,
+    policy: &TargetPolicy,
+    dial: &DialConfig,
+    flows: Option<&FlowMux>,
+) -> Result<(), RelayError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let request = read_request(&mut stream, dial.request_timeout).await?;
-    serve_request(stream, request, policy, dial).await
+    serve_request(stream, request, policy, dial, flows).await
 }
 
 /// Serves a stream whose request header has been read already (by a caller that handles some
@@ -135,6 +153,7 @@ pub async fn serve_request<S>(
     request: TunnelRequest,
     policy: &TargetPolicy,
     dial: &DialConfig,
+    flows: Option<&FlowMux>,
 ) -> Result<(), RelayError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -143,6 +162,13 @@ where
     match request.command {
         Command::Connect => serve_connect(stream, request.target, policy, dial).await,
         Command::UdpRelay => udp::serve_udp_relay(stream, &request.target, policy, dial).await,
+        Command::UdpFlow => match flows {
+            Some(flows) => udp::serve_udp_flow(stream, &request.target, policy, dial, flows).await,
+            None => {
+                send_failure(&mut stream, ReplyCode::CommandNotSupported).await;
+                Err(RequestError::UnsupportedCommand(Command::UdpFlow.to_byte()).into())
+            }
+        },
         Command::Expose => {
             send_failure(&mut stream, ReplyCode::CommandNotSupported).await;
             Err(RequestError::UnsupportedCommand(Command::Expose.to_byte()).into())

@@ -35,6 +35,10 @@ pub enum Command {
     Connect,
     /// Relay UDP datagrams, each framed with its own address.
     UdpRelay,
+    /// Relay UDP datagrams as transport datagrams of a flow ([`crate::flow`]): the request is
+    /// followed by the flow id (u32 BE); the stream then carries nothing and lasts as long as
+    /// the relay. Only sent to a peer whose transport accepts datagrams.
+    UdpFlow,
     /// Register exposes: the client asks the server to listen on ports for it
     /// ([`crate::expose`]); the stream stays open as long as the registration holds.
     Expose,
@@ -46,6 +50,7 @@ impl Command {
         match self {
             Self::Connect => 1,
             Self::UdpRelay => 3,
+            Self::UdpFlow => 4,
             Self::Expose => 0x10,
         }
     }
@@ -55,6 +60,7 @@ impl Command {
         match byte {
             1 => Some(Self::Connect),
             3 => Some(Self::UdpRelay),
+            4 => Some(Self::UdpFlow),
             0x10 => Some(Self::Expose),
             _ => None,
         }

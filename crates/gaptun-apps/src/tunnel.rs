@@ -29,6 +29,12 @@ pub trait StreamOpener: Clone + Send + Sync + 'static {
     /// Opens a new stream; the server will receive it and run
     /// [`crate::relay::serve_stream`] on it.
     fn open(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// The datagram flows of the connection `stream` was opened on, if UDP relays on it can
+    /// use them ([`crate::flow`]). The default: none, UDP rides on its stream.
+    fn flows(&self, _stream: &Self::Stream) -> Option<crate::flow::FlowMux> {
+        None
+    }
 }
 
 /// Accepts the streams the other side of one tunnel connection opens.

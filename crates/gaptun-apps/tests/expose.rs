@@ -108,6 +108,7 @@ async fn accept_all(
             owner: owner.into(),
             opener: Conn(conn.clone()),
             allowed: None,
+            flows: None,
         };
         let expose = expose.clone();
         tokio::spawn(async move {

@@ -69,6 +69,14 @@ pub struct TransportConfig {
     pub handshake_timeout: Duration,
     /// Cipher to insist on, or `None` to choose by CPU support.
     pub cipher: Option<CipherSuite>,
+    /// Largest unreliable datagram we accept from the peer (bytes of payload, after
+    /// reassembly); announced in the transport parameters. 0 turns datagrams off: the peer
+    /// never sends one, and we cannot send either unless the peer offered them.
+    pub max_datagram_size: u32,
+    /// Bytes of datagrams that may wait to be sent (congestion window full, slow path); beyond
+    /// this the oldest are dropped. Also the bound on received datagrams the application has
+    /// not read yet, and on partly reassembled ones.
+    pub datagram_buffer: usize,
 }
 
 impl Default for TransportConfig {
@@ -96,6 +104,8 @@ impl Default for TransportConfig {
             dead_peer_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
             cipher: None,
+            max_datagram_size: 65_535,
+            datagram_buffer: 256 * 1024,
         }
     }
 }

@@ -385,6 +385,7 @@ impl Endpoint {
             max_udp_payload: t.max_udp_payload,
             ciphers: Vec::new(),
             fec: t.fec.accepts_parity(),
+            max_datagram_size: t.max_datagram_size,
         }
     }
 

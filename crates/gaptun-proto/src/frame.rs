@@ -32,6 +32,11 @@ pub mod kind {
     pub const APPLICATION_CLOSE: u64 = 0x1d;
     /// One parity shard of a FEC group (see `crate::fec`).
     pub const FEC_PARITY: u64 = 0x20;
+    /// A whole unreliable datagram: length, data.
+    pub const DATAGRAM: u64 = 0x30;
+    /// One piece of an unreliable datagram too large for one packet: id, total length, offset,
+    /// length, data.
+    pub const DATAGRAM_FRAGMENT: u64 = 0x31;
 }
 
 /// One decoded frame. Borrowed data points into the packet payload.
@@ -71,6 +76,60 @@ pub enum Frame<'a> {
     Close(CloseFrame<'a>),
     /// A FEC parity shard: feeds the rebuilding of lost packets, never delivered as data.
     FecParity(crate::fec::ParityFrame<'a>),
+    /// An unreliable datagram, or a piece of one; never retransmitted.
+    Datagram(DatagramFrame<'a>),
+}
+
+/// DATAGRAM / DATAGRAM_FRAGMENT contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramFrame<'a> {
+    /// `None` for a whole datagram (DATAGRAM); where the piece belongs for a fragment.
+    pub fragment: Option<Fragment>,
+    pub data: &'a [u8],
+}
+
+/// Where a DATAGRAM_FRAGMENT's data belongs in its datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The sender's number for the datagram; every piece of one datagram carries the same.
+    pub id: u64,
+    /// Length of the whole datagram.
+    pub total: u64,
+    /// Offset of this piece's first byte in the datagram.
+    pub offset: u64,
+}
+
+impl DatagramFrame<'_> {
+    /// Bytes of header a DATAGRAM frame for `len` bytes needs (type, length).
+    pub fn whole_header_len(len: usize) -> usize {
+        1 + varint::size(len as u64)
+    }
+
+    /// Bytes of header a DATAGRAM_FRAGMENT frame needs (type, id, total, offset, length).
+    pub fn fragment_header_len(fragment: &Fragment, len: usize) -> usize {
+        1 + varint::size(fragment.id)
+            + varint::size(fragment.total)
+            + varint::size(fragment.offset)
+            + varint::size(len as u64)
+    }
+
+    /// Appends this frame.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        match &self.fragment {
+            None => write_all(buf, &[kind::DATAGRAM, self.data.len() as u64]),
+            Some(f) => write_all(
+                buf,
+                &[
+                    kind::DATAGRAM_FRAGMENT,
+                    f.id,
+                    f.total,
+                    f.offset,
+                    self.data.len() as u64,
+                ],
+            ),
+        }
+        buf.extend_from_slice(self.data);
+    }
 }
 
 /// ACK frame contents.
@@ -230,6 +289,7 @@ impl Frame<'_> {
             }
             Self::Close(close) => close.encode(buf),
             Self::FecParity(parity) => parity.encode(buf),
+            Self::Datagram(d) => d.encode(buf),
         }
     }
 
@@ -451,6 +511,14 @@ impl<'a> Reader<'a> {
             kind::PATH_RESPONSE => Frame::PathResponse(self.array8()?),
             kind::CLOSE | kind::APPLICATION_CLOSE => Frame::Close(self.close(ty)?),
             kind::FEC_PARITY => Frame::FecParity(crate::fec::ParityFrame::decode(&mut self.rest)?),
+            kind::DATAGRAM => {
+                let len = self.varint()?;
+                Frame::Datagram(DatagramFrame {
+                    fragment: None,
+                    data: self.bytes(len)?,
+                })
+            }
+            kind::DATAGRAM_FRAGMENT => Frame::Datagram(self.fragment()?),
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -515,6 +583,22 @@ impl<'a> Reader<'a> {
             offset,
             fin: ty & STREAM_FIN_BIT != 0,
             data,
+        })
+    }
+
+    fn fragment(&mut self) -> Result<DatagramFrame<'a>, FrameError> {
+        let id = self.varint()?;
+        let total = self.varint()?;
+        let offset = self.varint()?;
+        let len = self.varint()?;
+        if offset.checked_add(len).is_none_or(|end| end > total) || len == 0 {
+            return Err(FrameError::Malformed(
+                "datagram fragment empty or beyond its datagram",
+            ));
+        }
+        Ok(DatagramFrame {
+            fragment: Some(Fragment { id, total, offset }),
+            data: self.bytes(len)?,
         })
     }
 
@@ -583,6 +667,18 @@ mod tests {
         });
         round_trip(Frame::PathChallenge([1, 2, 3, 4, 5, 6, 7, 8]));
         round_trip(Frame::PathResponse([8; 8]));
+        round_trip(Frame::Datagram(DatagramFrame {
+            fragment: None,
+            data: b"",
+        }));
+        round_trip(Frame::Datagram(DatagramFrame {
+            fragment: Some(Fragment {
+                id: 1 << 33,
+                total: 4096,
+                offset: 1300,
+            }),
+            data: &[3; 1300],
+        }));
         round_trip(Frame::Close(CloseFrame {
             application: false,
             error_code: 3,
@@ -617,6 +713,43 @@ mod tests {
             ranges: vec![5..10, 1..3],
         };
         assert_eq!(encode(&Frame::Ack(ack)), [0x02, 9, 0, 1, 4, 1, 1]);
+    }
+
+    #[test]
+    fn datagram_encodings_and_header_lengths() {
+        let whole = Frame::Datagram(DatagramFrame {
+            fragment: None,
+            data: b"ab",
+        });
+        assert_eq!(encode(&whole), [0x30, 2, b'a', b'b']);
+        assert_eq!(DatagramFrame::whole_header_len(2), 2);
+        let f = Fragment {
+            id: 7,
+            total: 4096,
+            offset: 100,
+        };
+        let piece = Frame::Datagram(DatagramFrame {
+            fragment: Some(f),
+            data: &[9; 3],
+        });
+        // type, id 7, total 4096 (2 bytes), offset 100 (2 bytes), length 3, data.
+        assert_eq!(encode(&piece), [0x31, 7, 0x50, 0x00, 0x40, 100, 3, 9, 9, 9]);
+        assert_eq!(DatagramFrame::fragment_header_len(&f, 3), 7);
+    }
+
+    #[test]
+    fn datagram_fragment_out_of_its_datagram_is_malformed() {
+        let malformed = Err(FrameError::Malformed(
+            "datagram fragment empty or beyond its datagram",
+        ));
+        // offset 40 + length 20 > total 50
+        assert_eq!(decode_all(&[0x31, 1, 50, 40, 20]), vec![malformed.clone()]);
+        // empty piece
+        assert_eq!(decode_all(&[0x31, 1, 50, 0, 0]), vec![malformed]);
+        // ending exactly at the total is fine
+        let mut ok = vec![0x31, 1, 30, 20, 10];
+        ok.extend_from_slice(&[1; 10]);
+        assert!(matches!(decode_all(&ok)[..], [Ok(Frame::Datagram(_))]));
     }
 
     #[test]
@@ -715,6 +848,18 @@ mod tests {
                 final_size: 2,
             },
             Frame::PathChallenge([1; 8]),
+            Frame::Datagram(DatagramFrame {
+                fragment: None,
+                data: b"dgram",
+            }),
+            Frame::Datagram(DatagramFrame {
+                fragment: Some(Fragment {
+                    id: 3,
+                    total: 9,
+                    offset: 4,
+                }),
+                data: b"frag",
+            }),
             Frame::Close(CloseFrame {
                 application: false,
                 error_code: 1,
@@ -736,10 +881,10 @@ mod tests {
 
     #[test]
     fn unknown_type_stops_iteration() {
-        let payload = [0x01, 0x30, 0x01];
+        let payload = [0x01, 0x3f, 0x01];
         assert_eq!(
             decode_all(&payload),
-            vec![Ok(Frame::Ping), Err(FrameError::UnknownType(0x30))]
+            vec![Ok(Frame::Ping), Err(FrameError::UnknownType(0x3f))]
         );
     }
 
@@ -902,6 +1047,8 @@ mod tests {
         Challenge([u8; 8]),
         Response([u8; 8]),
         Close(bool, u64, Vec<u8>),
+        Datagram(Vec<u8>),
+        Fragment(u64, u64, Vec<u8>),
     }
 
     impl Owned {
@@ -945,6 +1092,18 @@ mod tests {
                     application: *app,
                     error_code: *code,
                     reason,
+                }),
+                Self::Datagram(data) => Frame::Datagram(DatagramFrame {
+                    fragment: None,
+                    data,
+                }),
+                Self::Fragment(id, offset, data) => Frame::Datagram(DatagramFrame {
+                    fragment: Some(Fragment {
+                        id: *id,
+                        total: offset + data.len() as u64 + 5,
+                        offset: *offset,
+                    }),
+                    data,
                 }),
             }
         }
@@ -1001,6 +1160,13 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 0..=MAX_REASON_LEN)
             )
                 .prop_map(|(a, c, r)| Owned::Close(a, c, r)),
+            data.clone().prop_map(Owned::Datagram),
+            (
+                vi(),
+                0..(1u64 << 40),
+                prop::collection::vec(any::<u8>(), 1..200)
+            )
+                .prop_map(|(id, off, d)| Owned::Fragment(id, off, d)),
         ]
     }
 

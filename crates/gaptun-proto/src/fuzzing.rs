@@ -68,6 +68,7 @@ pub fn handshake(data: &[u8]) {
         max_udp_payload: 1350,
         ciphers: Vec::new(),
         fec: true,
+        max_datagram_size: 65_535,
     };
     let mut rng = StdRng::seed_from_u64(7);
     let _ = handshake::accept_initial(
@@ -103,6 +104,7 @@ fn seed_params() -> TransportParams {
         max_udp_payload: 1350,
         ciphers: vec![CipherSuite::ChaCha20Poly1305],
         fec: true,
+        max_datagram_size: 65_535,
     }
 }
 

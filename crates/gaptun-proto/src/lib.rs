@@ -42,7 +42,9 @@ mod shared;
 
 pub use config::{EndpointConfig, TransportConfig};
 pub use congestion::CongestionKind;
-pub use connection::{Connection, ConnectionError, ConnectionStats, Event, MIN_MTU};
+pub use connection::{
+    Connection, ConnectionError, ConnectionStats, DatagramStats, Event, MIN_MTU, SendDatagramError,
+};
 pub use crypto::{CipherSuite, Psk};
 pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, RngSeed, SeedError, SeedOrigin};
 pub use fec::FecMode;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use gaptun_proto::connection::PathInfo;
 use gaptun_proto::{ConnectionError, ConnectionStats, PathAddr};
 
+use crate::datagram::RtDatagrams;
 use crate::endpoint::{EndpointRef, RtEndpoint};
 use crate::error::RtError;
 use crate::state::{ConnMeta, Shared, register, wake_all};
@@ -120,6 +121,31 @@ impl RtConnection {
         })
         .await?;
         Some(RtStream::new(Arc::clone(&self.inner), id))
+    }
+
+    /// This connection's unreliable datagrams, as a handle that does not keep the connection
+    /// open (see [`RtDatagrams`]).
+    pub fn datagrams(&self) -> RtDatagrams {
+        RtDatagrams::new(
+            Arc::clone(&self.inner.endpoint.shared),
+            Arc::clone(&self.inner.meta),
+        )
+    }
+
+    /// Largest datagram [`RtConnection::send_datagram`] takes; `None` if the peer does not
+    /// accept datagrams (an older peer: use a stream instead) or the connection is gone.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.datagrams().max_size()
+    }
+
+    /// Queues an unreliable datagram; see [`RtDatagrams::send`].
+    pub fn send_datagram(&self, data: Vec<u8>) -> io::Result<()> {
+        self.datagrams().send(data)
+    }
+
+    /// The next datagram the peer sent; an error once the connection has ended.
+    pub async fn read_datagram(&self) -> Result<Vec<u8>, RtError> {
+        self.datagrams().read().await
     }
 
     /// Resolves when the connection ends, with the reason.

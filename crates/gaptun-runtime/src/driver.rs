@@ -464,6 +464,7 @@ fn apply_event(cs: &mut ConnState, event: Event, wakers: &mut Vec<Waker>) -> Opt
             wakers.extend(cs.writers.remove(&id));
         }
         Event::Stream(StreamEvent::Finished(_)) => {}
+        Event::DatagramsReadable => wakers.append(&mut cs.datagram_wakers),
         Event::ConnectionLost(e) => return Some(RtError::Connection(e)),
     }
     None

@@ -14,6 +14,7 @@
 
 pub mod carrier;
 mod connection;
+mod datagram;
 mod driver;
 mod endpoint;
 mod error;
@@ -26,6 +27,7 @@ mod stream;
 
 pub use carrier::{Carrier, CarrierTransmit, RecvMeta, UdpCarrier};
 pub use connection::RtConnection;
+pub use datagram::RtDatagrams;
 pub use endpoint::{ConnectionInfo, RtEndpoint};
 pub use error::{ConnectError, RtError};
 pub use pool::{Backoff, ClientPool, PoolConfig};

@@ -88,6 +88,8 @@ pub(crate) struct ConnState {
     pub(crate) readers: HashMap<StreamId, Waker>,
     /// One writer per stream.
     pub(crate) writers: HashMap<StreamId, Waker>,
+    /// Waiting for a datagram.
+    pub(crate) datagram_wakers: Vec<Waker>,
 }
 
 impl ConnState {
@@ -100,6 +102,7 @@ impl ConnState {
             accept_wakers: Vec::new(),
             readers: HashMap::new(),
             writers: HashMap::new(),
+            datagram_wakers: Vec::new(),
         }
     }
 
@@ -110,6 +113,7 @@ impl ConnState {
         out.append(&mut self.accept_wakers);
         out.extend(self.readers.drain().map(|(_, w)| w));
         out.extend(self.writers.drain().map(|(_, w)| w));
+        out.append(&mut self.datagram_wakers);
     }
 }
 

@@ -45,6 +45,15 @@ impl RtStream {
         self.id
     }
 
+    /// The unreliable datagrams of the connection this stream belongs to (a handle that does
+    /// not keep the connection open).
+    pub fn datagrams(&self) -> crate::RtDatagrams {
+        crate::RtDatagrams::new(
+            Arc::clone(&self.conn.endpoint.shared),
+            Arc::clone(&self.conn.meta),
+        )
+    }
+
     /// Abandons the sending half at once: queued data is dropped, the peer sees a reset.
     pub fn reset(&mut self, error_code: u64) {
         self.write_closed = true;

@@ -44,6 +44,12 @@ async fn echo_all(ep: RtEndpoint) {
 }
 
 async fn echo_conn(conn: RtConnection) {
+    let datagrams = conn.clone();
+    tokio::spawn(async move {
+        while let Ok(d) = datagrams.read_datagram().await {
+            let _ = datagrams.send_datagram(d);
+        }
+    });
     while let Some(stream) = conn.accept_stream().await {
         tokio::spawn(async move {
             let (mut r, mut w) = tokio::io::split(stream);
@@ -108,6 +114,30 @@ async fn echo_8_mib_hashed() {
         let cli = client(key(1));
         let conn = cli.connect(srv.local_addr()).await.unwrap();
         echo_roundtrip(&conn, 8 * 1024 * 1024, 7).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_of_every_size_echo_over_loopback() {
+    bounded(30, async {
+        let srv = server(key(11));
+        let cli = client(key(11));
+        let conn = cli.connect(srv.local_addr()).await.unwrap();
+        assert_eq!(conn.max_datagram_size(), Some(65_535));
+        // Small, WireGuard-sized (more than one packet at the default MTU), 4 KiB, largest.
+        for (i, len) in [1usize, 1400, 4096, 65_535].into_iter().enumerate() {
+            let data = pattern(len, i as u64 + 1);
+            conn.send_datagram(data.clone()).unwrap();
+            let echo = conn.read_datagram().await.unwrap();
+            assert_eq!(Sha256::digest(&echo), Sha256::digest(&data), "{len} bytes");
+        }
+        let err = conn.send_datagram(vec![0; 65_536]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        let stats = conn.stats().unwrap().datagrams;
+        assert_eq!((stats.sent, stats.received), (4, 4));
+        conn.close(0, b"");
+        assert!(conn.read_datagram().await.is_err());
     })
     .await;
 }

@@ -66,6 +66,7 @@ async fn recorded_initial_is_refused_after_a_restart() {
         max_udp_payload: 1350,
         ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
         fec: true,
+        max_datagram_size: 65_535,
     };
     let (_, initial) = ClientHandshake::start(
         &psk,

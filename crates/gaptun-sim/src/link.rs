@@ -262,6 +262,8 @@ pub struct LinkStats {
     pub blackholed: u64,
     /// Dropped for being larger than [`LinkConfig::max_datagram`].
     pub too_big: u64,
+    /// Dropped because a test picked them ([`Link::drop_upcoming`]).
+    pub scripted: u64,
     /// Largest datagram offered, in bytes.
     pub max_datagram_sent: u64,
     /// Extra copies created.
@@ -296,7 +298,12 @@ impl LinkStats {
 
     /// All datagrams dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.lost_random + self.lost_burst + self.queue_drops + self.blackholed + self.too_big
+        self.lost_random
+            + self.lost_burst
+            + self.queue_drops
+            + self.blackholed
+            + self.too_big
+            + self.scripted
     }
 }
 
@@ -358,6 +365,8 @@ pub struct Link {
     in_flight: BinaryHeap<Scheduled>,
     next_seq: u64,
     outage: Option<Outage>,
+    /// Positions (in the count of datagrams offered, `stats.sent`) of datagrams to drop.
+    scripted_drops: std::collections::BTreeSet<u64>,
     stats: LinkStats,
 }
 
@@ -373,6 +382,7 @@ impl Link {
             in_flight: BinaryHeap::new(),
             next_seq: 0,
             outage: None,
+            scripted_drops: std::collections::BTreeSet::new(),
             stats: LinkStats::default(),
         }
     }
@@ -408,6 +418,13 @@ impl Link {
         self.outage = Some(Outage { from: now, until });
     }
 
+    /// Drops exactly the `n`-th datagram offered from now on (1: the next one), whatever the
+    /// impairments say: lets a test lose one chosen packet, such as the second piece of a
+    /// fragmented datagram.
+    pub fn drop_upcoming(&mut self, n: u64) {
+        self.scripted_drops.insert(self.stats.sent + n.max(1));
+    }
+
     /// Ends an outage at once.
     pub fn clear_blackhole(&mut self) {
         self.outage = None;
@@ -435,6 +452,10 @@ impl Link {
         self.stats.bytes_sent += datagram.data.len() as u64;
         let len = datagram.data.len();
         self.stats.max_datagram_sent = self.stats.max_datagram_sent.max(len as u64);
+        if self.scripted_drops.remove(&self.stats.sent) {
+            self.stats.scripted += 1;
+            return 0;
+        }
         if self.is_blackholed(now) {
             self.stats.blackholed += 1;
             return 0;

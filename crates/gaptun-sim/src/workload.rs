@@ -250,7 +250,7 @@ fn drain_events(conn: &mut Connection) -> (bool, Option<ConnectionError>) {
         match event {
             Event::Connected => connected = true,
             Event::ConnectionLost(e) => return (connected, Some(e)),
-            Event::Stream(_) => {}
+            Event::Stream(_) | Event::DatagramsReadable => {}
         }
     }
     (connected, None)

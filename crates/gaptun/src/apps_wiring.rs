@@ -2,18 +2,20 @@
 //! the runtime's client pool becomes the apps' [`StreamOpener`], and the server's allow list
 //! becomes a [`TargetPolicy`].
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gaptun_apps::addr::TargetAddr;
 use gaptun_apps::expose::{ExposePeer, ExposeServer, PortSet};
+use gaptun_apps::flow::{DatagramIo, FlowMux, ReadDatagram};
 use gaptun_apps::policy::{AllowRule, TargetPolicy};
 use gaptun_apps::relay::{DialConfig, RelayError};
 use gaptun_apps::socks5::SocksConfig;
 use gaptun_apps::tunnel::{StreamAcceptor, StreamOpener};
-use gaptun_runtime::{ClientPool, RtConnection, RtStream};
+use gaptun_runtime::{ClientPool, RtConnection, RtDatagrams, RtStream};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::ratelimit::{Limited, RateLimit};
@@ -26,11 +28,16 @@ const UDP_FORWARD_IDLE: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone)]
 pub struct PoolOpener {
     pool: ClientPool,
+    /// The datagram flows of each pool connection a UDP relay has used, by connection key.
+    flows: Arc<Mutex<HashMap<u64, FlowMux>>>,
 }
 
 impl PoolOpener {
     pub fn new(pool: ClientPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            flows: Arc::default(),
+        }
     }
 }
 
@@ -41,6 +48,40 @@ impl StreamOpener for PoolOpener {
         let pool = self.pool.clone();
         async move { pool.open_stream().await }
     }
+
+    fn flows(&self, stream: &RtStream) -> Option<FlowMux> {
+        let datagrams = stream.datagrams();
+        datagrams.max_size()?;
+        let mut flows = self.flows.lock().ok()?;
+        // Connections that ended leave with their flows.
+        flows.retain(|_, mux| mux.usable());
+        let mux = flows
+            .entry(datagrams.connection_key())
+            .or_insert_with(|| flow_mux(datagrams));
+        Some(mux.clone())
+    }
+}
+
+/// The runtime's datagrams as the apps' flows see them.
+struct Datagrams(RtDatagrams);
+
+impl DatagramIo for Datagrams {
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.0.max_size()
+    }
+
+    fn send_datagram(&self, data: Vec<u8>) -> io::Result<()> {
+        self.0.send(data)
+    }
+
+    fn read_datagram(&self) -> ReadDatagram<'_> {
+        Box::pin(async move { self.0.read().await.map_err(io::Error::from) })
+    }
+}
+
+/// UDP relay flows over one connection's datagrams.
+pub fn flow_mux(datagrams: RtDatagrams) -> FlowMux {
+    FlowMux::new(Arc::new(Datagrams(datagrams)))
 }
 
 /// One tunnel connection as the expose code sees it: the server opens visitor streams on it,
@@ -199,6 +240,7 @@ pub async fn serve_relay_stream(
     stream: Limited<RtStream>,
     policy: Arc<RelayPolicy>,
     expose: Option<(ExposeServer<UserConn>, ExposePeer<UserConn>)>,
+    flows: Option<FlowMux>,
 ) -> Result<(), RelayError> {
     match expose {
         Some((server, peer)) => {
@@ -206,6 +248,14 @@ pub async fn serve_relay_stream(
                 .serve_stream(stream, &peer, &policy.targets, &policy.dial)
                 .await
         }
-        None => gaptun_apps::relay::serve_stream(stream, &policy.targets, &policy.dial).await,
+        None => {
+            gaptun_apps::relay::serve_stream_with_flows(
+                stream,
+                &policy.targets,
+                &policy.dial,
+                flows.as_ref(),
+            )
+            .await
+        }
     }
 }

@@ -206,6 +206,12 @@ pub struct ConnSnapshot {
     pub fec_parity_bytes: u64,
     /// Lost packets rebuilt from the peer's parity.
     pub fec_packets_rebuilt: u64,
+    /// Unreliable datagrams (UDP forwards and SOCKS5 UDP): sent, received, dropped because a
+    /// queue was full or a piece never came, and frames lost on the path (never resent).
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    pub datagrams_dropped: u64,
+    pub datagram_frames_lost: u64,
 }
 
 /// Everything `stats` reports.
@@ -268,6 +274,10 @@ impl ConnSnapshot {
             fec_parity_sent: s.fec_parity_sent,
             fec_parity_bytes: s.fec_parity_bytes,
             fec_packets_rebuilt: s.fec_packets_rebuilt,
+            datagrams_sent: s.datagrams.sent,
+            datagrams_received: s.datagrams.received,
+            datagrams_dropped: s.datagrams.dropped_send + s.datagrams.dropped_recv,
+            datagram_frames_lost: s.datagrams.frames_lost,
         }
     }
 }
@@ -740,6 +750,10 @@ mod tests {
                 fec_parity_sent: 12,
                 fec_parity_bytes: 1500,
                 fec_packets_rebuilt: 2,
+                datagrams_sent: 0,
+                datagrams_received: 0,
+                datagrams_dropped: 0,
+                datagram_frames_lost: 0,
             }],
             not_established: 0,
             exposes: Vec::new(),

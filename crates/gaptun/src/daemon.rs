@@ -136,6 +136,10 @@ async fn serve_connection(
     let name = Arc::clone(&user.name);
     info!(%remote, user = %name, %cipher, "client connected");
     let policy = Arc::clone(&user.policy);
+    // A client that offered datagrams gets its UDP relays over them.
+    let flows = conn
+        .max_datagram_size()
+        .map(|_| apps_wiring::flow_mux(conn.datagrams()));
     let expose = expose.map(|server| {
         let peer = ExposePeer {
             owner: Arc::clone(&name),
@@ -144,6 +148,7 @@ async fn serve_connection(
                 limit: user.limit.clone(),
             },
             allowed: user.expose_ports.clone(),
+            flows: flows.clone(),
         };
         (server, peer)
     });
@@ -152,12 +157,13 @@ async fn serve_connection(
         let expose = expose.clone();
         let name = Arc::clone(&name);
         let limit = user.limit.clone();
+        let flows = flows.clone();
         tokio::spawn(async move {
             let id = stream.id();
             // The span names the client and its user in what the relay logs itself (refused
             // UDP destinations).
             let stream = Limited::new(stream, limit);
-            let served = apps_wiring::serve_relay_stream(stream, policy, expose)
+            let served = apps_wiring::serve_relay_stream(stream, policy, expose, flows)
                 .instrument(tracing::info_span!("client", %remote, user = %name))
                 .await;
             match served {

@@ -186,9 +186,9 @@ async fn udp_associate_carries_datagrams_through_the_tunnel() {
         let dir = scratch("socks-udp");
         let echo = start_udp_echo().await;
         let port = free_udp_port();
-        let _server = server(&dir, "server", port, &["--allow", &echo.to_string()]);
+        let server = server(&dir, "server", port, &["--allow", &echo.to_string()]);
         let socks = loopback(free_tcp_port());
-        let _client = client(&dir, "client", port, &["--socks", &socks.to_string()]);
+        let client = client(&dir, "client", port, &["--socks", &socks.to_string()]);
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // UDP ASSOCIATE, announcing the address we will send from.
         let mut tcp = connect(socks).await;
@@ -241,6 +241,12 @@ async fn udp_associate_carries_datagrams_through_the_tunnel() {
                 "datagram of {size} bytes"
             );
         }
+        // As transport datagrams: both daemons are of this version.
+        let c = &stats(&client.control)["connections"][0];
+        let s = &stats(&server.control)["connections"][0];
+        assert!(c["datagrams_sent"].as_u64().unwrap() >= 4, "{c}");
+        assert!(s["datagrams_received"].as_u64().unwrap() >= 4, "{s}");
+        assert!(s["datagrams_sent"].as_u64().unwrap() >= 4, "{s}");
     })
     .await;
 }

@@ -266,13 +266,15 @@ async fn udp_forward_echo() {
         let dir = scratch("fwd-udp");
         let echo = start_udp_echo().await;
         let port = free_udp_port();
-        let _server = server(&dir, "server", port, &["--allow-private"]);
+        let server = server(&dir, "server", port, &["--allow-private"]);
         let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let spec = format!("udp:{listen}={echo}");
-        let _client = client(&dir, "client", port, &["--no-socks", "--forward", &spec]);
+        let client = client(&dir, "client", port, &["--no-socks", "--forward", &spec]);
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buf = vec![0u8; 65536];
-        for (i, size) in [1usize, 100, 1200, 8000, 30000].into_iter().enumerate() {
+        // 1400 bytes: a WireGuard packet, more than one tunnel packet at the default MTU.
+        let sizes = [1usize, 100, 1200, 1400, 8000, 30000];
+        for (i, size) in sizes.into_iter().enumerate() {
             let datagram = payload(size, 300 + i as u64);
             // UDP: resend until the echo comes back.
             let got = loop {
@@ -289,6 +291,20 @@ async fn udp_forward_echo() {
             };
             assert_eq!(got, datagram, "datagram of {size} bytes");
         }
+        // They went as transport datagrams, not on a stream: both daemons are of this version.
+        let c = &stats(&client.control)["connections"][0];
+        let s = &stats(&server.control)["connections"][0];
+        let sent = c["datagrams_sent"].as_u64().unwrap();
+        assert!(sent >= sizes.len() as u64, "{c}");
+        assert!(
+            s["datagrams_received"].as_u64().unwrap() >= sizes.len() as u64,
+            "{s}"
+        );
+        assert!(
+            s["datagrams_sent"].as_u64().unwrap() >= sizes.len() as u64,
+            "{s}"
+        );
+        assert!(c["stream_bytes_sent"].as_u64().unwrap() < 200, "{c}");
     })
     .await;
 }

@@ -69,6 +69,9 @@ pub struct ExposePeer<O> {
     /// The ports this owner may expose, when it has its own rule (a named user's
     /// `expose_ports`); `None`: [`ExposeServerConfig::allowed`].
     pub allowed: Option<Arc<PortSet>>,
+    /// The connection's datagram flows, for the UDP relays its client asks for
+    /// ([`crate::flow`]); `None`: UDP relays ride on their streams.
+    pub flows: Option<crate::flow::FlowMux>,
 }
 
 /// The expose server: shared by every client connection of a gaptun server.
@@ -144,7 +147,7 @@ impl<O: StreamOpener> ExposeServer<O> {
     {
         let request = read_request(&mut stream, dial.request_timeout).await?;
         if request.command != Command::Expose {
-            return serve_request(stream, request, policy, dial).await;
+            return serve_request(stream, request, policy, dial, peer.flows.as_ref()).await;
         }
         let register = match timeout(dial.request_timeout, Register::read_from(&mut stream)).await {
             Err(_) => return Err(RelayError::RequestTimeout),

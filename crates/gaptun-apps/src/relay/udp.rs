@@ -12,12 +12,13 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::UdpSocket;
 use tracing::{debug, info};
 
 use super::{DialConfig, DialError, RelayError, resolve_allowed};
 use crate::addr::TargetAddr;
+use crate::flow::{FlowMux, FlowRx, FlowTx};
 use crate::idle::Activity;
 use crate::policy::TargetPolicy;
 use crate::request::{ReplyCode, TunnelReply, encode_udp_frame, read_udp_frame};
@@ -122,6 +123,138 @@ where
     result
 }
 
+/// Serves a UDP relay over datagram flows ([`crate::flow`]): the request header has been read;
+/// the flow id follows it. After the reply the stream carries nothing: the relay lasts until the
+/// client finishes or resets it, the connection ends, or nothing moved for the idle timeout.
+pub(super) async fn serve_udp_flow<S>(
+    mut stream: S,
+    hint: &TargetAddr,
+    policy: &TargetPolicy,
+    dial: &DialConfig,
+    flows: &FlowMux,
+) -> Result<(), RelayError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let id = match tokio::time::timeout(dial.request_timeout, stream.read_u32()).await {
+        Err(_) => return Err(RelayError::RequestTimeout),
+        Ok(Err(e)) => return Err(RelayError::Request(e.into())),
+        Ok(Ok(id)) => id,
+    };
+    let Some((tx, rx)) = flows.attach(id) else {
+        super::send_failure(&mut stream, ReplyCode::GeneralFailure).await;
+        return Err(RelayError::FlowInUse(id));
+    };
+    if names_destination(hint)
+        && let Err(source) = resolve_allowed(hint, policy, dial.connect_timeout).await
+    {
+        super::send_failure(&mut stream, source.reply_code()).await;
+        return Err(RelayError::Dial {
+            target: hint.clone(),
+            source,
+        });
+    }
+    let sockets = match bind_sockets().await {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            super::send_failure(&mut stream, ReplyCode::GeneralFailure).await;
+            return Err(RelayError::UdpBind(e));
+        }
+    };
+    TunnelReply {
+        code: ReplyCode::Succeeded,
+        bound: sockets.bound_addr(),
+    }
+    .write_to(&mut stream)
+    .await?;
+    let shared = Shared {
+        sockets,
+        peers: Mutex::new(HashSet::new()),
+        activity: Activity::new(),
+    };
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let result = tokio::select! {
+        r = flow_uplink(rx, &shared, policy, dial.connect_timeout) => r,
+        r = flow_downlink(&tx, &shared) => r,
+        r = control_ended(&mut reader) => r,
+        () = shared.activity.idle_for(dial.udp_idle_timeout) => {
+            debug!("udp flow idle, closing");
+            Ok(())
+        }
+    };
+    let _ = writer.shutdown().await;
+    result
+}
+
+/// Resolves when the client ends a flow's control stream (FIN: `Ok`, reset: the error). Bytes
+/// on it are not expected and are skipped.
+async fn control_ended<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(), RelayError> {
+    let mut sink = [0u8; 64];
+    loop {
+        if reader.read(&mut sink).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Flow -> UDP: sends each datagram to its (checked) destination.
+async fn flow_uplink(
+    mut rx: FlowRx,
+    shared: &Shared,
+    policy: &TargetPolicy,
+    resolve_timeout: Duration,
+) -> Result<(), RelayError> {
+    let mut names = HashMap::new();
+    let mut refusals = Refusals::default();
+    while let Some((target, payload)) = rx.recv().await {
+        send_out(
+            &target,
+            &payload,
+            shared,
+            policy,
+            resolve_timeout,
+            &mut names,
+            &mut refusals,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// UDP -> flow: each datagram from a contacted peer, tagged with its source address.
+async fn flow_downlink(tx: &FlowTx, shared: &Shared) -> Result<(), RelayError> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut errors = 0;
+    loop {
+        let (n, from) = match shared.sockets.recv(&mut buf).await {
+            Ok(got) => got,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                debug!("udp receive error: {e}");
+                errors += 1;
+                if errors >= MAX_RECV_ERRORS {
+                    return Err(RelayError::Io(e));
+                }
+                continue;
+            }
+        };
+        errors = 0;
+        if !shared.is_peer(&from) {
+            debug!(%from, "udp datagram from an uncontacted peer dropped");
+            continue;
+        }
+        let payload = buf.get(..n).unwrap_or_default();
+        match tx.send(&TargetAddr::Ip(from), payload) {
+            Ok(()) => shared.touch(),
+            // Larger than the client accepts: dropped, as a too-large datagram would be.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                debug!(%from, "udp datagram of {n} bytes too large for the tunnel, dropped");
+            }
+            Err(e) => return Err(RelayError::Io(e)),
+        }
+    }
+}
+
 /// Whether a UDP relay request names a real destination rather than "anywhere" (`0.0.0.0:0`
 /// or any unspecified address / port 0).
 fn names_destination(hint: &TargetAddr) -> bool {
@@ -187,24 +320,45 @@ async fn uplink<R: AsyncRead + Unpin>(
     let mut names = HashMap::new();
     let mut refusals = Refusals::default();
     while let Some((target, payload)) = read_udp_frame(&mut reader, &mut buf).await? {
-        let resolved = destination(&target, policy, resolve_timeout, &mut names, shared).await;
-        let dest = match resolved {
-            Ok(Some(dest)) => dest,
-            Ok(None) => continue,
-            Err(e) => {
-                refusals.log(&target, &e);
-                continue;
-            }
-        };
-        if let Some(socket) = shared.sockets.for_addr(&dest) {
-            shared.remember_peer(dest);
-            if let Err(e) = socket.send_to(payload, dest).await {
-                debug!(%dest, "udp send failed: {e}");
-            }
-            shared.touch();
-        }
+        send_out(
+            &target,
+            payload,
+            shared,
+            policy,
+            resolve_timeout,
+            &mut names,
+            &mut refusals,
+        )
+        .await;
     }
     Ok(())
+}
+
+/// Sends one datagram from the client to its destination, if the policy allows it.
+async fn send_out(
+    target: &TargetAddr,
+    payload: &[u8],
+    shared: &Shared,
+    policy: &TargetPolicy,
+    resolve_timeout: Duration,
+    names: &mut HashMap<TargetAddr, SocketAddr>,
+    refusals: &mut Refusals,
+) {
+    let dest = match destination(target, policy, resolve_timeout, names, shared).await {
+        Ok(Some(dest)) => dest,
+        Ok(None) => return,
+        Err(e) => {
+            refusals.log(target, &e);
+            return;
+        }
+    };
+    if let Some(socket) = shared.sockets.for_addr(&dest) {
+        shared.remember_peer(dest);
+        if let Err(e) = socket.send_to(payload, dest).await {
+            debug!(%dest, "udp send failed: {e}");
+        }
+        shared.touch();
+    }
 }
 
 /// Which refused destinations a relay has logged at INFO.

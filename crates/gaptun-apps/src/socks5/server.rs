@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::{debug, info, warn};
 
@@ -18,8 +18,9 @@ use crate::addr::TargetAddr;
 use crate::client::{DEFAULT_REPLY_TIMEOUT, request_stream};
 use crate::policy::canonical_ip;
 use crate::pump;
-use crate::request::{Command, ReplyCode, TunnelRequest, encode_udp_frame, read_udp_frame};
+use crate::request::{Command, ReplyCode, TunnelRequest};
 use crate::tunnel::StreamOpener;
+use crate::udp_tunnel::{UdpDown, UdpTunnel, UdpUp, open_udp};
 
 /// Largest UDP datagram accepted from a SOCKS client.
 const MAX_DATAGRAM: usize = 65535;
@@ -213,12 +214,15 @@ async fn udp_associate<O: StreamOpener>(
             return Err(e.into());
         }
     };
-    let request = TunnelRequest {
-        command: Command::UdpRelay,
-        target: TargetAddr::unspecified(),
+    let opened = match open_udp(opener, TargetAddr::unspecified()).await {
+        Ok(mut tunnel) => tunnel
+            .await_reply(config.reply_timeout)
+            .await
+            .map(|_| tunnel),
+        Err(e) => Err(e),
     };
-    let stream = match request_stream(opener, &request, config.reply_timeout).await {
-        Ok((stream, _)) => stream,
+    let tunnel = match opened {
+        Ok(tunnel) => tunnel,
         Err(e) => {
             if e.is_refusal() {
                 info!(%peer, "socks5 UDP ASSOCIATE refused: {e}");
@@ -230,7 +234,8 @@ async fn udp_associate<O: StreamOpener>(
     let bound = TargetAddr::Ip(udp.local_addr()?);
     write_reply(&mut tcp, ReplyCode::Succeeded, &bound).await?;
     let client = ClientFilter::new(peer.ip(), &hint);
-    run_association(tcp, udp, stream, client).await
+    debug!(%peer, datagrams = tunnel.uses_datagrams(), "socks5 udp association");
+    run_association(tcp, udp, tunnel, client).await
 }
 
 /// Which source may use an association, and where replies go.
@@ -280,30 +285,29 @@ impl ClientFilter {
 async fn run_association<S>(
     mut tcp: TcpStream,
     udp: UdpSocket,
-    stream: S,
+    tunnel: UdpTunnel<S>,
     client: ClientFilter,
 ) -> Result<(), SocksError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (tunnel_read, mut tunnel_write) = tokio::io::split(stream);
+    let (mut up, down) = tunnel.split();
     let result = tokio::select! {
-        r = client_to_tunnel(&udp, &mut tunnel_write, &client) => r,
-        r = tunnel_to_client(tunnel_read, &udp, &client) => r,
+        r = client_to_tunnel(&udp, &mut up, &client) => r,
+        r = tunnel_to_client(down, &udp, &client) => r,
         r = wait_for_close(&mut tcp) => r,
     };
-    let _ = tunnel_write.shutdown().await;
+    up.shutdown().await;
     result
 }
 
-/// Datagrams from the SOCKS client, unwrapped and framed onto the tunnel stream.
+/// Datagrams from the SOCKS client, unwrapped and sent through the tunnel.
 async fn client_to_tunnel<S: tokio::io::AsyncWrite>(
     udp: &UdpSocket,
-    tunnel: &mut WriteHalf<S>,
+    tunnel: &mut UdpUp<S>,
     client: &ClientFilter,
 ) -> Result<(), SocksError> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut frame = Vec::with_capacity(MAX_DATAGRAM + 8);
     loop {
         let (n, from) = match udp.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -323,12 +327,7 @@ async fn client_to_tunnel<S: tokio::io::AsyncWrite>(
                 continue;
             }
         };
-        frame.clear();
-        if encode_udp_frame(&target, payload, &mut frame).is_err() {
-            continue;
-        }
-        tunnel.write_all(&frame).await?;
-        tunnel.flush().await?;
+        tunnel.send(&target, payload).await?;
     }
 }
 
@@ -341,20 +340,16 @@ fn is_icmp_echo_error(e: &io::Error) -> bool {
 
 /// Datagrams from the tunnel, wrapped in a SOCKS UDP header and sent to the client.
 async fn tunnel_to_client<S: tokio::io::AsyncRead>(
-    mut tunnel: ReadHalf<S>,
+    mut tunnel: UdpDown<S>,
     udp: &UdpSocket,
     client: &ClientFilter,
 ) -> Result<(), SocksError> {
-    let mut buf = Vec::with_capacity(MAX_DATAGRAM);
     let mut datagram = Vec::with_capacity(MAX_DATAGRAM + 32);
-    while let Some((source, payload)) = read_udp_frame(&mut tunnel, &mut buf)
-        .await
-        .map_err(tunnel_err)?
-    {
+    while let Some((source, payload)) = tunnel.recv().await.map_err(tunnel_err)? {
         let Some(to) = client.client() else {
             continue;
         };
-        codec::encode_udp_datagram(&source, payload, &mut datagram);
+        codec::encode_udp_datagram(&source, &payload, &mut datagram);
         if let Err(e) = udp.send_to(&datagram, to).await {
             debug!(%to, "udp send to client failed: {e}");
         }

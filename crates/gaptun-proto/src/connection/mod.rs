@@ -6,6 +6,7 @@
 //! [`Connection::poll`]. Application commands (streams, close, window) can come at any time.
 
 mod ack;
+mod datagram;
 mod fec;
 #[cfg(feature = "fuzzing")]
 mod fuzz_hook;
@@ -36,6 +37,8 @@ use crate::shared::{PathAddr, Side, StreamId};
 use crate::streams::{ReadError, StreamEvent, StreamLimits, Streams, WriteError};
 
 use ack::AckState;
+use datagram::Datagrams;
+pub use datagram::{DatagramStats, SendDatagramError};
 use mtu::MtuDiscovery;
 pub use multipath::PathInfo;
 use multipath::PathSet;
@@ -50,6 +53,8 @@ pub enum Event {
     Connected,
     /// A stream event.
     Stream(StreamEvent),
+    /// Datagrams arrived while none were waiting: [`Connection::recv_datagram`] has some.
+    DatagramsReadable,
     /// The connection ended; no more events follow.
     ConnectionLost(ConnectionError),
 }
@@ -161,6 +166,9 @@ pub struct ConnectionStats {
     /// Rebuilt packets that failed authentication (a wrong or forged shard); also counted in
     /// `dropped_auth`.
     pub fec_rebuilt_failed: u64,
+    /// Unreliable datagrams: sent, received, dropped (queues full, reassembly failed), and
+    /// frames lost with their packets.
+    pub datagrams: DatagramStats,
 }
 
 /// Transport error codes carried in CLOSE frames (see `docs/protocol.md`).
@@ -324,6 +332,7 @@ pub struct Connection {
     pacer: Pacer,
 
     streams: Streams,
+    datagrams: Datagrams,
     receive_window: u64,
     timers: TimerTable,
     events: VecDeque<Event>,
@@ -397,6 +406,7 @@ impl Connection {
             delivery: DeliveryRate::new(now),
             pacer: Pacer::new(now, mtu),
             streams,
+            datagrams: Datagrams::new(config.datagram_buffer, config.max_datagram_size),
             receive_window: config.receive_window,
             timers: TimerTable::default(),
             events: VecDeque::new(),
@@ -517,6 +527,7 @@ impl Connection {
             max_udp_payload: self.config.max_udp_payload,
             ciphers,
             fec: self.config.fec.accepts_parity(),
+            max_datagram_size: self.config.max_datagram_size,
         }
     }
 
@@ -833,6 +844,45 @@ impl Connection {
         self.streams.stop(id, error_code)
     }
 
+    /// Largest datagram [`Connection::send_datagram`] takes now: `None` until the handshake
+    /// completes and when the peer did not offer datagrams.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        let peer = self.peer_params.as_ref()?.max_datagram_size;
+        (peer > 0).then(|| self.datagrams.max_outgoing(peer))
+    }
+
+    /// Queues an unreliable datagram. It is sent within the congestion window, split over
+    /// several packets if it does not fit in one, and never sent again if lost. When more than
+    /// `TransportConfig::datagram_buffer` bytes wait, the oldest queued datagrams are dropped
+    /// (counted in `ConnectionStats::datagrams`).
+    pub fn send_datagram(&mut self, data: Vec<u8>) -> Result<(), SendDatagramError> {
+        if self.state != State::Established {
+            return Err(SendDatagramError::NotConnected);
+        }
+        let max = self
+            .max_datagram_size()
+            .ok_or(SendDatagramError::Unsupported)?;
+        if data.len() > max {
+            return Err(SendDatagramError::TooLarge {
+                len: data.len(),
+                max,
+            });
+        }
+        self.datagrams.push(data);
+        Ok(())
+    }
+
+    /// The oldest received datagram not yet read.
+    pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
+        self.datagrams.recv()
+    }
+
+    /// Bytes the connection holds in datagram queues and reassembly now (each bounded by
+    /// `TransportConfig::datagram_buffer`).
+    pub fn datagram_buffered_bytes(&self) -> usize {
+        self.datagrams.buffered_bytes()
+    }
+
     /// Closes the connection: a CLOSE frame is sent, then the connection drains.
     pub fn close(&mut self, now: Instant, error_code: u64, reason: &[u8]) {
         if matches!(
@@ -896,6 +946,7 @@ impl Connection {
         s.mtu_probes_acked = self.pmtu.stats.probes_acked;
         s.mtu_probes_lost = self.pmtu.stats.probes_lost;
         s.mtu_black_holes = self.pmtu.stats.black_holes;
+        s.datagrams = self.datagrams.stats;
         s
     }
 

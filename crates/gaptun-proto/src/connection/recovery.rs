@@ -40,6 +40,8 @@ pub(super) struct SentPacket {
     pub(super) mtu_probe: bool,
     /// The path it went out on: its fate is that path's health (client, several paths).
     pub(super) path: crate::shared::PathAddr,
+    /// DATAGRAM frames carried: counted when lost, never sent again.
+    pub(super) datagram_frames: u32,
 }
 
 impl Connection {
@@ -82,6 +84,7 @@ impl Connection {
         }
         self.stats.packets_ack_eliciting_sent += 1;
         self.unanswered_since.get_or_insert(now);
+        let datagram_frames = self.datagrams.take_frames_in_packet();
         let stream_bytes: u64 = frames.stream.iter().map(|s| s.len).sum();
         self.stats.stream_bytes_sent += stream_bytes;
         let rate = self.delivery.on_sent(now, self.in_flight);
@@ -98,6 +101,7 @@ impl Connection {
             copied: false,
             mtu_probe,
             path: self.path.addr,
+            datagram_frames,
         };
         if !mtu_probe {
             self.paths.on_sent(self.path.addr, now);
@@ -235,6 +239,7 @@ impl Connection {
             self.stats.packets_lost += 1;
             self.stats.bytes_lost += u64::from(p.size);
             self.stats.stream_bytes_lost += p.stream_bytes;
+            self.datagrams.stats.frames_lost += u64::from(p.datagram_frames);
             self.recently_lost.insert(pn);
             if self.recently_lost.len() > RECENTLY_LOST_MAX {
                 self.recently_lost.pop_first();

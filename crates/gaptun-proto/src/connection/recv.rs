@@ -13,6 +13,9 @@ use crate::streams::StreamsError;
 /// estimating the loss rate from arrivals.
 const UNCOPIED_MIN_LEN: usize = 1000;
 
+/// Shortest time a partly received datagram waits for its missing pieces, whatever the RTT.
+const MIN_REASSEMBLY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Connection {
     /// A datagram for this connection arrived on path `from` (our carrier, the peer's address).
     pub fn handle_datagram(&mut self, now: Instant, from: PathAddr, data: &mut [u8]) {
@@ -206,6 +209,20 @@ impl Connection {
             Frame::PathChallenge(data) => self.path_response = Some((data, from)),
             Frame::PathResponse(data) => self.on_path_response(data),
             Frame::FecParity(parity) => self.on_parity_frame(&parity),
+            Frame::Datagram(d) => {
+                // Pieces of one datagram leave back to back, at most a window apart: one
+                // still missing after three RTTs was lost.
+                let timeout = (self.rtt.get() * 3).max(MIN_REASSEMBLY_TIMEOUT);
+                match self.datagrams.on_frame(now, &d, timeout) {
+                    Ok(true) => self.events.push_back(super::Event::DatagramsReadable),
+                    Ok(false) => {}
+                    Err(e) => self.fail(
+                        now,
+                        error_code::PROTOCOL_VIOLATION,
+                        ConnectionError::ProtocolViolation(e.to_string()),
+                    ),
+                }
+            }
             Frame::Close(close) => {
                 let reason = String::from_utf8_lossy(close.reason).into_owned();
                 let error = ConnectionError::ClosedByPeer {

@@ -19,6 +19,9 @@ const DUPLICATE_MAX_IN_FLIGHT: u64 = 4;
 /// Three copies bring 5 % loss down to one exchange in 8 000.
 const THIRD_COPY_LOSS_RATE: f64 = 0.02;
 
+/// Full-size packets that may be in flight (counting the next one) before the pacer applies.
+const UNPACED_IN_FLIGHT: u64 = 4;
+
 /// Bytes of anti-amplification budget kept back for repeating a PATH_CHALLENGE: one small
 /// packet (header, tag, the challenge, an ACK).
 const CHALLENGE_RESERVE: u64 = 96;
@@ -204,7 +207,7 @@ impl Connection {
             || self.probes > 0
             || self.rto_count > 0
             || self.keys.is_none()
-            || !self.streams.has_pending_data()
+            || !(self.streams.has_pending_data() || self.datagrams.has_pending())
         {
             return None;
         }
@@ -282,6 +285,12 @@ impl Connection {
         if self.in_flight + mtu as u64 > self.cc.window() {
             return Allowance::AckOnly;
         }
+        if self.in_flight + mtu as u64 <= UNPACED_IN_FLIGHT * self.mtu() as u64 {
+            // Next to nothing in flight: no burst to spread. An app-limited flow (voice, games,
+            // a UDP echo) is what the rate estimate measured, so pacing at that estimate (or
+            // below it, in a drain phase) would hold its own packets back by tens of ms.
+            return Allowance::Full;
+        }
         let rate = self.pacing_rate();
         match self.pacer.delay(now, mtu as u64, rate) {
             None => Allowance::Full,
@@ -312,7 +321,7 @@ impl Connection {
     fn write_packet(&mut self, now: Instant, buf: &mut Vec<u8>, budget: usize) -> bool {
         let allowance = self.allowance(now, budget);
         let ack_due = self.ack.ack_needed && self.ack.immediate;
-        let has_data = self.streams.has_pending();
+        let has_data = self.streams.has_pending() || self.datagrams.has_pending();
         let wants_eliciting = has_data
             || self.ping_pending
             || self.probes > 0
@@ -355,7 +364,8 @@ impl Connection {
         let mut sent = SentFrames::default();
         let mut eliciting = false;
         if allowance == Allowance::Full {
-            eliciting = self.write_eliciting_frames(now, buf, limit, &mut sent);
+            let packet_room = limit.saturating_sub(start + packet::HEADER_LEN);
+            eliciting = self.write_eliciting_frames(now, buf, limit, packet_room, &mut sent);
         } else if let Some((data, _)) = self.path_response.take() {
             Frame::PathResponse(data).encode(buf);
             eliciting = true;
@@ -381,12 +391,15 @@ impl Connection {
         true
     }
 
-    /// Path frames, stream control frames, then stream data. Returns whether any was written.
+    /// Path frames, stream control frames, datagrams, then stream data. Returns whether any was
+    /// written. Datagrams go before stream data: whoever chose them did so for latency, and
+    /// the congestion window bounds what they can take.
     fn write_eliciting_frames(
         &mut self,
         now: Instant,
         buf: &mut Vec<u8>,
         limit: usize,
+        packet_room: usize,
         sent: &mut SentFrames,
     ) -> bool {
         let before = buf.len();
@@ -403,6 +416,7 @@ impl Connection {
             self.path.challenge_pending = false;
         }
         self.streams.write_control(buf, limit, sent);
+        self.datagrams.write(buf, limit, packet_room);
         self.streams.write_stream_data(buf, limit, sent);
         if buf.len() == before && (self.ping_pending || self.probes > 0) {
             Frame::Ping.encode(buf);

@@ -45,6 +45,9 @@ pub struct TransportParams {
     pub ciphers: Vec<CipherSuite>,
     /// The sender accepts FEC parity (FEC_PARITY frames); without it none is sent to it.
     pub fec: bool,
+    /// Largest unreliable datagram (reassembled payload bytes) the sender accepts; 0: it takes
+    /// none, and must never be sent one.
+    pub max_datagram_size: u32,
 }
 
 /// Why a handshake datagram was refused. All of these lead to a silent drop on the server.
@@ -424,6 +427,7 @@ mod tests {
             max_udp_payload: 1350,
             ciphers,
             fec: true,
+            max_datagram_size: 65_535,
         }
     }
 

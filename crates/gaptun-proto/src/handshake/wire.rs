@@ -185,7 +185,9 @@ const MAX_CIPHERS: usize = u8::MAX as usize;
 
 impl TransportParams {
     /// Appends the fixed-width encoding: max_data, max_stream_data, max_streams,
-    /// idle_timeout_ms (u64 BE each), max_udp_payload (u16 BE), cipher count (u8), cipher codes.
+    /// idle_timeout_ms (u64 BE each), max_udp_payload (u16 BE), cipher count (u8), cipher codes,
+    /// max_datagram_size (u32 BE). The last field came later: a peer that predates it stops
+    /// after the cipher codes, which reads as 0 (no datagrams).
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         for v in [
             self.max_data,
@@ -200,6 +202,7 @@ impl TransportParams {
         out.push(ciphers.len() as u8);
         out.extend(ciphers.iter().map(|c| c.code()));
         out.push(u8::from(self.fec) * FLAG_FEC);
+        out.extend_from_slice(&self.max_datagram_size.to_be_bytes());
     }
 
     /// Reads what [`TransportParams::encode`] wrote. Unknown cipher codes are skipped, so a
@@ -218,6 +221,8 @@ impl TransportParams {
             .collect();
         // The flags byte came later: a peer that does not send it has none of the features.
         let flags = r.u8().unwrap_or(0);
+        // Absent (an older peer): no datagram support.
+        let max_datagram_size = r.array().map_or(0, u32::from_be_bytes);
         Some(Self {
             max_data,
             max_stream_data,
@@ -226,6 +231,7 @@ impl TransportParams {
             max_udp_payload,
             ciphers,
             fec: flags & FLAG_FEC != 0,
+            max_datagram_size,
         })
     }
 }
@@ -282,6 +288,7 @@ mod tests {
             max_udp_payload: 1350,
             ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
             fec: true,
+            max_datagram_size: 65_535,
         }
     }
 
@@ -290,16 +297,35 @@ mod tests {
         let p = params();
         let mut out = Vec::new();
         p.encode(&mut out);
-        assert_eq!(out.len(), 8 * 4 + 2 + 1 + 2 + 1);
-        assert_eq!(&out[32..], &[0x05, 0x46, 2, 2, 1, FLAG_FEC]);
+        assert_eq!(out.len(), 8 * 4 + 2 + 1 + 2 + 1 + 4);
+        assert_eq!(
+            &out[32..],
+            &[0x05, 0x46, 2, 2, 1, FLAG_FEC, 0, 0, 0xff, 0xff]
+        );
         assert_eq!(
             TransportParams::decode(&mut Reader::new(&out)),
             Some(p.clone())
         );
-        // A peer from before the flags byte: no FEC.
-        let old = TransportParams::decode(&mut Reader::new(&out[..out.len() - 1]));
-        assert_eq!(old, Some(TransportParams { fec: false, ..p }));
-        for len in 0..out.len() - 1 {
+        // A peer from before the datagram field: no datagrams.
+        let no_datagrams = TransportParams::decode(&mut Reader::new(&out[..out.len() - 4]));
+        assert_eq!(
+            no_datagrams,
+            Some(TransportParams {
+                max_datagram_size: 0,
+                ..p.clone()
+            })
+        );
+        // A peer from before the flags byte: no FEC and no datagrams.
+        let old = TransportParams::decode(&mut Reader::new(&out[..out.len() - 5]));
+        assert_eq!(
+            old,
+            Some(TransportParams {
+                fec: false,
+                max_datagram_size: 0,
+                ..p
+            })
+        );
+        for len in 0..out.len() - 5 {
             assert_eq!(
                 TransportParams::decode(&mut Reader::new(&out[..len])),
                 None,
@@ -316,9 +342,10 @@ mod tests {
             ..params()
         }
         .encode(&mut out);
-        // Drop the flags byte and the empty count; three codes instead, then the flags.
-        out.truncate(out.len() - 2);
-        out.extend_from_slice(&[3, 9, 2, 0, 0]);
+        // Drop the empty count, the flags byte and the datagram size; three codes instead, then
+        // the flags and the size.
+        out.truncate(out.len() - 6);
+        out.extend_from_slice(&[3, 9, 2, 0, 0, 0, 0, 0, 0]);
         let p = TransportParams::decode(&mut Reader::new(&out)).unwrap();
         assert_eq!(p.ciphers, vec![CipherSuite::ChaCha20Poly1305]);
     }
@@ -337,8 +364,8 @@ mod tests {
             decode_response_payload(&resp),
             Some((cid, Some(CipherSuite::Aes256Gcm), p))
         );
-        // Everything but the optional flags byte is required.
-        for len in 0..init.len() - 1 {
+        // Everything but the optional flags byte and datagram size is required.
+        for len in 0..init.len() - 5 {
             assert_eq!(decode_initial_payload(&init[..len]), None);
         }
     }
