@@ -24,9 +24,10 @@ mod stream;
 mod udp;
 
 pub use connection::RtConnection;
-pub use endpoint::{ConnectionInfo, RtEndpoint};
+pub use endpoint::{ConnectionInfo, EndpointSnapshot, RtEndpoint};
 pub use error::{ConnectError, RtError};
 pub use pool::{Backoff, ClientPool, PoolConfig};
+pub use state::SNAPSHOT_INTERVAL;
 pub use stream::{ABANDONED, RtStream};
 
 /// The protocol core, re-exported so users need only this crate for configuration types.
