@@ -242,6 +242,17 @@ impl RtEndpoint {
         self.shared().snapshot.borrow().clone()
     }
 
+    /// Reads the figures now (taking the lock once, like any handle operation) and publishes
+    /// them as the latest snapshot: for a display that must show what was just done.
+    pub fn refresh_snapshot(&self) -> Arc<EndpointSnapshot> {
+        let snap = {
+            let mut state = self.shared().lock();
+            Arc::new(EndpointSnapshot::read(&mut state, Instant::now()))
+        };
+        self.shared().snapshot.send_replace(Arc::clone(&snap));
+        snap
+    }
+
     /// A receiver of the driver's snapshots: changes every [`crate::SNAPSHOT_INTERVAL`].
     pub fn watch_snapshot(&self) -> tokio::sync::watch::Receiver<Arc<EndpointSnapshot>> {
         self.shared().snapshot.subscribe()

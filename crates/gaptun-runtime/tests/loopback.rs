@@ -339,7 +339,10 @@ async fn snapshot_is_published_by_the_driver() {
         assert!(c.stats.bytes_received >= 200_000, "{:?}", c.stats);
         let first = cli.snapshot().taken;
         tokio::time::sleep(gaptun_runtime::SNAPSHOT_INTERVAL * 3).await;
-        assert!(cli.snapshot().taken > first, "idle endpoint's snapshot renewed");
+        assert!(
+            cli.snapshot().taken > first,
+            "idle endpoint's snapshot renewed"
+        );
     })
     .await
     .unwrap();
