@@ -51,6 +51,40 @@ pub struct User {
     pub rate_limit: Option<u32>,
 }
 
+/// The HTTP dashboard (`--dashboard`): where it listens and the credentials it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DashboardSettings {
+    pub listen: SocketAddr,
+    /// Username and password for HTTP basic auth; `None`: open to whoever reaches it.
+    pub auth: Option<(String, String)>,
+}
+
+/// The dashboard settings of either daemon; a user without a password (or the other way
+/// round) is an error, as for SOCKS5.
+fn dashboard(common: &CommonOptions) -> Result<Option<DashboardSettings>> {
+    let auth = match (&common.dashboard_user, &common.dashboard_password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "a dashboard user is set (--dashboard-user or dashboard_user) but no password: set \
+             --dashboard-password, GAPTUN_DASHBOARD_PASSWORD or dashboard_password"
+        ),
+        (None, Some(_)) => {
+            bail!("a dashboard password is set but no user: set --dashboard-user or dashboard_user")
+        }
+    };
+    if auth
+        .as_ref()
+        .is_some_and(|(u, p)| u.is_empty() || p.is_empty() || u.contains(':'))
+    {
+        bail!("the dashboard user must be non-empty without `:`, and the password non-empty");
+    }
+    Ok(common.dashboard.map(|listen| DashboardSettings {
+        listen: listen.0,
+        auth,
+    }))
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
@@ -65,6 +99,7 @@ pub struct ServerSettings {
     /// Where exposed ports listen.
     pub expose_bind: IpAddr,
     pub control: PathBuf,
+    pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
 }
 
@@ -80,6 +115,7 @@ pub struct ClientSettings {
     pub exposes: Vec<ExposeSpec>,
     pub conns: usize,
     pub control: PathBuf,
+    pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
 }
 
@@ -137,6 +173,7 @@ pub fn server(
         expose_bind: own
             .expose_bind
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        dashboard: dashboard(&common)?,
         control: common
             .control
             .unwrap_or_else(|| default_socket_path(Role::Server)),
@@ -278,6 +315,7 @@ pub fn client(
         forwards,
         exposes,
         conns: own.conns.map_or(1, |c| usize::from(c.0)),
+        dashboard: dashboard(&common)?,
         control: common
             .control
             .unwrap_or_else(|| default_socket_path(Role::Client)),
