@@ -6,6 +6,13 @@
 #   curl            the end-to-end tests download through the SOCKS5 port with it (needed)
 #   iperf3, kcptun  the daemon benchmark (scripts/bench-daemon.sh) compares against kcptun
 #                   (optional: the tests do not need them)
+#   prometheus      `promtool check metrics` on the dashboard's /metrics (the test skips the
+#                   check, saying so, without it)
+#   chromium, chromium-driver
+#                   the dashboard's browser test (headless, in a network namespace with only
+#                   loopback; skipped, saying so, without them)
+#   iproute2, util-linux
+#                   `ip` and `unshare` for that namespace
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -15,7 +22,7 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 REQUIRED=(curl ca-certificates)
-OPTIONAL=(iperf3 kcptun)
+OPTIONAL=(iperf3 kcptun prometheus chromium chromium-driver iproute2 util-linux)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
