@@ -159,11 +159,33 @@ async fn run(rounds: usize, window: Duration) {
         "mean goodput: scraped {a:.1} Mbit/s, not scraped {b:.1} Mbit/s, change {:+.2} %",
         (a - b) * 100.0 / b
     );
-    let s = collector.refresh();
+    // The work itself, timed in a loop: what one second of stats costs with 200 connections
+    // (the driver's four snapshots, one collection, one /api/stats and one /metrics), in CPU
+    // time of this thread (wall time on a shared machine counts the others' turns too).
+    const N: u32 = 200;
+    let cpu = || {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+        Duration::from(t)
+    };
+    let t = cpu();
+    for _ in 0..N {
+        let _ = server.refresh_snapshot();
+    }
+    let snapshot = (cpu() - t) / N;
+    let t = cpu();
+    let mut json_len = 0;
+    let mut metrics_len = 0;
+    for _ in 0..N {
+        let s = collector.refresh();
+        json_len = serde_json::to_string(&*s).unwrap().len();
+        metrics_len = gaptun_stats::prom::render(&s).unwrap().len();
+    }
+    let collect = (cpu() - t) / N;
+    let per_second = snapshot * 4 + collect;
     println!(
-        "snapshot: {} connections, /api/stats {} bytes",
-        s.connections.len(),
-        serde_json::to_string(&*s).unwrap().len()
+        "stats work: driver snapshot {snapshot:?} (4 a second), collect + /api/stats ({json_len} B) + \
+         /metrics ({metrics_len} B) {collect:?}: {per_second:?} per second = {:.3} % of one core (CPU time)",
+        per_second.as_secs_f64() * 100.0
     );
     drop(idle_streams);
     client.close(0, b"");
