@@ -433,6 +433,52 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_needs_user_and_password_together() {
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY]).unwrap();
+        assert_eq!(c.dashboard, None, "off by default");
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--dashboard", "7500"]).unwrap();
+        assert_eq!(
+            c.dashboard,
+            Some(DashboardSettings {
+                listen: "127.0.0.1:7500".parse().unwrap(),
+                auth: None
+            })
+        );
+        let path = temp_file(
+            "dash.toml",
+            "dashboard = \"0.0.0.0:7500\"\ndashboard_password = \"pw\"\n",
+        );
+        let (s, _) = server_of(&[
+            "--key",
+            KEY,
+            "--config",
+            path.to_str().unwrap(),
+            "--dashboard-user",
+            "admin",
+        ])
+        .unwrap();
+        let d = s.dashboard.unwrap();
+        assert_eq!(d.listen, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!(d.auth, Some(("admin".into(), "pw".into())));
+        let e = server_of(&[
+            "--key",
+            KEY,
+            "--dashboard",
+            "7500",
+            "--dashboard-user",
+            "admin",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().starts_with("a dashboard user is set"), "{e}");
+        let e = server_of(&["--key", KEY, "--dashboard-password", "pw"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("a dashboard password is set but no user"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_apply_without_file_or_flags() {
         let (c, log) = client_of(&["--server", "h:1", "--key", KEY]).unwrap();
         assert_eq!(c.socks, Some("127.0.0.1:1080".parse().unwrap()));
