@@ -9,6 +9,12 @@
 #   socat           the port-range test in network namespaces (crates/gaptun/tests/ports_netns.rs)
 #   iperf3, kcptun  the daemon benchmark (scripts/bench-daemon.sh) compares against kcptun, and
 #                   scripts/faketcp-bench.sh runs kcptun over fake TCP (optional for the tests)
+#   prometheus      `promtool check metrics` on the dashboard's /metrics (the test skips the
+#                   check, saying so, without it)
+#   chromium, chromium-driver
+#                   the dashboard's browser test (headless, in a network namespace with only
+#                   loopback; skipped, saying so, without them)
+#   util-linux      `unshare` for that namespace
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -18,7 +24,7 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 REQUIRED=(curl ca-certificates nftables iproute2 socat)
-OPTIONAL=(iperf3 kcptun)
+OPTIONAL=(iperf3 kcptun prometheus chromium chromium-driver util-linux)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

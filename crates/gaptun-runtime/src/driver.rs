@@ -14,9 +14,10 @@ use gaptun_proto::{CarrierId, Event, StreamEvent, Transmit};
 use tracing::{debug, trace, warn};
 
 use crate::carrier::{self, Carrier, CarrierTransmit, RecvBuffers};
+use crate::endpoint::EndpointSnapshot;
 use crate::error::RtError;
 use crate::replay_state::ReplayStore;
-use crate::state::{ConnState, MAX_PENDING_ACCEPTS, Shared, State, wake_all};
+use crate::state::{ConnState, MAX_PENDING_ACCEPTS, SNAPSHOT_INTERVAL, Shared, State, wake_all};
 
 /// Receive batches handled before the driver turns to sending, so a flood of incoming datagrams
 /// cannot starve our own transmissions (ACKs above all).
@@ -54,6 +55,8 @@ pub(crate) struct Driver {
     store_failing: bool,
     /// When dropped Initials are reported next.
     next_limit_report: Instant,
+    /// When the next [`EndpointSnapshot`] is due.
+    next_snapshot: Instant,
 }
 
 /// One carrier the driver polls.
@@ -104,6 +107,7 @@ impl Driver {
             store,
             store_failing: false,
             next_limit_report: Instant::now() + LIMIT_REPORT_INTERVAL,
+            next_snapshot: Instant::now() + SNAPSHOT_INTERVAL,
         };
         driver.sync_carriers();
         driver
@@ -269,6 +273,7 @@ impl Driver {
             dispatch_events(&mut state, &mut wakers);
             self.persist_replay_state(&mut state);
             self.report_limits(&mut state, now);
+            self.publish_snapshot(&mut state, now);
             let more_to_send = self.collect_transmits(&mut state, now);
             // Sending can make streams writable again (their unsent data went out).
             dispatch_events(&mut state, &mut wakers);
@@ -284,6 +289,8 @@ impl Driver {
                 (Some(t), Some(l)) => Some(t.min(l)),
                 (t, l) => t.or(l),
             };
+            // Wake up for the next snapshot too, so that an idle endpoint's stay fresh.
+            let timeout = Some(timeout.map_or(self.next_snapshot, |t| t.min(self.next_snapshot)));
             Step {
                 more_to_send,
                 timeout,
@@ -292,6 +299,18 @@ impl Driver {
         };
         wake_all(wakers);
         step
+    }
+
+    /// Publishes the figures when the interval has passed: one read of the state the driver
+    /// already holds locked, so readers of the snapshot never contend with the data path.
+    fn publish_snapshot(&mut self, state: &mut State, now: Instant) {
+        if now < self.next_snapshot {
+            return;
+        }
+        self.next_snapshot = now + SNAPSHOT_INTERVAL;
+        self.shared
+            .snapshot
+            .send_replace(Arc::new(EndpointSnapshot::read(state, now)));
     }
 
     /// Appends the handshakes accepted since the last step to the state file, before their

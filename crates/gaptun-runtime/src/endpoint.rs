@@ -35,6 +35,49 @@ pub struct ConnectionInfo {
     pub stats: ConnectionStats,
     /// Which of the endpoint's keys the connection uses (a server names the user by it).
     pub key_index: usize,
+    /// What carries the connection's packets: `"udp"` (the only carrier so far).
+    pub carrier: &'static str,
+}
+
+/// The endpoint's figures at one moment, published by the driver (see
+/// [`RtEndpoint::watch_snapshot`]) so that readers such as a stats page never take the lock
+/// the data path works under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSnapshot {
+    /// When the figures were read.
+    pub taken: Instant,
+    /// Endpoint-wide counters.
+    pub endpoint: EndpointStats,
+    /// Every live connection, in handle order.
+    pub connections: Vec<ConnectionInfo>,
+}
+
+impl EndpointSnapshot {
+    /// Reads the figures out of the locked state.
+    pub(crate) fn read(state: &mut crate::state::State, now: Instant) -> Self {
+        let mut handles = state.endpoint.handles();
+        handles.sort();
+        let connections = handles
+            .into_iter()
+            .filter_map(|handle| {
+                let conn = state.endpoint.connection(handle)?;
+                Some(ConnectionInfo {
+                    handle,
+                    remote: conn.remote_address(),
+                    established: conn.is_established(),
+                    age: conn.age(now),
+                    stats: conn.stats(),
+                    key_index: conn.key_index(),
+                    carrier: "udp",
+                })
+            })
+            .collect();
+        Self {
+            taken: now,
+            endpoint: state.endpoint.stats(),
+            connections,
+        }
+    }
 }
 
 /// A gaptun endpoint bound to a UDP socket: a client (connects), a server (accepts), or both.
@@ -264,26 +307,32 @@ impl RtEndpoint {
         self.shared().lock().endpoint.stats()
     }
 
-    /// Figures of every live connection, in handle order.
+    /// Figures of every live connection, in handle order, read now (under the lock).
     pub fn connection_stats(&self) -> Vec<ConnectionInfo> {
         let mut state = self.shared().lock();
-        let mut handles = state.endpoint.handles();
-        handles.sort();
-        let now = Instant::now();
-        handles
-            .into_iter()
-            .filter_map(|handle| {
-                let conn = state.endpoint.connection(handle)?;
-                Some(ConnectionInfo {
-                    handle,
-                    remote: conn.remote_address(),
-                    established: conn.is_established(),
-                    age: conn.age(now),
-                    stats: conn.stats(),
-                    key_index: conn.key_index(),
-                })
-            })
-            .collect()
+        EndpointSnapshot::read(&mut state, Instant::now()).connections
+    }
+
+    /// The figures the driver published last (at most [`crate::SNAPSHOT_INTERVAL`] old while the
+    /// endpoint runs), read without touching the lock of the data path.
+    pub fn snapshot(&self) -> Arc<EndpointSnapshot> {
+        self.shared().snapshot.borrow().clone()
+    }
+
+    /// Reads the figures now (taking the lock once, like any handle operation) and publishes
+    /// them as the latest snapshot: for a display that must show what was just done.
+    pub fn refresh_snapshot(&self) -> Arc<EndpointSnapshot> {
+        let snap = {
+            let mut state = self.shared().lock();
+            Arc::new(EndpointSnapshot::read(&mut state, Instant::now()))
+        };
+        self.shared().snapshot.send_replace(Arc::clone(&snap));
+        snap
+    }
+
+    /// A receiver of the driver's snapshots: changes every [`crate::SNAPSHOT_INTERVAL`].
+    pub fn watch_snapshot(&self) -> tokio::sync::watch::Receiver<Arc<EndpointSnapshot>> {
+        self.shared().snapshot.subscribe()
     }
 
     /// Closes every connection with `code` and `reason` (sent to the peers) and stops taking new

@@ -28,10 +28,11 @@ mod stream;
 pub use carrier::{Carrier, CarrierTransmit, RecvMeta, UdpCarrier};
 pub use connection::RtConnection;
 pub use datagram::RtDatagrams;
-pub use endpoint::{ConnectionInfo, RtEndpoint};
+pub use endpoint::{ConnectionInfo, EndpointSnapshot, RtEndpoint};
 pub use error::{ConnectError, RtError};
 pub use pool::{Backoff, ClientPool, PoolConfig};
 pub use ports::{ListenRange, PortRangeError, ServerTarget};
+pub use state::SNAPSHOT_INTERVAL;
 pub use stream::{ABANDONED, RtStream};
 
 /// The protocol core, re-exported so users need only this crate for configuration types.

@@ -10,13 +10,18 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gaptun_proto::{CarrierId, Connection, ConnectionHandle, Endpoint, StreamId};
 use tokio::sync::{Notify, watch};
 
 use crate::carrier::Carrier;
+use crate::endpoint::EndpointSnapshot;
 use crate::error::RtError;
+
+/// How often the driver publishes an [`EndpointSnapshot`]: often enough for a live page and
+/// a per-second rate, rare enough to cost nothing next to the data path.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Accepted connections waiting for the application; beyond this, new ones are refused.
 pub(crate) const MAX_PENDING_ACCEPTS: usize = 1024;
@@ -31,12 +36,17 @@ pub(crate) struct Shared {
     pub(crate) driver_done: watch::Sender<bool>,
     /// The bound address.
     pub(crate) local_addr: SocketAddr,
+    /// The figures the driver published last (see [`SNAPSHOT_INTERVAL`]).
+    pub(crate) snapshot: watch::Sender<Arc<EndpointSnapshot>>,
 }
 
 impl Shared {
     pub(crate) fn new(endpoint: Endpoint, local_addr: SocketAddr) -> Self {
+        let mut state = State::new(endpoint);
+        let first = EndpointSnapshot::read(&mut state, Instant::now());
         Self {
-            state: Mutex::new(State::new(endpoint)),
+            snapshot: watch::Sender::new(Arc::new(first)),
+            state: Mutex::new(state),
             wake_driver: Notify::new(),
             driver_done: watch::Sender::new(false),
             local_addr,

@@ -335,3 +335,45 @@ async fn path_mtu_discovery_reaches_the_ceiling_over_real_sockets() {
     })
     .await;
 }
+
+/// The driver publishes the figures by itself: after a transfer the published snapshot shows
+/// the connection and at least the bytes sent, and an idle endpoint's snapshot keeps being
+/// renewed (its time moves on) without anyone asking.
+#[tokio::test]
+async fn snapshot_is_published_by_the_driver() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let psk = key(41);
+        let srv = server(psk.clone());
+        let cli = client(psk);
+        let mut watch = cli.watch_snapshot();
+        let conn = cli.connect(srv.local_addr()).await.unwrap();
+        echo_roundtrip(&conn, 200_000, 41).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let snap = loop {
+            watch.changed().await.unwrap();
+            let snap = watch.borrow_and_update().clone();
+            let sent = snap
+                .connections
+                .iter()
+                .map(|c| c.stats.stream_bytes_sent)
+                .sum::<u64>();
+            if sent >= 200_000 || Instant::now() > deadline {
+                break snap;
+            }
+        };
+        assert_eq!(snap.connections.len(), 1);
+        let c = &snap.connections[0];
+        assert!(c.established);
+        assert_eq!(c.carrier, "udp");
+        assert!(c.stats.stream_bytes_sent >= 200_000, "{:?}", c.stats);
+        assert!(c.stats.bytes_received >= 200_000, "{:?}", c.stats);
+        let first = cli.snapshot().taken;
+        tokio::time::sleep(gaptun_runtime::SNAPSHOT_INTERVAL * 3).await;
+        assert!(
+            cli.snapshot().taken > first,
+            "idle endpoint's snapshot renewed"
+        );
+    })
+    .await
+    .unwrap();
+}

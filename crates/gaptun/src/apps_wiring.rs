@@ -16,6 +16,7 @@ use gaptun_apps::relay::{DialConfig, RelayError};
 use gaptun_apps::socks5::SocksConfig;
 use gaptun_apps::tunnel::{StreamAcceptor, StreamOpener};
 use gaptun_runtime::{ClientPool, RtConnection, RtDatagrams, RtStream};
+use gaptun_stats::{Counted, ForwardStats};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::ratelimit::{Limited, RateLimit};
@@ -82,6 +83,30 @@ impl DatagramIo for Datagrams {
 /// UDP relay flows over one connection's datagrams.
 pub fn flow_mux(datagrams: RtDatagrams) -> FlowMux {
     FlowMux::new(Arc::new(Datagrams(datagrams)))
+}
+
+/// The pool as one forward (or SOCKS5) opens streams on it: each stream is counted into the
+/// forward's figures (`ctl stats`, the dashboard).
+#[derive(Debug, Clone)]
+pub struct CountingOpener {
+    pool: PoolOpener,
+    stats: Arc<ForwardStats>,
+}
+
+impl CountingOpener {
+    pub fn new(pool: PoolOpener, stats: Arc<ForwardStats>) -> Self {
+        Self { pool, stats }
+    }
+}
+
+impl StreamOpener for CountingOpener {
+    type Stream = Counted<RtStream>;
+
+    fn open(&self) -> impl Future<Output = io::Result<Counted<RtStream>>> + Send {
+        let open = self.pool.open();
+        let stats = Arc::clone(&self.stats);
+        async move { Ok(stats.count(open.await?)) }
+    }
 }
 
 /// One tunnel connection as the expose code sees it: the server opens visitor streams on it,
@@ -206,7 +231,7 @@ fn target(spec: &str) -> Result<TargetAddr> {
 /// Serves SOCKS5 on `listener` until an unrecoverable error.
 pub async fn serve_socks(
     listener: TcpListener,
-    opener: PoolOpener,
+    opener: impl StreamOpener,
     config: SocksConfig,
 ) -> Result<()> {
     gaptun_apps::socks5::serve_socks(listener, opener, config)
@@ -218,7 +243,7 @@ pub async fn serve_socks(
 pub async fn serve_tcp_forward(
     listener: TcpListener,
     spec: String,
-    opener: PoolOpener,
+    opener: impl StreamOpener,
 ) -> Result<()> {
     let target = target(&spec)?;
     gaptun_apps::forward::serve_tcp_forward(listener, target, opener)
@@ -227,7 +252,11 @@ pub async fn serve_tcp_forward(
 }
 
 /// Forwards UDP datagrams received on `socket` to `target` (reached from the server).
-pub async fn serve_udp_forward(socket: UdpSocket, spec: String, opener: PoolOpener) -> Result<()> {
+pub async fn serve_udp_forward(
+    socket: UdpSocket,
+    spec: String,
+    opener: impl StreamOpener,
+) -> Result<()> {
     let target = target(&spec)?;
     gaptun_apps::forward::serve_udp_forward(socket, target, opener, UDP_FORWARD_IDLE)
         .await

@@ -19,7 +19,7 @@ use crate::values::{
 pub const DEFAULT_SOCKS: &str = "127.0.0.1:1080";
 
 /// The version with the commit it was built from (see build.rs).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GAPTUN_COMMIT"), ")");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GAPTUN_COMMIT"), ")");
 
 /// Fast, secure tunnel and proxy for bad networks.
 #[derive(Debug, Parser)]
@@ -122,6 +122,16 @@ settings_group! {
         /// (a server accepts both, a client uses both).
         #[arg(long, value_name = "CARRIER", default_value = "udp")]
         pub carrier: Option<CarrierChoice>,
+        /// Serve the live dashboard, /api/stats and /metrics (Prometheus) over HTTP on this
+        /// address, e.g. 127.0.0.1:7500 (PORT alone means 127.0.0.1:PORT) [default: off].
+        #[arg(long, value_name = "ADDR")]
+        pub dashboard: Option<ListenAddr>,
+        /// Require this dashboard username (HTTP basic auth); needs a password too.
+        #[arg(long, value_name = "USER")]
+        pub dashboard_user: Option<String>,
+        /// Dashboard password for the username (or GAPTUN_DASHBOARD_PASSWORD).
+        #[arg(long, value_name = "PASS", env = "GAPTUN_DASHBOARD_PASSWORD", hide_env_values = true)]
+        pub dashboard_password: Option<String>,
     }
 }
 
@@ -298,6 +308,14 @@ pub enum CtlCommand {
         #[arg(value_name = "json", value_parser = ["json"], hide = true)]
         format: Option<String>,
     },
+    /// Show the figures with current rates (throughput, RTT, loss per connection, user,
+    /// expose and forward), refreshed every second until Ctrl-C.
+    #[command(after_help = "Example:\n  gaptun ctl top\n  gaptun ctl top --count 1")]
+    Top {
+        /// Stop after this many screens [default: until interrupted].
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
 }
 
 impl CtlCommand {
@@ -312,6 +330,7 @@ impl CtlCommand {
                     "stats".into()
                 }
             }
+            Self::Top { .. } => "top".into(),
         }
     }
 }
@@ -515,6 +534,11 @@ mod tests {
         };
         assert_eq!(c.command.line(), "stats json");
         assert!(parse(&["ctl", "stats", "yaml"]).is_err());
+        let Command::Ctl(c) = parse(&["ctl", "top", "--count", "2"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(c.command.line(), "top");
+        assert!(matches!(c.command, CtlCommand::Top { count: Some(2) }));
     }
 
     #[test]

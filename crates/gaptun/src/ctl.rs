@@ -5,7 +5,10 @@
 //!
 //! - `wnd N`: set the receive window (N in bytes, K/M/G suffixes allowed) of every live and
 //!   future connection; answers `ok`.
-//! - `stats`: a human-readable table; `stats json`: the same figures as one JSON object.
+//! - `stats`: a human-readable table; `stats json`: the same figures as one JSON object
+//!   (the schema of `docs/stats-api.md`), read fresh from the endpoint;
+//! - `top`: the figures with current rates, from the snapshot published once a second
+//!   (`gaptun ctl top` asks for it every second).
 //!
 //! Errors are answered as `error: <message>`. The socket is created with mode 0600 (bound under
 //! a temporary name, restricted, then renamed into place, so it is never reachable with looser
@@ -20,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gaptun_apps::expose::{ExposeClient, ExposeServer, ExposeSnapshot, ExposeSpec};
-use gaptun_runtime::{ConnectionInfo, RtEndpoint};
-use serde::Serialize;
+use gaptun_runtime::RtEndpoint;
+use gaptun_stats::{Collector, ExposeRow, StatsSnapshot};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -41,7 +44,11 @@ const MAX_ANSWER: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Wnd(u64),
-    Stats { json: bool },
+    Stats {
+        json: bool,
+    },
+    /// The figures with current rates, as `gaptun ctl top` redraws them every second.
+    Top,
 }
 
 /// Parses one command line.
@@ -53,9 +60,10 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         ["wnd"] => Err("usage: wnd BYTES (e.g. wnd 64M)".into()),
         ["stats"] => Ok(Command::Stats { json: false }),
         ["stats", "json"] => Ok(Command::Stats { json: true }),
-        [] => Err("empty command: use `wnd BYTES`, `stats` or `stats json`".into()),
+        ["top"] => Ok(Command::Top),
+        [] => Err("empty command: use `wnd BYTES`, `stats`, `stats json` or `top`".into()),
         _ => Err(format!(
-            "unknown command `{}`: use `wnd BYTES`, `stats` or `stats json`",
+            "unknown command `{}`: use `wnd BYTES`, `stats`, `stats json` or `top`",
             line.trim()
         )),
     }
@@ -64,14 +72,11 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
 /// What the control socket acts on.
 #[derive(Debug, Clone)]
 pub struct CtlContext {
-    pub role: Role,
     pub endpoint: RtEndpoint,
     /// The receive window currently configured (for display; the core holds the real one).
     pub window: Arc<AtomicU64>,
-    /// Server: the user of each key, by key index (empty on a client).
-    pub key_users: Vec<Arc<str>>,
-    /// Where the expose figures come from.
-    pub exposes: ExposeSource,
+    /// The figures `stats` and `top` show (the dashboard's too).
+    pub collector: Collector,
 }
 
 /// The daemon's exposes, for `stats`.
@@ -85,39 +90,18 @@ pub enum ExposeSource {
     Client(ExposeClient),
 }
 
-/// One expose's figures, as `stats` shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ExposeRow {
-    /// `tcp` or `udp`.
-    pub kind: String,
-    /// The server port(s), e.g. `8000-8005`.
-    pub ports: String,
-    /// Server: the user holding the ports.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Client: what it dials for each visitor (the first port of a range, with the range).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub local: Option<String>,
-    pub visitors_now: u64,
-    pub visitors_total: u64,
-    /// Bytes from visitors to the service.
-    pub bytes_to_service: u64,
-    /// Bytes from the service back to visitors.
-    pub bytes_to_visitors: u64,
-}
-
-impl ExposeRow {
-    fn new(s: &ExposeSnapshot, user: Option<String>, local: Option<String>) -> Self {
-        Self {
-            kind: s.kind.to_string(),
-            ports: s.ports.to_string(),
-            user,
-            local,
-            visitors_now: s.visitors_now,
-            visitors_total: s.visitors_total,
-            bytes_to_service: s.bytes_to_service,
-            bytes_to_visitors: s.bytes_to_visitors,
-        }
+fn expose_row(s: &ExposeSnapshot, user: Option<String>, local: Option<String>) -> ExposeRow {
+    ExposeRow {
+        kind: s.kind.to_string(),
+        ports: s.ports.to_string(),
+        user,
+        local,
+        visitors_now: s.visitors_now,
+        visitors_total: s.visitors_total,
+        bytes_to_service: s.bytes_to_service,
+        bytes_to_visitors: s.bytes_to_visitors,
+        to_service_bytes_per_sec: 0.0,
+        to_visitors_bytes_per_sec: 0.0,
     }
 }
 
@@ -136,179 +120,22 @@ fn local_of(spec: &ExposeSpec) -> String {
 }
 
 impl ExposeSource {
-    fn rows(&self) -> Vec<ExposeRow> {
+    /// The exposes' figures now (read from their counters, no lock of the data path).
+    pub fn rows(&self) -> Vec<ExposeRow> {
         match self {
             Self::None => Vec::new(),
             Self::Server(server) => server
                 .stats()
                 .iter()
-                .map(|(owner, s)| ExposeRow::new(s, Some(owner.to_string()), None))
+                .map(|(owner, s)| expose_row(s, Some(owner.to_string()), None))
                 .collect(),
             Self::Client(client) => client
                 .specs()
                 .iter()
                 .zip(client.stats())
-                .map(|(spec, s)| ExposeRow::new(&s, None, Some(local_of(spec))))
+                .map(|(spec, s)| expose_row(&s, None, Some(local_of(spec))))
                 .collect(),
         }
-    }
-}
-
-/// One connection's figures, as `stats` shows them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConnSnapshot {
-    /// The connection's handle in this daemon: tells apart two connections from one peer.
-    pub id: usize,
-    pub remote: String,
-    /// Server: the user whose key the connection uses (never the key).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    pub established: bool,
-    /// Seconds since the connection was created.
-    pub age_secs: u64,
-    /// The cipher suite in use.
-    pub cipher: String,
-    /// Smoothed and minimum RTT; `None` (JSON `null`, `-` in the table) until a first sample,
-    /// rather than the configured initial guess passed off as a measurement.
-    pub rtt_ms: Option<f64>,
-    pub min_rtt_ms: Option<f64>,
-    pub cwnd: u64,
-    pub bytes_in_flight: u64,
-    pub pacing_rate: u64,
-    pub congestion: String,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub packets_sent: u64,
-    pub packets_received: u64,
-    pub packets_lost: u64,
-    pub packets_retransmitted: u64,
-    /// Stream payload bytes sent, retransmissions included.
-    pub stream_bytes_sent: u64,
-    /// Stream payload bytes in packets declared lost.
-    pub stream_bytes_lost: u64,
-    /// Stream payload bytes sent again after a loss.
-    pub stream_bytes_retransmitted: u64,
-    /// Authenticated packets dropped as duplicates (a repeated packet number).
-    pub dropped_duplicate: u64,
-    /// Lost packets as a percentage of packets sent.
-    pub loss_percent: f64,
-    pub streams_open: u64,
-    pub streams_opened_total: u64,
-    pub receive_window: u64,
-    /// Largest UDP payload data goes in now (path MTU discovery's confirmed size).
-    pub mtu: u64,
-    /// Path MTU probes sent and lost (lost probes are not counted in `packets_lost`).
-    pub mtu_probes_sent: u64,
-    pub mtu_probes_lost: u64,
-    /// FEC parity packets sent, and their bytes (the wire overhead due to FEC; both also in
-    /// the packet and byte totals).
-    pub fec_parity_sent: u64,
-    pub fec_parity_bytes: u64,
-    /// Lost packets rebuilt from the peer's parity.
-    pub fec_packets_rebuilt: u64,
-    /// Unreliable datagrams (UDP forwards and SOCKS5 UDP): sent, received, dropped because a
-    /// queue was full or a piece never came, and frames lost on the path (never resent).
-    pub datagrams_sent: u64,
-    pub datagrams_received: u64,
-    pub datagrams_dropped: u64,
-    pub datagram_frames_lost: u64,
-}
-
-/// Everything `stats` reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StatsSnapshot {
-    pub role: &'static str,
-    pub local_addr: String,
-    pub receive_window: u64,
-    pub accepted: u64,
-    pub dropped_unauthenticated: u64,
-    pub dropped_replayed_handshakes: u64,
-    /// Established connections.
-    pub connections: Vec<ConnSnapshot>,
-    /// Connections still in their handshake, or closed and draining (a reconnecting client
-    /// leaves a few of these for a couple of seconds).
-    pub not_established: u64,
-    /// The exposes (server: the ports clients hold; client: its own).
-    pub exposes: Vec<ExposeRow>,
-}
-
-impl ConnSnapshot {
-    pub fn from_info(info: &ConnectionInfo) -> Self {
-        let s = &info.stats;
-        let loss_percent = if s.packets_sent == 0 {
-            0.0
-        } else {
-            s.packets_lost as f64 * 100.0 / s.packets_sent as f64
-        };
-        let ms = |d: Duration| s.rtt_sampled.then_some(d.as_secs_f64() * 1000.0);
-        Self {
-            id: info.handle.0,
-            remote: info.remote.to_string(),
-            user: None,
-            established: info.established,
-            age_secs: info.age.as_secs(),
-            cipher: s.cipher.to_owned(),
-            rtt_ms: ms(s.rtt),
-            min_rtt_ms: ms(s.min_rtt),
-            cwnd: s.cwnd,
-            bytes_in_flight: s.bytes_in_flight,
-            pacing_rate: s.pacing_rate,
-            congestion: s.congestion.to_owned(),
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
-            packets_sent: s.packets_sent,
-            packets_received: s.packets_received,
-            packets_lost: s.packets_lost,
-            packets_retransmitted: s.packets_retransmitted,
-            stream_bytes_sent: s.stream_bytes_sent,
-            stream_bytes_lost: s.stream_bytes_lost,
-            stream_bytes_retransmitted: s.stream_bytes_retransmitted,
-            dropped_duplicate: s.dropped_replay,
-            loss_percent,
-            streams_open: s.streams_open,
-            streams_opened_total: s.streams_opened_total,
-            receive_window: s.receive_window,
-            mtu: s.mtu,
-            mtu_probes_sent: s.mtu_probes_sent,
-            mtu_probes_lost: s.mtu_probes_lost,
-            fec_parity_sent: s.fec_parity_sent,
-            fec_parity_bytes: s.fec_parity_bytes,
-            fec_packets_rebuilt: s.fec_packets_rebuilt,
-            datagrams_sent: s.datagrams.sent,
-            datagrams_received: s.datagrams.received,
-            datagrams_dropped: s.datagrams.dropped_send + s.datagrams.dropped_recv,
-            datagram_frames_lost: s.datagrams.frames_lost,
-        }
-    }
-}
-
-/// Collects the figures from the endpoint.
-pub fn snapshot(ctx: &CtlContext) -> StatsSnapshot {
-    let ep = ctx.endpoint.stats();
-    let (established, other): (Vec<ConnectionInfo>, Vec<ConnectionInfo>) = ctx
-        .endpoint
-        .connection_stats()
-        .into_iter()
-        .partition(|c| c.established);
-    StatsSnapshot {
-        role: ctx.role.name(),
-        local_addr: ctx.endpoint.local_addr().to_string(),
-        receive_window: ctx.window.load(Ordering::Relaxed),
-        accepted: ep.accepted,
-        dropped_unauthenticated: ep.dropped_unauthenticated,
-        dropped_replayed_handshakes: ep.dropped_replayed_handshakes,
-        connections: established
-            .iter()
-            .map(|info| ConnSnapshot {
-                user: ctx
-                    .key_users
-                    .get(info.key_index)
-                    .map(|name| name.to_string()),
-                ..ConnSnapshot::from_info(info)
-            })
-            .collect(),
-        not_established: other.len() as u64,
-        exposes: ctx.exposes.rows(),
     }
 }
 
@@ -411,6 +238,104 @@ pub fn format_table(s: &StatsSnapshot) -> String {
     out
 }
 
+/// A rate for `top`: `1.5M/s`.
+fn human_rate(bytes_per_sec: f64) -> String {
+    format!("{}/s", human_bytes(bytes_per_sec.max(0.0) as u64))
+}
+
+/// The `top` screen: totals with rates, then each connection, user, expose and forward.
+pub fn format_top(s: &StatsSnapshot) -> String {
+    let t = &s.totals;
+    let rtts: Vec<f64> = s.connections.iter().filter_map(|c| c.rtt_ms).collect();
+    let rtt = (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64);
+    let mut out = format!(
+        "gaptun {} on {}, up {}: {} connection(s), down {} up {}, RTT {}\n\
+         received {} sent {}, packets lost {} retransmitted {}\n",
+        s.role,
+        s.local_addr,
+        human_age(s.uptime_secs),
+        s.connections.len(),
+        human_rate(t.recv_bytes_per_sec),
+        human_rate(t.send_bytes_per_sec),
+        rtt_cell(rtt),
+        human_bytes(t.bytes_received),
+        human_bytes(t.bytes_sent),
+        t.packets_lost,
+        t.packets_retransmitted,
+    );
+    if !s.connections.is_empty() {
+        out.push_str(&format!(
+            "\n{:>4} {:<24} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>6} {:>6} {:>9}\n",
+            "ID",
+            "REMOTE",
+            "USER",
+            "RTT",
+            "DOWN",
+            "UP",
+            "RECV",
+            "SENT",
+            "LOSS%",
+            "RETX%",
+            "STREAMS"
+        ));
+        for c in &s.connections {
+            out.push_str(&format!(
+                "{:>4} {:<24} {:<10} {:>8} {:>10} {:>10} {:>8} {:>8} {:>6.2} {:>6.2} {:>9}\n",
+                c.id,
+                c.remote,
+                c.user.as_deref().unwrap_or("-"),
+                rtt_cell(c.rtt_ms),
+                human_rate(c.recv_bytes_per_sec),
+                human_rate(c.send_bytes_per_sec),
+                human_bytes(c.bytes_received),
+                human_bytes(c.bytes_sent),
+                c.loss_percent_now,
+                c.retransmit_percent_now,
+                format!("{}/{}", c.streams_open, c.streams_opened_total),
+            ));
+        }
+    }
+    if !s.users.is_empty() {
+        out.push_str(&format!(
+            "\n{:<16} {:>5} {:>10} {:>10} {:>8} {:>8}\n",
+            "USER", "CONNS", "DOWN", "UP", "RECV", "SENT"
+        ));
+        for u in &s.users {
+            out.push_str(&format!(
+                "{:<16} {:>5} {:>10} {:>10} {:>8} {:>8}\n",
+                u.name,
+                u.connections,
+                human_rate(u.traffic.recv_bytes_per_sec),
+                human_rate(u.traffic.send_bytes_per_sec),
+                human_bytes(u.traffic.bytes_received),
+                human_bytes(u.traffic.bytes_sent),
+            ));
+        }
+    }
+    if !s.exposes.is_empty() {
+        out.push('\n');
+        out.push_str(&exposes_table(&s.exposes));
+    }
+    if !s.forwards.is_empty() {
+        out.push_str(&format!(
+            "\n{:<28} {:>7} {:>10} {:>10} {:>8} {:>8}\n",
+            "FORWARD", "STREAMS", "UP", "DOWN", "UP_TOT", "DOWN_TOT"
+        ));
+        for f in &s.forwards {
+            out.push_str(&format!(
+                "{:<28} {:>7} {:>10} {:>10} {:>8} {:>8}\n",
+                format!("{} {}", f.kind, f.listen),
+                f.streams_open,
+                human_rate(f.up_bytes_per_sec),
+                human_rate(f.down_bytes_per_sec),
+                human_bytes(f.bytes_up),
+                human_bytes(f.bytes_down),
+            ));
+        }
+    }
+    out
+}
+
 /// The exposes part of the `stats` table (nothing when there is no expose).
 fn exposes_table(rows: &[ExposeRow]) -> String {
     if rows.is_empty() {
@@ -447,8 +372,10 @@ pub fn handle_line(line: &str, ctx: &CtlContext) -> String {
             );
             "ok\n".into()
         }
-        Ok(Command::Stats { json: false }) => format_table(&snapshot(ctx)),
-        Ok(Command::Stats { json: true }) => match serde_json::to_string(&snapshot(ctx)) {
+        Ok(Command::Stats { json: false }) => format_table(&ctx.collector.refresh()),
+        Ok(Command::Top) => format_top(&ctx.collector.latest()),
+        Ok(Command::Stats { json: true }) => match serde_json::to_string(&*ctx.collector.refresh())
+        {
             Ok(mut s) => {
                 s.push('\n');
                 s
@@ -685,6 +612,7 @@ mod tests {
         assert_eq!(parse_command("wnd 64M\n"), Ok(Command::Wnd(64 << 20)));
         assert_eq!(parse_command("  wnd   1048576 "), Ok(Command::Wnd(1 << 20)));
         assert_eq!(parse_command("stats"), Ok(Command::Stats { json: false }));
+        assert_eq!(parse_command("top\n"), Ok(Command::Top));
         assert_eq!(
             parse_command("stats json\n"),
             Ok(Command::Stats { json: true })
@@ -709,9 +637,18 @@ mod tests {
         assert!(parse_command("").is_err());
     }
 
+    use gaptun_stats::{ConnSnapshot, ForwardRow, Traffic, UserRow};
+
     fn sample() -> StatsSnapshot {
         StatsSnapshot {
-            role: "client",
+            schema_version: gaptun_stats::SCHEMA_VERSION,
+            role: "client".into(),
+            version: "0.1.0".into(),
+            uptime_secs: 130,
+            unix_time_ms: 0,
+            totals: Traffic::default(),
+            users: Vec::new(),
+            forwards: Vec::new(),
             local_addr: "0.0.0.0:40000".into(),
             receive_window: 32 << 20,
             accepted: 0,
@@ -722,6 +659,7 @@ mod tests {
                 remote: "192.0.2.1:29900".into(),
                 user: None,
                 established: true,
+                carrier: "udp".into(),
                 age_secs: 125,
                 cipher: "aes-256-gcm".into(),
                 rtt_ms: Some(61.25),
@@ -741,6 +679,10 @@ mod tests {
                 stream_bytes_retransmitted: 4000,
                 dropped_duplicate: 1,
                 loss_percent: 2.0,
+                loss_percent_now: 0.5,
+                retransmit_percent_now: 1.0,
+                send_bytes_per_sec: 1536.0,
+                recv_bytes_per_sec: 3.0 * 1024.0 * 1024.0,
                 streams_open: 3,
                 streams_opened_total: 17,
                 receive_window: 32 << 20,
@@ -775,7 +717,7 @@ mod tests {
     #[test]
     fn server_table_names_users_and_lists_exposes() {
         let mut s = sample();
-        s.role = "server";
+        s.role = "server".into();
         s.connections[0].user = Some("alice".into());
         s.exposes = vec![ExposeRow {
             kind: "tcp".into(),
@@ -786,6 +728,8 @@ mod tests {
             visitors_total: 40,
             bytes_to_service: 1536,
             bytes_to_visitors: 3 << 20,
+            to_service_bytes_per_sec: 0.0,
+            to_visitors_bytes_per_sec: 0.0,
         }];
         let t = format_table(&s);
         let lines: Vec<&str> = t.lines().collect();
@@ -807,6 +751,82 @@ mod tests {
         assert_eq!(v["exposes"][0]["user"], "alice");
         assert!(v["exposes"][0].get("local").is_none());
         assert_eq!(v["exposes"][0]["bytes_to_visitors"], 3 << 20);
+    }
+
+    #[test]
+    fn top_shows_rates_users_and_forwards() {
+        let mut s = sample();
+        s.role = "server".into();
+        s.connections[0].user = Some("alice".into());
+        s.totals.recv_bytes_per_sec = 2048.0;
+        s.users = vec![UserRow {
+            name: "alice".into(),
+            connections: 1,
+            traffic: Traffic {
+                bytes_received: 10 << 20,
+                recv_bytes_per_sec: 2048.0,
+                ..Traffic::default()
+            },
+            rtt_ms: Some(61.25),
+            streams_open: 3,
+        }];
+        s.forwards = vec![ForwardRow {
+            kind: "tcp".into(),
+            listen: "127.0.0.1:2222".into(),
+            target: Some("10.0.0.5:22".into()),
+            streams_open: 1,
+            streams_total: 4,
+            bytes_up: 1024,
+            bytes_down: 5 << 20,
+            up_bytes_per_sec: 0.0,
+            down_bytes_per_sec: 512.0 * 1024.0,
+        }];
+        let t = format_top(&s);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "gaptun server on 0.0.0.0:40000, up 2m10s: 1 connection(s), down 2.0K/s up 0/s, RTT 61.2ms"
+        );
+        let row: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "3",
+                "192.0.2.1:29900",
+                "alice",
+                "61.2ms",
+                "3.0M/s",
+                "1.5K/s",
+                "10.0M",
+                "1.5K",
+                "0.50",
+                "1.00",
+                "3/17"
+            ],
+            "{t}"
+        );
+        let words = |prefix: &str| -> Vec<String> {
+            let line = lines.iter().find(|l| l.starts_with(prefix)).expect(prefix);
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        assert_eq!(
+            words("alice "),
+            ["alice", "1", "2.0K/s", "0/s", "10.0M", "0"],
+            "{t}"
+        );
+        assert_eq!(
+            words("tcp 127.0.0.1:2222"),
+            [
+                "tcp",
+                "127.0.0.1:2222",
+                "1",
+                "0/s",
+                "512.0K/s",
+                "1.0K",
+                "5.0M"
+            ],
+            "{t}"
+        );
     }
 
     #[test]
@@ -999,6 +1019,7 @@ mod tests {
         let server = tokio::spawn(sock.serve(|line: &str| match parse_command(line) {
             Ok(Command::Wnd(n)) => format!("ok {n}\n"),
             Ok(Command::Stats { json }) => format!("stats json={json}\n"),
+            Ok(Command::Top) => "top\n".into(),
             Err(e) => format!("error: {e}\n"),
         }));
         assert_eq!(request(&path, "wnd 2M").await.unwrap(), "ok 2097152\n");

@@ -15,18 +15,24 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::apps_wiring::{self, ConnHandle, PoolOpener, RelayPolicy, ServerUser, UserConn};
+use crate::apps_wiring::{
+    self, ConnHandle, CountingOpener, PoolOpener, RelayPolicy, ServerUser, UserConn,
+};
 use crate::config::Role;
 use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
 use crate::faketcp_wiring;
 use crate::ratelimit::Limited;
-use crate::settings::{ClientSettings, ServerSettings};
+use crate::settings::{ClientSettings, DashboardSettings, ServerSettings};
 use crate::values::{CarrierChoice, ForwardProto};
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
 use gaptun_apps::relay::RelayError;
 use gaptun_apps::socks5::SocksConfig;
+use gaptun_stats::{
+    Collector, Credentials, Dashboard, DashboardError, ForwardStats, Sources,
+    open_dashboard_warning,
+};
 
 /// How long shutdown waits for CLOSE frames to go out.
 const SHUTDOWN_LINGER: Duration = Duration::from_secs(2);
@@ -88,24 +94,52 @@ async fn bind_udp(addr: SocketAddr, what: &str) -> Result<UdpSocket> {
 /// Binds the control socket and starts answering on it.
 fn start_control(
     path: &std::path::Path,
-    role: Role,
     endpoint: RtEndpoint,
-    window: u64,
-    key_users: Vec<Arc<str>>,
-    exposes: ExposeSource,
+    window: Arc<AtomicU64>,
+    collector: Collector,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let socket = CtlSocket::bind(path)?;
     info!(path = %socket.path().display(), "control socket ready (gaptun ctl)");
     let ctx = CtlContext {
-        role,
         endpoint,
-        window: Arc::new(AtomicU64::new(window)),
-        key_users,
-        exposes,
+        window,
+        collector,
     };
     Ok(tokio::spawn(
         socket.serve(move |line: &str| handle_line(line, &ctx)),
     ))
+}
+
+/// Binds the dashboard's address (when one is set), before anything else starts, so that a
+/// taken port fails at once. Warns loudly when it is open to the network without a password.
+async fn bind_dashboard(settings: Option<&DashboardSettings>) -> Result<Option<Dashboard>> {
+    let Some(d) = settings else {
+        return Ok(None);
+    };
+    let auth = d.auth.as_ref().map(|(u, p)| Credentials::new(u, p));
+    let dashboard = Dashboard::bind(d.listen, auth)
+        .await
+        .map_err(|DashboardError::Bind { addr, source }| bind_error(&source, addr, "dashboard"))?;
+    let addr = dashboard.local_addr().unwrap_or(d.listen);
+    info!(%addr, auth = d.auth.is_some(), "dashboard on http://{addr}/ (/api/stats, /metrics)");
+    if let Some(warning) = open_dashboard_warning(addr, d.auth.is_some()) {
+        warn!("{warning}");
+    }
+    Ok(Some(dashboard))
+}
+
+/// The figures of a daemon: collected once a second for `ctl` and the dashboard. Returns the
+/// collector and the tasks to stop at shutdown.
+fn start_stats(
+    sources: Sources,
+    dashboard: Option<Dashboard>,
+) -> (Collector, Vec<tokio::task::JoinHandle<()>>) {
+    let collector = Collector::new(sources);
+    let mut tasks = vec![tokio::spawn(collector.clone().run())];
+    if let Some(d) = dashboard {
+        tasks.push(tokio::spawn(d.serve(collector.clone())));
+    }
+    (collector, tasks)
 }
 
 /// Accepts connections and serves their streams until the endpoint closes. `users` holds the
@@ -252,6 +286,7 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         state_file: default_state_file(s.listen.first),
         ..EndpointConfig::server(s.keys)
     };
+    let dashboard = bind_dashboard(s.dashboard.as_ref()).await?;
     let endpoint = if s.carrier == CarrierChoice::Udp {
         RtEndpoint::bind_all(&s.listen.addrs(), config)
             .map_err(|e| bind_error(&e, s.listen, "tunnel"))?
@@ -284,14 +319,20 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     let source = expose
         .clone()
         .map_or(ExposeSource::None, ExposeSource::Server);
-    let control = start_control(
-        &s.control,
-        Role::Server,
-        endpoint.clone(),
-        window,
-        names,
-        source,
-    )?;
+    let window = Arc::new(AtomicU64::new(window));
+    let (collector, stats_tasks) = start_stats(
+        Sources {
+            role: Role::Server.name(),
+            version: crate::cli::VERSION.to_owned(),
+            endpoint: endpoint.clone(),
+            window: Arc::clone(&window),
+            key_users: names,
+            exposes: Box::new(move || source.rows()),
+            forwards: Vec::new(),
+        },
+        dashboard,
+    );
+    let control = start_control(&s.control, endpoint.clone(), window, collector)?;
     if s.listen.last_port == s.listen.first.port() {
         info!(listen = %endpoint.local_addr(), "gaptun server running");
     } else {
@@ -302,6 +343,7 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         signal = signals => info!("{signal}: shutting down"),
     }
     control.abort();
+    stats_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     endpoint.shutdown(SHUTDOWN_LINGER).await;
     Ok(())
 }
@@ -333,12 +375,21 @@ async fn bind_listeners(s: &ClientSettings) -> Result<Listeners> {
     Ok(Listeners { socks, tcp, udp })
 }
 
+/// Starts SOCKS5 and the forwards; returns their tasks and their counters.
 fn start_apps(
     listeners: Listeners,
     opener: &PoolOpener,
     socks: SocksConfig,
-) -> JoinSet<Result<()>> {
+) -> (JoinSet<Result<()>>, Vec<Arc<ForwardStats>>) {
     let mut apps = JoinSet::new();
+    let mut stats = Vec::new();
+    let mut counted = |kind, addr: String, target: Option<&String>| {
+        let s = ForwardStats::new(kind, addr, target.cloned());
+        stats.push(Arc::clone(&s));
+        CountingOpener::new(opener.clone(), s)
+    };
+    let shown =
+        |addr: io::Result<SocketAddr>| addr.map_or_else(|e| e.to_string(), |a| a.to_string());
     if let Some(l) = listeners.socks {
         if let Ok(addr) = l.local_addr() {
             info!(%addr, "SOCKS5 listening");
@@ -346,21 +397,24 @@ fn start_apps(
                 warn!("{warning}");
             }
         }
-        apps.spawn(apps_wiring::serve_socks(l, opener.clone(), socks));
+        let opener = counted("socks", shown(l.local_addr()), None);
+        apps.spawn(apps_wiring::serve_socks(l, opener, socks));
     }
     for (l, target) in listeners.tcp {
         if let Ok(addr) = l.local_addr() {
             info!(%addr, target = %target, "TCP forward listening");
         }
-        apps.spawn(apps_wiring::serve_tcp_forward(l, target, opener.clone()));
+        let opener = counted("tcp", shown(l.local_addr()), Some(&target));
+        apps.spawn(apps_wiring::serve_tcp_forward(l, target, opener));
     }
     for (s, target) in listeners.udp {
         if let Ok(addr) = s.local_addr() {
             info!(%addr, target = %target, "UDP forward listening");
         }
-        apps.spawn(apps_wiring::serve_udp_forward(s, target, opener.clone()));
+        let opener = counted("udp", shown(s.local_addr()), Some(&target));
+        apps.spawn(apps_wiring::serve_udp_forward(s, target, opener));
     }
-    apps
+    (apps, stats)
 }
 
 /// The start-up warning for a SOCKS5 proxy anyone on the network can use: listening on a
@@ -433,6 +487,7 @@ async fn start_exposes(
 pub async fn run_client(s: ClientSettings) -> Result<()> {
     let mut signals = std::pin::pin!(shutdown_signal());
     let listeners = bind_listeners(&s).await?;
+    let dashboard = bind_dashboard(s.dashboard.as_ref()).await?;
     let window = s.transport.receive_window;
     let config = EndpointConfig {
         transport: s.transport.clone(),
@@ -465,19 +520,34 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
     let source = expose_client
         .clone()
         .map_or(ExposeSource::None, ExposeSource::Client);
-    let control = start_control(
-        &s.control,
-        Role::Client,
-        pool.endpoint().clone(),
-        window,
-        Vec::new(),
-        source,
-    )?;
     let socks = SocksConfig {
         auth: s.socks_auth.clone(),
         ..SocksConfig::default()
     };
-    let mut apps = start_apps(listeners, &PoolOpener::new(pool.clone()), socks);
+    let (mut apps, forwards) = start_apps(listeners, &PoolOpener::new(pool.clone()), socks);
+    let window = Arc::new(AtomicU64::new(window));
+    let (collector, stats_tasks) = start_stats(
+        Sources {
+            role: Role::Client.name(),
+            version: crate::cli::VERSION.to_owned(),
+            endpoint: pool.endpoint().clone(),
+            window: Arc::clone(&window),
+            key_users: Vec::new(),
+            exposes: Box::new(move || source.rows()),
+            forwards,
+        },
+        dashboard,
+    );
+    let stop_stats = move || stats_tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    let control = match start_control(&s.control, pool.endpoint().clone(), window, collector) {
+        Ok(c) => c,
+        Err(e) => {
+            apps.abort_all();
+            stop_stats();
+            pool.shutdown(SHUTDOWN_LINGER).await;
+            return Err(e);
+        }
+    };
     if let Some(client) = expose_client {
         let exposes = start_exposes(&pool, client).await;
         match exposes {
@@ -487,6 +557,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
             Err(e) => {
                 apps.abort_all();
                 control.abort();
+                stop_stats();
                 pool.shutdown(SHUTDOWN_LINGER).await;
                 return Err(e);
             }
@@ -505,6 +576,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
     };
     apps.abort_all();
     control.abort();
+    stop_stats();
     debug!("closing tunnel connections");
     pool.shutdown(SHUTDOWN_LINGER).await;
     result

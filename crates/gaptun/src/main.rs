@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use clap::ArgMatches;
 
-use crate::cli::{Cli, Command, CtlArgs};
+use crate::cli::{Cli, Command, CtlArgs, CtlCommand};
 use crate::config::{NoticeLevel, Role};
 use crate::values::LogFormat;
 
@@ -155,6 +155,9 @@ fn run_ctl(args: &CtlArgs) -> Result<()> {
             }
         }
     };
+    if let CtlCommand::Top { count } = args.command {
+        return run_top(&rt, &paths, count);
+    }
     let mut answers = Vec::new();
     for path in &paths {
         let answer = rt.block_on(ctl::request(path, &line))?;
@@ -179,4 +182,52 @@ fn run_ctl(args: &CtlArgs) -> Result<()> {
     let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();
     Ok(())
+}
+
+/// `gaptun ctl top`: asks every daemon in `paths` for its `top` screen once a second and
+/// redraws it (on a terminal the screen is cleared first; piped, screens follow each other
+/// after a blank line), `count` times or until interrupted.
+fn run_top(
+    rt: &tokio::runtime::Runtime,
+    paths: &[std::path::PathBuf],
+    count: Option<u64>,
+) -> Result<()> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    let mut shown = 0u64;
+    loop {
+        let mut screen = String::new();
+        for path in paths {
+            let answer = rt.block_on(ctl::request(path, "top"))?;
+            if let Some(e) = answer.strip_prefix("error: ") {
+                return Err(anyhow!("{}", e.trim_end()));
+            }
+            if !screen.is_empty() {
+                screen.push('\n');
+            }
+            screen.push_str(&answer);
+        }
+        let mut stdout = std::io::stdout().lock();
+        let framed = if terminal {
+            format!("\x1b[H\x1b[2J{screen}")
+        } else if shown > 0 {
+            format!("\n{screen}")
+        } else {
+            screen
+        };
+        if stdout
+            .write_all(framed.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // The reader went away (`gaptun ctl top | head`): nothing left to do.
+            return Ok(());
+        }
+        drop(stdout);
+        shown += 1;
+        if count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

@@ -51,6 +51,40 @@ pub struct User {
     pub rate_limit: Option<u32>,
 }
 
+/// The HTTP dashboard (`--dashboard`): where it listens and the credentials it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DashboardSettings {
+    pub listen: SocketAddr,
+    /// Username and password for HTTP basic auth; `None`: open to whoever reaches it.
+    pub auth: Option<(String, String)>,
+}
+
+/// The dashboard settings of either daemon; a user without a password (or the other way
+/// round) is an error, as for SOCKS5.
+fn dashboard(common: &CommonOptions) -> Result<Option<DashboardSettings>> {
+    let auth = match (&common.dashboard_user, &common.dashboard_password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "a dashboard user is set (--dashboard-user or dashboard_user) but no password: set \
+             --dashboard-password, GAPTUN_DASHBOARD_PASSWORD or dashboard_password"
+        ),
+        (None, Some(_)) => {
+            bail!("a dashboard password is set but no user: set --dashboard-user or dashboard_user")
+        }
+    };
+    if auth
+        .as_ref()
+        .is_some_and(|(u, p)| u.is_empty() || p.is_empty() || u.contains(':'))
+    {
+        bail!("the dashboard user must be non-empty without `:`, and the password non-empty");
+    }
+    Ok(common.dashboard.map(|listen| DashboardSettings {
+        listen: listen.0,
+        auth,
+    }))
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// One port, or a range (a UDP socket per port).
@@ -66,6 +100,7 @@ pub struct ServerSettings {
     /// Where exposed ports listen.
     pub expose_bind: IpAddr,
     pub control: PathBuf,
+    pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
     pub carrier: CarrierChoice,
 }
@@ -84,6 +119,7 @@ pub struct ClientSettings {
     /// Port hopping interval; `None`: off.
     pub hop_interval: Option<std::time::Duration>,
     pub control: PathBuf,
+    pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
     pub carrier: CarrierChoice,
 }
@@ -142,6 +178,7 @@ pub fn server(
         expose_bind: own
             .expose_bind
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        dashboard: dashboard(&common)?,
         control: common
             .control
             .unwrap_or_else(|| default_socket_path(Role::Server)),
@@ -289,6 +326,7 @@ pub fn client(
         hop_interval: own
             .hop_interval
             .map(|h| std::time::Duration::from_secs(u64::from(h.0))),
+        dashboard: dashboard(&common)?,
         control: common
             .control
             .unwrap_or_else(|| default_socket_path(Role::Client)),
@@ -443,6 +481,52 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("cannot read key file /nonexistent: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dashboard_needs_user_and_password_together() {
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY]).unwrap();
+        assert_eq!(c.dashboard, None, "off by default");
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--dashboard", "7500"]).unwrap();
+        assert_eq!(
+            c.dashboard,
+            Some(DashboardSettings {
+                listen: "127.0.0.1:7500".parse().unwrap(),
+                auth: None
+            })
+        );
+        let path = temp_file(
+            "dash.toml",
+            "dashboard = \"0.0.0.0:7500\"\ndashboard_password = \"pw\"\n",
+        );
+        let (s, _) = server_of(&[
+            "--key",
+            KEY,
+            "--config",
+            path.to_str().unwrap(),
+            "--dashboard-user",
+            "admin",
+        ])
+        .unwrap();
+        let d = s.dashboard.unwrap();
+        assert_eq!(d.listen, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!(d.auth, Some(("admin".into(), "pw".into())));
+        let e = server_of(&[
+            "--key",
+            KEY,
+            "--dashboard",
+            "7500",
+            "--dashboard-user",
+            "admin",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().starts_with("a dashboard user is set"), "{e}");
+        let e = server_of(&["--key", KEY, "--dashboard-password", "pw"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("a dashboard password is set but no user"),
             "{e}"
         );
     }

@@ -210,9 +210,9 @@ fn carrier_all_keeps_working_with_udp_blocked() {
     transfer(&topo, &client);
     // The UDP path is opened beside fake TCP; on a loaded machine its first packets may come
     // after the transfer, so wait a little for them.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while counted(&topo, "udp_packets") == 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let (udp, tcp) = (counted(&topo, "udp_packets"), counted(&topo, "tcp_packets"));
     // Both carriers were used; how much each carries is the multipath scheduler's choice

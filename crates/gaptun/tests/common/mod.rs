@@ -85,6 +85,7 @@ pub fn bin() -> Command {
     c.env_remove("GAPTUN_KEY")
         .env_remove("RUST_LOG")
         .env_remove("GAPTUN_SOCKS_PASSWORD")
+        .env_remove("GAPTUN_DASHBOARD_PASSWORD")
         // Servers keep their replay state here, not in the user's state directory.
         .env(
             "STATE_DIRECTORY",
