@@ -72,6 +72,14 @@ pub struct Counted<S> {
     stats: Arc<ForwardStats>,
 }
 
+impl<S> Counted<S> {
+    /// The stream being counted (for what it carries besides bytes, such as its connection's
+    /// datagrams).
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S> Drop for Counted<S> {
     fn drop(&mut self) {
         self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);

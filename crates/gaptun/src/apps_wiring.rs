@@ -107,6 +107,11 @@ impl StreamOpener for CountingOpener {
         let stats = Arc::clone(&self.stats);
         async move { Ok(stats.count(open.await?)) }
     }
+
+    /// UDP relays of a counted forward or SOCKS5 use datagrams like uncounted ones.
+    fn flows(&self, stream: &Counted<RtStream>) -> Option<FlowMux> {
+        self.pool.flows(stream.get_ref())
+    }
 }
 
 /// One tunnel connection as the expose code sees it: the server opens visitor streams on it,
