@@ -35,7 +35,8 @@ pub struct ConnectionInfo {
     pub stats: ConnectionStats,
     /// Which of the endpoint's keys the connection uses (a server names the user by it).
     pub key_index: usize,
-    /// What carries the connection's packets: `"udp"` (the only carrier so far).
+    /// What carries the connection's packets now (its current path's carrier): `"udp"`,
+    /// `"faketcp"`.
     pub carrier: &'static str,
 }
 
@@ -57,6 +58,17 @@ impl EndpointSnapshot {
     pub(crate) fn read(state: &mut crate::state::State, now: Instant) -> Self {
         let mut handles = state.endpoint.handles();
         handles.sort();
+        let kinds: Vec<(CarrierId, &'static str)> = state
+            .carriers
+            .iter()
+            .map(|(id, kind, _)| (*id, *kind))
+            .collect();
+        let kind_of = |id: CarrierId| {
+            kinds
+                .iter()
+                .find(|(c, _)| *c == id)
+                .map_or("udp", |(_, kind)| *kind)
+        };
         let connections = handles
             .into_iter()
             .filter_map(|handle| {
@@ -68,7 +80,7 @@ impl EndpointSnapshot {
                     age: conn.age(now),
                     stats: conn.stats(),
                     key_index: conn.key_index(),
-                    carrier: "udp",
+                    carrier: kind_of(conn.path().carrier),
                 })
             })
             .collect();
