@@ -263,6 +263,60 @@ fn bulk_on_auto_gets_no_parity_and_keeps_its_goodput() {
 }
 
 #[test]
+fn bulk_on_a_short_fast_path_gets_no_parity() {
+    // Loopback-like: 0.1 ms round trip, 1 Gbit/s, and a sender limited by its application
+    // (a forward reading 16 KiB from its TCP socket every millisecond, 131 Mbit/s). Acknowledgements return so
+    // fast that such a sender has almost nothing in flight when each chunk arrives and its send
+    // queue runs dry after each one; its recent rate still marks it as bulk.
+    let config = SimConfig::new(61)
+        .with_link(
+            LinkConfig::ideal()
+                .with_delay(Duration::from_micros(50))
+                .with_rate_mbps(1000.0),
+        )
+        .with_transport(|t| t.fec = FecMode::Auto);
+    let mut sim = Sim::new(config);
+    establish(&mut sim);
+    let id = sim
+        .client_connection(0)
+        .and_then(|c| c.open_stream())
+        .expect("stream");
+    let chunk = vec![0x5a_u8; 16 * 1024];
+    let mut server_stream = None;
+    let mut received = 0;
+    for _ in 0..400 {
+        let mut written = 0;
+        let done = sim.run_for(Duration::from_secs(5), |sim| {
+            if let Some(conn) = sim.client_connection(0)
+                && let Ok(n) = conn.write(id, &chunk[written..])
+            {
+                written += n;
+            }
+            written == chunk.len()
+        });
+        assert!(done, "the stream stopped taking data");
+        sim.advance(Duration::from_millis(1));
+        if let Some(conn) = sim.server_connection(0) {
+            server_stream = server_stream.or_else(|| conn.accept_stream());
+            let mut buf = [0u8; 65536];
+            if let Some(sid) = server_stream {
+                while let Ok(Some(n)) = conn.read(sid, &mut buf) {
+                    received += n;
+                }
+            }
+        }
+    }
+    assert!(received > 300 * chunk.len(), "{received} bytes received");
+    let client = sim.client_connection(0).expect("client").stats();
+    assert!(
+        client.fec_parity_sent <= 16,
+        "{} parity of {} packets",
+        client.fec_parity_sent,
+        client.packets_sent
+    );
+}
+
+#[test]
 fn fixed_groups_protect_every_packet() {
     let config = SimConfig::new(61)
         .with_link(link().with_loss(0.05))

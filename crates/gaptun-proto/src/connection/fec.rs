@@ -8,7 +8,10 @@
 //! [`AUTO_MAX_DATA`] packets. Such tails have no later packets whose acknowledgement would reveal
 //! a loss, so a loss costs a retransmission timeout on top of the round trip; parity turns it
 //! into no delay at all. A bulk transfer has far more in flight and gets no parity, so its
-//! goodput and wire overhead stay what they are without FEC.
+//! goodput and wire overhead stay what they are without FEC. On a path whose round trip is
+//! shorter than the sender's gaps (loopback, a LAN) even a bulk transfer often has little in
+//! flight, so a connection that has sent more than [`AUTO_BULK_BYTES`] of stream data within
+//! the last [`RecentRate`] window counts as bulk whatever its bytes in flight.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,12 @@ const AUTO_TARGET_FAILURE: f64 = 1e-3;
 /// `auto`: loss rate assumed at least, so that a path that has shown no loss yet still gets one
 /// parity packet per tail (what the blind tail copy did before).
 const AUTO_MIN_LOSS: f64 = 0.01;
+/// `auto`: stream bytes sent within one [`RecentRate`] window (and the one before it) above
+/// which the connection is moving bulk data and gets no parity. Interactive traffic (a game's
+/// updates, keystrokes, a web request) stays far below it.
+const AUTO_BULK_BYTES: u64 = 64 * 1024;
+/// Shortest [`RecentRate`] window; it is twice the smoothed RTT when that is longer.
+const RECENT_WINDOW_MIN: Duration = Duration::from_millis(20);
 /// Most rebuilt packets opened per received datagram (one parity packet completes one group).
 const MAX_REBUILT_PER_DATAGRAM: usize = 64;
 
@@ -40,6 +49,46 @@ const MAX_REBUILT_PER_DATAGRAM: usize = 64;
 pub(super) struct FecState {
     pub(super) sender: FecSender,
     pub(super) receiver: FecReceiver,
+    recent: RecentRate,
+}
+
+/// Stream bytes sent in the current and the previous window (two RTTs, at least
+/// [`RECENT_WINDOW_MIN`]): how `auto` tells bulk transfers from interactive traffic on paths
+/// where bytes in flight cannot.
+#[derive(Debug, Default)]
+struct RecentRate {
+    window_start: Option<Instant>,
+    /// `stream_bytes_sent` when the current window began.
+    base: u64,
+    /// Bytes sent in the previous window (0 when it ended more than a window ago).
+    previous: u64,
+}
+
+impl RecentRate {
+    /// Moves the window on if it has ended.
+    fn roll(&mut self, now: Instant, window: Duration, total: u64) {
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now);
+            self.base = total;
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < window {
+            return;
+        }
+        self.previous = if elapsed < window * 2 {
+            total.saturating_sub(self.base)
+        } else {
+            0
+        };
+        self.window_start = Some(now);
+        self.base = total;
+    }
+
+    /// Bytes sent in the previous and the current window.
+    fn bytes(&self, total: u64) -> u64 {
+        self.previous + total.saturating_sub(self.base)
+    }
 }
 
 impl Connection {
@@ -64,6 +113,9 @@ impl Connection {
             FecMode::Off => false,
             FecMode::Fixed { .. } => true,
             FecMode::Auto => {
+                if self.fec.recent.bytes(self.stats.stream_bytes_sent) > AUTO_BULK_BYTES {
+                    return false;
+                }
                 let open = self.fec.sender.open_len();
                 (open > 0 && open < AUTO_MAX_DATA)
                     || in_flight_before <= AUTO_MAX_IN_FLIGHT * self.mtu() as u64
@@ -96,6 +148,10 @@ impl Connection {
         if !self.fec_sending() {
             return;
         }
+        let window = (self.rtt.get() * 2).max(RECENT_WINDOW_MIN);
+        self.fec
+            .recent
+            .roll(now, window, self.stats.stream_bytes_sent);
         let limit = self.fec_group_limit();
         let auto = self.config.fec == FecMode::Auto;
         if protect && segment > 0 {
