@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use gaptun_proto::{SendDatagramError, TransportConfig};
+use gaptun_proto::{FecMode, SendDatagramError, TransportConfig};
 use gaptun_sim::{End, LinkConfig, Path, Sim, SimConfig};
 use sha2::{Digest, Sha256};
 
@@ -48,8 +48,13 @@ fn seq_of(d: &[u8]) -> u32 {
 
 #[test]
 fn order_and_loss_are_kept_as_sent() {
+    // Without FEC: what is lost stays lost (with `auto`, parity rebuilds most of it).
     let lossy = link(25).with_loss(0.1);
-    let mut sim = connected(SimConfig::new(3).with_link(lossy));
+    let mut sim = connected(
+        SimConfig::new(3)
+            .with_link(lossy)
+            .with_transport(|t| t.fec = FecMode::Off),
+    );
     const COUNT: u32 = 400;
     let mut received = Vec::new();
     for seq in 0..COUNT {
@@ -94,12 +99,28 @@ fn order_and_loss_are_kept_as_sent() {
 /// retransmission, the pacer or the congestion window.
 #[test]
 fn echo_at_5_percent_loss_takes_one_rtt() {
+    // Without parity, about 90 % come back (5 % lost each way); with `auto`, parity rebuilds
+    // nearly all of the rest, still within the round trip.
+    let (off, _) = echo_5_percent(FecMode::Off);
+    assert!(off > 1300 && off < 1450, "{off} came back without FEC");
+    let (auto, rebuilt) = echo_5_percent(FecMode::Auto);
+    assert!(auto > 1480, "{auto} came back with FEC auto");
+    assert!(rebuilt > 50, "{rebuilt} rebuilt");
+}
+
+/// Runs the echo for 30 s (1 500 datagrams); returns how many came back and how many packets
+/// the two ends rebuilt from parity.
+fn echo_5_percent(fec: FecMode) -> (usize, u64) {
     let link = LinkConfig::ideal()
         .with_delay(Duration::from_millis(50))
         .with_loss(0.05)
         .with_rate_mbps(100.0)
         .with_queue_bytes(1_250_000);
-    let mut sim = connected(SimConfig::new(77).with_link(link));
+    let mut sim = connected(
+        SimConfig::new(77)
+            .with_link(link)
+            .with_transport(move |t| t.fec = fec),
+    );
     let start = sim.now();
     let mut rtts = Vec::new();
     let mut next_send = sim.now();
@@ -128,14 +149,19 @@ fn echo_at_5_percent_loss_takes_one_rtt() {
     rtts.sort();
     let p99 = rtts[(rtts.len() - 1) * 99 / 100];
     let max = *rtts.last().unwrap();
-    // About 90 % come back (5 % lost each way).
-    assert!(
-        rtts.len() > 1300 && rtts.len() < 1450,
-        "{} of {sent}",
-        rtts.len()
-    );
-    assert!(p99 <= Duration::from_millis(120), "p99 {p99:?}");
-    assert!(max <= Duration::from_millis(120), "max {max:?}");
+    assert!(p99 <= Duration::from_millis(120), "{fec:?}: p99 {p99:?}");
+    assert!(max <= Duration::from_millis(120), "{fec:?}: max {max:?}");
+    let rebuilt = sim
+        .client_connection(0)
+        .unwrap()
+        .stats()
+        .fec_packets_rebuilt
+        + sim
+            .server_connection(0)
+            .unwrap()
+            .stats()
+            .fec_packets_rebuilt;
+    (rtts.len(), rebuilt)
 }
 
 #[test]
@@ -160,7 +186,11 @@ fn a_4k_datagram_is_split_and_reassembled() {
 
 #[test]
 fn one_lost_piece_drops_the_whole_datagram() {
-    let mut sim = connected(SimConfig::new(8).with_link(link(20)));
+    let mut sim = connected(
+        SimConfig::new(8)
+            .with_link(link(20))
+            .with_transport(|t| t.fec = FecMode::Off),
+    );
     let first = vec![0xaa; 4096];
     let second = vec![0xbb; 4096];
     // The second of the first datagram's packets is lost.

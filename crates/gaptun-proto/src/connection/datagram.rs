@@ -51,6 +51,8 @@ pub enum SendDatagramError {
 pub struct DatagramStats {
     /// Datagrams whose last byte went into a packet.
     pub sent: u64,
+    /// Payload bytes of the datagrams sent.
+    pub bytes_sent: u64,
     /// Datagrams received whole (after reassembly) and queued for the application.
     pub received: u64,
     /// Datagrams dropped before sending: the send queue was full (the oldest go first).
@@ -226,6 +228,7 @@ impl Datagrams {
         if let Some(done) = self.send.pop_front() {
             self.send_bytes -= done.data.len();
             self.stats.sent += 1;
+            self.stats.bytes_sent += done.data.len() as u64;
         }
     }
 

@@ -1,7 +1,8 @@
 //! The connection's side of FEC (see `crate::fec`): which packets are protected, how much
 //! parity they get and when it goes out, and the opening of rebuilt packets.
 //!
-//! `auto` protects interactive traffic only: the packets carrying stream data in a burst that
+//! `auto` protects interactive traffic only: the packets carrying stream data or datagrams in a
+//! burst that
 //! starts on a nearly idle connection (at most [`AUTO_MAX_IN_FLIGHT`] packets in flight before
 //! it) form a group, which
 //! closes when nothing more waits to be sent (the tail of a request or a response) or at
@@ -10,8 +11,12 @@
 //! into no delay at all. A bulk transfer has far more in flight and gets no parity, so its
 //! goodput and wire overhead stay what they are without FEC. On a path whose round trip is
 //! shorter than the sender's gaps (loopback, a LAN) even a bulk transfer often has little in
-//! flight, so a connection that has sent more than [`AUTO_BULK_BYTES`] of stream data within
-//! the last [`RecentRate`] window counts as bulk whatever its bytes in flight.
+//! flight, so a connection that has sent more than [`AUTO_BULK_BYTES`] of stream data and
+//! datagrams within the last [`RecentRate`] window counts as bulk whatever its bytes in flight.
+//!
+//! Datagrams (a game's updates, VoIP, DNS through a UDP forward) are never retransmitted, so
+//! without parity a lost one stays lost; with it, it is rebuilt a few milliseconds later. A
+//! rebuilt datagram may then arrive after one sent later in the same group, as UDP allows.
 
 use std::time::{Duration, Instant};
 
@@ -113,7 +118,7 @@ impl Connection {
             FecMode::Off => false,
             FecMode::Fixed { .. } => true,
             FecMode::Auto => {
-                if self.fec.recent.bytes(self.stats.stream_bytes_sent) > AUTO_BULK_BYTES {
+                if self.fec.recent.bytes(self.fec_rate_bytes()) > AUTO_BULK_BYTES {
                     return false;
                 }
                 let open = self.fec.sender.open_len();
@@ -149,9 +154,8 @@ impl Connection {
             return;
         }
         let window = (self.rtt.get() * 2).max(RECENT_WINDOW_MIN);
-        self.fec
-            .recent
-            .roll(now, window, self.stats.stream_bytes_sent);
+        let total = self.fec_rate_bytes();
+        self.fec.recent.roll(now, window, total);
         let limit = self.fec_group_limit();
         let auto = self.config.fec == FecMode::Auto;
         if protect && segment > 0 {
@@ -160,13 +164,14 @@ impl Connection {
                 let Some(p) = self.sent.get_mut(&pn) else {
                     continue;
                 };
-                // `auto` protects what an exchange waits for: STREAM frames (data or FIN) and
-                // stream resets. A packet with only credit updates (which the receiver of a
-                // bulk transfer sends while nothing of its own is in flight) or a PING is not
-                // worth parity.
+                // `auto` protects what an exchange waits for: STREAM frames (data or FIN),
+                // stream resets and datagrams. A packet with only credit updates (which the
+                // receiver of a bulk transfer sends while nothing of its own is in flight) or a
+                // PING is not worth parity.
                 let ends_exchange = !p.frames.stream.is_empty()
                     || !p.frames.reset.is_empty()
-                    || !p.frames.stop_sending.is_empty();
+                    || !p.frames.stop_sending.is_empty()
+                    || p.datagram_frames > 0;
                 if p.mtu_probe || (auto && !ends_exchange) {
                     continue;
                 }
@@ -178,10 +183,15 @@ impl Connection {
                 }
             }
         }
-        let tail = !self.streams.has_pending();
+        let tail = !self.streams.has_pending() && !self.datagrams.has_pending();
         if tail || !protect {
             self.fec_close_group(now);
         }
+    }
+
+    /// Stream and datagram bytes sent so far: what [`RecentRate`] measures.
+    fn fec_rate_bytes(&self) -> u64 {
+        self.stats.stream_bytes_sent + self.datagrams.stats.bytes_sent
     }
 
     /// Data packets per group in the current mode.
