@@ -9,20 +9,29 @@
 #                                       # UDP forward, iperf3 through kcptun (clean link)
 #   scripts/faketcp-bench.sh bulk       # 256 MiB over fake TCP through the NAT router (strict
 #                                       # conntrack): SHA-256 both ends, INVALID count
+#   scripts/faketcp-bench.sh phantun    # on the emulated 100 Mbit/s, 100 ms, 5 % link: gaptun
+#                                       # over fake TCP, then kcptun fast3 over phantun (the
+#                                       # stack people run today), one iperf3 connection each;
+#                                       # installs phantun with `cargo install phantun` if
+#                                       # absent (PHANTUN_ROOT, default ~/.cargo/phantun);
+#                                       # KCPTUN_WND=N gives kcptun N-packet windows
 #   scripts/faketcp-bench.sh cleanup    # remove namespaces left by an interrupted run
 #
-# SECS (default 10) sets each iperf3 run's length. Overhead = wire bytes / iperf3 goodput bytes,
-# wire bytes = what both daemons sent (`ctl stats json`: bytes and packets) plus, per packet,
-# the IPv4 and UDP (28) or TCP-with-timestamps (52) headers. (nftables counts one GSO batch of
-# UDP datagrams as one packet with one header, which would flatter UDP; for fake TCP, which has
-# no GSO, its count is printed too, and includes the carrier's own empty ACKs.)
+# SECS (default 10) sets each iperf3 run's length; GAPTUN names the gaptun binary (default
+# target/release/gaptun); with GAPTUN_BEFORE=path, `loopback` also runs fake TCP with that
+# build, in the same run. Overhead = wire bytes / iperf3 goodput bytes, wire bytes = what both
+# daemons sent (`ctl stats json`: bytes and packets) plus, per packet, the IPv4 and UDP (28) or
+# TCP-with-timestamps (52) headers. (nftables counts one GSO batch of UDP datagrams as one
+# packet with one header, which would flatter UDP; fake TCP sends each segment as its own
+# packet, even in a `sendmmsg` batch, so its nftables count is printed too, and includes the
+# carrier's own empty ACKs.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
   exec sudo -E "$0" "$@"
 fi
 SECS=${SECS:-10}
-GAPTUN=target/release/gaptun
+GAPTUN=${GAPTUN:-target/release/gaptun}
 KEY=faketcp-bench-passphrase
 NS_C=gfb-client NS_R=gfb-router NS_S=gfb-server NS_L=gfb-loop
 PORT=29900
@@ -115,14 +124,20 @@ def walk(v):
     elif isinstance(v, list):
         for x in v: walk(x)
 for line in sys.stdin:
-    if line.strip(): walk(json.loads(line))
+    if not line.strip(): continue
+    snap = json.loads(line)
+    # The daemon-wide totals when the snapshot has them (connections repeat the same bytes).
+    if isinstance(snap.get("totals"), dict):
+        total[0] += snap["totals"]["bytes_sent"]; total[1] += snap["totals"]["packets_sent"]
+    else:
+        walk(snap)
 print(total[0], total[1])')
   python3 -c "
 b, w, bps = $bytes, $wire, $bps
 sent_bytes, sent_packets = map(int, '$sent'.split())
 header = 52 if '$carrier' == 'faketcp' else 28
 model = sent_bytes + header * sent_packets
-print(f'$carrier: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes; {sent_packets} packets, '
+print(f'${LABEL:-$carrier}: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes; {sent_packets} packets, '
       f'wire {model} bytes, overhead {model/b:.4f} (nftables counted {w}, {w/b:.4f})')"
   kill "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true
   sleep 1
@@ -134,6 +149,10 @@ loopback() {
   count_wire $NS_L
   start $NS_L iperf3 iperf3 -s -B 127.0.0.1 -p 5201
   for carrier in udp faketcp; do run_pair "$carrier" $NS_L $NS_L 127.0.0.1 $NS_L; done
+  if [ -n "${GAPTUN_BEFORE:-}" ]; then
+    # The same run, with another build (say, before a change) for a side-by-side figure.
+    GAPTUN=$GAPTUN_BEFORE LABEL="faketcp ($GAPTUN_BEFORE)" run_pair faketcp $NS_L $NS_L 127.0.0.1 $NS_L
+  fi
 }
 
 three_namespaces() { # client -- NAT router (strict conntrack) -- server, clean links
@@ -167,22 +186,98 @@ EOF
   start $NS_S iperf3 iperf3 -s -B 127.0.0.1 -p 5201
 }
 
-link() {
+emulated_link() { # SECONDS: starts the emulated 5 % link; sets NS_A, NS_B, DEV_A, DEV_B
   local bench=target/release/gaptun-bench
   [ -x $bench ] || cargo build --release -p gaptun-bench
-  $bench emulate --scenario 100m-100ms-5pct --seconds $((SECS * 2 + 40)) \
+  $bench emulate --scenario 100m-100ms-5pct --seconds "$1" \
     >/tmp/gfb-emulate.json 2>/tmp/gfb-emulate.log &
   PIDS+=($!)
   for _ in $(seq 100); do grep -q "link up" /tmp/gfb-emulate.log && break; sleep 0.2; done
-  local ns_a ns_b
-  read -r ns_a ns_b < <(sed -n 's/^link up: \([^ ]*\) .* <-> \([^ ]*\) .*/\1 \2/p' /tmp/gfb-emulate.log)
+  read -r NS_A NS_B < <(sed -n 's/^link up: \([^ ]*\) .* <-> \([^ ]*\) .*/\1 \2/p' /tmp/gfb-emulate.log)
+  DEV_A=$(ip -n "$NS_A" -o addr show to 10.201.0.1 | awk '{print $2}')
+  DEV_B=$(ip -n "$NS_B" -o addr show to 10.201.0.2 | awk '{print $2}')
   sed -n 's/^link up: //p' /tmp/gfb-emulate.log
-  count_wire "$ns_a"
-  count_wire "$ns_b"
-  start "$ns_b" iperf3 iperf3 -s -B 127.0.0.1 -p 5201
+}
+
+link() {
+  emulated_link $((SECS * 2 + 40))
+  count_wire "$NS_A"
+  count_wire "$NS_B"
+  start "$NS_B" iperf3 iperf3 -s -B 127.0.0.1 -p 5201
   for carrier in udp faketcp; do
-    run_pair "$carrier" "$ns_b" "$ns_a" 10.201.0.2 "$ns_a $ns_b"
+    run_pair "$carrier" "$NS_B" "$NS_A" 10.201.0.2 "$NS_A $NS_B"
   done
+}
+
+phantun_dir() { # prints the directory of phantun's client and server, installing them
+  # The crate's binaries are named plainly `client` and `server` (its release archives call
+  # them phantun_client and phantun_server), so they get a root of their own.
+  local root=${PHANTUN_ROOT:-${CARGO_HOME:-$HOME/.cargo}/phantun}
+  if ! [ -x "$root/bin/client" ] || ! [ -x "$root/bin/server" ]; then
+    echo "phantun not found in $root: cargo install phantun (a few minutes)" >&2
+    cargo install phantun --locked --root "$root" >&2 || cargo install phantun --root "$root" >&2
+  fi
+  echo "$root/bin"
+}
+
+phantun() {
+  local pdir ns
+  pdir=$(phantun_dir)
+  emulated_link $((SECS * 2 + 60))
+  count_wire "$NS_A"
+  count_wire "$NS_B"
+  start "$NS_B" iperf3 iperf3 -s -B 127.0.0.1 -p 5201
+  run_pair faketcp "$NS_B" "$NS_A" 10.201.0.2 "$NS_A $NS_B"
+
+  # phantun set up as its README says: a TUN device each side, IP forwarding, the client's
+  # segments masqueraded out of the link device, the server's port DNATed to its TUN peer.
+  # kcptun with the harness's kcptun-fast3 settings (AES, no compression, default windows;
+  # KCPTUN_WND=2048 sets both windows, as the harness's kcptun-fast3-wnd2048).
+  for ns in "$NS_A" "$NS_B"; do
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+    # phantun's segments are forwarded, not sent locally: count them as they leave its TUN.
+    ip netns exec "$ns" nft -f - <<EOF
+table inet gfbcount {
+  chain fwd_phantun { type filter hook forward priority 0; policy accept;
+    iifname "gfbpt" counter name wire
+  }
+}
+EOF
+  done
+  ip netns exec "$NS_A" nft -f - <<EOF
+table ip gfbphantun {
+  chain post { type nat hook postrouting priority srcnat; policy accept;
+    iifname "gfbpt" oifname "$DEV_A" masquerade
+  }
+}
+EOF
+  ip netns exec "$NS_B" nft -f - <<EOF
+table ip gfbphantun {
+  chain pre { type nat hook prerouting priority dstnat; policy accept;
+    iifname "$DEV_B" tcp dport $PORT dnat to 192.168.201.2
+  }
+}
+EOF
+  local wnd=()
+  [ -n "${KCPTUN_WND:-}" ] && wnd=(--sndwnd "$KCPTUN_WND" --rcvwnd "$KCPTUN_WND")
+  start "$NS_B" kcptun-server-pt kcptun-server -l 127.0.0.1:29901 -t 127.0.0.1:5201 \
+    --mode fast3 --crypt aes --key "$KEY" --nocomp --quiet "${wnd[@]}"
+  start "$NS_B" phantun-server env RUST_LOG=info "$pdir/server" --local "$PORT" \
+    --remote 127.0.0.1:29901 --tun gfbpt --ipv4-only
+  sleep 1
+  start "$NS_A" phantun-client env RUST_LOG=info "$pdir/client" \
+    --local 127.0.0.1:30000 --remote "10.201.0.2:$PORT" --tun gfbpt --ipv4-only
+  start "$NS_A" kcptun-client-pt kcptun-client -l 127.0.0.1:5203 -r 127.0.0.1:30000 \
+    --mode fast3 --crypt aes --key "$KEY" --nocomp --quiet "${wnd[@]}"
+  sleep 3
+  reset_counter "$NS_A" "$NS_B"
+  read -r bytes bps < <(iperf_bytes "$NS_A" 5203)
+  local wire
+  wire=$(nft_counters "$NS_A" "$NS_B")
+  python3 -c "
+b, w, bps = $bytes, $wire, $bps
+print(f'kcptun fast3 (window ${KCPTUN_WND:-default}) over phantun: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes; '
+      f'wire {w} bytes (nftables, both ends), overhead {w/max(b,1):.4f}')"
 }
 
 kcptun() {
@@ -239,8 +334,8 @@ print(f"client sent {mib << 20} bytes in {took:.1f} s ({(mib << 23) / took / 1e6
 
 case "${1:-}" in
   cleanup) cleanup; exit 0 ;;
-  loopback|link|kcptun|bulk) ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  loopback|link|kcptun|bulk|phantun) ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac
 trap cleanup EXIT
 cleanup

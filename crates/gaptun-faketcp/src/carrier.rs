@@ -20,6 +20,12 @@ impl Carrier for FakeTcpSocket {
         Ok(Self::local_addr(self))
     }
 
+    /// A segmented send becomes one `sendmmsg` of that many segments (raw sockets have no GSO;
+    /// batching the system calls is what makes the carrier fast).
+    fn max_transmit_segments(&self) -> usize {
+        Self::MAX_BATCH
+    }
+
     fn poll_recv(
         &self,
         cx: &mut Context<'_>,
@@ -43,7 +49,13 @@ impl Carrier for FakeTcpSocket {
     }
 
     fn try_send(&self, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
-        Self::try_send(self, transmit.destination, transmit.contents)
+        match transmit.segment_size {
+            Some(size) => {
+                Self::try_send_segments(self, transmit.destination, transmit.contents, size)
+                    .map(drop)
+            }
+            None => Self::try_send(self, transmit.destination, transmit.contents),
+        }
     }
 
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

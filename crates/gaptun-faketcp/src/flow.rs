@@ -442,6 +442,28 @@ impl Flow {
         self.last_send = now;
     }
 
+    /// Where sending stands now, to [`Flow::rewind`] to when segments written since were not
+    /// sent after all.
+    pub(crate) fn send_mark(&self) -> SendMark {
+        SendMark {
+            snd_nxt: self.snd_nxt,
+            ip_id: self.ip_id,
+            last_send: self.last_send,
+            ack_owed: self.ack_owed,
+            ack_due: self.ack_due,
+        }
+    }
+
+    /// Forgets the data segments committed since `mark` was taken: their sequence space is
+    /// used again, as if they had never been written.
+    pub(crate) fn rewind(&mut self, mark: SendMark) {
+        self.snd_nxt = mark.snd_nxt;
+        self.ip_id = mark.ip_id;
+        self.last_send = mark.last_send;
+        self.ack_owed = mark.ack_owed;
+        self.ack_due = mark.ack_due;
+    }
+
     fn acknowledged(&mut self) {
         self.ack_owed = 0;
         self.ack_due = None;
@@ -458,6 +480,87 @@ impl Flow {
         let ms = now.saturating_duration_since(self.created).as_millis() as u32;
         self.ts_offset.wrapping_add(ms)
     }
+}
+
+/// A flow's sending state at one moment (see [`Flow::send_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SendMark {
+    snd_nxt: u32,
+    ip_id: u16,
+    last_send: Instant,
+    ack_owed: u32,
+    ack_due: Option<Instant>,
+}
+
+/// What [`send_data_batch`] did.
+#[derive(Debug, Default)]
+pub(crate) struct BatchSent {
+    /// Segments that went (the first ones of the batch).
+    pub segments: usize,
+    /// Their payload bytes.
+    pub payload_bytes: usize,
+    /// Their whole IP packets' bytes.
+    pub wire_bytes: usize,
+    /// Why the rest did not go (`None` when all went).
+    pub error: Option<std::io::Error>,
+}
+
+/// Writes `contents`, cut into datagrams of `segment_size` bytes (the last may be shorter;
+/// empty contents are one empty datagram), as consecutive data segments of `flow`, one per
+/// buffer of `bufs`, and hands them to `send`, which returns how many of the segments it was
+/// given went out (as `sendmmsg` does: the first ones, or an error when not even the first).
+/// `send` is called again for the rest until all went or it fails; the flow is then left as
+/// if only the segments that went had been written, so the next segment follows them in
+/// sequence space with no hole.
+pub(crate) fn send_data_batch(
+    flow: &mut Flow,
+    contents: &[u8],
+    segment_size: usize,
+    now: Instant,
+    bufs: &mut Vec<Vec<u8>>,
+    mut send: impl FnMut(&[Vec<u8>]) -> std::io::Result<usize>,
+) -> BatchSent {
+    let size = segment_size.max(1);
+    let count = if contents.is_empty() {
+        1
+    } else {
+        contents.len().div_ceil(size)
+    };
+    let chunk = |i: usize| contents.get(i * size..((i + 1) * size).min(contents.len()));
+    if bufs.len() < count {
+        bufs.resize_with(count, Vec::new);
+    }
+    let mark = flow.send_mark();
+    for (i, buf) in bufs.iter_mut().enumerate().take(count) {
+        let payload = chunk(i).unwrap_or_default();
+        flow.write_data(payload, now, buf);
+        flow.commit_data(payload.len(), now);
+    }
+    let mut result = BatchSent::default();
+    while result.segments < count {
+        match send(&bufs[result.segments..count]) {
+            Ok(0) => {
+                result.error = Some(std::io::ErrorKind::WriteZero.into());
+                break;
+            }
+            Ok(n) => result.segments = (result.segments + n).min(count),
+            Err(e) => {
+                result.error = Some(e);
+                break;
+            }
+        }
+    }
+    if result.segments < count {
+        flow.rewind(mark);
+        for i in 0..result.segments {
+            flow.commit_data(chunk(i).map_or(0, <[u8]>::len), now);
+        }
+    }
+    for (i, buf) in bufs.iter().enumerate().take(result.segments) {
+        result.payload_bytes += chunk(i).map_or(0, <[u8]>::len);
+        result.wire_bytes += buf.len();
+    }
+    result
 }
 
 /// The RST a server sends for a segment of a flow it does not know (as the kernel would):
@@ -735,5 +838,124 @@ mod tests {
         );
         assert_ne!(a.iss, b.iss);
         assert_ne!(a.iss, 0);
+    }
+
+    /// Sends `contents` in a batch through a fake kernel that takes at most `take[i]` segments
+    /// on its i-th call (an error once the list is used up); returns what went, as the peer
+    /// saw it, and the outcome.
+    fn batch_through(
+        flow: &mut Flow,
+        contents: &[u8],
+        segment_size: usize,
+        takes: &[usize],
+        now: Instant,
+    ) -> (Vec<Vec<u8>>, BatchSent) {
+        let mut wire = Vec::new();
+        let mut calls = 0;
+        let mut bufs = Vec::new();
+        let sent = send_data_batch(flow, contents, segment_size, now, &mut bufs, |packets| {
+            let take = takes.get(calls).copied();
+            calls += 1;
+            match take {
+                Some(n) => {
+                    let n = n.min(packets.len());
+                    wire.extend(packets[..n].iter().cloned());
+                    Ok(n)
+                }
+                None => Err(std::io::ErrorKind::WouldBlock.into()),
+            }
+        });
+        (wire, sent)
+    }
+
+    #[test]
+    fn batch_carries_each_datagram_intact_in_consecutive_segments() {
+        let now = Instant::now();
+        let (mut client, mut server) = handshake(now);
+        let contents: Vec<u8> = (0..10_000u32).map(|i| (i * 31 + 7) as u8).collect();
+        let start = client.snd_nxt;
+        let (wire, sent) = batch_through(&mut client, &contents, 1448, &[64], now);
+        assert!(sent.error.is_none());
+        assert_eq!(sent.segments, 7, "10 000 bytes in 1448-byte datagrams");
+        assert_eq!(sent.payload_bytes, contents.len());
+        assert_eq!(
+            sent.wire_bytes,
+            contents.len() + 7 * crate::packet::DATA_OVERHEAD
+        );
+        let mut got = Vec::new();
+        let mut expected_seq = start;
+        for (i, packet) in wire.iter().enumerate() {
+            let seg = parse(packet).expect("segment parses");
+            assert_eq!(seg.seq, expected_seq, "segment {i} follows the one before");
+            let want = &contents[i * 1448..((i + 1) * 1448).min(contents.len())];
+            assert_eq!(seg.payload, want, "datagram {i} intact and whole");
+            assert!(server.on_segment(&seg, now).deliver);
+            expected_seq = expected_seq.wrapping_add(seg.payload.len() as u32);
+            got.extend_from_slice(seg.payload);
+        }
+        assert_eq!(got, contents);
+        assert_eq!(client.snd_nxt, expected_seq);
+    }
+
+    #[test]
+    fn short_batch_of_one_and_the_kernel_taking_a_batch_in_parts() {
+        let now = Instant::now();
+        let (mut client, _server) = handshake(now);
+        // A single datagram (no segmentation) is a batch of one.
+        let (wire, sent) = batch_through(&mut client, &[9; 300], 300, &[1], now);
+        assert_eq!((wire.len(), sent.segments, sent.payload_bytes), (1, 1, 300));
+        assert!(sent.error.is_none());
+        // The kernel takes 2, then 3 of 5: all go, in order, over two calls.
+        let start = client.snd_nxt;
+        let (wire, sent) = batch_through(&mut client, &[5; 5 * 100], 100, &[2, 3], now);
+        assert!(sent.error.is_none());
+        assert_eq!(sent.segments, 5);
+        let seqs: Vec<u32> = wire.iter().map(|p| parse(p).expect("parses").seq).collect();
+        let want: Vec<u32> = (0..5).map(|i| start.wrapping_add(i * 100)).collect();
+        assert_eq!(seqs, want);
+    }
+
+    #[test]
+    fn error_mid_batch_leaves_no_hole_in_sequence_space() {
+        let now = Instant::now();
+        let (mut client, mut server) = handshake(now);
+        let start = client.snd_nxt;
+        let ip_id = client.ip_id;
+        // 6 segments; the kernel takes 2, then refuses.
+        let (wire, sent) = batch_through(&mut client, &[1; 600], 100, &[2], now);
+        assert_eq!(sent.segments, 2);
+        assert_eq!(sent.payload_bytes, 200);
+        assert_eq!(
+            sent.error.as_ref().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(wire.len(), 2);
+        assert_eq!(
+            client.snd_nxt,
+            start.wrapping_add(200),
+            "only what went used sequence space"
+        );
+        assert_eq!(client.ip_id, ip_id.wrapping_add(2));
+        // The next segment follows the last that went, so the peer sees no gap.
+        let next = data(&mut client, &[2; 50], now);
+        let next = parse(&next).expect("parses");
+        assert_eq!(next.seq, start.wrapping_add(200));
+        for packet in &wire {
+            assert!(
+                server
+                    .on_segment(&parse(packet).expect("parses"), now)
+                    .deliver
+            );
+        }
+        assert!(server.on_segment(&next, now).deliver);
+        let ack = control(&mut server, Control::Ack, now);
+        assert_eq!(parse(&ack).expect("parses").ack, start.wrapping_add(250));
+
+        // Refused from the first segment: nothing went and the flow is exactly as before.
+        let before = client.send_mark();
+        let (wire, sent) = batch_through(&mut client, &[3; 400], 100, &[], now);
+        assert_eq!((wire.len(), sent.segments, sent.payload_bytes), (0, 0, 0));
+        assert!(sent.error.is_some());
+        assert_eq!(client.send_mark(), before);
     }
 }

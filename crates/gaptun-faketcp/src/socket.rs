@@ -9,7 +9,7 @@
 //! keepalive ACKs, reconnections); data goes straight through.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSliceMut, Read};
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::error::FakeTcpError;
-use crate::flow::{CloseReason, Control, Flow, Timing, reset_for};
+use crate::flow::{CloseReason, Control, Flow, Timing, reset_for, send_data_batch};
 use crate::nft::{RstGuard, Scope};
 use crate::packet::{self, ACK, RST, SYN, Segment};
 use crate::sys::{self, Filter};
@@ -141,8 +141,45 @@ struct State {
     role: Role,
     timing: Timing,
     rng: StdRng,
-    recv_buf: Vec<u8>,
+    recv: RecvSlots,
     send_buf: Vec<u8>,
+    /// One buffer per segment of a batch send, reused.
+    batch: Vec<Vec<u8>>,
+}
+
+/// Buffers one `recvmmsg` fills: [`sys::BATCH`] packets of up to [`RECV_BUFFER`] bytes.
+#[derive(Debug)]
+struct RecvSlots {
+    storage: Vec<u8>,
+    lens: [usize; sys::BATCH],
+}
+
+impl RecvSlots {
+    fn new() -> Self {
+        Self {
+            storage: vec![0; RECV_BUFFER * sys::BATCH],
+            lens: [0; sys::BATCH],
+        }
+    }
+
+    /// Reads up to `max` packets (at most [`sys::BATCH`]) in one call.
+    fn read(&mut self, socket: &Socket, max: usize) -> io::Result<usize> {
+        let mut bufs: Vec<IoSliceMut<'_>> = self
+            .storage
+            .chunks_mut(RECV_BUFFER)
+            .take(max.min(sys::BATCH))
+            .map(IoSliceMut::new)
+            .collect();
+        sys::recv_batch(socket, &mut bufs, &mut self.lens)
+    }
+
+    /// Packet `i` of the last read.
+    fn packet(&self, i: usize) -> &[u8] {
+        let len = self.lens.get(i).copied().unwrap_or(0).min(RECV_BUFFER);
+        self.storage
+            .get(i * RECV_BUFFER..i * RECV_BUFFER + len)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]
@@ -241,8 +278,9 @@ impl FakeTcpSocket {
                 role,
                 timing,
                 rng: StdRng::from_os_rng(),
-                recv_buf: vec![0; RECV_BUFFER],
+                recv: RecvSlots::new(),
                 send_buf: Vec::with_capacity(RECV_BUFFER),
+                batch: Vec::new(),
             }),
             timer: Arc::new(Notify::new()),
             counters: Counters::default(),
@@ -333,12 +371,9 @@ impl FakeTcpSocket {
             };
             let mut state = self.inner.lock();
             loop {
-                let read = guard.try_io(|fd| {
-                    let mut socket: &Socket = fd.get_ref();
-                    socket.read(&mut state.recv_buf)
-                });
-                let len = match read {
-                    Ok(Ok(len)) => len,
+                let read = guard.try_io(|fd| state.recv.read(fd.get_ref(), capacity - filled));
+                let got = match read {
+                    Ok(Ok(got)) => got,
                     Ok(Err(e)) => {
                         if filled > 0 {
                             return Poll::Ready(Ok(filled));
@@ -348,12 +383,17 @@ impl FakeTcpSocket {
                     // Readiness cleared: poll again (registers the waker).
                     Err(_would_block) => break,
                 };
-                if let Some((n, from)) = self.inner.on_packet(&mut state, len, &mut bufs[filled]) {
-                    meta[filled] = (n, from);
-                    filled += 1;
-                    if filled == capacity {
-                        return Poll::Ready(Ok(filled));
+                // At most `capacity - filled` packets were read, so each data segment among
+                // them has a buffer left.
+                for i in 0..got {
+                    if let Some((n, from)) = self.inner.on_packet(&mut state, i, &mut bufs[filled])
+                    {
+                        meta[filled] = (n, from);
+                        filled += 1;
                     }
+                }
+                if filled == capacity {
+                    return Poll::Ready(Ok(filled));
                 }
             }
         }
@@ -375,6 +415,25 @@ impl FakeTcpSocket {
     /// (re)established is queued (a client) or dropped (a server: it has no flow to that
     /// address any more), as UDP loses datagrams.
     pub fn try_send(&self, destination: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        self.try_send_segments(destination, payload, payload.len())
+            .map(drop)
+    }
+
+    /// Sends `contents` as datagrams of `segment_size` bytes (the last may be shorter), as a
+    /// GSO batch would be split, with as few system calls as possible (`sendmmsg`, up to
+    /// [`FakeTcpSocket::MAX_BATCH`] segments each). Returns how many bytes went.
+    ///
+    /// Either none go (the error is returned and the flow is as before, so the batch can be
+    /// sent again after `WouldBlock`), or all go, or, when the kernel refuses midway, the first
+    /// ones go and the rest are dropped and counted, as a full UDP send buffer would drop them.
+    /// Datagrams for a flow being (re)established are handled as in
+    /// [`FakeTcpSocket::try_send`].
+    pub fn try_send_segments(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: usize,
+    ) -> io::Result<usize> {
         let SocketAddr::V4(destination) = destination else {
             bump(&self.inner.counters.dropped, 1);
             return Err(io::Error::new(
@@ -382,6 +441,8 @@ impl FakeTcpSocket {
                 "fake TCP carries IPv4 only",
             ));
         };
+        let size = segment_size.max(1);
+        let segments = contents.len().div_ceil(size).max(1) as u64;
         let mut state = self.inner.lock();
         let state = &mut *state;
         let now = Instant::now();
@@ -389,57 +450,59 @@ impl FakeTcpSocket {
             Role::Server { flows, .. } => match flows.get_mut(&destination) {
                 Some(flow) if flow.is_established() => flow,
                 _ => {
-                    bump(&self.inner.counters.dropped, 1);
-                    return Ok(());
+                    bump(&self.inner.counters.dropped, segments);
+                    return Ok(0);
                 }
             },
             Role::Client { server, slots, .. } => {
                 let slot = match slots.get_mut(&destination.port()) {
                     Some(slot) if destination.ip() == server => slot,
                     _ => {
-                        bump(&self.inner.counters.dropped, 1);
-                        return Ok(());
+                        bump(&self.inner.counters.dropped, segments);
+                        return Ok(0);
                     }
                 };
                 match &mut slot.flow {
                     Some(flow) if flow.is_established() => flow,
                     _ => {
-                        if slot.queue.len() < QUEUE_WHILE_CONNECTING {
-                            slot.queue.push_back(payload.to_vec());
-                        } else {
-                            bump(&self.inner.counters.dropped, 1);
+                        let mut queued = 0;
+                        for chunk in contents.chunks(size) {
+                            if slot.queue.len() < QUEUE_WHILE_CONNECTING {
+                                slot.queue.push_back(chunk.to_vec());
+                                queued += chunk.len();
+                            } else {
+                                bump(&self.inner.counters.dropped, 1);
+                            }
                         }
-                        return Ok(());
+                        return Ok(queued);
                     }
                 }
             }
         };
-        flow.write_data(payload, now, &mut state.send_buf);
-        self.inner
-            .send_packet(&state.send_buf, *flow.remote().ip())?;
-        flow.commit_data(payload.len(), now);
-        bump(&self.inner.counters.data_sent, 1);
-        Ok(())
+        let dst = socket2::SockAddr::from(SocketAddrV4::new(*flow.remote().ip(), 0));
+        let fd = &self.inner.fd;
+        let sent = send_data_batch(flow, contents, size, now, &mut state.batch, |packets| {
+            fd.try_io(Interest::WRITABLE, |socket| {
+                sys::send_batch(socket, packets, &dst)
+            })
+        });
+        let counters = &self.inner.counters;
+        bump(&counters.wire_bytes_sent, sent.wire_bytes as u64);
+        bump(&counters.data_sent, sent.segments as u64);
+        match sent.error {
+            Some(e) if sent.segments == 0 => Err(e),
+            Some(e) => {
+                let lost = segments.saturating_sub(sent.segments as u64);
+                bump(&counters.dropped, lost);
+                debug!(remote = %destination, lost, "fake TCP: batch cut short: {e}");
+                Ok(sent.payload_bytes)
+            }
+            None => Ok(sent.payload_bytes),
+        }
     }
 
-    /// Sends `contents` as datagrams of `segment_size` bytes (the last may be shorter), as a
-    /// GSO batch would be split. Stops at the first error; returns how many bytes went.
-    pub fn try_send_segments(
-        &self,
-        destination: SocketAddr,
-        contents: &[u8],
-        segment_size: usize,
-    ) -> io::Result<usize> {
-        let mut sent = 0;
-        for chunk in contents.chunks(segment_size.max(1)) {
-            match self.try_send(destination, chunk) {
-                Ok(()) => sent += chunk.len(),
-                Err(e) if sent == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(sent)
-    }
+    /// Most segments one `sendmmsg` or `recvmmsg` call moves.
+    pub const MAX_BATCH: usize = sys::BATCH;
 
     /// Ready when a send may succeed again after `WouldBlock`.
     pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -489,22 +552,23 @@ impl Inner {
         }
     }
 
-    /// Handles one packet read into `state.recv_buf[..len]`; a data payload is copied into
-    /// `out` and returned with its sender.
+    /// Handles packet `index` of the last batch read into `state.recv`; a data payload is
+    /// copied into `out` and returned with its sender.
     fn on_packet(
         &self,
         state: &mut State,
-        len: usize,
+        index: usize,
         out: &mut [u8],
     ) -> Option<(usize, SocketAddr)> {
         let State {
             role,
             timing,
             rng,
-            recv_buf,
+            recv,
             send_buf,
+            ..
         } = state;
-        let seg = packet::parse(&recv_buf[..len]).ok()?;
+        let seg = packet::parse(recv.packet(index)).ok()?;
         let now = Instant::now();
         match role {
             Role::Server { addr, ports, flows } => {

@@ -8,11 +8,14 @@
 //! copy of each incoming TCP segment after IP reassembly and before TCP; the kernel's own
 //! answer (a RST, as no TCP socket exists) is dropped by the rules in [`crate::nft`].
 //!
-//! `socket2` wraps every call we need, so this crate has no `unsafe` of its own.
+//! `socket2` wraps the set-up calls. The batch calls, `sendmmsg` and `recvmmsg`, are not
+//! wrapped by it: [`send_batch`] and [`recv_batch`] call them through `libc` (one datagram per
+//! system call was the carrier's bottleneck: a raw socket has no GSO or GRO).
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
+use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
@@ -62,6 +65,92 @@ pub(crate) fn raw_socket(filter: &Filter) -> Result<Socket, FakeTcpError> {
 fn drain(socket: &Socket) {
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
     while socket.recv(&mut buf).is_ok() {}
+}
+
+/// Packets one [`send_batch`] or [`recv_batch`] call moves at most.
+pub(crate) const BATCH: usize = 32;
+
+/// Sends `packets` (at most [`BATCH`]) to `dst` with one `sendmmsg`. Returns how many the
+/// kernel took: all, or the ones before the first that failed. An error is returned only when
+/// the very first packet failed (as `sendmmsg` itself reports it); the caller sends the rest
+/// again or gives them up.
+#[allow(unsafe_code)]
+pub(crate) fn send_batch<P: AsRef<[u8]>>(
+    socket: &Socket,
+    packets: &[P],
+    dst: &socket2::SockAddr,
+) -> io::Result<usize> {
+    let count = packets.len().min(BATCH);
+    if count == 0 {
+        return Ok(0);
+    }
+    let iovecs: [IoSlice<'_>; BATCH] =
+        std::array::from_fn(|i| IoSlice::new(packets.get(i).map_or(&[], AsRef::as_ref)));
+    // SAFETY: `mmsghdr` is plain data (pointers and integers); all-zero is a valid value.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (header, iov) in headers.iter_mut().zip(&iovecs).take(count) {
+        header.msg_hdr.msg_name = dst.as_ptr() as *mut libc::c_void;
+        header.msg_hdr.msg_namelen = dst.len();
+        // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix.
+        header.msg_hdr.msg_iov = iov as *const IoSlice<'_> as *mut libc::iovec;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the first `count` headers point at `dst` and at one `iovec` each, all borrowed
+    // for this call only; the kernel reads them (it writes only `msg_len`).
+    let sent = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// Receives up to `bufs.len()` (at most [`BATCH`]) packets with one `recvmmsg`, writing each
+/// one's length into `lens` (same index); returns how many arrived. `WouldBlock` when none
+/// was waiting. A packet longer than its buffer is cut to the buffer's length.
+#[allow(unsafe_code)]
+pub(crate) fn recv_batch(
+    socket: &Socket,
+    bufs: &mut [IoSliceMut<'_>],
+    lens: &mut [usize],
+) -> io::Result<usize> {
+    let count = bufs.len().min(lens.len()).min(BATCH);
+    if count == 0 {
+        return Ok(0);
+    }
+    // SAFETY: as above, all-zero `mmsghdr`s are valid.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (header, buf) in headers.iter_mut().zip(bufs.iter_mut()).take(count) {
+        // `IoSliceMut` is guaranteed ABI-compatible with `iovec` on Unix.
+        header.msg_hdr.msg_iov = buf as *mut IoSliceMut<'_> as *mut libc::iovec;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each of the first `count` headers points at one `iovec` describing a buffer
+    // we borrow mutably for this call; no name or control buffers are given. The kernel writes
+    // at most each buffer's length and the headers' `msg_len`.
+    let got = unsafe {
+        libc::recvmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = got as usize;
+    for ((len, header), buf) in lens.iter_mut().zip(&headers).zip(bufs.iter()).take(got) {
+        *len = (header.msg_len as usize).min(buf.len());
+    }
+    Ok(got)
 }
 
 /// A TCP socket bound to an ephemeral port and never listening: it keeps the port ours, so the
@@ -134,4 +223,95 @@ fn program(filter: &Filter) -> Vec<SockFilter> {
         .collect();
     program.push(SockFilter::new(RET_K, 0, 0, 0));
     program
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{SocketAddr, UdpSocket};
+
+    /// A pair of non-blocking UDP sockets on loopback: the batch calls are the same for any
+    /// datagram socket, and UDP needs no privilege.
+    fn pair() -> (Socket, Socket, SocketAddr) {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = rx.local_addr().expect("address");
+        rx.set_nonblocking(true).expect("non-blocking");
+        tx.set_nonblocking(true).expect("non-blocking");
+        (Socket::from(tx), Socket::from(rx), to)
+    }
+
+    fn recv_all(rx: &Socket, slots: usize) -> Vec<Vec<u8>> {
+        let mut storage = vec![0u8; 2048 * slots];
+        let mut lens = vec![0usize; slots];
+        let mut bufs: Vec<IoSliceMut<'_>> = storage.chunks_mut(2048).map(IoSliceMut::new).collect();
+        let got = recv_batch(rx, &mut bufs, &mut lens).expect("datagrams waiting");
+        storage
+            .chunks(2048)
+            .zip(&lens)
+            .take(got)
+            .map(|(buf, &len)| buf[..len].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn batch_goes_out_and_comes_back_intact_in_one_call_each() {
+        let (tx, rx, to) = pair();
+        let packets: Vec<Vec<u8>> = (0..BATCH)
+            .map(|i| (0..100 + i * 37).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        assert_eq!(send_batch(&tx, &packets, &to.into()).expect("sent"), BATCH);
+        assert_eq!(recv_all(&rx, BATCH), packets);
+    }
+
+    #[test]
+    fn short_batches_return_what_there_is() {
+        let (tx, rx, to) = pair();
+        let packets = vec![vec![1u8; 10], vec![2u8; 20], vec![3u8; 30]];
+        assert_eq!(send_batch(&tx, &packets, &to.into()).expect("sent"), 3);
+        // Room for 32, three waiting: three, then nothing.
+        assert_eq!(recv_all(&rx, BATCH), packets);
+        let mut buf = [0u8; 64];
+        let mut bufs = [IoSliceMut::new(&mut buf)];
+        let err = recv_batch(&rx, &mut bufs, &mut [0]).expect_err("nothing waiting");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // An empty batch sends nothing and does not call the kernel.
+        assert_eq!(
+            send_batch::<Vec<u8>>(&tx, &[], &to.into()).expect("empty"),
+            0
+        );
+    }
+
+    #[test]
+    fn error_mid_batch_counts_the_packets_before_it() {
+        let (tx, rx, to) = pair();
+        // The third datagram is too long for UDP: the kernel sends two and stops there.
+        let too_long = vec![0u8; 70_000];
+        let packets = vec![vec![1u8; 5], vec![2u8; 6], too_long, vec![4u8; 7]];
+        assert_eq!(send_batch(&tx, &packets, &to.into()).expect("partial"), 2);
+        // Starting at the bad one, the error itself comes back.
+        let err = send_batch(&tx, &packets[2..], &to.into()).expect_err("first refused");
+        assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
+        // Linux keeps a mid-batch error (other than EAGAIN) as the socket's pending error and
+        // may report it once more on the next send; after that the rest goes.
+        let rest = match send_batch(&tx, &packets[3..], &to.into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                send_batch(&tx, &packets[3..], &to.into())
+            }
+            other => other,
+        };
+        assert_eq!(rest.expect("rest"), 1);
+        assert_eq!(
+            recv_all(&rx, BATCH),
+            vec![vec![1u8; 5], vec![2u8; 6], vec![4u8; 7]]
+        );
+    }
+
+    #[test]
+    fn a_packet_longer_than_its_buffer_is_cut_to_it() {
+        let (tx, rx, to) = pair();
+        send_batch(&tx, &[vec![7u8; 3000]], &to.into()).expect("sent");
+        let got = recv_all(&rx, 1);
+        assert_eq!(got, vec![vec![7u8; 2048]]);
+    }
 }
