@@ -309,6 +309,10 @@ struct ClientNode {
     /// The connection [`Sim::connect`] opened last.
     primary: Option<ConnectionHandle>,
     clock_skew_ms: i64,
+    /// Whether the client has a carrier of its own per server address (see
+    /// [`Sim::connect_failover`]): what arrives from server address `a` comes in on the
+    /// carrier numbered as the server's carrier for `a`. Otherwise everything is carrier 0.
+    carrier_per_server: bool,
 }
 
 /// The endpoints and what the simulation knows about their connections.
@@ -640,6 +644,7 @@ impl Sim {
         );
         self.nodes.clients.push(ClientNode {
             endpoint,
+            carrier_per_server: false,
             address,
             history: vec![address],
             primary: None,
@@ -683,6 +688,35 @@ impl Sim {
         servers: &[SocketAddr],
     ) -> Result<ConnectionHandle, ConnectError> {
         self.nodes.connect_paths(self.now, index, servers)
+    }
+
+    /// Like [`Sim::connect_paths`], but the client reaches each server address on a carrier of
+    /// its own (numbered as the server's carrier for that address, so `servers` stand for
+    /// carriers such as UDP and fake TCP) and uses them one at a time, in the order given,
+    /// failing over to the next when the one in use goes silent or lossy
+    /// ([`gaptun_proto::Connection::set_carrier_preference`]).
+    pub fn connect_failover(
+        &mut self,
+        index: usize,
+        servers: &[SocketAddr],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let now = self.now;
+        let paths: Vec<PathAddr> = servers
+            .iter()
+            .map(|&s| PathAddr::new(self.nodes.server_carrier(s).unwrap_or_default(), s))
+            .collect();
+        let order: Vec<CarrierId> = paths.iter().map(|p| p.carrier).collect();
+        let node = self.nodes.client_node(index);
+        if let Some(handle) = node.primary {
+            return Ok(handle);
+        }
+        node.carrier_per_server = true;
+        let handle = node.endpoint.connect_paths(now, &paths)?;
+        if let Some(conn) = node.endpoint.connection(handle) {
+            conn.set_carrier_preference(now, &order);
+        }
+        node.primary = Some(handle);
+        Ok(handle)
     }
 
     /// Gives the server one more address (another port, say), as its own carrier; returns the
@@ -1096,9 +1130,19 @@ impl Sim {
                 d.dst,
                 &d.data,
             );
+            let carrier = if self
+                .nodes
+                .clients
+                .get(index)
+                .is_some_and(|c| c.carrier_per_server)
+            {
+                self.nodes.server_carrier(d.src).unwrap_or_default()
+            } else {
+                CarrierId(0)
+            };
             if let Some(node) = self.nodes.clients.get_mut(index) {
                 node.endpoint
-                    .handle_datagram(now, CarrierId(0), d.src, &mut d.data);
+                    .handle_datagram(now, carrier, d.src, &mut d.data);
             }
         }
     }
