@@ -379,10 +379,13 @@ impl PathSet {
 
     /// Failover over `order` (carriers, most preferred first; carriers not named come after
     /// them, together), or spreading over every path for an empty list. The most preferred
-    /// rank is active until the handshake says otherwise.
+    /// rank is active until the handshake says otherwise; a new list of the same length (the
+    /// same kinds of carrier, renumbered) keeps the active rank.
     pub(super) fn set_preference(&mut self, order: &[CarrierId]) {
+        if order.len() != self.prefer.len() {
+            self.active = 0;
+        }
         self.prefer = order.to_vec();
-        self.active = 0;
         self.rerank();
     }
 
