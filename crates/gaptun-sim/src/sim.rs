@@ -82,6 +82,7 @@ pub fn derive_seed(seed: u64, stream: u64) -> u64 {
 const SEED_SERVER: u64 = 1;
 const SEED_UPLINK: u64 = 2;
 const SEED_DOWNLINK: u64 = 3;
+const SEED_THROTTLE: u64 = 4;
 const SEED_CLIENT_BASE: u64 = 0x100;
 const SEED_SERVER_RESTART_BASE: u64 = 0x1_0000_0000;
 
@@ -296,7 +297,7 @@ pub struct SimStats {
     /// Datagrams injected by the test.
     pub injected: u64,
     /// Datagrams dropped because their source or destination address is blocked
-    /// ([`Sim::block_address`]).
+    /// ([`Sim::block_address`]) or throttled ([`Sim::throttle_address`]).
     pub blocked: u64,
 }
 
@@ -513,6 +514,10 @@ pub struct Sim {
     spins: u64,
     /// Addresses whose datagrams are dropped on delivery ([`Sim::block_address`]).
     blocked: BTreeSet<SocketAddr>,
+    /// Addresses whose datagrams are dropped on delivery with a probability
+    /// ([`Sim::throttle_address`]), and the generator that draws the drops.
+    throttled: std::collections::BTreeMap<SocketAddr, f64>,
+    throttle_rng: rand_chacha::ChaCha8Rng,
 }
 
 impl fmt::Debug for Sim {
@@ -563,6 +568,8 @@ impl Sim {
             buf: Vec::new(),
             spins: 0,
             blocked: BTreeSet::new(),
+            throttled: std::collections::BTreeMap::new(),
+            throttle_rng: rand::SeedableRng::seed_from_u64(derive_seed(config.seed, SEED_THROTTLE)),
         };
         for setup in config.clients {
             sim.add_client(setup);
@@ -735,6 +742,29 @@ impl Sim {
     /// port a middlebox blocks in both directions). Counted in [`SimStats::blocked`].
     pub fn block_address(&mut self, address: SocketAddr) {
         self.blocked.insert(address);
+    }
+
+    /// Drops, from now on, each datagram sent from or to `address` with probability `loss`
+    /// when it is delivered, on top of the links' own loss (a port a middlebox throttles);
+    /// 0 undoes it. Counted in [`SimStats::blocked`].
+    pub fn throttle_address(&mut self, address: SocketAddr, loss: f64) {
+        if loss > 0.0 {
+            self.throttled.insert(address, loss.min(1.0));
+        } else {
+            self.throttled.remove(&address);
+        }
+    }
+
+    /// Whether a datagram between `src` and `dst` is dropped by a block or a throttle.
+    fn dropped_at(&mut self, src: SocketAddr, dst: SocketAddr) -> bool {
+        if self.blocked.contains(&src) || self.blocked.contains(&dst) {
+            return true;
+        }
+        let loss = [src, dst]
+            .iter()
+            .filter_map(|a| self.throttled.get(a))
+            .fold(0.0f64, |acc, &l| acc.max(l));
+        loss > 0.0 && rand::Rng::random_bool(&mut self.throttle_rng, loss)
     }
 
     /// Undoes [`Sim::block_address`].
@@ -1097,7 +1127,7 @@ impl Sim {
                 self.stats.unroutable += 1;
                 continue;
             };
-            if self.blocked.contains(&d.src) || self.blocked.contains(&d.dst) {
+            if self.dropped_at(d.src, d.dst) {
                 self.stats.blocked += 1;
                 continue;
             }
@@ -1118,7 +1148,7 @@ impl Sim {
                 self.stats.unroutable += 1;
                 continue;
             };
-            if self.blocked.contains(&d.src) || self.blocked.contains(&d.dst) {
+            if self.dropped_at(d.src, d.dst) {
                 self.stats.blocked += 1;
                 continue;
             }

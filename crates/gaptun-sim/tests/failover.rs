@@ -275,3 +275,51 @@ fn steady_random_loss_causes_no_flapping() {
         );
     }
 }
+
+/// The preferred carrier is throttled mid-transfer (60 % of its datagrams dropped both ways,
+/// the standby untouched): the client moves to the standby for the loss, not for silence,
+/// every byte arrives, and it moves back once the throttle is lifted.
+#[test]
+fn throttled_carrier_fails_over_on_loss_and_comes_back() {
+    let mut sim = Sim::new(SimConfig::new(23).with_link(link(0.0)));
+    let (main, standby) = two_carriers(&mut sim);
+    sim.connect_failover(0, &[main, standby])
+        .expect("client has a key");
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 25_000_000, 5));
+    // Long enough for the standby's probe record to be full (16 probes).
+    sim.advance(Duration::from_secs(4));
+    assert_eq!(active(&mut sim), Some(main));
+    let throttled_at = sim.now();
+    sim.throttle_address(main, 0.6);
+    let moved_at = run_until_active(&mut sim, standby, Duration::from_secs(10))
+        .expect("never moved off the throttled carrier");
+    let moves = switches(&mut sim);
+    assert!(
+        matches!(
+            moves.as_slice(),
+            [PathSwitch { from: Some(f), to, reason: SwitchReason::Lossy { active, standby: s } }]
+                if f.remote == main && to.remote == standby && *active >= 0.3 && *s <= *active / 4.0
+        ),
+        "{moves:?}"
+    );
+    eprintln!("throttled 60 %: moved after {:?}", moved_at - throttled_at);
+    assert!(moved_at - throttled_at <= Duration::from_secs(3));
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+        Ok(())
+    );
+    sim.throttle_address(main, 0.0);
+    let busy = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 30_000_000, 6));
+    assert!(
+        run_until_active(&mut sim, main, Duration::from_secs(30)).is_some(),
+        "never came back"
+    );
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(busy)
+            .expect("workload")
+            .verify(),
+        Ok(())
+    );
+}

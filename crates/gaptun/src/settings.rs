@@ -413,6 +413,35 @@ mod tests {
     }
 
     #[test]
+    fn carrier_auto_takes_an_ordered_list_and_the_list_needs_auto() {
+        use crate::values::{CarrierKind, CarrierList};
+        let (c, _) = client_of(&[
+            "--server",
+            "h:1",
+            "--key",
+            KEY,
+            "--carrier",
+            "auto",
+            "--carriers",
+            "faketcp,udp",
+        ])
+        .unwrap();
+        assert_eq!(c.carrier, CarrierChoice::Auto);
+        assert_eq!(
+            c.carriers,
+            Some(CarrierList(vec![CarrierKind::Faketcp, CarrierKind::Udp]))
+        );
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--carrier", "auto"]).unwrap();
+        assert_eq!(c.carriers, None, "the default list");
+        let e = client_of(&["--server", "h:1", "--key", KEY, "--carriers", "udp"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--carriers only applies with --carrier auto"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn port_ranges_and_hopping_from_flags_and_file() {
         let (c, _) = client_of(&[
             "--server",
