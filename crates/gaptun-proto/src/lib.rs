@@ -43,7 +43,8 @@ mod shared;
 pub use config::{EndpointConfig, TransportConfig};
 pub use congestion::CongestionKind;
 pub use connection::{
-    Connection, ConnectionError, ConnectionStats, DatagramStats, Event, MIN_MTU, SendDatagramError,
+    Connection, ConnectionError, ConnectionStats, DatagramStats, Event, MIN_MTU, PathInfo,
+    PathSwitch, SendDatagramError, SwitchReason,
 };
 pub use crypto::{CipherSuite, Psk};
 pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, RngSeed, SeedError, SeedOrigin};

@@ -76,6 +76,21 @@ impl RtConnection {
         Ok(())
     }
 
+    /// Client: the carrier preference after the carriers were renumbered (a port hop gives
+    /// the UDP carrier a new number); see [`RtEndpoint::connect_preferring`]. The active
+    /// carrier's place in the list is kept.
+    ///
+    /// [`RtEndpoint::connect_preferring`]: crate::RtEndpoint::connect_preferring
+    pub fn set_carrier_preference(&self, order: &[gaptun_proto::CarrierId]) -> Result<(), RtError> {
+        {
+            let mut state = self.shared().lock();
+            let (conn, _) = state.conn(self.meta())?;
+            conn.set_carrier_preference(Instant::now(), order);
+        }
+        self.shared().kick();
+        Ok(())
+    }
+
     /// The connection's paths and their health (empty once it has ended).
     pub fn paths(&self) -> Vec<PathInfo> {
         let mut state = self.shared().lock();

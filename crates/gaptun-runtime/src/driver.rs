@@ -275,6 +275,7 @@ impl Driver {
             self.report_limits(&mut state, now);
             self.publish_snapshot(&mut state, now);
             let more_to_send = self.collect_transmits(&mut state, now);
+            log_carrier_switches(&mut state);
             // Sending can make streams writable again (their unsent data went out).
             dispatch_events(&mut state, &mut wakers);
             let exit = state.closing_since.is_some_and(|since| {
@@ -439,6 +440,40 @@ fn discard_untracked_events(state: &mut State) {
         }
         if let Some(conn) = endpoint.connection(handle) {
             while conn.poll().is_some() {}
+        }
+    }
+}
+
+/// One info line per move of a connection's data to another carrier (a client with
+/// `--carrier auto`): from, to and why, with the carriers by name.
+fn log_carrier_switches(state: &mut State) {
+    let State {
+        endpoint,
+        conns,
+        carriers,
+        ..
+    } = state;
+    let kind = |id: CarrierId| {
+        carriers
+            .iter()
+            .find(|(c, _, _)| *c == id)
+            .map_or("gone", |(_, k, _)| *k)
+    };
+    for &handle in conns.keys() {
+        let Some(conn) = endpoint.connection(handle) else {
+            continue;
+        };
+        while let Some(switch) = conn.poll_path_switch() {
+            let to = format!("{} {}", kind(switch.to.carrier), switch.to.remote);
+            match switch.from {
+                Some(from) => tracing::info!(
+                    from = %format!("{} {}", kind(from.carrier), from.remote),
+                    %to,
+                    reason = %switch.reason,
+                    "carrier switch"
+                ),
+                None => tracing::info!(%to, reason = %switch.reason, "carrier chosen"),
+            }
         }
     }
 }

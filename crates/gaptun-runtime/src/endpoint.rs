@@ -38,6 +38,22 @@ pub struct ConnectionInfo {
     /// What carries the connection's packets now (its current path's carrier): `"udp"`,
     /// `"faketcp"`.
     pub carrier: &'static str,
+    /// Each of its paths: a client's set (with `--carrier auto`, which are active and which
+    /// standby), a server's current and alternate paths.
+    pub paths: Vec<PathState>,
+}
+
+/// One path of a connection, for statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathState {
+    /// The carrier's kind (`"udp"`, `"faketcp"`).
+    pub carrier: &'static str,
+    /// The peer's address on it.
+    pub remote: SocketAddr,
+    /// Whether it is usable (not left for a while after its packets went unacknowledged).
+    pub alive: bool,
+    /// Whether data goes out on it (a failover client's standby paths get only probes).
+    pub active: bool,
 }
 
 /// The endpoint's figures at one moment, published by the driver (see
@@ -81,6 +97,16 @@ impl EndpointSnapshot {
                     stats: conn.stats(),
                     key_index: conn.key_index(),
                     carrier: kind_of(conn.path().carrier),
+                    paths: conn
+                        .paths()
+                        .into_iter()
+                        .map(|p| PathState {
+                            carrier: kind_of(p.addr.carrier),
+                            remote: p.addr.remote,
+                            alive: p.alive,
+                            active: p.active,
+                        })
+                        .collect(),
                 })
             })
             .collect();
@@ -249,6 +275,18 @@ impl RtEndpoint {
     /// carriers): the connection spreads its packets over all of them and leaves for a while
     /// a path whose packets stop being acknowledged. Resolves once the handshake completes.
     pub async fn connect_paths(&self, paths: &[PathAddr]) -> Result<RtConnection, ConnectError> {
+        self.connect_preferring(paths, &[]).await
+    }
+
+    /// Like [`RtEndpoint::connect_paths`], but with a carrier preference (most preferred
+    /// first): the connection sends on one carrier at a time and fails over to the next when
+    /// the one in use goes silent or much lossier than the others' probes, and comes back
+    /// later ([`gaptun_proto::Connection::set_carrier_preference`]). An empty list spreads.
+    pub async fn connect_preferring(
+        &self,
+        paths: &[PathAddr],
+        order: &[CarrierId],
+    ) -> Result<RtConnection, ConnectError> {
         let remote = paths.first().map_or(self.local_addr(), |p| p.remote);
         let meta = {
             let mut wakers = Vec::new();
@@ -259,7 +297,13 @@ impl RtEndpoint {
             if state.closing_since.is_some() {
                 return Err(RtError::EndpointClosed.into());
             }
-            let handle = state.endpoint.connect_paths(Instant::now(), paths)?;
+            let now = Instant::now();
+            let handle = state.endpoint.connect_paths(now, paths)?;
+            if !order.is_empty()
+                && let Some(conn) = state.endpoint.connection(handle)
+            {
+                conn.set_carrier_preference(now, order);
+            }
             let meta = state.track(handle, remote, paths.len() > 1, &mut wakers);
             drop(state);
             wake_all(wakers);

@@ -28,7 +28,7 @@ mod stream;
 pub use carrier::{Carrier, CarrierTransmit, RecvMeta, UdpCarrier};
 pub use connection::RtConnection;
 pub use datagram::RtDatagrams;
-pub use endpoint::{ConnectionInfo, EndpointSnapshot, RtEndpoint};
+pub use endpoint::{ConnectionInfo, EndpointSnapshot, PathState, RtEndpoint};
 pub use error::{ConnectError, RtError};
 pub use pool::{Backoff, ClientPool, PoolConfig};
 pub use ports::{ListenRange, PortRangeError, ServerTarget};

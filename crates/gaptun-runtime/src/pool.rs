@@ -70,6 +70,10 @@ pub struct PoolConfig {
     /// source port) and, with a server port range, to the range's next port first, without a
     /// new handshake (the server validates the new path). `None`: no hopping.
     pub hop_interval: Option<Duration>,
+    /// Carrier kinds (`"udp"`, `"faketcp"`, ...) to use one at a time, most preferred first,
+    /// failing over between them (`--carrier auto`, see
+    /// [`RtEndpoint::connect_preferring`]); empty: spread over every carrier's paths.
+    pub carrier_order: Vec<&'static str>,
 }
 
 /// The `kind()` of UDP carriers: the ones that spread over a port range and hop.
@@ -88,6 +92,7 @@ impl Default for PoolConfig {
             open_wait: Duration::from_secs(15),
             silence_probe: Duration::from_secs(3),
             hop_interval: None,
+            carrier_order: Vec::new(),
         }
     }
 }
@@ -414,6 +419,26 @@ impl PoolInner {
         paths
     }
 
+    /// The carriers in the order of [`PoolConfig::carrier_order`] (empty: no preference).
+    fn carrier_order(&self) -> Vec<CarrierId> {
+        let carriers = self.endpoint.carriers();
+        let udp = *self.carrier.lock().unwrap_or_else(PoisonError::into_inner);
+        self.config
+            .carrier_order
+            .iter()
+            .filter_map(|&kind| {
+                if kind == UDP_KIND {
+                    // The UDP carrier in use (port hopping replaces it).
+                    return Some(udp);
+                }
+                carriers
+                    .iter()
+                    .find(|(_, k, _)| *k == kind)
+                    .map(|(id, _, _)| *id)
+            })
+            .collect()
+    }
+
     /// Resolves the server again (its address may have changed) and connects once.
     async fn connect_once(&self) -> Result<RtConnection, ConnectError> {
         let want_v4 = self.endpoint.local_addr().is_ipv4();
@@ -425,7 +450,10 @@ impl PoolInner {
                 family,
             });
         };
-        let result = self.endpoint.connect_paths(&self.paths_to(addr.ip())).await;
+        let result = self
+            .endpoint
+            .connect_preferring(&self.paths_to(addr.ip()), &self.carrier_order())
+            .await;
         if let Err(e) = &result {
             self.note_error(e.to_string());
         }
@@ -487,6 +515,9 @@ async fn hop(inner: Arc<PoolInner>, interval: Duration) {
             let ip = conn.remote_address().ip();
             if conn.set_paths(&inner.paths_to(ip)).is_ok() {
                 moved += 1;
+            }
+            if !inner.config.carrier_order.is_empty() {
+                let _ = conn.set_carrier_preference(&inner.carrier_order());
             }
         }
         debug!(local_port = new_port, moved, "port hop");

@@ -82,6 +82,7 @@ pub fn derive_seed(seed: u64, stream: u64) -> u64 {
 const SEED_SERVER: u64 = 1;
 const SEED_UPLINK: u64 = 2;
 const SEED_DOWNLINK: u64 = 3;
+const SEED_THROTTLE: u64 = 4;
 const SEED_CLIENT_BASE: u64 = 0x100;
 const SEED_SERVER_RESTART_BASE: u64 = 0x1_0000_0000;
 
@@ -296,7 +297,7 @@ pub struct SimStats {
     /// Datagrams injected by the test.
     pub injected: u64,
     /// Datagrams dropped because their source or destination address is blocked
-    /// ([`Sim::block_address`]).
+    /// ([`Sim::block_address`]) or throttled ([`Sim::throttle_address`]).
     pub blocked: u64,
 }
 
@@ -309,6 +310,10 @@ struct ClientNode {
     /// The connection [`Sim::connect`] opened last.
     primary: Option<ConnectionHandle>,
     clock_skew_ms: i64,
+    /// Whether the client has a carrier of its own per server address (see
+    /// [`Sim::connect_failover`]): what arrives from server address `a` comes in on the
+    /// carrier numbered as the server's carrier for `a`. Otherwise everything is carrier 0.
+    carrier_per_server: bool,
 }
 
 /// The endpoints and what the simulation knows about their connections.
@@ -509,6 +514,10 @@ pub struct Sim {
     spins: u64,
     /// Addresses whose datagrams are dropped on delivery ([`Sim::block_address`]).
     blocked: BTreeSet<SocketAddr>,
+    /// Addresses whose datagrams are dropped on delivery with a probability
+    /// ([`Sim::throttle_address`]), and the generator that draws the drops.
+    throttled: std::collections::BTreeMap<SocketAddr, f64>,
+    throttle_rng: rand_chacha::ChaCha8Rng,
 }
 
 impl fmt::Debug for Sim {
@@ -559,6 +568,8 @@ impl Sim {
             buf: Vec::new(),
             spins: 0,
             blocked: BTreeSet::new(),
+            throttled: std::collections::BTreeMap::new(),
+            throttle_rng: rand::SeedableRng::seed_from_u64(derive_seed(config.seed, SEED_THROTTLE)),
         };
         for setup in config.clients {
             sim.add_client(setup);
@@ -640,6 +651,7 @@ impl Sim {
         );
         self.nodes.clients.push(ClientNode {
             endpoint,
+            carrier_per_server: false,
             address,
             history: vec![address],
             primary: None,
@@ -685,6 +697,35 @@ impl Sim {
         self.nodes.connect_paths(self.now, index, servers)
     }
 
+    /// Like [`Sim::connect_paths`], but the client reaches each server address on a carrier of
+    /// its own (numbered as the server's carrier for that address, so `servers` stand for
+    /// carriers such as UDP and fake TCP) and uses them one at a time, in the order given,
+    /// failing over to the next when the one in use goes silent or lossy
+    /// ([`gaptun_proto::Connection::set_carrier_preference`]).
+    pub fn connect_failover(
+        &mut self,
+        index: usize,
+        servers: &[SocketAddr],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let now = self.now;
+        let paths: Vec<PathAddr> = servers
+            .iter()
+            .map(|&s| PathAddr::new(self.nodes.server_carrier(s).unwrap_or_default(), s))
+            .collect();
+        let order: Vec<CarrierId> = paths.iter().map(|p| p.carrier).collect();
+        let node = self.nodes.client_node(index);
+        if let Some(handle) = node.primary {
+            return Ok(handle);
+        }
+        node.carrier_per_server = true;
+        let handle = node.endpoint.connect_paths(now, &paths)?;
+        if let Some(conn) = node.endpoint.connection(handle) {
+            conn.set_carrier_preference(now, &order);
+        }
+        node.primary = Some(handle);
+        Ok(handle)
+    }
+
     /// Gives the server one more address (another port, say), as its own carrier; returns the
     /// carrier's number. Uplink datagrams to it reach the server on that carrier, and what the
     /// server sends on the carrier leaves from it.
@@ -701,6 +742,29 @@ impl Sim {
     /// port a middlebox blocks in both directions). Counted in [`SimStats::blocked`].
     pub fn block_address(&mut self, address: SocketAddr) {
         self.blocked.insert(address);
+    }
+
+    /// Drops, from now on, each datagram sent from or to `address` with probability `loss`
+    /// when it is delivered, on top of the links' own loss (a port a middlebox throttles);
+    /// 0 undoes it. Counted in [`SimStats::blocked`].
+    pub fn throttle_address(&mut self, address: SocketAddr, loss: f64) {
+        if loss > 0.0 {
+            self.throttled.insert(address, loss.min(1.0));
+        } else {
+            self.throttled.remove(&address);
+        }
+    }
+
+    /// Whether a datagram between `src` and `dst` is dropped by a block or a throttle.
+    fn dropped_at(&mut self, src: SocketAddr, dst: SocketAddr) -> bool {
+        if self.blocked.contains(&src) || self.blocked.contains(&dst) {
+            return true;
+        }
+        let loss = [src, dst]
+            .iter()
+            .filter_map(|a| self.throttled.get(a))
+            .fold(0.0f64, |acc, &l| acc.max(l));
+        loss > 0.0 && rand::Rng::random_bool(&mut self.throttle_rng, loss)
     }
 
     /// Undoes [`Sim::block_address`].
@@ -1063,7 +1127,7 @@ impl Sim {
                 self.stats.unroutable += 1;
                 continue;
             };
-            if self.blocked.contains(&d.src) || self.blocked.contains(&d.dst) {
+            if self.dropped_at(d.src, d.dst) {
                 self.stats.blocked += 1;
                 continue;
             }
@@ -1084,7 +1148,7 @@ impl Sim {
                 self.stats.unroutable += 1;
                 continue;
             };
-            if self.blocked.contains(&d.src) || self.blocked.contains(&d.dst) {
+            if self.dropped_at(d.src, d.dst) {
                 self.stats.blocked += 1;
                 continue;
             }
@@ -1096,9 +1160,19 @@ impl Sim {
                 d.dst,
                 &d.data,
             );
+            let carrier = if self
+                .nodes
+                .clients
+                .get(index)
+                .is_some_and(|c| c.carrier_per_server)
+            {
+                self.nodes.server_carrier(d.src).unwrap_or_default()
+            } else {
+                CarrierId(0)
+            };
             if let Some(node) = self.nodes.clients.get_mut(index) {
                 node.endpoint
-                    .handle_datagram(now, CarrierId(0), d.src, &mut d.data);
+                    .handle_datagram(now, carrier, d.src, &mut d.data);
             }
         }
     }

@@ -108,6 +108,18 @@ function draw() {
   chart("chart-loss", [{ get: (p) => p.loss_percent, color: color("--loss") }], (v) => v.toFixed(1) + " %");
 }
 
+// The carrier in use; with several paths (`--carrier auto`, port ranges), the others and
+// their state after it.
+function carrierCell(c) {
+  const others = (c.paths || []).filter((p) => p.state !== "active" || p.carrier !== c.carrier);
+  if (!others.length) return c.carrier;
+  const seen = new Set();
+  const rest = others
+    .map((p) => p.carrier + " " + p.state)
+    .filter((t) => !seen.has(t) && seen.add(t));
+  return c.carrier + " (" + rest.join(", ") + ")";
+}
+
 function show(s) {
   $("role").textContent = s.role;
   $("addr").textContent = s.local_addr + " · v" + s.version;
@@ -126,7 +138,7 @@ function show(s) {
   $("totals").textContent = bytes(t.bytes_received) + " / " + bytes(t.bytes_sent);
 
   fill("conn-table", s.connections, (c) => [
-    [String(c.id)], [c.remote, true], [c.user || "–", true], [c.carrier, true], [age(c.age_secs)],
+    [String(c.id)], [c.remote, true], [c.user || "–", true], [carrierCell(c), true], [age(c.age_secs)],
     [ms(c.rtt_ms)], [ms(c.min_rtt_ms)], [rate(c.recv_bytes_per_sec)], [rate(c.send_bytes_per_sec)],
     [bytes(c.bytes_received)], [bytes(c.bytes_sent)], [pct(c.loss_percent_now)],
     [pct(c.retransmit_percent_now)], [bytes(c.cwnd)], [String(c.mtu)],

@@ -444,6 +444,26 @@ fn conn_row(info: &ConnectionInfo, user: Option<&Arc<str>>) -> ConnSnapshot {
         user: user.map(|u| u.to_string()),
         established: info.established,
         carrier: info.carrier.to_owned(),
+        paths: if info.paths.len() > 1 {
+            info.paths
+                .iter()
+                .map(|p| crate::schema::PathRow {
+                    carrier: p.carrier.to_owned(),
+                    remote: p.remote.to_string(),
+                    state: if !p.alive {
+                        "dead"
+                    } else if p.active {
+                        "active"
+                    } else {
+                        "standby"
+                    }
+                    .to_owned(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        carrier_switches: s.carrier_switches,
         age_secs: info.age.as_secs(),
         cipher: s.cipher.to_owned(),
         rtt_ms: ms(s.rtt),

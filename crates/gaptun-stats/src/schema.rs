@@ -70,8 +70,15 @@ pub struct ConnSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     pub established: bool,
-    /// What carries its packets (`udp`).
+    /// What carries its packets now (`udp`, `faketcp`): its current path's carrier.
     pub carrier: String,
+    /// Its paths when it has several (a client over a port range or several carriers): each
+    /// one's carrier, address and state. Empty (and left out) with one path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathRow>,
+    /// Client with `--carrier auto`: times its data moved to another carrier.
+    #[serde(default)]
+    pub carrier_switches: u64,
     /// Seconds since the connection was created.
     pub age_secs: u64,
     /// The cipher suite in use.
@@ -126,6 +133,18 @@ pub struct ConnSnapshot {
     pub datagrams_received: u64,
     pub datagrams_dropped: u64,
     pub datagram_frames_lost: u64,
+}
+
+/// One path of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRow {
+    /// The carrier's kind: `udp`, `faketcp`.
+    pub carrier: String,
+    /// The peer's address on it.
+    pub remote: String,
+    /// `active` (data goes out on it), `standby` (a `--carrier auto` client only probes it)
+    /// or `dead` (its packets went unacknowledged: left for a while, retried later).
+    pub state: String,
 }
 
 /// One user of a server: the connections made with the user's keys.

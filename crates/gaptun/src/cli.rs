@@ -11,8 +11,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use crate::layer::settings_group;
 use crate::transport::TransportSettings;
 use crate::values::{
-    CarrierChoice, Conns, ExposeArg, ExposePorts, ForwardSpec, HopInterval, ListenAddr,
-    ListenPorts, LogFormat, WindowSize, one_or_many,
+    CarrierChoice, CarrierList, Conns, ExposeArg, ExposePorts, ForwardSpec, HopInterval,
+    ListenAddr, ListenPorts, LogFormat, WindowSize, one_or_many,
 };
 
 /// Default SOCKS5 address of the client (and the demo).
@@ -119,7 +119,9 @@ settings_group! {
         pub control: Option<PathBuf>,
         /// How datagrams travel: udp; faketcp (TCP-looking segments on the same port number,
         /// for networks that throttle or block UDP; root or CAP_NET_RAW and nftables); all
-        /// (a server accepts both, a client uses both).
+        /// (a server accepts both, a client uses both); auto (a client uses one carrier at a
+        /// time, the first of --carriers that works, and moves to the next when it is blocked
+        /// or throttled, and back; a server accepts every carrier).
         #[arg(long, value_name = "CARRIER", default_value = "udp")]
         pub carrier: Option<CarrierChoice>,
         /// Serve the live dashboard, /api/stats and /metrics (Prometheus) over HTTP on this
@@ -199,6 +201,10 @@ settings_group! {
         /// range, start at its next port), without a new handshake [default: off].
         #[arg(long, value_name = "SECS")]
         pub hop_interval: Option<HopInterval>,
+        /// With --carrier auto: the carriers to use, most preferred first, e.g. udp,faketcp
+        /// [default: udp, then faketcp when running with CAP_NET_RAW].
+        #[arg(long, value_name = "LIST")]
+        pub carriers: Option<CarrierList>,
         /// SOCKS5 listen address (PORT alone means 127.0.0.1:PORT).
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKS, conflicts_with = "no_socks")]
         pub socks: Option<ListenAddr>,

@@ -234,8 +234,28 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         if let Some(user) = &c.user {
             out.insert_str(out.len() - 1, &format!(" {user}"));
         }
+        out.push_str(&paths_line(c));
     }
     out
+}
+
+/// `     paths: udp 192.0.2.1:29900 active, faketcp 192.0.2.1:29900 standby (1 switch)` for a
+/// connection with several paths; empty otherwise.
+fn paths_line(c: &gaptun_stats::ConnSnapshot) -> String {
+    if c.paths.is_empty() {
+        return String::new();
+    }
+    let paths: Vec<String> = c
+        .paths
+        .iter()
+        .map(|p| format!("{} {} {}", p.carrier, p.remote, p.state))
+        .collect();
+    let switches = match c.carrier_switches {
+        0 => String::new(),
+        1 => " (1 carrier switch)".to_owned(),
+        n => format!(" ({n} carrier switches)"),
+    };
+    format!("     paths: {}{switches}\n", paths.join(", "))
 }
 
 /// A rate for `top`: `1.5M/s`.
@@ -660,6 +680,8 @@ mod tests {
                 user: None,
                 established: true,
                 carrier: "udp".into(),
+                paths: Vec::new(),
+                carrier_switches: 0,
                 age_secs: 125,
                 cipher: "aes-256-gcm".into(),
                 rtt_ms: Some(61.25),
@@ -865,6 +887,34 @@ mod tests {
                 "12/2"
             ]
         );
+    }
+
+    #[test]
+    fn table_lists_the_paths_of_a_connection_with_several() {
+        let mut s = sample();
+        s.connections[0].carrier = "faketcp".into();
+        s.connections[0].carrier_switches = 1;
+        s.connections[0].paths = vec![
+            gaptun_stats::PathRow {
+                carrier: "udp".into(),
+                remote: "192.0.2.1:29900".into(),
+                state: "dead".into(),
+            },
+            gaptun_stats::PathRow {
+                carrier: "faketcp".into(),
+                remote: "192.0.2.1:29900".into(),
+                state: "active".into(),
+            },
+        ];
+        let t = format_table(&s);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[3],
+            "     paths: udp 192.0.2.1:29900 dead, faketcp 192.0.2.1:29900 active (1 carrier switch)",
+            "{t}"
+        );
+        // One path: no such line.
+        assert_eq!(format_table(&sample()).lines().count(), 3);
     }
 
     #[test]

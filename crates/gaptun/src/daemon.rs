@@ -23,7 +23,7 @@ use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
 use crate::faketcp_wiring;
 use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, DashboardSettings, ServerSettings};
-use crate::values::{CarrierChoice, ForwardProto};
+use crate::values::{CarrierChoice, CarrierList, ForwardProto};
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
@@ -435,13 +435,16 @@ pub fn open_socks_warning(addr: SocketAddr, has_password: bool) -> Option<String
 async fn connect(
     server: &str,
     carrier: CarrierChoice,
+    carriers: Option<&CarrierList>,
     config: EndpointConfig,
-    pool: PoolConfig,
+    mut pool: PoolConfig,
 ) -> Result<ClientPool> {
     let pool = if carrier == CarrierChoice::Udp {
         ClientPool::connect(server, config, pool).await
     } else {
-        let endpoint = faketcp_wiring::client_endpoint(server, carrier, config).await?;
+        let (endpoint, order) =
+            faketcp_wiring::client_endpoint(server, carrier, carriers, config).await?;
+        pool.carrier_order = order;
         ClientPool::with_endpoint(endpoint, server, pool).await
     };
     pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))
@@ -500,7 +503,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
     };
     info!(server = %s.server, conns = s.conns, carrier = ?s.carrier, "connecting");
     let pool = tokio::select! {
-        pool = connect(&s.server, s.carrier, config, pool_config) => pool?,
+        pool = connect(&s.server, s.carrier, s.carriers.as_ref(), config, pool_config) => pool?,
         signal = &mut signals => {
             info!("{signal}: stopped while connecting");
             return Ok(());

@@ -14,7 +14,7 @@ use gaptun_proto::EndpointConfig;
 use gaptun_runtime::{Carrier, ListenRange, RtEndpoint, ServerTarget, UdpCarrier};
 use tracing::info;
 
-use crate::values::CarrierChoice;
+use crate::values::{CarrierChoice, CarrierKind, CarrierList};
 
 /// Shrinks the datagram ceiling for fake TCP (see the module documentation).
 fn fit_payload(config: &mut EndpointConfig, choice: CarrierChoice) {
@@ -64,13 +64,15 @@ pub fn server_endpoint(
 
 /// The client's endpoint towards `server` (`host:port` or `host:first-last`) with the chosen
 /// carriers; the pool then connects through it (fake TCP opens a flow to every port of the
-/// range, UDP spreads over them).
+/// range, UDP spreads over them). With `auto`, the carriers are `carriers` in that order (by
+/// default UDP, then fake TCP if this process may open raw sockets), and the second value is
+/// that order for the pool's failover; it is empty otherwise.
 pub async fn client_endpoint(
     server: &str,
     choice: CarrierChoice,
+    carriers: Option<&CarrierList>,
     mut config: EndpointConfig,
-) -> Result<RtEndpoint> {
-    fit_payload(&mut config, choice);
+) -> Result<(RtEndpoint, Vec<&'static str>)> {
     let target: ServerTarget = server
         .parse()
         .map_err(|e| anyhow!("invalid server `{server}`: {e}"))?;
@@ -83,22 +85,64 @@ pub async fn client_endpoint(
         .find(|a| a.is_ipv4())
         .copied()
         .ok_or_else(|| anyhow!("fake TCP supports IPv4 only: {server} has no IPv4 address"))?;
-    let mut carriers: Vec<Arc<dyn Carrier>> = Vec::new();
-    if choice.faketcp() {
+    let open_faketcp = || -> Result<Arc<dyn Carrier>> {
         let faketcp = FakeTcpSocket::client(ClientConfig {
             server: ipv4(addr.ip(), addr)?,
             ports: target.ports(),
             timing: Timing::default(),
         })?;
-        carriers.push(Arc::new(faketcp));
-    }
-    if choice.udp() {
+        Ok(Arc::new(faketcp))
+    };
+    let open_udp = || -> Result<Arc<dyn Carrier>> {
         let bind = SocketAddr::from(([0, 0, 0, 0], 0));
         let udp =
             UdpCarrier::bind(bind).map_err(|e| crate::daemon::bind_error(&e, bind, "tunnel"))?;
-        carriers.push(Arc::new(udp));
+        Ok(Arc::new(udp))
+    };
+    let mut list: Vec<Arc<dyn Carrier>> = Vec::new();
+    let mut order = Vec::new();
+    if choice == CarrierChoice::Auto {
+        let kinds = carriers.map_or_else(
+            || vec![CarrierKind::Udp, CarrierKind::Faketcp],
+            |c| c.0.clone(),
+        );
+        for kind in kinds {
+            let carrier = match kind {
+                CarrierKind::Udp => open_udp(),
+                CarrierKind::Faketcp => open_faketcp(),
+            };
+            match carrier {
+                Ok(c) => {
+                    list.push(c);
+                    order.push(kind.name());
+                }
+                // The default list takes fake TCP only where it can be had (root or
+                // CAP_NET_RAW, nftables); a list given by the user must be honoured.
+                Err(e) if carriers.is_none() => {
+                    info!("carrier auto: fake TCP left out: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        info!(carriers = %order.join(","), "carrier auto: one carrier at a time, in this order");
+    } else {
+        if choice.faketcp() {
+            list.push(open_faketcp()?);
+        }
+        if choice.udp() {
+            list.push(open_udp()?);
+        }
     }
-    Ok(RtEndpoint::with_carriers(carriers, config)?)
+    let kinds: Vec<&str> = list.iter().map(|c| c.kind()).collect();
+    fit_payload(
+        &mut config,
+        if kinds.contains(&"faketcp") {
+            CarrierChoice::Faketcp
+        } else {
+            CarrierChoice::Udp
+        },
+    );
+    Ok((RtEndpoint::with_carriers(list, config)?, order))
 }
 
 #[cfg(test)]

@@ -118,6 +118,8 @@ pub struct ClientSettings {
     pub conns: usize,
     /// Port hopping interval; `None`: off.
     pub hop_interval: Option<std::time::Duration>,
+    /// `--carrier auto`'s carriers, most preferred first; `None`: the default list.
+    pub carriers: Option<crate::values::CarrierList>,
     pub control: PathBuf,
     pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
@@ -315,6 +317,10 @@ pub fn client(
     } else {
         Some(own.socks.context("no SOCKS5 address")?.0)
     };
+    let carrier = common.carrier.unwrap_or_default();
+    if own.carriers.is_some() && carrier != CarrierChoice::Auto {
+        bail!("--carriers only applies with --carrier auto (the carrier is {carrier:?})");
+    }
     let settings = ClientSettings {
         server,
         key,
@@ -326,12 +332,13 @@ pub fn client(
         hop_interval: own
             .hop_interval
             .map(|h| std::time::Duration::from_secs(u64::from(h.0))),
+        carriers: own.carriers,
         dashboard: dashboard(&common)?,
         control: common
             .control
             .unwrap_or_else(|| default_socket_path(Role::Client)),
         transport,
-        carrier: common.carrier.unwrap_or_default(),
+        carrier,
     };
     let mut log = FileLog::from(log);
     log.notices = file.notices;
@@ -401,6 +408,35 @@ mod tests {
         let e = client_of(&["--server", "nohostport"]).unwrap_err();
         assert!(
             e.to_string().starts_with("invalid server `nohostport`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn carrier_auto_takes_an_ordered_list_and_the_list_needs_auto() {
+        use crate::values::{CarrierKind, CarrierList};
+        let (c, _) = client_of(&[
+            "--server",
+            "h:1",
+            "--key",
+            KEY,
+            "--carrier",
+            "auto",
+            "--carriers",
+            "faketcp,udp",
+        ])
+        .unwrap();
+        assert_eq!(c.carrier, CarrierChoice::Auto);
+        assert_eq!(
+            c.carriers,
+            Some(CarrierList(vec![CarrierKind::Faketcp, CarrierKind::Udp]))
+        );
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--carrier", "auto"]).unwrap();
+        assert_eq!(c.carriers, None, "the default list");
+        let e = client_of(&["--server", "h:1", "--key", KEY, "--carriers", "udp"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--carriers only applies with --carrier auto"),
             "{e}"
         );
     }

@@ -36,7 +36,8 @@ deserialize_via_from_str!(
     Cipher,
     Fec,
     LogFormat,
-    CarrierChoice
+    CarrierChoice,
+    CarrierList
 );
 
 /// Implements `Deserialize` for an integer newtype from a TOML/JSON integer or a string, both
@@ -444,17 +445,66 @@ pub enum CarrierChoice {
     Faketcp,
     /// Both: a server accepts either, a client uses both at once.
     All,
+    /// A client uses the carriers of `--carriers` one at a time, the most preferred that
+    /// works, and moves between them as they fail and recover; a server accepts every carrier
+    /// (as with `all`).
+    Auto,
 }
 
 impl CarrierChoice {
-    /// Whether UDP is one of the carriers.
+    /// Whether UDP is one of the carriers (a server's, or a client's other than `auto`).
     pub fn udp(self) -> bool {
-        matches!(self, Self::Udp | Self::All)
+        matches!(self, Self::Udp | Self::All | Self::Auto)
     }
 
-    /// Whether fake TCP is one of the carriers.
+    /// Whether fake TCP is one of the carriers (as for [`CarrierChoice::udp`]).
     pub fn faketcp(self) -> bool {
-        matches!(self, Self::Faketcp | Self::All)
+        matches!(self, Self::Faketcp | Self::All | Self::Auto)
+    }
+}
+
+/// One kind of carrier, as `--carriers` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CarrierKind {
+    Udp,
+    Faketcp,
+}
+
+impl CarrierKind {
+    /// The name, as the flag spells it and as the runtime's carriers report their kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Faketcp => "faketcp",
+        }
+    }
+}
+
+/// `--carriers`: the carriers `--carrier auto` uses, most preferred first, e.g. `udp,faketcp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarrierList(pub Vec<CarrierKind>);
+
+impl FromStr for CarrierList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut kinds = Vec::new();
+        for name in s.split(',').map(str::trim) {
+            let kind = match name {
+                "udp" => CarrierKind::Udp,
+                "faketcp" => CarrierKind::Faketcp,
+                _ => {
+                    return Err(format!(
+                        "invalid carrier `{name}` in `{s}`: use udp or faketcp"
+                    ));
+                }
+            };
+            if kinds.contains(&kind) {
+                return Err(format!("carrier `{name}` given twice in `{s}`"));
+            }
+            kinds.push(kind);
+        }
+        Ok(Self(kinds))
     }
 }
 
@@ -466,7 +516,10 @@ impl FromStr for CarrierChoice {
             "udp" => Ok(Self::Udp),
             "faketcp" => Ok(Self::Faketcp),
             "all" => Ok(Self::All),
-            _ => Err(format!("invalid carrier `{s}`: use udp, faketcp or all")),
+            "auto" => Ok(Self::Auto),
+            _ => Err(format!(
+                "invalid carrier `{s}`: use udp, faketcp, all or auto"
+            )),
         }
     }
 }
@@ -698,6 +751,16 @@ mod tests {
                 .is_ok_and(|c| c.udp() && c.faketcp())
         );
         assert!("tcp".parse::<CarrierChoice>().is_err());
+        assert_eq!("auto".parse(), Ok(CarrierChoice::Auto));
+        assert_eq!(
+            "faketcp, udp".parse(),
+            Ok(CarrierList(vec![CarrierKind::Faketcp, CarrierKind::Udp]))
+        );
+        let e = "udp,udp".parse::<CarrierList>().unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+        let e = "udp,tcp".parse::<CarrierList>().unwrap_err();
+        assert!(e.contains("invalid carrier `tcp`"), "{e}");
+        assert!("".parse::<CarrierList>().is_err());
         assert_eq!("brutal".parse(), Ok(Congestion::Brutal));
         assert_eq!("chacha20-poly1305".parse(), Ok(Cipher::ChaCha20Poly1305));
         assert_eq!("json".parse(), Ok(LogFormat::Json));

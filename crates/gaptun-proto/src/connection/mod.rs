@@ -33,15 +33,15 @@ use crate::crypto::{HeaderKey, PacketKeys, Psk, ReplayWindow};
 use crate::handshake::{ClientHandshake, TransportParams};
 use crate::packet::ConnectionId;
 use crate::rtt::RttEstimator;
-use crate::shared::{PathAddr, Side, StreamId};
+use crate::shared::{CarrierId, PathAddr, Side, StreamId};
 use crate::streams::{ReadError, StreamEvent, StreamLimits, Streams, WriteError};
 
 use ack::AckState;
 use datagram::Datagrams;
 pub use datagram::{DatagramStats, SendDatagramError};
 use mtu::MtuDiscovery;
-pub use multipath::PathInfo;
 use multipath::PathSet;
+pub use multipath::{PathInfo, PathSwitch, SwitchReason};
 use path::Path;
 use recovery::SentPacket;
 use timer::{Timer, TimerTable};
@@ -142,6 +142,8 @@ pub struct ConnectionStats {
     pub paths_alive: u64,
     /// Client: times a path was declared dead (no acknowledgements) and left for a while.
     pub paths_abandoned: u64,
+    /// Client with a carrier preference: times the data moved to another carrier.
+    pub carrier_switches: u64,
     /// Server: new peer addresses probed with a PATH_CHALLENGE (a migration, or a copied
     /// packet sent from elsewhere).
     pub path_probes: u64,
@@ -222,8 +224,9 @@ struct ClientStart {
     /// The Initial, kept to be sent again byte for byte: the server recognises the copy and
     /// repeats its Response, while a replay of it from anywhere else stays unanswered.
     initial: Vec<u8>,
-    /// Whether the Initial must go out in the next `poll_transmit`.
-    initial_due: bool,
+    /// Where the Initial must go out in the next `poll_transmit` calls (one path, or with
+    /// failover one per carrier at once).
+    initial_to: Vec<PathAddr>,
     attempts: u32,
 }
 
@@ -434,7 +437,7 @@ impl Connection {
         conn.client = Some(ClientStart {
             handshake: Some(handshake),
             initial,
-            initial_due: true,
+            initial_to: vec![conn.path.addr],
             attempts: 0,
         });
         conn.schedule_handshake_retry(now);
@@ -445,9 +448,40 @@ impl Connection {
     /// empty); the Initial goes out on the first, its repeats on the next ones in turn.
     pub(crate) fn start_paths(&mut self, now: Instant, paths: &[PathAddr]) {
         self.paths.replace(paths);
-        if let Some(first) = self.paths.next_path(now) {
+        self.queue_initial(now);
+    }
+
+    /// Client: the Initial goes out (again) on the next path, or one per carrier with failover.
+    fn queue_initial(&mut self, now: Instant) {
+        let targets = self.paths.initial_targets(now);
+        if let Some(&first) = targets.first() {
             self.path.addr = first;
         }
+        if let Some(client) = self.client.as_mut() {
+            client.initial_to = targets;
+        }
+    }
+
+    /// Client: use one carrier at a time, in the order of `order` (most preferred first), with
+    /// the others as standby paths that are probed and moved to when the one in use goes silent
+    /// or much lossier than they are (see `connection::multipath`); an empty list spreads over
+    /// every path (the default). Carriers of paths not named rank after those named. Set it
+    /// before the first `poll_transmit` so that the Initial goes out on every carrier at once.
+    /// Ignored on a server.
+    pub fn set_carrier_preference(&mut self, now: Instant, order: &[CarrierId]) {
+        if self.side != Side::Client {
+            return;
+        }
+        self.paths.set_preference(order);
+        if self.state == State::Handshaking {
+            self.queue_initial(now);
+        }
+    }
+
+    /// Client, failover: the oldest move of the data to another carrier not yet taken (at
+    /// most a few are kept), for the log.
+    pub fn poll_path_switch(&mut self) -> Option<PathSwitch> {
+        self.paths.take_switch()
     }
 
     /// A server connection for an accepted Initial of `initial_len` bytes.
@@ -691,6 +725,7 @@ impl Connection {
             .map(|p| PathInfo {
                 addr: p.addr,
                 alive: p.validated,
+                active: p.addr == self.path.addr,
                 packets_sent: 0,
                 packets_acked: 0,
                 packets_lost: 0,
@@ -744,14 +779,9 @@ impl Connection {
             Timer::Pacing => {}
             Timer::HandshakeRetry => {
                 if self.state == State::Handshaking {
-                    if let Some(client) = self.client.as_mut() {
-                        client.initial_due = true;
-                    }
                     // Each attempt on the next path: one that is blocked must not keep the
                     // handshake from the others.
-                    if let Some(next) = self.paths.next_path(now) {
-                        self.path.addr = next;
-                    }
+                    self.queue_initial(now);
                     self.schedule_handshake_retry(now);
                 }
             }
@@ -937,6 +967,7 @@ impl Connection {
             s.streams_opened_total = st.opened_total;
             s.stream_bytes_retransmitted = st.bytes_retransmitted;
         }
+        s.carrier_switches = self.paths.switch_count();
         s.paths_alive = match self.side {
             Side::Client => self.paths.alive() as u64,
             Side::Server => 1 + self.alternates.len() as u64,

@@ -21,10 +21,42 @@
 //!
 //! The server keeps no such set: it answers on the path the newest packet came from, so it
 //! follows the client's choice (see `connection::path`).
+//!
+//! # Failover: one carrier at a time
+//!
+//! With a carrier preference ([`PathSet::set_preference`], `--carrier auto`) the client does
+//! not spread: each path gets the rank of its carrier in the list, and data goes out only on
+//! the live paths of one rank, the *active* one (several paths if that carrier reaches a port
+//! range). The other paths are standby: each gets a small probe (a PATH_CHALLENGE, which makes
+//! the server answer without moving to that path) every [`PROBE_INTERVAL`], so that the client
+//! knows which of them work before it needs one. The Initial goes out on one path of every
+//! rank at once, and the connection starts on the rank of the path the server's Response came
+//! back on: the first that works, not the first that was tried.
+//!
+//! The active rank is left when
+//! - it goes *silent*: [`SILENT_PACKETS`] ack-eliciting packets in a row went unanswered and
+//!   the oldest of them was sent [`silent_after`] ago (a blocked port: no acknowledgement at
+//!   all). Its paths are declared dead, as above, and retried with back-off;
+//! - or its loss rate over the last one to two seconds is at least [`LOSSY_RATE`] and at least
+//!   [`LOSSY_RATIO`] times what a standby rank's probes see (a throttled port). A standby's
+//!   figure is taken pessimistically, (lost + 1) / (probes + 2) over its last 16 probes, so
+//!   that steady random loss, which probes see as much as data does, never looks like a
+//!   throttle.
+//!
+//! The connection then moves to the most preferred other rank whose last probe was answered
+//! (failing that, the most preferred one not dead). The server follows at the first packet, as
+//! on any path change, and every stream carries on: what was lost on the old path is
+//! retransmitted on the new one. It comes back to a more preferred rank once that rank's last
+//! [`RETURN_AFTER_PROBES`] probes were all answered, and not before the rank's hold time has
+//! passed: [`HOLD_FIRST`], doubling (up to [`HOLD_MAX`]) each time the rank is left again within
+//! [`HOLD_RESET`] of being taken, so that a carrier that keeps failing is not taken back every
+//! few seconds. Each move is recorded as a [`PathSwitch`] (from, to, why) for the caller's log.
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::shared::PathAddr;
+use crate::shared::{CarrierId, PathAddr};
 
 /// Packets lost in a row on one path that make it dead.
 pub(super) const DEAD_AFTER_LOSSES: u32 = 4;
@@ -38,6 +70,45 @@ pub(super) const RETRY_MAX: Duration = Duration::from_secs(16);
 /// Longest a path in use goes without an ack-eliciting packet (see the module documentation).
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Failover: ack-eliciting packets in a row without an answer before the active rank may count
+/// as silent (one lost PING on a lossy idle path is no outage).
+pub(super) const SILENT_PACKETS: u32 = 8;
+
+/// Failover: least loss rate of the active rank that may make it leave.
+pub(super) const LOSSY_RATE: f64 = 0.3;
+
+/// Failover: how many times a standby's loss estimate the active rank's rate must be.
+pub(super) const LOSSY_RATIO: f64 = 4.0;
+
+/// Failover: packets the active rank's loss window must hold before its rate counts.
+const LOSSY_MIN_SAMPLES: u64 = 50;
+
+/// Failover: the loss window's epoch (the rate covers the current and the previous epoch).
+const LOSS_EPOCH: Duration = Duration::from_secs(1);
+
+/// Failover: probes a standby needs in its record before its loss estimate counts.
+const MIN_PROBES: u32 = 4;
+
+/// Failover: answered probes in a row that make a more preferred rank worth returning to.
+pub(super) const RETURN_AFTER_PROBES: u32 = 3;
+
+/// Failover: first hold time of a rank that was left.
+pub(super) const HOLD_FIRST: Duration = Duration::from_secs(2);
+
+/// Failover: longest hold time.
+pub(super) const HOLD_MAX: Duration = Duration::from_secs(64);
+
+/// Failover: a rank active for this long before it is left starts over at [`HOLD_FIRST`].
+const HOLD_RESET: Duration = Duration::from_secs(60);
+
+/// Failover: how long the active rank's oldest unanswered packet must be before it is silent,
+/// given the connection's retransmission timeout: three timeouts, at least 900 ms (on a
+/// lossy path a timeout or two without an answer is common; three in a row with every probe
+/// lost is not).
+pub(super) fn silent_after(rto: Duration) -> Duration {
+    (rto * 3).max(Duration::from_millis(900))
+}
+
 /// One path's figures, for statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
@@ -45,6 +116,9 @@ pub struct PathInfo {
     pub addr: PathAddr,
     /// Whether packets go out on it now.
     pub alive: bool,
+    /// Failover: whether data goes out on it (its rank is the active one). Spreading: whether
+    /// it is alive.
+    pub active: bool,
     /// Ack-eliciting packets sent on it.
     pub packets_sent: u64,
     /// Of those, acknowledged and declared lost.
@@ -54,14 +128,152 @@ pub struct PathInfo {
     pub deaths: u64,
 }
 
+/// Why the client moved its data to another carrier (failover).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SwitchReason {
+    /// The connection started on this path: its Response came first (the more preferred
+    /// carriers had not answered).
+    FirstAnswer,
+    /// Nothing sent on the active carrier was acknowledged for this long.
+    Silent(Duration),
+    /// The active carrier lost this share of its packets while the new one's probes lost at
+    /// most `standby`.
+    Lossy {
+        /// The active carrier's recent loss rate.
+        active: f64,
+        /// The new carrier's (pessimistic) loss estimate.
+        standby: f64,
+    },
+    /// A more preferred carrier answered its last probes again.
+    Recovered,
+}
+
+impl fmt::Display for SwitchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FirstAnswer => write!(f, "first to answer the handshake"),
+            Self::Silent(d) => write!(f, "no acknowledgement for {} ms", d.as_millis()),
+            Self::Lossy { active, standby } => write!(
+                f,
+                "loss {:.0} % against {:.0} % on the standby",
+                active * 100.0,
+                standby * 100.0
+            ),
+            Self::Recovered => write!(f, "preferred carrier answers again"),
+        }
+    }
+}
+
+/// A move of the client's data from one path to another (failover).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathSwitch {
+    /// Where the data went before (`None` at the start).
+    pub from: Option<PathAddr>,
+    /// Where it goes now.
+    pub to: PathAddr,
+    pub reason: SwitchReason,
+}
+
+/// What the client's next packet should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NextSend {
+    /// Data (and whatever else is due) on this path.
+    Data(PathAddr),
+    /// Failover: a probe, nothing else, on this standby path.
+    Probe(PathAddr),
+}
+
+/// Losses over the last one to two epochs.
+#[derive(Debug, Clone, Copy, Default)]
+struct LossWindow {
+    start: Option<Instant>,
+    lost: u64,
+    total: u64,
+    prev_lost: u64,
+    prev_total: u64,
+}
+
+impl LossWindow {
+    fn roll(&mut self, now: Instant) {
+        let Some(start) = self.start else {
+            self.start = Some(now);
+            return;
+        };
+        let age = now.saturating_duration_since(start);
+        if age < LOSS_EPOCH {
+            return;
+        }
+        if age < LOSS_EPOCH * 2 {
+            self.prev_lost = self.lost;
+            self.prev_total = self.total;
+        } else {
+            self.prev_lost = 0;
+            self.prev_total = 0;
+        }
+        self.lost = 0;
+        self.total = 0;
+        self.start = Some(now);
+    }
+
+    fn observe(&mut self, now: Instant, lost: bool) {
+        self.roll(now);
+        self.total += 1;
+        self.lost += u64::from(lost);
+    }
+
+    /// (lost, total) over the window.
+    fn counts(&self) -> (u64, u64) {
+        (self.lost + self.prev_lost, self.total + self.prev_total)
+    }
+}
+
+/// The fates of a path's last 16 probes (failover standby).
+#[derive(Debug, Clone, Copy, Default)]
+struct ProbeRecord {
+    /// Bit set: lost; newest in bit 0.
+    lost_bits: u16,
+    count: u32,
+    answered_in_row: u32,
+}
+
+impl ProbeRecord {
+    fn observe(&mut self, lost: bool) {
+        self.lost_bits = (self.lost_bits << 1) | u16::from(lost);
+        self.count = (self.count + 1).min(16);
+        self.answered_in_row = if lost { 0 } else { self.answered_in_row + 1 };
+    }
+
+    /// Pessimistic loss estimate; `None` with too few probes.
+    fn estimate(&self) -> Option<f64> {
+        if self.count < MIN_PROBES {
+            return None;
+        }
+        let mask = if self.count >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << self.count) - 1
+        };
+        let lost = (self.lost_bits & mask).count_ones();
+        Some(f64::from(lost + 1) / f64::from(self.count + 2))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct PathHealth {
     addr: PathAddr,
+    /// Failover: its carrier's place in the preference (0 first).
+    rank: usize,
     lost_in_row: u32,
     dead_until: Option<Instant>,
     backoff: Duration,
     /// When an ack-eliciting packet last went out on it.
     last_eliciting: Option<Instant>,
+    /// Failover: when the oldest ack-eliciting packet sent since the last acknowledgement went
+    /// out, and how many have been sent since.
+    unanswered_since: Option<Instant>,
+    unanswered: u32,
+    losses: LossWindow,
+    probes: ProbeRecord,
     packets_sent: u64,
     packets_acked: u64,
     packets_lost: u64,
@@ -72,14 +284,49 @@ impl PathHealth {
     fn new(addr: PathAddr) -> Self {
         Self {
             addr,
+            rank: 0,
             lost_in_row: 0,
             dead_until: None,
             backoff: RETRY_FIRST,
             last_eliciting: None,
+            unanswered_since: None,
+            unanswered: 0,
+            losses: LossWindow::default(),
+            probes: ProbeRecord::default(),
             packets_sent: 0,
             packets_acked: 0,
             packets_lost: 0,
             deaths: 0,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.dead_until.is_none()
+    }
+
+    fn kill(&mut self, now: Instant) {
+        self.dead_until = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        self.deaths += 1;
+        self.unanswered_since = None;
+        self.unanswered = 0;
+    }
+}
+
+/// Failover: a rank's hold state.
+#[derive(Debug, Clone, Copy)]
+struct RankHold {
+    hold: Duration,
+    until: Option<Instant>,
+    active_since: Option<Instant>,
+}
+
+impl Default for RankHold {
+    fn default() -> Self {
+        Self {
+            hold: HOLD_FIRST,
+            until: None,
+            active_since: None,
         }
     }
 }
@@ -90,7 +337,20 @@ pub(super) struct PathSet {
     paths: Vec<PathHealth>,
     /// Index of the path the next batch goes out on (before skipping dead ones).
     next: usize,
+    /// Failover: carriers in order of preference (empty: spread over every path).
+    prefer: Vec<CarrierId>,
+    /// Failover: the rank data goes out on.
+    active: usize,
+    /// Failover: per rank (index), its hold state.
+    holds: Vec<RankHold>,
+    /// Failover: moves not yet taken by the caller (oldest first, a few at most).
+    switches: VecDeque<PathSwitch>,
+    /// Failover: moves made.
+    switch_count: u64,
 }
+
+/// Switch records kept for the caller to take (older ones are dropped).
+const SWITCHES_KEPT: usize = 16;
 
 impl PathSet {
     pub(super) fn new(addrs: &[PathAddr]) -> Self {
@@ -114,6 +374,38 @@ impl PathSet {
                 .push(kept.unwrap_or_else(|| PathHealth::new(addr)));
         }
         self.next = 0;
+        self.rerank();
+    }
+
+    /// Failover over `order` (carriers, most preferred first; carriers not named come after
+    /// them, together), or spreading over every path for an empty list. The most preferred
+    /// rank is active until the handshake says otherwise; a new list of the same length (the
+    /// same kinds of carrier, renumbered) keeps the active rank.
+    pub(super) fn set_preference(&mut self, order: &[CarrierId]) {
+        if order.len() != self.prefer.len() {
+            self.active = 0;
+        }
+        self.prefer = order.to_vec();
+        self.rerank();
+    }
+
+    /// Whether data goes to one carrier at a time.
+    pub(super) fn failover(&self) -> bool {
+        !self.prefer.is_empty()
+    }
+
+    fn rerank(&mut self) {
+        let prefer = &self.prefer;
+        for p in &mut self.paths {
+            p.rank = prefer
+                .iter()
+                .position(|&c| c == p.addr.carrier)
+                .unwrap_or(prefer.len());
+        }
+        let ranks = prefer.len() + 1;
+        self.holds.resize(ranks, RankHold::default());
+        // A carrier removed from under the active rank (port hopping renumbers the UDP
+        // carrier): keep the rank number, its new carrier takes the place.
     }
 
     pub(super) fn len(&self) -> usize {
@@ -124,9 +416,8 @@ impl PathSet {
         self.paths.iter().any(|p| p.addr == addr)
     }
 
-    /// The path for the next batch: the next live one in turn. Dead paths whose retry time has
-    /// come are put on probation first. `None` only for an empty set.
-    pub(super) fn next_path(&mut self, now: Instant) -> Option<PathAddr> {
+    /// Puts dead paths whose retry time has come on probation.
+    fn wake(&mut self, now: Instant) {
         for p in &mut self.paths {
             if p.dead_until.is_some_and(|t| t <= now) {
                 p.dead_until = None;
@@ -134,13 +425,25 @@ impl PathSet {
                 p.lost_in_row = DEAD_AFTER_LOSSES - 1;
             }
         }
+    }
+
+    /// The path for the next batch: the next live one in turn. Dead paths whose retry time has
+    /// come are put on probation first. `None` only for an empty set.
+    pub(super) fn next_path(&mut self, now: Instant) -> Option<PathAddr> {
+        self.wake(now);
+        self.next_in_turn(|_| true)
+    }
+
+    /// The next live path in turn among those `pick` accepts; failing that, the next path in
+    /// turn whatever its health.
+    fn next_in_turn(&mut self, pick: impl Fn(&PathHealth) -> bool) -> Option<PathAddr> {
         let n = self.paths.len();
         if n == 0 {
             return None;
         }
         for step in 0..n {
             let i = (self.next + step) % n;
-            if self.paths.get(i).is_some_and(|p| p.dead_until.is_none()) {
+            if self.paths.get(i).is_some_and(|p| p.alive() && pick(p)) {
                 self.next = (i + 1) % n;
                 return self.paths.get(i).map(|p| p.addr);
             }
@@ -149,6 +452,243 @@ impl PathSet {
         let i = self.next % n;
         self.next = (i + 1) % n;
         self.paths.get(i).map(|p| p.addr)
+    }
+
+    /// The Initial's destinations for one attempt: the next path in turn, or with failover
+    /// the next live path of every rank (most preferred first), so that a blocked carrier costs
+    /// no attempt.
+    pub(super) fn initial_targets(&mut self, now: Instant) -> Vec<PathAddr> {
+        self.wake(now);
+        if !self.failover() {
+            return self.next_path(now).into_iter().collect();
+        }
+        let mut ranks: Vec<usize> = self.paths.iter().map(|p| p.rank).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        ranks
+            .into_iter()
+            .filter_map(|r| self.next_in_turn(|p| p.rank == r))
+            .collect()
+    }
+
+    /// Failover: the handshake completed on `from` (its Response arrived there first). The
+    /// connection starts on that path's rank.
+    pub(super) fn on_established(&mut self, now: Instant, from: PathAddr) {
+        if !self.failover() {
+            return;
+        }
+        let Some(rank) = self.rank_of(from) else {
+            return;
+        };
+        self.active = rank;
+        if let Some(h) = self.holds.get_mut(rank) {
+            h.active_since = Some(now);
+        }
+        if rank > 0 {
+            self.record(PathSwitch {
+                from: None,
+                to: from,
+                reason: SwitchReason::FirstAnswer,
+            });
+        }
+    }
+
+    fn rank_of(&self, addr: PathAddr) -> Option<usize> {
+        self.paths.iter().find(|p| p.addr == addr).map(|p| p.rank)
+    }
+
+    fn record(&mut self, switch: PathSwitch) {
+        if switch.from.is_some() {
+            self.switch_count += 1;
+        }
+        if self.switches.len() >= SWITCHES_KEPT {
+            self.switches.pop_front();
+        }
+        tracing::debug!(from = ?switch.from, to = %switch.to, reason = %switch.reason, "carrier switch");
+        self.switches.push_back(switch);
+    }
+
+    /// The oldest move not yet taken.
+    pub(super) fn take_switch(&mut self) -> Option<PathSwitch> {
+        self.switches.pop_front()
+    }
+
+    /// Moves made so far (failover).
+    pub(super) fn switch_count(&self) -> u64 {
+        self.switch_count
+    }
+
+    /// What the next packet should be (client, established): a due probe on a standby path
+    /// (failover), or data on the next path in turn (of the active rank, with failover).
+    pub(super) fn next_send(&mut self, now: Instant) -> Option<NextSend> {
+        self.wake(now);
+        if !self.failover() {
+            return self.next_in_turn(|_| true).map(NextSend::Data);
+        }
+        let active = self.active;
+        let due = self.paths.iter().find(|p| {
+            p.rank != active
+                && p.alive()
+                && p.last_eliciting
+                    .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_INTERVAL)
+        });
+        if let Some(p) = due {
+            return Some(NextSend::Probe(p.addr));
+        }
+        let any_active_alive = self.paths.iter().any(|p| p.rank == active && p.alive());
+        if any_active_alive {
+            self.next_in_turn(|p| p.rank == active).map(NextSend::Data)
+        } else {
+            self.next_in_turn(|_| true).map(NextSend::Data)
+        }
+    }
+
+    /// Failover: decides whether to leave the active rank (silent or lossy) or return to a
+    /// more preferred one (see the module documentation). `silent_after` comes from
+    /// [`silent_after`].
+    pub(super) fn review(&mut self, now: Instant, silent_after: Duration) {
+        if !self.failover() || self.paths.is_empty() {
+            return;
+        }
+        self.wake(now);
+        let active = self.active;
+        // Silent: every path of the active rank.
+        let mut silent_for: Option<Duration> = None;
+        let mut any_active = false;
+        let mut all_silent = true;
+        for p in self.paths.iter().filter(|p| p.rank == active) {
+            any_active = true;
+            let quiet = match p.unanswered_since {
+                Some(t) if p.unanswered >= SILENT_PACKETS => {
+                    let d = now.saturating_duration_since(t);
+                    (d >= silent_after).then_some(d)
+                }
+                _ => None,
+            };
+            match quiet {
+                Some(d) => silent_for = Some(silent_for.map_or(d, |s: Duration| s.min(d))),
+                None if p.alive() => all_silent = false,
+                None => {}
+            }
+        }
+        let all_dead = any_active && self.paths.iter().all(|p| p.rank != active || !p.alive());
+        if any_active && all_silent && (silent_for.is_some() || all_dead) {
+            let Some(to) = self.best_other(active, None) else {
+                return;
+            };
+            let waited = silent_for.unwrap_or(silent_after);
+            for p in self.paths.iter_mut().filter(|p| p.rank == active) {
+                if p.alive() {
+                    p.kill(now);
+                }
+            }
+            self.switch_to(now, to, SwitchReason::Silent(waited), true);
+            return;
+        }
+        // Lossy: the active rank's window against the standbys' probes.
+        let (lost, total) = self
+            .paths
+            .iter()
+            .filter(|p| p.rank == active)
+            .map(|p| {
+                let mut w = p.losses;
+                w.roll(now);
+                w.counts()
+            })
+            .fold((0, 0), |(l, t), (a, b)| (l + a, t + b));
+        if total >= LOSSY_MIN_SAMPLES {
+            let rate = lost as f64 / total as f64;
+            if rate >= LOSSY_RATE
+                && let Some(to) = self.best_other(active, Some(rate / LOSSY_RATIO))
+            {
+                let standby = self
+                    .paths
+                    .iter()
+                    .find(|p| p.addr == to)
+                    .and_then(|p| p.probes.estimate())
+                    .unwrap_or(0.0);
+                self.switch_to(
+                    now,
+                    to,
+                    SwitchReason::Lossy {
+                        active: rate,
+                        standby,
+                    },
+                    true,
+                );
+                return;
+            }
+        }
+        // Recovered: a more preferred rank answers again.
+        let back = self.paths.iter().find(|p| {
+            p.rank < active
+                && p.alive()
+                && p.probes.answered_in_row >= RETURN_AFTER_PROBES
+                && self
+                    .holds
+                    .get(p.rank)
+                    .and_then(|h| h.until)
+                    .is_none_or(|t| t <= now)
+        });
+        if let Some(p) = back {
+            let to = p.addr;
+            self.switch_to(now, to, SwitchReason::Recovered, false);
+        }
+    }
+
+    /// The most preferred path of another rank than `active` to move to: alive, and its last
+    /// probe answered (with `max_loss`, its loss estimate at most that); without a loss bound,
+    /// failing that, the most preferred live one.
+    fn best_other(&self, active: usize, max_loss: Option<f64>) -> Option<PathAddr> {
+        let mut others: Vec<&PathHealth> = self
+            .paths
+            .iter()
+            .filter(|p| p.rank != active && p.alive())
+            .collect();
+        others.sort_by_key(|p| p.rank);
+        let good = others.iter().find(|p| match max_loss {
+            Some(max) => {
+                p.probes.answered_in_row >= 1 && p.probes.estimate().is_some_and(|e| e <= max)
+            }
+            None => p.probes.answered_in_row >= 1,
+        });
+        match (good, max_loss) {
+            (Some(p), _) => Some(p.addr),
+            (None, Some(_)) => None,
+            (None, None) => others.first().map(|p| p.addr),
+        }
+    }
+
+    /// Makes `to`'s rank the active one; `leaving_bad`: the old rank failed (its hold grows).
+    fn switch_to(&mut self, now: Instant, to: PathAddr, reason: SwitchReason, leaving_bad: bool) {
+        let Some(rank) = self.rank_of(to) else {
+            return;
+        };
+        let old = self.active;
+        let from = self.paths.iter().find(|p| p.rank == old).map(|p| p.addr);
+        if leaving_bad && let Some(h) = self.holds.get_mut(old) {
+            let long_active = h
+                .active_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= HOLD_RESET);
+            h.hold = if long_active || h.until.is_none() {
+                HOLD_FIRST
+            } else {
+                (h.hold * 2).min(HOLD_MAX)
+            };
+            h.until = Some(now + h.hold);
+            h.active_since = None;
+        }
+        self.active = rank;
+        if let Some(h) = self.holds.get_mut(rank) {
+            h.active_since = Some(now);
+        }
+        // The new rank starts with a clean record: its standby probes said it works.
+        for p in self.paths.iter_mut().filter(|p| p.rank == rank) {
+            p.unanswered_since = None;
+            p.unanswered = 0;
+            p.losses = LossWindow::default();
+        }
+        self.record(PathSwitch { from, to, reason });
     }
 
     /// The earliest retry time of a dead path.
@@ -161,6 +701,8 @@ impl PathSet {
         if let Some(p) = self.paths.iter_mut().find(|p| p.addr == addr) {
             p.packets_sent += 1;
             p.last_eliciting = Some(now);
+            p.unanswered_since.get_or_insert(now);
+            p.unanswered = p.unanswered.saturating_add(1);
         }
     }
 
@@ -175,47 +717,84 @@ impl PathSet {
             })
     }
 
-    /// A packet sent on `addr` was acknowledged: the path carries.
-    pub(super) fn on_acked(&mut self, addr: PathAddr) {
+    /// A packet sent on `addr` was acknowledged: the path carries. `probe`: it was a standby
+    /// probe.
+    pub(super) fn on_acked(&mut self, addr: PathAddr, now: Instant, probe: bool) {
         if let Some(p) = self.paths.iter_mut().find(|p| p.addr == addr) {
             p.packets_acked += 1;
             p.lost_in_row = 0;
             p.backoff = RETRY_FIRST;
+            p.unanswered_since = None;
+            p.unanswered = 0;
+            if probe {
+                p.probes.observe(false);
+            } else {
+                p.losses.observe(now, false);
+            }
         }
     }
 
     /// A packet sent on `addr` was declared lost. Returns whether that made the path dead.
-    pub(super) fn on_lost(&mut self, addr: PathAddr, now: Instant) -> bool {
+    pub(super) fn on_lost(&mut self, addr: PathAddr, now: Instant, probe: bool) -> bool {
+        let failover = self.failover();
+        let active = self.active;
         let alive = self.alive();
-        let Some(p) = self.paths.iter_mut().find(|p| p.addr == addr) else {
+        let Some(i) = self.paths.iter().position(|p| p.addr == addr) else {
+            return false;
+        };
+        let rank = self.paths.get(i).map_or(0, |p| p.rank);
+        // The last live path is never declared dead by losses; with failover, nor is the last
+        // live path of the active rank (silence decides, see `review`): bursts of loss must
+        // not move a connection.
+        let spare = if !failover {
+            alive > 1
+        } else if rank == active {
+            self.paths
+                .iter()
+                .filter(|p| p.rank == active && p.alive())
+                .count()
+                > 1
+        } else {
+            true
+        };
+        let Some(p) = self.paths.get_mut(i) else {
             return false;
         };
         p.packets_lost += 1;
-        if p.dead_until.is_some() {
+        if probe {
+            p.probes.observe(true);
+        } else {
+            p.losses.observe(now, true);
+        }
+        if !p.alive() {
             return false;
         }
         p.lost_in_row = p.lost_in_row.saturating_add(1);
-        if p.lost_in_row < DEAD_AFTER_LOSSES || alive <= 1 {
+        if p.lost_in_row < DEAD_AFTER_LOSSES || !spare {
             return false;
         }
-        p.dead_until = Some(now + p.backoff);
-        p.backoff = (p.backoff * 2).min(RETRY_MAX);
-        p.deaths += 1;
+        p.kill(now);
         tracing::debug!(path = %p.addr, retry_in = ?p.backoff / 2, "path abandoned: no acknowledgements");
         true
     }
 
     /// Paths packets go out on now.
     pub(super) fn alive(&self) -> usize {
-        self.paths.iter().filter(|p| p.dead_until.is_none()).count()
+        self.paths.iter().filter(|p| p.alive()).count()
     }
 
     pub(super) fn info(&self) -> Vec<PathInfo> {
+        let failover = self.failover();
         self.paths
             .iter()
             .map(|p| PathInfo {
                 addr: p.addr,
-                alive: p.dead_until.is_none(),
+                alive: p.alive(),
+                active: if failover {
+                    p.rank == self.active && p.alive()
+                } else {
+                    p.alive()
+                },
                 packets_sent: p.packets_sent,
                 packets_acked: p.packets_acked,
                 packets_lost: p.packets_lost,
@@ -248,14 +827,14 @@ mod tests {
         assert_eq!(order, [1, 2, 3, 1, 2, 3]);
         // Three losses do not kill a path, an ACK in between resets the count.
         for _ in 0..3 {
-            assert!(!set.on_lost(addr(2), t0));
+            assert!(!set.on_lost(addr(2), t0, false));
         }
-        set.on_acked(addr(2));
+        set.on_acked(addr(2), t0, false);
         for _ in 0..3 {
-            assert!(!set.on_lost(addr(2), t0));
+            assert!(!set.on_lost(addr(2), t0, false));
         }
         assert!(
-            set.on_lost(addr(2), t0),
+            set.on_lost(addr(2), t0, false),
             "the fourth loss in a row kills it"
         );
         assert_eq!(set.alive(), 2);
@@ -272,7 +851,7 @@ mod tests {
             .map(|a| a.remote.port())
             .collect();
         assert!(order.contains(&2), "{order:?}");
-        assert!(set.on_lost(addr(2), t1));
+        assert!(set.on_lost(addr(2), t1, false));
         assert_eq!(set.next_retry(), Some(t1 + RETRY_FIRST * 2));
         let info = set.info();
         assert_eq!(info[1].deaths, 2);
@@ -285,10 +864,10 @@ mod tests {
         let t0 = Instant::now();
         let mut set = PathSet::new(&[addr(1), addr(2)]);
         for _ in 0..DEAD_AFTER_LOSSES {
-            set.on_lost(addr(1), t0);
+            set.on_lost(addr(1), t0, false);
         }
         for _ in 0..10 * DEAD_AFTER_LOSSES {
-            assert!(!set.on_lost(addr(2), t0));
+            assert!(!set.on_lost(addr(2), t0, false));
         }
         assert_eq!(set.alive(), 1);
         assert_eq!(set.next_path(t0), Some(addr(2)));
@@ -299,11 +878,169 @@ mod tests {
         let t0 = Instant::now();
         let mut set = PathSet::new(&[addr(1), addr(2), addr(3)]);
         for _ in 0..DEAD_AFTER_LOSSES {
-            set.on_lost(addr(3), t0);
+            set.on_lost(addr(3), t0, false);
         }
         set.replace(&[addr(3), addr(4)]);
         assert!(set.contains(addr(4)) && !set.contains(addr(1)));
         assert_eq!(set.alive(), 1, "path 3 is still dead");
         assert_eq!(set.next_path(t0), Some(addr(4)));
+    }
+
+    fn on(carrier: u16, port: u16) -> PathAddr {
+        PathAddr::new(CarrierId(carrier), SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    /// A failover set over carrier 0 (two ports) then carrier 1, established on carrier 0.
+    fn failover_set(t0: Instant) -> (PathSet, [PathAddr; 3]) {
+        let paths = [on(0, 1), on(0, 2), on(1, 1)];
+        let mut set = PathSet::new(&paths);
+        set.set_preference(&[CarrierId(0), CarrierId(1)]);
+        set.on_established(t0, paths[0]);
+        (set, paths)
+    }
+
+    /// Sends a due probe on the standby and gives it `lost` as its fate; data otherwise.
+    fn step(set: &mut PathSet, now: Instant, lost: bool) -> Option<NextSend> {
+        let next = set.next_send(now);
+        match next {
+            Some(NextSend::Probe(p)) => {
+                set.on_sent(p, now);
+                if lost {
+                    set.on_lost(p, now, true);
+                } else {
+                    set.on_acked(p, now, true);
+                }
+            }
+            Some(NextSend::Data(p)) => set.on_sent(p, now),
+            None => {}
+        }
+        next
+    }
+
+    #[test]
+    fn failover_sends_data_on_the_active_carrier_only_and_probes_the_standby() {
+        let t0 = Instant::now();
+        let (mut set, [a, b, standby]) = failover_set(t0);
+        assert_eq!(
+            set.initial_targets(t0),
+            vec![a, standby],
+            "one Initial per carrier"
+        );
+        let mut data = Vec::new();
+        let mut probes = 0;
+        for i in 0..400u32 {
+            let now = t0 + Duration::from_millis(u64::from(i) * 10);
+            match step(&mut set, now, false) {
+                Some(NextSend::Data(p)) => {
+                    data.push(p);
+                    set.on_acked(p, now, false);
+                }
+                Some(NextSend::Probe(p)) => {
+                    assert_eq!(p, standby);
+                    probes += 1;
+                }
+                None => panic!("no path"),
+            }
+        }
+        assert!(!data.contains(&standby));
+        assert!(
+            data.contains(&a) && data.contains(&b),
+            "spread over the active ports"
+        );
+        assert!((4..=5).contains(&probes), "one probe a second: {probes}");
+        let info = set.info();
+        assert!(info[0].active && info[1].active && !info[2].active);
+        assert_eq!(set.take_switch(), None);
+    }
+
+    #[test]
+    fn failover_leaves_a_silent_carrier_and_returns_after_answered_probes_and_hold() {
+        let t0 = Instant::now();
+        let (mut set, [a, b, standby]) = failover_set(t0);
+        let silent = silent_after(Duration::from_millis(200));
+        // The standby answers its probes; the active carrier's ports go dark.
+        let mut now = t0;
+        while now < t0 + silent + Duration::from_millis(50) {
+            step(&mut set, now, false);
+            set.review(now, silent);
+            now += Duration::from_millis(20);
+            if set.take_switch().is_some() {
+                break;
+            }
+        }
+        let info = set.info();
+        assert!(info[2].active, "{info:?}");
+        assert!(
+            !info[0].alive && !info[1].alive,
+            "the silent ports are dead: {info:?}"
+        );
+        assert!(now >= t0 + silent, "not before the silence bound");
+        assert_eq!(set.switch_count(), 1);
+        // Data now goes to the standby; the dead ports are retried by probes after their
+        // back-off, and the data returns once three probes in a row were answered and the
+        // hold time has passed.
+        let moved = now;
+        let mut back = None;
+        while now < moved + Duration::from_secs(20) {
+            let next = step(&mut set, now, false);
+            if let Some(NextSend::Data(p)) = next {
+                assert!(p == standby || back.is_some(), "data on {p}");
+                set.on_acked(p, now, false);
+            }
+            set.review(now, silent);
+            if let Some(s) = set.take_switch() {
+                assert_eq!(s.reason, SwitchReason::Recovered);
+                assert!(s.to == a || s.to == b);
+                back = Some(now);
+                break;
+            }
+            now += Duration::from_millis(20);
+        }
+        let back = back.expect("came back");
+        assert!(
+            back - moved >= HOLD_FIRST,
+            "hold respected: {:?}",
+            back - moved
+        );
+        assert!(back - moved <= Duration::from_secs(6), "{:?}", back - moved);
+    }
+
+    #[test]
+    fn failover_leaves_a_throttled_carrier_but_not_one_as_lossy_as_the_standby() {
+        for standby_loses in [false, true] {
+            let t0 = Instant::now();
+            let (mut set, [a, _, _]) = failover_set(t0);
+            let silent = silent_after(Duration::from_millis(200));
+            let mut moved = None;
+            for i in 0..1000u32 {
+                let now = t0 + Duration::from_millis(u64::from(i) * 10);
+                // Half the standby's probes lost, or none.
+                let probe_lost = standby_loses && i % 2 == 0;
+                if let Some(NextSend::Data(p)) = step(&mut set, now, probe_lost) {
+                    // Every other data packet lost: 50 %, acknowledged otherwise.
+                    if i % 2 == 0 {
+                        set.on_lost(p, now, false);
+                    } else {
+                        set.on_acked(p, now, false);
+                    }
+                }
+                set.review(now, silent);
+                if let Some(s) = set.take_switch() {
+                    moved = Some(s);
+                    break;
+                }
+            }
+            match (standby_loses, moved) {
+                (false, Some(s)) => {
+                    assert_eq!(s.from, Some(a));
+                    assert!(
+                        matches!(s.reason, SwitchReason::Lossy { active, standby } if active >= 0.45 && standby <= 0.2),
+                        "{s:?}"
+                    );
+                }
+                (true, None) => {}
+                other => panic!("standby loses: {standby_loses}: {other:?}"),
+            }
+        }
     }
 }

@@ -88,7 +88,7 @@ impl Path {
 }
 
 impl Connection {
-    fn new_challenge(&mut self) -> [u8; 8] {
+    pub(super) fn new_challenge(&mut self) -> [u8; 8] {
         let mut challenge = [0u8; 8];
         rand::RngCore::fill_bytes(&mut self.rng, &mut challenge);
         challenge
@@ -214,7 +214,17 @@ impl Connection {
     /// After packet `pn` from `from` was processed: move to the candidate if this packet
     /// completes the conditions (validated candidate, non-probing, newest), or switch to a
     /// validated alternate path it came on if it is non-probing and the newest.
-    pub(super) fn maybe_migrate(&mut self, from: PathAddr, pn: u64, non_probing: bool) {
+    ///
+    /// A move while retransmission timeouts are backing off (the old path went dark, and the
+    /// client failed over) retransmits at once on the new path instead of waiting out the
+    /// backed-off timer: the new path has just proven it carries.
+    pub(super) fn maybe_migrate(
+        &mut self,
+        now: Instant,
+        from: PathAddr,
+        pn: u64,
+        non_probing: bool,
+    ) {
         if from == self.path.addr || !non_probing || self.replay.largest() != Some(pn) {
             return;
         }
@@ -223,6 +233,7 @@ impl Connection {
             let old = std::mem::replace(&mut self.path, path);
             self.push_alternate(old);
             self.stats.path_switches += 1;
+            self.restart_timeouts(now);
             return;
         }
         let ready = self
@@ -247,7 +258,16 @@ impl Connection {
             self.pmtu.on_path_changed();
         }
         self.stats.migrations += 1;
+        self.restart_timeouts(now);
         tracing::debug!(path = %from, "peer address changed: moved to the validated address");
+    }
+
+    /// After a move: if timeouts were backing off, time out now (see `maybe_migrate`).
+    fn restart_timeouts(&mut self, now: Instant) {
+        if self.rto_count > 0 {
+            self.rto_count = 0;
+            self.on_rto(now);
+        }
     }
 
     /// The path-challenge timer fired: repeat unanswered challenges, give up on a candidate that

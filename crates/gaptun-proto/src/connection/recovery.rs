@@ -20,6 +20,14 @@ use crate::streams::SentFrames;
 /// Lost packet numbers remembered for spotting spurious losses.
 const RECENTLY_LOST_MAX: usize = 4096;
 
+/// What kind of probe a sent packet is, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    None,
+    Mtu,
+    Path,
+}
+
 /// A packet we sent that may still be acknowledged or lost.
 #[derive(Debug)]
 pub(super) struct SentPacket {
@@ -38,6 +46,9 @@ pub(super) struct SentPacket {
     /// A path MTU probe: its loss is no congestion signal, has nothing to retransmit and does
     /// not drive the retransmission timer.
     pub(super) mtu_probe: bool,
+    /// A failover client's probe of a standby path: its fate is that path's health only, not
+    /// a congestion signal, and it has nothing to retransmit.
+    pub(super) path_probe: bool,
     /// The path it went out on: its fate is that path's health (client, several paths).
     pub(super) path: crate::shared::PathAddr,
     /// DATAGRAM frames carried: counted when lost, never sent again.
@@ -54,13 +65,19 @@ impl Connection {
         ack_eliciting: bool,
         frames: SentFrames,
     ) {
-        self.register_sent(now, pn, size, ack_eliciting, frames, false);
+        self.register_sent(now, pn, size, ack_eliciting, frames, Probe::None);
+    }
+
+    /// Registers a sent standby-path probe (failover client): ack-eliciting, nothing to
+    /// retransmit, and, like an MTU probe, not watched by the RTO.
+    pub(super) fn on_path_probe_sent(&mut self, now: Instant, pn: u64, size: usize) {
+        self.register_sent(now, pn, size, true, SentFrames::default(), Probe::Path);
     }
 
     /// Registers a sent path MTU probe (ack-eliciting, no frames to retransmit). It counts in
     /// flight, but only its own timer ([`Timer::MtuProbe`]) watches it, not the RTO.
     pub(super) fn on_mtu_probe_sent(&mut self, now: Instant, pn: u64, size: usize) {
-        self.register_sent(now, pn, size, true, SentFrames::default(), true);
+        self.register_sent(now, pn, size, true, SentFrames::default(), Probe::Mtu);
         let timeout = self.rto() * 2;
         self.timers.set(Timer::MtuProbe, now + timeout);
     }
@@ -72,8 +89,10 @@ impl Connection {
         size: usize,
         ack_eliciting: bool,
         frames: SentFrames,
-        mtu_probe: bool,
+        probe: Probe,
     ) {
+        let mtu_probe = probe == Probe::Mtu;
+        let path_probe = probe == Probe::Path;
         let size = size as u64;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += size;
@@ -100,6 +119,7 @@ impl Connection {
             stream_bytes,
             copied: false,
             mtu_probe,
+            path_probe,
             path: self.path.addr,
             datagram_frames,
         };
@@ -107,7 +127,7 @@ impl Connection {
             self.paths.on_sent(self.path.addr, now);
         }
         self.sent.insert(pn, packet);
-        if !mtu_probe {
+        if !mtu_probe && !path_probe {
             self.last_ack_eliciting_sent = Some(now);
             self.arm_rto(now);
         }
@@ -144,13 +164,13 @@ impl Connection {
                 }
                 acked_bytes += u64::from(p.size);
                 acked_packets += 1;
-                if !p.copied && !p.mtu_probe {
+                if !p.copied && !p.mtu_probe && !p.path_probe {
                     self.loss_rate.observe(false);
                 }
                 self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
                 self.delivery.on_acked(now, &p.rate, u64::from(p.size));
                 self.streams.on_acked(&p.frames);
-                self.paths.on_acked(p.path);
+                self.paths.on_acked(p.path, now, p.path_probe);
                 if p.mtu_probe {
                     self.pmtu.on_probe_acked(pn, now);
                 } else {
@@ -227,8 +247,14 @@ impl Connection {
                 self.pmtu.on_probe_lost(pn, now);
                 continue;
             }
+            if p.path_probe {
+                if self.paths.on_lost(p.path, now, true) {
+                    self.stats.paths_abandoned += 1;
+                }
+                continue;
+            }
             lost_packets.push((pn, datagram_size(p.size)));
-            if self.paths.len() > 1 && self.paths.on_lost(p.path, now) {
+            if self.paths.len() > 1 && self.paths.on_lost(p.path, now, false) {
                 self.stats.paths_abandoned += 1;
             }
             lost_bytes += u64::from(p.size);
@@ -276,7 +302,7 @@ impl Connection {
     /// Arms (or disarms) the retransmission timer from the last ack-eliciting packet sent.
     pub(super) fn arm_rto(&mut self, now: Instant) {
         // MTU probes have their own timer. At most one is in flight, so this stops early.
-        let has_in_flight = self.sent.values().any(|p| !p.mtu_probe);
+        let has_in_flight = self.sent.values().any(|p| !p.mtu_probe && !p.path_probe);
         match self.last_ack_eliciting_sent {
             Some(last) if has_in_flight => {
                 let at = (last + self.backed_off_rto()).max(now);

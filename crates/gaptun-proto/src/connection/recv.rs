@@ -69,7 +69,7 @@ impl Connection {
         self.reset_idle_timer(now);
         let non_probing = self.process_payload(now, pn, payload, from);
         if self.state == State::Established && self.side == Side::Server {
-            self.maybe_migrate(from, pn, non_probing);
+            self.maybe_migrate(now, from, pn, non_probing);
         }
         self.open_rebuilt(now);
     }
@@ -88,6 +88,8 @@ impl Connection {
                 self.stats.packets_received += 1;
                 self.stats.bytes_received += data.len() as u64;
                 self.install_keys(now, established.keys, established.peer_params);
+                // Failover: the carrier that answered first is the one to start on.
+                self.paths.on_established(now, from);
                 // Our first packet confirms the handshake to the server; send it even if the
                 // application has nothing to say yet.
                 self.ping_pending = true;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::{Connection, State, Timer};
 use crate::frame::{self, CloseFrame, Frame};
 use crate::packet;
-use crate::shared::{Side, Transmit};
+use crate::shared::{PathAddr, Side, Transmit};
 use crate::streams::SentFrames;
 
 /// Most datagrams in flight before a tail packet for it to still be sent twice (see
@@ -51,14 +51,24 @@ impl Connection {
             State::Closing => return self.transmit_close(now, buf),
             State::Established => {}
         }
-        if self.side == Side::Client
-            && self.paths.len() > 1
-            && let Some(next) = self.paths.next_path(now)
-        {
-            // Spread over the client's paths, one batch each in turn.
-            self.path.addr = next;
-            if self.paths.needs_probe(next, now) {
-                self.ping_pending = true;
+        if self.side == Side::Client && self.paths.len() > 1 {
+            // Spread over the client's paths, one batch each in turn; or, failing over, on the
+            // active carrier's paths with a probe now and then on the others.
+            self.paths
+                .review(now, super::multipath::silent_after(self.rto()));
+            match self.paths.next_send(now) {
+                Some(super::multipath::NextSend::Probe(addr)) => {
+                    if let Some(t) = self.transmit_path_probe(now, buf, addr) {
+                        return Some(t);
+                    }
+                }
+                Some(super::multipath::NextSend::Data(next)) => {
+                    self.path.addr = next;
+                    if self.paths.needs_probe(next, now) {
+                        self.ping_pending = true;
+                    }
+                }
+                None => {}
             }
         }
         if let Some(t) = self.transmit_response(buf) {
@@ -171,14 +181,14 @@ impl Connection {
 
     fn transmit_initial(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
         let client = self.client.as_mut()?;
-        if !client.initial_due {
+        if client.initial_to.is_empty() {
             return None;
         }
-        client.initial_due = false;
+        let to = client.initial_to.remove(0);
         buf.extend_from_slice(&client.initial);
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += buf.len() as u64;
-        Some(Transmit::to(self.path.addr, buf.len(), None))
+        Some(Transmit::to(to, buf.len(), None))
     }
 
     fn transmit_response(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
@@ -228,6 +238,31 @@ impl Connection {
         self.pmtu.on_probe_sent(pn, size);
         self.on_mtu_probe_sent(now, pn, buf.len() - start);
         Some(Transmit::to(self.path.addr, buf.len(), None))
+    }
+
+    /// A failover client's probe of standby path `addr`: a PATH_CHALLENGE (ack-eliciting, and
+    /// a probing frame, so the server answers without moving its traffic there) and padding,
+    /// nothing else. The packet goes out whatever the congestion window says: about one small
+    /// packet a second per standby path.
+    fn transmit_path_probe(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        addr: PathAddr,
+    ) -> Option<Transmit> {
+        self.keys.as_ref()?;
+        let data = self.new_challenge();
+        let start = packet::begin(buf);
+        Frame::PathChallenge(data).encode(buf);
+        while buf.len() < start + packet::HEADER_LEN + 4 {
+            Frame::Padding.encode(buf);
+        }
+        let pn = self.next_pn;
+        self.seal(buf, start, pn);
+        let active = std::mem::replace(&mut self.path.addr, addr);
+        self.on_path_probe_sent(now, pn, buf.len() - start);
+        self.path.addr = active;
+        Some(Transmit::to(addr, buf.len(), None))
     }
 
     fn transmit_close(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
