@@ -201,7 +201,7 @@ impl Connection {
         let (parity, spacing) = match self.config.fec {
             FecMode::Fixed { parity, .. } => (usize::from(parity), Duration::ZERO),
             _ => (
-                auto_parity(k, self.loss_rate.cautious(), self.loss_rate.burst()),
+                auto_parity(k, self.loss_rate.get(), self.loss_rate.burst()),
                 self.fec_spacing(),
             ),
         };

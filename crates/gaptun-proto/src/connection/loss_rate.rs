@@ -15,15 +15,11 @@
 
 /// Weight of each new observation: the estimate follows the last few dozen packets.
 const ALPHA: f64 = 1.0 / 32.0;
-/// Weight of each observation in the slow estimate, which follows the last few hundred.
-const SLOW_ALPHA: f64 = 1.0 / 256.0;
 
 /// Exponentially weighted share of packets lost.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct LossRate {
     rate: f64,
-    /// The same share over a longer memory: steadier, slower to follow a change.
-    slow: f64,
     /// Mean length of the runs of missing packet numbers seen (0 before the first).
     burst: f64,
 }
@@ -37,17 +33,6 @@ impl LossRate {
         self.rate
     }
 
-    /// A cautious estimate for sizing protection: the larger of the fast and the slow one.
-    ///
-    /// Over a few dozen packets the fast estimate swings widely around the true rate (at 5 %
-    /// loss its standard deviation is about 2.7 points), and a tail protected for the low end
-    /// of the swing is lost far more often than planned: one parity packet instead of two
-    /// turns 1 in 8 000 unrecoverable tails into 1 in 400. The slow estimate stays within about
-    /// one point of 5 %; taking the larger still follows a rise in loss at the fast pace.
-    pub(super) fn cautious(&self) -> f64 {
-        self.rate.max(self.slow)
-    }
-
     /// Mean number of packets lost in a row when packets are lost (at least 1).
     pub(super) fn burst(&self) -> f64 {
         self.burst.max(1.0)
@@ -57,7 +42,6 @@ impl LossRate {
     pub(super) fn observe(&mut self, lost: bool) {
         let sample = if lost { 1.0 } else { 0.0 };
         self.rate += ALPHA * (sample - self.rate);
-        self.slow += SLOW_ALPHA * (sample - self.slow);
     }
 
     /// A packet arrived after `missing` packet numbers that never did (a gap in the sequence).
@@ -98,27 +82,6 @@ mod tests {
             r.observe(false);
         }
         assert!(r.get() < 0.01, "{}", r.get());
-    }
-
-    #[test]
-    fn the_cautious_estimate_does_not_dip_with_the_fast_one() {
-        let mut r = LossRate::default();
-        // A deterministic 5 % pattern with a run of 60 clean packets at the end, as happens
-        // by chance at that rate: the fast estimate falls well below 5 %, the cautious one
-        // stays near it.
-        for i in 0..4000 {
-            r.observe(i % 20 == 0);
-        }
-        for _ in 0..60 {
-            r.observe(false);
-        }
-        assert!(r.get() < 0.01, "fast {}", r.get());
-        assert!(r.cautious() > 0.03, "cautious {}", r.cautious());
-        // A rise shows at the fast pace.
-        for _ in 0..32 {
-            r.observe(true);
-        }
-        assert!(r.cautious() >= r.get() && r.get() > 0.6, "{}", r.get());
     }
 
     #[test]
