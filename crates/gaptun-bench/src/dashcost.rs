@@ -136,7 +136,7 @@ pub fn summarise(windows: &[Window], value: impl Fn(&Window) -> f64) -> Option<R
 
 /// Scraped first in even rounds, plain first in odd ones (ABBA).
 pub fn order(round: usize) -> [bool; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [true, false]
     } else {
         [false, true]
@@ -289,10 +289,24 @@ fn start(
         &mut s,
         &plan.logdir.join(format!("server-{tag}.log")),
     )?;
+    // The clients give up on a closed port: wait until the server answers on its control
+    // socket (it binds its UDP socket before that).
+    let mut server = server;
+    let ready_by = Instant::now() + Duration::from_secs(10);
+    while server_connections(&plan.gaptun, &control).is_none() {
+        server.ensure_alive()?;
+        if Instant::now() > ready_by {
+            return Err(BenchError::Invalid("the server did not come up".into()));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
     let mut clients = Vec::new();
     let mut c = Command::new(&plan.gaptun);
     c.args(["client", "--server", &udp.to_string(), "--key", key])
-        .args(["--forward", &format!("tcp:{forward}={sink}")]);
+        .args(["--forward", &format!("tcp:{forward}={sink}")])
+        .arg("--no-socks")
+        .arg("--control")
+        .arg(plan.logdir.join(format!("client-bulk-{tag}.sock")));
     clients.push(Managed::spawn(
         "gaptun client (bulk)",
         &mut c,
@@ -308,7 +322,10 @@ fn start(
         let mut c = Command::new(&plan.gaptun);
         c.args(["client", "--server", &udp.to_string(), "--key", key])
             .args(["--conns", &n.to_string()])
-            .args(["--forward", &format!("tcp:{unused}={sink}")]);
+            .args(["--forward", &format!("tcp:{unused}={sink}")])
+            .arg("--no-socks")
+            .arg("--control")
+            .arg(plan.logdir.join(format!("client-idle{i}-{tag}.sock")));
         clients.push(Managed::spawn(
             "gaptun client (idle)",
             &mut c,

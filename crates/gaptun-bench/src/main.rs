@@ -279,15 +279,18 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             warmup,
             idle_conns,
             json,
-        } => dashboard_cost(dashcost::CostPlan {
-            gaptun,
-            rounds,
-            seconds,
-            warmup,
-            idle_conns,
-            logdir: std::env::temp_dir()
-                .join(format!("gaptun-bench-dash-{}", std::process::id())),
-        }, &json),
+        } => dashboard_cost(
+            dashcost::CostPlan {
+                gaptun,
+                rounds,
+                seconds,
+                warmup,
+                idle_conns,
+                logdir: std::env::temp_dir()
+                    .join(format!("gaptun-bench-dash-{}", std::process::id())),
+            },
+            &json,
+        ),
         Cmd::RrServer { listen } => measure::latency::serve(listen),
         Cmd::RrClient {
             target,
@@ -558,7 +561,11 @@ fn dashboard_cost(plan: dashcost::CostPlan, json: &Path) -> Result<()> {
         detail: e.to_string(),
     })?;
     std::fs::write(json, text).ctx(format!("write {}", json.display()))?;
-    println!("raw results: {}; logs in {}", json.display(), plan.logdir.display());
+    println!(
+        "raw results: {}; logs in {}",
+        json.display(),
+        plan.logdir.display()
+    );
     Ok(())
 }
 

@@ -455,8 +455,8 @@ fn five_percent_loss_p99_with_exchanges_overlapping_like_the_harness() {
         Ok(())
     );
     sim.advance(Duration::from_millis(500));
-    let id = sim
-        .add_workload(RequestResponse::new(0, 1000, 64, 64).every(Duration::from_millis(10)));
+    let id =
+        sim.add_workload(RequestResponse::new(0, 1000, 64, 64).every(Duration::from_millis(10)));
     assert!(sim.run_workloads(Duration::from_secs(600)));
     let w = sim.workload::<RequestResponse>(id).expect("workload");
     assert!(w.errors().is_empty(), "{:?}", w.errors());
