@@ -212,6 +212,21 @@ fn run_system(
         res.cpu_s_per_gb = Some(cpu / (bytes as f64 / 1e9));
     }
     if !competing {
+        // A tunnel may still be moving the bulk test's buffered data after iperf3 returned;
+        // exchanges measured meanwhile would queue behind it, or find the connection still
+        // classed as bulk and their tails unprotected.
+        let (waited, quiet) = wait_until_quiet(emu);
+        p.step(&format!(
+            "  {}: link quiet after {:.1} s",
+            system.name,
+            waited.as_secs_f64()
+        ));
+        if !quiet {
+            res.notes.push(format!(
+                "the link was still busy {:.1} s after the bulk tests; latency measured anyway",
+                waited.as_secs_f64()
+            ));
+        }
         measure_latency(plan, env, &running, &mut res, p);
     }
     if system.is_expose() {
@@ -227,6 +242,35 @@ fn run_system(
     drop(running);
     drop(servers);
     res
+}
+
+/// Bytes a quiet link carries at most per [`QUIET_SAMPLE`] (both directions): keepalives and
+/// the odd ACK, not a transfer (12.5 KB per 100 ms is 1 Mbit/s).
+const QUIET_BYTES: u64 = 12_500;
+/// How often the link's counters are read while waiting for quiet.
+const QUIET_SAMPLE: Duration = Duration::from_millis(100);
+/// Consecutive quiet samples that make the link idle.
+const QUIET_SAMPLES: u32 = 5;
+/// Longest wait for an idle link.
+const QUIET_LIMIT: Duration = Duration::from_secs(15);
+
+/// Waits until the emulated link has carried almost nothing for half a second (or
+/// [`QUIET_LIMIT`]); returns how long it waited and whether the link went quiet.
+fn wait_until_quiet(emu: &Emulator) -> (Duration, bool) {
+    let start = Instant::now();
+    let mut last = emu.stats();
+    let mut quiet = 0;
+    while start.elapsed() < QUIET_LIMIT {
+        thread::sleep(QUIET_SAMPLE);
+        let now = emu.stats();
+        let bytes = now.since(&last).wire_bytes();
+        last = now;
+        quiet = if bytes <= QUIET_BYTES { quiet + 1 } else { 0 };
+        if quiet >= QUIET_SAMPLES {
+            return (start.elapsed(), true);
+        }
+    }
+    (start.elapsed(), false)
 }
 
 fn describe_bulk(b: &BulkResult) -> String {

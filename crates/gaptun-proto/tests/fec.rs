@@ -434,3 +434,53 @@ fn forged_parity_rebuilds_nothing_that_passes_the_aead() {
     let (sent, read) = echo(&mut sim, 3, 100, 72);
     assert_eq!(sent, read);
 }
+
+#[test]
+fn five_percent_loss_p99_with_exchanges_overlapping_like_the_harness() {
+    // The harness's latency measurement: 64-byte requests and answers on ten connections at
+    // once, each sending its next request as soon as the answer is in, after a bulk upload. A
+    // new exchange every 10 ms keeps about ten in flight, so groups of one packet follow each
+    // other closely in both directions and the loss estimate is fed only by ACK-only and parity
+    // packets and by gaps.
+    let config = SimConfig::new(3)
+        .with_link(link().with_loss(0.05))
+        .with_transport(|t| t.fec = FecMode::Auto);
+    let mut sim = Sim::new(config);
+    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 1_000_000, 3));
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(bulk)
+            .expect("workload")
+            .verify(),
+        Ok(())
+    );
+    sim.advance(Duration::from_millis(500));
+    let id =
+        sim.add_workload(RequestResponse::new(0, 1000, 64, 64).every(Duration::from_millis(10)));
+    assert!(sim.run_workloads(Duration::from_secs(600)));
+    let w = sim.workload::<RequestResponse>(id).expect("workload");
+    assert!(w.errors().is_empty(), "{:?}", w.errors());
+    assert_eq!(w.completed(), 1000);
+    let p99 = w.quantile(0.99).expect("latencies");
+    let slow = w
+        .latencies()
+        .iter()
+        .filter(|l| **l > Duration::from_millis(110))
+        .count();
+    let (client, server) = stats(&mut sim);
+    eprintln!(
+        "overlapping, 5 %: p99 {p99:?}, {slow} of 1000 above 110 ms; parity {} / {}, rebuilt {} / {}",
+        client.fec_parity_sent,
+        server.fec_parity_sent,
+        client.fec_packets_rebuilt,
+        server.fec_packets_rebuilt
+    );
+    assert!(
+        p99 <= Duration::from_millis(110),
+        "p99 {p99:?} above 1.1 RTT"
+    );
+    // Each exchange loses a packet in one direction or the other about one time in ten; all
+    // but a few of those must be rebuilt rather than retransmitted.
+    assert!(slow <= 3, "{slow} exchanges waited for a retransmission");
+    assert!(client.fec_packets_rebuilt + server.fec_packets_rebuilt > 50);
+}
