@@ -62,6 +62,12 @@ pub struct TransportConfig {
     pub handshake_timeout: Duration,
     /// Cipher to insist on, or `None` to choose by CPU support.
     pub cipher: Option<CipherSuite>,
+    /// The carrier delivers every datagram, in some order (TLS over TCP): nothing is ever
+    /// declared lost (no fast retransmit, and a retransmission timeout only probes), no tail
+    /// packet is duplicated, and the window is not limited by a congestion controller (TCP's
+    /// decides; the carrier's backpressure paces sending). Set by the runtime from its carriers,
+    /// not by users; see `docs/protocol.md`, "Reliable carriers".
+    pub reliable_carrier: bool,
 }
 
 impl Default for TransportConfig {
@@ -88,6 +94,7 @@ impl Default for TransportConfig {
             dead_peer_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
             cipher: None,
+            reliable_carrier: false,
         }
     }
 }

@@ -59,6 +59,19 @@ impl Drop for EndpointRef {
     }
 }
 
+/// Adapts `transport` to what `carriers` can do (see [`RtEndpoint::with_carriers`]).
+fn fit_to_carriers(transport: &mut gaptun_proto::TransportConfig, carriers: &[Arc<dyn Carrier>]) {
+    let limit = carriers.iter().filter_map(|c| c.max_datagram_size()).min();
+    if let Some(limit) = limit.filter(|&l| l < transport.max_udp_payload) {
+        transport.max_udp_payload = limit;
+        transport.initial_udp_payload = transport.initial_udp_payload.min(limit);
+        transport.mtu_discovery = false;
+    }
+    if !carriers.is_empty() && carriers.iter().all(|c| c.reliable()) {
+        transport.reliable_carrier = true;
+    }
+}
+
 impl RtEndpoint {
     /// Binds a UDP socket on `addr` and starts the driver task. Must be called within a tokio
     /// runtime; fails with an `io::Error` otherwise, or when the address is taken
@@ -74,10 +87,15 @@ impl RtEndpoint {
     /// Starts an endpoint on carriers made elsewhere (fake TCP, several at once); the first
     /// one's address is the endpoint's [`local_addr`](Self::local_addr). Must be called within
     /// a tokio runtime.
+    ///
+    /// The transport settings follow the carriers: datagrams no larger than the smallest
+    /// carrier takes, and, when every carrier is reliable (TLS over TCP), the core's
+    /// `reliable_carrier` mode.
     pub fn with_carriers(
         carriers: Vec<Arc<dyn Carrier>>,
-        config: EndpointConfig,
+        mut config: EndpointConfig,
     ) -> io::Result<Self> {
+        fit_to_carriers(&mut config.transport, &carriers);
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
         let _guard = runtime.enter();

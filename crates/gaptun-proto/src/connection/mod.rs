@@ -361,7 +361,16 @@ impl Connection {
             last_stream_received: None,
             unanswered_since: None,
             rtt: RttEstimator::new(config.initial_rtt),
-            cc: congestion::build(config.congestion, now, mtu),
+            // On a reliable carrier the carrier's own congestion control (TCP's) decides.
+            cc: congestion::build(
+                if config.reliable_carrier {
+                    congestion::CongestionKind::None
+                } else {
+                    config.congestion
+                },
+                now,
+                mtu,
+            ),
             delivery: DeliveryRate::new(now),
             pacer: Pacer::new(now, mtu),
             streams,

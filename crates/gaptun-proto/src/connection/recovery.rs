@@ -173,6 +173,11 @@ impl Connection {
     /// may still turn out lost by time.
     pub(super) fn detect_lost(&mut self, now: Instant) {
         self.timers.stop(Timer::Loss);
+        // A reliable carrier loses nothing: a gap in the acknowledgements is reordering
+        // between its connections, and what is missing will still arrive.
+        if self.config.reliable_carrier {
+            return;
+        }
         let Some(largest_acked) = self.largest_acked else {
             return;
         };
@@ -272,12 +277,14 @@ impl Connection {
     }
 
     /// Nothing was acknowledged for a whole timeout: declare overdue packets lost and probe.
+    /// On a reliable carrier nothing is declared lost: the probe only asks for an ACK.
     pub(super) fn on_rto(&mut self, now: Instant) {
         let rto = self.backed_off_rto();
         let overdue: Vec<u64> = self
             .sent
             .iter()
             .filter(|(_, p)| !p.mtu_probe && now.saturating_duration_since(p.time) >= rto)
+            .filter(|_| !self.config.reliable_carrier)
             .map(|(&pn, _)| pn)
             .collect();
         self.rto_count = self.rto_count.saturating_add(1);

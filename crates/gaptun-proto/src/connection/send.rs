@@ -112,6 +112,7 @@ impl Connection {
     /// qualify (their in-flight data is far larger), so they pay nothing.
     fn is_interactive_tail(&self, in_flight_before: u64, size: usize) -> bool {
         self.config.duplicate_tail_packets
+            && !self.config.reliable_carrier
             && in_flight_before <= DUPLICATE_MAX_IN_FLIGHT * self.mtu() as u64
             && !self.streams.has_pending()
             && self.path.send_budget() >= size as u64

@@ -97,6 +97,21 @@ pub trait Carrier: Send + Sync + fmt::Debug + 'static {
     /// Ready when a send may succeed.
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
+    /// True when the carrier delivers every datagram it accepts (TLS over TCP): the connection
+    /// on it then does no loss detection, retransmission or congestion control of its own,
+    /// which would only duplicate TCP's (see `TransportConfig::reliable_carrier`). Such a
+    /// carrier never drops: when it has no room, `try_send` says `WouldBlock`.
+    fn reliable(&self) -> bool {
+        false
+    }
+
+    /// Largest datagram the carrier can take, when it is below the configured UDP payload
+    /// (QUIC DATAGRAM frames are smaller than the UDP packets carrying them). `None`: no limit
+    /// beyond the configuration's.
+    fn max_datagram_size(&self) -> Option<u16> {
+        None
+    }
+
     /// Peers that reported our datagrams undeliverable (ICMP port unreachable) since the last
     /// call. Lets a client whose server port is closed fail its handshake at once instead of
     /// after the handshake timeout. Carriers without such reports keep the default.
