@@ -11,7 +11,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use crate::layer::settings_group;
 use crate::transport::TransportSettings;
 use crate::values::{
-    Conns, ExposeArg, ExposePorts, ForwardSpec, ListenAddr, LogFormat, WindowSize, one_or_many,
+    CarrierName, Conns, ExposeArg, ExposePorts, ForwardSpec, ListenAddr, LogFormat, TlsConnections,
+    WindowSize, one_or_many,
 };
 
 /// Default SOCKS5 address of the client (and the demo).
@@ -112,6 +113,12 @@ settings_group! {
         /// File with the key(s), one per line.
         #[arg(long, value_name = "PATH", conflicts_with = "key")]
         pub key_file: Option<PathBuf>,
+        /// What carries the tunnel: udp, tls (TLS 1.3 over TCP) or quic (HTTP/3-looking QUIC).
+        /// A server may listen on several at once (repeat, or a comma-separated list); a
+        /// client uses one, and --server then names that carrier's port (443 for tls and quic).
+        #[arg(long, value_name = "CARRIER", value_delimiter = ',', default_value = "udp")]
+        #[serde(default, deserialize_with = "one_or_many")]
+        pub carrier: Option<Vec<CarrierName>>,
         /// Control socket path for `gaptun ctl`
         /// [default: $XDG_RUNTIME_DIR/gaptun-ROLE.sock, else /tmp/gaptun-ROLE-UID.sock].
         #[arg(long, value_name = "PATH")]
@@ -142,6 +149,24 @@ settings_group! {
         /// Address the exposed ports listen on (`::` for dual stack).
         #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
         pub expose_bind: Option<IpAddr>,
+        /// TCP address of the tls carrier (with --carrier tls).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443")]
+        pub tls_listen: Option<SocketAddr>,
+        /// UDP address of the quic carrier (with --carrier quic).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443")]
+        pub quic_listen: Option<SocketAddr>,
+        /// Certificate chain (PEM) of the tls and quic carriers, e.g. a real one for the
+        /// server's domain [default: self-signed, made at first start and kept in the state
+        /// directory].
+        #[arg(long, value_name = "PATH", requires = "tls_key")]
+        pub tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "PATH", requires = "tls_cert")]
+        pub tls_key: Option<PathBuf>,
+        /// Web server (HOST:PORT, plain HTTP) that TLS clients other than gaptun clients are
+        /// handed to, so that a prober sees that site [default: a plain 404 page].
+        #[arg(long, value_name = "HOST:PORT")]
+        pub decoy: Option<String>,
         /// Named users, each with its own key(s) and limits: `[users.NAME]` tables in the
         /// config file only (keys have no place on a command line). See [`UserOptions`].
         #[arg(skip)]
@@ -202,6 +227,14 @@ settings_group! {
         /// Connections to keep open to the server (1-64).
         #[arg(long, value_name = "N", default_value = "1")]
         pub conns: Option<Conns>,
+        /// Name sent as SNI on the tls and quic carriers: an ordinary one, or the server's
+        /// domain when it has a real certificate.
+        #[arg(long, value_name = "NAME", default_value = gaptun_carriers::DEFAULT_SNI)]
+        pub sni: Option<String>,
+        /// TCP connections the tls carrier spreads packets over (1-64), so that one
+        /// connection's retransmission stalls only its share (like kcptun's -conn).
+        #[arg(long, value_name = "N", default_value = "2")]
+        pub tls_connections: Option<TlsConnections>,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::config::Role;
 use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
 use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, ServerSettings};
-use crate::values::ForwardProto;
+use crate::values::{CarrierName, ForwardProto};
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
@@ -236,22 +236,44 @@ fn state_file_in(
     Some(dir.join(format!("server-{port}.replay")))
 }
 
+/// The state directory (where the replay files and the self-signed certificate live).
+fn default_state_dir() -> Option<PathBuf> {
+    // Any fixed port names a file in the directory; only the directory is wanted.
+    let file = default_state_file(SocketAddr::from(([0, 0, 0, 0], 1)))?;
+    file.parent().map(std::path::Path::to_path_buf)
+}
+
 /// `gaptun server`.
 pub async fn run_server(s: ServerSettings) -> Result<()> {
     let signals = shutdown_signal();
     let window = s.transport.receive_window;
-    let config = EndpointConfig {
-        transport: s.transport,
-        state_file: default_state_file(s.listen),
-        ..EndpointConfig::server(s.keys)
+    let config_for = |addr: SocketAddr, kind: CarrierName| EndpointConfig {
+        transport: s.transport.clone(),
+        // One replay file per port and carrier (tls and quic may share port 443).
+        state_file: default_state_file(addr).map(|p| match kind {
+            CarrierName::Udp => p,
+            other => p.with_extension(format!("{}.replay", other.name())),
+        }),
+        ..EndpointConfig::server(s.keys.clone())
     };
-    let endpoint =
-        RtEndpoint::bind(s.listen, config).map_err(|e| bind_error(&e, s.listen, "tunnel"))?;
+    let listening = crate::carriers::listen(
+        &s.carriers,
+        s.listen,
+        &s.keys,
+        default_state_dir(),
+        config_for,
+    )
+    .await?;
+    let Some(endpoint) = listening.first().cloned() else {
+        bail!("no carrier to listen on");
+    };
     let server_wide = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
     let users: Arc<[ServerUser]> =
         ServerUser::for_keys(&s.key_users, &server_wide, s.allow_private)?.into();
     let names: Vec<Arc<str>> = users.iter().map(|u| Arc::clone(&u.name)).collect();
-    endpoint.set_key_names(names.clone());
+    for e in &listening {
+        e.set_key_names(names.clone());
+    }
     let someone_exposes = !s.expose_ports.is_empty()
         || users
             .iter()
@@ -282,12 +304,19 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         source,
     )?;
     info!(listen = %endpoint.local_addr(), "gaptun server running");
+    let mut loops = JoinSet::new();
+    for e in &listening {
+        loops.spawn(accept_loop(e.clone(), Arc::clone(&users), expose.clone()));
+    }
     tokio::select! {
-        () = accept_loop(endpoint.clone(), users, expose) => {}
+        _ = loops.join_next() => {}
         signal = signals => info!("{signal}: shutting down"),
     }
+    loops.abort_all();
     control.abort();
-    endpoint.shutdown(SHUTDOWN_LINGER).await;
+    for e in &listening {
+        e.shutdown(SHUTDOWN_LINGER).await;
+    }
     Ok(())
 }
 
@@ -360,15 +389,6 @@ pub fn open_socks_warning(addr: SocketAddr, has_password: bool) -> Option<String
     })
 }
 
-/// Connects the pool to `server`. A server port that is closed answers the first Initial with
-/// ICMP port unreachable: that ends the wait at once with a clear message, instead of waiting
-/// out the handshake timeout.
-async fn connect(server: &str, config: EndpointConfig, pool: PoolConfig) -> Result<ClientPool> {
-    ClientPool::connect(server, config, pool)
-        .await
-        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))
-}
-
 /// Registers the exposes on the first connection: a refusal is an error at start-up (one
 /// line per refused expose, naming the port). Then returns the task that registers again on
 /// every new connection (after reconnects), logging refusals from then on.
@@ -418,9 +438,9 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         conns: s.conns,
         ..PoolConfig::default()
     };
-    info!(server = %s.server, conns = s.conns, "connecting");
+    info!(server = %s.server, conns = s.conns, carrier = s.carrier.kind.name(), "connecting");
     let pool = tokio::select! {
-        pool = connect(&s.server, config, pool_config) => pool?,
+        pool = crate::carriers::connect(&s, config, pool_config) => pool?,
         signal = &mut signals => {
             info!("{signal}: stopped while connecting");
             return Ok(());

@@ -15,7 +15,7 @@ use crate::config::{FileConfig, Notice, Role};
 use crate::ctl::default_socket_path;
 use crate::keys::{KeySourceError, KeySources};
 use crate::layer::Layer;
-use crate::values::{ForwardSpec, LogFormat, validate_host_port};
+use crate::values::{CarrierName, ForwardSpec, LogFormat, validate_host_port};
 
 /// The logging choices of the command line and the config file (flag over file); `RUST_LOG`
 /// applies only where neither says.
@@ -66,6 +66,28 @@ pub struct ServerSettings {
     pub expose_bind: IpAddr,
     pub control: PathBuf,
     pub transport: TransportConfig,
+    /// Carriers listened on (at least one) and their settings.
+    pub carriers: ServerCarriers,
+}
+
+/// The server's carriers (`--carrier`, `--tls-listen`, `--quic-listen`, `--tls-cert`,
+/// `--tls-key`, `--decoy`).
+#[derive(Debug, Clone)]
+pub struct ServerCarriers {
+    pub kinds: Vec<CarrierName>,
+    pub tls_listen: SocketAddr,
+    pub quic_listen: SocketAddr,
+    /// Certificate and key files; `None`: self-signed, kept in the state directory.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    pub decoy: Option<String>,
+}
+
+/// The client's carrier (`--carrier`, `--sni`, `--tls-connections`).
+#[derive(Debug, Clone)]
+pub struct ClientCarrier {
+    pub kind: CarrierName,
+    pub sni: String,
+    pub tls_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +103,7 @@ pub struct ClientSettings {
     pub conns: usize,
     pub control: PathBuf,
     pub transport: TransportConfig,
+    pub carrier: ClientCarrier,
 }
 
 fn load_file(path: Option<&PathBuf>, role: Role) -> Result<FileConfig> {
@@ -127,6 +150,21 @@ pub fn server(
         other => other?,
     };
     let (keys, key_users) = server_keys(plain, &users)?;
+    let mut kinds = common.carrier.clone().unwrap_or_default();
+    kinds.dedup();
+    if kinds.is_empty() {
+        kinds.push(CarrierName::Udp);
+    }
+    let carriers = ServerCarriers {
+        kinds,
+        tls_listen: own.tls_listen.context("no TLS listen address")?,
+        quic_listen: own.quic_listen.context("no QUIC listen address")?,
+        cert: own.tls_cert.clone().zip(own.tls_key.clone()),
+        decoy: own.decoy.clone(),
+    };
+    if own.tls_cert.is_some() != own.tls_key.is_some() {
+        bail!("--tls-cert and --tls-key (tls_cert, tls_key) go together");
+    }
     let settings = ServerSettings {
         listen: own.listen.context("no listen address")?,
         keys,
@@ -141,6 +179,7 @@ pub fn server(
             .control
             .unwrap_or_else(|| default_socket_path(Role::Server)),
         transport,
+        carriers,
     };
     let mut log = FileLog::from(log);
     log.notices = file.notices;
@@ -270,6 +309,18 @@ pub fn client(
     } else {
         Some(own.socks.context("no SOCKS5 address")?.0)
     };
+    let carrier = match common.carrier.as_deref().unwrap_or_default() {
+        [] => CarrierName::Udp,
+        [one] => *one,
+        _ => bail!("a client uses one carrier: give --carrier once"),
+    };
+    let carrier = ClientCarrier {
+        kind: carrier,
+        sni: own
+            .sni
+            .unwrap_or_else(|| gaptun_carriers::DEFAULT_SNI.to_owned()),
+        tls_connections: own.tls_connections.map_or(2, |c| usize::from(c.0)),
+    };
     let settings = ClientSettings {
         server,
         key,
@@ -282,6 +333,7 @@ pub fn client(
             .control
             .unwrap_or_else(|| default_socket_path(Role::Client)),
         transport,
+        carrier,
     };
     let mut log = FileLog::from(log);
     log.notices = file.notices;

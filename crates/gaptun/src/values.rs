@@ -33,7 +33,8 @@ deserialize_via_from_str!(
     Mode,
     Congestion,
     Cipher,
-    LogFormat
+    LogFormat,
+    CarrierName
 );
 
 /// Implements `Deserialize` for an integer newtype from a TOML/JSON integer or a string, both
@@ -125,6 +126,13 @@ bounded_integer!(
     1..=64
 );
 
+bounded_integer!(
+    /// TCP connections of the tls carrier.
+    TlsConnections(u16),
+    "tls_connections",
+    1..=64
+);
+
 /// Smallest receive window: a few packets' worth, below which a connection cannot keep data
 /// flowing.
 pub const MIN_WINDOW: u64 = 64 * 1024;
@@ -184,13 +192,17 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// Deserializes one string or a list of strings (`key = "..."` or `key = ["...", "..."]`).
-pub fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+/// Deserializes one value or a list of them (`key = "..."` or `key = ["...", "..."]`).
+pub fn one_or_many<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     Ok(Some(match OneOrMany::deserialize(d)? {
         OneOrMany::One(s) => vec![s],
@@ -464,9 +476,53 @@ impl FromStr for LogFormat {
     }
 }
 
+/// What carries the tunnel's packets (`--carrier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum CarrierName {
+    /// gaptun's own protocol over UDP.
+    #[default]
+    Udp,
+    /// TLS 1.3 over TCP: for networks that pass nothing but TCP to port 443.
+    Tls,
+    /// Standard QUIC (HTTP/3 to an observer), packets in DATAGRAM frames.
+    Quic,
+}
+
+impl CarrierName {
+    /// Its name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tls => "tls",
+            Self::Quic => "quic",
+        }
+    }
+}
+
+impl FromStr for CarrierName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "udp" => Ok(Self::Udp),
+            "tls" => Ok(Self::Tls),
+            "quic" => Ok(Self::Quic),
+            _ => Err(format!("invalid carrier `{s}`: use udp, tls or quic")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carrier_names() {
+        for c in [CarrierName::Udp, CarrierName::Tls, CarrierName::Quic] {
+            assert_eq!(c.name().parse(), Ok(c));
+        }
+        assert!("faketls".parse::<CarrierName>().is_err());
+    }
 
     #[test]
     fn byte_sizes() {
