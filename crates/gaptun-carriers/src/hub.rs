@@ -298,10 +298,16 @@ impl Hub {
     pub(crate) fn try_send(&self, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
         let queue = {
             let s = lock(&self.sessions);
-            s.by_addr
+            let session = s
+                .by_addr
                 .get(&transmit.destination)
-                .and_then(|id| s.by_id.get(id))
-                .map(|session| Arc::clone(&session.queue))
+                .and_then(|id| s.by_id.get(id));
+            if session.is_some_and(|s| s.connections == 0) {
+                // A client between connections: the datagram is lost, as on UDP (the core
+                // resends it), instead of holding the driver until a connection is back.
+                return Ok(());
+            }
+            session.map(|session| Arc::clone(&session.queue))
         };
         let Some(queue) = queue else {
             return Err(io::Error::new(
@@ -393,5 +399,31 @@ mod tests {
         assert_eq!(hub.session_count(), 0);
         let err = hub.try_send(&t).expect_err("session gone");
         assert_eq!(err.kind(), io::ErrorKind::NotConnected);
+    }
+
+    #[test]
+    fn a_client_between_connections_drops_instead_of_blocking() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _g = rt.enter();
+        let server: SocketAddr = "127.0.0.1:443".parse().expect("addr");
+        let hub = Hub::new("tls", "127.0.0.1:5000".parse().expect("addr"), 100, true);
+        let attached = hub.attach([2; 16], server);
+        let queue = Arc::clone(&attached.queue);
+        drop(attached);
+        let t = CarrierTransmit {
+            destination: server,
+            contents: &[1; 80],
+            segment_size: None,
+        };
+        for _ in 0..5 {
+            hub.try_send(&t).expect("dropped, not refused");
+        }
+        assert_eq!(queue.push(&[0; 1]), Ok(()), "nothing was queued meanwhile");
+        let _again = hub.attach([2; 16], server);
+        hub.try_send(&t).expect("queued");
+        let err = hub.try_send(&t).expect_err("full");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 }

@@ -62,11 +62,12 @@ pub struct TransportConfig {
     pub handshake_timeout: Duration,
     /// Cipher to insist on, or `None` to choose by CPU support.
     pub cipher: Option<CipherSuite>,
-    /// The carrier delivers every datagram, in some order (TLS over TCP): nothing is ever
-    /// declared lost (no fast retransmit, and a retransmission timeout only probes), no tail
-    /// packet is duplicated, and the window is not limited by a congestion controller (TCP's
-    /// decides; the carrier's backpressure paces sending). Set by the runtime from its carriers,
-    /// not by users; see `docs/protocol.md`, "Reliable carriers".
+    /// The carrier delivers every datagram, in some order (TLS over TCP): no loss detection by
+    /// reordering or time (a retransmission timeout declares lost only packets older than 1 s,
+    /// which went down with a broken carrier connection), no duplicated tail packets, and no
+    /// congestion window (TCP's controller decides; the carrier's backpressure paces sending).
+    /// Set by the runtime from its carriers, not by users; see `docs/protocol.md`, "Reliable
+    /// carriers".
     pub reliable_carrier: bool,
 }
 

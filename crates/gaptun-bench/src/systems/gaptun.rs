@@ -44,26 +44,36 @@ pub fn keygen(binary: &Path) -> Result<String> {
     parse_keygen(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Starts server and client with the congestion controller `cc`.
-pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
+/// Starts server and client with the congestion controller `cc` on `carrier` (`udp`, `tls`,
+/// `quic`; all on the same port number).
+pub fn start(env: &Env, binary: &Path, cc: &str, carrier: &str) -> Result<Running> {
     let key = keygen(binary)?;
     let bin = binary.to_string_lossy();
     let listen = format!("{ADDR_B}:{SERVER_PORT}");
+    // Log and socket names: the controller, and the carrier unless it is UDP.
+    let tag = if carrier == "udp" {
+        cc.to_string()
+    } else {
+        format!("{carrier}-{cc}")
+    };
     let mut s = netns::exec(&env.ns_b, &bin);
     s.args(["server", "--listen", &listen, "--key", &key])
+        .args(["--carrier", carrier])
+        .args(["--tls-listen", &listen, "--quic-listen", &listen])
         .args(["--allow", &format!("127.0.0.1:{IPERF_PORT}")])
         .args(["--allow", &format!("127.0.0.1:{RR_PORT}")])
         .arg("--control")
-        .arg(control_socket(env, "server", cc));
+        .arg(control_socket(env, "server", &tag));
     cc_args(&mut s, cc, env.rate_mbit);
     let mut procs = vec![Managed::spawn(
         "gaptun server",
         &mut s,
-        &env.log(&format!("gaptun-server-{cc}")),
+        &env.log(&format!("gaptun-server-{tag}")),
     )?];
     settle(&mut procs)?;
     let mut c = netns::exec(&env.ns_a, &bin);
     c.args(["client", "--server", &listen, "--key", &key])
+        .args(["--carrier", carrier])
         .args([
             "--forward",
             &format!("tcp:127.0.0.1:{FWD_BULK_PORT}=127.0.0.1:{IPERF_PORT}"),
@@ -74,12 +84,12 @@ pub fn start(env: &Env, binary: &Path, cc: &str) -> Result<Running> {
         ])
         .args(["--socks", &format!("127.0.0.1:{SOCKS_PORT}")])
         .arg("--control")
-        .arg(control_socket(env, "client", cc));
+        .arg(control_socket(env, "client", &tag));
     cc_args(&mut c, cc, env.rate_mbit);
     procs.push(Managed::spawn(
         "gaptun client",
         &mut c,
-        &env.log(&format!("gaptun-client-{cc}")),
+        &env.log(&format!("gaptun-client-{tag}")),
     )?);
     settle(&mut procs)?;
     Ok(Running {

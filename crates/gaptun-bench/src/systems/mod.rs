@@ -110,12 +110,14 @@ pub enum SystemKind {
         /// client send window of 128 packets caps a 100 ms path near 14 Mbit/s).
         window: Option<u32>,
     },
-    /// gaptun with a congestion controller.
+    /// gaptun with a congestion controller, on a carrier.
     Gaptun {
         /// The gaptun binary.
         binary: PathBuf,
         /// `bbr`, `none` or `brutal`.
         congestion: String,
+        /// `udp`, `tls` or `quic` (`--carrier`).
+        carrier: String,
     },
     /// gaptun's expose (server in A publishes services of the client in B), default congestion.
     GaptunExpose {
@@ -144,7 +146,11 @@ impl System {
         let mut running = match &self.kind {
             SystemKind::Direct { congestion } => tcp::start(env, congestion)?,
             SystemKind::Kcptun { mode, window } => kcptun::start(env, mode.as_deref(), *window)?,
-            SystemKind::Gaptun { binary, congestion } => gaptun::start(env, binary, congestion)?,
+            SystemKind::Gaptun {
+                binary,
+                congestion,
+                carrier,
+            } => gaptun::start(env, binary, congestion, carrier)?,
             SystemKind::GaptunExpose { binary } => expose::start_gaptun(env, binary)?,
             SystemKind::Rathole { binary } => expose::start_rathole(env, binary)?,
         };
@@ -249,6 +255,18 @@ pub fn all(gaptun: Option<&Path>) -> Vec<System> {
                 kind: SystemKind::Gaptun {
                     binary: bin.to_path_buf(),
                     congestion: cc.into(),
+                    carrier: "udp".into(),
+                },
+            });
+        }
+        // The other carriers (issue 11), with the default controller.
+        for carrier in ["tls", "quic"] {
+            v.push(System {
+                name: format!("gaptun-{carrier}"),
+                kind: SystemKind::Gaptun {
+                    binary: bin.to_path_buf(),
+                    congestion: "bbr".into(),
+                    carrier: carrier.into(),
                 },
             });
         }

@@ -17,6 +17,12 @@ use crate::frame::AckFrame;
 use crate::rtt::GRANULARITY;
 use crate::streams::SentFrames;
 
+/// On a reliable carrier, a packet still unacknowledged after this long is declared lost at the
+/// next retransmission timeout: it went down with a carrier connection that broke (a TCP reset
+/// loses what was in its buffers). TCP itself recovers a loss long before (its RTO is 200 ms
+/// or more, plus one RTT), so in normal operation nothing is retransmitted twice.
+const RELIABLE_LOSS_AGE: Duration = Duration::from_secs(1);
+
 /// Lost packet numbers remembered for spotting spurious losses.
 const RECENTLY_LOST_MAX: usize = 4096;
 
@@ -277,14 +283,19 @@ impl Connection {
     }
 
     /// Nothing was acknowledged for a whole timeout: declare overdue packets lost and probe.
-    /// On a reliable carrier nothing is declared lost: the probe only asks for an ACK.
+    /// On a reliable carrier only packets older than [`RELIABLE_LOSS_AGE`] are: the probe
+    /// mostly just asks for an ACK.
     pub(super) fn on_rto(&mut self, now: Instant) {
         let rto = self.backed_off_rto();
+        let overdue_after = if self.config.reliable_carrier {
+            rto.max(RELIABLE_LOSS_AGE)
+        } else {
+            rto
+        };
         let overdue: Vec<u64> = self
             .sent
             .iter()
-            .filter(|(_, p)| !p.mtu_probe && now.saturating_duration_since(p.time) >= rto)
-            .filter(|_| !self.config.reliable_carrier)
+            .filter(|(_, p)| !p.mtu_probe && now.saturating_duration_since(p.time) >= overdue_after)
             .map(|(&pn, _)| pn)
             .collect();
         self.rto_count = self.rto_count.saturating_add(1);
