@@ -4,6 +4,7 @@
 # unattended (CI runs it as root with no stdin); as another user it uses sudo if it can.
 #
 #   curl            the end-to-end tests download through the SOCKS5 port with it (needed)
+#   openssl         the TLS carrier's probe test connects with `openssl s_client` (needed)
 #   iperf3, kcptun  the daemon benchmark (scripts/bench-daemon.sh) compares against kcptun
 #                   (optional: the tests do not need them)
 set -euo pipefail
@@ -14,7 +15,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-REQUIRED=(curl ca-certificates)
+REQUIRED=(curl ca-certificates openssl)
 OPTIONAL=(iperf3 kcptun)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
