@@ -5,6 +5,7 @@
 //! wait for them, then send everything the core wants sent. When there is nothing left to do it
 //! sleeps until the socket is readable, a handle kicks it, or the core's next timer.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -44,8 +45,10 @@ pub(crate) struct Driver {
     carriers: Vec<CarrierSlot>,
     /// The largest datagram the core sends and accepts, for sizing receive buffers.
     max_payload: usize,
-    /// Filled transmit buffers waiting to be sent, reused across iterations.
-    outgoing: Vec<(Vec<u8>, Transmit)>,
+    /// Filled transmit buffers waiting to be sent, oldest first. While the first one waits for
+    /// room on its carrier no more are taken from the core (the carrier's backpressure reaches
+    /// the core), but receiving goes on.
+    outgoing: VecDeque<(Vec<u8>, Transmit)>,
     spare: Vec<Vec<u8>>,
     /// Datagrams the core may put into one transmit: the least any carrier can send at once.
     max_segments: usize,
@@ -101,7 +104,7 @@ impl Driver {
             shared,
             carriers: Vec::new(),
             max_payload,
-            outgoing: Vec::new(),
+            outgoing: VecDeque::new(),
             spare: Vec::new(),
             max_segments: 1,
             store,
@@ -159,25 +162,35 @@ impl Driver {
                 Poll::Pending => false,
             };
             let step = self.step();
-            self.send().await;
+            let blocked = self.flush();
             if step.exit {
                 debug!(addr = %self.shared.local_addr, "endpoint driver finished");
                 break;
             }
-            if recv_busy || step.more_to_send {
+            if recv_busy || (blocked.is_none() && step.more_to_send) {
                 tokio::task::yield_now().await;
                 continue;
             }
-            self.wait(step.timeout).await;
+            self.wait(step.timeout, blocked).await;
         }
     }
 
     /// Sleeps until a carrier has datagrams (which are then fed to the core), a handle kicks
-    /// us, or `timeout`.
-    async fn wait(&mut self, timeout: Option<Instant>) {
+    /// us, `timeout`, or the carrier `blocked` (that has no room for our next transmit) may
+    /// take it.
+    async fn wait(&mut self, timeout: Option<Instant>, blocked: Option<Arc<dyn Carrier>>) {
         let sleep = async {
             match timeout {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let writable = async {
+            match &blocked {
+                // An error is no room either: the send is tried again and its error logged.
+                Some(c) => {
+                    let _ = poll_fn(|cx| c.poll_writable(cx)).await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -186,6 +199,7 @@ impl Driver {
             _ = shared.wake_driver.notified() => {}
             _ = poll_fn(|cx| self.poll_receive(cx)) => {}
             () = sleep => {}
+            () = writable => {}
         }
     }
 
@@ -349,15 +363,18 @@ impl Driver {
     }
 
     /// Moves up to a budget of transmits from the core into `outgoing`. Returns whether the budget
-    /// ran out.
+    /// ran out. Takes none while earlier ones still wait for room on their carrier.
     fn collect_transmits(&mut self, state: &mut State, now: Instant) -> bool {
+        if !self.outgoing.is_empty() {
+            return false;
+        }
         for _ in 0..TRANSMITS_PER_ITERATION {
             let mut buf = self.spare.pop().unwrap_or_default();
             match state
                 .endpoint
                 .poll_transmit(now, self.max_segments, &mut buf)
             {
-                Some(t) => self.outgoing.push((buf, t)),
+                Some(t) => self.outgoing.push_back((buf, t)),
                 None => {
                     self.spare.push(buf);
                     return false;
@@ -367,11 +384,10 @@ impl Driver {
         true
     }
 
-    /// Sends what `step` collected, outside the lock.
-    async fn send(&mut self) {
-        for (buf, t) in self.outgoing.drain(..) {
-            let contents = buf.get(..t.size).unwrap_or(&buf);
-            trace!(to = %t.destination, carrier = t.carrier.0, len = t.size, segment = ?t.segment_size, "datagram out");
+    /// Sends what `step` collected, outside the lock, without waiting: returns the carrier
+    /// that had no room for the next transmit (which stays first in line), if one had none.
+    fn flush(&mut self) -> Option<Arc<dyn Carrier>> {
+        while let Some((buf, t)) = self.outgoing.pop_front() {
             let Some(slot) = self.carriers.iter().find(|s| s.id == t.carrier) else {
                 // A carrier removed since the core chose it (a hop): the datagram is lost, and
                 // recovered like any other loss.
@@ -382,16 +398,27 @@ impl Driver {
                 self.spare.push(buf);
                 continue;
             };
+            let contents = buf.get(..t.size).unwrap_or(&buf);
+            trace!(to = %t.destination, carrier = t.carrier.0, len = t.size, segment = ?t.segment_size, "datagram out");
             let transmit = CarrierTransmit {
                 destination: t.destination,
                 contents,
                 segment_size: t.segment_size,
             };
-            if let Err(e) = carrier::send(&*slot.carrier, transmit).await {
-                debug!(to = %t.destination, kind = slot.carrier.kind(), "send error: {e}");
+            match carrier::try_send(&*slot.carrier, &transmit) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let carrier = Arc::clone(&slot.carrier);
+                    self.outgoing.push_front((buf, t));
+                    return Some(carrier);
+                }
+                Err(e) => {
+                    debug!(to = %t.destination, kind = slot.carrier.kind(), "send error: {e}");
+                }
+                Ok(()) => {}
             }
             self.spare.push(buf);
         }
+        None
     }
 }
 

@@ -122,6 +122,13 @@ bounded_integer!(
 );
 
 bounded_integer!(
+    /// TCP connections of the TLS carrier.
+    TlsConnections(u16),
+    "tls_connections",
+    1..=64
+);
+
+bounded_integer!(
     /// Connections a client keeps open to its server.
     Conns(u16),
     "conns",
@@ -442,7 +449,12 @@ pub enum CarrierChoice {
     Udp,
     /// TCP-looking segments on a raw socket, for networks that throttle or block UDP.
     Faketcp,
-    /// Both: a server accepts either, a client uses both at once.
+    /// TLS 1.3 over TCP (HTTPS to an observer), for networks that pass only TCP to port 443.
+    Tls,
+    /// Standard QUIC with ALPN h3 (HTTP/3 to an observer), packets in DATAGRAM frames.
+    Quic,
+    /// A server accepts every carrier (udp, faketcp, tls, quic) on one endpoint; a client
+    /// uses UDP and fake TCP at once.
     All,
 }
 
@@ -456,6 +468,17 @@ impl CarrierChoice {
     pub fn faketcp(self) -> bool {
         matches!(self, Self::Faketcp | Self::All)
     }
+
+    /// Whether a server with this choice listens for TLS (a client uses TLS only when it is
+    /// `tls`).
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Tls | Self::All)
+    }
+
+    /// Whether a server with this choice listens for QUIC (a client: only `quic`).
+    pub fn quic(self) -> bool {
+        matches!(self, Self::Quic | Self::All)
+    }
 }
 
 impl FromStr for CarrierChoice {
@@ -465,8 +488,12 @@ impl FromStr for CarrierChoice {
         match s {
             "udp" => Ok(Self::Udp),
             "faketcp" => Ok(Self::Faketcp),
+            "tls" => Ok(Self::Tls),
+            "quic" => Ok(Self::Quic),
             "all" => Ok(Self::All),
-            _ => Err(format!("invalid carrier `{s}`: use udp, faketcp or all")),
+            _ => Err(format!(
+                "invalid carrier `{s}`: use udp, faketcp, tls, quic or all"
+            )),
         }
     }
 }
