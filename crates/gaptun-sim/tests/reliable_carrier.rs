@@ -132,7 +132,7 @@ fn reliability_follows_the_path_when_a_connection_migrates() {
         at_reliable,
         "nothing is declared lost on the reliable carrier"
     );
-    assert!(received_mid < size as u64, "still transferring");
+    assert!(received_mid < size, "still transferring");
 
     move_client(&mut sim, udp, CarrierId(0));
     sim.advance(Duration::from_secs(1));
@@ -146,5 +146,5 @@ fn reliability_follows_the_path_when_a_connection_migrates() {
     );
     let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
     assert_eq!(transfer.verify(), Ok(()));
-    assert_eq!(transfer.received(), size as u64);
+    assert_eq!(transfer.received(), size);
 }
