@@ -15,6 +15,7 @@
 #                   the dashboard's browser test (headless, in a network namespace with only
 #                   loopback; skipped, saying so, without them)
 #   util-linux      `unshare` for that namespace
+#   openssl         the TLS carrier's probe test connects with `openssl s_client` (needed)
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -23,7 +24,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-REQUIRED=(curl ca-certificates nftables iproute2 socat)
+REQUIRED=(curl ca-certificates nftables iproute2 socat openssl)
 OPTIONAL=(iperf3 kcptun prometheus chromium chromium-driver util-linux)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

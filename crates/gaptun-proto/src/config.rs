@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::congestion::CongestionKind;
 use crate::crypto::{CipherSuite, Psk};
 use crate::fec::FecMode;
+use crate::shared::CarrierId;
 
 /// Per-connection transport parameters. The defaults suit a 100 Mbit/s, 100 ms path with loss.
 #[derive(Debug, Clone)]
@@ -77,6 +78,15 @@ pub struct TransportConfig {
     /// this the oldest are dropped. Also the bound on received datagrams the application has
     /// not read yet, and on partly reassembled ones.
     pub datagram_buffer: usize,
+    /// Our carriers that deliver every datagram, in some order (TLS over TCP). A packet sent on
+    /// a path over one of them is never declared lost by reordering or time (a retransmission
+    /// timeout declares it lost only when older than 1 s: it went down with a broken carrier
+    /// connection); while the current path is on one, no congestion window, pacing, FEC parity
+    /// or duplicated tail packets apply (TCP's controller decides and the carrier's
+    /// backpressure paces sending). A connection that moves to a path on another carrier gets
+    /// normal recovery back at once. Set by the runtime from its carriers, not by users; see
+    /// `docs/protocol.md`, "Reliable carriers".
+    pub reliable_carriers: Vec<CarrierId>,
 }
 
 impl Default for TransportConfig {
@@ -106,6 +116,7 @@ impl Default for TransportConfig {
             cipher: None,
             max_datagram_size: 65_535,
             datagram_buffer: 256 * 1024,
+            reliable_carriers: Vec::new(),
         }
     }
 }

@@ -482,6 +482,22 @@ impl Endpoint {
         }
     }
 
+    /// Marks our carrier `carrier` reliable (it delivers every datagram: TLS over TCP) or not,
+    /// for every live and future connection. For a carrier added after the endpoint started;
+    /// see `TransportConfig::reliable_carriers`.
+    pub fn set_carrier_reliable(&mut self, carrier: CarrierId, reliable: bool) {
+        let mut t = (*self.transport).clone();
+        t.reliable_carriers.retain(|&c| c != carrier);
+        if reliable {
+            t.reliable_carriers.push(carrier);
+        }
+        let list = t.reliable_carriers.clone();
+        self.transport = Arc::new(t);
+        for conn in self.connections.values_mut() {
+            conn.set_reliable_carriers(&list);
+        }
+    }
+
     /// Where this endpoint's RNG seed came from ([`SeedOrigin::Os`] in production).
     pub fn seed_origin(&self) -> SeedOrigin {
         self.seed_origin

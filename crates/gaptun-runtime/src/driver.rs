@@ -5,6 +5,7 @@
 //! wait for them, then send everything the core wants sent. When there is nothing left to do it
 //! sleeps until the socket is readable, a handle kicks it, or the core's next timer.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -44,8 +45,10 @@ pub(crate) struct Driver {
     carriers: Vec<CarrierSlot>,
     /// The largest datagram the core sends and accepts, for sizing receive buffers.
     max_payload: usize,
-    /// Filled transmit buffers waiting to be sent, reused across iterations.
-    outgoing: Vec<(Vec<u8>, Transmit)>,
+    /// Filled transmit buffers waiting to be sent, oldest first. While the first one waits for
+    /// room on its carrier no more are taken from the core (the carrier's backpressure reaches
+    /// the core), but receiving goes on.
+    outgoing: VecDeque<(Vec<u8>, Transmit)>,
     spare: Vec<Vec<u8>>,
     /// Datagrams the core may put into one transmit: the least any carrier can send at once.
     max_segments: usize,
@@ -101,7 +104,7 @@ impl Driver {
             shared,
             carriers: Vec::new(),
             max_payload,
-            outgoing: Vec::new(),
+            outgoing: VecDeque::new(),
             spare: Vec::new(),
             max_segments: 1,
             store,
@@ -159,25 +162,36 @@ impl Driver {
                 Poll::Pending => false,
             };
             let step = self.step();
-            self.send().await;
+            let blocked = self.flush();
             if step.exit {
                 debug!(addr = %self.shared.local_addr, "endpoint driver finished");
                 break;
             }
-            if recv_busy || step.more_to_send {
+            let room = self.outgoing.len() < TRANSMITS_PER_ITERATION;
+            if recv_busy || (step.more_to_send && (blocked.is_none() || room)) {
                 tokio::task::yield_now().await;
                 continue;
             }
-            self.wait(step.timeout).await;
+            self.wait(step.timeout, blocked).await;
         }
     }
 
     /// Sleeps until a carrier has datagrams (which are then fed to the core), a handle kicks
-    /// us, or `timeout`.
-    async fn wait(&mut self, timeout: Option<Instant>) {
+    /// us, `timeout`, or the carrier `blocked` (that has no room for our next transmit) may
+    /// take it.
+    async fn wait(&mut self, timeout: Option<Instant>, blocked: Option<Arc<dyn Carrier>>) {
         let sleep = async {
             match timeout {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let writable = async {
+            match &blocked {
+                // An error is no room either: the send is tried again and its error logged.
+                Some(c) => {
+                    let _ = poll_fn(|cx| c.poll_writable(cx)).await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -186,6 +200,7 @@ impl Driver {
             _ = shared.wake_driver.notified() => {}
             _ = poll_fn(|cx| self.poll_receive(cx)) => {}
             () = sleep => {}
+            () = writable => {}
         }
     }
 
@@ -349,16 +364,21 @@ impl Driver {
         );
     }
 
-    /// Moves up to a budget of transmits from the core into `outgoing`. Returns whether the budget
-    /// ran out.
+    /// Moves transmits from the core into `outgoing` until it holds a budget of them. Returns
+    /// whether the budget ran out. Transmits still waiting for room on their carrier count
+    /// against the budget, so a carrier that has no room holds at most a budget's worth.
     fn collect_transmits(&mut self, state: &mut State, now: Instant) -> bool {
-        for _ in 0..TRANSMITS_PER_ITERATION {
+        let room = TRANSMITS_PER_ITERATION.saturating_sub(self.outgoing.len());
+        if room == 0 {
+            return false;
+        }
+        for _ in 0..room {
             let mut buf = self.spare.pop().unwrap_or_default();
             match state
                 .endpoint
                 .poll_transmit(now, self.max_segments, &mut buf)
             {
-                Some(t) => self.outgoing.push((buf, t)),
+                Some(t) => self.outgoing.push_back((buf, t)),
                 None => {
                     self.spare.push(buf);
                     return false;
@@ -368,11 +388,19 @@ impl Driver {
         true
     }
 
-    /// Sends what `step` collected, outside the lock.
-    async fn send(&mut self) {
-        for (buf, t) in self.outgoing.drain(..) {
-            let contents = buf.get(..t.size).unwrap_or(&buf);
-            trace!(to = %t.destination, carrier = t.carrier.0, len = t.size, segment = ?t.segment_size, "datagram out");
+    /// Sends what `step` collected, outside the lock, without waiting: returns a carrier that
+    /// had no room (its transmits stay queued, in order), if one had none.
+    fn flush(&mut self) -> Option<Arc<dyn Carrier>> {
+        // A carrier without room (a TLS connection's full queue, a fake-TCP flow still in its
+        // handshake) keeps its transmits, in order; the other carriers' go out past them.
+        let mut kept = VecDeque::new();
+        let mut blocked: Option<Arc<dyn Carrier>> = None;
+        let mut blocked_ids: Vec<CarrierId> = Vec::new();
+        while let Some((buf, t)) = self.outgoing.pop_front() {
+            if blocked_ids.contains(&t.carrier) {
+                kept.push_back((buf, t));
+                continue;
+            }
             let Some(slot) = self.carriers.iter().find(|s| s.id == t.carrier) else {
                 // A carrier removed since the core chose it (a hop): the datagram is lost, and
                 // recovered like any other loss.
@@ -383,16 +411,29 @@ impl Driver {
                 self.spare.push(buf);
                 continue;
             };
+            let contents = buf.get(..t.size).unwrap_or(&buf);
+            trace!(to = %t.destination, carrier = t.carrier.0, len = t.size, segment = ?t.segment_size, "datagram out");
             let transmit = CarrierTransmit {
                 destination: t.destination,
                 contents,
                 segment_size: t.segment_size,
             };
-            if let Err(e) = carrier::send(&*slot.carrier, transmit).await {
-                debug!(to = %t.destination, kind = slot.carrier.kind(), "send error: {e}");
+            match carrier::try_send(&*slot.carrier, &transmit) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    blocked_ids.push(t.carrier);
+                    blocked.get_or_insert_with(|| Arc::clone(&slot.carrier));
+                    kept.push_back((buf, t));
+                    continue;
+                }
+                Err(e) => {
+                    debug!(to = %t.destination, kind = slot.carrier.kind(), "send error: {e}");
+                }
+                Ok(()) => {}
             }
             self.spare.push(buf);
         }
+        self.outgoing = kept;
+        blocked
     }
 }
 

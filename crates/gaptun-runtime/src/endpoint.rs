@@ -141,6 +141,22 @@ impl Drop for EndpointRef {
     }
 }
 
+/// Adapts `transport` to what `carriers` can do (see [`RtEndpoint::with_carriers`]).
+fn fit_to_carriers(transport: &mut gaptun_proto::TransportConfig, carriers: &[Arc<dyn Carrier>]) {
+    let limit = carriers.iter().filter_map(|c| c.max_datagram_size()).min();
+    if let Some(limit) = limit.filter(|&l| l < transport.max_udp_payload) {
+        transport.max_udp_payload = limit;
+        transport.initial_udp_payload = transport.initial_udp_payload.min(limit);
+        transport.mtu_discovery = false;
+    }
+    // Carriers are numbered in order from 0 (see `with_carriers`).
+    transport.reliable_carriers = (0..)
+        .zip(carriers)
+        .filter(|(_, c)| c.reliable())
+        .map(|(i, _)| CarrierId(i))
+        .collect();
+}
+
 impl RtEndpoint {
     /// Binds a UDP socket on `addr` and starts the driver task. Must be called within a tokio
     /// runtime; fails with an `io::Error` otherwise, or when the address is taken
@@ -173,10 +189,15 @@ impl RtEndpoint {
     /// Starts an endpoint on carriers made elsewhere (fake TCP, UDP and fake TCP together),
     /// numbered in order from 0; the first one's address is the endpoint's
     /// [`local_addr`](Self::local_addr). Must be called within a tokio runtime.
+    ///
+    /// The transport settings follow the carriers: datagrams no larger than the smallest
+    /// carrier takes, and the core's reliable-carrier mode on the paths over carriers that
+    /// report themselves [reliable](Carrier::reliable).
     pub fn with_carriers(
         carriers: Vec<Arc<dyn Carrier>>,
-        config: EndpointConfig,
+        mut config: EndpointConfig,
     ) -> io::Result<Self> {
+        fit_to_carriers(&mut config.transport, &carriers);
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
         let _guard = runtime.enter();
@@ -246,11 +267,15 @@ impl RtEndpoint {
     /// returns its number, which paths name. Fails only once the endpoint has used up all
     /// 65 536 numbers.
     pub fn add_carrier(&self, carrier: Arc<dyn Carrier>) -> io::Result<CarrierId> {
-        let id = self
-            .shared()
-            .lock()
-            .add_carrier(carrier)
-            .ok_or_else(|| io::Error::other("carrier numbers used up"))?;
+        let reliable = carrier.reliable();
+        let id = {
+            let mut state = self.shared().lock();
+            let id = state
+                .add_carrier(carrier)
+                .ok_or_else(|| io::Error::other("carrier numbers used up"))?;
+            state.endpoint.set_carrier_reliable(id, reliable);
+            id
+        };
         self.shared().kick();
         Ok(id)
     }

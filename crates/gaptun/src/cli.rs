@@ -3,7 +3,7 @@
 //! [`crate::layer`]).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -12,7 +12,7 @@ use crate::layer::settings_group;
 use crate::transport::TransportSettings;
 use crate::values::{
     CarrierChoice, CarrierList, Conns, ExposeArg, ExposePorts, ForwardSpec, HopInterval,
-    ListenAddr, ListenPorts, LogFormat, WindowSize, one_or_many,
+    ListenAddr, ListenPorts, LogFormat, TlsConnections, WindowSize, one_or_many,
 };
 
 /// Default SOCKS5 address of the client (and the demo).
@@ -118,10 +118,12 @@ settings_group! {
         #[arg(long, value_name = "PATH")]
         pub control: Option<PathBuf>,
         /// How datagrams travel: udp; faketcp (TCP-looking segments on the same port number,
-        /// for networks that throttle or block UDP; root or CAP_NET_RAW and nftables); all
-        /// (a server accepts both, a client uses both); auto (a client uses one carrier at a
-        /// time, the first of --carriers that works, and moves to the next when it is blocked
-        /// or throttled, and back; a server accepts every carrier).
+        /// for networks that throttle or block UDP; root or CAP_NET_RAW and nftables); tls
+        /// (TLS 1.3 over TCP, --tls-listen); quic (HTTP/3-looking QUIC, --quic-listen); all (a
+        /// server accepts every one, a client uses udp and faketcp at once); auto (a client
+        /// uses one carrier at a time, the first of --carriers that works, moves to the next
+        /// when it is blocked or throttled, and back; a server accepts udp and faketcp). A tls
+        /// or quic client's --server names the server's TLS or QUIC port.
         #[arg(long, value_name = "CARRIER", default_value = "udp")]
         pub carrier: Option<CarrierChoice>,
         /// Serve the live dashboard, /api/stats and /metrics (Prometheus) over HTTP on this
@@ -165,6 +167,24 @@ settings_group! {
         /// config file only (keys have no place on a command line). See [`UserOptions`].
         #[arg(skip)]
         pub users: Option<BTreeMap<String, UserOptions>>,
+        /// TCP address of the TLS carrier (with --carrier tls or all).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443")]
+        pub tls_listen: Option<SocketAddr>,
+        /// UDP address of the QUIC carrier (with --carrier quic or all).
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443")]
+        pub quic_listen: Option<SocketAddr>,
+        /// Certificate chain (PEM) of the TLS and QUIC carriers, e.g. a real one for the
+        /// server's domain [default: self-signed, made at first start and kept in the state
+        /// directory].
+        #[arg(long, value_name = "PATH", requires = "tls_key")]
+        pub tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "PATH", requires = "tls_cert")]
+        pub tls_key: Option<PathBuf>,
+        /// Web server (HOST:PORT, plain HTTP) that TLS clients other than gaptun clients are
+        /// handed to, so that a prober sees that site [default: a plain 404 page].
+        #[arg(long, value_name = "HOST:PORT")]
+        pub decoy: Option<String>,
     }
 }
 
@@ -230,6 +250,14 @@ settings_group! {
         /// Connections to keep open to the server (1-64).
         #[arg(long, value_name = "N", default_value = "1")]
         pub conns: Option<Conns>,
+        /// Name sent as SNI on the TLS and QUIC carriers: an ordinary one, or the server's
+        /// domain when it has a real certificate.
+        #[arg(long, value_name = "NAME", default_value = gaptun_carriers::DEFAULT_SNI)]
+        pub sni: Option<String>,
+        /// TCP connections the TLS carrier spreads packets over (1-64), so that one
+        /// connection's retransmission stalls only its share (like kcptun's -conn).
+        #[arg(long, value_name = "N", default_value = "2")]
+        pub tls_connections: Option<TlsConnections>,
     }
 }
 

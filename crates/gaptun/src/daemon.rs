@@ -23,7 +23,7 @@ use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
 use crate::faketcp_wiring;
 use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, DashboardSettings, ServerSettings};
-use crate::values::{CarrierChoice, CarrierList, ForwardProto};
+use crate::values::{CarrierChoice, ForwardProto};
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
@@ -260,6 +260,22 @@ fn default_state_file(listen: SocketAddr) -> Option<PathBuf> {
 
 /// The state file's path from the directories the environment names (`STATE_DIRECTORY` may
 /// list several, separated by `:`; the first is used).
+/// The state directory (where the replay files and the self-signed certificate live), made
+/// if missing; `None` when no environment variable names one.
+fn default_state_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    // Any port names a file in the directory; only the directory is wanted.
+    let file = state_file_in(
+        var("STATE_DIRECTORY"),
+        var("XDG_STATE_HOME"),
+        var("HOME"),
+        1,
+    )?;
+    let dir = file.parent()?.to_path_buf();
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
 fn state_file_in(
     state_directory: Option<OsString>,
     xdg_state_home: Option<OsString>,
@@ -291,7 +307,11 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
         RtEndpoint::bind_all(&s.listen.addrs(), config)
             .map_err(|e| bind_error(&e, s.listen, "tunnel"))?
     } else {
-        faketcp_wiring::server_endpoint(s.listen, s.carrier, config)?
+        // TLS and QUIC join UDP and fake TCP in the one endpoint.
+        let web =
+            crate::carriers::server_carriers(s.carrier, &s.web, &config.psks, default_state_dir())
+                .await?;
+        faketcp_wiring::server_endpoint(s.listen, s.carrier, config, web)?
     };
     let server_wide = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
     let users: Arc<[ServerUser]> =
@@ -429,23 +449,43 @@ pub fn open_socks_warning(addr: SocketAddr, has_password: bool) -> Option<String
     })
 }
 
-/// Connects the pool to `server`. A server port that is closed answers the first Initial with
-/// ICMP port unreachable: that ends the wait at once with a clear message, instead of waiting
-/// out the handshake timeout.
+/// Connects the pool to the server over the chosen carrier. A UDP server port that is closed
+/// answers the first Initial with ICMP port unreachable: that ends the wait at once with a
+/// clear message, instead of waiting out the handshake timeout.
 async fn connect(
-    server: &str,
-    carrier: CarrierChoice,
-    carriers: Option<&CarrierList>,
+    s: &ClientSettings,
     config: EndpointConfig,
     mut pool: PoolConfig,
 ) -> Result<ClientPool> {
-    let pool = if carrier == CarrierChoice::Udp {
-        ClientPool::connect(server, config, pool).await
-    } else {
-        let (endpoint, order) =
-            faketcp_wiring::client_endpoint(server, carrier, carriers, config).await?;
-        pool.carrier_order = order;
-        ClientPool::with_endpoint(endpoint, server, pool).await
+    let server = s.server.as_str();
+    let pool = match s.carrier {
+        CarrierChoice::Udp => ClientPool::connect(server, config, pool).await,
+        CarrierChoice::Tls | CarrierChoice::Quic => {
+            // The pool prefers IPv4 too: the carrier's peer and the pool's must be one address.
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+                .await
+                .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?
+                .collect();
+            let addr = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or_else(|| addrs.first())
+                .copied()
+                .ok_or_else(|| anyhow!("cannot connect to {server}: no address"))?;
+            let carrier = crate::carriers::client_carrier(s.carrier, addr, &s.web, &s.key)
+                .await
+                .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?
+                .ok_or_else(|| anyhow!("no carrier for {:?}", s.carrier))?;
+            let endpoint = RtEndpoint::with_carriers(vec![carrier], config)?;
+            ClientPool::with_endpoint(endpoint, server, pool).await
+        }
+        CarrierChoice::Faketcp | CarrierChoice::All | CarrierChoice::Auto => {
+            let (endpoint, order) =
+                faketcp_wiring::client_endpoint(server, s.carrier, s.carriers.as_ref(), config)
+                    .await?;
+            pool.carrier_order = order;
+            ClientPool::with_endpoint(endpoint, server, pool).await
+        }
     };
     pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))
 }
@@ -503,7 +543,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
     };
     info!(server = %s.server, conns = s.conns, carrier = ?s.carrier, "connecting");
     let pool = tokio::select! {
-        pool = connect(&s.server, s.carrier, s.carriers.as_ref(), config, pool_config) => pool?,
+        pool = connect(&s, config, pool_config) => pool?,
         signal = &mut signals => {
             info!("{signal}: stopped while connecting");
             return Ok(());

@@ -1,4 +1,5 @@
-//! `--carrier`: the endpoint's carriers (UDP, fake TCP, or both) for the daemons.
+//! `--carrier`: the endpoint's carriers (UDP, fake TCP, both, and on a server TLS and QUIC
+//! beside them) for the daemons.
 //!
 //! Fake TCP uses the same port number as UDP (TCP ports are a separate space), so `--listen`
 //! and `--server` name both. Its segments carry 24 bytes more header than UDP datagrams
@@ -34,11 +35,13 @@ fn ipv4(addr: IpAddr, what: SocketAddr) -> Result<Ipv4Addr> {
 }
 
 /// The server's endpoint on `listen` (a port or a range) with the chosen carriers: a UDP
-/// socket per port, and one fake-TCP carrier over the whole range.
+/// socket per port, and one fake-TCP carrier over the whole range; then `others` (TLS and
+/// QUIC, made elsewhere), all on the one endpoint.
 pub fn server_endpoint(
     listen: ListenRange,
     choice: CarrierChoice,
     mut config: EndpointConfig,
+    others: Vec<Arc<dyn Carrier>>,
 ) -> Result<RtEndpoint> {
     fit_payload(&mut config, choice);
     let mut carriers: Vec<Arc<dyn Carrier>> = Vec::new();
@@ -59,6 +62,7 @@ pub fn server_endpoint(
         info!(listen = %listen, "fake TCP carrier listening");
         carriers.push(Arc::new(faketcp));
     }
+    carriers.extend(others);
     Ok(RtEndpoint::with_carriers(carriers, config)?)
 }
 

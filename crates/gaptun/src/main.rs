@@ -4,6 +4,7 @@
 //! usage errors come from clap with status 2.
 
 mod apps_wiring;
+mod carriers;
 mod cli;
 mod config;
 #[cfg(test)]

@@ -103,6 +103,26 @@ pub struct ServerSettings {
     pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
     pub carrier: CarrierChoice,
+    /// The TLS and QUIC carriers' settings (used when `carrier` includes them).
+    pub web: ServerWebCarriers,
+}
+
+/// The server's TLS and QUIC carriers (`--tls-listen`, `--quic-listen`, `--tls-cert`,
+/// `--tls-key`, `--decoy`).
+#[derive(Debug, Clone)]
+pub struct ServerWebCarriers {
+    pub tls_listen: SocketAddr,
+    pub quic_listen: SocketAddr,
+    /// Certificate and key files; `None`: self-signed, kept in the state directory.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    pub decoy: Option<String>,
+}
+
+/// The client's TLS and QUIC carrier settings (`--sni`, `--tls-connections`).
+#[derive(Debug, Clone)]
+pub struct ClientWebCarriers {
+    pub sni: String,
+    pub tls_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +144,7 @@ pub struct ClientSettings {
     pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
     pub carrier: CarrierChoice,
+    pub web: ClientWebCarriers,
 }
 
 fn load_file(path: Option<&PathBuf>, role: Role) -> Result<FileConfig> {
@@ -186,6 +207,16 @@ pub fn server(
             .unwrap_or_else(|| default_socket_path(Role::Server)),
         transport,
         carrier: common.carrier.unwrap_or_default(),
+        web: ServerWebCarriers {
+            tls_listen: own.tls_listen.context("no TLS listen address")?,
+            quic_listen: own.quic_listen.context("no QUIC listen address")?,
+            cert: match (own.tls_cert, own.tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => bail!("--tls-cert and --tls-key (tls_cert, tls_key) go together"),
+            },
+            decoy: own.decoy,
+        },
     };
     let mut log = FileLog::from(log);
     log.notices = file.notices;
@@ -339,6 +370,12 @@ pub fn client(
             .unwrap_or_else(|| default_socket_path(Role::Client)),
         transport,
         carrier,
+        web: ClientWebCarriers {
+            sni: own
+                .sni
+                .unwrap_or_else(|| gaptun_carriers::DEFAULT_SNI.to_owned()),
+            tls_connections: own.tls_connections.map_or(2, |c| usize::from(c.0)),
+        },
     };
     let mut log = FileLog::from(log);
     log.notices = file.notices;

@@ -123,6 +123,13 @@ bounded_integer!(
 );
 
 bounded_integer!(
+    /// TCP connections of the TLS carrier.
+    TlsConnections(u16),
+    "tls_connections",
+    1..=64
+);
+
+bounded_integer!(
     /// Connections a client keeps open to its server.
     Conns(u16),
     "conns",
@@ -443,11 +450,16 @@ pub enum CarrierChoice {
     Udp,
     /// TCP-looking segments on a raw socket, for networks that throttle or block UDP.
     Faketcp,
-    /// Both: a server accepts either, a client uses both at once.
+    /// TLS 1.3 over TCP (HTTPS to an observer), for networks that pass only TCP to port 443.
+    Tls,
+    /// Standard QUIC with ALPN h3 (HTTP/3 to an observer), packets in DATAGRAM frames.
+    Quic,
+    /// A server accepts every carrier (udp, faketcp, tls, quic) on one endpoint; a client
+    /// uses UDP and fake TCP at once.
     All,
-    /// A client uses the carriers of `--carriers` one at a time, the most preferred that
-    /// works, and moves between them as they fail and recover; a server accepts every carrier
-    /// (as with `all`).
+    /// A client uses the carriers of `--carriers` (udp, faketcp) one at a time, the most
+    /// preferred that works, and moves between them as they fail and recover; a server accepts
+    /// UDP and fake TCP.
     Auto,
 }
 
@@ -460,6 +472,17 @@ impl CarrierChoice {
     /// Whether fake TCP is one of the carriers (as for [`CarrierChoice::udp`]).
     pub fn faketcp(self) -> bool {
         matches!(self, Self::Faketcp | Self::All | Self::Auto)
+    }
+
+    /// Whether a server with this choice listens for TLS (a client uses TLS only when it is
+    /// `tls`).
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Tls | Self::All)
+    }
+
+    /// Whether a server with this choice listens for QUIC (a client: only `quic`).
+    pub fn quic(self) -> bool {
+        matches!(self, Self::Quic | Self::All)
     }
 }
 
@@ -515,10 +538,12 @@ impl FromStr for CarrierChoice {
         match s {
             "udp" => Ok(Self::Udp),
             "faketcp" => Ok(Self::Faketcp),
+            "tls" => Ok(Self::Tls),
+            "quic" => Ok(Self::Quic),
             "all" => Ok(Self::All),
             "auto" => Ok(Self::Auto),
             _ => Err(format!(
-                "invalid carrier `{s}`: use udp, faketcp, all or auto"
+                "invalid carrier `{s}`: use udp, faketcp, tls, quic, all or auto"
             )),
         }
     }

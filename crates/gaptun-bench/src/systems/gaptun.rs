@@ -44,14 +44,24 @@ pub fn keygen(binary: &Path) -> Result<String> {
     parse_keygen(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Starts server and client with the congestion controller `cc` and, if given, `--fec`.
-pub fn start(env: &Env, binary: &Path, cc: &str, fec: Option<&str>) -> Result<Running> {
+/// Starts server and client with the congestion controller `cc`, if given `--fec`, on `carrier`
+/// (`udp`, `tls`, `quic`; all on the same port number).
+pub fn start(
+    env: &Env,
+    binary: &Path,
+    cc: &str,
+    fec: Option<&str>,
+    carrier: &str,
+) -> Result<Running> {
     let key = keygen(binary)?;
-    // Log and socket names tell the FEC variants apart.
-    let tag = match fec {
+    // Log and socket names tell the FEC variants and the carriers apart.
+    let mut tag = match fec {
         Some(f) => format!("{cc}-fec-{}", f.replace('/', "-")),
         None => cc.to_string(),
     };
+    if carrier != "udp" {
+        tag = format!("{carrier}-{tag}");
+    }
     let cc_args = |cmd: &mut Command| {
         cc_args(cmd, cc, env.rate_mbit);
         if let Some(f) = fec {
@@ -62,6 +72,8 @@ pub fn start(env: &Env, binary: &Path, cc: &str, fec: Option<&str>) -> Result<Ru
     let listen = format!("{ADDR_B}:{SERVER_PORT}");
     let mut s = netns::exec(&env.ns_b, &bin);
     s.args(["server", "--listen", &listen, "--key", &key])
+        .args(["--carrier", carrier])
+        .args(["--tls-listen", &listen, "--quic-listen", &listen])
         .args(["--allow", &format!("127.0.0.1:{IPERF_PORT}")])
         .args(["--allow", &format!("127.0.0.1:{RR_PORT}")])
         .arg("--control")
@@ -75,6 +87,7 @@ pub fn start(env: &Env, binary: &Path, cc: &str, fec: Option<&str>) -> Result<Ru
     settle(&mut procs)?;
     let mut c = netns::exec(&env.ns_a, &bin);
     c.args(["client", "--server", &listen, "--key", &key])
+        .args(["--carrier", carrier])
         .args([
             "--forward",
             &format!("tcp:127.0.0.1:{FWD_BULK_PORT}=127.0.0.1:{IPERF_PORT}"),

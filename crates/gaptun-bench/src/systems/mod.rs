@@ -110,7 +110,7 @@ pub enum SystemKind {
         /// client send window of 128 packets caps a 100 ms path near 14 Mbit/s).
         window: Option<u32>,
     },
-    /// gaptun with a congestion controller.
+    /// gaptun with a congestion controller, on a carrier.
     Gaptun {
         /// The gaptun binary.
         binary: PathBuf,
@@ -118,6 +118,8 @@ pub enum SystemKind {
         congestion: String,
         /// `--fec` value (`None`: gaptun's default, `auto`).
         fec: Option<String>,
+        /// `udp`, `tls` or `quic` (`--carrier`).
+        carrier: String,
     },
     /// gaptun's expose (server in A publishes services of the client in B), default congestion.
     GaptunExpose {
@@ -150,7 +152,8 @@ impl System {
                 binary,
                 congestion,
                 fec,
-            } => gaptun::start(env, binary, congestion, fec.as_deref())?,
+                carrier,
+            } => gaptun::start(env, binary, congestion, fec.as_deref(), carrier)?,
             SystemKind::GaptunExpose { binary } => expose::start_gaptun(env, binary)?,
             SystemKind::Rathole { binary } => expose::start_rathole(env, binary)?,
         };
@@ -256,6 +259,19 @@ pub fn all(gaptun: Option<&Path>) -> Vec<System> {
                     binary: bin.to_path_buf(),
                     congestion: cc.into(),
                     fec: None,
+                    carrier: "udp".into(),
+                },
+            });
+        }
+        // The other carriers (issue 11), with the default controller.
+        for carrier in ["tls", "quic"] {
+            v.push(System {
+                name: format!("gaptun-{carrier}"),
+                kind: SystemKind::Gaptun {
+                    binary: bin.to_path_buf(),
+                    congestion: "bbr".into(),
+                    fec: None,
+                    carrier: carrier.into(),
                 },
             });
         }
@@ -267,6 +283,7 @@ pub fn all(gaptun: Option<&Path>) -> Vec<System> {
                 binary: bin.to_path_buf(),
                 congestion: "bbr".into(),
                 fec: Some("off".into()),
+                carrier: "udp".into(),
             },
         });
     }

@@ -97,9 +97,12 @@ impl RecentRate {
 }
 
 impl Connection {
-    /// Whether we send parity: our mode is not `off` and the peer accepts it.
+    /// Whether we send parity: our mode is not `off`, the peer accepts it, and the current path
+    /// can lose packets (a reliable carrier delivers everything: parity would be pure cost).
     pub(super) fn fec_sending(&self) -> bool {
-        self.config.fec != FecMode::Off && self.peer_params.as_ref().is_some_and(|p| p.fec)
+        self.config.fec != FecMode::Off
+            && self.peer_params.as_ref().is_some_and(|p| p.fec)
+            && !self.on_reliable_path()
     }
 
     /// Whether we rebuild from the peer's parity (announced in our transport parameters).

@@ -691,6 +691,25 @@ impl Connection {
         self.path.addr.remote
     }
 
+    /// Replaces the set of our reliable carriers (see `Endpoint::set_carrier_reliable`).
+    pub(crate) fn set_reliable_carriers(&mut self, carriers: &[CarrierId]) {
+        let mut config = (*self.config).clone();
+        config.reliable_carriers = carriers.to_vec();
+        self.config = Arc::new(config);
+    }
+
+    /// Whether `path` runs over one of our reliable carriers (TLS over TCP): what is sent on it
+    /// arrives unless the carrier connection breaks. See `TransportConfig::reliable_carriers`.
+    pub(super) fn is_reliable(&self, path: PathAddr) -> bool {
+        self.config.reliable_carriers.contains(&path.carrier)
+    }
+
+    /// Whether the current path is on a reliable carrier: then TCP's congestion control and
+    /// the carrier's backpressure pace sending, not ours.
+    pub(super) fn on_reliable_path(&self) -> bool {
+        self.is_reliable(self.path.addr)
+    }
+
     /// The path the last packets went out on.
     pub fn path(&self) -> PathAddr {
         self.path.addr

@@ -17,6 +17,18 @@ use crate::frame::AckFrame;
 use crate::rtt::GRANULARITY;
 use crate::streams::SentFrames;
 
+/// On a reliable carrier, a packet still unacknowledged after this long, and after
+/// [`RELIABLE_LOSS_RTTS`] round trips, is declared lost at the next retransmission timeout: it
+/// went down with a carrier connection that broke (a TCP reset loses what was in its buffers).
+/// TCP itself recovers a loss long before (its RTO is 200 ms or more, plus one RTT), so in
+/// normal operation nothing is retransmitted twice.
+const RELIABLE_LOSS_AGE: Duration = Duration::from_secs(1);
+
+/// Round trips (the larger of the smoothed and the latest) a packet on a reliable carrier must
+/// be older than to be declared lost: on a busy host, or behind a carrier's queue, round trips
+/// of several hundred milliseconds are normal, and 1 s alone took delay for loss.
+const RELIABLE_LOSS_RTTS: u32 = 4;
+
 /// Lost packet numbers remembered for spotting spurious losses.
 const RECENTLY_LOST_MAX: usize = 4096;
 
@@ -213,6 +225,12 @@ impl Connection {
         let mut lost = Vec::new();
         let mut earliest_pending: Option<Instant> = None;
         for (&pn, p) in self.sent.range(..largest_acked) {
+            // A reliable carrier loses nothing: a gap in the acknowledgements is reordering
+            // (between its TCP connections, or against another path), and what is missing
+            // will still arrive.
+            if self.is_reliable(p.path) {
+                continue;
+            }
             let by_count = largest_acked - pn >= threshold;
             let by_time = now.saturating_duration_since(p.time) >= loss_delay;
             if by_count || by_time {
@@ -313,12 +331,23 @@ impl Connection {
     }
 
     /// Nothing was acknowledged for a whole timeout: declare overdue packets lost and probe.
+    /// Of the packets sent on a reliable carrier only those older than [`RELIABLE_LOSS_AGE`]
+    /// and [`RELIABLE_LOSS_RTTS`] round trips are: the probe mostly just asks for an ACK.
     pub(super) fn on_rto(&mut self, now: Instant) {
         let rto = self.backed_off_rto();
+        let rtt = self.rtt.get().max(self.rtt.latest());
+        let reliable_rto = rto.max(RELIABLE_LOSS_AGE).max(rtt * RELIABLE_LOSS_RTTS);
         let overdue: Vec<u64> = self
             .sent
             .iter()
-            .filter(|(_, p)| !p.mtu_probe && now.saturating_duration_since(p.time) >= rto)
+            .filter(|(_, p)| {
+                let after = if self.is_reliable(p.path) {
+                    reliable_rto
+                } else {
+                    rto
+                };
+                !p.mtu_probe && now.saturating_duration_since(p.time) >= after
+            })
             .map(|(&pn, _)| pn)
             .collect();
         self.rto_count = self.rto_count.saturating_add(1);

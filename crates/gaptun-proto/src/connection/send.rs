@@ -142,6 +142,7 @@ impl Connection {
     /// qualify (their in-flight data is far larger), so they pay nothing.
     fn is_interactive_tail(&self, in_flight_before: u64, size: usize) -> bool {
         self.config.duplicate_tail_packets
+            && !self.on_reliable_path()
             && in_flight_before <= DUPLICATE_MAX_IN_FLIGHT * self.mtu() as u64
             && !self.streams.has_pending()
             && self.path.send_budget() >= size as u64
@@ -314,7 +315,8 @@ impl Connection {
 
     /// Whether the congestion window and pacer let a full packet go now.
     fn allowance(&mut self, now: Instant, mtu: usize) -> Allowance {
-        if self.probes > 0 {
+        // On a reliable carrier TCP's controller decides; the carrier's queue pushes back.
+        if self.probes > 0 || self.on_reliable_path() {
             return Allowance::Full;
         }
         if self.in_flight + mtu as u64 > self.cc.window() {

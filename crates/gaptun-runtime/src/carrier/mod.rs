@@ -97,6 +97,21 @@ pub trait Carrier: Send + Sync + fmt::Debug + 'static {
     /// Ready when a send may succeed.
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
+    /// True when the carrier delivers every datagram it accepts (TLS over TCP): the connection
+    /// on it then does no loss detection, retransmission or congestion control of its own,
+    /// which would only duplicate TCP's (see `TransportConfig::reliable_carriers`). Such a
+    /// carrier never drops: when it has no room, `try_send` says `WouldBlock`.
+    fn reliable(&self) -> bool {
+        false
+    }
+
+    /// Largest datagram the carrier can take, when it is below the configured UDP payload
+    /// (QUIC DATAGRAM frames are smaller than the UDP packets carrying them). `None`: no limit
+    /// beyond the configuration's.
+    fn max_datagram_size(&self) -> Option<u16> {
+        None
+    }
+
     /// Peers that reported our datagrams undeliverable (ICMP port unreachable) since the last
     /// call. Lets a client whose server port is closed fail its handshake at once instead of
     /// after the handshake timeout. Carriers without such reports keep the default.
@@ -105,56 +120,51 @@ pub trait Carrier: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// Sends `transmit` on `carrier`, waiting while it has no room. A segmented send the carrier
-/// refuses (say, a NIC without GSO) is retried one datagram at a time. Errors other than
-/// `WouldBlock` are returned for the caller to log; the datagrams are then lost, which the
-/// protocol recovers from.
-pub(crate) async fn send(carrier: &dyn Carrier, transmit: CarrierTransmit<'_>) -> io::Result<()> {
+/// Sends `transmit` on `carrier` without waiting. `WouldBlock` means nothing was sent and the
+/// carrier has no room now: the caller keeps the transmit, waits with
+/// [`Carrier::poll_writable`] and tries again (while it goes on receiving: a driver that
+/// stopped reading while it waited for room could deadlock two peers whose carriers both
+/// push back, as TCP does).
+///
+/// A segmented send the carrier refuses (say, a NIC without GSO) is retried one datagram at a
+/// time; if the carrier runs out of room part way, the rest is lost, which the protocol
+/// recovers from (only carriers without segmented sends get there, and those are lossy
+/// anyway). Other errors are returned for the caller to log; the datagrams are then lost.
+pub(crate) fn try_send(carrier: &dyn Carrier, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
     let segment_size = transmit
         .segment_size
         .filter(|&s| s > 0 && s < transmit.contents.len());
-    if let Some(size) = segment_size {
-        if carrier.max_transmit_segments() > 1 {
-            let whole = CarrierTransmit {
-                segment_size: Some(size),
-                ..transmit
-            };
-            match send_one(carrier, &whole).await {
-                Ok(()) => return Ok(()),
-                Err(e) => tracing::debug!(
-                    kind = carrier.kind(),
-                    "segmented send failed ({e}); sending datagrams singly"
-                ),
-            }
-        }
-        let mut result = Ok(());
-        for chunk in transmit.contents.chunks(size) {
-            let single = CarrierTransmit {
-                destination: transmit.destination,
-                contents: chunk,
-                segment_size: None,
-            };
-            if let Err(e) = send_one(carrier, &single).await {
-                result = Err(e);
-            }
-        }
-        return result;
-    }
-    let single = CarrierTransmit {
-        segment_size: None,
-        ..transmit
+    let Some(size) = segment_size else {
+        return carrier.try_send(&CarrierTransmit {
+            segment_size: None,
+            ..*transmit
+        });
     };
-    send_one(carrier, &single).await
-}
-
-async fn send_one(carrier: &dyn Carrier, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
-    loop {
-        std::future::poll_fn(|cx| carrier.poll_writable(cx)).await?;
+    if carrier.max_transmit_segments() > 1 {
         match carrier.try_send(transmit) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            Err(e) => tracing::debug!(
+                kind = carrier.kind(),
+                "segmented send failed ({e}); sending datagrams singly"
+            ),
         }
     }
+    let mut result = Ok(());
+    for (i, chunk) in transmit.contents.chunks(size).enumerate() {
+        let single = CarrierTransmit {
+            destination: transmit.destination,
+            contents: chunk,
+            segment_size: None,
+        };
+        match carrier.try_send(&single) {
+            Ok(()) => {}
+            // Nothing sent yet: the whole transmit waits for room.
+            Err(e) if i == 0 && e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            Err(e) => result = Err(e),
+        }
+    }
+    result
 }
 
 /// Most bytes one segmented send may carry (the kernel's GSO limit is 64 KiB including headers).

@@ -1,0 +1,401 @@
+//! The TLS carrier: gaptun datagrams framed over TLS 1.3 on TCP (port 443 by default).
+//!
+//! Framing: each datagram is a 2-byte big-endian length and the datagram. A client opens several
+//! TCP connections at once (`--tls-connections`, like kcptun's `-conn`) and each sends the
+//! client's token first (see [`crate::auth`]); the server groups connections with the same
+//! session id into one peer, and every connection of a session takes the next outgoing datagram
+//! when it is free, so one connection stalled by a TCP retransmission holds up only what it took.
+//!
+//! TCP delivers everything, so this carrier reports itself reliable: the gaptun core on it does
+//! no loss detection, retransmission or congestion control of its own (see docs/protocol.md),
+//! and the carrier never drops a datagram: when its queue is full, the driver waits.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use gaptun_runtime::{Carrier, CarrierTransmit, RecvMeta};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::auth::{Keys, SessionId, TOKEN_LEN, new_session};
+use crate::cert::CertKey;
+use crate::hub::{Attached, Hub};
+use crate::probe::{self, Decoy};
+use crate::{CarrierError, tls_config};
+
+/// Bytes of outgoing datagrams queued per session before the driver waits: enough to keep
+/// several TCP connections busy between two driver turns.
+const QUEUE_BYTES: usize = 1024 * 1024;
+
+/// Most bytes one connection writes in one go (datagrams batched into one TLS write).
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Unsent bytes a connection's kernel send buffer may hold (`TCP_NOTSENT_LOWAT`); what is
+/// sent but not yet acknowledged does not count, so TCP still fills the path.
+///
+/// Without it the kernel buffers megabytes per connection. Datagrams then wait there instead
+/// of in the session's shared queue, and the connections of one session drift apart by up to
+/// a buffer's worth: more than the gaptun core's replay window (4096 packets), so datagrams of
+/// the connection behind arrived as "too old" and were dropped, each loss costing the
+/// reliable carrier's 1 s timeout. Queueing in the kernel also added its delay to every ACK.
+const UNSENT_LIMIT: u32 = 128 * 1024;
+
+/// Sets [`UNSENT_LIMIT`] where the system has it (Linux); elsewhere the kernel's default stays.
+fn limit_unsent(tcp: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_LIMIT) {
+        tracing::debug!("TCP_NOTSENT_LOWAT: {e}");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = tcp;
+}
+
+/// A TCP connect plus TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the server waits for a client's first bytes before treating it as a prober.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits between reconnection attempts of a client connection: from the first, doubling to the
+/// last.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A client of the TLS carrier.
+#[derive(Debug, Clone)]
+pub struct TlsClientConfig {
+    /// The server's address.
+    pub server: SocketAddr,
+    /// The name sent as SNI.
+    pub sni: String,
+    /// TCP connections kept open at once (at least 1).
+    pub connections: usize,
+    /// The client's gaptun key, for its token.
+    pub keys: Keys,
+}
+
+/// A server of the TLS carrier.
+#[derive(Debug)]
+pub struct TlsServerConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The certificate presented.
+    pub cert: CertKey,
+    /// The gaptun keys accepted.
+    pub keys: Keys,
+    /// Where non-gaptun clients go.
+    pub decoy: Decoy,
+}
+
+/// gaptun datagrams over TLS 1.3 over TCP. Its tasks end when it is dropped.
+#[derive(Debug)]
+pub struct TlsCarrier {
+    hub: Arc<Hub>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for TlsCarrier {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl TlsCarrier {
+    /// Connects to a server: the first connection is made here (its failure is returned), the
+    /// others, and replacements for any that drop, in the background.
+    pub async fn connect(config: TlsClientConfig) -> Result<Self, CarrierError> {
+        let connector = TlsConnector::from(Arc::new(tls_config::client(&[b"h2", b"http/1.1"])?));
+        let sni = ServerName::try_from(config.sni.clone())
+            .map_err(|e| CarrierError::Tls(format!("SNI {}: {e}", config.sni)))?;
+        let session = new_session();
+        let token = config
+            .keys
+            .token(&session)
+            .ok_or_else(|| CarrierError::Tls("a client needs a key".into()))?;
+        let first = connect_one(&connector, &sni, config.server, &token).await?;
+        let local = first
+            .get_ref()
+            .0
+            .local_addr()
+            .map_err(|e| CarrierError::io("local address", e))?;
+        let hub = Hub::new("tls", local, QUEUE_BYTES, true);
+        let slot = Slot {
+            hub: Arc::clone(&hub),
+            connector,
+            sni,
+            server: config.server,
+            token,
+            session,
+        };
+        let slot = Arc::new(slot);
+        let mut tasks = vec![tokio::spawn(Arc::clone(&slot).run(Some(first)))];
+        for _ in 1..config.connections.max(1) {
+            tasks.push(tokio::spawn(Arc::clone(&slot).run(None)));
+        }
+        Ok(Self { hub, tasks })
+    }
+
+    /// Listens for clients.
+    pub async fn listen(config: TlsServerConfig) -> Result<Self, CarrierError> {
+        let tls = tls_config::server(config.cert, &[b"http/1.1"])?;
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| CarrierError::io(format!("TLS listen on {}", config.listen), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| CarrierError::io("local address", e))?;
+        let hub = Hub::new("tls", local, QUEUE_BYTES, false);
+        let server = Arc::new(Server {
+            hub: Arc::clone(&hub),
+            acceptor,
+            keys: config.keys,
+            decoy: config.decoy,
+        });
+        let task = tokio::spawn(server.accept_loop(listener));
+        Ok(Self {
+            hub,
+            tasks: vec![task],
+        })
+    }
+
+    /// Peers (client sessions, or the server) with at least one open connection now.
+    pub fn sessions(&self) -> usize {
+        self.hub.session_count()
+    }
+}
+
+/// One of a client's connections, made again whenever it drops.
+struct Slot {
+    hub: Arc<Hub>,
+    connector: TlsConnector,
+    sni: ServerName<'static>,
+    server: SocketAddr,
+    token: [u8; TOKEN_LEN],
+    session: SessionId,
+}
+
+type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl Slot {
+    async fn run(self: Arc<Self>, mut stream: Option<ClientStream>) {
+        let mut wait = RECONNECT_FIRST;
+        loop {
+            let current = match stream.take() {
+                Some(s) => Ok(s),
+                None => connect_one(&self.connector, &self.sni, self.server, &self.token).await,
+            };
+            match current {
+                Ok(s) => {
+                    wait = RECONNECT_FIRST;
+                    let attached = self.hub.attach(self.session, self.server);
+                    let reason = carry(&self.hub, &attached, s).await;
+                    tracing::debug!(server = %self.server, "TLS carrier connection closed: {reason}");
+                }
+                Err(e) => tracing::debug!(server = %self.server, "TLS carrier connect: {e}"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RECONNECT_MAX);
+        }
+    }
+}
+
+async fn connect_one(
+    connector: &TlsConnector,
+    sni: &ServerName<'static>,
+    server: SocketAddr,
+    token: &[u8; TOKEN_LEN],
+) -> Result<ClientStream, CarrierError> {
+    let attempt = async {
+        let tcp = TcpStream::connect(server)
+            .await
+            .map_err(|e| CarrierError::io(format!("TCP connect to {server}"), e))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| CarrierError::io("TCP_NODELAY", e))?;
+        limit_unsent(&tcp);
+        let mut tls = connector
+            .connect(sni.clone(), tcp)
+            .await
+            .map_err(|e| CarrierError::io(format!("TLS handshake with {server}"), e))?;
+        tls.write_all(token)
+            .await
+            .map_err(|e| CarrierError::io("sending the token", e))?;
+        tls.flush()
+            .await
+            .map_err(|e| CarrierError::io("sending the token", e))?;
+        Ok(tls)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| {
+            CarrierError::io(
+                format!("TLS connect to {server}"),
+                io::ErrorKind::TimedOut.into(),
+            )
+        })?
+}
+
+struct Server {
+    hub: Arc<Hub>,
+    acceptor: TlsAcceptor,
+    keys: Keys,
+    decoy: Decoy,
+}
+
+impl Server {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        // Connection tasks live in the set, so they end with the carrier's accept task.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        connections.spawn(Arc::clone(&self).serve(tcp, peer));
+                    }
+                    Err(e) => {
+                        tracing::debug!("TLS carrier accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        limit_unsent(&tcp);
+        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let Some(first) = read_first(&mut tls).await else {
+            return;
+        };
+        match self.keys.verify(&first) {
+            Some(session) => {
+                let attached = self.hub.attach(session, peer);
+                let reason = carry(&self.hub, &attached, tls).await;
+                tracing::debug!(%peer, "TLS carrier connection closed: {reason}");
+            }
+            None => probe::serve(&self.decoy, tls, first).await,
+        }
+    }
+}
+
+/// Reads up to a token's length of a client's first bytes, as many as come before
+/// [`FIRST_BYTES_TIMEOUT`]; `None` when it closes first.
+pub(crate) async fn read_first<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    let mut first = vec![0u8; TOKEN_LEN];
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
+    while got < TOKEN_LEN {
+        match tokio::time::timeout_at(deadline, stream.read(&mut first[got..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break,
+        }
+    }
+    first.truncate(got);
+    Some(first)
+}
+
+/// Carries a session's datagrams on one connection until it fails; returns why it ended.
+async fn carry<S>(hub: &Hub, attached: &Attached, stream: S) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let reader = async {
+        let mut read = BufReader::with_capacity(WRITE_BATCH, read);
+        loop {
+            let len = match read.read_u16().await {
+                Ok(len) => usize::from(len),
+                Err(e) => return format!("read: {e}"),
+            };
+            let mut datagram = vec![0u8; len];
+            if let Err(e) = read.read_exact(&mut datagram).await {
+                return format!("read: {e}");
+            }
+            if len > 0 && !hub.deliver(attached.addr, datagram).await {
+                return "carrier dropped".into();
+            }
+        }
+    };
+    let writer = async {
+        let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
+        loop {
+            let Some(batch) = attached.queue.pop_batch(WRITE_BATCH).await else {
+                return "session closed".to_string();
+            };
+            buf.clear();
+            for datagram in &batch {
+                let Ok(len) = u16::try_from(datagram.len()) else {
+                    continue;
+                };
+                buf.extend_from_slice(&len.to_be_bytes());
+                buf.extend_from_slice(datagram);
+            }
+            if let Err(e) = write.write_all(&buf).await {
+                return format!("write: {e}");
+            }
+            if let Err(e) = write.flush().await {
+                return format!("write: {e}");
+            }
+        }
+    };
+    tokio::select! {
+        reason = reader => reason,
+        reason = writer => reason,
+    }
+}
+
+impl Carrier for TlsCarrier {
+    fn kind(&self) -> &'static str {
+        self.hub.kind
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.hub.local)
+    }
+
+    /// Segmented transmits are queued whole (see `Hub::try_send`), so the driver never splits
+    /// one for us, and UDP carriers beside us keep their GSO batches.
+    fn max_transmit_segments(&self) -> usize {
+        crate::hub::MAX_SEGMENTS
+    }
+
+    fn reliable(&self) -> bool {
+        true
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.hub.poll_recv(cx, bufs, meta)
+    }
+
+    fn try_send(&self, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
+        self.hub.try_send(transmit)
+    }
+
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.hub.poll_writable(cx)
+    }
+}
