@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::datagram;
 use super::proxy_header;
 use super::spec::{ExposeKind, ExposeSpec};
-use super::stats::{Counted, ExposeSnapshot, ExposeStats, Side};
+use super::stats::{ExposeSnapshot, ExposeStats, Side, counted};
 use super::wire::{Entry, MAX_ENTRIES, Register, Status, VisitorHeader, WireError, read_verdicts};
 use crate::addr::TargetAddr;
 use crate::idle::Activity;
@@ -408,7 +408,7 @@ impl ExposeClient {
                     let h = proxy_header::header(version, header.source, header.destination);
                     local.write_all(&h).await?;
                 }
-                let local = Counted::new(local, Arc::clone(stats), Side::Service);
+                let local = counted(local, Arc::clone(stats), Side::Service);
                 pump::relay(stream, local).await?;
             }
             ExposeKind::Udp => {

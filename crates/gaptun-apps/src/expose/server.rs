@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::datagram;
 use super::spec::{ExposeKind, PortRange, PortSet};
-use super::stats::{Counted, ExposeSnapshot, ExposeStats, Side};
+use super::stats::{ExposeSnapshot, ExposeStats, Side, counted};
 use super::wire::{Entry, Register, Status, Verdict, VisitorHeader, encode_verdicts};
 use crate::idle::Activity;
 use crate::policy::TargetPolicy;
@@ -458,7 +458,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         stats.add_to_service(first as u64);
         stream.write_all(&flight).await?;
         drop(flight);
-        pump::relay(Counted::new(tcp, stats, Side::Visitor), stream).await?;
+        pump::relay(counted(tcp, stats, Side::Visitor), stream).await?;
         Ok(())
     }
 
