@@ -3,8 +3,7 @@
 //! A client may reach its server over several paths at once: one per server port of a port
 //! range, one per carrier (UDP and fake TCP), or both. Each packet batch goes out on the next
 //! live path in turn, so a port that a middlebox throttles or blocks costs a share of the
-//! packets, not the connection. The turn only passes when a batch was sent: a poll that the
-//! pacer or the congestion window (shared by all paths) turns away keeps it.
+//! packets, not the connection.
 //!
 //! A path dies when [`DEAD_AFTER_LOSSES`] packets sent on it in a row are declared lost (by the
 //! usual loss detection: later packets, on other paths, were acknowledged while these were
@@ -152,20 +151,6 @@ impl PathSet {
         self.paths.get(i).map(|p| p.addr)
     }
 
-    /// Where the turn stands (for [`PathSet::give_back`]).
-    pub(super) fn turn(&self) -> usize {
-        self.next
-    }
-
-    /// Undoes the turns taken since [`PathSet::turn`] returned `turn`: the path chosen sent
-    /// nothing, so the next batch goes there instead of skipping it. Each path thus gets every
-    /// n-th batch actually sent, whatever the pattern of empty polls.
-    pub(super) fn give_back(&mut self, turn: usize) {
-        if turn < self.paths.len() {
-            self.next = turn;
-        }
-    }
-
     /// The earliest retry time of a dead path.
     #[cfg(test)]
     pub(super) fn next_retry(&self) -> Option<Instant> {
@@ -293,24 +278,6 @@ mod tests {
         assert_eq!(info[1].deaths, 2);
         assert_eq!(info[1].packets_lost, 8);
         assert!(!info[1].alive);
-    }
-
-    #[test]
-    fn a_turn_given_back_goes_to_the_same_path() {
-        let t0 = Instant::now();
-        let mut set = PathSet::new(&[addr(1), addr(2)]);
-        // Polls alternate: one sends, one finds the pacer closed and gives its turn back.
-        let mut sent = Vec::new();
-        for i in 0..8 {
-            let turn = set.turn();
-            let path = set.next_path(t0).map(|a| a.remote.port());
-            if i % 2 == 0 {
-                sent.extend(path);
-            } else {
-                set.give_back(turn);
-            }
-        }
-        assert_eq!(sent, [1, 2, 1, 2]);
     }
 
     #[test]

@@ -44,23 +44,6 @@ impl Connection {
         max_datagrams: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
-        // A poll that sends nothing (the pacer or the window says wait) gives its path's turn
-        // back: a paced sender polls about twice per packet, and with two paths the turns
-        // would otherwise alternate in step with the polls, every packet on the same path.
-        let turn = self.paths.turn();
-        let transmit = self.poll_transmit_on_next_path(now, max_datagrams, buf);
-        if transmit.is_none() {
-            self.paths.give_back(turn);
-        }
-        transmit
-    }
-
-    fn poll_transmit_on_next_path(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<Transmit> {
         buf.clear();
         match self.state {
             State::Drained | State::Draining => return None,
