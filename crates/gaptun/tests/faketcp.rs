@@ -221,10 +221,9 @@ fn carrier_all_keeps_working_with_udp_blocked() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (udp, tcp) = (counted(&topo, "udp_packets"), counted(&topo, "tcp_packets"));
-    // Both carriers were used. How much each carries is the multipath scheduler's (which
-    // splits evenly, see gaptun-sim's paths test), but here the fake-TCP path loses its first
-    // packets and is abandoned within about 100 ms; its retry comes a second later, after this
-    // short transfer has ended over UDP.
+    // Both carriers were used. How much each carries is the multipath scheduler's choice; in
+    // this run the fake-TCP path loses its first packets and is abandoned within about 100 ms,
+    // and its retry comes a second later, after this short transfer has ended over UDP.
     eprintln!("--carrier all through the router: {udp} UDP and {tcp} TCP packets");
     assert!(
         udp > 0 && tcp > 0,
