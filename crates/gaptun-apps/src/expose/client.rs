@@ -482,12 +482,7 @@ where
     let to_visitor = async {
         let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
         loop {
-            let n = match socket.recv(&mut buf).await {
-                Ok(n) => n,
-                // A refused earlier datagram (ICMP) is reported here: keep going.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
-            };
+            let n = recv_from_local(socket, &mut buf).await?;
             activity.touch();
             let payload = buf.get(..n).unwrap_or_default();
             stats.add_to_visitors(n as u64);
@@ -530,12 +525,7 @@ where
     let to_visitor = async {
         let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
         loop {
-            let n = match socket.recv(&mut buf).await {
-                Ok(n) => n,
-                // A refused earlier datagram (ICMP) is reported here: keep going.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
-            };
+            let n = recv_from_local(socket, &mut buf).await?;
             activity.touch();
             let payload = buf.get(..n).unwrap_or_default();
             match tx.send(tag, payload) {
@@ -559,6 +549,17 @@ where
     };
     let _ = w.shutdown().await;
     result
+}
+
+/// The next datagram from LOCAL. A refused earlier datagram (ICMP, LOCAL not listening) is
+/// reported on the connected socket as an error: skipped, as UDP would.
+async fn recv_from_local(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket.recv(buf).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            other => return other,
+        }
+    }
 }
 
 /// The first address of `host:port` (names are resolved on the client).
