@@ -11,8 +11,9 @@
 //! ```
 //!
 //! The client picks the flow id and sends it right after the request
-//! ([`crate::request::Command::UdpFlow`]); one [`FlowMux`] per connection hands arriving
-//! datagrams to their flow. Lost datagrams stay lost, and nothing queues without bound: each
+//! ([`crate::request::Command::UdpFlow`]); a UDP expose's flow is opened by the server, which
+//! names it in the visitor header ([`crate::expose`]) with the top bit set. One [`FlowMux`] per
+//! connection hands arriving datagrams to their flow. Lost datagrams stay lost, and nothing queues without bound: each
 //! flow's queue holds [`FLOW_QUEUE`] datagrams and drops what comes on top.
 
 use std::collections::HashMap;
@@ -30,6 +31,10 @@ use crate::addr::TargetAddr;
 
 /// Datagrams waiting for one flow's reader; more are dropped (UDP semantics).
 pub const FLOW_QUEUE: usize = 256;
+
+/// The top bit of a flow id: set on flows the server opens (UDP expose visitors), clear on
+/// those the client opens (UDP forwards, SOCKS5), so the two sides never pick the same id.
+pub const SERVER_FLOW_BIT: u32 = 1 << 31;
 
 /// Bytes of flow id at the start of every datagram.
 const FLOW_ID_LEN: usize = 4;
@@ -140,10 +145,21 @@ impl FlowMux {
         !self.inner.reader.is_finished() && self.inner.io.max_datagram_size().is_some()
     }
 
-    /// Client: a new flow with an id not in use on this connection.
+    /// Client: a new flow with an id not in use on this connection (the top bit clear).
     pub fn open(&self) -> Option<(u32, FlowTx, FlowRx)> {
+        self.open_with(0)
+    }
+
+    /// Server: a new flow it names itself (a UDP expose's visitor), with the top bit of the id
+    /// set, so that it can never collide with an id the client picked.
+    pub fn open_from_server(&self) -> Option<(u32, FlowTx, FlowRx)> {
+        self.open_with(SERVER_FLOW_BIT)
+    }
+
+    fn open_with(&self, side_bit: u32) -> Option<(u32, FlowTx, FlowRx)> {
         for _ in 0..16 {
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = (n & !SERVER_FLOW_BIT) | side_bit;
             if let Some((tx, rx)) = self.attach(id) {
                 return Some((id, tx, rx));
             }
@@ -375,5 +391,28 @@ mod tests {
         // A finished flow frees its id.
         drop(s_rx1);
         assert!(server.attach(id1).is_some());
+    }
+
+    #[tokio::test]
+    async fn server_opened_flows_never_take_a_client_id() {
+        let (a, b) = pipes();
+        let client = FlowMux::new(a);
+        let server = FlowMux::new(b);
+        let (c_id, _c_tx, _c_rx) = client.open().unwrap();
+        let (s_id, s_tx, mut s_rx) = server.open_from_server().unwrap();
+        assert_eq!(c_id & SERVER_FLOW_BIT, 0);
+        assert_eq!(s_id & SERVER_FLOW_BIT, SERVER_FLOW_BIT);
+        // Both counters start at 0: without the bit the ids would be equal.
+        assert_eq!(s_id & !SERVER_FLOW_BIT, c_id);
+        // The client attaches the server's flow and both ends talk.
+        let (c_tx, mut c_rx) = client.attach(s_id).unwrap();
+        let source = TargetAddr::Ip(SocketAddr::from(([192, 0, 2, 7], 5000)));
+        s_tx.send(&source, b"to client").unwrap();
+        assert_eq!(
+            c_rx.recv().await,
+            Some((source.clone(), b"to client".to_vec()))
+        );
+        c_tx.send(&source, b"to server").unwrap();
+        assert_eq!(s_rx.recv().await, Some((source, b"to server".to_vec())));
     }
 }

@@ -208,7 +208,7 @@ pub fn udp_relay_frames(data: &[u8]) {
 }
 
 /// Valid messages for each entry point, to start fuzzing from (written to `fuzz/corpus` by
-/// `examples/fuzz_seeds.rs` and replayed by the corpus test).
+/// `examples/apps_fuzz_seeds.rs` and replayed by the corpus test).
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
     let v4 = TargetAddr::Ip(SocketAddr::from((Ipv4Addr::new(93, 184, 216, 34), 443)));

@@ -19,6 +19,7 @@
 
 pub mod addr;
 pub mod client;
+pub mod counted;
 pub mod expose;
 pub mod flow;
 pub mod forward;
@@ -37,6 +38,7 @@ mod listen;
 mod udp_tunnel;
 
 pub use addr::TargetAddr;
+pub use counted::{ByteCounter, Counted};
 pub use mem::MemTunnel;
 pub use policy::{AllowRule, TargetPolicy};
 pub use relay::{DialConfig, serve_stream};

@@ -20,9 +20,10 @@ use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig, ExposeSpec,
     Refusal, Status,
 };
+use gaptun_apps::flow::{DatagramIo, FlowMux, ReadDatagram};
 use gaptun_apps::tunnel::{StreamAcceptor, StreamOpener};
 use gaptun_proto::{EndpointConfig, Psk};
-use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtEndpoint, RtStream};
+use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtDatagrams, RtEndpoint, RtStream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -38,9 +39,34 @@ async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
         .expect("test timed out")
 }
 
-/// One connection as the expose code sees it.
+/// One connection as the expose code sees it; with `flows`, UDP visitors on it use its
+/// datagrams.
 #[derive(Debug, Clone)]
-struct Conn(RtConnection);
+struct Conn(RtConnection, Option<FlowMux>);
+
+impl Conn {
+    /// `conn`, with one flow mux over its datagrams if `datagrams` (one per connection: a
+    /// second would steal the first one's datagrams).
+    fn new(conn: RtConnection, datagrams: bool) -> Self {
+        let flows = datagrams.then(|| FlowMux::new(Arc::new(Io(conn.datagrams()))));
+        Self(conn, flows)
+    }
+}
+
+/// The runtime's datagrams as the flows see them.
+struct Io(RtDatagrams);
+
+impl DatagramIo for Io {
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.0.max_size()
+    }
+    fn send_datagram(&self, data: Vec<u8>) -> io::Result<()> {
+        self.0.send(data)
+    }
+    fn read_datagram(&self) -> ReadDatagram<'_> {
+        Box::pin(async move { self.0.read().await.map_err(io::Error::from) })
+    }
+}
 
 impl StreamOpener for Conn {
     type Stream = RtStream;
@@ -48,6 +74,10 @@ impl StreamOpener for Conn {
     fn open(&self) -> impl Future<Output = io::Result<RtStream>> + Send {
         let conn = self.0.clone();
         async move { conn.open_stream().await }
+    }
+
+    fn flows(&self, _stream: &RtStream) -> Option<FlowMux> {
+        self.1.clone()
     }
 }
 
@@ -70,6 +100,11 @@ struct Server {
 
 impl Server {
     fn start(at: SocketAddr, allowed: &str) -> Self {
+        Self::start_with(at, allowed, false)
+    }
+
+    /// With `datagrams`, each client connection's UDP visitors go on datagram flows.
+    fn start_with(at: SocketAddr, allowed: &str, datagrams: bool) -> Self {
         let endpoint = RtEndpoint::bind(at, EndpointConfig::server(vec![key(0), key(1)])).unwrap();
         let expose = ExposeServer::new(ExposeServerConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -77,7 +112,12 @@ impl Server {
             udp_idle_timeout: Duration::from_secs(5),
         });
         let conns: Arc<Mutex<Vec<RtConnection>>> = Arc::default();
-        let task = tokio::spawn(accept_all(endpoint.clone(), expose.clone(), conns.clone()));
+        let task = tokio::spawn(accept_all(
+            endpoint.clone(),
+            expose.clone(),
+            conns.clone(),
+            datagrams,
+        ));
         Self {
             endpoint,
             expose,
@@ -100,15 +140,17 @@ async fn accept_all(
     endpoint: RtEndpoint,
     expose: ExposeServer<Conn>,
     conns: Arc<Mutex<Vec<RtConnection>>>,
+    datagrams: bool,
 ) {
     while let Some(conn) = endpoint.accept().await {
         conns.lock().unwrap().push(conn.clone());
         let owner = OWNERS[conn.key_index().unwrap()];
+        let Conn(opener, flows) = Conn::new(conn.clone(), datagrams);
         let peer = ExposePeer {
             owner: owner.into(),
-            opener: Conn(conn.clone()),
+            opener: Conn(opener, None),
             allowed: None,
-            flows: None,
+            flows,
         };
         let expose = expose.clone();
         tokio::spawn(async move {
@@ -143,6 +185,17 @@ impl Client {
         specs: &[String],
         conns: usize,
     ) -> (Self, Vec<Refusal>) {
+        Self::start_opts(server, owner, specs, conns, false).await
+    }
+
+    /// With `datagrams`, the client's connections offer datagram flows to UDP visitors.
+    async fn start_opts(
+        server: SocketAddr,
+        owner: usize,
+        specs: &[String],
+        conns: usize,
+        datagrams: bool,
+    ) -> (Self, Vec<Refusal>) {
         let config = PoolConfig {
             conns,
             ..PoolConfig::default()
@@ -158,13 +211,13 @@ impl Client {
         let expose = ExposeClient::new(specs, ExposeClientConfig::default()).unwrap();
         let mut feed = pool.connection_feed();
         let first = feed.recv().await.unwrap();
-        let registration = expose.register(Conn(first)).await.unwrap();
+        let registration = expose.register(Conn::new(first, datagrams)).await.unwrap();
         let refusals = registration.refusals().to_vec();
         tokio::spawn(registration.serve());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(conn) = feed.recv().await {
-                if tx.send(Conn(conn)).is_err() {
+                if tx.send(Conn::new(conn, datagrams)).is_err() {
                     return;
                 }
             }
@@ -407,6 +460,94 @@ async fn udp_echo_through_a_udp_expose() {
         }
         let stats = client.expose.stats();
         assert_eq!(stats[0].visitors_total, 2, "{stats:?}");
+        client.stop().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// When the client's connection takes datagrams, a UDP expose carries its visitors' datagrams
+/// as transport datagrams (not on the visitor stream): 200 echoed datagrams of sizes from 1
+/// byte to 8000 (several packets each) come back intact and in the order sent, and the
+/// connection's datagram counters show they travelled that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_echo_through_a_udp_expose_rides_datagrams_in_order() {
+    bounded(60, async {
+        let port = free_ports(1);
+        let server = Server::start_with("127.0.0.1:0".parse().unwrap(), &port.to_string(), true);
+        let echo = common::start_udp_echo().await;
+        let (client, refusals) =
+            Client::start_opts(server.addr(), 0, &[spec("udp", port, echo)], 1, true).await;
+        assert!(refusals.is_empty(), "{refusals:?}");
+
+        let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        visitor.connect(("127.0.0.1", port)).await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        // The first datagram starts the visitor's relay; retry until its echo comes back.
+        let hello = b"hello".to_vec();
+        let mut started = false;
+        for _ in 0..10 {
+            visitor.send(&hello).await.unwrap();
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), visitor.recv(&mut buf)).await
+            {
+                assert_eq!(&buf[..n], &hello[..]);
+                started = true;
+                break;
+            }
+        }
+        assert!(started, "no echo through the UDP expose");
+        // Drain echoes of retried hellos.
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(200), visitor.recv(&mut buf)).await
+        {}
+
+        let sizes = [1usize, 100, 1400, 8000];
+        let sent: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| {
+                let mut d = payload(sizes[i as usize % sizes.len()].max(4), u64::from(i));
+                d[..4].copy_from_slice(&i.to_be_bytes());
+                d
+            })
+            .collect();
+        let mut got = Vec::new();
+        let receive = async {
+            while got.len() < sent.len() {
+                let n = visitor.recv(&mut buf).await.unwrap();
+                got.push(buf[..n].to_vec());
+            }
+        };
+        let send = async {
+            for d in &sent {
+                visitor.send(d).await.unwrap();
+                // Paced a little: loopback socket buffers, not the tunnel, would drop a burst.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(send, receive)
+        })
+        .await;
+        assert!(
+            finished.is_ok(),
+            "{} of {} echoes came back",
+            got.len(),
+            sent.len()
+        );
+        assert_eq!(got.len(), sent.len());
+        for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+            assert!(g == s, "echo {i} differs (or came out of order)");
+        }
+
+        let conn = client.pool.connections().pop().unwrap();
+        let dg = conn.stats().unwrap().datagrams;
+        // 200 echoes each way at least, plus the hello: each one a transport datagram.
+        assert!(dg.sent >= 200 && dg.received >= 200, "{dg:?}");
+        let stats = client.expose.stats();
+        assert_eq!(stats[0].visitors_total, 1, "{stats:?}");
+        let bytes: u64 = sent.iter().map(|d| d.len() as u64).sum();
+        assert!(stats[0].bytes_to_service >= bytes, "{stats:?}");
+        assert!(stats[0].bytes_to_visitors >= bytes, "{stats:?}");
         client.stop().await;
         server.stop().await;
     })

@@ -88,7 +88,7 @@ fn every_target_survives_its_corpus_and_mutations() {
         let mut seeds = corpus(target);
         assert!(
             !seeds.is_empty(),
-            "no committed corpus for {target}: run `cargo run -p gaptun-apps --example fuzz_seeds`"
+            "no committed corpus for {target}: run `cargo run -p gaptun-apps --example apps_fuzz_seeds`"
         );
         seeds.extend(fuzzing::seeds(target));
         seeds.push(Vec::new());

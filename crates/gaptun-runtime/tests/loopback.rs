@@ -7,9 +7,12 @@
 // Test helpers, not production code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::{bounded, key, pattern, read_hashed};
 use gaptun_proto::{ConnectionError, EndpointConfig, Psk};
 use gaptun_runtime::lossy_relay::{LossyConfig, LossyRelay};
 use gaptun_runtime::{ClientPool, ConnectError, PoolConfig, RtConnection, RtEndpoint, RtError};
@@ -17,10 +20,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOOPBACK: &str = "127.0.0.1:0";
-
-fn key(n: u8) -> Psk {
-    Psk::from_bytes([n; 32])
-}
 
 fn server(psk: Psk) -> RtEndpoint {
     server_at(LOOPBACK.parse().unwrap(), psk)
@@ -59,19 +58,6 @@ async fn echo_conn(conn: RtConnection) {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so corruption cannot hide in repeated patterns.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Sends `len` bytes on a new stream of `conn`, reads the echo, and checks it by SHA-256.
 async fn echo_roundtrip(conn: &RtConnection, len: usize, seed: u64) {
     let stream = conn.open_stream().await.unwrap();
@@ -85,26 +71,10 @@ async fn echo_roundtrip(conn: &RtConnection, len: usize, seed: u64) {
         w.shutdown().await.unwrap();
         w
     });
-    let mut hasher = Sha256::new();
-    let mut total = 0;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = r.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n;
-    }
+    let (total, got_hash) = read_hashed(&mut r).await;
     let _w = writer.await.unwrap();
     assert_eq!(total, len);
-    assert_eq!(hasher.finalize(), sent_hash);
-}
-
-async fn bounded<T>(secs: u64, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test timed out")
+    assert_eq!(got_hash, sent_hash.to_vec());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,25 +7,18 @@
 // Test helpers, not production code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::{bounded, key};
 use gaptun_proto::{EndpointConfig, Psk};
 use gaptun_runtime::lossy_relay::{LossyConfig, LossyRelay};
 use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtEndpoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn key(n: u8) -> Psk {
-    Psk::from_bytes([n; 32])
-}
-
-async fn bounded<T>(secs: u64, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test timed out")
-}
 
 /// A server on its own thread and tokio runtime, so that it can die without sending anything:
 /// [`Server::kill`] tears the runtime down, dropping the socket and every connection unsent.

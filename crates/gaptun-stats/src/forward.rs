@@ -2,13 +2,10 @@
 //! and the bytes that went through them, counted as they move (a long download shows while it
 //! runs).
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use gaptun_apps::ByteCounter;
 
 use crate::schema::ForwardRow;
 
@@ -43,10 +40,7 @@ impl ForwardStats {
     pub fn count<S>(self: &Arc<Self>, stream: S) -> Counted<S> {
         self.streams_open.fetch_add(1, Ordering::Relaxed);
         self.streams_total.fetch_add(1, Ordering::Relaxed);
-        Counted {
-            inner: stream,
-            stats: Arc::clone(self),
-        }
+        Counted::new(stream, StreamCounter(Arc::clone(self)))
     }
 
     /// The figures now (rates left at zero: the collector measures them).
@@ -66,59 +60,26 @@ impl ForwardStats {
 }
 
 /// A tunnel stream counted into a [`ForwardStats`].
+pub type Counted<S> = gaptun_apps::Counted<S, StreamCounter>;
+
+/// One stream's share of a [`ForwardStats`]: writes go up the tunnel, reads come down, and
+/// the stream stops being "open" when this is dropped (with its [`Counted`]).
 #[derive(Debug)]
-pub struct Counted<S> {
-    inner: S,
-    stats: Arc<ForwardStats>,
-}
+pub struct StreamCounter(Arc<ForwardStats>);
 
-impl<S> Counted<S> {
-    /// The stream being counted (for what it carries besides bytes, such as its connection's
-    /// datagrams).
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+impl ByteCounter for StreamCounter {
+    fn read(&self, n: u64) {
+        self.0.down.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn written(&self, n: u64) {
+        self.0.up.fetch_add(n, Ordering::Relaxed);
     }
 }
 
-impl<S> Drop for Counted<S> {
+impl Drop for StreamCounter {
     fn drop(&mut self) {
-        self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len().saturating_sub(before);
-        self.stats.down.fetch_add(n as u64, Ordering::Relaxed);
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = res {
-            self.stats.up.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

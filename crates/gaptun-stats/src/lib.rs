@@ -18,7 +18,7 @@ pub mod prom;
 pub mod schema;
 
 pub use collect::{COLLECT_INTERVAL, Collector, HISTORY_POINTS, Sources};
-pub use forward::{Counted, ForwardStats};
+pub use forward::{Counted, ForwardStats, StreamCounter};
 pub use http::{Credentials, Dashboard, DashboardError, open_dashboard_warning};
 pub use schema::{
     ConnSnapshot, ExposeRow, ForwardRow, History, HistoryPoint, PathRow, SCHEMA_VERSION,

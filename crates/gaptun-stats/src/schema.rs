@@ -127,7 +127,7 @@ pub struct ConnSnapshot {
     pub fec_parity_bytes: u64,
     /// Lost packets rebuilt from the peer's parity.
     pub fec_packets_rebuilt: u64,
-    /// Unreliable datagrams (UDP forwards and SOCKS5 UDP): sent, received, dropped because a
+    /// Unreliable datagrams (UDP forwards, SOCKS5 UDP and UDP exposes): sent, received, dropped because a
     /// queue was full or a piece never came, and frames lost on the path (never resent).
     pub datagrams_sent: u64,
     pub datagrams_received: u64,

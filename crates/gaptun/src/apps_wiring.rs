@@ -114,10 +114,12 @@ impl StreamOpener for CountingOpener {
     }
 }
 
-/// One tunnel connection as the expose code sees it: the server opens visitor streams on it,
-/// the client registers on it and accepts them.
+/// One tunnel connection as the expose code sees it: the client registers on it and accepts
+/// the server's visitor streams. The pool opener is there for its datagram flows: a UDP
+/// visitor's flow must go through the same mux as the forwards' flows of that connection (a
+/// second mux would take their datagrams).
 #[derive(Debug, Clone)]
-pub struct ConnHandle(pub RtConnection);
+pub struct ConnHandle(pub RtConnection, pub PoolOpener);
 
 impl StreamOpener for ConnHandle {
     type Stream = RtStream;
@@ -125,6 +127,11 @@ impl StreamOpener for ConnHandle {
     fn open(&self) -> impl Future<Output = io::Result<RtStream>> + Send {
         let conn = self.0.clone();
         async move { conn.open_stream().await }
+    }
+
+    /// UDP exposes carry their visitors' datagrams on flows when the server offers them.
+    fn flows(&self, stream: &RtStream) -> Option<FlowMux> {
+        self.1.flows(stream)
     }
 }
 

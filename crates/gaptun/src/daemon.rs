@@ -495,6 +495,7 @@ async fn connect(
 /// every new connection (after reconnects), logging refusals from then on.
 async fn start_exposes(
     pool: &ClientPool,
+    opener: &PoolOpener,
     client: ExposeClient,
 ) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
     let mut feed = pool.connection_feed();
@@ -502,7 +503,7 @@ async fn start_exposes(
         .recv()
         .await
         .ok_or_else(|| anyhow!("no connection to register the exposes on"))?;
-    let registration = client.register(ConnHandle(first)).await?;
+    let registration = client.register(ConnHandle(first, opener.clone())).await?;
     if !registration.refusals().is_empty() {
         let lines: Vec<String> = registration
             .refusals()
@@ -512,11 +513,12 @@ async fn start_exposes(
         bail!("{}", lines.join("\n"));
     }
     tokio::spawn(registration.serve());
+    let opener = opener.clone();
     Ok(async move {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let forward = async move {
             while let Some(conn) = feed.recv().await {
-                if tx.send(ConnHandle(conn)).is_err() {
+                if tx.send(ConnHandle(conn, opener.clone())).is_err() {
                     return;
                 }
             }
@@ -567,7 +569,8 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         auth: s.socks_auth.clone(),
         ..SocksConfig::default()
     };
-    let (mut apps, forwards) = start_apps(listeners, &PoolOpener::new(pool.clone()), socks);
+    let opener = PoolOpener::new(pool.clone());
+    let (mut apps, forwards) = start_apps(listeners, &opener, socks);
     let window = Arc::new(AtomicU64::new(window));
     let (collector, stats_tasks) = start_stats(
         Sources {
@@ -592,7 +595,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         }
     };
     if let Some(client) = expose_client {
-        let exposes = start_exposes(&pool, client).await;
+        let exposes = start_exposes(&pool, &opener, client).await;
         match exposes {
             Ok(task) => {
                 apps.spawn(task);

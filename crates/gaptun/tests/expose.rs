@@ -171,3 +171,133 @@ fn expose_refusal_and_restart_after_sigkill() {
         started.elapsed()
     );
 }
+
+/// A local UDP service echoing every datagram.
+fn udp_echo() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
+/// `ctl stats json` of a daemon, parsed.
+fn stats(name: &str) -> serde_json::Value {
+    let control = socket_path(name);
+    let out = bin()
+        .args([
+            "ctl",
+            "--socket",
+            control.to_str().unwrap(),
+            "stats",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `--expose udp:PORT=LOCAL` between two daemons: a visitor's 100 datagrams (up to 8000 bytes,
+/// several packets each) come back from a UDP echo service intact and in order, carried as
+/// transport datagrams (the connection's datagram counters show them), not on a stream.
+#[test]
+fn udp_expose_echoes_in_order_over_transport_datagrams() {
+    let tunnel = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A port below the ephemeral range that is free for UDP too.
+    let exposed = (free_tcp_port(3)..u16::MAX)
+        .find(|p| UdpSocket::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap();
+    let _server = server(tunnel, &exposed.to_string());
+    let echo = udp_echo();
+    let _client = Proc(
+        client(tunnel, &format!("udp:{exposed}=127.0.0.1:{echo}"), "udp-c")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let visitor = UdpSocket::bind("127.0.0.1:0").unwrap();
+    visitor.connect(("127.0.0.1", exposed)).unwrap();
+    visitor
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    // Until the client has registered and the relay runs, datagrams are lost: retry.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        visitor.send(b"hello").unwrap();
+        if visitor.recv(&mut buf).is_ok_and(|n| &buf[..n] == b"hello") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no echo through udp:{exposed}");
+    }
+    while visitor.recv(&mut buf).is_ok() {}
+
+    let sizes = [4usize, 512, 1400, 8000];
+    let sent: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| {
+            let mut d: Vec<u8> = (0..sizes[i as usize % sizes.len()])
+                .map(|j| (j as u32 ^ i.wrapping_mul(2_654_435_761)) as u8)
+                .collect();
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            d
+        })
+        .collect();
+    visitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    for d in &sent {
+        visitor.send(d).unwrap();
+        let n = visitor.recv(&mut buf).unwrap();
+        got.push(buf[..n].to_vec());
+    }
+    for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+        assert!(g == s, "echo {i} differs");
+    }
+    // Datagrams and their order are kept when several are in flight at once.
+    let burst: Vec<&Vec<u8>> = sent.iter().take(20).collect();
+    for d in &burst {
+        visitor.send(d).unwrap();
+    }
+    for (i, d) in burst.iter().enumerate() {
+        let n = visitor.recv(&mut buf).unwrap();
+        assert!(
+            &buf[..n] == d.as_slice(),
+            "burst echo {i} differs or came out of order"
+        );
+    }
+
+    // The daemons publish their figures periodically: wait for them to catch up.
+    let counted = |v: &serde_json::Value, field: &str| v[field].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = stats("udp-c")["connections"][0].clone();
+        let s = stats(&format!("server-{tunnel}"))["connections"][0].clone();
+        let done = counted(&c, "datagrams_sent") >= 120
+            && counted(&c, "datagrams_received") >= 120
+            && counted(&s, "datagrams_sent") >= 120;
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not carried as datagrams: client {c}, server {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

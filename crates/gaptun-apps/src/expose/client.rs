@@ -21,9 +21,10 @@ use tracing::{debug, info, warn};
 use super::datagram;
 use super::proxy_header;
 use super::spec::{ExposeKind, ExposeSpec};
-use super::stats::{Counted, ExposeSnapshot, ExposeStats, Side};
+use super::stats::{ExposeSnapshot, ExposeStats, Side, counted};
 use super::wire::{Entry, MAX_ENTRIES, Register, Status, VisitorHeader, WireError, read_verdicts};
 use crate::addr::TargetAddr;
+use crate::flow::{FlowMux, FlowRx, FlowTx};
 use crate::idle::Activity;
 use crate::pump;
 use crate::request::{Command, ReplyCode, RequestError, TunnelReply, TunnelRequest};
@@ -315,6 +316,9 @@ impl<C: StreamOpener> Registration<C> {
         if !granted.iter().any(|g| *g) {
             return;
         }
+        // The connection's datagram flows (shared with anything else on it that uses them),
+        // for UDP visitors the server puts on a flow.
+        let flows = conn.flows(&control);
         info!(
             "exposes registered: {}",
             client
@@ -342,8 +346,9 @@ impl<C: StreamOpener> Registration<C> {
                     let Some(stream) = stream else { break };
                     let client = client.clone();
                     let granted = Arc::clone(&granted);
+                    let flows = flows.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = client.serve_visitor(stream, &granted).await {
+                        if let Err(e) = client.serve_visitor(stream, &granted, flows.as_ref()).await {
                             debug!("expose visitor: {e}");
                         }
                     });
@@ -366,6 +371,10 @@ enum VisitorError {
     Timeout,
     #[error("{0} port {1} is not one we exposed: stream reset")]
     NotOurs(ExposeKind, u16),
+    #[error("the server put a UDP visitor on flow {0}, but this connection has no datagram flows")]
+    NoFlows(u32),
+    #[error("the server put a UDP visitor on flow {0}, which is already in use")]
+    FlowTaken(u32),
     #[error("dialling {0}:{1} failed: {2}")]
     Dial(String, u16, #[source] io::Error),
     #[error("{0}")]
@@ -373,7 +382,12 @@ enum VisitorError {
 }
 
 impl ExposeClient {
-    async fn serve_visitor<S>(&self, mut stream: S, granted: &[bool]) -> Result<(), VisitorError>
+    async fn serve_visitor<S>(
+        &self,
+        mut stream: S,
+        granted: &[bool],
+        flows: Option<&FlowMux>,
+    ) -> Result<(), VisitorError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -408,7 +422,7 @@ impl ExposeClient {
                     let h = proxy_header::header(version, header.source, header.destination);
                     local.write_all(&h).await?;
                 }
-                let local = Counted::new(local, Arc::clone(stats), Side::Service);
+                let local = counted(local, Arc::clone(stats), Side::Service);
                 pump::relay(stream, local).await?;
             }
             ExposeKind::Udp => {
@@ -425,7 +439,18 @@ impl ExposeClient {
                     .connect(target)
                     .await
                     .map_err(|e| VisitorError::Dial(host.to_owned(), port, e))?;
-                relay_udp_visitor(stream, &socket, stats, config.udp_idle_timeout).await?;
+                let idle = config.udp_idle_timeout;
+                match header.flow {
+                    Some(id) => {
+                        let flow = flows
+                            .ok_or(VisitorError::NoFlows(id))?
+                            .attach(id)
+                            .ok_or(VisitorError::FlowTaken(id))?;
+                        let tag = TargetAddr::Ip(header.source);
+                        relay_udp_flow(stream, flow, &tag, &socket, stats, idle).await?;
+                    }
+                    None => relay_udp_visitor(stream, &socket, stats, idle).await?,
+                }
             }
         }
         Ok(())
@@ -457,12 +482,7 @@ where
     let to_visitor = async {
         let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
         loop {
-            let n = match socket.recv(&mut buf).await {
-                Ok(n) => n,
-                // A refused earlier datagram (ICMP) is reported here: keep going.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
-            };
+            let n = recv_from_local(socket, &mut buf).await?;
             activity.touch();
             let payload = buf.get(..n).unwrap_or_default();
             stats.add_to_visitors(n as u64);
@@ -473,6 +493,72 @@ where
         r = to_service => r,
         r = to_visitor => r,
         () = activity.idle_for(idle) => Ok(()),
+    }
+}
+
+/// Datagrams of one UDP visitor between its flow and the socket connected to LOCAL; the stream
+/// only marks the visitor's lifetime. Ends when the server ends the stream, the connection
+/// ends, or nothing moved for `idle` (then the stream is finished, which ends the server's
+/// side too).
+async fn relay_udp_flow<S>(
+    stream: S,
+    (tx, mut rx): (FlowTx, FlowRx),
+    tag: &TargetAddr,
+    socket: &UdpSocket,
+    stats: &ExposeStats,
+    idle: Duration,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let activity = Activity::new();
+    let to_service = async {
+        while let Some((_, payload)) = rx.recv().await {
+            activity.touch();
+            stats.add_to_service(payload.len() as u64);
+            // LOCAL not listening (ICMP refused) or a full buffer: dropped, as UDP would.
+            let _ = socket.send(&payload).await;
+        }
+        io::Result::Ok(())
+    };
+    let to_visitor = async {
+        let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
+        loop {
+            let n = recv_from_local(socket, &mut buf).await?;
+            activity.touch();
+            let payload = buf.get(..n).unwrap_or_default();
+            match tx.send(tag, payload) {
+                Ok(()) => stats.add_to_visitors(n as u64),
+                // Larger than the server accepts: dropped, as a too-large datagram would be.
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let ended = async {
+        let mut sink = [0u8; 64];
+        while r.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let result = tokio::select! {
+        r = to_service => r,
+        r = to_visitor => r,
+        r = ended => r,
+        () = activity.idle_for(idle) => Ok(()),
+    };
+    let _ = w.shutdown().await;
+    result
+}
+
+/// The next datagram from LOCAL. A refused earlier datagram (ICMP, LOCAL not listening) is
+/// reported on the connected socket as an error: skipped, as UDP would.
+async fn recv_from_local(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket.recv(buf).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            other => return other,
+        }
     }
 }
 

@@ -1,9 +1,7 @@
-//! How a UDP expose carries one visitor's datagrams between server and client.
-//!
-//! Today: on the visitor's own stream, each datagram as `length u16 | payload` (the stream is
-//! per visitor, so no address is needed). This is the seam for unreliable datagrams: when the
-//! transport gains them, a UDP expose sends its datagrams there (tagged with the visitor
-//! stream's ID) and keeps the stream for set-up and teardown only; nothing else changes.
+//! How a UDP expose carries one visitor's datagrams on the visitor's own stream, each as
+//! `length u16 | payload` (the stream is per visitor, so no address is needed). This is the
+//! fallback for a client connection without transport datagrams; otherwise the visitor's
+//! datagrams ride a flow ([`crate::flow`]) and the stream only marks its lifetime.
 
 use std::io;
 

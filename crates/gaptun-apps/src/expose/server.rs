@@ -19,8 +19,10 @@ use tracing::{debug, info, warn};
 
 use super::datagram;
 use super::spec::{ExposeKind, PortRange, PortSet};
-use super::stats::{Counted, ExposeSnapshot, ExposeStats, Side};
+use super::stats::{ExposeSnapshot, ExposeStats, Side, counted};
 use super::wire::{Entry, Register, Status, Verdict, VisitorHeader, encode_verdicts};
+use crate::addr::TargetAddr;
+use crate::flow::{FlowMux, FlowRx, FlowTx};
 use crate::idle::Activity;
 use crate::policy::TargetPolicy;
 use crate::pump;
@@ -71,7 +73,7 @@ pub struct ExposePeer<O> {
     pub allowed: Option<Arc<PortSet>>,
     /// The connection's datagram flows, for the UDP relays its client asks for
     /// ([`crate::flow`]); `None`: UDP relays ride on their streams.
-    pub flows: Option<crate::flow::FlowMux>,
+    pub flows: Option<FlowMux>,
 }
 
 /// The expose server: shared by every client connection of a gaptun server.
@@ -104,8 +106,9 @@ struct Table<O> {
 struct Claim<O> {
     owner: Arc<str>,
     instance: u64,
-    /// The sessions serving the port, oldest first; visitors go round-robin.
-    sessions: Vec<(u64, O)>,
+    /// The sessions serving the port, oldest first, each with its connection's datagram flows;
+    /// visitors go round-robin.
+    sessions: Vec<(u64, O, Option<FlowMux>)>,
     turn: usize,
     listener: AbortHandle,
     /// Shared by the ports registered in one entry.
@@ -196,7 +199,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         }
         let mut reply = TunnelReply {
             code: ReplyCode::Succeeded,
-            bound: crate::addr::TargetAddr::unspecified(),
+            bound: TargetAddr::unspecified(),
         }
         .encode();
         reply.extend_from_slice(&encode_verdicts(&verdicts));
@@ -277,7 +280,9 @@ impl<O: StreamOpener> ExposeServer<O> {
                     claim.sessions.clear();
                     claim.instance = instance;
                 }
-                claim.sessions.push((session, peer.opener.clone()));
+                claim
+                    .sessions
+                    .push((session, peer.opener.clone(), peer.flows.clone()));
             }
         }
         for (port, socket) in bound {
@@ -293,7 +298,7 @@ impl<O: StreamOpener> ExposeServer<O> {
                 Claim {
                     owner: Arc::clone(&peer.owner),
                     instance,
-                    sessions: vec![(session, peer.opener.clone())],
+                    sessions: vec![(session, peer.opener.clone(), peer.flows.clone())],
                     turn: 0,
                     listener,
                     stats: Arc::clone(&stats),
@@ -360,7 +365,7 @@ impl<O: StreamOpener> ExposeServer<O> {
     fn release(&self, session: u64) {
         let mut table = self.lock();
         table.claims.retain(|(kind, port), claim| {
-            claim.sessions.retain(|(s, _)| *s != session);
+            claim.sessions.retain(|(s, _, _)| *s != session);
             if claim.sessions.is_empty() {
                 claim.listener.abort();
                 info!(owner = %claim.owner, "{kind} port {port} released: listener closed");
@@ -371,8 +376,9 @@ impl<O: StreamOpener> ExposeServer<O> {
         });
     }
 
-    /// The session to send the next visitor of a port to (round-robin).
-    fn pick(&self, kind: ExposeKind, port: u16) -> Option<O> {
+    /// The session to send the next visitor of a port to (round-robin): its opener and its
+    /// connection's flows.
+    fn pick(&self, kind: ExposeKind, port: u16) -> Option<(O, Option<FlowMux>)> {
         let mut table = self.lock();
         let claim = table.claims.get_mut(&(kind, port))?;
         let n = claim.sessions.len();
@@ -380,7 +386,10 @@ impl<O: StreamOpener> ExposeServer<O> {
             return None;
         }
         claim.turn = claim.turn.wrapping_add(1);
-        claim.sessions.get(claim.turn % n).map(|(_, o)| o.clone())
+        claim
+            .sessions
+            .get(claim.turn % n)
+            .map(|(_, o, f)| (o.clone(), f.clone()))
     }
 
     /// Per expose entry (ports registered together), its current figures.
@@ -433,7 +442,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         port: u16,
         stats: Arc<ExposeStats>,
     ) -> io::Result<()> {
-        let Some(opener) = self.pick(ExposeKind::Tcp, port) else {
+        let Some((opener, _)) = self.pick(ExposeKind::Tcp, port) else {
             return Ok(());
         };
         let _guard = stats.visitor();
@@ -445,6 +454,7 @@ impl<O: StreamOpener> ExposeServer<O> {
             port,
             source: visitor,
             destination,
+            flow: None,
         }
         .encode(&mut flight);
         let head = flight.len();
@@ -458,7 +468,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         stats.add_to_service(first as u64);
         stream.write_all(&flight).await?;
         drop(flight);
-        pump::relay(Counted::new(tcp, stats, Side::Visitor), stream).await?;
+        pump::relay(counted(tcp, stats, Side::Visitor), stream).await?;
         Ok(())
     }
 
@@ -501,7 +511,7 @@ impl<O: StreamOpener> ExposeServer<O> {
 
     /// Opens a stream for a new UDP visitor and relays its datagrams until it is idle.
     fn start_udp_visitor(&self, udp: &Arc<UdpPort>, visitor: SocketAddr, first: Vec<u8>) {
-        let Some(opener) = self.pick(ExposeKind::Udp, udp.port) else {
+        let Some((opener, flows)) = self.pick(ExposeKind::Udp, udp.port) else {
             return;
         };
         let (tx, rx) = mpsc::channel(UDP_QUEUE);
@@ -514,8 +524,9 @@ impl<O: StreamOpener> ExposeServer<O> {
                 port: udp.port,
                 source: visitor,
                 destination: udp.destination,
+                flow: None,
             };
-            if let Err(e) = udp_visitor(opener, header, first, rx, &udp, idle).await {
+            if let Err(e) = udp_visitor(opener, flows, header, first, rx, &udp, idle).await {
                 debug!(%visitor, port = udp.port, "udp visitor: {e}");
             }
             let mut map = udp.visitors();
@@ -541,9 +552,98 @@ impl UdpPort {
     }
 }
 
-/// One UDP visitor: its stream to the client, datagrams both ways, ended when idle.
+/// One UDP visitor: its stream to the client, datagrams both ways, ended when idle. When the
+/// client's connection takes datagrams, the visitor gets a flow and its datagrams go as
+/// transport datagrams (a lost one stays lost); otherwise they are framed on the stream.
 async fn udp_visitor<O: StreamOpener>(
     opener: O,
+    flows: Option<FlowMux>,
+    mut header: VisitorHeader,
+    first: Vec<u8>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    udp: &UdpPort,
+    idle: Duration,
+) -> io::Result<()> {
+    let _guard = udp.stats.visitor();
+    let stream = opener.open().await?;
+    let flow = flows
+        .filter(FlowMux::usable)
+        .and_then(|mux| mux.open_from_server());
+    match flow {
+        Some((id, tx, frx)) => {
+            header.flow = Some(id);
+            udp_visitor_on_flow(stream, header, first, rx, (tx, frx), udp, idle).await
+        }
+        None => udp_visitor_on_stream(stream, header, first, rx, udp, idle).await,
+    }
+}
+
+/// A UDP visitor whose datagrams ride a flow; its stream carries the header and then only
+/// marks the visitor's lifetime (the client finishing or resetting it ends the visitor).
+async fn udp_visitor_on_flow<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    header: VisitorHeader,
+    first: Vec<u8>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    (tx, mut frx): (FlowTx, FlowRx),
+    udp: &UdpPort,
+    idle: Duration,
+) -> io::Result<()> {
+    let (socket, stats) = (&udp.socket, &udp.stats);
+    let visitor = header.source;
+    let tag = TargetAddr::Ip(visitor);
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut head = Vec::with_capacity(64);
+    header.encode(&mut head);
+    w.write_all(&head).await?;
+    // Sent right behind the header: the client keeps it until it has attached the flow.
+    let send = |d: &[u8]| match tx.send(&tag, d) {
+        Ok(()) => {
+            stats.add_to_service(d.len() as u64);
+            Ok(())
+        }
+        // Larger than the client accepts: dropped, as a too-large UDP datagram would be.
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+        Err(e) => Err(e),
+    };
+    send(&first)?;
+    let activity = Activity::new();
+    let up = async {
+        while let Some(d) = rx.recv().await {
+            activity.touch();
+            send(&d)?;
+        }
+        io::Result::Ok(())
+    };
+    let down = async {
+        // `None`: the connection has ended.
+        while let Some((_, payload)) = frx.recv().await {
+            activity.touch();
+            stats.add_to_visitors(payload.len() as u64);
+            // A full socket buffer drops the datagram, as UDP would.
+            let _ = socket.send_to(&payload, visitor).await;
+        }
+        io::Result::Ok(())
+    };
+    let ended = async {
+        let mut sink = [0u8; 64];
+        while r.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let result = tokio::select! {
+        r = up => r,
+        r = down => r,
+        r = ended => r,
+        () = activity.idle_for(idle) => Ok(()),
+    };
+    let _ = w.shutdown().await;
+    result
+}
+
+/// A UDP visitor whose datagrams are framed on its stream (a client connection without
+/// datagrams).
+async fn udp_visitor_on_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     header: VisitorHeader,
     first: Vec<u8>,
     mut rx: mpsc::Receiver<Vec<u8>>,
@@ -551,9 +651,7 @@ async fn udp_visitor<O: StreamOpener>(
     idle: Duration,
 ) -> io::Result<()> {
     let (socket, stats) = (&udp.socket, &udp.stats);
-    let _guard = stats.visitor();
     let visitor = header.source;
-    let stream = opener.open().await?;
     let (mut r, mut w) = tokio::io::split(stream);
     let mut flight = Vec::with_capacity(64 + first.len());
     header.encode(&mut flight);

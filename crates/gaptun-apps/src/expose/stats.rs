@@ -1,17 +1,13 @@
 //! Counters per expose (for `ctl stats`): visitors now and in total, bytes both ways.
 //!
-//! Bytes are counted as they move ([`Counted`]), not when a connection closes, so a long
+//! Bytes are counted as they move ([`counted`]), not when a connection closes, so a long
 //! download shows up while it runs.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::spec::{ExposeKind, PortRange};
+use crate::counted::{ByteCounter, Counted};
 
 /// Live counters of one expose, shared by its ports and visitors.
 #[derive(Debug, Default)]
@@ -88,69 +84,36 @@ pub(crate) enum Side {
     Service,
 }
 
-/// A socket whose reads and writes are counted into an expose's stats.
-pub(crate) struct Counted<S> {
-    inner: S,
+/// An expose's stats seen from one side: the [`ByteCounter`] of a counted socket.
+#[derive(Debug)]
+pub(crate) struct ExposeCounter {
     stats: Arc<ExposeStats>,
     side: Side,
 }
 
-impl<S> Counted<S> {
-    pub(crate) fn new(inner: S, stats: Arc<ExposeStats>, side: Side) -> Self {
-        Self { inner, stats, side }
-    }
-
-    fn count_read(&self, n: usize) {
+impl ByteCounter for ExposeCounter {
+    fn read(&self, n: u64) {
         match self.side {
-            Side::Visitor => self.stats.add_to_service(n as u64),
-            Side::Service => self.stats.add_to_visitors(n as u64),
+            Side::Visitor => self.stats.add_to_service(n),
+            Side::Service => self.stats.add_to_visitors(n),
         }
     }
 
-    fn count_written(&self, n: usize) {
+    fn written(&self, n: u64) {
         match self.side {
-            Side::Visitor => self.stats.add_to_visitors(n as u64),
-            Side::Service => self.stats.add_to_service(n as u64),
+            Side::Visitor => self.stats.add_to_visitors(n),
+            Side::Service => self.stats.add_to_service(n),
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.count_read(n);
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = res {
-            self.count_written(n);
-        }
-        res
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// `inner` (a visitor's or the service's socket) counted into `stats`.
+pub(crate) fn counted<S>(
+    inner: S,
+    stats: Arc<ExposeStats>,
+    side: Side,
+) -> Counted<S, ExposeCounter> {
+    Counted::new(inner, ExposeCounter { stats, side })
 }
 
 #[cfg(test)]
@@ -165,11 +128,11 @@ mod tests {
         let ports = PortRange::new(80, 81).unwrap();
         let guard = stats.visitor();
         let (near, mut far) = tokio::io::duplex(1024);
-        let mut counted = Counted::new(near, Arc::clone(&stats), Side::Visitor);
+        let mut visitor = counted(near, Arc::clone(&stats), Side::Visitor);
         far.write_all(b"request").await.unwrap();
         let mut buf = [0u8; 7];
-        counted.read_exact(&mut buf).await.unwrap();
-        counted.write_all(b"response!").await.unwrap();
+        visitor.read_exact(&mut buf).await.unwrap();
+        visitor.write_all(b"response!").await.unwrap();
         let snap = stats.snapshot(ExposeKind::Tcp, ports);
         assert_eq!((snap.visitors_now, snap.visitors_total), (1, 1), "{snap:?}");
         assert_eq!((snap.bytes_to_service, snap.bytes_to_visitors), (7, 9));
@@ -178,7 +141,7 @@ mod tests {
         let snap = stats.snapshot(ExposeKind::Tcp, ports);
         assert_eq!((snap.visitors_now, snap.visitors_total), (1, 2));
 
-        let mut service = Counted::new(&mut far, Arc::clone(&stats), Side::Service);
+        let mut service = counted(&mut far, Arc::clone(&stats), Side::Service);
         let mut nine = [0u8; 9];
         service.read_exact(&mut nine).await.unwrap();
         service.write_all(b"x").await.unwrap();

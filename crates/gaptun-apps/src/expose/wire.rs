@@ -5,8 +5,12 @@
 //! register  (after request VER=1 CMD=0x10 0.0.0.0:0):
 //!           instance u64 | count u8 | count × (kind u8 | first u16 | last u16 | proxy u8)
 //! reply     (after REP=0x00 0.0.0.0:0): count u8 | count × (status u8 | port u16)
-//! visitor:  VER=1 | kind u8 | port u16 | source address | destination address | payload
+//! visitor:  VER=1 | kind u8 | port u16 | source address | destination address
+//!           | (kind 3 only: flow id u32) | payload
 //! ```
+//!
+//! Kind 3 is a UDP visitor whose datagrams travel as transport datagrams on the named flow
+//! ([`crate::flow`]); kind 2, a UDP visitor whose datagrams are framed on the stream.
 //!
 //! Readers never read past what they decode: a visitor header is followed by the visitor's
 //! first bytes in the same flight.
@@ -22,6 +26,9 @@ use crate::addr::{AddrError, TargetAddr};
 
 /// Version byte of a visitor header.
 pub(crate) const VISITOR_VERSION: u8 = 1;
+
+/// Kind byte of a UDP visitor whose datagrams ride a flow (only in visitor headers).
+const KIND_UDP_FLOW: u8 = 3;
 
 /// Most entries one REGISTER may carry.
 pub(crate) const MAX_ENTRIES: usize = u8::MAX as usize;
@@ -222,16 +229,27 @@ pub(crate) struct VisitorHeader {
     pub(crate) source: SocketAddr,
     /// The server's address the visitor connected to (for the PROXY header).
     pub(crate) destination: SocketAddr,
+    /// UDP only: the flow (opened by the server) that carries the visitor's datagrams as
+    /// transport datagrams; `None`: they are framed on the stream.
+    pub(crate) flow: Option<u32>,
 }
 
 impl VisitorHeader {
     /// Appends the header to `out`.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.push(VISITOR_VERSION);
-        out.push(self.kind.to_byte());
+        let flow = self.flow.filter(|_| self.kind == ExposeKind::Udp);
+        out.push(if flow.is_some() {
+            KIND_UDP_FLOW
+        } else {
+            self.kind.to_byte()
+        });
         out.extend_from_slice(&self.port.to_be_bytes());
         TargetAddr::Ip(self.source).encode(out);
         TargetAddr::Ip(self.destination).encode(out);
+        if let Some(id) = flow {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
     }
 
     /// Reads one header and nothing more.
@@ -240,16 +258,28 @@ impl VisitorHeader {
         if version != VISITOR_VERSION {
             return Err(WireError::BadVersion(version));
         }
-        let kind = r.read_u8().await?;
-        let kind = ExposeKind::from_byte(kind).ok_or(WireError::BadKind(kind))?;
+        let byte = r.read_u8().await?;
+        let (kind, on_flow) = match byte {
+            KIND_UDP_FLOW => (ExposeKind::Udp, true),
+            other => (
+                ExposeKind::from_byte(other).ok_or(WireError::BadKind(other))?,
+                false,
+            ),
+        };
         let port = r.read_u16().await?;
         let source = read_ip(r).await?;
         let destination = read_ip(r).await?;
+        let flow = if on_flow {
+            Some(r.read_u32().await?)
+        } else {
+            None
+        };
         Ok(Self {
             kind,
             port,
             source,
             destination,
+            flow,
         })
     }
 }
@@ -368,6 +398,7 @@ mod tests {
             port: 2222,
             source: "203.0.113.9:40000".parse().unwrap(),
             destination: "[2001:db8::1]:2222".parse().unwrap(),
+            flow: None,
         };
         let mut bytes = Vec::new();
         h.encode(&mut bytes);
@@ -394,5 +425,38 @@ mod tests {
             VisitorHeader::read_from(&mut &bytes[..10]).await,
             Err(WireError::Truncated)
         ));
+    }
+
+    #[tokio::test]
+    async fn udp_visitor_on_a_flow_names_the_flow() {
+        let h = VisitorHeader {
+            kind: ExposeKind::Udp,
+            port: 51820,
+            source: "198.51.100.4:6000".parse().unwrap(),
+            destination: "192.0.2.1:51820".parse().unwrap(),
+            flow: Some(0x8000_0005),
+        };
+        let mut bytes = Vec::new();
+        h.encode(&mut bytes);
+        assert_eq!(&bytes[..4], &[1, 3, 0xca, 0x6c]);
+        assert_eq!(bytes.len(), 4 + 7 + 7 + 4);
+        assert_eq!(&bytes[18..], &[0x80, 0, 0, 5]);
+        bytes.push(0xee);
+        let mut r = &bytes[..];
+        assert_eq!(VisitorHeader::read_from(&mut r).await.unwrap(), h);
+        assert_eq!(r, [0xee]);
+        assert!(matches!(
+            VisitorHeader::read_from(&mut &bytes[..20]).await,
+            Err(WireError::Truncated)
+        ));
+        // A TCP visitor never carries a flow, even if one is set by mistake.
+        let tcp = VisitorHeader {
+            kind: ExposeKind::Tcp,
+            ..h
+        };
+        let mut bytes = Vec::new();
+        tcp.encode(&mut bytes);
+        assert_eq!(bytes[1], 1);
+        assert_eq!(bytes.len(), 4 + 7 + 7);
     }
 }

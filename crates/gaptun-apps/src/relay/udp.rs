@@ -67,6 +67,34 @@ impl Shared {
     fn is_peer(&self, peer: &SocketAddr) -> bool {
         self.peers.lock().is_ok_and(|peers| peers.contains(peer))
     }
+
+    /// The next datagram from a contacted peer: its length in `buf` and its source. Datagrams
+    /// from anyone else are dropped. Receive errors are skipped (ICMP errors such as port
+    /// unreachable surface here on some systems) unless [`MAX_RECV_ERRORS`] come in a row,
+    /// which means the socket itself is failing.
+    async fn recv_from_peer(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), RelayError> {
+        let mut errors = 0;
+        loop {
+            let (n, from) = match self.sockets.recv(buf).await {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    debug!("udp receive error: {e}");
+                    errors += 1;
+                    if errors >= MAX_RECV_ERRORS {
+                        return Err(RelayError::Io(e));
+                    }
+                    continue;
+                }
+            };
+            if self.is_peer(&from) {
+                return Ok((n, from));
+            }
+            // A good receive ends a run of errors, even if its datagram is dropped.
+            errors = 0;
+            debug!(%from, "udp datagram from an uncontacted peer dropped");
+        }
+    }
 }
 
 /// Serves a UDP relay request on `stream` (the request header has been read).
@@ -224,25 +252,8 @@ async fn flow_uplink(
 /// UDP -> flow: each datagram from a contacted peer, tagged with its source address.
 async fn flow_downlink(tx: &FlowTx, shared: &Shared) -> Result<(), RelayError> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut errors = 0;
     loop {
-        let (n, from) = match shared.sockets.recv(&mut buf).await {
-            Ok(got) => got,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                debug!("udp receive error: {e}");
-                errors += 1;
-                if errors >= MAX_RECV_ERRORS {
-                    return Err(RelayError::Io(e));
-                }
-                continue;
-            }
-        };
-        errors = 0;
-        if !shared.is_peer(&from) {
-            debug!(%from, "udp datagram from an uncontacted peer dropped");
-            continue;
-        }
+        let (n, from) = shared.recv_from_peer(&mut buf).await?;
         let payload = buf.get(..n).unwrap_or_default();
         match tx.send(&TargetAddr::Ip(from), payload) {
             Ok(()) => shared.touch(),
@@ -420,27 +431,8 @@ async fn downlink<W: AsyncWrite + Unpin>(
 ) -> Result<(), RelayError> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut frame = Vec::with_capacity(MAX_DATAGRAM + 32);
-    let mut errors = 0;
     loop {
-        let (n, from) = match shared.sockets.recv(&mut buf).await {
-            Ok(got) => got,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                // ICMP errors (port unreachable) surface here on some systems; not fatal
-                // unless the socket keeps failing.
-                debug!("udp receive error: {e}");
-                errors += 1;
-                if errors >= MAX_RECV_ERRORS {
-                    return Err(RelayError::Io(e));
-                }
-                continue;
-            }
-        };
-        errors = 0;
-        if !shared.is_peer(&from) {
-            debug!(%from, "udp datagram from an uncontacted peer dropped");
-            continue;
-        }
+        let (n, from) = shared.recv_from_peer(&mut buf).await?;
         frame.clear();
         let payload = buf.get(..n).unwrap_or_default();
         if encode_udp_frame(&TargetAddr::Ip(from), payload, &mut frame).is_err() {

@@ -1,5 +1,5 @@
 //! Writes valid seed inputs for the gaptun-apps fuzz targets into `fuzz/corpus/<target>/`:
-//! `cargo run -p gaptun-apps --example fuzz_seeds`.
+//! `cargo run -p gaptun-apps --example apps_fuzz_seeds`.
 
 use std::path::PathBuf;
 
