@@ -62,6 +62,29 @@ pub struct EndpointStats {
     pub dropped_at_capacity: u64,
 }
 
+impl EndpointStats {
+    /// Adds `other`'s counters to ours (the shards of one server, reported as one).
+    pub fn merge(&mut self, other: &Self) {
+        // Destructured in full, so that a new counter cannot be forgotten here.
+        let Self {
+            dropped_unauthenticated,
+            dropped_replayed_handshakes,
+            accepted,
+            resets_sent,
+            resets_received,
+            dropped_over_budget,
+            dropped_at_capacity,
+        } = *other;
+        self.dropped_unauthenticated += dropped_unauthenticated;
+        self.dropped_replayed_handshakes += dropped_replayed_handshakes;
+        self.accepted += accepted;
+        self.resets_sent += resets_sent;
+        self.resets_received += resets_received;
+        self.dropped_over_budget += dropped_over_budget;
+        self.dropped_at_capacity += dropped_at_capacity;
+    }
+}
+
 /// Why `connect` failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConnectError {
