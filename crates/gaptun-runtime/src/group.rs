@@ -109,12 +109,25 @@ impl Group {
         if let [only] = parts {
             return EndpointSnapshot::clone(only);
         }
+        let taken = parts
+            .iter()
+            .map(|p| p.taken)
+            .max()
+            .unwrap_or_else(Instant::now);
         let mut endpoint = EndpointStats::default();
         let mut connections = Vec::new();
         let mut shards = Vec::with_capacity(parts.len());
         for (index, part) in parts.iter().enumerate() {
             endpoint.merge(&part.endpoint);
-            connections.extend(part.connections.iter().cloned());
+            // Ages as of the merged snapshot's time, so that `taken - age` (when a connection
+            // was created: how readers tell a connection from its successor) stays the same
+            // whichever shard published last.
+            let later = taken.saturating_duration_since(part.taken);
+            connections.extend(part.connections.iter().map(|c| {
+                let mut c = c.clone();
+                c.age += later;
+                c
+            }));
             shards.push(ShardFigures {
                 connections: part.connections.len(),
                 passed_in: self
@@ -130,14 +143,118 @@ impl Group {
         }
         connections.sort_by_key(|c| c.handle);
         EndpointSnapshot {
-            taken: parts
-                .iter()
-                .map(|p| p.taken)
-                .max()
-                .unwrap_or_else(Instant::now),
+            taken,
             endpoint,
             connections,
             shards,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use gaptun_proto::{ConnectionHandle, ConnectionStats};
+
+    use super::*;
+    use crate::endpoint::ConnectionInfo;
+
+    fn conn(handle: usize, age_ms: u64, bytes: u64) -> ConnectionInfo {
+        ConnectionInfo {
+            handle: ConnectionHandle(handle),
+            remote: "127.0.0.1:9".parse().expect("addr"),
+            established: true,
+            age: Duration::from_millis(age_ms),
+            stats: ConnectionStats {
+                bytes_received: bytes,
+                ..ConnectionStats::default()
+            },
+            key_index: 0,
+            carrier: "udp",
+        }
+    }
+
+    fn part(
+        taken: Instant,
+        conns: Vec<ConnectionInfo>,
+        stats: EndpointStats,
+    ) -> Arc<EndpointSnapshot> {
+        Arc::new(EndpointSnapshot {
+            taken,
+            endpoint: stats,
+            shards: vec![ShardFigures {
+                connections: conns.len(),
+                busy: Duration::from_millis(7),
+                ..ShardFigures::default()
+            }],
+            connections: conns,
+        })
+    }
+
+    /// Two shards that published 40 ms apart: counters add up, connections come in handle
+    /// order, and each connection's creation time (`taken - age`, how the stats collector
+    /// tells a connection from its successor) is what its own shard said. Merging without
+    /// the age correction made the collector count a connection twice.
+    #[test]
+    fn merge_sums_counters_and_keeps_creation_times() {
+        let (group, _inboxes) = Group::new(2);
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(40);
+        let a = part(
+            t0,
+            vec![conn(0, 1000, 5), conn(2, 10, 6)],
+            EndpointStats {
+                accepted: 2,
+                ..EndpointStats::default()
+            },
+        );
+        let b = part(
+            t1,
+            vec![conn(1, 500, 7)],
+            EndpointStats {
+                accepted: 1,
+                dropped_unauthenticated: 3,
+                ..EndpointStats::default()
+            },
+        );
+        group.pass(
+            1,
+            Passed {
+                carrier: CarrierId(0),
+                from: "127.0.0.1:9".parse().expect("addr"),
+                data: vec![1, 2, 3],
+            },
+        );
+        let merged = group.merge(&[Arc::clone(&a), Arc::clone(&b)]);
+        assert_eq!(merged.taken, t1);
+        assert_eq!(merged.endpoint.accepted, 3);
+        assert_eq!(merged.endpoint.dropped_unauthenticated, 3);
+        let handles: Vec<usize> = merged.connections.iter().map(|c| c.handle.0).collect();
+        assert_eq!(handles, [0, 1, 2]);
+        for c in &merged.connections {
+            let own = [&a, &b]
+                .into_iter()
+                .find_map(|p| {
+                    p.connections
+                        .iter()
+                        .find(|o| o.handle == c.handle)
+                        .map(|o| p.taken - o.age)
+                })
+                .expect("from a part");
+            assert_eq!(merged.taken - c.age, own, "{:?}", c.handle);
+        }
+        let shards: Vec<(usize, u64)> = merged
+            .shards
+            .iter()
+            .map(|s| (s.connections, s.passed_in))
+            .collect();
+        assert_eq!(shards, [(2, 0), (1, 1)]);
+        assert!(
+            merged
+                .shards
+                .iter()
+                .all(|s| s.busy == Duration::from_millis(7))
+        );
     }
 }
