@@ -138,7 +138,7 @@ impl Group {
                     .dropped
                     .get(index)
                     .map_or(0, |n| n.load(Ordering::Relaxed)),
-                busy: part.shards.first().map_or(Default::default(), |s| s.busy),
+                busy: part.shards.first().map(|s| s.busy).unwrap_or_default(),
             });
         }
         connections.sort_by_key(|c| c.handle);
