@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -20,7 +20,7 @@ use crate::config::{EndpointConfig, TransportConfig};
 use crate::connection::{Connection, ConnectionInit, UnixClock};
 use crate::crypto::HeaderKey;
 use crate::handshake::{
-    self, Admission, HandshakeKey, ReplayCache, ReplayJournal, ReplayRecord, TransportParams,
+    self, Admission, HandshakeKey, ReplayJournal, ReplayRecord, TransportParams,
 };
 use crate::packet::{self, ConnectionId};
 use crate::reset::StatelessReset;
@@ -28,11 +28,14 @@ use crate::shared::{CarrierId, PathAddr, Side, Transmit};
 
 mod limits;
 mod seed;
+mod shard;
 
 pub use limits::{LimitHit, LimitKind};
 pub use seed::{RngSeed, SeedError, SeedOrigin};
 
 use limits::Limits;
+use shard::{Common, ShardPos};
+pub use shard::{MAX_SHARDS, ShardError};
 
 /// Names a connection within its endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,6 +60,29 @@ pub struct EndpointStats {
     pub dropped_over_budget: u64,
     /// Authentic Initials dropped because a connection cap was reached.
     pub dropped_at_capacity: u64,
+}
+
+impl EndpointStats {
+    /// Adds `other`'s counters to ours (the shards of one server, reported as one).
+    pub fn merge(&mut self, other: &Self) {
+        // Destructured in full, so that a new counter cannot be forgotten here.
+        let Self {
+            dropped_unauthenticated,
+            dropped_replayed_handshakes,
+            accepted,
+            resets_sent,
+            resets_received,
+            dropped_over_budget,
+            dropped_at_capacity,
+        } = *other;
+        self.dropped_unauthenticated += dropped_unauthenticated;
+        self.dropped_replayed_handshakes += dropped_replayed_handshakes;
+        self.accepted += accepted;
+        self.resets_sent += resets_sent;
+        self.resets_received += resets_received;
+        self.dropped_over_budget += dropped_over_budget;
+        self.dropped_at_capacity += dropped_at_capacity;
+    }
 }
 
 /// Why `connect` failed.
@@ -93,7 +119,13 @@ pub struct Endpoint {
     by_cid: HashMap<ConnectionId, ConnectionHandle>,
     next_handle: usize,
     incoming: VecDeque<ConnectionHandle>,
-    replay: ReplayCache,
+    /// Replay cache, limits and the live-connection count: shared by every shard of a server
+    /// (see [`Endpoint::new_sharded`]), so that an Initial replayed from another address (which
+    /// the kernel may hand to another shard) is still refused, and caps count all connections.
+    common: Arc<Mutex<Common>>,
+    /// Which shard this endpoint is, of how many: the shard is encoded in the connection IDs it
+    /// issues, so that a datagram that reached the wrong one can be passed on.
+    shard: ShardPos,
     /// Server: connections whose client has not confirmed the handshake yet, by address, so a
     /// retransmitted Initial (its Response was lost) gets the Response again.
     unconfirmed: HashMap<PathAddr, ConnectionHandle>,
@@ -101,8 +133,6 @@ pub struct Endpoint {
     transmit_order: VecDeque<ConnectionHandle>,
     /// Connection IDs, and answering or recognising stateless resets.
     reset: StatelessReset,
-    /// Server: handshake budget, connection caps and per-key accounting.
-    limits: Limits,
     stats: EndpointStats,
 }
 
@@ -117,6 +147,51 @@ impl Endpoint {
         now: Instant,
         unix_time: Duration,
     ) -> Self {
+        let common = Arc::new(Mutex::new(Common::new(&config, unix_time)));
+        Self::with_common(config, seed, now, unix_time, common, ShardPos::SOLE)
+    }
+
+    /// Creates the shards of one server, one per seed (one per core, each driven on its own):
+    /// each owns the connections whose handshake reached it, and issues connection IDs that
+    /// name it, so [`handle_datagram`](Self::handle_datagram) can say where a datagram that
+    /// arrived at the wrong shard (after the client changed address) belongs. They share the
+    /// replay cache and the limits; their connection handles never collide.
+    pub fn new_sharded(
+        config: Arc<EndpointConfig>,
+        seeds: Vec<RngSeed>,
+        now: Instant,
+        unix_time: Duration,
+    ) -> Result<Vec<Self>, ShardError> {
+        let count = seeds.len();
+        if count == 0 || count > MAX_SHARDS {
+            return Err(ShardError::Count(count));
+        }
+        let common = Arc::new(Mutex::new(Common::new(&config, unix_time)));
+        Ok(seeds
+            .into_iter()
+            .enumerate()
+            .map(|(index, seed)| {
+                let pos = ShardPos { index, count };
+                Self::with_common(
+                    Arc::clone(&config),
+                    seed,
+                    now,
+                    unix_time,
+                    Arc::clone(&common),
+                    pos,
+                )
+            })
+            .collect())
+    }
+
+    fn with_common(
+        config: Arc<EndpointConfig>,
+        seed: RngSeed,
+        now: Instant,
+        unix_time: Duration,
+        common: Arc<Mutex<Common>>,
+        shard: ShardPos,
+    ) -> Self {
         let seed_origin = seed.origin();
         let keys = config
             .psks
@@ -126,10 +201,6 @@ impl Endpoint {
             })
             .collect();
         let handshake_keys = config.psks.iter().map(HandshakeKey::new).collect();
-        let mut replay = ReplayCache::new(config.handshake_window);
-        // Until persisted state is loaded, nothing is known about Initials accepted before this
-        // start: refuse every one stamped earlier.
-        replay.refuse_stamped_before(unix_time);
         Self {
             transport: Arc::new(config.transport.clone()),
             keys,
@@ -142,25 +213,39 @@ impl Endpoint {
             },
             connections: HashMap::new(),
             by_cid: HashMap::new(),
-            next_handle: 0,
+            next_handle: shard.index,
             incoming: VecDeque::new(),
-            replay,
+            common,
+            shard,
             unconfirmed: HashMap::new(),
             transmit_order: VecDeque::new(),
             reset: StatelessReset::new(&config.psks),
-            limits: Limits::new(config.limits),
             stats: EndpointStats::default(),
             config,
         }
     }
 
-    /// A connection ID no live connection uses.
+    /// The state shared with the other shards, locked (only on handshakes and when
+    /// connections come and go, never per packet).
+    fn common(&self) -> MutexGuard<'_, Common> {
+        self.common.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection ID no live connection uses, naming this shard (when there are several and
+    /// IDs are tagged: about `count` draws).
     fn new_cid(&mut self) -> ConnectionId {
         loop {
             let cid = self.reset.issue_cid(&mut self.rng);
-            if !self.by_cid.contains_key(&cid) {
-                return cid;
+            if self.by_cid.contains_key(&cid) {
+                continue;
             }
+            if self.shard.count > 1
+                && self.reset.is_issued(&cid)
+                && shard::shard_of(&cid, self.shard.count) != self.shard.index
+            {
+                continue;
+            }
+            return cid;
         }
     }
 
@@ -180,7 +265,10 @@ impl Endpoint {
 
     fn insert(&mut self, conn: Connection) -> ConnectionHandle {
         let handle = ConnectionHandle(self.next_handle);
-        self.next_handle += 1;
+        // Shards number their connections apart (index, index + count, ...), so a handle names
+        // one connection across the whole server (limits and statistics rely on it).
+        self.next_handle += self.shard.count;
+        self.common().live += 1;
         self.by_cid.insert(conn.local_cid(), handle);
         self.connections.insert(handle, conn);
         self.transmit_order.push_back(handle);
@@ -218,27 +306,48 @@ impl Endpoint {
     }
 
     /// A datagram arrived on `carrier` from `from`.
+    ///
+    /// Returns `Some(shard)` when the datagram belongs to a connection of another shard of this
+    /// server (see [`new_sharded`](Self::new_sharded)): it was left untouched, and the caller
+    /// passes it to that shard's `handle_datagram`. Always `None` for an endpoint on its own.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         carrier: CarrierId,
         from: SocketAddr,
         data: &mut [u8],
-    ) {
+    ) -> Option<usize> {
         let from = PathAddr::new(carrier, from);
         if let Some(handle) = self.route(data)
             && let Some(conn) = self.connections.get_mut(&handle)
         {
             conn.handle_datagram(now, from, data);
-            return;
+            return None;
+        }
+        if let Some(shard) = self.other_shard(data) {
+            return Some(shard);
         }
         if self.config.server && self.try_accept(now, from, data) {
-            return;
+            return None;
         }
         if self.stateless_reset(now, from, data) {
-            return;
+            return None;
         }
         self.stats.dropped_unauthenticated += 1;
+        None
+    }
+
+    /// The other shard whose connection ID `data` carries, under any key. Only IDs with this
+    /// server's tag count, so junk is not passed around (it fails the tag but for 2^-32).
+    fn other_shard(&self, data: &[u8]) -> Option<usize> {
+        if self.shard.count < 2 {
+            return None;
+        }
+        self.keys.iter().find_map(|slot| {
+            let cid = packet::peek_cid(&slot.header_key, data)?;
+            let shard = shard::shard_of(&cid, self.shard.count);
+            (shard != self.shard.index && self.reset.is_issued(&cid)).then_some(shard)
+        })
     }
 
     /// The connection a datagram belongs to: by masked connection ID, or (client) by the
@@ -318,15 +427,25 @@ impl Endpoint {
         let server_cid = self.new_cid();
         let params = self.server_params();
         let unix = self.clock.unix_time(now);
+        // Held through the Noise work: handshakes of all shards take turns, the data path never
+        // waits for this lock.
+        let mut common = self.common.lock().unwrap_or_else(PoisonError::into_inner);
+        let Common {
+            replay,
+            limits,
+            live,
+        } = &mut *common;
         let mut gate = Gate {
-            limits: &mut self.limits,
+            limits,
+            live: *live,
             connections: &self.connections,
+            shards: self.shard.count,
             now,
             from: from.remote,
         };
         let accepted = handshake::accept_initial(
             &self.handshake_keys,
-            &mut self.replay,
+            replay,
             data,
             server_cid,
             &params,
@@ -336,6 +455,7 @@ impl Endpoint {
             &mut self.rng,
             &mut gate,
         );
+        drop(common);
         let accepted = match accepted {
             Ok(a) => a,
             Err(handshake::HandshakeError::Replayed) => {
@@ -367,7 +487,7 @@ impl Endpoint {
             data.len(),
         );
         let handle = self.insert(conn);
-        self.limits.on_accepted(handle, accepted.psk_index);
+        self.common().limits.on_accepted(handle, accepted.psk_index);
         self.unconfirmed.insert(from, handle);
         self.incoming.push_back(handle);
         self.stats.accepted += 1;
@@ -444,10 +564,13 @@ impl Endpoint {
             .map(|(&h, _)| h)
             .collect();
         for handle in drained {
+            let mut common = self.common.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(conn) = self.connections.remove(&handle) {
                 self.by_cid.remove(&conn.local_cid());
+                common.live = common.live.saturating_sub(1);
             }
-            self.limits.on_removed(handle);
+            common.limits.on_removed(handle);
+            drop(common);
             self.transmit_order.retain(|h| *h != handle);
             self.unconfirmed.retain(|_, h| *h != handle);
             self.incoming.retain(|h| *h != handle);
@@ -511,25 +634,25 @@ impl Endpoint {
         unix_time: Duration,
         records: impl IntoIterator<Item = ReplayRecord>,
     ) {
-        self.replay.load(unix_time, records);
+        self.common().replay.load(unix_time, records);
     }
 
     /// Server: the handshakes accepted since the last call (to append to persistent storage
     /// before their Responses are sent) and whether the cache dropped a generation (storage can
     /// then be compacted to [`Endpoint::replay_records`]).
     pub fn take_replay_journal(&mut self) -> ReplayJournal {
-        self.replay.take_journal()
+        self.common().replay.take_journal()
     }
 
     /// Server: every replay record still remembered.
     pub fn replay_records(&self) -> Vec<ReplayRecord> {
-        self.replay.records()
+        self.common().replay.records()
     }
 
     /// Initials dropped by the handshake budget or a connection cap since the last call, per
     /// bound and key, for a rate-limited log line (the caller maps key indices to names).
     pub fn poll_limit_hits(&mut self) -> Vec<LimitHit> {
-        self.limits.take_hits()
+        self.common().limits.take_hits()
     }
 
     /// Counters.
@@ -541,7 +664,12 @@ impl Endpoint {
 /// The endpoint's [`Admission`]: the handshake budget before Noise work, the caps after.
 struct Gate<'a> {
     limits: &'a mut Limits,
+    /// Live connections of all shards.
+    live: usize,
+    /// This shard's connections.
     connections: &'a HashMap<ConnectionHandle, Connection>,
+    /// How many shards share the limits.
+    shards: usize,
     now: Instant,
     from: SocketAddr,
 }
@@ -552,12 +680,16 @@ impl Admission for Gate<'_> {
     }
 
     fn may_accept(&mut self, key_index: usize) -> bool {
-        let connections = self.connections;
-        self.limits.admit(key_index, connections.len(), || {
+        let (connections, shards) = (self.connections, self.shards);
+        // Half-open connections are counted in this shard only (they change state inside the
+        // connections, out of sight of the shared state) and scaled up: handshakes spread
+        // evenly over the shards, so each gets its share of the cap.
+        self.limits.admit(key_index, self.live, || {
             connections
                 .values()
                 .filter(|c| c.is_unconfirmed_server())
                 .count()
+                .saturating_mul(shards)
         })
     }
 }

@@ -209,6 +209,14 @@ impl StatelessReset {
         }
     }
 
+    /// Whether `cid` carries this server's tag (it could have issued it). Always false without
+    /// keys.
+    pub(crate) fn is_issued(&self, cid: &ConnectionId) -> bool {
+        self.cid_auth
+            .as_ref()
+            .is_some_and(|auth| auth.is_issued(cid))
+    }
+
     /// A fresh connection ID for this endpoint to receive on.
     pub(crate) fn issue_cid(&self, rng: &mut dyn RngCore) -> ConnectionId {
         match &self.cid_auth {

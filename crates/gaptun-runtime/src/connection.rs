@@ -27,25 +27,36 @@ pub struct RtConnection {
 /// connection.
 #[derive(Debug)]
 pub(crate) struct ConnRef {
+    /// Keeps the endpoint open while the connection is used.
     pub(crate) endpoint: Arc<EndpointRef>,
+    /// The shard that owns the connection (the endpoint's only one unless sharded).
+    pub(crate) shared: Arc<Shared>,
     pub(crate) meta: Arc<ConnMeta>,
 }
 
 impl Drop for ConnRef {
     fn drop(&mut self) {
-        close(&self.endpoint.shared, &self.meta, 0, b"");
+        close(&self.shared, &self.meta, 0, b"");
     }
 }
 
 impl RtConnection {
-    pub(crate) fn new(endpoint: Arc<EndpointRef>, meta: Arc<ConnMeta>) -> Self {
+    pub(crate) fn new(
+        endpoint: Arc<EndpointRef>,
+        shared: Arc<Shared>,
+        meta: Arc<ConnMeta>,
+    ) -> Self {
         Self {
-            inner: Arc::new(ConnRef { endpoint, meta }),
+            inner: Arc::new(ConnRef {
+                endpoint,
+                shared,
+                meta,
+            }),
         }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
-        &self.inner.endpoint.shared
+        &self.inner.shared
     }
 
     pub(crate) fn meta(&self) -> &ConnMeta {
@@ -141,10 +152,7 @@ impl RtConnection {
     /// This connection's unreliable datagrams, as a handle that does not keep the connection
     /// open (see [`RtDatagrams`]).
     pub fn datagrams(&self) -> RtDatagrams {
-        RtDatagrams::new(
-            Arc::clone(&self.inner.endpoint.shared),
-            Arc::clone(&self.inner.meta),
-        )
+        RtDatagrams::new(Arc::clone(&self.inner.shared), Arc::clone(&self.inner.meta))
     }
 
     /// Largest datagram [`RtConnection::send_datagram`] takes; `None` if the peer does not

@@ -7,7 +7,8 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use tracing::{debug, trace, warn};
 use crate::carrier::{self, Carrier, CarrierTransmit, RecvBuffers};
 use crate::endpoint::EndpointSnapshot;
 use crate::error::RtError;
+use crate::group::Passed;
 use crate::replay_state::ReplayStore;
 use crate::state::{ConnState, MAX_PENDING_ACCEPTS, SNAPSHOT_INTERVAL, Shared, State, wake_all};
 
@@ -52,8 +54,15 @@ pub(crate) struct Driver {
     spare: Vec<Vec<u8>>,
     /// Datagrams the core may put into one transmit: the least any carrier can send at once.
     max_segments: usize,
-    /// Server: the replay state file, written before the Responses of the handshakes it records.
-    store: Option<ReplayStore>,
+    /// Server: the replay state file, written before the Responses of the handshakes it records
+    /// (shared by the shards, whose replay cache is one).
+    store: Option<Arc<Mutex<ReplayStore>>>,
+    /// Datagrams other shards received for our connections.
+    inbox: tokio::sync::mpsc::Receiver<Passed>,
+    /// Datagrams we received for other shards' connections, passed on after the lock.
+    to_pass: Vec<(usize, Passed)>,
+    /// Reused buffer for taking datagrams out of `inbox`.
+    passed: Vec<Passed>,
     /// A failure to write the state file was logged (once is enough until it works again).
     store_failing: bool,
     /// When dropped Initials are reported next.
@@ -99,8 +108,16 @@ impl Drop for Driver {
 impl Driver {
     /// `max_payload`: the largest datagram the core sends and accepts. The carriers are those
     /// of the shared state, picked up again whenever they change.
-    pub(crate) fn new(shared: Arc<Shared>, max_payload: usize, store: Option<ReplayStore>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        max_payload: usize,
+        store: Option<Arc<Mutex<ReplayStore>>>,
+        inbox: tokio::sync::mpsc::Receiver<Passed>,
+    ) -> Self {
         let mut driver = Self {
+            inbox,
+            to_pass: Vec::new(),
+            passed: Vec::new(),
             shared,
             carriers: Vec::new(),
             max_payload,
@@ -156,6 +173,7 @@ impl Driver {
     /// Runs until the endpoint has closed.
     pub(crate) async fn run(mut self) {
         loop {
+            let started = Instant::now();
             self.sync_carriers();
             let recv_busy = match poll_fn(|cx| Poll::Ready(self.poll_receive(cx))).await {
                 Poll::Ready(busy) => busy,
@@ -163,6 +181,8 @@ impl Driver {
             };
             let step = self.step();
             let blocked = self.flush();
+            let worked = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.shared.busy_ns.fetch_add(worked, Ordering::Relaxed);
             if step.exit {
                 debug!(addr = %self.shared.local_addr, "endpoint driver finished");
                 break;
@@ -215,6 +235,10 @@ impl Driver {
             progress |= p;
             busy |= b;
         }
+        self.pass_on();
+        let (p, b) = self.poll_inbox(cx);
+        progress |= p;
+        busy |= b;
         if progress {
             Poll::Ready(busy)
         } else {
@@ -264,11 +288,60 @@ impl Driver {
                 let (from, datagrams) = slot.recv.datagrams(i);
                 for datagram in datagrams {
                     trace!(%from, carrier = slot.id.0, len = datagram.len(), "datagram in");
-                    state.endpoint.handle_datagram(now, slot.id, from, datagram);
+                    if let Some(shard) =
+                        state.endpoint.handle_datagram(now, slot.id, from, datagram)
+                    {
+                        // Another shard's connection (its client changed address): copied
+                        // once, handed over after the lock.
+                        let passed = Passed {
+                            carrier: slot.id,
+                            from,
+                            data: datagram.to_vec(),
+                        };
+                        self.to_pass.push((shard, passed));
+                    }
                 }
             }
         }
         (progress, true)
+    }
+
+    /// Hands the datagrams collected for other shards to them (and wakes their drivers).
+    fn pass_on(&mut self) {
+        if self.to_pass.is_empty() {
+            return;
+        }
+        let group = &self.shared.group;
+        for (shard, passed) in self.to_pass.drain(..) {
+            trace!(to = shard, from = %passed.from, "datagram passed to its shard");
+            group.pass(shard, passed);
+        }
+    }
+
+    /// Feeds the core what other shards passed us (a budget's worth): `(anything happened,
+    /// budget ran out)`.
+    fn poll_inbox(&mut self, cx: &mut Context<'_>) -> (bool, bool) {
+        const BUDGET: usize = 256;
+        self.passed.clear();
+        let n = match self.inbox.poll_recv_many(cx, &mut self.passed, BUDGET) {
+            Poll::Ready(n) => n,
+            Poll::Pending => return (false, false),
+        };
+        if n == 0 {
+            // Every sender is gone: the endpoint is being torn down.
+            return (false, false);
+        }
+        let mut state = self.shared.lock();
+        let now = Instant::now();
+        for passed in &mut self.passed {
+            // The datagram's shard is this one; should the core still point elsewhere (the
+            // connection went away meanwhile), it is dropped rather than passed around.
+            let _ =
+                state
+                    .endpoint
+                    .handle_datagram(now, passed.carrier, passed.from, &mut passed.data);
+        }
+        (true, n == BUDGET)
     }
 
     /// Timers, accepts, events and transmit collection, under one lock acquisition.
@@ -324,9 +397,8 @@ impl Driver {
             return;
         }
         self.next_snapshot = now + SNAPSHOT_INTERVAL;
-        self.shared
-            .snapshot
-            .send_replace(Arc::new(EndpointSnapshot::read(state, now)));
+        let part = EndpointSnapshot::read(state, now, self.shared.busy());
+        self.shared.group.publish(self.shared.index, Arc::new(part));
     }
 
     /// Appends the handshakes accepted since the last step to the state file, before their
@@ -335,6 +407,7 @@ impl Driver {
         let Some(store) = &mut self.store else {
             return;
         };
+        let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
         match store.persist(&mut state.endpoint) {
             Ok(()) => self.store_failing = false,
             Err(e) if !self.store_failing => {

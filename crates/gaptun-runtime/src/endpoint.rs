@@ -3,7 +3,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,7 @@ use crate::carrier::{Carrier, UdpCarrier};
 use crate::connection::RtConnection;
 use crate::driver::Driver;
 use crate::error::{ConnectError, RtError};
+use crate::group::Group;
 use crate::replay_state::ReplayStore;
 use crate::state::{Shared, register, wake_all};
 
@@ -67,11 +68,30 @@ pub struct EndpointSnapshot {
     pub endpoint: EndpointStats,
     /// Every live connection, in handle order.
     pub connections: Vec<ConnectionInfo>,
+    /// Each shard's figures, in shard order (one entry for an endpoint that is not sharded):
+    /// how evenly the kernel spread the clients, and how much each shard's driver worked.
+    pub shards: Vec<ShardFigures>,
+}
+
+/// One shard's figures (see [`RtEndpoint::bind_sharded`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardFigures {
+    /// Live connections the shard owns.
+    pub connections: usize,
+    /// Datagrams that reached another shard's socket and were handed to this one (a client
+    /// whose address changed, so the kernel's hash now picks another socket).
+    pub passed_in: u64,
+    /// Datagrams for this shard dropped because it was not taking them fast enough.
+    pub dropped_passing: u64,
+    /// Time the shard's driver spent working (receiving, timers, sending), since it started:
+    /// with one shard per core, each figure is close to that core's share of the work.
+    pub busy: Duration,
 }
 
 impl EndpointSnapshot {
-    /// Reads the figures out of the locked state.
-    pub(crate) fn read(state: &mut crate::state::State, now: Instant) -> Self {
+    /// Reads the figures out of the locked state of one shard, whose driver has been `busy`
+    /// that long.
+    pub(crate) fn read(state: &mut crate::state::State, now: Instant, busy: Duration) -> Self {
         let mut handles = state.endpoint.handles();
         handles.sort();
         let kinds: Vec<(CarrierId, &'static str)> = state
@@ -85,7 +105,7 @@ impl EndpointSnapshot {
                 .find(|(c, _)| *c == id)
                 .map_or("udp", |(_, kind)| *kind)
         };
-        let connections = handles
+        let connections: Vec<ConnectionInfo> = handles
             .into_iter()
             .filter_map(|handle| {
                 let conn = state.endpoint.connection(handle)?;
@@ -110,10 +130,16 @@ impl EndpointSnapshot {
                 })
             })
             .collect();
+        let shard = ShardFigures {
+            connections: connections.len(),
+            busy,
+            ..ShardFigures::default()
+        };
         Self {
             taken: now,
             endpoint: state.endpoint.stats(),
             connections,
+            shards: vec![shard],
         }
     }
 }
@@ -132,12 +158,23 @@ pub struct RtEndpoint {
 /// Shared by every user-facing handle; its drop starts the shutdown.
 #[derive(Debug)]
 pub(crate) struct EndpointRef {
-    pub(crate) shared: Arc<Shared>,
+    /// Every shard, the first one first: it makes the client connections and names the
+    /// carriers (each shard numbers the same carriers alike).
+    pub(crate) shards: Vec<Arc<Shared>>,
+}
+
+impl EndpointRef {
+    fn primary(&self) -> &Arc<Shared> {
+        // Never empty: `start` makes at least one shard.
+        &self.shards[0]
+    }
 }
 
 impl Drop for EndpointRef {
     fn drop(&mut self) {
-        close_all(&self.shared, 0, b"endpoint dropped");
+        for shard in &self.shards {
+            close_all(shard, 0, b"endpoint dropped");
+        }
     }
 }
 
@@ -198,10 +235,63 @@ impl RtEndpoint {
         mut config: EndpointConfig,
     ) -> io::Result<Self> {
         fit_to_carriers(&mut config.transport, &carriers);
+        Self::start(vec![carriers], config)
+    }
+
+    /// A server split into `shards` (one per core is the point): each binds its own UDP socket
+    /// on each of `addrs` (`SO_REUSEPORT`, so the kernel spreads clients over them by address)
+    /// and runs its own driver, lock and connections, so that the shards work in parallel with
+    /// nothing shared on the data path. A datagram that reaches the wrong shard (the client's
+    /// address changed) is handed to the right one, which the connection ID names. Handshake
+    /// admission (replay cache, budget, caps) is shared. `shards` is at least 1 (1 is
+    /// [`bind_all`](Self::bind_all)).
+    ///
+    /// An address already bound by anyone, another sharded server included, fails with
+    /// `AddrInUse` as with `bind_all`.
+    pub fn bind_sharded(
+        addrs: &[SocketAddr],
+        config: EndpointConfig,
+        shards: usize,
+    ) -> io::Result<Self> {
+        if shards <= 1 {
+            return Self::bind_all(addrs, config);
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
         let _guard = runtime.enter();
-        let Some(first) = carriers.first() else {
+        let mut per_shard: Vec<Vec<Arc<dyn Carrier>>> = vec![Vec::new(); shards];
+        for &addr in addrs {
+            let name = |e: io::Error| {
+                if addrs.len() > 1 {
+                    io::Error::new(e.kind(), format!("{addr}: {e}"))
+                } else {
+                    e
+                }
+            };
+            // Bound once without SO_REUSEPORT first: fails if anything holds the address
+            // (sockets with the option would otherwise share it with us), and picks the port
+            // when 0 was asked for.
+            let actual = std::net::UdpSocket::bind(addr)
+                .and_then(|probe| probe.local_addr())
+                .map_err(name)?;
+            for carriers in &mut per_shard {
+                let carrier = UdpCarrier::bind_shared(actual).map_err(name)?;
+                carriers.push(Arc::new(carrier));
+            }
+        }
+        Self::start(per_shard, config)
+    }
+
+    /// Starts one driver per entry of `shard_carriers` (each shard's carriers, numbered alike
+    /// in every shard).
+    fn start(
+        shard_carriers: Vec<Vec<Arc<dyn Carrier>>>,
+        config: EndpointConfig,
+    ) -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| io::Error::other(format!("gaptun endpoint needs a tokio runtime: {e}")))?;
+        let _guard = runtime.enter();
+        let Some(first) = shard_carriers.first().and_then(|c| c.first()) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "no address to bind",
@@ -213,34 +303,55 @@ impl RtEndpoint {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         let state_file = config.state_file.clone().filter(|_| config.server);
-        // 256 bits from the OS: the client's ephemeral keys come from this RNG.
-        let seed = RngSeed::from_os().map_err(io::Error::other)?;
-        let mut endpoint = Endpoint::new(Arc::new(config), seed, Instant::now(), unix_time);
-        let store = match &state_file {
-            Some(path) => Some(
-                ReplayStore::open(path, &mut endpoint, unix_time).map_err(|e| {
+        let count = shard_carriers.len();
+        // 256 bits from the OS for each shard: the client's ephemeral keys come from this RNG.
+        let seeds = (0..count)
+            .map(|_| RngSeed::from_os().map_err(io::Error::other))
+            .collect::<io::Result<Vec<_>>>()?;
+        let config = Arc::new(config);
+        let now = Instant::now();
+        let mut endpoints = match <[RngSeed; 1]>::try_from(seeds) {
+            Ok([seed]) => vec![Endpoint::new(config, seed, now, unix_time)],
+            Err(seeds) => {
+                Endpoint::new_sharded(config, seeds, now, unix_time).map_err(io::Error::other)?
+            }
+        };
+        // The shards share one replay cache: loading it through the first loads it for all.
+        let store = match (&state_file, endpoints.first_mut()) {
+            (Some(path), Some(endpoint)) => Some(Arc::new(Mutex::new(
+                ReplayStore::open(path, endpoint, unix_time).map_err(|e| {
                     io::Error::new(
                         e.kind(),
                         format!("replay state file {}: {e}", path.display()),
                     )
                 })?,
-            ),
-            None => None,
+            ))),
+            _ => None,
         };
-        let shared = Arc::new(Shared::new(endpoint, local_addr));
+        let (group, inboxes) = Group::new(count);
+        let mut shards = Vec::with_capacity(count);
+        for (index, ((endpoint, carriers), inbox)) in endpoints
+            .into_iter()
+            .zip(shard_carriers)
+            .zip(inboxes)
+            .enumerate()
         {
-            let mut state = shared.lock();
-            for carrier in carriers {
-                state.add_carrier(carrier);
+            let shared = Arc::new(Shared::new(endpoint, local_addr, Arc::clone(&group), index));
+            {
+                let mut state = shared.lock();
+                for carrier in carriers {
+                    state.add_carrier(carrier);
+                }
             }
+            spawn_driver(
+                &runtime,
+                Driver::new(Arc::clone(&shared), max_payload, store.clone(), inbox),
+            );
+            shards.push(shared);
         }
-        spawn_driver(
-            &runtime,
-            Driver::new(Arc::clone(&shared), max_payload, store),
-        );
-        debug!(addr = %local_addr, "endpoint bound");
+        debug!(addr = %local_addr, shards = count, "endpoint bound");
         Ok(Self {
-            inner: Arc::new(EndpointRef { shared }),
+            inner: Arc::new(EndpointRef { shards }),
         })
     }
 
@@ -248,8 +359,13 @@ impl RtEndpoint {
         Self { inner }
     }
 
+    /// The first shard (the only one unless sharded).
     fn shared(&self) -> &Shared {
-        &self.inner.shared
+        self.inner.primary()
+    }
+
+    fn shards(&self) -> &[Arc<Shared>] {
+        &self.inner.shards
     }
 
     /// The bound address (with the actual port when 0 was asked for); with several carriers,
@@ -267,6 +383,12 @@ impl RtEndpoint {
     /// returns its number, which paths name. Fails only once the endpoint has used up all
     /// 65 536 numbers.
     pub fn add_carrier(&self, carrier: Arc<dyn Carrier>) -> io::Result<CarrierId> {
+        if self.shards().len() > 1 {
+            // Every shard would need its own socket for it, numbered alike.
+            return Err(io::Error::other(
+                "carriers cannot be added to a sharded endpoint",
+            ));
+        }
         let reliable = carrier.reliable();
         let id = {
             let mut state = self.shared().lock();
@@ -283,8 +405,10 @@ impl RtEndpoint {
     /// Stops using carrier `id`: the driver drops it (closing its socket) at its next round.
     /// Packets the core still sends on it are lost, and recovered like any loss.
     pub fn remove_carrier(&self, id: CarrierId) {
-        self.shared().lock().remove_carrier(id);
-        self.shared().kick();
+        for shard in self.shards() {
+            shard.lock().remove_carrier(id);
+            shard.kick();
+        }
     }
 
     /// Connects to `remote`, resolving once the handshake completes.
@@ -336,7 +460,11 @@ impl RtEndpoint {
         };
         self.shared().kick();
         // Created before waiting so that cancelling this future closes the half-open connection.
-        let conn = RtConnection::new(Arc::clone(&self.inner), meta);
+        let conn = RtConnection::new(
+            Arc::clone(&self.inner),
+            Arc::clone(self.inner.primary()),
+            meta,
+        );
         poll_fn(|cx| {
             let mut state = conn.shared().lock();
             match state.conn(conn.meta()) {
@@ -355,79 +483,101 @@ impl RtEndpoint {
 
     /// The next connection a client opened to us; `None` once the endpoint is closing.
     pub async fn accept(&self) -> Option<RtConnection> {
-        let meta = poll_fn(|cx| {
-            let mut state = self.shared().lock();
-            if let Some(meta) = state.incoming.pop_front() {
-                return Poll::Ready(Some(meta));
+        let (shard, meta) = poll_fn(|cx| {
+            // Each shard is checked and, if it has nothing, waited on under one lock, so a
+            // connection it queues after the check still wakes us.
+            for shard in self.shards() {
+                let mut state = shard.lock();
+                if let Some(meta) = state.incoming.pop_front() {
+                    return Poll::Ready(Some((Arc::clone(shard), meta)));
+                }
+                if state.closing_since.is_some() || state.failed.is_some() {
+                    return Poll::Ready(None);
+                }
+                register(&mut state.accept_wakers, cx.waker());
             }
-            if state.closing_since.is_some() || state.failed.is_some() {
-                return Poll::Ready(None);
-            }
-            register(&mut state.accept_wakers, cx.waker());
             Poll::Pending
         })
         .await?;
-        Some(RtConnection::new(Arc::clone(&self.inner), meta))
+        Some(RtConnection::new(Arc::clone(&self.inner), shard, meta))
     }
 
     /// Changes the receive window of every live connection and of those created later.
     pub fn set_receive_window(&self, bytes: u64) {
-        self.shared().lock().endpoint.set_receive_window(bytes);
-        self.shared().kick();
+        for shard in self.shards() {
+            shard.lock().endpoint.set_receive_window(bytes);
+            shard.kick();
+        }
     }
 
     /// Names the server's keys (by index, as in `EndpointConfig::server`) for log lines about
     /// them, such as the WARN for handshakes a per-key cap dropped: the application knows
     /// which user a key belongs to, the core only its position.
     pub fn set_key_names(&self, names: Vec<Arc<str>>) {
-        self.shared().lock().key_names = names;
+        for shard in self.shards() {
+            shard.lock().key_names = names.clone();
+        }
     }
 
-    /// Endpoint-wide counters.
+    /// Endpoint-wide counters (of every shard together).
     pub fn stats(&self) -> EndpointStats {
-        self.shared().lock().endpoint.stats()
+        let mut total = EndpointStats::default();
+        for shard in self.shards() {
+            total.merge(&shard.lock().endpoint.stats());
+        }
+        total
     }
 
     /// Figures of every live connection, in handle order, read now (under the lock).
     pub fn connection_stats(&self) -> Vec<ConnectionInfo> {
-        let mut state = self.shared().lock();
-        EndpointSnapshot::read(&mut state, Instant::now()).connections
+        self.read_now().connections.clone()
     }
 
-    /// The figures the driver published last (at most [`crate::SNAPSHOT_INTERVAL`] old while the
-    /// endpoint runs), read without touching the lock of the data path.
+    /// Every shard's figures read now (each under its lock, one after the other), merged and
+    /// published.
+    fn read_now(&self) -> Arc<EndpointSnapshot> {
+        let now = Instant::now();
+        let mut merged = None;
+        for shard in self.shards() {
+            let part = EndpointSnapshot::read(&mut shard.lock(), now, shard.busy());
+            merged = Some(shard.group.publish(shard.index, Arc::new(part)));
+        }
+        merged.unwrap_or_else(|| self.snapshot())
+    }
+
+    /// The figures the drivers published last (at most [`crate::SNAPSHOT_INTERVAL`] old while
+    /// the endpoint runs), read without touching the locks of the data path.
     pub fn snapshot(&self) -> Arc<EndpointSnapshot> {
-        self.shared().snapshot.borrow().clone()
+        self.shared().group.snapshot.borrow().clone()
     }
 
-    /// Reads the figures now (taking the lock once, like any handle operation) and publishes
-    /// them as the latest snapshot: for a display that must show what was just done.
+    /// Reads the figures now (taking each shard's lock once, like any handle operation) and
+    /// publishes them as the latest snapshot: for a display that must show what was just done.
     pub fn refresh_snapshot(&self) -> Arc<EndpointSnapshot> {
-        let snap = {
-            let mut state = self.shared().lock();
-            Arc::new(EndpointSnapshot::read(&mut state, Instant::now()))
-        };
-        self.shared().snapshot.send_replace(Arc::clone(&snap));
-        snap
+        self.read_now()
     }
 
-    /// A receiver of the driver's snapshots: changes every [`crate::SNAPSHOT_INTERVAL`].
+    /// A receiver of the drivers' snapshots: changes every [`crate::SNAPSHOT_INTERVAL`].
     pub fn watch_snapshot(&self) -> tokio::sync::watch::Receiver<Arc<EndpointSnapshot>> {
-        self.shared().snapshot.subscribe()
+        self.shared().group.snapshot.subscribe()
     }
 
     /// Closes every connection with `code` and `reason` (sent to the peers) and stops taking new
     /// ones. Returns at once; await [`RtEndpoint::wait_idle`] to let the CLOSE frames go out.
     pub fn close(&self, code: u64, reason: &[u8]) {
-        close_all(self.shared(), code, reason);
+        for shard in self.shards() {
+            close_all(shard, code, reason);
+        }
     }
 
-    /// Waits until the driver task has finished: after [`RtEndpoint::close`], once every
+    /// Waits until the driver tasks have finished: after [`RtEndpoint::close`], once every
     /// connection drained or a short linger passed.
     pub async fn wait_idle(&self) {
-        let mut done = self.shared().driver_done.subscribe();
-        // An error means the sender is gone, which only happens with the driver itself.
-        let _ = done.wait_for(|d| *d).await;
+        for shard in self.shards() {
+            let mut done = shard.driver_done.subscribe();
+            // An error means the sender is gone, which only happens with the driver itself.
+            let _ = done.wait_for(|d| *d).await;
+        }
     }
 
     /// [`close`](Self::close) and [`wait_idle`](Self::wait_idle), bounded by `limit`.

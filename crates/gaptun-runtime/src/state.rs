@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::carrier::Carrier;
 use crate::endpoint::EndpointSnapshot;
 use crate::error::RtError;
+use crate::group::Group;
 
 /// How often the driver publishes an [`EndpointSnapshot`]: often enough for a live page and
 /// a per-second rate, rare enough to cost nothing next to the data path.
@@ -36,16 +38,28 @@ pub(crate) struct Shared {
     pub(crate) driver_done: watch::Sender<bool>,
     /// The bound address.
     pub(crate) local_addr: SocketAddr,
-    /// The figures the driver published last (see [`SNAPSHOT_INTERVAL`]).
-    pub(crate) snapshot: watch::Sender<Arc<EndpointSnapshot>>,
+    /// The endpoint's shards (a group of one unless sharded) and their merged figures.
+    pub(crate) group: Arc<Group>,
+    /// This shard's position in `group`.
+    pub(crate) index: usize,
+    /// Nanoseconds the driver spent working (see `ShardFigures::busy`).
+    pub(crate) busy_ns: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn new(endpoint: Endpoint, local_addr: SocketAddr) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        local_addr: SocketAddr,
+        group: Arc<Group>,
+        index: usize,
+    ) -> Self {
         let mut state = State::new(endpoint);
-        let first = EndpointSnapshot::read(&mut state, Instant::now());
+        let first = EndpointSnapshot::read(&mut state, Instant::now(), Duration::ZERO);
+        group.publish(index, Arc::new(first));
         Self {
-            snapshot: watch::Sender::new(Arc::new(first)),
+            group,
+            index,
+            busy_ns: AtomicU64::new(0),
             state: Mutex::new(state),
             wake_driver: Notify::new(),
             driver_done: watch::Sender::new(false),
@@ -58,6 +72,11 @@ impl Shared {
     /// that and return errors instead of panicking in turn.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long the driver has worked so far.
+    pub(crate) fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
     }
 
     /// Asks the driver to run an iteration (poll_transmit and friends).

@@ -48,16 +48,13 @@ impl RtStream {
     /// The unreliable datagrams of the connection this stream belongs to (a handle that does
     /// not keep the connection open).
     pub fn datagrams(&self) -> crate::RtDatagrams {
-        crate::RtDatagrams::new(
-            Arc::clone(&self.conn.endpoint.shared),
-            Arc::clone(&self.conn.meta),
-        )
+        crate::RtDatagrams::new(Arc::clone(&self.conn.shared), Arc::clone(&self.conn.meta))
     }
 
     /// Abandons the sending half at once: queued data is dropped, the peer sees a reset.
     pub fn reset(&mut self, error_code: u64) {
         self.write_closed = true;
-        let shared = &self.conn.endpoint.shared;
+        let shared = &self.conn.shared;
         if let Ok((conn, _)) = shared.lock().conn(&self.conn.meta) {
             let _ = conn.reset_stream(self.id, error_code);
         }
@@ -67,7 +64,7 @@ impl RtStream {
     /// Asks the peer to stop sending; data still arriving is discarded.
     pub fn stop(&mut self, error_code: u64) {
         self.read_closed = true;
-        let shared = &self.conn.endpoint.shared;
+        let shared = &self.conn.shared;
         if let Ok((conn, _)) = shared.lock().conn(&self.conn.meta) {
             let _ = conn.stop_stream(self.id, error_code);
         }
@@ -111,7 +108,7 @@ impl AsyncRead for RtStream {
             return Poll::Ready(Ok(()));
         }
         let this = &mut *self;
-        let shared = &this.conn.endpoint.shared;
+        let shared = &this.conn.shared;
         let result = {
             let mut state = shared.lock();
             let (conn, cs) = state.conn(&this.conn.meta)?;
@@ -151,7 +148,7 @@ impl AsyncWrite for RtStream {
             return Poll::Ready(Ok(0));
         }
         let this = &mut *self;
-        let shared = &this.conn.endpoint.shared;
+        let shared = &this.conn.shared;
         let result = {
             let mut state = shared.lock();
             let (conn, cs) = state.conn(&this.conn.meta)?;
@@ -186,7 +183,7 @@ impl AsyncWrite for RtStream {
             return Poll::Ready(Ok(()));
         }
         let this = &mut *self;
-        let shared = &this.conn.endpoint.shared;
+        let shared = &this.conn.shared;
         let result = {
             let mut state = shared.lock();
             let (conn, _) = state.conn(&this.conn.meta)?;
@@ -204,7 +201,7 @@ impl AsyncWrite for RtStream {
 
 impl Drop for RtStream {
     fn drop(&mut self) {
-        let shared = &self.conn.endpoint.shared;
+        let shared = &self.conn.shared;
         {
             let mut state = shared.lock();
             let Ok((conn, cs)) = state.conn(&self.conn.meta) else {

@@ -163,6 +163,11 @@ settings_group! {
         /// Address the exposed ports listen on (`::` for dual stack).
         #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
         pub expose_bind: Option<IpAddr>,
+        /// Threads (shards) that serve the connections, each with its own socket on the
+        /// listen port(s), so a busy server uses that many cores; 1 to 256 [default: one per
+        /// core]. UDP only: a fake-TCP server runs one.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        pub threads: Option<u16>,
         /// Named users, each with its own key(s) and limits: `[users.NAME]` tables in the
         /// config file only (keys have no place on a command line). See [`UserOptions`].
         #[arg(skip)]

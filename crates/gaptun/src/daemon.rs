@@ -304,7 +304,7 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     };
     let dashboard = bind_dashboard(s.dashboard.as_ref()).await?;
     let endpoint = if s.carrier == CarrierChoice::Udp {
-        RtEndpoint::bind_all(&s.listen.addrs(), config)
+        RtEndpoint::bind_sharded(&s.listen.addrs(), config, s.threads)
             .map_err(|e| bind_error(&e, s.listen, "tunnel"))?
     } else {
         // TLS and QUIC join UDP and fake TCP in the one endpoint.
@@ -354,9 +354,9 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
     );
     let control = start_control(&s.control, endpoint.clone(), window, collector)?;
     if s.listen.last_port == s.listen.first.port() {
-        info!(listen = %endpoint.local_addr(), "gaptun server running");
+        info!(listen = %endpoint.local_addr(), threads = s.threads, "gaptun server running");
     } else {
-        info!(listen = %s.listen, ports = endpoint.carriers().len(), "gaptun server running");
+        info!(listen = %s.listen, ports = endpoint.carriers().len(), threads = s.threads, "gaptun server running");
     }
     tokio::select! {
         () = accept_loop(endpoint.clone(), users, expose) => {}

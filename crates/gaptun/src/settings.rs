@@ -103,6 +103,8 @@ pub struct ServerSettings {
     pub dashboard: Option<DashboardSettings>,
     pub transport: TransportConfig,
     pub carrier: CarrierChoice,
+    /// Shards serving the connections (see `ServerOptions::threads`).
+    pub threads: usize,
     /// The TLS and QUIC carriers' settings (used when `carrier` includes them).
     pub web: ServerWebCarriers,
 }
@@ -207,6 +209,7 @@ pub fn server(
             .unwrap_or_else(|| default_socket_path(Role::Server)),
         transport,
         carrier: common.carrier.unwrap_or_default(),
+        threads: server_threads(own.threads)?,
         web: ServerWebCarriers {
             tls_listen: own.tls_listen.context("no TLS listen address")?,
             quic_listen: own.quic_listen.context("no QUIC listen address")?,
@@ -221,6 +224,16 @@ pub fn server(
     let mut log = FileLog::from(log);
     log.notices = file.notices;
     Ok((settings, log))
+}
+
+/// The server's shard count: as given (the command line checks its range, a config file
+/// does not), or one per core.
+fn server_threads(given: Option<u16>) -> Result<usize> {
+    match given {
+        Some(n) if (1..=256).contains(&n) => Ok(usize::from(n)),
+        Some(n) => bail!("threads = {n}: between 1 and 256 are possible"),
+        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+    }
 }
 
 /// Longest user name: it appears in every log line about the user's connections.

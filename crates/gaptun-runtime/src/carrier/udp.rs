@@ -52,7 +52,45 @@ impl std::fmt::Debug for UdpCarrier {
 impl UdpCarrier {
     /// Binds `addr`. Must run inside a tokio runtime.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let std_socket = std::net::UdpSocket::bind(addr)?;
+        Self::from_std(std::net::UdpSocket::bind(addr)?, addr)
+    }
+
+    /// Binds `addr` (a real port, not 0) with `SO_REUSEPORT`, as one of several sockets of a
+    /// sharded server: the kernel spreads incoming datagrams over them by source address.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) fn bind_shared(addr: SocketAddr) -> io::Result<Self> {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt,
+        };
+        let family = if addr.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+        if addr.is_ipv6() {
+            // As std binds: an IPv6 socket that also takes IPv4 where the system says so is
+            // left alone; only the sharing option differs.
+            let _ = setsockopt(&fd, sockopt::Ipv6V6Only, &false);
+        }
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(addr),
+        )?;
+        Self::from_std(std::net::UdpSocket::from(fd), addr)
+    }
+
+    /// Without `SO_REUSEPORT` support the shards cannot share a port.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(crate) fn bind_shared(_addr: SocketAddr) -> io::Result<Self> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "several server threads need SO_REUSEPORT (Linux)",
+        ))
+    }
+
+    fn from_std(std_socket: std::net::UdpSocket, addr: SocketAddr) -> io::Result<Self> {
         let state = UdpSocketState::new((&std_socket).into())?;
         // Best effort: refusal only lowers throughput.
         let _ = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER);

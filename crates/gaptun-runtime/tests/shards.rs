@@ -1,0 +1,192 @@
+//! A server split into shards over real loopback sockets: many clients at once with their
+//! data checked by SHA-256, and a client that keeps changing its source port (so the kernel
+//! hands its datagrams to other shards' sockets) staying on its one connection.
+
+// Test helpers, not production code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gaptun_proto::{EndpointConfig, Psk};
+use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtEndpoint};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn key() -> Psk {
+    Psk::from_bytes([43; 32])
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Accepts connections; on each, reads every stream to its end and answers with the SHA-256
+/// of what it read.
+async fn hash_server(ep: RtEndpoint) {
+    while let Some(conn) = ep.accept().await {
+        tokio::spawn(async move {
+            while let Some(stream) = conn.accept_stream().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tokio::io::split(stream);
+                    let mut hasher = Sha256::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => hasher.update(&buf[..n]),
+                        }
+                    }
+                    let _ = w.write_all(&hasher.finalize()).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `data` on a new stream in chunks, `pause` apart, and checks the server's hash of it.
+async fn send_and_check(conn: &RtConnection, data: &[u8], chunk: usize, pause: Duration) {
+    let stream = conn.open_stream().await.unwrap();
+    let (mut r, mut w) = tokio::io::split(stream);
+    for c in data.chunks(chunk) {
+        w.write_all(c).await.unwrap();
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    w.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    r.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, Sha256::digest(data).to_vec(), "data arrived intact");
+}
+
+/// 16 clients, each on its own socket, upload at once to a server of 4 shards: every stream
+/// arrives intact, the kernel spread the clients over more than one shard, and no two
+/// connections share a handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_clients_on_four_shards_arrive_intact() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server =
+            RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key()]), 4)
+                .unwrap();
+        let target = server.local_addr();
+        tokio::spawn(hash_server(server.clone()));
+        let mut tasks = Vec::new();
+        for i in 0..16u64 {
+            tasks.push(tokio::spawn(async move {
+                let client = RtEndpoint::bind(loopback(), EndpointConfig::client(key())).unwrap();
+                let conn = client.connect(target).await.unwrap();
+                let data = pattern(256 * 1024 + i as usize * 977, i + 1);
+                send_and_check(&conn, &data, 16 * 1024, Duration::ZERO).await;
+                // Kept open until every client is done, so the server still lists them all.
+                (client, conn)
+            }));
+        }
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.unwrap());
+        }
+        let snap = server.refresh_snapshot();
+        assert_eq!(snap.connections.len(), 16, "{snap:?}");
+        let handles: HashSet<_> = snap.connections.iter().map(|c| c.handle).collect();
+        assert_eq!(handles.len(), 16, "handles are unique across shards");
+        assert_eq!(snap.shards.len(), 4);
+        assert_eq!(snap.shards.iter().map(|s| s.connections).sum::<usize>(), 16);
+        let used = snap.shards.iter().filter(|s| s.connections > 0).count();
+        // All 16 on one shard by chance: 4 × 4^-16.
+        assert!(
+            used >= 2,
+            "clients spread over the shards: {:?}",
+            snap.shards
+        );
+        assert!(snap.shards.iter().all(|s| s.busy > Duration::ZERO));
+        assert_eq!(server.stats().accepted, 16);
+        for (client, _) in &clients {
+            client.close(0, b"");
+        }
+        server.shutdown(Duration::from_secs(2)).await;
+    })
+    .await
+    .expect("finished within 60 s");
+}
+
+/// A client hopping to a new source port every 200 ms: the kernel hashes each new address to
+/// any of the 4 shards' sockets, so its datagrams keep reaching shards that do not own its
+/// connection and are handed over. The transfer stays on its one connection, intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hopping_client_keeps_its_connection_across_shards() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server =
+            RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key()]), 4)
+                .unwrap();
+        tokio::spawn(hash_server(server.clone()));
+        let config = PoolConfig {
+            hop_interval: Some(Duration::from_millis(200)),
+            ..PoolConfig::default()
+        };
+        let target = server.local_addr().to_string();
+        let pool = ClientPool::connect(&target, EndpointConfig::client(key()), config)
+            .await
+            .unwrap();
+        let conn = pool.connections().pop().unwrap();
+        // Rounds of about 1.2 s (6 hops each) until some datagrams were handed over; a new
+        // port hashes to the owning shard with probability 1/4, so one round nearly always is
+        // enough, and 10 rounds fail to hand anything over with odds of 4^-60.
+        let mut round = 0;
+        loop {
+            let data = pattern(512 * 1024, round + 7);
+            send_and_check(&conn, &data, 16 * 1024, Duration::from_millis(40)).await;
+            let snap = server.refresh_snapshot();
+            let passed: u64 = snap.shards.iter().map(|s| s.passed_in).sum();
+            if passed > 0 && snap.connections[0].stats.migrations >= 3 {
+                break;
+            }
+            round += 1;
+            assert!(round < 10, "no datagram was handed over: {:?}", snap.shards);
+        }
+        assert!(!conn.is_closed());
+        let snap = server.refresh_snapshot();
+        assert_eq!(snap.connections.len(), 1, "no second handshake");
+        assert_eq!(server.stats().accepted, 1);
+        assert_eq!(
+            snap.shards.iter().map(|s| s.dropped_passing).sum::<u64>(),
+            0
+        );
+        pool.shutdown(Duration::from_secs(1)).await;
+        server.shutdown(Duration::from_secs(2)).await;
+    })
+    .await
+    .expect("finished within 60 s");
+}
+
+/// The port of a sharded server is its own: a second server (sharded or not) cannot bind it.
+#[tokio::test]
+async fn a_sharded_port_is_not_shared_with_another_server() {
+    let first =
+        RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key()]), 2).unwrap();
+    let addr = first.local_addr();
+    for shards in [1, 2] {
+        let again = RtEndpoint::bind_sharded(&[addr], EndpointConfig::server(vec![key()]), shards);
+        assert_eq!(
+            again.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::AddrInUse),
+            "{shards} shards"
+        );
+    }
+    first.close(0, b"");
+}
