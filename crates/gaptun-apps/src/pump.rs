@@ -19,9 +19,15 @@
 //! the far side ended itself; a client without a length (HTTP/1.0, `nc`, a tar stream) can
 //! tell truncated data from complete data.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use gaptun_runtime::RtStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -106,22 +112,179 @@ where
     Ok(Transferred { a_to_b, b_to_a })
 }
 
+/// A tunnel stream that can pass data as [`Bytes`] chunks. The runtime's streams do so without
+/// copying (a received chunk is a slice of its datagram; a written chunk is queued as it is);
+/// the default methods fall back to `AsyncRead`/`AsyncWrite` with a copy, for wrappers and test
+/// streams.
+pub trait ChunkStream: AsyncRead + AsyncWrite + Unpin {
+    /// The next piece of at most `max` bytes: `Some` (not empty), or `None` at the end.
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let mut buf = vec![0u8; max.clamp(1, COPY_BUF)];
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *self).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                buf.truncate(n);
+                Poll::Ready(Ok((n > 0).then(|| Bytes::from(buf))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes the front of `data`, splitting off what was taken; returns how much.
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut *self).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                data.advance(n.min(data.len()));
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+}
+
+impl ChunkStream for RtStream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        Self::poll_read_chunk(self, cx, max)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        Self::poll_write_chunk(self, cx, data)
+    }
+}
+
+impl ChunkStream for crate::mem::MemStream {}
+
+impl ChunkStream for tokio::io::DuplexStream {}
+
+/// Locks the tunnel stream shared by the two directions of a relay. The lock is only held
+/// inside one poll, so it is never contended; a poisoned lock (a panic while polling) ends the
+/// relay with an error.
+fn lock<S>(tunnel: &Mutex<S>) -> io::Result<std::sync::MutexGuard<'_, S>> {
+    tunnel
+        .lock()
+        .map_err(|_| io::Error::other("tunnel stream lock poisoned"))
+}
+
+/// Reads a tunnel stream shared by a relay's two directions through `AsyncRead` (with a
+/// copy), for what comes before the bulk data, such as a reply header.
+pub struct LockedReader<'a, S>(pub &'a Mutex<S>);
+
+impl<S: ChunkStream> AsyncRead for LockedReader<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(self.0)?).poll_read(cx, buf)
+    }
+}
+
+/// Copies `local` into the tunnel stream until EOF, then sends FIN. Reads go into one
+/// [`BytesMut`] whose filled part is handed to the stream as it is (no copy); like
+/// [`copy_half`], at most one buffer is read ahead of what the stream took, and the buffer
+/// starts small and grows only while reads fill it.
+pub async fn upload<L, S>(local: &mut L, tunnel: &Mutex<S>, buf_size: usize) -> io::Result<u64>
+where
+    L: AsyncRead + Unpin + ?Sized,
+    S: ChunkStream,
+{
+    let max = buf_size.max(1);
+    let mut size = INITIAL_COPY_BUF.min(max);
+    let mut buf = BytesMut::new();
+    let mut total = 0u64;
+    loop {
+        if buf.capacity() < size {
+            // Reuses the allocation once the stream released every chunk cut from it.
+            buf.reserve(size);
+        }
+        let n = local.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            poll_fn(|cx| lock(tunnel)?.poll_write_chunk(cx, &mut chunk)).await?;
+        }
+        total += n as u64;
+        if n >= size && size < max {
+            size = (size * 4).min(max);
+        } else if n < size / 16 && size > INITIAL_COPY_BUF {
+            size = INITIAL_COPY_BUF.min(max);
+            buf = BytesMut::new();
+        }
+    }
+    poll_fn(|cx| Pin::new(&mut *lock(tunnel)?).poll_shutdown(cx)).await?;
+    Ok(total)
+}
+
+/// Copies the tunnel stream into `local` until its end, then shuts `local` down (FIN). Each
+/// chunk the stream hands over is written as it is (no copy); at most [`COPY_BUF`] bytes are
+/// taken from the stream ahead of what `local` accepted.
+pub async fn download<S, L>(tunnel: &Mutex<S>, local: &mut L) -> io::Result<u64>
+where
+    S: ChunkStream,
+    L: AsyncWrite + Unpin + ?Sized,
+{
+    let mut total = 0u64;
+    while let Some(chunk) = poll_fn(|cx| lock(tunnel)?.poll_read_chunk(cx, COPY_BUF)).await? {
+        local.write_all(&chunk).await?;
+        total += chunk.len() as u64;
+    }
+    local.shutdown().await?;
+    Ok(total)
+}
+
+/// Relays between a local connection and a tunnel stream in both directions until both have
+/// ended (or one failed); like [`relay`], but through the stream's chunk methods.
+/// `a_to_b` counts local → tunnel.
+pub async fn relay_stream<L, S>(local: L, tunnel: S) -> io::Result<Transferred>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    S: ChunkStream,
+{
+    let (mut local_read, mut local_write) = tokio::io::split(local);
+    let tunnel = Mutex::new(tunnel);
+    let (a_to_b, b_to_a) = tokio::try_join!(
+        upload(&mut local_read, &tunnel, COPY_BUF),
+        download(&tunnel, &mut local_write),
+    )?;
+    Ok(Transferred { a_to_b, b_to_a })
+}
+
 /// Relays between a local TCP connection and a tunnel stream until both directions ended.
 ///
 /// EOF on either side is passed on as FIN (half-close). Any error — the tunnel stream reset by
 /// the peer, the tunnel connection lost, the TCP peer resetting — ends both directions at once:
 /// the TCP connection is aborted with RST ([`abort_tcp`]) and the tunnel stream is dropped
 /// without FIN (a reset for the transport; see [`crate::tunnel`]).
-pub async fn relay_tcp<S>(mut tcp: TcpStream, mut tunnel: S) -> io::Result<Transferred>
+pub async fn relay_tcp<S>(mut tcp: TcpStream, tunnel: S) -> io::Result<Transferred>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ChunkStream,
 {
+    let tunnel = Mutex::new(tunnel);
     let result = {
         let (mut tcp_read, mut tcp_write) = tcp.split();
-        let (mut tunnel_read, mut tunnel_write) = tokio::io::split(&mut tunnel);
         tokio::try_join!(
-            copy_half(&mut tcp_read, &mut tunnel_write, COPY_BUF),
-            copy_half(&mut tunnel_read, &mut tcp_write, COPY_BUF),
+            upload(&mut tcp_read, &tunnel, COPY_BUF),
+            download(&tunnel, &mut tcp_write),
         )
     };
     match result {

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use crate::addr::TargetAddr;
 use crate::policy::{Refused, TargetPolicy};
-use crate::pump;
+use crate::pump::{self, ChunkStream};
 use crate::request::{Command, ReplyCode, RequestError, TunnelReply, TunnelRequest};
 
 /// Timeouts for the server's outgoing connections and relays.
@@ -119,7 +119,7 @@ pub async fn serve_stream<S>(
     dial: &DialConfig,
 ) -> Result<(), RelayError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ChunkStream + Send,
 {
     let request = read_request(&mut stream, dial.request_timeout).await?;
     serve_request(stream, request, policy, dial).await
@@ -137,7 +137,7 @@ pub async fn serve_request<S>(
     dial: &DialConfig,
 ) -> Result<(), RelayError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ChunkStream + Send,
 {
     debug!(command = ?request.command, target = %request.target, "tunnel request");
     match request.command {
@@ -183,7 +183,7 @@ async fn serve_connect<S>(
     dial: &DialConfig,
 ) -> Result<(), RelayError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ChunkStream + Send,
 {
     let tcp = match dial_target(&target, policy, dial.connect_timeout).await {
         Ok(tcp) => tcp,

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use gaptun_proto::{ReadError, StreamId, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -63,6 +64,78 @@ impl RtStream {
             let _ = conn.stop_stream(self.id, error_code);
         }
         shared.kick();
+    }
+}
+
+impl RtStream {
+    /// Reads the next piece of the stream (at most `max` bytes, about a packet's worth) without
+    /// copying it: `Ready(Ok(Some(bytes)))` with bytes not empty, `Ready(Ok(None))` at the end.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if self.read_closed {
+            return Poll::Ready(Ok(None));
+        }
+        let shared = &self.conn.endpoint.shared;
+        let result = {
+            let mut state = shared.lock();
+            let (conn, cs) = state.conn(&self.conn.meta)?;
+            let result = conn.read_chunk(self.id, max);
+            if result == Err(ReadError::Blocked) {
+                cs.readers.insert(self.id, cx.waker().clone());
+                return Poll::Pending;
+            }
+            result
+        };
+        // Reading frees receive window: the driver may have flow-control credit to send.
+        shared.kick();
+        match result {
+            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk))),
+            Ok(None) => {
+                self.read_closed = true;
+                Poll::Ready(Ok(None))
+            }
+            Err(e) => {
+                self.read_closed = true;
+                Poll::Ready(Err(read_error(e)))
+            }
+        }
+    }
+
+    /// Queues the front of `data` without copying it; returns how many bytes were taken (split
+    /// off `data`), at least one unless `data` is empty. Pending while flow control blocks.
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let shared = &self.conn.endpoint.shared;
+        let result = {
+            let mut state = shared.lock();
+            let (conn, cs) = state.conn(&self.conn.meta)?;
+            match conn.write_chunk(self.id, data) {
+                Ok(0) | Err(WriteError::Blocked) => {
+                    cs.writers.insert(self.id, cx.waker().clone());
+                    return Poll::Pending;
+                }
+                other => other,
+            }
+        };
+        match result {
+            Ok(n) => {
+                shared.kick();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => {
+                self.write_closed = true;
+                Poll::Ready(Err(write_error(e)))
+            }
+        }
     }
 }
 
