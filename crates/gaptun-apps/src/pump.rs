@@ -117,19 +117,24 @@ where
 /// the default methods fall back to `AsyncRead`/`AsyncWrite` with a copy, for wrappers and test
 /// streams.
 pub trait ChunkStream: AsyncRead + AsyncWrite + Unpin {
-    /// The next piece of at most `max` bytes: `Some` (not empty), or `None` at the end.
-    fn poll_read_chunk(
+    /// Appends the next pieces, at most `max` bytes in all, to `out`; nothing appended means
+    /// the end of the stream.
+    fn poll_read_chunks(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
-    ) -> Poll<io::Result<Option<Bytes>>> {
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
         let mut buf = vec![0u8; max.clamp(1, COPY_BUF)];
         let mut read = ReadBuf::new(&mut buf);
         match Pin::new(&mut *self).poll_read(cx, &mut read) {
             Poll::Ready(Ok(())) => {
                 let n = read.filled().len();
                 buf.truncate(n);
-                Poll::Ready(Ok((n > 0).then(|| Bytes::from(buf))))
+                if n > 0 {
+                    out.push(Bytes::from(buf));
+                }
+                Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
@@ -153,12 +158,13 @@ pub trait ChunkStream: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl ChunkStream for RtStream {
-    fn poll_read_chunk(
+    fn poll_read_chunks(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
-    ) -> Poll<io::Result<Option<Bytes>>> {
-        Self::poll_read_chunk(self, cx, max)
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        Self::poll_read_chunks(self, cx, max, out)
     }
 
     fn poll_write_chunk(
@@ -211,8 +217,11 @@ where
     let mut buf = BytesMut::new();
     let mut total = 0u64;
     loop {
-        if buf.capacity() < size {
-            // Reuses the allocation once the stream released every chunk cut from it.
+        // Reads go into what is left of the current allocation until a quarter of the target
+        // size remains: chunks cut from one allocation keep all of it alive until the last is
+        // acknowledged, so a fresh one per short read would pin far more than the data.
+        // (`reserve` reuses the allocation if the stream already released every chunk of it.)
+        if buf.capacity() <= size / 4 {
             buf.reserve(size);
         }
         let n = local.read_buf(&mut buf).await?;
@@ -235,20 +244,70 @@ where
     Ok(total)
 }
 
-/// Copies the tunnel stream into `local` until its end, then shuts `local` down (FIN). Each
-/// chunk the stream hands over is written as it is (no copy); at most [`COPY_BUF`] bytes are
-/// taken from the stream ahead of what `local` accepted.
+/// Copies the tunnel stream into `local` until its end, then shuts `local` down (FIN). The
+/// chunks the stream hands over are written as they are (no copy), many per vectored write;
+/// at most [`COPY_BUF`] bytes are taken from the stream ahead of what `local` accepted.
 pub async fn download<S, L>(tunnel: &Mutex<S>, local: &mut L) -> io::Result<u64>
 where
     S: ChunkStream,
     L: AsyncWrite + Unpin + ?Sized,
 {
     let mut total = 0u64;
-    while let Some(chunk) = poll_fn(|cx| lock(tunnel)?.poll_read_chunk(cx, COPY_BUF)).await? {
-        local.write_all(&chunk).await?;
-        total += chunk.len() as u64;
+    let mut chunks = Vec::new();
+    loop {
+        poll_fn(|cx| lock(tunnel)?.poll_read_chunks(cx, COPY_BUF, &mut chunks)).await?;
+        if chunks.is_empty() {
+            break;
+        }
+        total += write_all_chunks(local, &mut chunks).await?;
     }
     local.shutdown().await?;
+    Ok(total)
+}
+
+/// Most buffers passed to one vectored write (Linux takes up to 1024).
+const MAX_IOVECS: usize = 64;
+
+/// Writes all of `chunks` to `local`, leaving `chunks` empty; returns the bytes written. A
+/// writer with vectored writes (a TCP socket) gets many chunks per call without a copy; any
+/// other writer gets them copied into one buffer, so that a batch still costs one write rather
+/// than one per chunk (a packet).
+async fn write_all_chunks<L>(local: &mut L, chunks: &mut Vec<Bytes>) -> io::Result<u64>
+where
+    L: AsyncWrite + Unpin + ?Sized,
+{
+    let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    if !local.is_write_vectored() {
+        let joined = chunks.concat();
+        chunks.clear();
+        local.write_all(&joined).await?;
+        return Ok(total);
+    }
+    let mut first = 0;
+    while first < chunks.len() {
+        let rest = chunks.get(first..).unwrap_or_default();
+        let slices: Vec<io::IoSlice<'_>> = rest
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|c| io::IoSlice::new(c))
+            .collect();
+        let mut n = local.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(chunk) = chunks.get_mut(first) else {
+                break;
+            };
+            let take = n.min(chunk.len());
+            chunk.advance(take);
+            n -= take;
+            if chunk.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    chunks.clear();
     Ok(total)
 }
 
@@ -371,6 +430,33 @@ mod tests {
         // At most: what fits in the pipe plus one buffer in flight.
         assert!(taken <= 4096 + 1000, "read {taken} bytes ahead");
         assert!(taken >= 4096, "copy should fill the pipe, read {taken}");
+    }
+
+    /// Chunks written through a pipe that takes a few bytes at a time arrive whole and in
+    /// order, whatever the split points of the vectored writes.
+    #[tokio::test]
+    async fn chunks_survive_partial_vectored_writes() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut at = 0;
+        for size in [1usize, 1300, 7, 65_536, 2, 999].iter().cycle() {
+            let end = (at + size).min(data.len());
+            chunks.push(Bytes::copy_from_slice(&data[at..end]));
+            at = end;
+            if at == data.len() {
+                break;
+            }
+        }
+        let (mut near, mut far) = tokio::io::duplex(333);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.map(|_| got)
+        });
+        let written = write_all_chunks(&mut near, &mut chunks).await.unwrap();
+        drop(near);
+        assert_eq!(written, data.len() as u64);
+        assert!(chunks.is_empty());
+        assert_eq!(reader.await.unwrap().unwrap(), data);
     }
 
     #[tokio::test]

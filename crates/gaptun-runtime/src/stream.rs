@@ -68,36 +68,54 @@ impl RtStream {
 }
 
 impl RtStream {
-    /// Reads the next piece of the stream (at most `max` bytes, about a packet's worth) without
-    /// copying it: `Ready(Ok(Some(bytes)))` with bytes not empty, `Ready(Ok(None))` at the end.
-    pub fn poll_read_chunk(
+    /// Takes the stream's readable pieces, up to `max` bytes in all, without copying them:
+    /// they are appended to `out` (a piece is what arrived in one STREAM frame, about a packet).
+    /// `Ready(Ok(()))` with nothing appended means the end of the stream. Taking many pieces per
+    /// call keeps the lock, the driver wake-up and the caller's write per batch, not per packet.
+    pub fn poll_read_chunks(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
-    ) -> Poll<io::Result<Option<Bytes>>> {
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
         if self.read_closed {
-            return Poll::Ready(Ok(None));
+            return Poll::Ready(Ok(()));
         }
         let shared = &self.conn.endpoint.shared;
+        let mut taken = 0;
         let result = {
             let mut state = shared.lock();
             let (conn, cs) = state.conn(&self.conn.meta)?;
-            let result = conn.read_chunk(self.id, max);
-            if result == Err(ReadError::Blocked) {
-                cs.readers.insert(self.id, cx.waker().clone());
-                return Poll::Pending;
+            loop {
+                match conn.read_chunk(self.id, max.saturating_sub(taken).max(1)) {
+                    Ok(Some(chunk)) => {
+                        taken += chunk.len();
+                        out.push(chunk);
+                        if taken >= max {
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => {
+                        // The end: reported now if nothing was taken, else by the next call.
+                        self.read_closed = true;
+                        break Ok(());
+                    }
+                    Err(ReadError::Blocked) if taken > 0 => break Ok(()),
+                    Err(ReadError::Blocked) => {
+                        cs.readers.insert(self.id, cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    Err(e) => break Err(e),
+                }
             }
-            result
         };
         // Reading frees receive window: the driver may have flow-control credit to send.
         shared.kick();
         match result {
-            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk))),
-            Ok(None) => {
-                self.read_closed = true;
-                Poll::Ready(Ok(None))
-            }
+            Ok(()) => Poll::Ready(Ok(())),
             Err(e) => {
+                // A reset or closed half is only found before any data (a reset drops what was
+                // buffered), so nothing taken is lost with the error.
                 self.read_closed = true;
                 Poll::Ready(Err(read_error(e)))
             }

@@ -162,17 +162,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
 
 /// The chunk path draws from the same bucket as reads and writes.
 impl<S: ChunkStream> ChunkStream for Limited<S> {
-    fn poll_read_chunk(
+    fn poll_read_chunks(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,
-    ) -> Poll<io::Result<Option<Bytes>>> {
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
         if poll_allowance(self.limit.as_deref(), &mut self.read_wait, cx).is_pending() {
             return Poll::Pending;
         }
-        let res = self.inner.poll_read_chunk(cx, max);
-        if let (Some(limit), Poll::Ready(Ok(Some(chunk)))) = (&self.limit, &res) {
-            limit.charge(chunk.len());
+        let before: usize = out.iter().map(Bytes::len).sum();
+        let res = self.inner.poll_read_chunks(cx, max, out);
+        if let Some(limit) = &self.limit {
+            limit.charge(out.iter().map(Bytes::len).sum::<usize>() - before);
         }
         res
     }
