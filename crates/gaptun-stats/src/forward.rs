@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use gaptun_runtime::ChunkStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::schema::ForwardRow;
@@ -122,6 +124,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// Counted chunk reads and writes keep the inner stream's chunk path (no copy).
+impl<S: ChunkStream> ChunkStream for Counted<S> {
+    fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        let before = out.len();
+        let res = self.inner.poll_read_chunks(cx, max, out);
+        let n: usize = out[before..].iter().map(Bytes::len).sum();
+        self.stats.down.fetch_add(n as u64, Ordering::Relaxed);
+        res
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let res = self.inner.poll_write_chunk(cx, data);
+        if let Poll::Ready(Ok(n)) = res {
+            self.stats.up.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,5 +174,25 @@ mod tests {
         let row = stats.row();
         assert_eq!((row.streams_open, row.streams_total), (0, 1));
         assert_eq!(row.target.as_deref(), Some("db:5432"));
+    }
+
+    #[tokio::test]
+    async fn counts_chunk_reads_and_writes() {
+        let stats = ForwardStats::new("tcp", "127.0.0.1:2222".into(), None);
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut counted = stats.count(near);
+        let mut data = Bytes::from_static(b"hello");
+        let n = std::future::poll_fn(|cx| counted.poll_write_chunk(cx, &mut data))
+            .await
+            .unwrap();
+        assert_eq!((n, data.len()), (5, 0));
+        far.write_all(b"world!!").await.unwrap();
+        let mut got = Vec::new();
+        std::future::poll_fn(|cx| counted.poll_read_chunks(cx, 64, &mut got))
+            .await
+            .unwrap();
+        assert_eq!(got.concat(), b"world!!");
+        let row = stats.row();
+        assert_eq!((row.bytes_up, row.bytes_down), (5, 7));
     }
 }

@@ -25,7 +25,7 @@ use super::stats::{Counted, ExposeSnapshot, ExposeStats, Side};
 use super::wire::{Entry, MAX_ENTRIES, Register, Status, VisitorHeader, WireError, read_verdicts};
 use crate::addr::TargetAddr;
 use crate::idle::Activity;
-use crate::pump;
+use crate::pump::{self, ChunkStream};
 use crate::request::{Command, ReplyCode, RequestError, TunnelReply, TunnelRequest};
 use crate::tunnel::{StreamAcceptor, StreamOpener};
 
@@ -375,7 +375,7 @@ enum VisitorError {
 impl ExposeClient {
     async fn serve_visitor<S>(&self, mut stream: S, granted: &[bool]) -> Result<(), VisitorError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: ChunkStream + Send,
     {
         let config = &self.inner.config;
         let header = timeout(config.reply_timeout, VisitorHeader::read_from(&mut stream))
@@ -409,7 +409,7 @@ impl ExposeClient {
                     local.write_all(&h).await?;
                 }
                 let local = Counted::new(local, Arc::clone(stats), Side::Service);
-                pump::relay(stream, local).await?;
+                pump::relay_stream(local, stream).await?;
             }
             ExposeKind::Udp => {
                 let target = resolve(host, port, config.connect_timeout)

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -23,7 +23,7 @@ use super::stats::{Counted, ExposeSnapshot, ExposeStats, Side};
 use super::wire::{Entry, Register, Status, Verdict, VisitorHeader, encode_verdicts};
 use crate::idle::Activity;
 use crate::policy::TargetPolicy;
-use crate::pump;
+use crate::pump::{self, ChunkStream};
 use crate::relay::{DialConfig, RelayError, read_request, serve_request};
 use crate::request::{Command, ReplyCode, TunnelReply};
 use crate::tunnel::StreamOpener;
@@ -143,7 +143,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         dial: &DialConfig,
     ) -> Result<(), RelayError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: ChunkStream + Send,
     {
         let request = read_request(&mut stream, dial.request_timeout).await?;
         if request.command != Command::Expose {
@@ -167,7 +167,7 @@ impl<O: StreamOpener> ExposeServer<O> {
     /// Claims the ports, answers, and holds the claims until the control stream ends.
     async fn serve_registration<S>(&self, mut stream: S, peer: &ExposePeer<O>, reg: Register)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: ChunkStream + Send,
     {
         let (session, verdicts) = self.claim(&reg, peer);
         for (entry, v) in reg.entries.iter().zip(&verdicts) {
@@ -458,7 +458,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         stats.add_to_service(first as u64);
         stream.write_all(&flight).await?;
         drop(flight);
-        pump::relay(Counted::new(tcp, stats, Side::Visitor), stream).await?;
+        pump::relay_stream(Counted::new(tcp, stats, Side::Visitor), stream).await?;
         Ok(())
     }
 
