@@ -8,6 +8,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use gaptun_runtime::ChunkStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Where a [`Counted`] reports the bytes it moved. Only non-zero counts are reported.
@@ -72,12 +74,69 @@ impl<S: AsyncWrite + Unpin, C: ByteCounter + Unpin> AsyncWrite for Counted<S, C>
         res
     }
 
+    /// Passed through, so that the relay's vectored writes of received chunks stay one
+    /// system call per batch (the default writes only the first buffer).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res
+            && n > 0
+        {
+            self.counter.written(n as u64);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counted chunk reads and writes keep the inner stream's chunk path (no copy).
+impl<S: ChunkStream, C: ByteCounter + Unpin> ChunkStream for Counted<S, C> {
+    fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        let before = out.len();
+        let res = self.inner.poll_read_chunks(cx, max, out);
+        let n: usize = out
+            .get(before..)
+            .unwrap_or_default()
+            .iter()
+            .map(Bytes::len)
+            .sum();
+        if n > 0 {
+            self.counter.read(n as u64);
+        }
+        res
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let res = self.inner.poll_write_chunk(cx, data);
+        if let Poll::Ready(Ok(n)) = res
+            && n > 0
+        {
+            self.counter.written(n as u64);
+        }
+        res
     }
 }
 

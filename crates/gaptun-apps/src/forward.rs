@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::addr::TargetAddr;
 use crate::client::{DEFAULT_REPLY_TIMEOUT, TunnelClientError, await_reply, open_with_request};
 use crate::idle::Activity;
-use crate::pump::{COPY_BUF, abort_tcp, copy_half};
+use crate::pump::{COPY_BUF, LockedReader, abort_tcp, download, upload};
 use crate::request::{Command, TunnelRequest};
 use crate::tunnel::StreamOpener;
 use crate::udp_tunnel::{UdpDown, UdpUp, open_udp};
@@ -74,24 +74,24 @@ pub async fn forward_connection<O: StreamOpener>(
         command: Command::Connect,
         target: target.clone(),
     };
-    let mut stream = match open_with_request(opener, &request).await {
+    let stream = match open_with_request(opener, &request).await {
         Ok(stream) => stream,
         Err(e) => {
             abort_tcp(tcp);
             return Err(e);
         }
     };
+    let stream = Mutex::new(stream);
     let result = {
         let (mut local_read, mut local_write) = tcp.split();
-        let (mut tunnel_read, mut tunnel_write) = tokio::io::split(&mut stream);
         let upload = async {
-            copy_half(&mut local_read, &mut tunnel_write, COPY_BUF)
+            upload(&mut local_read, &stream, COPY_BUF)
                 .await
                 .map_err(TunnelClientError::Open)
         };
         let download = async {
-            await_reply(&mut tunnel_read, DEFAULT_REPLY_TIMEOUT).await?;
-            copy_half(&mut tunnel_read, &mut local_write, COPY_BUF)
+            await_reply(&mut LockedReader(&stream), DEFAULT_REPLY_TIMEOUT).await?;
+            download(&stream, &mut local_write)
                 .await
                 .map_err(TunnelClientError::Open)
         };

@@ -19,9 +19,15 @@
 //! the far side ended itself; a client without a length (HTTP/1.0, `nc`, a tar stream) can
 //! tell truncated data from complete data.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+pub use gaptun_runtime::ChunkStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -106,22 +112,172 @@ where
     Ok(Transferred { a_to_b, b_to_a })
 }
 
+impl ChunkStream for crate::mem::MemStream {}
+
+/// Locks the tunnel stream shared by the two directions of a relay. The lock is only held
+/// inside one poll, so it is never contended; a poisoned lock (a panic while polling) ends the
+/// relay with an error.
+fn lock<S>(tunnel: &Mutex<S>) -> io::Result<std::sync::MutexGuard<'_, S>> {
+    tunnel
+        .lock()
+        .map_err(|_| io::Error::other("tunnel stream lock poisoned"))
+}
+
+/// Reads a tunnel stream shared by a relay's two directions through `AsyncRead` (with a
+/// copy), for what comes before the bulk data, such as a reply header.
+pub struct LockedReader<'a, S>(pub &'a Mutex<S>);
+
+impl<S: ChunkStream> AsyncRead for LockedReader<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(self.0)?).poll_read(cx, buf)
+    }
+}
+
+/// Copies `local` into the tunnel stream until EOF, then sends FIN. Reads go into one
+/// [`BytesMut`] whose filled part is handed to the stream as it is (no copy); like
+/// [`copy_half`], at most one buffer is read ahead of what the stream took, and the buffer
+/// starts small and grows only while reads fill it.
+pub async fn upload<L, S>(local: &mut L, tunnel: &Mutex<S>, buf_size: usize) -> io::Result<u64>
+where
+    L: AsyncRead + Unpin + ?Sized,
+    S: ChunkStream,
+{
+    let max = buf_size.max(1);
+    let mut size = INITIAL_COPY_BUF.min(max);
+    let mut buf = BytesMut::new();
+    let mut total = 0u64;
+    loop {
+        // Reads go into what is left of the current allocation until a quarter of the target
+        // size remains: chunks cut from one allocation keep all of it alive until the last is
+        // acknowledged, so a fresh one per short read would pin far more than the data.
+        // (`reserve` reuses the allocation if the stream already released every chunk of it.)
+        if buf.capacity() <= size / 4 {
+            buf.reserve(size);
+        }
+        let n = local.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            poll_fn(|cx| lock(tunnel)?.poll_write_chunk(cx, &mut chunk)).await?;
+        }
+        total += n as u64;
+        if n >= size && size < max {
+            size = (size * 4).min(max);
+        } else if n < size / 16 && size > INITIAL_COPY_BUF {
+            size = INITIAL_COPY_BUF.min(max);
+            buf = BytesMut::new();
+        }
+    }
+    poll_fn(|cx| Pin::new(&mut *lock(tunnel)?).poll_shutdown(cx)).await?;
+    Ok(total)
+}
+
+/// Copies the tunnel stream into `local` until its end, then shuts `local` down (FIN). The
+/// chunks the stream hands over are written as they are (no copy), many per vectored write;
+/// at most [`COPY_BUF`] bytes are taken from the stream ahead of what `local` accepted.
+pub async fn download<S, L>(tunnel: &Mutex<S>, local: &mut L) -> io::Result<u64>
+where
+    S: ChunkStream,
+    L: AsyncWrite + Unpin + ?Sized,
+{
+    let mut total = 0u64;
+    let mut chunks = Vec::new();
+    loop {
+        poll_fn(|cx| lock(tunnel)?.poll_read_chunks(cx, COPY_BUF, &mut chunks)).await?;
+        if chunks.is_empty() {
+            break;
+        }
+        total += write_all_chunks(local, &mut chunks).await?;
+    }
+    local.shutdown().await?;
+    Ok(total)
+}
+
+/// Most buffers passed to one vectored write (Linux takes up to 1024).
+const MAX_IOVECS: usize = 64;
+
+/// Writes all of `chunks` to `local`, leaving `chunks` empty; returns the bytes written. A
+/// writer with vectored writes (a TCP socket) gets many chunks per call without a copy; any
+/// other writer gets them copied into one buffer, so that a batch still costs one write rather
+/// than one per chunk (a packet).
+async fn write_all_chunks<L>(local: &mut L, chunks: &mut Vec<Bytes>) -> io::Result<u64>
+where
+    L: AsyncWrite + Unpin + ?Sized,
+{
+    let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    if !local.is_write_vectored() {
+        let joined = chunks.concat();
+        chunks.clear();
+        local.write_all(&joined).await?;
+        return Ok(total);
+    }
+    let mut first = 0;
+    while first < chunks.len() {
+        let rest = chunks.get(first..).unwrap_or_default();
+        let slices: Vec<io::IoSlice<'_>> = rest
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|c| io::IoSlice::new(c))
+            .collect();
+        let mut n = local.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(chunk) = chunks.get_mut(first) else {
+                break;
+            };
+            let take = n.min(chunk.len());
+            chunk.advance(take);
+            n -= take;
+            if chunk.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(total)
+}
+
+/// Relays between a local connection and a tunnel stream in both directions until both have
+/// ended (or one failed); like [`relay`], but through the stream's chunk methods.
+/// `a_to_b` counts local → tunnel.
+pub async fn relay_stream<L, S>(local: L, tunnel: S) -> io::Result<Transferred>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    S: ChunkStream,
+{
+    let (mut local_read, mut local_write) = tokio::io::split(local);
+    let tunnel = Mutex::new(tunnel);
+    let (a_to_b, b_to_a) = tokio::try_join!(
+        upload(&mut local_read, &tunnel, COPY_BUF),
+        download(&tunnel, &mut local_write),
+    )?;
+    Ok(Transferred { a_to_b, b_to_a })
+}
+
 /// Relays between a local TCP connection and a tunnel stream until both directions ended.
 ///
 /// EOF on either side is passed on as FIN (half-close). Any error — the tunnel stream reset by
 /// the peer, the tunnel connection lost, the TCP peer resetting — ends both directions at once:
 /// the TCP connection is aborted with RST ([`abort_tcp`]) and the tunnel stream is dropped
 /// without FIN (a reset for the transport; see [`crate::tunnel`]).
-pub async fn relay_tcp<S>(mut tcp: TcpStream, mut tunnel: S) -> io::Result<Transferred>
+pub async fn relay_tcp<S>(mut tcp: TcpStream, tunnel: S) -> io::Result<Transferred>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ChunkStream,
 {
+    let tunnel = Mutex::new(tunnel);
     let result = {
         let (mut tcp_read, mut tcp_write) = tcp.split();
-        let (mut tunnel_read, mut tunnel_write) = tokio::io::split(&mut tunnel);
         tokio::try_join!(
-            copy_half(&mut tcp_read, &mut tunnel_write, COPY_BUF),
-            copy_half(&mut tunnel_read, &mut tcp_write, COPY_BUF),
+            upload(&mut tcp_read, &tunnel, COPY_BUF),
+            download(&tunnel, &mut tcp_write),
         )
     };
     match result {
@@ -208,6 +364,33 @@ mod tests {
         // At most: what fits in the pipe plus one buffer in flight.
         assert!(taken <= 4096 + 1000, "read {taken} bytes ahead");
         assert!(taken >= 4096, "copy should fill the pipe, read {taken}");
+    }
+
+    /// Chunks written through a pipe that takes a few bytes at a time arrive whole and in
+    /// order, whatever the split points of the vectored writes.
+    #[tokio::test]
+    async fn chunks_survive_partial_vectored_writes() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut at = 0;
+        for size in [1usize, 1300, 7, 65_536, 2, 999].iter().cycle() {
+            let end = (at + size).min(data.len());
+            chunks.push(Bytes::copy_from_slice(&data[at..end]));
+            at = end;
+            if at == data.len() {
+                break;
+            }
+        }
+        let (mut near, mut far) = tokio::io::duplex(333);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.map(|_| got)
+        });
+        let written = write_all_chunks(&mut near, &mut chunks).await.unwrap();
+        drop(near);
+        assert_eq!(written, data.len() as u64);
+        assert!(chunks.is_empty());
+        assert_eq!(reader.await.unwrap().unwrap(), data);
     }
 
     #[tokio::test]

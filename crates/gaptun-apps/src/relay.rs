@@ -21,7 +21,7 @@ use tracing::debug;
 use crate::addr::TargetAddr;
 use crate::flow::FlowMux;
 use crate::policy::{Refused, TargetPolicy};
-use crate::pump;
+use crate::pump::{self, ChunkStream};
 use crate::request::{Command, ReplyCode, RequestError, TunnelReply, TunnelRequest};
 
 /// Timeouts for the server's outgoing connections and relays.
@@ -123,7 +123,7 @@ pub async fn serve_stream<S>(
     dial: &DialConfig,
 ) -> Result<(), RelayError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ChunkStream + Send,
 {
     serve_stream_with_flows(stream, policy, dial, None).await
 }
@@ -137,7 +137,7 @@ pub async fn serve_stream_with_flows<S>(
     flows: Option<&FlowMux>,
 ) -> Result<(), RelayError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ChunkStream + Send,
 {
     let request = read_request(&mut stream, dial.request_timeout).await?;
     serve_request(stream, request, policy, dial, flows).await
@@ -156,7 +156,7 @@ pub async fn serve_request<S>(
     flows: Option<&FlowMux>,
 ) -> Result<(), RelayError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ChunkStream + Send,
 {
     debug!(command = ?request.command, target = %request.target, "tunnel request");
     match request.command {
@@ -209,7 +209,7 @@ async fn serve_connect<S>(
     dial: &DialConfig,
 ) -> Result<(), RelayError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ChunkStream + Send,
 {
     let tcp = match dial_target(&target, policy, dial.connect_timeout).await {
         Ok(tcp) => tcp,

@@ -19,12 +19,12 @@
 use std::future::Future;
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use crate::pump::ChunkStream;
 
 /// Opens new streams to the tunnel server (the client side of the tunnel).
 pub trait StreamOpener: Clone + Send + Sync + 'static {
     /// A bidirectional tunnel stream.
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Stream: ChunkStream + Send + 'static;
 
     /// Opens a new stream; the server will receive it and run
     /// [`crate::relay::serve_stream`] on it.
@@ -43,7 +43,7 @@ pub trait StreamOpener: Clone + Send + Sync + 'static {
 /// ([`crate::expose`]). It works per connection, because registrations are per connection.
 pub trait StreamAcceptor: Send + Sync + 'static {
     /// A bidirectional tunnel stream.
-    type Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Accepted: ChunkStream + Send + 'static;
 
     /// The next stream the peer opened; `None` once the connection has ended.
     fn accept(&self) -> impl Future<Output = Option<Self::Accepted>> + Send;

@@ -205,6 +205,8 @@ impl AsyncRead for CutStream {
     }
 }
 
+impl gaptun_apps::pump::ChunkStream for CutStream {}
+
 impl AsyncWrite for CutStream {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -223,3 +223,62 @@ fn heavy_random_and_burst_loss_is_not_taken_for_a_black_hole() {
         assert_eq!(client.mtu, CEILING as u64, "loss {loss}");
     }
 }
+
+/// Payload of a 9000-byte jumbo frame over IPv4.
+const JUMBO: usize = 8972;
+
+/// A bulk transfer with both ends allowed `ceiling` bytes per datagram over `link`; returns the
+/// sender's statistics and the largest datagram the link carried.
+fn bulk_with_ceiling(seed: u64, ceiling: u16, link: LinkConfig) -> (ConnectionStats, u64, Sim) {
+    let config = SimConfig::new(seed)
+        .with_link(link)
+        .with_transport(move |t| t.max_udp_payload = ceiling);
+    let mut sim = Sim::new(config);
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 20_000_000, 8));
+    assert!(sim.run_workloads(Duration::from_secs(30)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+        Ok(())
+    );
+    let sender = stats(&mut sim, End::Client);
+    let largest = sim.link_stats(Path::Uplink).max_datagram_sent;
+    (sender, largest, sim)
+}
+
+#[test]
+fn a_jumbo_frame_path_is_used_in_full() {
+    let (sender, largest, _) = bulk_with_ceiling(76, JUMBO as u16, link().with_max_datagram(JUMBO));
+    assert_eq!(sender.mtu, JUMBO as u64, "{sender:?}");
+    assert_eq!(largest, JUMBO as u64);
+    assert_eq!(sender.mtu_probes_lost, 0, "{sender:?}");
+    // 20 MB in jumbo datagrams: about 2 300 packets instead of 14 000 at 1472 bytes.
+    assert!(
+        sender.packets_sent < 20_000_000 / 8000,
+        "{} packets for 20 MB",
+        sender.packets_sent
+    );
+}
+
+#[test]
+fn a_jumbo_ceiling_over_an_ethernet_path_settles_at_1472() {
+    // The ends allow 9000-byte frames, the path drops anything above 1500.
+    let (sender, largest, sim) =
+        bulk_with_ceiling(77, JUMBO as u16, link().with_max_datagram(CEILING));
+    assert_eq!(sender.mtu, CEILING as u64, "{sender:?}");
+    assert!(largest <= JUMBO as u64);
+    // Only probes were lost, never data: no congestion response to the search.
+    assert!(sender.mtu_probes_lost >= 3, "{sender:?}");
+    assert_eq!(sender.packets_lost, 0, "{sender:?}");
+    let link = sim.link_stats(Path::Uplink);
+    assert_eq!(link.too_big, sender.mtu_probes_lost);
+}
+
+#[test]
+fn a_loopback_sized_ceiling_finds_a_jumbo_path() {
+    let (sender, _, _) = bulk_with_ceiling(78, 65_507, link().with_max_datagram(JUMBO));
+    assert!(
+        sender.mtu <= JUMBO as u64 && sender.mtu > (JUMBO - PRECISION) as u64,
+        "{sender:?}"
+    );
+    assert_eq!(sender.packets_lost, 0, "{sender:?}");
+}

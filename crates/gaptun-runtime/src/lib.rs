@@ -13,6 +13,7 @@
 //! - [`lossy_relay`]: a loopback relay with loss and delay, for demos and tests.
 
 pub mod carrier;
+mod chunk;
 mod connection;
 mod datagram;
 mod driver;
@@ -27,6 +28,7 @@ mod state;
 mod stream;
 
 pub use carrier::{Carrier, CarrierTransmit, RecvMeta, UdpCarrier};
+pub use chunk::ChunkStream;
 pub use connection::RtConnection;
 pub use datagram::RtDatagrams;
 pub use endpoint::{ConnectionInfo, EndpointSnapshot, PathState, RtEndpoint, ShardFigures};

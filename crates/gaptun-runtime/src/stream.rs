@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use gaptun_proto::{ReadError, StreamId, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -69,6 +70,96 @@ impl RtStream {
             let _ = conn.stop_stream(self.id, error_code);
         }
         shared.kick();
+    }
+}
+
+impl RtStream {
+    /// Takes the stream's readable pieces, up to `max` bytes in all, without copying them:
+    /// they are appended to `out` (a piece is what arrived in one STREAM frame, about a packet).
+    /// `Ready(Ok(()))` with nothing appended means the end of the stream. Taking many pieces per
+    /// call keeps the lock, the driver wake-up and the caller's write per batch, not per packet.
+    pub fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        if self.read_closed {
+            return Poll::Ready(Ok(()));
+        }
+        let shared = &self.conn.shared;
+        let mut taken = 0;
+        let result = {
+            let mut state = shared.lock();
+            let (conn, cs) = state.conn(&self.conn.meta)?;
+            loop {
+                match conn.read_chunk(self.id, max.saturating_sub(taken).max(1)) {
+                    Ok(Some(chunk)) => {
+                        taken += chunk.len();
+                        out.push(chunk);
+                        if taken >= max {
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => {
+                        // The end: reported now if nothing was taken, else by the next call.
+                        self.read_closed = true;
+                        break Ok(());
+                    }
+                    Err(ReadError::Blocked) if taken > 0 => break Ok(()),
+                    Err(ReadError::Blocked) => {
+                        cs.readers.insert(self.id, cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        // Reading frees receive window: the driver may have flow-control credit to send.
+        shared.kick();
+        match result {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => {
+                // A reset or closed half is only found before any data (a reset drops what was
+                // buffered), so nothing taken is lost with the error.
+                self.read_closed = true;
+                Poll::Ready(Err(read_error(e)))
+            }
+        }
+    }
+
+    /// Queues the front of `data` without copying it; returns how many bytes were taken (split
+    /// off `data`), at least one unless `data` is empty. Pending while flow control blocks.
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let shared = &self.conn.shared;
+        let result = {
+            let mut state = shared.lock();
+            let (conn, cs) = state.conn(&self.conn.meta)?;
+            match conn.write_chunk(self.id, data) {
+                Ok(0) | Err(WriteError::Blocked) => {
+                    cs.writers.insert(self.id, cx.waker().clone());
+                    return Poll::Pending;
+                }
+                other => other,
+            }
+        };
+        match result {
+            Ok(n) => {
+                shared.kick();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => {
+                self.write_closed = true;
+                Poll::Ready(Err(write_error(e)))
+            }
+        }
     }
 }
 

@@ -85,6 +85,8 @@ impl Drop for StreamCounter {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use gaptun_runtime::ChunkStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -105,5 +107,25 @@ mod tests {
         let row = stats.row();
         assert_eq!((row.streams_open, row.streams_total), (0, 1));
         assert_eq!(row.target.as_deref(), Some("db:5432"));
+    }
+
+    #[tokio::test]
+    async fn counts_chunk_reads_and_writes() {
+        let stats = ForwardStats::new("tcp", "127.0.0.1:2222".into(), None);
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut counted = stats.count(near);
+        let mut data = Bytes::from_static(b"hello");
+        let n = std::future::poll_fn(|cx| counted.poll_write_chunk(cx, &mut data))
+            .await
+            .unwrap();
+        assert_eq!((n, data.len()), (5, 0));
+        far.write_all(b"world!!").await.unwrap();
+        let mut got = Vec::new();
+        std::future::poll_fn(|cx| counted.poll_read_chunks(cx, 64, &mut got))
+            .await
+            .unwrap();
+        assert_eq!(got.concat(), b"world!!");
+        let row = stats.row();
+        assert_eq!((row.bytes_up, row.bytes_down), (5, 7));
     }
 }

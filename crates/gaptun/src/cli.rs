@@ -507,12 +507,12 @@ mod tests {
         assert_eq!(big.kind(), small.kind());
         assert!(
             big.to_string()
-                .contains("mtu must be a number from 1200 to 9000, not `70000`")
+                .contains("mtu must be a number from 1200 to 65507, not `70000`")
         );
         assert!(
             small
                 .to_string()
-                .contains("mtu must be a number from 1200 to 9000, not `100`")
+                .contains("mtu must be a number from 1200 to 65507, not `100`")
         );
         let e = parse(&["ctl", "wnd", "999999G"]).unwrap_err();
         assert!(e.to_string().contains("too large: use at most 4G"), "{e}");

@@ -545,7 +545,7 @@ mod tests {
             assert_eq!(
                 e.to_string(),
                 format!(
-                    "config s.toml line 2: mtu must be a number from 1200 to 9000, not `{shown}`"
+                    "config s.toml line 2: mtu must be a number from 1200 to 65507, not `{shown}`"
                 )
             );
         }

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use gaptun_apps::pump::ChunkStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -155,6 +157,41 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The chunk path draws from the same bucket as reads and writes.
+impl<S: ChunkStream> ChunkStream for Limited<S> {
+    fn poll_read_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        if poll_allowance(self.limit.as_deref(), &mut self.read_wait, cx).is_pending() {
+            return Poll::Pending;
+        }
+        let before: usize = out.iter().map(Bytes::len).sum();
+        let res = self.inner.poll_read_chunks(cx, max, out);
+        if let Some(limit) = &self.limit {
+            limit.charge(out.iter().map(Bytes::len).sum::<usize>() - before);
+        }
+        res
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if poll_allowance(self.limit.as_deref(), &mut self.write_wait, cx).is_pending() {
+            return Poll::Pending;
+        }
+        let res = self.inner.poll_write_chunk(cx, data);
+        if let (Some(limit), Poll::Ready(Ok(n))) = (&self.limit, &res) {
+            limit.charge(*n);
+        }
+        res
     }
 }
 

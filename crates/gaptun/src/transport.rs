@@ -43,7 +43,8 @@ settings_group! {
         /// [default: 32M per connection, 16M per stream].
         #[arg(long, value_name = "BYTES")]
         pub window: Option<WindowSize>,
-        /// Largest UDP payload in bytes, 1200-9000: the ceiling path MTU discovery probes up to.
+        /// Largest UDP payload in bytes, 1200-65507: the ceiling path MTU discovery probes up
+        /// to (8972 for jumbo frames, 65507 for loopback; paths that carry less are found).
         #[arg(long, value_name = "N", default_value = "1472")]
         pub mtu: Option<Mtu>,
         /// Probe for datagrams larger than 1350 bytes, up to --mtu (--mtu-discovery=false: never).

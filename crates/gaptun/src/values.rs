@@ -116,10 +116,11 @@ impl serde::de::Visitor<'_> for IntOrText {
 
 bounded_integer!(
     /// Largest UDP payload in bytes: at least the protocol minimum (a handshake Initial needs
-    /// 1200), at most a jumbo frame's.
+    /// 1200), at most what one IPv4 UDP datagram can hold (65 507, for loopback, whose MTU is
+    /// 65 536; a 9000-byte jumbo frame carries 8972).
     Mtu(u16),
     "mtu",
-    gaptun_proto::MIN_MTU..=9000
+    gaptun_proto::MIN_MTU..=65_507
 );
 
 bounded_integer!(
@@ -695,14 +696,16 @@ mod tests {
         let too_small = "100".parse::<Mtu>().unwrap_err();
         assert_eq!(
             too_big,
-            "mtu must be a number from 1200 to 9000, not `70000`"
+            "mtu must be a number from 1200 to 65507, not `70000`"
         );
         assert_eq!(
             too_small,
-            "mtu must be a number from 1200 to 9000, not `100`"
+            "mtu must be a number from 1200 to 65507, not `100`"
         );
         assert_eq!("1200".parse(), Ok(Mtu(1200)));
         assert_eq!("9000".parse(), Ok(Mtu(9000)));
+        assert_eq!("65507".parse(), Ok(Mtu(65_507)));
+        assert!("65508".parse::<Mtu>().is_err());
         assert!("0".parse::<Conns>().is_err());
         assert_eq!("64".parse(), Ok(Conns(64)));
         // From a file: an integer or a string, checked the same way.

@@ -26,7 +26,7 @@ use super::wire::{Entry, MAX_ENTRIES, Register, Status, VisitorHeader, WireError
 use crate::addr::TargetAddr;
 use crate::flow::{FlowMux, FlowRx, FlowTx};
 use crate::idle::Activity;
-use crate::pump;
+use crate::pump::{self, ChunkStream};
 use crate::request::{Command, ReplyCode, RequestError, TunnelReply, TunnelRequest};
 use crate::tunnel::{StreamAcceptor, StreamOpener};
 
@@ -389,7 +389,7 @@ impl ExposeClient {
         flows: Option<&FlowMux>,
     ) -> Result<(), VisitorError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: ChunkStream + Send,
     {
         let config = &self.inner.config;
         let header = timeout(config.reply_timeout, VisitorHeader::read_from(&mut stream))
@@ -423,7 +423,7 @@ impl ExposeClient {
                     local.write_all(&h).await?;
                 }
                 let local = counted(local, Arc::clone(stats), Side::Service);
-                pump::relay(stream, local).await?;
+                pump::relay_stream(local, stream).await?;
             }
             ExposeKind::Udp => {
                 let target = resolve(host, port, config.connect_timeout)

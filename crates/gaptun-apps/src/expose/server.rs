@@ -25,7 +25,7 @@ use crate::addr::TargetAddr;
 use crate::flow::{FlowMux, FlowRx, FlowTx};
 use crate::idle::Activity;
 use crate::policy::TargetPolicy;
-use crate::pump;
+use crate::pump::{self, ChunkStream};
 use crate::relay::{DialConfig, RelayError, read_request, serve_request};
 use crate::request::{Command, ReplyCode, TunnelReply};
 use crate::tunnel::StreamOpener;
@@ -146,7 +146,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         dial: &DialConfig,
     ) -> Result<(), RelayError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: ChunkStream + Send,
     {
         let request = read_request(&mut stream, dial.request_timeout).await?;
         if request.command != Command::Expose {
@@ -170,7 +170,7 @@ impl<O: StreamOpener> ExposeServer<O> {
     /// Claims the ports, answers, and holds the claims until the control stream ends.
     async fn serve_registration<S>(&self, mut stream: S, peer: &ExposePeer<O>, reg: Register)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: ChunkStream + Send,
     {
         let (session, verdicts) = self.claim(&reg, peer);
         for (entry, v) in reg.entries.iter().zip(&verdicts) {
@@ -468,7 +468,7 @@ impl<O: StreamOpener> ExposeServer<O> {
         stats.add_to_service(first as u64);
         stream.write_all(&flight).await?;
         drop(flight);
-        pump::relay(counted(tcp, stats, Side::Visitor), stream).await?;
+        pump::relay_stream(counted(tcp, stats, Side::Visitor), stream).await?;
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use thiserror::Error;
 
@@ -861,6 +862,15 @@ impl Connection {
         self.streams.write(id, data)
     }
 
+    /// Queues the front of `data` on a stream without copying it; returns how much was taken
+    /// (split off `data`).
+    pub fn write_chunk(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, WriteError> {
+        if self.state != State::Established {
+            return Err(WriteError::ClosedStream);
+        }
+        self.streams.write_chunk(id, data)
+    }
+
     /// Ends our half of a stream.
     pub fn finish(&mut self, id: StreamId) -> Result<(), WriteError> {
         if self.state != State::Established {
@@ -875,6 +885,15 @@ impl Connection {
             return Err(ReadError::ClosedStream);
         }
         self.streams.read(id, buf)
+    }
+
+    /// Reads the next piece of a stream (at most `max` bytes) without copying it:
+    /// `Ok(Some(bytes))`, `Ok(None)` at its end.
+    pub fn read_chunk(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
+        if matches!(self.state, State::Drained | State::Handshaking) {
+            return Err(ReadError::ClosedStream);
+        }
+        self.streams.read_chunk(id, max)
     }
 
     /// Abandons our sending half of a stream.

@@ -8,8 +8,11 @@
 //! PADDING. They carry no data, so a lost probe costs nothing to repair and says nothing about
 //! congestion: it only counts as a failure at that size. The first probe of a search goes
 //! straight to the ceiling (most paths carry it, and then one probe is enough); after
-//! [`MAX_PROBE_FAILURES`] failures a size becomes the new upper bound and the search halves the
-//! gap, until it is narrower than [`SEARCH_PRECISION`]. A finished search is tried again after
+//! [`MAX_PROBE_FAILURES`] failures a size becomes the new upper bound. Then the common path
+//! sizes below it ([`PLATEAUS`]: a jumbo frame, an Ethernet frame) are tried before the search
+//! halves the gap, until it is narrower than [`SEARCH_PRECISION`]: a ceiling raised for
+//! loopback or a jumbo-frame LAN (`max_udp_payload` up to 65 507) still finds an ordinary
+//! 1500-byte internet path's 1472 bytes exactly, after a few lost probes. A finished search is tried again after
 //! [`RAISE_INTERVAL`], in case the path got better.
 //!
 //! A path can also get worse (a route change): then every packet above the base size vanishes.
@@ -41,6 +44,11 @@ pub(super) const BLACK_HOLE_THRESHOLD: u32 = 3;
 /// this much (a 1472-byte UDP payload fills a 1500-byte IPv4 packet; over IPv6 it is 1452).
 pub(super) const IPV6_EXTRA_HEADER: u16 = 20;
 
+/// UDP payload sizes (over IPv4) of the MTUs most paths have, largest first: a 9000-byte jumbo
+/// frame and a 1500-byte Ethernet frame. After the ceiling failed, the search tries these
+/// before it bisects, so a common path is found exactly and with few probes.
+pub(super) const PLATEAUS: [u16; 2] = [8972, 1472];
+
 /// Where the search stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -69,6 +77,8 @@ pub(super) struct MtuDiscovery {
     initial: u16,
     /// Largest size we may probe: our and the peer's `max_udp_payload`.
     ceiling: u16,
+    /// Bytes the IP header takes beyond IPv4's (the [`PLATEAUS`] are lower by this much).
+    ip_extra: u16,
     /// Largest size known to work: every data packet fits in it.
     confirmed: u16,
     /// Smallest size known (or assumed) not to work; the search stays below it.
@@ -94,6 +104,7 @@ impl MtuDiscovery {
             enabled,
             initial,
             ceiling,
+            ip_extra: 0,
             confirmed: initial,
             bad: ceiling.saturating_add(1),
             first_probe: true,
@@ -111,6 +122,7 @@ impl MtuDiscovery {
         let mut ceiling = self.ceiling.min(peer_max);
         if ipv6 {
             ceiling = ceiling.saturating_sub(IPV6_EXTRA_HEADER);
+            self.ip_extra = IPV6_EXTRA_HEADER;
         }
         self.ceiling = ceiling.max(MIN_MTU);
         self.initial = self.initial.min(self.ceiling);
@@ -128,8 +140,10 @@ impl MtuDiscovery {
     }
 
     /// Size of the probe to send now, if one is due: the search is running (or due to run
-    /// again by `now`) and no probe is in flight.
-    pub(super) fn probe_due(&mut self, now: Instant) -> Option<u16> {
+    /// again by `now`) and no probe is in flight. The size is at most `limit` (the caller's
+    /// share of the congestion window), unless that is not above the confirmed size; a probe
+    /// cut to the limit is an ordinary step of the search, taken again once the limit grows.
+    pub(super) fn probe_due(&mut self, now: Instant, limit: u16) -> Option<u16> {
         if let Phase::Complete { until } = self.phase
             && now >= until
         {
@@ -138,7 +152,12 @@ impl MtuDiscovery {
         if self.phase != Phase::Searching || self.in_flight.is_some() {
             return None;
         }
-        Some(self.next_probe_size())
+        let size = self.next_probe_size();
+        Some(if limit > self.confirmed {
+            size.min(limit)
+        } else {
+            size
+        })
     }
 
     /// A probe of `size` bytes went out as packet `pn`.
@@ -226,11 +245,19 @@ impl MtuDiscovery {
         };
     }
 
-    /// The ceiling first, then the middle of the remaining gap (rounded up, so it always lies
-    /// strictly above the confirmed size).
+    /// The ceiling first, then the largest common size ([`PLATEAUS`]) between the confirmed
+    /// size and the smallest failed one, then the middle of the remaining gap (rounded up, so
+    /// it always lies strictly above the confirmed size).
     fn next_probe_size(&self) -> u16 {
         if self.first_probe {
             return self.ceiling;
+        }
+        if let Some(plateau) = PLATEAUS
+            .iter()
+            .map(|p| p.saturating_sub(self.ip_extra))
+            .find(|&p| p > self.confirmed && p < self.bad)
+        {
+            return plateau;
         }
         let gap = self.bad.saturating_sub(self.confirmed);
         self.confirmed + gap.div_ceil(2)
@@ -298,7 +325,7 @@ mod tests {
     fn converge(m: &mut MtuDiscovery, limit: u16, now: Instant) -> Vec<u16> {
         let mut probed = Vec::new();
         let mut pn = 0;
-        while let Some(size) = m.probe_due(now) {
+        while let Some(size) = m.probe_due(now, u16::MAX) {
             assert!(probed.len() < 100, "search does not end: {probed:?}");
             m.on_probe_sent(pn, size);
             probed.push(size);
@@ -335,18 +362,62 @@ mod tests {
     }
 
     #[test]
+    fn a_high_ceiling_tries_the_common_sizes_before_bisecting() {
+        let now = Instant::now();
+        // Loopback-sized ceiling over an Ethernet path: the ceiling, then 8972, then 1472.
+        let mut m = searching(1350, 65_507);
+        let probed = converge(&mut m, 1472, now);
+        assert_eq!(
+            &probed[..7],
+            &[65_507, 65_507, 65_507, 8972, 8972, 8972, 1472]
+        );
+        assert_eq!(m.current(), 1472, "an Ethernet path is found exactly");
+        assert!(probed[7..].iter().all(|&s| s > 1472 && s < 8972));
+        // Over a jumbo-frame path the second size tried is the answer.
+        let mut m = searching(1350, 65_507);
+        let probed = converge(&mut m, 9000, now);
+        assert_eq!(&probed[..4], &[65_507, 65_507, 65_507, 8972]);
+        assert!(m.current() >= 9000 - SEARCH_PRECISION && m.current() <= 9000);
+        // A probe is cut to the caller's limit (its share of the congestion window) and the
+        // search goes on from what that step confirmed.
+        let mut m = searching(1350, 65_507);
+        assert_eq!(m.probe_due(now, 10_800), Some(10_800));
+        m.on_probe_sent(1, 10_800);
+        m.on_probe_acked(1, now);
+        assert_eq!(m.current(), 10_800);
+        assert!(m.probe_due(now, u16::MAX).is_some_and(|s| s > 10_800));
+        // IPv6 lowers the common sizes with the ceiling.
+        let mut m = MtuDiscovery::new(true, 1350, 65_507);
+        m.set_peer_ceiling(u16::MAX, true);
+        let probed = converge(&mut m, 1452, now);
+        assert_eq!(
+            &probed[..7],
+            &[65_487, 65_487, 65_487, 8952, 8952, 8952, 1452]
+        );
+        assert_eq!(m.current(), 1452);
+    }
+
+    #[test]
     fn a_lost_probe_at_a_working_size_is_retried() {
         let now = Instant::now();
         let mut m = searching(1350, 1472);
-        assert_eq!(m.probe_due(now), Some(1472));
+        assert_eq!(m.probe_due(now, u16::MAX), Some(1472));
         m.on_probe_sent(7, 1472);
-        assert_eq!(m.probe_due(now), None, "one probe in flight at most");
+        assert_eq!(
+            m.probe_due(now, u16::MAX),
+            None,
+            "one probe in flight at most"
+        );
         m.on_probe_lost(7, now);
-        assert_eq!(m.probe_due(now), Some(1472), "one loss is not enough");
+        assert_eq!(
+            m.probe_due(now, u16::MAX),
+            Some(1472),
+            "one loss is not enough"
+        );
         m.on_probe_sent(8, 1472);
         m.on_probe_acked(8, now);
         assert_eq!(m.current(), 1472);
-        assert_eq!(m.probe_due(now), None);
+        assert_eq!(m.probe_due(now, u16::MAX), None);
     }
 
     #[test]
@@ -355,7 +426,7 @@ mod tests {
         let mut m = searching(1350, 1472);
         converge(&mut m, 1400, now);
         let found = m.current();
-        assert_eq!(m.probe_due(now + RAISE_INTERVAL / 2), None);
+        assert_eq!(m.probe_due(now + RAISE_INTERVAL / 2, u16::MAX), None);
         let later = now + RAISE_INTERVAL;
         assert_eq!(converge(&mut m, 1472, later), vec![1472]);
         assert!(found < m.current());
@@ -366,7 +437,7 @@ mod tests {
     fn disabled_discovery_never_probes_and_keeps_the_initial_size() {
         let mut m = MtuDiscovery::new(false, 1350, 1472);
         m.set_peer_ceiling(1472, false);
-        assert_eq!(m.probe_due(Instant::now()), None);
+        assert_eq!(m.probe_due(Instant::now(), u16::MAX), None);
         assert_eq!(m.current(), 1350);
         assert!(!m.on_packets_lost(&[(1, 1350), (2, 1350), (3, 1350), (4, 1350)]));
     }
@@ -375,12 +446,12 @@ mod tests {
     fn the_peer_and_ipv6_lower_the_ceiling() {
         let mut m = MtuDiscovery::new(true, 1350, 1472);
         m.set_peer_ceiling(1460, true);
-        assert_eq!(m.probe_due(Instant::now()), Some(1440));
+        assert_eq!(m.probe_due(Instant::now(), u16::MAX), Some(1440));
         let mut m = MtuDiscovery::new(true, 1350, 1472);
         m.set_peer_ceiling(1300, false);
         assert_eq!(m.current(), 1300, "initial size capped by the peer");
         assert_eq!(
-            m.probe_due(Instant::now()),
+            m.probe_due(Instant::now(), u16::MAX),
             None,
             "nothing above to look for"
         );
@@ -431,6 +502,6 @@ mod tests {
         converge(&mut m, 1472, now);
         m.on_path_changed();
         assert_eq!(m.current(), 1350);
-        assert_eq!(m.probe_due(now), Some(1472));
+        assert_eq!(m.probe_due(now, u16::MAX), Some(1472));
     }
 }

@@ -4,10 +4,12 @@
 use std::time::Instant;
 
 use super::{Connection, ConnectionError, State, Timer, error_code};
-use crate::frame::{self, Frame};
+use bytes::Bytes;
+
+use crate::frame::{self, Frame, StreamFrame};
 use crate::packet;
 use crate::shared::{PathAddr, Side};
-use crate::streams::StreamsError;
+use crate::streams::{SLICE_MIN, StreamsError};
 
 /// Ack-eliciting packets at least this long are taken as bulk data, never copied, when
 /// estimating the loss rate from arrivals.
@@ -130,6 +132,8 @@ impl Connection {
     ) -> bool {
         let mut ack_eliciting = false;
         let mut non_probing = false;
+        // The payload as shared memory, made on the first STREAM frame worth sharing.
+        let mut shared = None;
         for frame in frame::iter(payload) {
             let frame = match frame {
                 Ok(f) => f,
@@ -145,7 +149,7 @@ impl Connection {
                 frame,
                 Frame::Padding | Frame::PathChallenge(_) | Frame::PathResponse(_)
             );
-            if let Err(e) = self.process_frame(now, frame, from) {
+            if let Err(e) = self.process_frame(now, frame, from, payload, &mut shared) {
                 self.fail(
                     now,
                     streams_error_code(e),
@@ -178,17 +182,24 @@ impl Connection {
         non_probing
     }
 
+    /// Processes one frame of `payload`. `shared` is the payload copied once into shared
+    /// memory, made here on the first STREAM frame long enough to be kept as a slice of it.
     fn process_frame(
         &mut self,
         now: Instant,
         frame: Frame<'_>,
         from: PathAddr,
+        payload: &[u8],
+        shared: &mut Option<Bytes>,
     ) -> Result<(), StreamsError> {
         match frame {
             Frame::Padding | Frame::Ping => {}
             Frame::Ack(ack) => self.on_ack_frame(now, &ack),
             Frame::Stream(f) => {
-                self.streams.on_stream_frame(&f)?;
+                match shareable(&f, payload, shared) {
+                    Some((frame, bytes)) => self.streams.on_stream_frame_in(&frame, Some(bytes))?,
+                    None => self.streams.on_stream_frame(&f)?,
+                }
                 self.on_stream_data_received(now, f.fin);
             }
             Frame::ResetStream {
@@ -236,6 +247,34 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// For a STREAM frame whose data is long enough to be kept as a slice (`SLICE_MIN`): the
+/// payload in shared memory (copied on first use) and the frame pointing into it.
+fn shareable<'s>(
+    f: &StreamFrame<'_>,
+    payload: &[u8],
+    shared: &'s mut Option<Bytes>,
+) -> Option<(StreamFrame<'s>, &'s Bytes)> {
+    if f.data.len() < SLICE_MIN {
+        return None;
+    }
+    let start = (f.data.as_ptr() as usize).checked_sub(payload.as_ptr() as usize)?;
+    let end = start.checked_add(f.data.len())?;
+    if end > payload.len() {
+        return None;
+    }
+    let bytes: &'s Bytes = shared.get_or_insert_with(|| Bytes::copy_from_slice(payload));
+    let data = bytes.get(start..end)?;
+    Some((
+        StreamFrame {
+            id: f.id,
+            offset: f.offset,
+            fin: f.fin,
+            data,
+        },
+        bytes,
+    ))
 }
 
 fn streams_error_code(e: StreamsError) -> u64 {

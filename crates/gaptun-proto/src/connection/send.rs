@@ -222,7 +222,12 @@ impl Connection {
         {
             return None;
         }
-        let size = self.pmtu.probe_due(now)?;
+        // A probe far above the window would hold the window shut for data until it is declared
+        // lost (two RTOs): with a loopback-sized ceiling and a small window nothing but probes
+        // went out and the peer, hearing nothing, was declared dead. A quarter of the window
+        // keeps data flowing; the window grows quickly on a path that carries large packets.
+        let window_share = u16::try_from(self.cc.window() / 4).unwrap_or(u16::MAX);
+        let size = self.pmtu.probe_due(now, window_share)?;
         let len = usize::from(size);
         // The same window and pacer test as a data packet of the current size: a probe may
         // exceed both by its few extra bytes. Testing the probe's own size let data packets (a

@@ -17,13 +17,16 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::Bytes;
+
 use thiserror::Error;
 
 use crate::frame::{Frame, StreamFrame};
 use crate::shared::{Side, StreamId};
 use crate::varint;
 
-use recv::Recv;
+pub(crate) use recv::SLICE_MIN;
+use recv::{FrameData, Recv};
 use send::{FrameOutcome, Mode, Send};
 
 /// Most bytes one stream may hold that were written but not yet sent once. Writes beyond it
@@ -328,6 +331,24 @@ impl Streams {
     /// A short or refused write arms [`StreamEvent::Writable`] for this stream, and queues
     /// STREAM_DATA_BLOCKED / DATA_BLOCKED (once per credit value) when flow control is the cause.
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, WriteError> {
+        self.write_with(id, data.len(), |n| Bytes::copy_from_slice(&data[..n]))
+    }
+
+    /// Queues the front of `data` without copying it: as much as credit and buffer space allow
+    /// is split off `data` and kept until acknowledged. Returns how much; the rest stays in
+    /// `data`. Blocking and events as for [`Streams::write`].
+    pub fn write_chunk(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, WriteError> {
+        self.write_with(id, data.len(), |n| data.split_to(n))
+    }
+
+    /// Admits up to `len` bytes on stream `id` and queues the first `n` of them, as `take(n)`
+    /// hands them over (`n` <= `len`).
+    fn write_with(
+        &mut self,
+        id: StreamId,
+        len: usize,
+        take: impl FnOnce(usize) -> Bytes,
+    ) -> Result<usize, WriteError> {
         let conn_credit = self.conn_credit();
         let buffer_room = self.buffer_room();
         let stream = self.streams.get_mut(&id).ok_or(WriteError::ClosedStream)?;
@@ -338,17 +359,17 @@ impl Streams {
         if !send.is_writable_state() {
             return Err(WriteError::ClosedStream);
         }
-        if data.is_empty() {
+        if len == 0 {
             return Ok(0);
         }
         let stream_credit = send.credit();
         let unsent_room = MAX_UNSENT_PER_STREAM.saturating_sub(send.unsent());
-        let n = (data.len() as u64)
+        let n = (len as u64)
             .min(stream_credit)
             .min(conn_credit)
             .min(buffer_room)
             .min(unsent_room);
-        if n < data.len() as u64 {
+        if n < len as u64 {
             if unsent_room == n && n < stream_credit.min(conn_credit).min(buffer_room) {
                 // Woken from `write_queue` once enough of the stream's data went out.
             } else if stream_credit == n {
@@ -371,9 +392,9 @@ impl Streams {
         if n == 0 {
             return Err(WriteError::Blocked);
         }
-        // n <= data.len(), so it fits in usize and the slice is in bounds.
+        // n <= len, so it fits in usize.
         let n = n as usize;
-        send.push(&data[..n]);
+        send.push(take(n));
         self.data_written += n as u64;
         self.send_buffered += n as u64;
         if !send.queued {
@@ -407,10 +428,25 @@ impl Streams {
     /// Reading returns credit: MAX_STREAM_DATA / MAX_DATA are queued once less than half of the
     /// respective window remains. Reading the end, or being told of a reset, closes the half.
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        self.read_with(id, |recv| recv.read(buf))
+    }
+
+    /// Reads the next in-order piece of at most `max` bytes without copying it: `Ok(Some(b))`
+    /// with `b` not empty, `Ok(None)` at the end of the stream. Credit as for [`Streams::read`].
+    pub fn read_chunk(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
+        self.read_with(id, |recv| recv.read_chunk(max))
+    }
+
+    /// Runs a read on stream `id`'s receiving half and does the bookkeeping reads need.
+    fn read_with<T>(
+        &mut self,
+        id: StreamId,
+        read: impl FnOnce(&mut Recv) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
         let stream = self.streams.get_mut(&id).ok_or(ReadError::ClosedStream)?;
         let before = stream.recv.buffered();
         let fragments = stream.recv.fragments();
-        let result = stream.recv.read(buf);
+        let result = read(&mut stream.recv);
         let consumed = before - stream.recv.buffered();
         self.recv_fragments = self.recv_fragments - fragments + stream.recv.fragments();
         if consumed > 0 {
@@ -535,8 +571,19 @@ impl Streams {
         self.conn_window.max(granted)
     }
 
-    /// A STREAM frame arrived.
+    /// A STREAM frame arrived; the data it stores is copied.
     pub fn on_stream_frame(&mut self, frame: &StreamFrame<'_>) -> Result<(), StreamsError> {
+        self.on_stream_frame_in(frame, None)
+    }
+
+    /// A STREAM frame arrived in the datagram payload `payload` (its data lies inside it): data
+    /// stored from it in long enough pieces shares the payload's memory instead of being copied
+    /// (see `recv::SLICE_MIN`). With `None`, or data outside `payload`, the data is copied.
+    pub fn on_stream_frame_in(
+        &mut self,
+        frame: &StreamFrame<'_>,
+        payload: Option<&Bytes>,
+    ) -> Result<(), StreamsError> {
         let id = frame.id;
         if !self.ensure_stream(id)? {
             return Ok(());
@@ -553,7 +600,11 @@ impl Streams {
         }
         self.data_recvd += delta;
         let fragments = stream.recv.fragments();
-        let ingested = stream.recv.ingest(frame.offset, frame.data, frame.fin);
+        let data = FrameData {
+            data: frame.data,
+            backing: payload,
+        };
+        let ingested = stream.recv.ingest(frame.offset, data, frame.fin);
         self.recv_fragments = self.recv_fragments - fragments + stream.recv.fragments();
         self.recv_buffered += ingested.stored;
         self.data_consumed += ingested.consumed;

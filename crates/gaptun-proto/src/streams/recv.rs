@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::{Buf, Bytes, BytesMut};
+
 use crate::range_set::RangeSet;
 
 use super::{ReadError, StreamsError};
@@ -12,6 +14,12 @@ use super::{ReadError, StreamsError};
 /// make the receiver hold one allocation per byte) are packed into chunks of at least half
 /// this size on average (two neighbouring chunks are never both small enough to merge).
 pub(super) const COALESCE_LIMIT: usize = 1024;
+
+/// A received piece is kept as a slice of its datagram (no copy) only if it is at least this
+/// long and at least half of that datagram. Shorter pieces are copied out, so that a byte
+/// stored never pins more than two bytes of datagram, whatever the peer sends: a 1-byte frame
+/// does not keep a 1500-byte datagram alive, and small pieces still coalesce.
+pub(crate) const SLICE_MIN: usize = COALESCE_LIMIT / 2;
 
 /// Each run of buffered data separated from the next by a gap (a "fragment") must be paid for
 /// by this many bytes of receive window: a stream (and a connection) may hold at most
@@ -51,6 +59,85 @@ pub(super) struct Ingested {
     pub(super) dropped: u64,
 }
 
+/// Received, unread bytes at one offset.
+#[derive(Debug)]
+enum Chunk {
+    /// Copied out of the datagrams it came in; small neighbours are appended to it.
+    Owned(BytesMut),
+    /// A slice of one received datagram, handed to the reader without a copy. `backing` is the
+    /// length of the datagram it keeps alive (at most twice `bytes` when stored, see
+    /// [`SLICE_MIN`]).
+    Shared {
+        bytes: Bytes,
+        /// Only the memory tests read it; kept so that they measure what is really held.
+        #[cfg_attr(not(test), allow(dead_code))]
+        backing: usize,
+    },
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Self::Owned(b) => b.len(),
+            Self::Shared { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// Takes the first `n` bytes (at most the chunk's length) as a `Bytes`, without copying.
+    fn split_front(&mut self, n: usize) -> Bytes {
+        match self {
+            Self::Owned(b) => b.split_to(n.min(b.len())).freeze(),
+            Self::Shared { bytes, .. } => bytes.split_to(n.min(bytes.len())),
+        }
+    }
+
+    /// Heap bytes this chunk keeps alive.
+    #[cfg(test)]
+    fn heap(&self) -> usize {
+        match self {
+            Self::Owned(b) => b.capacity(),
+            Self::Shared { backing, .. } => *backing,
+        }
+    }
+}
+
+/// Where the bytes of a STREAM frame live: only borrowed (copied if stored), or inside a
+/// received datagram that stored pieces may share.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FrameData<'a> {
+    pub(super) data: &'a [u8],
+    /// The datagram payload `data` lies in, if it may be shared.
+    pub(super) backing: Option<&'a Bytes>,
+}
+
+impl<'a> FrameData<'a> {
+    /// The piece `from..to` of the frame's data as a chunk: a slice of the datagram when it is
+    /// long enough (see [`SLICE_MIN`]), else a copy.
+    fn piece(&self, from: usize, to: usize) -> Option<Chunk> {
+        let bytes = self.data.get(from..to)?;
+        match self.backing {
+            Some(backing)
+                if bytes.len() >= SLICE_MIN
+                    && bytes.len().saturating_mul(2) >= backing.len()
+                    && contains(backing, bytes) =>
+            {
+                Some(Chunk::Shared {
+                    bytes: backing.slice_ref(bytes),
+                    backing: backing.len(),
+                })
+            }
+            _ => Some(Chunk::Owned(BytesMut::from(bytes))),
+        }
+    }
+}
+
+/// Whether `part` lies inside `whole` (so `Bytes::slice_ref` cannot panic).
+fn contains(whole: &Bytes, part: &[u8]) -> bool {
+    let w = whole.as_ptr() as usize;
+    let p = part.as_ptr() as usize;
+    p >= w && p.saturating_add(part.len()) <= w.saturating_add(whole.len())
+}
+
 /// Receiving half of a stream.
 ///
 /// `chunks` holds received, unread data keyed by stream offset, never overlapping; `received`
@@ -62,7 +149,7 @@ pub(super) struct Ingested {
 /// also what sizes `received`) by a cap the caller enforces ([`fragment_cap`]).
 #[derive(Debug)]
 pub(super) struct Recv {
-    chunks: BTreeMap<u64, Vec<u8>>,
+    chunks: BTreeMap<u64, Chunk>,
     received: RangeSet,
     /// Next offset the application reads; after a stop or reset, everything below is consumed.
     read: u64,
@@ -125,7 +212,7 @@ impl Recv {
     pub(super) fn heap_estimate(&self) -> u64 {
         const CHUNK_ENTRY: u64 = 64;
         const RANGE_ENTRY: u64 = 48;
-        let data: u64 = self.chunks.values().map(|c| c.capacity() as u64).sum();
+        let data: u64 = self.chunks.values().map(|c| c.heap() as u64).sum();
         data + self.chunks.len() as u64 * CHUNK_ENTRY + self.received.len() as u64 * RANGE_ENTRY
     }
 
@@ -190,8 +277,8 @@ impl Recv {
     }
 
     /// Accepts a frame already validated by [`Recv::check_data`].
-    pub(super) fn ingest(&mut self, offset: u64, data: &[u8], fin: bool) -> Ingested {
-        let end = offset + data.len() as u64;
+    pub(super) fn ingest(&mut self, offset: u64, frame: FrameData<'_>, fin: bool) -> Ingested {
+        let end = offset + frame.data.len() as u64;
         self.highest = self.highest.max(end);
         if fin {
             self.final_size = Some(end);
@@ -207,9 +294,9 @@ impl Recv {
         for gap in self.received.missing_in(start..end) {
             let from = (gap.start - offset) as usize;
             let to = (gap.end - offset) as usize;
-            if let Some(bytes) = data.get(from..to) {
-                self.store(gap.start, bytes);
-                stored += bytes.len() as u64;
+            if let Some(piece) = frame.piece(from, to) {
+                stored += piece.len() as u64;
+                self.store(gap.start, piece);
             }
         }
         self.received.insert(start..end);
@@ -220,34 +307,39 @@ impl Recv {
         }
     }
 
-    /// Stores `bytes` at `at`, a range not received before: merged into the chunk before and/or
-    /// the chunk after when they touch it and the result stays within [`COALESCE_LIMIT`].
+    /// Stores `piece` at `at`, a range not received before. A copied piece is merged into the
+    /// copied chunk before and/or after it when they touch and the result stays within
+    /// [`COALESCE_LIMIT`]; slices of datagrams stay as they are.
     /// Keeps the fragment count: a piece touching neither neighbour starts a run, one joining
     /// two runs ends one.
-    fn store(&mut self, at: u64, bytes: &[u8]) {
-        let end = at + bytes.len() as u64;
+    fn store(&mut self, at: u64, piece: Chunk) {
+        let end = at + piece.len() as u64;
         let before = self
             .chunks
             .range_mut(..at)
             .next_back()
             .filter(|(key, chunk)| **key + chunk.len() as u64 == at);
         let touches_before = before.is_some();
-        let (key, merged_len) = match before {
-            Some((&key, chunk)) if chunk.len() + bytes.len() <= COALESCE_LIMIT => {
-                chunk.extend_from_slice(bytes);
-                (key, chunk.len())
+        let key = match (before, piece) {
+            (Some((&key, Chunk::Owned(chunk))), Chunk::Owned(new))
+                if chunk.len() + new.len() <= COALESCE_LIMIT =>
+            {
+                chunk.extend_from_slice(&new);
+                key
             }
-            _ => {
-                self.chunks.insert(at, bytes.to_vec());
-                (at, bytes.len())
+            (_, piece) => {
+                self.chunks.insert(at, piece);
+                at
             }
         };
-        let after_len = self.chunks.get(&end).map(Vec::len);
-        let touches_after = after_len.is_some();
-        if let Some(after_len) = after_len
-            && merged_len + after_len <= COALESCE_LIMIT
-            && let Some(after) = self.chunks.remove(&end)
-            && let Some(chunk) = self.chunks.get_mut(&key)
+        let touches_after = self.chunks.contains_key(&end);
+        let mergeable = match (self.chunks.get(&key), self.chunks.get(&end)) {
+            (Some(Chunk::Owned(a)), Some(Chunk::Owned(b))) => a.len() + b.len() <= COALESCE_LIMIT,
+            _ => false,
+        };
+        if mergeable
+            && let Some(Chunk::Owned(after)) = self.chunks.remove(&end)
+            && let Some(Chunk::Owned(chunk)) = self.chunks.get_mut(&key)
         {
             chunk.extend_from_slice(&after);
         }
@@ -326,9 +418,9 @@ impl Recv {
         ))
     }
 
-    /// Reads contiguous data into `out`: `Ok(Some(n))`, `Ok(None)` at the end. Returns the bytes
-    /// consumed alongside.
-    pub(super) fn read(&mut self, out: &mut [u8]) -> Result<Option<usize>, ReadError> {
+    /// What a read finds before any data: `Err` for a reset or closed half, `Ok(true)` at the
+    /// end of the stream (the half closes), `Ok(false)` when data may follow.
+    fn read_prelude(&mut self) -> Result<bool, ReadError> {
         match self.state {
             RecvState::Closed => return Err(ReadError::ClosedStream),
             RecvState::Reset { code } => {
@@ -340,31 +432,37 @@ impl Recv {
         self.notified = false;
         if self.final_size == Some(self.read) {
             self.state = RecvState::Closed;
-            return Ok(None);
+            return Ok(true);
         }
-        let mut n = 0;
-        while n < out.len() {
-            let Some(mut entry) = self.chunks.first_entry() else {
-                break;
-            };
-            if *entry.key() != self.read {
-                break;
-            }
-            let chunk = entry.get_mut();
-            let take = chunk.len().min(out.len() - n);
-            out[n..n + take].copy_from_slice(&chunk[..take]);
-            if take == chunk.len() {
-                entry.remove();
-            } else {
-                let rest = chunk.split_off(take);
-                entry.remove();
-                self.chunks.insert(self.read + take as u64, rest);
-            }
-            self.read += take as u64;
-            self.buffered -= take as u64;
-            n += take;
+        Ok(false)
+    }
+
+    /// Takes up to `max` bytes (`max` > 0) at the read offset, without copying, or `None` if
+    /// nothing is there.
+    fn take_front(&mut self, max: usize) -> Option<Bytes> {
+        let mut entry = self.chunks.first_entry()?;
+        if *entry.key() != self.read {
+            return None;
         }
-        // The run at the read offset was read to its end.
+        let chunk = entry.get_mut();
+        let out = if max >= chunk.len() {
+            match entry.remove() {
+                Chunk::Owned(b) => b.freeze(),
+                Chunk::Shared { bytes, .. } => bytes,
+            }
+        } else {
+            let front = chunk.split_front(max);
+            let rest = entry.remove();
+            self.chunks.insert(self.read + front.len() as u64, rest);
+            front
+        };
+        self.read += out.len() as u64;
+        self.buffered -= out.len() as u64;
+        Some(out)
+    }
+
+    /// After taking `n` bytes: the run at the read offset ended if nothing follows directly.
+    fn after_take(&mut self, n: usize) {
         if n > 0
             && self
                 .chunks
@@ -373,6 +471,22 @@ impl Recv {
         {
             self.fragments = self.fragments.saturating_sub(1);
         }
+    }
+
+    /// Reads contiguous data into `out`: `Ok(Some(n))`, `Ok(None)` at the end.
+    pub(super) fn read(&mut self, out: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        if self.read_prelude()? {
+            return Ok(None);
+        }
+        let mut n = 0;
+        while n < out.len() {
+            let Some(piece) = self.take_front(out.len() - n) else {
+                break;
+            };
+            out[n..n + piece.len()].copy_from_slice(&piece);
+            n += piece.len();
+        }
+        self.after_take(n);
         if n == 0 && !out.is_empty() {
             return Err(ReadError::Blocked);
         }
@@ -380,6 +494,19 @@ impl Recv {
             return Err(ReadError::Blocked);
         }
         Ok(Some(n))
+    }
+
+    /// Reads the next contiguous piece of at most `max` bytes (`max` > 0) without copying:
+    /// `Ok(Some(bytes))` with at least one byte, `Ok(None)` at the end. A piece is what arrived
+    /// in one frame (or several small ones merged), so a reader gets about a packet at a time.
+    pub(super) fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
+        if self.read_prelude()? {
+            return Ok(None);
+        }
+        let piece = self.take_front(max.max(1)).filter(|b| b.has_remaining());
+        let n = piece.as_ref().map_or(0, Bytes::len);
+        self.after_take(n);
+        piece.map(Some).ok_or(ReadError::Blocked)
     }
 
     /// Computes new stream credit after reads or a window change: `read + window`, granted when
@@ -408,6 +535,13 @@ impl Recv {
 mod tests {
     use super::*;
 
+    fn copied(data: &[u8]) -> FrameData<'_> {
+        FrameData {
+            data,
+            backing: None,
+        }
+    }
+
     fn read_all(r: &mut Recv) -> Vec<u8> {
         let mut out = Vec::new();
         let mut buf = [0u8; 7];
@@ -425,12 +559,12 @@ mod tests {
         let data: Vec<u8> = (0..100u8).collect();
         let mut r = Recv::new(1000);
         assert_eq!(r.check_data(50, 50, true), Ok(100));
-        assert_eq!(r.ingest(50, &data[50..], true).stored, 50);
+        assert_eq!(r.ingest(50, copied(&data[50..]), true).stored, 50);
         assert!(!r.is_readable());
         // Overlapping retransmission: only the 20 new bytes are stored, no new credit used.
         assert_eq!(r.check_data(30, 40, false), Ok(0));
-        assert_eq!(r.ingest(30, &data[30..70], false).stored, 20);
-        assert_eq!(r.ingest(0, &data[..30], false).stored, 30);
+        assert_eq!(r.ingest(30, copied(&data[30..70]), false).stored, 20);
+        assert_eq!(r.ingest(0, copied(&data[..30]), false).stored, 30);
         assert!(r.is_readable());
         assert_eq!(r.buffered(), 100);
         assert_eq!(read_all(&mut r), data);
@@ -451,7 +585,7 @@ mod tests {
         let mut r = Recv::new(1 << 20);
         // In order but unread: 1-byte frames pile up in chunks, not one allocation each.
         for i in 0..5_000u64 {
-            r.ingest(i, &data[i as usize..i as usize + 1], false);
+            r.ingest(i, copied(&data[i as usize..i as usize + 1]), false);
         }
         assert_eq!(r.fragments(), 1);
         assert!(
@@ -461,7 +595,7 @@ mod tests {
         );
         // Backwards 1-byte frames after a gap also coalesce (merging with the chunk after).
         for i in (6_000..10_000u64).rev() {
-            r.ingest(i, &data[i as usize..i as usize + 1], i == 9_999);
+            r.ingest(i, copied(&data[i as usize..i as usize + 1]), i == 9_999);
         }
         assert_eq!(r.fragments(), 2, "two runs with a gap between");
         assert!(
@@ -470,7 +604,7 @@ mod tests {
             r.chunks.len()
         );
         // Filling the gap joins the runs.
-        r.ingest(5_000, &data[5_000..6_000], false);
+        r.ingest(5_000, copied(&data[5_000..6_000]), false);
         assert_eq!(r.fragments(), 1);
         assert_eq!(read_all(&mut r), data);
         assert_eq!(r.fragments(), 0);
@@ -479,13 +613,13 @@ mod tests {
     #[test]
     fn fragments_count_gaps_and_drop_as_runs_are_read() {
         let mut r = Recv::new(1000);
-        r.ingest(10, &[1; 10], false);
-        r.ingest(30, &[1; 10], false);
-        r.ingest(50, &[1; 10], false);
+        r.ingest(10, copied(&[1; 10]), false);
+        r.ingest(30, copied(&[1; 10]), false);
+        r.ingest(50, copied(&[1; 10]), false);
         assert_eq!(r.fragments(), 3);
-        r.ingest(20, &[1; 10], false); // joins the first two runs
+        r.ingest(20, copied(&[1; 10]), false); // joins the first two runs
         assert_eq!(r.fragments(), 2);
-        r.ingest(0, &[1; 10], false); // extends the first run at the read offset
+        r.ingest(0, copied(&[1; 10]), false); // extends the first run at the read offset
         assert_eq!(r.fragments(), 2);
         let mut buf = [0u8; 15];
         assert_eq!(r.read(&mut buf), Ok(Some(15)));
@@ -507,7 +641,7 @@ mod tests {
         assert_eq!(cap, window / WINDOW_PER_FRAGMENT);
         let mut offset = 1;
         while r.fragments() <= cap {
-            r.ingest(offset, &[0xAA], false);
+            r.ingest(offset, copied(&[0xAA]), false);
             offset += 2;
         }
         // The caller refuses the frame that crossed the cap; what was held until then:
@@ -518,12 +652,59 @@ mod tests {
         );
     }
 
+    /// A piece at least [`SLICE_MIN`] long and half its datagram shares the datagram's memory;
+    /// a shorter one is copied, so that it does not keep the datagram alive.
+    #[test]
+    fn long_pieces_share_the_datagram_and_short_ones_are_copied() {
+        let datagram = Bytes::from(pattern(1200));
+        let inside = |b: &Bytes| {
+            let (d, p) = (datagram.as_ptr() as usize, b.as_ptr() as usize);
+            p >= d && p < d + datagram.len()
+        };
+        let mut r = Recv::new(1 << 20);
+        let long = FrameData {
+            data: &datagram[100..1100],
+            backing: Some(&datagram),
+        };
+        r.ingest(0, long, false);
+        let short = FrameData {
+            data: &datagram[1100..1101],
+            backing: Some(&datagram),
+        };
+        r.ingest(1000, short, false);
+        // Half of it (600 of 1200) still shares; less than half (599) is copied.
+        let half = FrameData {
+            data: &datagram[..600],
+            backing: Some(&datagram),
+        };
+        r.ingest(1001, half, false);
+        let under = FrameData {
+            data: &datagram[600..1199],
+            backing: Some(&datagram),
+        };
+        r.ingest(1601, under, false);
+        let chunks: Vec<Bytes> = std::iter::from_fn(|| r.read_chunk(1 << 20).ok().flatten())
+            .take(10)
+            .collect();
+        let shape: Vec<(usize, bool)> = chunks.iter().map(|c| (c.len(), inside(c))).collect();
+        assert_eq!(shape, [(1000, true), (1, false), (600, true), (599, false)]);
+        assert_eq!(chunks[0], datagram.slice(100..1100));
+        assert_eq!(r.buffered(), 0);
+        assert_eq!(r.fragments(), 0);
+        // A chunk read in parts keeps the offsets right.
+        let mut r = Recv::new(1 << 20);
+        r.ingest(0, long, false);
+        assert_eq!(r.read_chunk(300), Ok(Some(datagram.slice(100..400))));
+        assert_eq!(r.read_chunk(1 << 20), Ok(Some(datagram.slice(400..1100))));
+        assert_eq!(r.read_chunk(1 << 20), Err(ReadError::Blocked));
+    }
+
     #[test]
     fn final_size_rules() {
         let mut r = Recv::new(1000);
-        r.ingest(0, &[1; 10], false);
+        r.ingest(0, copied(&[1; 10]), false);
         assert_eq!(r.check_data(0, 5, true), Err(StreamsError::FinalSize));
-        r.ingest(0, &[1; 20], true);
+        r.ingest(0, copied(&[1; 20]), true);
         assert_eq!(r.check_data(20, 1, false), Err(StreamsError::FinalSize));
         assert_eq!(r.check_data(0, 10, true), Err(StreamsError::FinalSize));
         assert_eq!(r.check_data(0, 20, true), Ok(0));
@@ -536,7 +717,7 @@ mod tests {
         let mut r = Recv::new(100);
         assert_eq!(r.check_data(90, 11, false), Err(StreamsError::FlowControl));
         assert_eq!(r.check_reset(101), Err(StreamsError::FlowControl));
-        r.ingest(0, &[0; 100], false);
+        r.ingest(0, copied(&[0; 100]), false);
         let mut buf = [0u8; 40];
         assert_eq!(r.read(&mut buf), Ok(Some(40)));
         assert!(!r.grant(100, 0), "60 of 100 left: no update yet");
@@ -554,8 +735,8 @@ mod tests {
     #[test]
     fn reset_discards_unread_data_and_counts_it_consumed() {
         let mut r = Recv::new(1000);
-        r.ingest(0, &[1; 10], false);
-        r.ingest(20, &[1; 10], false);
+        r.ingest(0, copied(&[1; 10]), false);
+        r.ingest(20, copied(&[1; 10]), false);
         assert_eq!(r.check_reset(50), Ok(20));
         let (ing, tell) = r.on_reset(9, 50);
         assert!(tell);
@@ -575,7 +756,7 @@ mod tests {
     #[test]
     fn stop_waits_for_the_final_size() {
         let mut r = Recv::new(1000);
-        r.ingest(0, &[1; 10], false);
+        r.ingest(0, copied(&[1; 10]), false);
         let (ing, send_stop) = r.stop(4).unwrap();
         assert!(send_stop);
         assert_eq!((ing.consumed, ing.dropped), (10, 10));
@@ -583,7 +764,7 @@ mod tests {
         assert_eq!(r.read(&mut [0; 4]), Err(ReadError::ClosedStream));
         // Later data is counted consumed at once.
         assert_eq!(r.check_data(10, 5, false), Ok(5));
-        assert_eq!(r.ingest(10, &[1; 5], false).consumed, 5);
+        assert_eq!(r.ingest(10, copied(&[1; 5]), false).consumed, 5);
         let (ing, tell) = r.on_reset(4, 30);
         assert!(!tell);
         assert_eq!(ing.consumed, 15);

@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::{Buf, Bytes, BytesMut};
+
 use crate::frame::StreamFrame;
 use crate::range_set::RangeSet;
 use crate::shared::StreamId;
@@ -12,6 +14,11 @@ use super::SentStreamData;
 /// Below this many data bytes a frame that cannot carry the whole pending range is not worth
 /// its header; the data waits for the next packet.
 pub(super) const MIN_FRAME_DATA: usize = 8;
+
+/// A write shorter than this is appended to the last queued chunk when that one is short too
+/// (one copy of at most twice this size), so that many small writes do not each cost a queue
+/// entry and an allocation.
+const SMALL_WRITE: usize = 1024;
 
 /// A RESET_STREAM we owe the peer.
 #[derive(Debug, Clone, Copy)]
@@ -52,9 +59,13 @@ pub(super) enum Mode {
 /// Offsets: `[0, buf_offset)` is acknowledged and freed; `[buf_offset, written)` is in `buf`;
 /// `[0, sent)` was sent at least once. Idle streams allocate nothing: the deque and the range
 /// sets only allocate when used, and the buffer is released whenever it empties.
+///
+/// `buf` holds the chunks the application handed over, each with its stream offset, in order
+/// and without gaps: queuing a `Bytes` copies nothing, and STREAM frames are copied straight
+/// from the chunks into the packet.
 #[derive(Debug)]
 pub(super) struct Send {
-    buf: VecDeque<u8>,
+    buf: VecDeque<(u64, Bytes)>,
     buf_offset: u64,
     written: u64,
     sent: u64,
@@ -125,15 +136,26 @@ impl Send {
     }
 
     /// Bytes held in the buffer (written and not yet acknowledged).
-    #[cfg(test)]
     pub(super) fn buffered(&self) -> u64 {
-        self.buf.len() as u64
+        self.written - self.buf_offset
     }
 
     /// Appends application data; the caller has checked credit and buffer space.
-    pub(super) fn push(&mut self, data: &[u8]) {
-        self.buf.extend(data);
-        self.written += data.len() as u64;
+    pub(super) fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        let len = data.len() as u64;
+        match self.buf.back_mut() {
+            Some((_, last)) if data.len() < SMALL_WRITE && last.len() < SMALL_WRITE => {
+                let mut merged = BytesMut::with_capacity(last.len() + data.len());
+                merged.extend_from_slice(last);
+                merged.extend_from_slice(&data);
+                *last = merged.freeze();
+            }
+            _ => self.buf.push_back((self.written, data)),
+        }
+        self.written += len;
     }
 
     /// Whether a frame could be sent now.
@@ -228,8 +250,7 @@ impl Send {
         }
         let len = (end - start) as usize;
         StreamFrame::encode_header(id, start, len, fin, !to_end, buf);
-        let from = (start - self.buf_offset) as usize;
-        copy_out(&self.buf, from, len, buf);
+        copy_out(&self.buf, start, len, buf);
         SentStreamData {
             id,
             offset: start,
@@ -256,8 +277,8 @@ impl Send {
         let mut freed = 0;
         while self.acked.min() == Some(self.buf_offset) {
             let Some(r) = self.acked.pop_min() else { break };
-            let n = (r.end - self.buf_offset).min(self.buf.len() as u64);
-            self.buf.drain(..n as usize);
+            let n = (r.end - self.buf_offset).min(self.buffered());
+            self.drop_front(n);
             self.buf_offset = r.end;
             freed += n;
         }
@@ -266,6 +287,25 @@ impl Send {
             self.buf = VecDeque::new();
         }
         freed
+    }
+
+    /// Frees the first `n` buffered bytes (acknowledged).
+    fn drop_front(&mut self, mut n: u64) {
+        while n > 0 {
+            let Some((start, front)) = self.buf.front_mut() else {
+                break;
+            };
+            let len = front.len() as u64;
+            if len <= n {
+                self.buf.pop_front();
+                n -= len;
+            } else {
+                // n < len, a usize.
+                front.advance(n as usize);
+                *start += n;
+                n = 0;
+            }
+        }
     }
 
     /// A packet carrying `[offset, offset + len)` (and maybe the FIN) was lost: queue what is
@@ -294,8 +334,9 @@ impl Send {
         if self.reset.is_some() || self.all_acked() {
             return None;
         }
-        let freed = self.buf.len() as u64;
+        let freed = self.buffered();
         self.buf = VecDeque::new();
+        self.buf_offset = self.written;
         self.acked = RangeSet::new();
         self.lost = RangeSet::new();
         self.want_writable = false;
@@ -350,26 +391,28 @@ fn fit(id: StreamId, offset: u64, space: usize, want: u64) -> Option<Fit> {
     Some(Fit { len, to_end: false })
 }
 
-/// Appends `len` bytes of `deque` starting at index `from`. Callers stay within the deque; an
-/// out-of-range request copies what exists rather than panicking.
-fn copy_out(deque: &VecDeque<u8>, from: usize, len: usize, out: &mut Vec<u8>) {
-    let (a, b) = deque.as_slices();
-    let end = from.saturating_add(len);
-    let a_part = a
-        .get(from.min(a.len())..end.min(a.len()))
-        .unwrap_or_default();
-    out.extend_from_slice(a_part);
-    let b_from = from.saturating_sub(a.len());
-    let b_end = end.saturating_sub(a.len());
-    let b_part = b
-        .get(b_from.min(b.len())..b_end.min(b.len()))
-        .unwrap_or_default();
-    out.extend_from_slice(b_part);
-    debug_assert_eq!(
-        a_part.len() + b_part.len(),
-        len,
-        "copy_out beyond the buffer"
-    );
+/// Appends the `len` bytes at stream offset `from` out of `chunks` (see [`Send`]). Callers
+/// stay within the buffer; an out-of-range request copies what exists rather than panicking.
+fn copy_out(chunks: &VecDeque<(u64, Bytes)>, from: u64, len: usize, out: &mut Vec<u8>) {
+    // The chunk holding `from`: the last one starting at or before it.
+    let mut i = chunks
+        .partition_point(|(start, _)| *start <= from)
+        .saturating_sub(1);
+    let mut at = from;
+    let mut left = len;
+    while left > 0 {
+        let Some((start, chunk)) = chunks.get(i) else {
+            break;
+        };
+        let skip = usize::try_from(at.saturating_sub(*start)).unwrap_or(usize::MAX);
+        let part = chunk.get(skip.min(chunk.len())..).unwrap_or_default();
+        let take = part.len().min(left);
+        out.extend_from_slice(&part[..take]);
+        left -= take;
+        at += take as u64;
+        i += 1;
+    }
+    debug_assert_eq!(left, 0, "copy_out beyond the buffer");
 }
 
 #[cfg(test)]
@@ -424,22 +467,30 @@ mod tests {
     }
 
     #[test]
-    fn copy_out_spans_both_halves_of_the_ring() {
-        let mut d: VecDeque<u8> = VecDeque::with_capacity(8);
-        d.extend([0u8, 0, 0, 0, 0, 0]);
-        d.drain(..5);
-        d.extend([1u8, 2, 3, 4, 5, 6]);
-        d.pop_front();
+    fn copy_out_spans_chunks_and_small_writes_merge() {
+        let mut s = Send::new(1 << 20);
+        s.push(Bytes::from(vec![1u8; 2000]));
+        s.push(Bytes::from_static(&[2, 3]));
+        s.push(Bytes::from_static(&[4, 5, 6]));
+        s.push(Bytes::from(vec![7u8; 3000]));
+        assert_eq!(s.buf.len(), 3, "the two small writes share one chunk");
         let mut out = Vec::new();
-        copy_out(&d, 1, 4, &mut out);
-        assert_eq!(out, [2, 3, 4, 5]);
+        copy_out(&s.buf, 1998, 8, &mut out);
+        assert_eq!(out, [1, 1, 2, 3, 4, 5, 6, 7]);
+        // Acknowledging part of the first chunk keeps offsets right.
+        s.sent = s.written;
+        assert_eq!(s.on_ack(0, 1999, false), 1999);
+        out.clear();
+        copy_out(&s.buf, 1999, 3, &mut out);
+        assert_eq!(out, [1, 2, 3]);
+        assert_eq!(s.buffered(), 5005 - 1999);
     }
 
     #[test]
     fn retransmits_lost_ranges_first_and_fin_with_last_data() {
         let mut s = Send::new(1 << 20);
         let all: Vec<u8> = (0..100u8).collect();
-        s.push(&all);
+        s.push(Bytes::from(all.clone()));
         s.finished = true;
         let mut sent = Vec::new();
         loop {
@@ -512,7 +563,7 @@ mod tests {
     #[test]
     fn ack_frees_only_the_contiguous_front() {
         let mut s = Send::new(1 << 20);
-        s.push(&[1; 300]);
+        s.push(Bytes::from(vec![1; 300]));
         let mut buf = Vec::new();
         let mut frames = Vec::new();
         while let FrameOutcome::Sent { data, .. } =
@@ -536,7 +587,7 @@ mod tests {
     #[test]
     fn lost_then_acked_is_not_resent() {
         let mut s = Send::new(1 << 20);
-        s.push(&[7; 50]);
+        s.push(Bytes::from(vec![7; 50]));
         let mut buf = Vec::new();
         let FrameOutcome::Sent { data, .. } = s.write_frame(sid(), &mut buf, 1000, Mode::Any)
         else {
@@ -563,7 +614,7 @@ mod tests {
     #[test]
     fn reset_drops_the_buffer_once() {
         let mut s = Send::new(1 << 20);
-        s.push(&[7; 50]);
+        s.push(Bytes::from(vec![7; 50]));
         assert_eq!(s.reset(3), Some(50));
         assert_eq!(s.reset(3), None);
         assert!(!s.is_pending());
