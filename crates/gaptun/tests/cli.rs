@@ -122,7 +122,7 @@ fn mtu_errors_are_one_kind_from_flags_and_name_the_line_from_a_file() {
     for mtu in ["70000", "100"] {
         let o = gaptun(&["server", "--mtu", mtu]);
         assert_eq!(o.status.code(), Some(2));
-        let expected = format!("mtu must be a number from 1200 to 9000, not `{mtu}`");
+        let expected = format!("mtu must be a number from 1200 to 65507, not `{mtu}`");
         assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
     }
     let p = temp("mtu.toml", "# transport\n\nmtu = 100\n");
@@ -131,7 +131,7 @@ fn mtu_errors_are_one_kind_from_flags_and_name_the_line_from_a_file() {
     assert_eq!(
         stderr(&o),
         format!(
-            "gaptun: config {} line 3: mtu must be a number from 1200 to 9000, not `100`\n",
+            "gaptun: config {} line 3: mtu must be a number from 1200 to 65507, not `100`\n",
             p.display()
         )
     );
