@@ -345,11 +345,16 @@ fn report_goodput(samples: &[(Instant, usize)], blocked_at: Instant) {
     let first = samples.first().map_or(blocked_at, |(t, _)| *t);
     let before = rate(first, blocked_at);
     let steady_from = blocked_at + Duration::from_secs(3);
-    assert!(
-        end > steady_from + Duration::from_secs(1),
-        "the transfer ended {:?} after the block: too soon to measure",
-        end - blocked_at
-    );
+    if end <= steady_from + Duration::from_secs(1) {
+        // A fast machine finishes the rest of the transfer over the new carrier before a
+        // steady rate can be taken: nothing to report (the hash and the switch are asserted
+        // by the caller).
+        eprintln!(
+            "the transfer ended {:?} after the block: too soon to measure goodput",
+            end - blocked_at
+        );
+        return;
+    }
     let steady = rate(steady_from, end);
     let series: Vec<String> = (0..40)
         .map(|i| blocked_at + bin * i)
