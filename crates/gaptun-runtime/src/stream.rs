@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use gaptun_proto::{ReadError, StreamId, WriteError};
+use gaptun_proto::{Connection, ReadError, StreamId, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connection::ConnRef;
@@ -138,11 +138,22 @@ impl RtStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        self.poll_write_with(cx, |conn, id| conn.write_chunk(id, data))
+    }
+
+    /// One write into the connection under its lock (`write` is the copying or the chunk
+    /// form): registers the waker while flow control blocks, wakes the driver when something
+    /// was queued, and marks the write side closed on an error.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut Connection, StreamId) -> Result<usize, WriteError>,
+    ) -> Poll<io::Result<usize>> {
         let shared = &self.conn.shared;
         let result = {
             let mut state = shared.lock();
             let (conn, cs) = state.conn(&self.conn.meta)?;
-            match conn.write_chunk(self.id, data) {
+            match write(conn, self.id) {
                 Ok(0) | Err(WriteError::Blocked) => {
                     cs.writers.insert(self.id, cx.waker().clone());
                     return Poll::Pending;
@@ -238,29 +249,7 @@ impl AsyncWrite for RtStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let this = &mut *self;
-        let shared = &this.conn.shared;
-        let result = {
-            let mut state = shared.lock();
-            let (conn, cs) = state.conn(&this.conn.meta)?;
-            match conn.write(this.id, data) {
-                Ok(0) | Err(WriteError::Blocked) => {
-                    cs.writers.insert(this.id, cx.waker().clone());
-                    return Poll::Pending;
-                }
-                other => other,
-            }
-        };
-        match result {
-            Ok(n) => {
-                shared.kick();
-                Poll::Ready(Ok(n))
-            }
-            Err(e) => {
-                this.write_closed = true;
-                Poll::Ready(Err(write_error(e)))
-            }
-        }
+        self.poll_write_with(cx, |conn, id| conn.write(id, data))
     }
 
     /// Data is handed to the transport as soon as it is written; there is nothing to flush.
