@@ -465,13 +465,16 @@ impl Driver {
     /// had no room (its transmits stay queued, in order), if one had none.
     fn flush(&mut self) -> Option<Arc<dyn Carrier>> {
         // A carrier without room (a TLS connection's full queue, a fake-TCP flow still in its
-        // handshake) keeps its transmits, in order; the other carriers' go out past them.
-        let mut kept = VecDeque::new();
+        // handshake) keeps its transmits, in order, at the back of the queue (rotated in place,
+        // so the queue keeps its allocation); the other carriers' go out past them.
         let mut blocked: Option<Arc<dyn Carrier>> = None;
         let mut blocked_ids: Vec<CarrierId> = Vec::new();
-        while let Some((buf, t)) = self.outgoing.pop_front() {
+        for _ in 0..self.outgoing.len() {
+            let Some((buf, t)) = self.outgoing.pop_front() else {
+                break;
+            };
             if blocked_ids.contains(&t.carrier) {
-                kept.push_back((buf, t));
+                self.outgoing.push_back((buf, t));
                 continue;
             }
             let Some(slot) = self.carriers.iter().find(|s| s.id == t.carrier) else {
@@ -495,7 +498,7 @@ impl Driver {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     blocked_ids.push(t.carrier);
                     blocked.get_or_insert_with(|| Arc::clone(&slot.carrier));
-                    kept.push_back((buf, t));
+                    self.outgoing.push_back((buf, t));
                     continue;
                 }
                 Err(e) => {
@@ -505,7 +508,6 @@ impl Driver {
             }
             self.spare.push(buf);
         }
-        self.outgoing = kept;
         blocked
     }
 }
