@@ -5,8 +5,11 @@
 // Test helpers: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{cert, key, loopback, state_dir, tls_pair};
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,28 +29,6 @@ const TRANSFER: usize = 8 * 1024 * 1024;
 
 /// The decoy web server's page: what a prober must see.
 const DECOY_PAGE: &str = "<html><body>Welcome to the photo archive</body></html>";
-
-fn key() -> Psk {
-    Psk::from_bytes([42; 32])
-}
-
-fn state_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gaptun-carriers-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn cert(name: &str) -> CertKey {
-    load_or_generate(&CertSource::SelfSigned {
-        dir: state_dir(name),
-        name: "localhost".into(),
-    })
-    .unwrap()
-}
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// Deterministic pseudo-random bytes (xorshift).
 fn pattern(len: usize) -> Vec<u8> {
@@ -102,23 +83,7 @@ async fn transfer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_carrier_transfer_is_intact_over_several_connections() {
-    let server = TlsCarrier::listen(TlsServerConfig {
-        listen: loopback(),
-        cert: cert("tls-transfer"),
-        keys: Keys::new(&[key()]),
-        decoy: Decoy::NotFound,
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let client = TlsCarrier::connect(TlsClientConfig {
-        server: addr,
-        sni: "www.example.com".into(),
-        connections: 3,
-        keys: Keys::new(&[key()]),
-    })
-    .await
-    .unwrap();
+    let (server, client, addr) = tls_pair("tls-transfer", 3).await;
     assert!(
         client.reliable(),
         "TCP underneath: the core must not retransmit"

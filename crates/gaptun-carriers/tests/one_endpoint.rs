@@ -6,38 +6,17 @@
 // Test helpers: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+mod common;
+
+use common::{key, loopback, tls_pair};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gaptun_carriers::{
-    CertKey, CertSource, Decoy, Keys, TlsCarrier, TlsClientConfig, TlsServerConfig,
-    load_or_generate,
-};
-use gaptun_runtime::proto::{CarrierId, EndpointConfig, PathAddr, Psk};
+use gaptun_runtime::proto::{CarrierId, EndpointConfig, PathAddr};
 use gaptun_runtime::{Carrier, RtEndpoint, RtStream, UdpCarrier};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn key() -> Psk {
-    Psk::from_bytes([43; 32])
-}
-
-fn cert(name: &str) -> CertKey {
-    let dir = std::env::temp_dir().join(format!("gaptun-1ep-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let cert = load_or_generate(&CertSource::SelfSigned {
-        dir: dir.clone(),
-        name: "localhost".into(),
-    })
-    .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    cert
-}
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// Deterministic pseudo-random bytes (xorshift), made chunk by chunk so that hundreds of MiB
 /// need no memory.
@@ -99,27 +78,6 @@ async fn receive(mut stream: RtStream) -> (u64, [u8; 32]) {
         total += n as u64;
     }
     (total, hash.finalize().into())
-}
-
-async fn tls_pair(name: &str, connections: usize) -> (TlsCarrier, TlsCarrier, SocketAddr) {
-    let server = TlsCarrier::listen(TlsServerConfig {
-        listen: loopback(),
-        cert: cert(name),
-        keys: Keys::new(&[key()]),
-        decoy: Decoy::NotFound,
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let client = TlsCarrier::connect(TlsClientConfig {
-        server: addr,
-        sni: "www.example.com".into(),
-        connections,
-        keys: Keys::new(&[key()]),
-    })
-    .await
-    .unwrap();
-    (server, client, addr)
 }
 
 /// 256 MiB each way at once over TLS (two TCP connections): both carriers' queues fill and

@@ -5,74 +5,19 @@
 // Test helpers, not production code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{hash_server, key, pattern, send_and_check};
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gaptun_proto::{EndpointConfig, Psk};
-use gaptun_runtime::{ClientPool, PoolConfig, RtConnection, RtEndpoint};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn key() -> Psk {
-    Psk::from_bytes([43; 32])
-}
+use gaptun_proto::EndpointConfig;
+use gaptun_runtime::{ClientPool, PoolConfig, RtEndpoint};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-/// Accepts connections; on each, reads every stream to its end and answers with the SHA-256
-/// of what it read.
-async fn hash_server(ep: RtEndpoint) {
-    while let Some(conn) = ep.accept().await {
-        tokio::spawn(async move {
-            while let Some(stream) = conn.accept_stream().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = tokio::io::split(stream);
-                    let mut hasher = Sha256::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match r.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => hasher.update(&buf[..n]),
-                        }
-                    }
-                    let _ = w.write_all(&hasher.finalize()).await;
-                    let _ = w.shutdown().await;
-                });
-            }
-        });
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Sends `data` on a new stream in chunks, `pause` apart, and checks the server's hash of it.
-async fn send_and_check(conn: &RtConnection, data: &[u8], chunk: usize, pause: Duration) {
-    let stream = conn.open_stream().await.unwrap();
-    let (mut r, mut w) = tokio::io::split(stream);
-    for c in data.chunks(chunk) {
-        w.write_all(c).await.unwrap();
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    w.shutdown().await.unwrap();
-    let mut answer = Vec::new();
-    r.read_to_end(&mut answer).await.unwrap();
-    assert_eq!(answer, Sha256::digest(data).to_vec(), "data arrived intact");
 }
 
 /// 16 clients, each on its own socket, upload at once to a server of 4 shards: every stream
@@ -82,14 +27,14 @@ async fn send_and_check(conn: &RtConnection, data: &[u8], chunk: usize, pause: D
 async fn sixteen_clients_on_four_shards_arrive_intact() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let server =
-            RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key()]), 4)
+            RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key(43)]), 4)
                 .unwrap();
         let target = server.local_addr();
         tokio::spawn(hash_server(server.clone()));
         let mut tasks = Vec::new();
         for i in 0..16u64 {
             tasks.push(tokio::spawn(async move {
-                let client = RtEndpoint::bind(loopback(), EndpointConfig::client(key())).unwrap();
+                let client = RtEndpoint::bind(loopback(), EndpointConfig::client(key(43))).unwrap();
                 let conn = client.connect(target).await.unwrap();
                 let data = pattern(256 * 1024 + i as usize * 977, i + 1);
                 send_and_check(&conn, &data, 16 * 1024, Duration::ZERO).await;
@@ -132,7 +77,7 @@ async fn sixteen_clients_on_four_shards_arrive_intact() {
 async fn a_hopping_client_keeps_its_connection_across_shards() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let server =
-            RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key()]), 4)
+            RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key(43)]), 4)
                 .unwrap();
         tokio::spawn(hash_server(server.clone()));
         let config = PoolConfig {
@@ -140,7 +85,7 @@ async fn a_hopping_client_keeps_its_connection_across_shards() {
             ..PoolConfig::default()
         };
         let target = server.local_addr().to_string();
-        let pool = ClientPool::connect(&target, EndpointConfig::client(key()), config)
+        let pool = ClientPool::connect(&target, EndpointConfig::client(key(43)), config)
             .await
             .unwrap();
         let conn = pool.connections().pop().unwrap();
@@ -178,10 +123,11 @@ async fn a_hopping_client_keeps_its_connection_across_shards() {
 #[tokio::test]
 async fn a_sharded_port_is_not_shared_with_another_server() {
     let first =
-        RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key()]), 2).unwrap();
+        RtEndpoint::bind_sharded(&[loopback()], EndpointConfig::server(vec![key(43)]), 2).unwrap();
     let addr = first.local_addr();
     for shards in [1, 2] {
-        let again = RtEndpoint::bind_sharded(&[addr], EndpointConfig::server(vec![key()]), shards);
+        let again =
+            RtEndpoint::bind_sharded(&[addr], EndpointConfig::server(vec![key(43)]), shards);
         assert_eq!(
             again.err().map(|e| e.kind()),
             Some(std::io::ErrorKind::AddrInUse),

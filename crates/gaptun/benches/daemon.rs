@@ -19,9 +19,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{env_u64, free_port, free_tcp_port, gaptun, pump_in, pump_out, scratch, wait_for};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,13 +49,6 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run());
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// A child process, killed by PID when dropped.
@@ -112,37 +109,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gaptun-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn wait_for(path: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -167,12 +133,6 @@ impl Tunnel {
     fn cpu(&self) -> Duration {
         self.server.cpu() + self.client.cpu()
     }
-}
-
-fn gaptun() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gaptun"));
-    c.env_remove("RUST_LOG").env_remove("GAPTUN_KEY");
-    c
 }
 
 async fn start_gaptun(dir: &Path, tag: &str, target: SocketAddr) -> Tunnel {
@@ -297,30 +257,6 @@ enum Dir {
     Upload,
     /// The target writes, the client side reads.
     Download,
-}
-
-/// Writes random data until the peer goes away.
-async fn pump_out(mut tcp: TcpStream) {
-    let mut block = vec![0u8; 256 * 1024];
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for chunk in block.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    while tcp.write_all(&block).await.is_ok() {}
-}
-
-/// Reads and counts until EOF.
-async fn pump_in(mut tcp: TcpStream, count: Arc<AtomicU64>) {
-    let mut buf = vec![0u8; 256 * 1024];
-    while let Ok(n) = tcp.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        count.fetch_add(n as u64, Ordering::Relaxed);
-    }
 }
 
 /// A target for one bulk connection: sinks (upload) or sources (download) data.
@@ -560,7 +496,7 @@ async fn run() {
     let with_kcptun = kcptun_available();
     let parts = std::env::var("GAPTUN_BENCH_PARTS").unwrap_or_else(|_| "bulk,idle,streams".into());
     let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
-    let dir = scratch();
+    let dir = scratch("bench");
     let info = machine();
     if !with_kcptun {
         eprintln!("kcptun not found (scripts/setup.sh installs it): measuring gaptun only");

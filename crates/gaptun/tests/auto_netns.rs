@@ -13,7 +13,6 @@ mod common;
 mod netns;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,35 +26,10 @@ const TUNNEL_PORT: u16 = 29900;
 const SINK_PORT: u16 = 39011;
 const FORWARD_PORT: u16 = 39012;
 
-/// `gaptun ARGS` inside `ns`, logging to `<dir>/<name>.log`.
-fn daemon_in(ns: &str, dir: &Path, name: &str, args: &[&str]) -> Daemon {
-    let control = dir.join(format!("{name}.sock"));
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_gaptun")])
-        .args(args)
-        .args(["--control", control.to_str().unwrap()])
-        .env_remove("GAPTUN_KEY")
-        .env("RUST_LOG", "info")
-        .env("STATE_DIRECTORY", dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon {
-        child,
-        control,
-        log,
-    };
-    daemon.wait_ready();
-    daemon
-}
-
 /// The server accepting every carrier.
 fn server(topo: &Topology, dir: &Path) -> Daemon {
     let listen = format!("0.0.0.0:{TUNNEL_PORT}");
-    daemon_in(
+    Daemon::spawn_in_netns(
         &topo.server,
         dir,
         "server",
@@ -77,7 +51,7 @@ fn server(topo: &Topology, dir: &Path) -> Daemon {
 fn client(topo: &Topology, dir: &Path) -> Daemon {
     let server_addr = format!("{}:{TUNNEL_PORT}", topo.server_ip);
     let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
-    daemon_in(
+    Daemon::spawn_in_netns(
         &topo.client,
         dir,
         "client",
@@ -184,15 +158,7 @@ fn unblock_udp(topo: &Topology) {
 /// Bytes the router forwarded under counter `name` (bytes, not packets: the router's veth may
 /// aggregate a GSO batch into one forwarded packet).
 fn counted(topo: &Topology, name: &str) -> u64 {
-    let listing = topo
-        .router(&["nft", "list", "counter", "ip", "gfcount", name])
-        .unwrap_or_default();
-    listing
-        .split_whitespace()
-        .skip_while(|w| *w != "bytes")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    topo.router_counter("gfcount", name, "bytes").unwrap_or(0)
 }
 
 fn count_by_protocol(topo: &Topology) {

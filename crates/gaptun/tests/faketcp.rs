@@ -23,31 +23,6 @@ const TUNNEL_PORT: u16 = 29900;
 const SINK_PORT: u16 = 39001;
 const FORWARD_PORT: u16 = 39002;
 
-/// `gaptun ARGS` inside `ns`, logging to `<dir>/<name>.log`.
-fn daemon_in(ns: &str, dir: &Path, name: &str, args: &[&str]) -> Daemon {
-    let control = dir.join(format!("{name}.sock"));
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_gaptun")])
-        .args(args)
-        .args(["--control", control.to_str().unwrap()])
-        .env_remove("GAPTUN_KEY")
-        .env("RUST_LOG", "info")
-        .env("STATE_DIRECTORY", dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon {
-        child,
-        control,
-        log,
-    };
-    daemon.wait_ready();
-    daemon
-}
-
 /// A TCP sink in the server namespace: returns the SHA-256 and length of one connection.
 fn sink(topo: &Topology) -> std::thread::JoinHandle<([u8; 32], usize)> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -102,7 +77,7 @@ fn daemons(topo: &Topology, carrier: &str, dir: &Path) -> (Daemon, Daemon) {
 /// spreading over them.
 fn daemons_on(topo: &Topology, carrier: &str, dir: &Path, ports: &str) -> (Daemon, Daemon) {
     let listen = format!("0.0.0.0:{ports}");
-    let server = daemon_in(
+    let server = Daemon::spawn_in_netns(
         &topo.server,
         dir,
         "server",
@@ -119,7 +94,7 @@ fn daemons_on(topo: &Topology, carrier: &str, dir: &Path, ports: &str) -> (Daemo
     );
     let server_addr = format!("{}:{ports}", topo.server_ip);
     let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
-    let client = daemon_in(
+    let client = Daemon::spawn_in_netns(
         &topo.client,
         dir,
         "client",
@@ -150,15 +125,7 @@ fn transfer(topo: &Topology, client: &Daemon) {
 
 /// Packets of a named counter in the router's `gfcount` table.
 fn counted(topo: &Topology, name: &str) -> u64 {
-    let listing = topo
-        .router(&["nft", "list", "counter", "ip", "gfcount", name])
-        .unwrap_or_default();
-    listing
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    topo.router_counter("gfcount", name, "packets").unwrap_or(0)
 }
 
 #[test]
@@ -269,13 +236,7 @@ fn faketcp_over_a_port_range_with_two_ports_dropped() {
     let (_server, client) = daemons_on(&topo, "faketcp", &dir, &format!("{FIRST}-{LAST}"));
     transfer(&topo, &client);
     let dropped = topo
-        .router(&["nft", "list", "counter", "ip", "gfdead", "dropped"])
-        .unwrap_or_default();
-    let dropped: u64 = dropped
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
+        .router_counter("gfdead", "dropped", "packets")
         .unwrap_or(0);
     assert!(dropped > 0, "the client tried the dead ports too");
     assert_eq!(

@@ -165,15 +165,21 @@ impl Topology {
 
     /// Packets conntrack called INVALID (and dropped) in the router so far.
     pub fn invalid_packets(&self) -> u64 {
+        self.router_counter("gftest", "invalid", "packets")
+            .unwrap_or(u64::MAX)
+    }
+
+    /// A field (`packets` or `bytes`) of the named counter in the router's `ip` table
+    /// `table`; `None` if the counter cannot be read.
+    pub fn router_counter(&self, table: &str, name: &str, field: &str) -> Option<u64> {
         let listing = self
-            .router(&["nft", "list", "counter", "ip", "gftest", "invalid"])
-            .unwrap_or_default();
+            .router(&["nft", "list", "counter", "ip", table, name])
+            .ok()?;
         listing
             .split_whitespace()
-            .skip_while(|w| *w != "packets")
+            .skip_while(|w| *w != field)
             .nth(1)
             .and_then(|n| n.parse().ok())
-            .unwrap_or(u64::MAX)
     }
 
     /// Sets the router's conntrack timeout for established TCP (seconds).

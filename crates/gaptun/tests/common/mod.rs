@@ -152,6 +152,32 @@ impl Daemon {
         }
     }
 
+    /// `gaptun ARGS` inside network namespace `ns` (`ip netns exec`), logging to
+    /// `<dir>/<name>.log` at info level, its state kept in `dir`; waits until it is ready.
+    pub fn spawn_in_netns(ns: &str, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let control = dir.join(format!("{name}.sock"));
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_gaptun")])
+            .args(args)
+            .args(["--control", control.to_str().unwrap()])
+            .env_remove("GAPTUN_KEY")
+            .env("RUST_LOG", "info")
+            .env("STATE_DIRECTORY", dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Self {
+            child,
+            control,
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.control.exists() {
