@@ -535,8 +535,21 @@ impl Inner {
     /// Sends one whole IP packet to `dst`.
     fn send_packet(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
         let addr = socket2::SockAddr::from(SocketAddrV4::new(dst, 0));
-        self.fd
-            .try_io(Interest::WRITABLE, |socket| socket.send_to(packet, &addr))?;
+        let sent = self
+            .fd
+            .try_io(Interest::WRITABLE, |socket| socket.send_to(packet, &addr));
+        match sent {
+            // tokio answers `WouldBlock` without a system call until its reactor has seen the
+            // socket writable once, which is never the case for the SYNs sent right after the
+            // socket is made: they were lost and every flow started a second late. A raw
+            // socket's send buffer is almost never full, so try the socket itself.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.fd.get_ref().send_to(packet, &addr)?;
+            }
+            other => {
+                other?;
+            }
+        }
         bump(&self.counters.wire_bytes_sent, packet.len() as u64);
         Ok(())
     }

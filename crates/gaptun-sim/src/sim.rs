@@ -314,6 +314,26 @@ struct ClientNode {
     /// [`Sim::connect_failover`]): what arrives from server address `a` comes in on the
     /// carrier numbered as the server's carrier for `a`. Otherwise everything is carrier 0.
     carrier_per_server: bool,
+    /// Whether each server address sees this client from a source port of its own (see
+    /// [`Sim::connect_flows`]).
+    flow_per_server_address: bool,
+}
+
+impl ClientNode {
+    /// The source address of a datagram to `dst`: the client's own, or with
+    /// [`Sim::connect_flows`] its port shifted by `dst`'s offset from the main server port.
+    fn source_for(&self, dst: SocketAddr, main_server: SocketAddr) -> SocketAddr {
+        if !self.flow_per_server_address {
+            return self.address;
+        }
+        let offset = dst.port().wrapping_sub(main_server.port());
+        SocketAddr::new(self.address.ip(), self.address.port().wrapping_add(offset))
+    }
+
+    /// Whether a datagram from `src` to `dst` is for this client.
+    fn receives(&self, src: SocketAddr, dst: SocketAddr, main_server: SocketAddr) -> bool {
+        dst == self.address || dst == self.source_for(src, main_server)
+    }
 }
 
 /// The endpoints and what the simulation knows about their connections.
@@ -652,6 +672,7 @@ impl Sim {
         self.nodes.clients.push(ClientNode {
             endpoint,
             carrier_per_server: false,
+            flow_per_server_address: false,
             address,
             history: vec![address],
             primary: None,
@@ -694,6 +715,27 @@ impl Sim {
         index: usize,
         servers: &[SocketAddr],
     ) -> Result<ConnectionHandle, ConnectError> {
+        self.nodes.connect_paths(self.now, index, servers)
+    }
+
+    /// Like [`Sim::connect_paths`], but every server address sees the client from a source port
+    /// of its own (the client's port shifted by the server port's offset from the main one), as
+    /// fake TCP's flows, one per server port, each have their own: to the server each path is
+    /// a new peer address that it must validate.
+    pub fn connect_flows(
+        &mut self,
+        index: usize,
+        servers: &[SocketAddr],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let main = self.nodes.server_address;
+        let node = self.nodes.client_node(index);
+        node.flow_per_server_address = true;
+        for &server in servers {
+            let source = node.source_for(server, main);
+            if !node.history.contains(&source) {
+                node.history.push(source);
+            }
+        }
         self.nodes.connect_paths(self.now, index, servers)
     }
 
@@ -1144,7 +1186,13 @@ impl Sim {
                 .handle_datagram(now, carrier, d.src, &mut d.data);
         }
         while let Some(mut d) = self.downlink.pop_due(now) {
-            let Some(index) = self.nodes.clients.iter().position(|c| c.address == d.dst) else {
+            let main = self.nodes.server_address;
+            let Some(index) = self
+                .nodes
+                .clients
+                .iter()
+                .position(|c| c.receives(d.src, d.dst, main))
+            else {
                 self.stats.unroutable += 1;
                 continue;
             };
@@ -1252,7 +1300,11 @@ impl Sim {
             // The server sends from the address of the carrier it chose (clients have one).
             let src = match node {
                 Node::Server => self.nodes.server_carrier_address(transmit.carrier),
-                _ => src,
+                Node::Client(i) => self
+                    .nodes
+                    .client_ref(i)
+                    .source_for(transmit.destination, self.nodes.server_address),
+                Node::External => src,
             };
             polls += 1;
             assert!(

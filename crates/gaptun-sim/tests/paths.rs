@@ -170,3 +170,50 @@ fn moving_to_a_new_path_mid_transfer_keeps_every_stream() {
         );
     }
 }
+
+/// Fake TCP over a port range: the client reaches each of eight server ports from a source port
+/// of its own (one flow per port), so the server sees eight new peer addresses at the same
+/// moment, while a transfer starts at once. The server validates them side by side: the
+/// transfer arrives intact over one connection, and the flows share it.
+/// (With one candidate address at a time, each new address replaced the last before it could
+/// answer, and the connection died.)
+#[test]
+fn a_flow_per_server_port_is_validated_on_every_path_at_once() {
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let mut sim = Sim::new(SimConfig::new(13).with_link(link()));
+        let ports = server_ports(&mut sim, 8);
+        sim.connect_flows(0, &ports).expect("client has a key");
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 4_000_000, 3).with_streams(3, 4));
+        assert!(
+            sim.run_workloads(Duration::from_secs(60)),
+            "{direction:?}: transfer did not finish"
+        );
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
+        assert_eq!(transfer.received(), 4_000_000);
+        assert_eq!(sim.accepted().len(), 1, "{direction:?}: one handshake");
+        let conn = sim.client_connection(0).expect("client connection");
+        assert!(conn.is_established(), "{direction:?}: connection kept");
+        let acked: Vec<(u64, bool)> = conn
+            .paths()
+            .iter()
+            .map(|p| (p.packets_acked, p.alive))
+            .collect();
+        // A flow whose first challenge or answer is lost (1 % loss) may be given up by the
+        // client before the server has validated it, and retried a second later: every flow
+        // carried acknowledged packets, and most of them carried a share of the transfer.
+        // (Downloading, the client sends acknowledgements and a PING a second per flow.)
+        let busy = acked.iter().filter(|(n, _)| *n > 50).count();
+        let shared = direction == Direction::ToClient || busy >= 6;
+        assert!(
+            acked.iter().all(|(n, _)| *n > 0) && shared,
+            "{direction:?}: every flow carries acknowledged packets: {acked:?}"
+        );
+        let server = sim.server_connection(0).expect("server connection");
+        assert!(
+            server.stats().path_probes >= 7,
+            "{direction:?}: each new flow was challenged: {:?}",
+            server.stats()
+        );
+    }
+}

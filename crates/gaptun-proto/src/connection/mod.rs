@@ -290,8 +290,9 @@ pub struct Connection {
     rng: StdRng,
     clock: UnixClock,
     path: Path,
-    /// Server: a new peer address being validated before the connection moves there.
-    candidate: Option<Path>,
+    /// Server: new peer addresses being validated before the connection moves there or uses
+    /// them beside the current path (oldest first, at most `path::MAX_CANDIDATES`).
+    candidates: Vec<Path>,
     /// Server: validated paths other than the current one (see `connection::path`).
     alternates: Vec<Path>,
     /// Client: the paths packets are spread over (see `connection::multipath`).
@@ -382,7 +383,7 @@ impl Connection {
             rng: init.rng,
             clock: init.clock,
             path: Path::new(init.remote, init.side == Side::Client),
-            candidate: None,
+            candidates: Vec::new(),
             alternates: Vec::new(),
             paths: PathSet::new(&[init.remote]),
             pmtu,

@@ -12,7 +12,16 @@
 //! path. The server moves only when the candidate has answered its challenge *and* a
 //! non-probing packet (one with a frame other than PATH_CHALLENGE, PATH_RESPONSE or PADDING)
 //! arrives from it that is the newest so far, so newer than anything seen on the old path.
-//! If the current path answers its challenge first, the candidate is dropped.
+//! If the current path answers its challenge first, a candidate on another host that has not
+//! answered yet is dropped.
+//!
+//! Several candidates are validated at once (up to [`MAX_CANDIDATES`]): a fake-TCP client
+//! spreads its packets over one flow per server port, each from its own source port, so the
+//! server sees several new addresses of the same host at the same moment. With a single
+//! candidate each new address replaced the previous one before it could answer, no flow but
+//! the first was ever validated, and the connection died under load. Candidates on the current
+//! path's host are kept when the current path answers: that host is the client, and it is
+//! expected to be at both addresses.
 //!
 //! So an on-path attacker that copies a client's packet and sends the copy first from another
 //! address costs the server a challenge or two and nothing else: it cannot answer the challenge
@@ -43,6 +52,9 @@ const MAX_CANDIDATE_CHALLENGES: u32 = 6;
 
 /// Validated paths a server keeps besides the current one (oldest forgotten first).
 pub(super) const MAX_ALTERNATES: usize = 16;
+
+/// New peer addresses a server validates at once (oldest unvalidated forgotten first).
+pub(super) const MAX_CANDIDATES: usize = 16;
 
 /// Before a path is validated we send at most this many times what we received on it, so that
 /// a forged source address cannot turn us into an amplifier.
@@ -114,13 +126,13 @@ impl Connection {
             alt.bytes_received += len;
             return true;
         }
-        match self.candidate.as_mut() {
-            Some(c) if c.addr == from && c.validated => {
+        match self.candidates.iter_mut().find(|c| c.addr == from) {
+            Some(c) if c.validated => {
                 c.bytes_received += len;
                 return true;
             }
-            Some(c) if c.addr == from => c.bytes_received += len,
-            _ => {
+            Some(c) => c.bytes_received += len,
+            None => {
                 let newest = self.replay.largest().is_none_or(|l| pn > l);
                 if !newest {
                     return false;
@@ -135,9 +147,9 @@ impl Connection {
                 Err(_) => break,
             }
         }
-        self.candidate
-            .as_ref()
-            .is_some_and(|c| c.addr == from && c.validated)
+        self.candidates
+            .iter()
+            .any(|c| c.addr == from && c.validated)
     }
 
     /// The validated alternate path `from`, if it is one, or becomes one because its peer
@@ -171,15 +183,20 @@ impl Connection {
         self.alternates.push(path);
     }
 
-    /// Makes `from` the candidate address and challenges it and the current path.
+    /// Makes `from` a candidate address and challenges it and the current path.
     fn start_candidate(&mut self, now: Instant, from: PathAddr, len: u64) {
         let mut candidate = Path::new(from, false);
         candidate.bytes_received = len;
         candidate.challenge = Some(self.new_challenge());
         candidate.challenge_pending = true;
-        self.candidate = Some(candidate);
-        // Ask the current path as well: a client still there answers from there, which ends the
-        // candidate.
+        if self.candidates.len() >= MAX_CANDIDATES {
+            // Forget the oldest that has not answered; if all have, the oldest.
+            let oldest = self.candidates.iter().position(|c| !c.validated);
+            self.candidates.remove(oldest.unwrap_or(0));
+        }
+        self.candidates.push(candidate);
+        // Ask the current path as well: a client still there answers from there, which ends
+        // candidates on other hosts.
         if self.path.challenge.is_none() {
             self.path.challenge = Some(self.new_challenge());
             self.path.challenge_pending = true;
@@ -191,8 +208,10 @@ impl Connection {
 
     /// A PATH_RESPONSE arrived.
     pub(super) fn on_path_response(&mut self, data: [u8; 8]) {
-        if let Some(candidate) = self.candidate.as_mut()
-            && candidate.challenge == Some(data)
+        if let Some(candidate) = self
+            .candidates
+            .iter_mut()
+            .find(|c| c.challenge == Some(data))
         {
             candidate.validated = true;
             candidate.challenge = None;
@@ -203,10 +222,14 @@ impl Connection {
             self.path.validated = true;
             self.path.challenge = None;
             self.path.challenge_pending = false;
-            // The current path works: a candidate that has not answered yet is dropped.
-            if self.candidate.as_ref().is_some_and(|c| !c.validated) {
+            // The current path works: a candidate on another host that has not answered yet is
+            // dropped (see the module documentation).
+            let host = self.path.addr.remote.ip();
+            let before = self.candidates.len();
+            self.candidates
+                .retain(|c| c.validated || c.addr.remote.ip() == host);
+            if self.candidates.len() < before {
                 tracing::debug!("current path answered its challenge: candidate address dropped");
-                self.candidate = None;
             }
         }
     }
@@ -236,16 +259,14 @@ impl Connection {
             self.restart_timeouts(now);
             return;
         }
-        let ready = self
-            .candidate
-            .as_ref()
-            .is_some_and(|c| c.addr == from && c.validated);
-        if !ready {
-            return;
-        }
-        let Some(mut path) = self.candidate.take() else {
+        let Some(ready) = self
+            .candidates
+            .iter()
+            .position(|c| c.addr == from && c.validated)
+        else {
             return;
         };
+        let mut path = self.candidates.remove(ready);
         path.challenge_pending = false;
         let other_host = path.addr.remote.ip() != self.path.addr.remote.ip();
         let old = std::mem::replace(&mut self.path, path);
@@ -274,21 +295,22 @@ impl Connection {
     /// never answers.
     pub(super) fn on_path_challenge_timer(&mut self, now: Instant) {
         let mut again = false;
-        if let Some(candidate) = self.candidate.as_mut()
-            && !candidate.validated
-        {
-            if candidate.challenges_sent >= MAX_CANDIDATE_CHALLENGES {
-                tracing::debug!(path = %candidate.addr, "candidate address never answered");
-                self.candidate = None;
-                // The next candidate asks the current path again.
-                if self.path.validated {
-                    self.path.challenge = None;
-                    self.path.challenge_pending = false;
-                }
-            } else {
-                candidate.challenge_pending = true;
-                again = true;
+        let before = self.candidates.len();
+        self.candidates.retain(|c| {
+            let gave_up = !c.validated && c.challenges_sent >= MAX_CANDIDATE_CHALLENGES;
+            if gave_up {
+                tracing::debug!(path = %c.addr, "candidate address never answered");
             }
+            !gave_up
+        });
+        if self.candidates.len() < before && self.path.validated {
+            // The next candidate asks the current path again.
+            self.path.challenge = None;
+            self.path.challenge_pending = false;
+        }
+        for candidate in self.candidates.iter_mut().filter(|c| !c.validated) {
+            candidate.challenge_pending = true;
+            again = true;
         }
         if !self.path.validated && self.path.challenge.is_some() {
             self.path.challenge_pending = true;
@@ -299,33 +321,33 @@ impl Connection {
         }
     }
 
-    /// A datagram with a PATH_CHALLENGE for the candidate address, if one is due and its
+    /// A datagram with a PATH_CHALLENGE for a candidate address, if one is due and its
     /// anti-amplification budget allows. It is not tracked for loss (an address that does not
     /// answer is no congestion signal); the timer repeats it.
     pub(super) fn transmit_candidate_challenge(
         &mut self,
         buf: &mut Vec<u8>,
     ) -> Option<crate::shared::Transmit> {
-        let candidate = self.candidate.as_ref()?;
-        if !candidate.challenge_pending {
-            return None;
-        }
-        let data = candidate.challenge?;
-        let remote = candidate.addr;
-        let budget = candidate.send_budget();
+        // Every challenge has the same size: measure one, then take the first candidate that
+        // is due and whose budget allows it.
+        let start = crate::packet::begin(buf);
+        crate::frame::Frame::PathChallenge([0; 8]).encode(buf);
+        let len = (buf.len() - start + crate::packet::TAG_LEN) as u64;
+        buf.truncate(start);
+        let i = self
+            .candidates
+            .iter()
+            .position(|c| c.challenge_pending && c.challenge.is_some() && len <= c.send_budget())?;
+        let candidate = self.candidates.get(i)?;
+        let (data, remote) = (candidate.challenge?, candidate.addr);
         let start = crate::packet::begin(buf);
         crate::frame::Frame::PathChallenge(data).encode(buf);
-        let len = (buf.len() - start + crate::packet::TAG_LEN) as u64;
-        if len > budget {
-            buf.truncate(start);
-            return None;
-        }
         let pn = self.next_pn;
         self.seal(buf, start, pn);
         let size = (buf.len() - start) as u64;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += size;
-        if let Some(candidate) = self.candidate.as_mut() {
+        if let Some(candidate) = self.candidates.get_mut(i) {
             candidate.challenge_pending = false;
             candidate.challenges_sent += 1;
             candidate.bytes_sent += size;

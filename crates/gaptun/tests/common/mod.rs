@@ -44,10 +44,35 @@ impl std::ops::Deref for Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // CI keeps only the test output: the end of each daemon's log goes there too.
+            print_log_tails(&self.0, 60);
             eprintln!("logs kept in {}", self.0.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+/// Prints the last `lines` lines of every `*.log` file in `dir` to stderr.
+fn print_log_tails(dir: &Path, lines: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        eprintln!(
+            "--- last {} lines of {} ---\n{}",
+            tail.len(),
+            log.file_name().unwrap_or_default().to_string_lossy(),
+            tail.join("\n")
+        );
     }
 }
 
@@ -162,7 +187,10 @@ impl Daemon {
             .args(args)
             .args(["--control", control.to_str().unwrap()])
             .env_remove("GAPTUN_KEY")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("GAPTUN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("STATE_DIRECTORY", dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
