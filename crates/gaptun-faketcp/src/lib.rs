@@ -3,10 +3,11 @@
 //!
 //! - [`packet`]: IPv4 and TCP headers, built and parsed;
 //! - [`flow`]: one flow's handshake, numbers, ACK policy and timers (sans-IO);
-//! - [`nft`]: the nftables table that stops the kernel's RSTs for our ports;
+//! - [`nft`]: the nftables table that keeps the kernel's TCP (its lookups and RSTs) out of our
+//!   flows;
 //! - [`FakeTcpSocket`]: the carrier itself (Linux; elsewhere [`FakeTcpError::Unsupported`]).
 //!
-//! Needs root, or CAP_NET_RAW and CAP_NET_ADMIN (raw socket, nftables). IPv4 only.
+//! Needs root, or CAP_NET_RAW and CAP_NET_ADMIN (raw and packet sockets, nftables). IPv4 only.
 
 mod carrier;
 mod error;

@@ -1,12 +1,19 @@
-//! The nftables rules that stop the kernel's RSTs for our flows.
+//! The nftables rules that keep the kernel's TCP out of our flows.
 //!
-//! The kernel sees every segment we receive on the raw socket too, finds no TCP socket for it
-//! and answers with a RST, which would kill the flow at the peer and at every NAT on the way.
-//! Each carrier installs its own table, `ip gaptun_ft_<pid>_<n>`, with one chain on the output
-//! hook at the `raw` priority (before conntrack, so a dropped RST never moves a local
-//! conntrack entry to CLOSE) dropping RSTs of our ports only, unless they carry our mark (the
-//! ones we send on purpose). The table goes with the carrier; a table left by a process that
-//! died (SIGKILL, crash) is found by the pid in its name and removed at the next start.
+//! Left alone, the kernel's TCP would receive every segment of our flows, find no socket for
+//! it and answer with a RST, which would kill the flow at the peer and at every NAT on the way.
+//! Each carrier installs its own table, `ip gaptun_ft_<pid>_<n>`, with two chains, both scoped
+//! to our ports:
+//! - `seg_in`, on the prerouting hook after conntrack (`mangle` priority, so a local conntrack
+//!   still sees both directions of the flow), drops our incoming segments addressed to this
+//!   host. The carrier's packet socket has already taken its copy (see [`crate::sys`]), and
+//!   the kernel's TCP never spends time on them: no lookup, no RST built.
+//! - `rst_out`, on the output hook at the `raw` priority (before conntrack, so a dropped RST
+//!   never moves a local conntrack entry to CLOSE), drops the RSTs that still come from the
+//!   kernel, unless they carry our mark (the ones we send on purpose).
+//!
+//! The table goes with the carrier; a table left by a process that died (SIGKILL, crash) is
+//! found by the pid in its name and removed at the next start.
 //!
 //! We run the `nft` program rather than speak netlink: it is what an administrator reads and
 //! types, its absence gives one clear error, and the rules are written once, here.
@@ -41,6 +48,8 @@ pub(crate) enum Scope {
     /// A client: RSTs towards the server's ports on the server's address.
     Client {
         server: Ipv4Addr,
+        /// Our own address towards the server (where its segments come to).
+        local: Ipv4Addr,
         ports: RangeInclusive<u16>,
     },
 }
@@ -57,9 +66,32 @@ impl Scope {
                 };
                 format!("{addr}tcp sport {}", port_set(ports))
             }
-            Self::Client { server, ports } => {
+            Self::Client { server, ports, .. } => {
                 format!("ip daddr {server} tcp dport {}", port_set(ports))
             }
+        }
+    }
+
+    /// The match part of the rule dropping our incoming segments: to this host only, so that a
+    /// host forwarding other machines' TCP on the same ports still forwards it.
+    fn incoming(&self) -> String {
+        match self {
+            Self::Server { addr, ports } => {
+                let to = if addr.is_unspecified() {
+                    "fib daddr type local".to_string()
+                } else {
+                    format!("ip daddr {addr}")
+                };
+                format!("{to} tcp dport {}", port_set(ports))
+            }
+            Self::Client {
+                server,
+                local,
+                ports,
+            } => format!(
+                "ip saddr {server} ip daddr {local} tcp sport {}",
+                port_set(ports)
+            ),
         }
     }
 }
@@ -93,14 +125,24 @@ impl RstGuard {
              \t\ttype filter hook output priority raw; policy accept;\n\
              \t\tmeta mark != {OUR_MARK:#x} {} tcp flags rst drop\n\
              \t}}\n\
+             \tchain seg_in {{\n\
+             \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+             \t\t{} drop\n\
+             \t}}\n\
              }}\n",
-            scope.matches()
+            scope.matches(),
+            scope.incoming()
         );
         // Creating an existing table would merge into it: delete any leftover of ours first
         // (a counter reused after a crash of a process that had our pid).
         let _ = run_nft(&["delete", "table", "ip", &table], None);
         run_nft(&["-f", "-"], Some(&script)).map_err(FakeTcpError::Nftables)?;
-        info!(table = %table, rule = %scope.matches(), "fake TCP: kernel RSTs suppressed");
+        info!(
+            table = %table,
+            rst = %scope.matches(),
+            incoming = %scope.incoming(),
+            "fake TCP: kernel TCP kept out of our flows"
+        );
         Ok(Self { table })
     }
 
@@ -203,12 +245,22 @@ mod tests {
             addr: Ipv4Addr::new(10, 0, 0, 2),
             ports: 443..=443,
         };
+        assert_eq!(
+            server.incoming(),
+            "fib daddr type local tcp dport 10001-10010"
+        );
         assert_eq!(bound.matches(), "ip saddr 10.0.0.2 tcp sport 443");
+        assert_eq!(bound.incoming(), "ip daddr 10.0.0.2 tcp dport 443");
         let client = Scope::Client {
             server: Ipv4Addr::new(192, 0, 2, 1),
+            local: Ipv4Addr::new(10, 0, 0, 5),
             ports: 10001..=10002,
         };
         assert_eq!(client.matches(), "ip daddr 192.0.2.1 tcp dport 10001-10002");
+        assert_eq!(
+            client.incoming(),
+            "ip saddr 192.0.2.1 ip daddr 10.0.0.5 tcp sport 10001-10002"
+        );
     }
 
     #[test]

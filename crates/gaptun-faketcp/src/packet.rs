@@ -72,6 +72,8 @@ pub(crate) enum ParseError {
     NotTcp,
     #[error("IP fragment")]
     Fragment,
+    #[error("IPv4 header checksum wrong")]
+    BadHeaderChecksum,
 }
 
 /// Writes `header` and `payload` as one IPv4 packet into `out` (cleared first).
@@ -130,7 +132,11 @@ pub(crate) fn build(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
     out[IPV4_HEADER + 16..IPV4_HEADER + 18].copy_from_slice(&sum.to_be_bytes());
 }
 
-/// Parses an IPv4 packet as the raw socket hands it over (IP header included).
+/// Parses an IPv4 packet as the packet socket hands it over (IP header included, maybe followed
+/// by link-layer padding, which the IP total length leaves out).
+///
+/// The IPv4 header checksum is checked: the packet socket sees packets before the kernel's
+/// `ip_rcv` does, and a damaged address or length must not reach a flow.
 ///
 /// The TCP checksum is not checked, on purpose: a segment the kernel built with checksum
 /// offload (a RST from a local firewall's `reject`, anything crossing a veth or loopback from
@@ -159,6 +165,9 @@ pub(crate) fn parse(packet: &[u8]) -> Result<Segment<'_>, ParseError> {
     let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
     if total < ihl + TCP_HEADER || total > packet.len() {
         return Err(ParseError::Truncated);
+    }
+    if finish(sum_words(0, &packet[..ihl])) != 0 {
+        return Err(ParseError::BadHeaderChecksum);
     }
     let src_ip = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     let dst_ip = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
@@ -297,6 +306,20 @@ mod tests {
         );
         assert_eq!((seg.tsval, seg.tsecr), (Some(1000), Some(2000)));
         assert_eq!(seg.payload, &payload[..]);
+    }
+
+    #[test]
+    fn damaged_ip_header_or_trailing_padding() {
+        let mut out = Vec::new();
+        build(&header(ACK), b"abc", &mut out);
+        // Link-layer padding after the packet is not payload.
+        let mut padded = out.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert_eq!(parse(&padded).expect("parses").payload, b"abc");
+        // A flipped bit in the source address is caught by the header checksum.
+        let mut damaged = out.clone();
+        damaged[13] ^= 0x10;
+        assert_eq!(parse(&damaged).err(), Some(ParseError::BadHeaderChecksum));
     }
 
     #[test]

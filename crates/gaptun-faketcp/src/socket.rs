@@ -117,7 +117,10 @@ pub struct FakeTcpSocket {
 
 #[derive(Debug)]
 struct Inner {
-    fd: AsyncFd<Socket>,
+    /// The raw IPv4 socket we send on.
+    tx: AsyncFd<Socket>,
+    /// The packet socket we receive on.
+    rx: AsyncFd<Socket>,
     state: Mutex<State>,
     /// Wakes the timer task when a deadline came closer (a delayed ACK, a reconnection).
     /// Shared with the task, which must not keep `Inner` alive while it waits.
@@ -211,8 +214,9 @@ struct Slot {
 impl FakeTcpSocket {
     /// Starts a server: installs the RST rules and opens the raw socket. Needs a tokio runtime.
     pub fn server(config: ServerConfig) -> Result<Self, FakeTcpError> {
-        // The raw socket first: without the privilege it is the one-line error to show.
-        let socket = sys::raw_socket(&Filter::ToPorts {
+        // The sockets first: without the privilege they are the one-line error to show.
+        let tx = sys::send_socket()?;
+        let rx = sys::recv_socket(&Filter::ToPorts {
             addr: config.addr,
             ports: config.ports.clone(),
         })?;
@@ -227,18 +231,20 @@ impl FakeTcpSocket {
             ports: config.ports,
             flows: HashMap::new(),
         };
-        Self::start(socket, rules, role, config.timing, local)
+        Self::start((tx, rx), rules, role, config.timing, local)
     }
 
     /// Starts a client: one flow per server port, connecting at once. Needs a tokio runtime.
     pub fn client(config: ClientConfig) -> Result<Self, FakeTcpError> {
         let local_ip = sys::source_for(config.server)?;
-        let socket = sys::raw_socket(&Filter::FromPorts {
+        let tx = sys::send_socket()?;
+        let rx = sys::recv_socket(&Filter::FromPorts {
             server: config.server,
             ports: config.ports.clone(),
         })?;
         let rules = RstGuard::install(&Scope::Client {
             server: config.server,
+            local: local_ip,
             ports: config.ports.clone(),
         })?;
         let now = Instant::now();
@@ -262,18 +268,19 @@ impl FakeTcpSocket {
             local_ip,
             slots,
         };
-        Self::start(socket, rules, role, config.timing, local)
+        Self::start((tx, rx), rules, role, config.timing, local)
     }
 
     fn start(
-        socket: Socket,
+        (tx, rx): (Socket, Socket),
         rules: RstGuard,
         role: Role,
         timing: Timing,
         local: SocketAddr,
     ) -> Result<Self, FakeTcpError> {
         let inner = Arc::new(Inner {
-            fd: register(socket)?,
+            tx: register(tx, Interest::WRITABLE)?,
+            rx: register(rx, Interest::READABLE)?,
             state: Mutex::new(State {
                 role,
                 timing,
@@ -364,7 +371,7 @@ impl FakeTcpSocket {
         }
         let mut filled = 0;
         loop {
-            let mut guard = match self.inner.fd.poll_read_ready(cx) {
+            let mut guard = match self.inner.rx.poll_read_ready(cx) {
                 Poll::Ready(guard) => guard?,
                 Poll::Pending if filled > 0 => return Poll::Ready(Ok(filled)),
                 Poll::Pending => return Poll::Pending,
@@ -480,7 +487,7 @@ impl FakeTcpSocket {
             }
         };
         let dst = socket2::SockAddr::from(SocketAddrV4::new(*flow.remote().ip(), 0));
-        let fd = &self.inner.fd;
+        let fd = &self.inner.tx;
         let sent = send_data_batch(flow, contents, size, now, &mut state.batch, |packets| {
             fd.try_io(Interest::WRITABLE, |socket| {
                 sys::send_batch(socket, packets, &dst)
@@ -506,7 +513,7 @@ impl FakeTcpSocket {
 
     /// Ready when a send may succeed again after `WouldBlock`.
     pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let guard = ready!(self.inner.fd.poll_write_ready(cx))?;
+        let guard = ready!(self.inner.tx.poll_write_ready(cx))?;
         drop(guard);
         Poll::Ready(Ok(()))
     }
@@ -536,7 +543,7 @@ impl Inner {
     fn send_packet(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
         let addr = socket2::SockAddr::from(SocketAddrV4::new(dst, 0));
         let sent = self
-            .fd
+            .tx
             .try_io(Interest::WRITABLE, |socket| socket.send_to(packet, &addr));
         match sent {
             // tokio answers `WouldBlock` without a system call until its reactor has seen the
@@ -544,7 +551,7 @@ impl Inner {
             // socket is made: they were lost and every flow started a second late. A raw
             // socket's send buffer is almost never full, so try the socket itself.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.fd.get_ref().send_to(packet, &addr)?;
+                self.tx.get_ref().send_to(packet, &addr)?;
             }
             other => {
                 other?;
@@ -590,7 +597,8 @@ impl Inner {
                 {
                     return None;
                 }
-                self.server_segment(flows, &seg, *timing, now, rng, send_buf, out)
+                let wildcard = addr.is_unspecified();
+                self.server_segment(flows, &seg, wildcard, *timing, now, rng, send_buf, out)
             }
             Role::Client { slots, .. } => {
                 let slot = slots.get_mut(&seg.src.port())?;
@@ -626,6 +634,7 @@ impl Inner {
         &self,
         flows: &mut HashMap<SocketAddrV4, Flow>,
         seg: &Segment<'_>,
+        wildcard: bool,
         timing: Timing,
         now: Instant,
         rng: &mut StdRng,
@@ -634,6 +643,12 @@ impl Inner {
     ) -> Option<(usize, SocketAddr)> {
         let is_syn = seg.flags & (SYN | ACK | RST) == SYN;
         let fresh_syn = is_syn && flows.get(&seg.src).is_none_or(|f| f.irs() != seg.seq);
+        // Listening on every address, the packet socket also sees segments this host only
+        // forwards (a router with the same port open behind it): those are not ours to answer.
+        let unknown = fresh_syn || !flows.contains_key(&seg.src);
+        if unknown && wildcard && !sys::is_local(*seg.dst.ip()) {
+            return None;
+        }
         if fresh_syn {
             if flows.len() >= MAX_SERVER_FLOWS && !flows.contains_key(&seg.src) {
                 flows.retain(|_, f| f.is_established());
@@ -829,7 +844,7 @@ impl Inner {
     }
 }
 
-/// Registers the raw socket with tokio's reactor.
+/// Registers one of the carrier's sockets with tokio's reactor.
 ///
 /// The crate's only `unsafe`: tokio requires the caller to promise that the descriptor stays
 /// open and is not replaced while registered (its I/O-safety contract). It holds: the
@@ -837,10 +852,9 @@ impl Inner {
 /// shared references, so the descriptor is closed only when the `AsyncFd` itself is dropped,
 /// after deregistration.
 #[allow(unsafe_code)]
-fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: see above; `socket` is moved into the `AsyncFd` and owned by it from here on.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE) };
+    let registered = unsafe { AsyncFd::register_with_interest(socket, interest) };
     registered.map_err(io::Error::from)
 }
 

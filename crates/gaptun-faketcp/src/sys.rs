@@ -1,12 +1,22 @@
-//! The raw socket: IPv4, `IPPROTO_TCP`, `IP_HDRINCL`, with a classic BPF filter so that the
-//! kernel hands us only segments of our ports instead of a copy of every TCP packet on the host.
+//! The two sockets of a carrier: a raw IPv4 socket (`IPPROTO_RAW`, the IP header ours) that
+//! sends, and an `AF_PACKET` socket with a classic BPF filter that receives only the segments of
+//! our ports.
 //!
-//! Why a raw IPv4 socket and not `AF_PACKET` or a TUN device: the kernel still routes, fills
-//! link-layer headers and applies netfilter to what we send (so our own nftables rule and the
-//! host's NAT work as for any TCP), it works the same on loopback, on veth pairs and on real
-//! NICs, and it needs nothing but CAP_NET_RAW. Receiving, a raw `IPPROTO_TCP` socket gets a
-//! copy of each incoming TCP segment after IP reassembly and before TCP; the kernel's own
-//! answer (a RST, as no TCP socket exists) is dropped by the rules in [`crate::nft`].
+//! Why a raw IPv4 socket to send, and not `AF_PACKET` or a TUN device: the kernel still routes,
+//! fills link-layer headers and applies netfilter to what we send (so our own nftables rule and
+//! the host's NAT work as for any TCP), it works the same on loopback, on veth pairs and on real
+//! NICs, and it needs nothing but CAP_NET_RAW. An `IPPROTO_RAW` socket never receives, so it
+//! queues no copy of anything.
+//!
+//! Why `AF_PACKET` to receive: a raw `IPPROTO_TCP` socket gets its copy of a segment only on the
+//! way into the kernel's TCP, which then looks for a socket, finds none and builds a RST for
+//! nftables to drop: about a fifth of the carrier's CPU time at full speed. A packet socket
+//! bound to IPv4 sees each incoming packet as the device hands it up, before netfilter, so the
+//! rules in [`crate::nft`] drop our segments in `prerouting` and the kernel's TCP never sees
+//! them. Bound to the IPv4 protocol (not to every protocol), it gets only incoming packets, not
+//! a copy of what we send. It sees packets before IP reassembly and before the kernel checks
+//! the IP header: the filter passes first fragments only and [`crate::packet::parse`] checks
+//! the header's checksum, as `ip_rcv` did for the raw socket.
 //!
 //! `socket2` wraps the set-up calls. The batch calls, `sendmmsg` and `recvmmsg`, are not
 //! wrapped by it: [`send_batch`] and [`recv_batch`] call them through `libc` (one datagram per
@@ -40,26 +50,48 @@ pub(crate) enum Filter {
     },
 }
 
-/// Opens the raw socket, non-blocking, with its filter.
-pub(crate) fn raw_socket(filter: &Filter) -> Result<Socket, FakeTcpError> {
-    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).map_err(|e| {
-        if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-            FakeTcpError::Permission(e)
-        } else {
-            FakeTcpError::Io(e)
-        }
-    })?;
-    socket.set_header_included_v4(true)?;
-    socket.attach_filter(&program(filter))?;
+fn privileged(e: io::Error) -> FakeTcpError {
+    if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+        FakeTcpError::Permission(e)
+    } else {
+        FakeTcpError::Io(e)
+    }
+}
+
+/// Opens the sending socket: raw IPv4 with the IP header ours, non-blocking.
+pub(crate) fn send_socket() -> Result<Socket, FakeTcpError> {
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .map_err(privileged)?;
     // Our deliberate RSTs carry the mark the nftables rule lets pass (needs CAP_NET_ADMIN,
     // which installing the rules needs anyway).
     socket.set_mark(OUR_MARK)?;
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
-    // Drop what queued before the filter was attached (the socket saw all TCP until then).
+    Ok(socket)
+}
+
+/// Opens the receiving socket: `AF_PACKET`, cooked (data starts at the IP header), incoming
+/// IPv4 on every interface, non-blocking, with its filter.
+pub(crate) fn recv_socket(filter: &Filter) -> Result<Socket, FakeTcpError> {
+    let ipv4 = Protocol::from(i32::from((libc::ETH_P_IP as u16).to_be()));
+    let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(ipv4)).map_err(privileged)?;
+    socket.attach_filter(&program(filter))?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    // Drop what queued before the filter was attached (the socket saw all IPv4 until then).
     drain(&socket);
     Ok(socket)
+}
+
+/// Whether `ip` is one of this host's addresses (the kernel lets us bind to it). A server
+/// listening on every address asks before it answers a segment of an unknown flow: its packet
+/// socket also sees segments the host only forwards.
+pub(crate) fn is_local(ip: Ipv4Addr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 fn drain(socket: &Socket) {
@@ -187,8 +219,13 @@ const JGE_K: u16 = 0x35;
 const JGT_K: u16 = 0x25;
 const JSET_K: u16 = 0x45;
 const RET_K: u16 = 0x06;
+/// `ld #pkttype` (an ancillary load: `SKF_AD_OFF + SKF_AD_PKTTYPE`).
+const AD_PKTTYPE: u32 = (-0x1000i32 + 4) as u32;
+/// `PACKET_HOST`: addressed to this host (not broadcast, multicast or another host's).
+const PACKET_HOST: u32 = 0;
 
-/// The filter program. Offsets are from the IPv4 header, where a raw socket's data begins.
+/// The filter program. Offsets are from the IPv4 header, where a cooked packet socket's data
+/// begins.
 fn program(filter: &Filter) -> Vec<SockFilter> {
     let (addr_offset, addr, port_offset, ports) = match filter {
         Filter::ToPorts { addr, ports } => (16, *addr, 2, ports),
@@ -196,6 +233,8 @@ fn program(filter: &Filter) -> Vec<SockFilter> {
     };
     // Instructions, with jumps to "drop" patched once the length is known.
     let mut code: Vec<(u16, Option<bool>, u32)> = Vec::new();
+    code.push((LD_W_ABS, None, AD_PKTTYPE));
+    code.push((JEQ_K, Some(false), PACKET_HOST)); // not ours: drop
     // Fragments other than the first carry no TCP header.
     code.push((LD_H_ABS, None, 6));
     code.push((JSET_K, Some(true), 0x1fff)); // set: drop
