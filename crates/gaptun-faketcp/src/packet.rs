@@ -140,7 +140,7 @@ pub(crate) fn build(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
 ///
 /// The TCP checksum is not checked, on purpose: a segment the kernel built with checksum
 /// offload (a RST from a local firewall's `reject`, anything crossing a veth or loopback from
-/// the same host) reaches raw sockets with only the pseudo-header sum in the field, to be
+/// the same host) reaches packet sockets with only the pseudo-header sum in the field, to be
 /// completed by a NIC that never sees it. Refusing those would ignore exactly the RSTs we must
 /// react to. Payloads are authenticated by gaptun's AEAD above us, and a checksum would not
 /// stop a forged segment anyway.

@@ -212,7 +212,7 @@ struct Slot {
 }
 
 impl FakeTcpSocket {
-    /// Starts a server: installs the RST rules and opens the raw socket. Needs a tokio runtime.
+    /// Starts a server: opens its sockets and installs its nftables rules. Needs a tokio runtime.
     pub fn server(config: ServerConfig) -> Result<Self, FakeTcpError> {
         // The sockets first: without the privilege they are the one-line error to show.
         let tx = sys::send_socket()?;
