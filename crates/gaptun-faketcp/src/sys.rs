@@ -232,12 +232,13 @@ fn program(filter: &Filter) -> Vec<SockFilter> {
         Filter::FromPorts { server, ports } => (12, *server, 0, ports),
     };
     // Instructions, with jumps to "drop" patched once the length is known.
-    let mut code: Vec<(u16, Option<bool>, u32)> = Vec::new();
-    code.push((LD_W_ABS, None, AD_PKTTYPE));
-    code.push((JEQ_K, Some(false), PACKET_HOST)); // not ours: drop
-    // Fragments other than the first carry no TCP header.
-    code.push((LD_H_ABS, None, 6));
-    code.push((JSET_K, Some(true), 0x1fff)); // set: drop
+    let mut code: Vec<(u16, Option<bool>, u32)> = vec![
+        (LD_W_ABS, None, AD_PKTTYPE),
+        (JEQ_K, Some(false), PACKET_HOST), // not ours: drop
+        // Fragments other than the first carry no TCP header.
+        (LD_H_ABS, None, 6),
+        (JSET_K, Some(true), 0x1fff), // set: drop
+    ];
     if !addr.is_unspecified() {
         code.push((LD_W_ABS, None, addr_offset));
         code.push((JEQ_K, Some(false), u32::from(addr))); // not equal: drop
