@@ -58,7 +58,12 @@ fn server_config(idle: usize) -> EndpointConfig {
 }
 
 fn server_busy(server: &RtEndpoint) -> Duration {
-    server.refresh_snapshot().shards.iter().map(|s| s.busy).sum()
+    server
+        .refresh_snapshot()
+        .shards
+        .iter()
+        .map(|s| s.busy)
+        .sum()
 }
 
 /// Accepts connections; each one's streams are echoed byte for byte.
