@@ -27,13 +27,16 @@ use crate::reset::StatelessReset;
 use crate::shared::{CarrierId, PathAddr, Side, Transmit};
 
 mod limits;
+mod schedule;
 mod seed;
 mod shard;
 
 pub use limits::{LimitHit, LimitKind};
+pub use schedule::Visits;
 pub use seed::{RngSeed, SeedError, SeedOrigin};
 
 use limits::Limits;
+use schedule::{ALL, CHECK, EVENTS, RETIME, SEND, Schedule, Slot};
 use shard::{Common, ShardPos};
 pub use shard::{MAX_SHARDS, ShardError};
 
@@ -96,6 +99,13 @@ pub enum ConnectError {
     NoPath,
 }
 
+/// A connection and its place in the endpoint's [`Schedule`].
+#[derive(Debug)]
+struct Entry {
+    conn: Connection,
+    slot: Slot,
+}
+
 /// Per-PSK state: its header key (the server may accept several keys).
 #[derive(Debug)]
 struct KeySlot {
@@ -115,7 +125,7 @@ pub struct Endpoint {
     /// Where `rng`'s seed came from (checked by the runtime's tests: production uses the OS).
     seed_origin: SeedOrigin,
     clock: UnixClock,
-    connections: HashMap<ConnectionHandle, Connection>,
+    connections: HashMap<ConnectionHandle, Entry>,
     by_cid: HashMap<ConnectionId, ConnectionHandle>,
     next_handle: usize,
     incoming: VecDeque<ConnectionHandle>,
@@ -129,8 +139,11 @@ pub struct Endpoint {
     /// Server: connections whose client has not confirmed the handshake yet, by address, so a
     /// retransmitted Initial (its Response was lost) gets the Response again.
     unconfirmed: HashMap<PathAddr, ConnectionHandle>,
-    /// Round-robin position for `poll_transmit`, so one busy connection cannot starve others.
-    transmit_order: VecDeque<ConnectionHandle>,
+    /// `unconfirmed` is swept in full when it grows past this.
+    unconfirmed_sweep_at: usize,
+    /// The connections with something to do, and their timers: the work of one call follows
+    /// the busy connections, not all of them.
+    schedule: Schedule,
     /// Connection IDs, and answering or recognising stateless resets.
     reset: StatelessReset,
     stats: EndpointStats,
@@ -218,7 +231,8 @@ impl Endpoint {
             common,
             shard,
             unconfirmed: HashMap::new(),
-            transmit_order: VecDeque::new(),
+            unconfirmed_sweep_at: 64,
+            schedule: Schedule::default(),
             reset: StatelessReset::new(&config.psks),
             stats: EndpointStats::default(),
             config,
@@ -270,9 +284,18 @@ impl Endpoint {
         self.next_handle += self.shard.count;
         self.common().live += 1;
         self.by_cid.insert(conn.local_cid(), handle);
-        self.connections.insert(handle, conn);
-        self.transmit_order.push_back(handle);
+        let mut slot = Slot::default();
+        self.schedule.mark(&mut slot, handle, ALL);
+        self.connections.insert(handle, Entry { conn, slot });
         handle
+    }
+
+    /// The connection behind `handle`, marked as having taken input (it may now have
+    /// something to send, another deadline, events, or have drained).
+    fn touch(&mut self, handle: ConnectionHandle) -> Option<&mut Connection> {
+        let entry = self.connections.get_mut(&handle)?;
+        self.schedule.mark(&mut entry.slot, handle, ALL);
+        Some(&mut entry.conn)
     }
 
     /// Starts connecting to `remote` on carrier 0.
@@ -319,7 +342,7 @@ impl Endpoint {
     ) -> Option<usize> {
         let from = PathAddr::new(carrier, from);
         if let Some(handle) = self.route(data)
-            && let Some(conn) = self.connections.get_mut(&handle)
+            && let Some(conn) = self.touch(handle)
         {
             conn.handle_datagram(now, from, data);
             return None;
@@ -381,8 +404,9 @@ impl Endpoint {
             return;
         };
         match self.connections.get_mut(&handle) {
-            Some(conn) if conn.is_unconfirmed_server() && conn.path() == from => {
+            Some(Entry { conn, slot }) if conn.is_unconfirmed_server() && conn.path() == from => {
                 conn.on_initial_repeated(len);
+                self.schedule.mark(slot, handle, ALL);
             }
             _ => {
                 self.unconfirmed.remove(&from);
@@ -405,12 +429,13 @@ impl Endpoint {
             }
             return false;
         }
-        for conn in self.connections.values_mut() {
+        for (&handle, Entry { conn, slot }) in &mut self.connections {
             if conn.remote_address() == from.remote
                 && let Some(cid) = conn.stateless_reset_cid()
                 && self.reset.is_reset_for(&cid, data)
             {
                 conn.on_stateless_reset(now);
+                self.schedule.mark(slot, handle, ALL);
                 self.stats.resets_received += 1;
                 return true;
             }
@@ -509,7 +534,9 @@ impl Endpoint {
         }
     }
 
-    /// The next datagram(s) to send, from any connection.
+    /// The next datagram(s) to send, from any connection that may have something to send
+    /// (round-robin, so one busy connection cannot starve the others). Connections that have
+    /// nothing leave the queue until they take input again: the cost follows the busy ones.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
@@ -519,62 +546,200 @@ impl Endpoint {
         if let Some(t) = self.reset.poll_transmit(buf) {
             return Some(t);
         }
-        for _ in 0..self.transmit_order.len() {
-            let handle = self.transmit_order.pop_front()?;
-            let Some(conn) = self.connections.get_mut(&handle) else {
+        for _ in 0..self.schedule.send.len() {
+            let handle = self.schedule.send.pop_front()?;
+            // A connection removed since it was queued is skipped (handles are never reused).
+            let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) else {
                 continue;
             };
-            self.transmit_order.push_back(handle);
-            if let Some(t) = conn.poll_transmit(now, max_datagrams, buf) {
-                return Some(t);
+            self.schedule.visits.transmit_polls += 1;
+            let sent = conn.poll_transmit(now, max_datagrams, buf);
+            // Sending arms timers (loss detection, pacing) and can make streams writable.
+            self.schedule.mark(slot, handle, RETIME | EVENTS);
+            match sent {
+                Some(t) => {
+                    self.schedule.send.push_back(handle);
+                    return Some(t);
+                }
+                None => Schedule::unmark(slot, SEND),
             }
         }
         None
     }
 
-    /// The earliest timer of any connection.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The earliest timer of any connection. Takes `&mut self`: the deadlines of connections
+    /// that took input since the last call are re-read first (only theirs), and drained
+    /// connections whose events were taken are removed.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.remove_drained();
+        self.update_deadlines();
+        while let Some((t, handle)) = self.schedule.peek_timer() {
+            if self.is_valid_timer(t, handle) {
+                return Some(t);
+            }
+            self.schedule.pop_timer();
+        }
+        None
+    }
+
+    /// Whether the heap entry `(t, handle)` is the connection's current deadline.
+    fn is_valid_timer(&self, t: Instant, handle: ConnectionHandle) -> bool {
         self.connections
-            .values()
-            .filter_map(Connection::poll_timeout)
-            .min()
+            .get(&handle)
+            .is_some_and(|e| e.slot.deadline == Some(t))
+    }
+
+    /// Re-reads the deadlines of the connections marked [`RETIME`].
+    fn update_deadlines(&mut self) {
+        let retime = std::mem::take(&mut self.schedule.retime);
+        for &handle in &retime {
+            if let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) {
+                Schedule::unmark(slot, RETIME);
+                let deadline = conn.poll_timeout();
+                self.schedule.set_deadline(slot, handle, deadline);
+            }
+        }
+        // Give the (emptied) allocation back.
+        let mut retime = retime;
+        retime.clear();
+        if self.schedule.retime.is_empty() {
+            self.schedule.retime = retime;
+        }
+        if self.schedule.timers_need_rebuild(self.connections.len()) {
+            let entries = self
+                .connections
+                .iter()
+                .filter_map(|(&h, e)| e.slot.deadline.map(|t| (t, h)));
+            self.schedule.rebuild_timers(entries);
+        }
     }
 
     /// Fires expired timers and removes drained connections (after their last events were
-    /// polled).
+    /// polled). Only connections whose deadline has passed are visited.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for conn in self.connections.values_mut() {
-            if conn.poll_timeout().is_some_and(|t| t <= now) {
+        self.update_deadlines();
+        while let Some((t, handle)) = self.schedule.peek_timer() {
+            if t > now {
+                break;
+            }
+            self.schedule.pop_timer();
+            let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) else {
+                continue;
+            };
+            if slot.deadline != Some(t) {
+                continue;
+            }
+            // Consumed: a duplicate entry for the same instant is stale from now on, and the
+            // connection's next deadline is read again below.
+            slot.deadline = None;
+            self.schedule.visits.timers_fired += 1;
+            if conn.poll_timeout().is_some_and(|d| d <= now) {
                 conn.handle_timeout(now);
             }
+            self.schedule.mark(slot, handle, ALL);
         }
+        self.update_deadlines();
         self.remove_drained();
     }
 
+    /// Removes the connections marked [`CHECK`] that have drained and whose events were all
+    /// taken; one that drained with events waiting stays marked until they are.
     fn remove_drained(&mut self) {
-        self.unconfirmed.retain(|_, h| {
-            self.connections
-                .get(h)
-                .is_some_and(Connection::is_unconfirmed_server)
-        });
-        let drained: Vec<ConnectionHandle> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.is_drained() && !c.has_events())
-            .map(|(&h, _)| h)
-            .collect();
-        for handle in drained {
+        if self.schedule.check.is_empty() {
+            return;
+        }
+        self.sweep_unconfirmed();
+        let check = std::mem::take(&mut self.schedule.check);
+        let mut keep = Vec::new();
+        for handle in check {
+            let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) else {
+                continue;
+            };
+            self.schedule.visits.drain_checks += 1;
+            if !conn.is_unconfirmed_server() {
+                // Confirmed (or closed): a repeated Initial from its address is a replay now.
+                let path = conn.path();
+                if self.unconfirmed.get(&path) == Some(&handle) {
+                    self.unconfirmed.remove(&path);
+                }
+            }
+            if !conn.is_drained() {
+                Schedule::unmark(slot, CHECK);
+                continue;
+            }
+            if conn.has_events() {
+                keep.push(handle);
+                continue;
+            }
             let mut common = self.common.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(conn) = self.connections.remove(&handle) {
-                self.by_cid.remove(&conn.local_cid());
+            if let Some(entry) = self.connections.remove(&handle) {
+                self.by_cid.remove(&entry.conn.local_cid());
                 common.live = common.live.saturating_sub(1);
             }
             common.limits.on_removed(handle);
             drop(common);
-            self.transmit_order.retain(|h| *h != handle);
-            self.unconfirmed.retain(|_, h| *h != handle);
             self.incoming.retain(|h| *h != handle);
+            // The application learns that it is gone with its next events.
+            self.schedule.touched.push(handle);
         }
+        keep.append(&mut self.schedule.check);
+        self.schedule.check = keep;
+    }
+
+    /// Drops the entries of `unconfirmed` whose connection confirmed or went away, when the map
+    /// has doubled since the last sweep (entries are normally removed one by one as their
+    /// connection is checked; this catches one whose client moved before confirming).
+    fn sweep_unconfirmed(&mut self) {
+        if self.unconfirmed.len() <= self.unconfirmed_sweep_at {
+            return;
+        }
+        self.unconfirmed.retain(|_, h| {
+            self.connections
+                .get(h)
+                .is_some_and(|e| e.conn.is_unconfirmed_server())
+        });
+        self.unconfirmed_sweep_at = 2 * self.unconfirmed.len() + 64;
+    }
+
+    /// Moves into `out` the handles of connections that may have events (or have ended, or
+    /// been removed) since the last call: the ones to poll with
+    /// [`poll_event`](Self::poll_event). Every handle is in `out` at most once per call.
+    pub fn take_touched(&mut self, out: &mut Vec<ConnectionHandle>) {
+        out.clear();
+        std::mem::swap(out, &mut self.schedule.touched);
+        for handle in out.iter() {
+            if let Some(entry) = self.connections.get_mut(handle) {
+                Schedule::unmark(&mut entry.slot, EVENTS);
+            }
+        }
+        self.schedule.visits.touched += out.len() as u64;
+    }
+
+    /// The next event of connection `handle` (`None` if it has none, or is gone). Unlike
+    /// [`connection`](Self::connection), this does not mark it as having taken input, so
+    /// polling the events of the touched connections costs nothing afterwards.
+    pub fn poll_event(&mut self, handle: ConnectionHandle) -> Option<crate::Event> {
+        let Entry { conn, slot } = self.connections.get_mut(&handle)?;
+        let event = conn.poll();
+        if event.is_none() && conn.is_drained() {
+            // Its last event was taken: it can go.
+            self.schedule.mark(slot, handle, CHECK);
+        }
+        event
+    }
+
+    /// The next carrier switch of connection `handle` (see [`Connection::poll_path_switch`]),
+    /// without marking it.
+    pub fn poll_path_switch(
+        &mut self,
+        handle: ConnectionHandle,
+    ) -> Option<crate::connection::PathSwitch> {
+        self.connections.get_mut(&handle)?.conn.poll_path_switch()
+    }
+
+    /// How many times connections were looked at so far, by reason (see [`Visits`]).
+    pub fn visits(&self) -> Visits {
+        self.schedule.visits
     }
 
     /// A connection the server accepted that the application has not taken yet.
@@ -582,9 +747,21 @@ impl Endpoint {
         self.incoming.pop_front()
     }
 
-    /// The connection behind `handle`, while it exists.
+    /// The connection behind `handle`, while it exists. It is marked as having taken input
+    /// (the caller may write to it, close it...), so the endpoint looks at it again on its
+    /// next transmit, timer and event polls.
     pub fn connection(&mut self, handle: ConnectionHandle) -> Option<&mut Connection> {
-        self.connections.get_mut(&handle)
+        self.touch(handle)
+    }
+
+    /// Read-only access to a connection (statistics), without marking it.
+    pub fn peek_connection(&self, handle: ConnectionHandle) -> Option<&Connection> {
+        self.connections.get(&handle).map(|e| &e.conn)
+    }
+
+    /// How many connections the endpoint holds.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
     }
 
     /// Handles of all live connections.
@@ -600,8 +777,9 @@ impl Endpoint {
         t.receive_window = bytes;
         t.stream_receive_window = t.stream_receive_window.max(bytes / 2);
         self.transport = Arc::new(t);
-        for conn in self.connections.values_mut() {
+        for (&handle, Entry { conn, slot }) in &mut self.connections {
             conn.set_receive_window(bytes);
+            self.schedule.mark(slot, handle, ALL);
         }
     }
 
@@ -616,8 +794,9 @@ impl Endpoint {
         }
         let list = t.reliable_carriers.clone();
         self.transport = Arc::new(t);
-        for conn in self.connections.values_mut() {
+        for (&handle, Entry { conn, slot }) in &mut self.connections {
             conn.set_reliable_carriers(&list);
+            self.schedule.mark(slot, handle, ALL);
         }
     }
 
@@ -667,7 +846,7 @@ struct Gate<'a> {
     /// Live connections of all shards.
     live: usize,
     /// This shard's connections.
-    connections: &'a HashMap<ConnectionHandle, Connection>,
+    connections: &'a HashMap<ConnectionHandle, Entry>,
     /// How many shards share the limits.
     shards: usize,
     now: Instant,
@@ -687,7 +866,7 @@ impl Admission for Gate<'_> {
         self.limits.admit(key_index, self.live, || {
             connections
                 .values()
-                .filter(|c| c.is_unconfirmed_server())
+                .filter(|e| e.conn.is_unconfirmed_server())
                 .count()
                 .saturating_mul(shards)
         })

@@ -63,6 +63,8 @@ pub(crate) struct Driver {
     to_pass: Vec<(usize, Passed)>,
     /// Reused buffer for taking datagrams out of `inbox`.
     passed: Vec<Passed>,
+    /// Reused buffer for the connections the core says may have events.
+    touched: Vec<gaptun_proto::ConnectionHandle>,
     /// A failure to write the state file was logged (once is enough until it works again).
     store_failing: bool,
     /// When dropped Initials are reported next.
@@ -118,6 +120,7 @@ impl Driver {
             inbox,
             to_pass: Vec::new(),
             passed: Vec::new(),
+            touched: Vec::new(),
             shared,
             carriers: Vec::new(),
             max_payload,
@@ -354,18 +357,16 @@ impl Driver {
             // the core must see the real time.
             let now = Instant::now();
             if state.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-                discard_untracked_events(&mut state);
                 state.endpoint.handle_timeout(now);
             }
             take_accepted(&mut state, now, &mut wakers);
-            dispatch_events(&mut state, &mut wakers);
+            dispatch_events(&mut state, &mut self.touched, &mut wakers);
             self.persist_replay_state(&mut state);
             self.report_limits(&mut state, now);
             self.publish_snapshot(&mut state, now);
             let more_to_send = self.collect_transmits(&mut state, now);
-            log_carrier_switches(&mut state);
             // Sending can make streams writable again (their unsent data went out).
-            dispatch_events(&mut state, &mut wakers);
+            dispatch_events(&mut state, &mut self.touched, &mut wakers);
             let exit = state.closing_since.is_some_and(|since| {
                 state.endpoint.handles().is_empty()
                     || (!more_to_send && now.saturating_duration_since(since) >= CLOSE_LINGER)
@@ -542,70 +543,35 @@ fn take_accepted(state: &mut State, now: Instant, wakers: &mut Vec<Waker>) {
     }
 }
 
-/// Drops the events of connections no handle tracks any more: closed through a handle,
-/// refused at accept, or abandoned handshake attempts of a reconnecting pool. The core keeps a
-/// drained connection until its last events are polled, so without this each of them stayed
-/// in the endpoint for good (and in `ctl stats` as "handshaking or closing").
-fn discard_untracked_events(state: &mut State) {
-    let State {
-        endpoint, conns, ..
-    } = state;
-    for handle in endpoint.handles() {
-        if conns.contains_key(&handle) {
-            continue;
-        }
-        if let Some(conn) = endpoint.connection(handle) {
-            while conn.poll().is_some() {}
-        }
-    }
-}
-
-/// One info line per move of a connection's data to another carrier (a client with
-/// `--carrier auto`): from, to and why, with the carriers by name.
-fn log_carrier_switches(state: &mut State) {
+/// Turns the events of the connections the core touched since the last call (and only theirs:
+/// idle connections cost nothing here) into wake-ups; forgets connections that ended or are
+/// gone. Events of connections no handle tracks any more (closed through a handle, refused at
+/// accept, abandoned handshake attempts of a reconnecting pool) are dropped: the core keeps a
+/// drained connection until its last events are polled. Carrier switches are logged on the way.
+fn dispatch_events(
+    state: &mut State,
+    touched: &mut Vec<gaptun_proto::ConnectionHandle>,
+    wakers: &mut Vec<Waker>,
+) {
+    let mut ended = Vec::new();
     let State {
         endpoint,
         conns,
         carriers,
         ..
     } = state;
-    let kind = |id: CarrierId| {
-        carriers
-            .iter()
-            .find(|(c, _, _)| *c == id)
-            .map_or("gone", |(_, k, _)| *k)
-    };
-    for &handle in conns.keys() {
-        let Some(conn) = endpoint.connection(handle) else {
+    endpoint.take_touched(touched);
+    for &handle in touched.iter() {
+        log_carrier_switches(endpoint, carriers, handle);
+        let Some(cs) = conns.get_mut(&handle) else {
+            while endpoint.poll_event(handle).is_some() {}
             continue;
         };
-        while let Some(switch) = conn.poll_path_switch() {
-            let to = format!("{} {}", kind(switch.to.carrier), switch.to.remote);
-            match switch.from {
-                Some(from) => tracing::info!(
-                    from = %format!("{} {}", kind(from.carrier), from.remote),
-                    %to,
-                    reason = %switch.reason,
-                    "carrier switch"
-                ),
-                None => tracing::info!(%to, reason = %switch.reason, "carrier chosen"),
-            }
-        }
-    }
-}
-
-/// Drains every connection's events into wake-ups; forgets connections that ended.
-fn dispatch_events(state: &mut State, wakers: &mut Vec<Waker>) {
-    let mut ended = Vec::new();
-    let State {
-        endpoint, conns, ..
-    } = state;
-    for (&handle, cs) in conns.iter_mut() {
-        let Some(conn) = endpoint.connection(handle) else {
+        if endpoint.peek_connection(handle).is_none() {
             ended.push((handle, RtError::Gone));
             continue;
-        };
-        while let Some(event) = conn.poll() {
+        }
+        while let Some(event) = endpoint.poll_event(handle) {
             if let Some(reason) = apply_event(cs, event, wakers) {
                 ended.push((handle, reason));
                 break;
@@ -615,6 +581,33 @@ fn dispatch_events(state: &mut State, wakers: &mut Vec<Waker>) {
     for (handle, reason) in ended {
         debug!(?handle, "connection ended: {reason}");
         state.forget(handle, reason, wakers);
+    }
+}
+
+/// One info line per move of connection `handle`'s data to another carrier (a client with
+/// `--carrier auto`): from, to and why, with the carriers by name.
+fn log_carrier_switches(
+    endpoint: &mut gaptun_proto::Endpoint,
+    carriers: &[(CarrierId, &'static str, Option<std::net::SocketAddr>)],
+    handle: gaptun_proto::ConnectionHandle,
+) {
+    let kind = |id: CarrierId| {
+        carriers
+            .iter()
+            .find(|(c, _, _)| *c == id)
+            .map_or("gone", |(_, k, _)| *k)
+    };
+    while let Some(switch) = endpoint.poll_path_switch(handle) {
+        let to = format!("{} {}", kind(switch.to.carrier), switch.to.remote);
+        match switch.from {
+            Some(from) => tracing::info!(
+                from = %format!("{} {}", kind(from.carrier), from.remote),
+                %to,
+                reason = %switch.reason,
+                "carrier switch"
+            ),
+            None => tracing::info!(%to, reason = %switch.reason, "carrier chosen"),
+        }
     }
 }
 

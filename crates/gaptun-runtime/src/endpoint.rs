@@ -108,7 +108,7 @@ impl EndpointSnapshot {
         let connections: Vec<ConnectionInfo> = handles
             .into_iter()
             .filter_map(|handle| {
-                let conn = state.endpoint.connection(handle)?;
+                let conn = state.endpoint.peek_connection(handle)?;
                 Some(ConnectionInfo {
                     handle,
                     remote: conn.remote_address(),

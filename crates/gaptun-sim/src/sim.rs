@@ -1093,11 +1093,11 @@ impl Sim {
     }
 
     /// The earliest future event: link delivery, endpoint timer or wake-up.
-    pub fn next_event(&self) -> Option<Instant> {
+    pub fn next_event(&mut self) -> Option<Instant> {
         let clients = self
             .nodes
             .clients
-            .iter()
+            .iter_mut()
             .filter_map(|c| c.endpoint.poll_timeout());
         [
             self.uplink.next_delivery(),
@@ -1129,12 +1129,13 @@ impl Sim {
         }
     }
 
-    fn pending_summary(&self) -> String {
-        let rel = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.start));
+    fn pending_summary(&mut self) -> String {
+        let start = self.start;
+        let rel = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(start));
         let clients: Vec<_> = self
             .nodes
             .clients
-            .iter()
+            .iter_mut()
             .map(|c| rel(c.endpoint.poll_timeout()))
             .collect();
         format!(

@@ -243,9 +243,9 @@ async fn run() {
         loadavg()
     );
     println!(
-        "| pair | `--threads 1` | `--threads 2` | ratio | server CPU (cores) 1 / 2 | busiest server threads (cores), `--threads 2` | load average after |"
+        "| pair | `--threads 1` | `--threads 2` | ratio | server CPU (cores) 1 / 2 | server CPU s/GB 1 / 2 | busiest server threads (cores), `--threads 2` | load average after |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for pair in 0..pairs {
         // Alternate the order, so a change in the machine's load does not favour one side.
@@ -262,14 +262,19 @@ async fn run() {
         let (one, two) = (&runs[&1], &runs[&2]);
         let ratio = two.mbit / one.mbit.max(1e-9);
         ratios.push(ratio);
+        // Server CPU seconds per GB carried: whether sharding costs extra work per byte (with
+        // the clients on the same cores, the rate alone cannot show the server's capacity).
+        let s_per_gb = |r: &Run| r.server_cores / (r.mbit / 8000.0).max(1e-9);
         println!(
-            "| {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.2}× | {:.2} / {:.2} | {} | {} |",
+            "| {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.2}× | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} |",
             pair + 1,
             one.mbit,
             two.mbit,
             ratio,
             one.server_cores,
             two.server_cores,
+            s_per_gb(one),
+            s_per_gb(two),
             two.threads
                 .iter()
                 .map(|t| format!("{t:.2}"))
