@@ -100,6 +100,18 @@ fn wait_for_log(daemon: &Daemon, words: &[&str], limit: Duration) -> bool {
     }
 }
 
+/// Seconds since midnight of the first log line containing `words`, from its timestamp
+/// (`2026-01-01T12:34:56.789012Z ...`).
+fn seconds_at(log: &str, words: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(words))?;
+    let time = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 /// Moves `len` bytes through the client's forward to a sink in the server namespace; checks
 /// length and SHA-256.
 fn transfer(topo: &Topology, client: &Daemon, len: usize) {
@@ -161,7 +173,14 @@ fn connects_over(test: &str, rule: &str, carrier: &str) {
         client.stderr()
     );
     let took = started.elapsed();
-    eprintln!("--carrier auto, only {rule} open: connected over {carrier} {took:?} after start");
+    let log = client.stderr();
+    let inside = seconds_at(&log, "connecting")
+        .zip(seconds_at(&log, "carrier chosen"))
+        .map(|(from, to)| to - from);
+    eprintln!(
+        "--carrier auto, only {rule} open: connected over {carrier} {took:?} after the process \
+         started, {inside:?} s after its `connecting` line"
+    );
     assert!(took <= Duration::from_secs(3), "took {took:?}");
     transfer(&topo, &client, 4 << 20);
     let stats = common::stats(&client.control);
