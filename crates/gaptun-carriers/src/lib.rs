@@ -21,7 +21,7 @@ pub use auth::Keys;
 pub use cert::{CertKey, CertSource, load_or_generate};
 pub use error::CarrierError;
 pub use probe::Decoy;
-pub use quic::{QuicCarrier, QuicClientConfig, QuicServerConfig};
+pub use quic::{MAX_GAPTUN_DATAGRAM, QuicCarrier, QuicClientConfig, QuicServerConfig};
 pub use tls::{TlsCarrier, TlsClientConfig, TlsServerConfig};
 
 /// The SNI a client sends unless told otherwise: an ordinary name, nothing that says gaptun.

@@ -148,6 +148,10 @@ impl QuicCarrier {
             .ok_or_else(|| CarrierError::Tls("a client needs a key".into()))?;
         let first = connect_one(&endpoint, &config, &token).await?;
         let hub = Hub::new("quic", local, QUEUE_BYTES, true);
+        // The session exists before we return, so the first datagrams sent (a handshake
+        // Initial, at once) are queued for the connection instead of finding no peer while
+        // the connection's task has yet to attach; a client keeps its session when detached.
+        drop(hub.attach(session, config.server));
         let task = {
             let hub = Arc::clone(&hub);
             let endpoint = endpoint.clone();

@@ -127,6 +127,9 @@ impl TlsCarrier {
             .local_addr()
             .map_err(|e| CarrierError::io("local address", e))?;
         let hub = Hub::new("tls", local, QUEUE_BYTES, true);
+        // As for QUIC: the session exists before we return, so the first datagrams are queued
+        // even before a connection's task has attached.
+        drop(hub.attach(session, config.server));
         let slot = Slot {
             hub: Arc::clone(&hub),
             connector,

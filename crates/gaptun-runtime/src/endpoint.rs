@@ -436,6 +436,18 @@ impl RtEndpoint {
         paths: &[PathAddr],
         order: &[CarrierId],
     ) -> Result<RtConnection, ConnectError> {
+        self.connect_preferring_seen(paths, order, |_| {}).await
+    }
+
+    /// [`RtEndpoint::connect_preferring`], calling `seen` with the connection as soon as it
+    /// exists, before its handshake completes (the pool gives it carriers that come up
+    /// meanwhile).
+    pub(crate) async fn connect_preferring_seen(
+        &self,
+        paths: &[PathAddr],
+        order: &[CarrierId],
+        seen: impl FnOnce(&RtConnection),
+    ) -> Result<RtConnection, ConnectError> {
         let remote = paths.first().map_or(self.local_addr(), |p| p.remote);
         let meta = {
             let mut wakers = Vec::new();
@@ -465,6 +477,7 @@ impl RtEndpoint {
             Arc::clone(self.inner.primary()),
             meta,
         );
+        seen(&conn);
         poll_fn(|cx| {
             let mut state = conn.shared().lock();
             match state.conn(conn.meta()) {

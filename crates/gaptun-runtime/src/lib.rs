@@ -33,7 +33,7 @@ pub use connection::RtConnection;
 pub use datagram::RtDatagrams;
 pub use endpoint::{ConnectionInfo, EndpointSnapshot, PathState, RtEndpoint, ShardFigures};
 pub use error::{ConnectError, RtError};
-pub use pool::{Backoff, ClientPool, PoolConfig};
+pub use pool::{Backoff, ClientPool, LateCarrier, PoolConfig};
 pub use ports::{ListenRange, PortRangeError, ServerTarget};
 pub use state::SNAPSHOT_INTERVAL;
 pub use stream::{ABANDONED, RtStream};

@@ -28,12 +28,12 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use gaptun_proto::{CarrierId, ConnectionStats, EndpointConfig, PathAddr};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -162,7 +162,20 @@ struct PoolInner {
     stop: watch::Sender<bool>,
     next: AtomicUsize,
     last_error: Mutex<Option<String>>,
+    /// Carriers connected to one server address of their own (TLS and QUIC: the server's
+    /// port 443, not the UDP port of `server`): paths on them go to that address.
+    peers: Mutex<Vec<(CarrierId, SocketAddr)>>,
+    /// Connections whose handshake is under way, so that a carrier added meanwhile reaches
+    /// them too (a client whose UDP is blocked may only get through over a late TLS carrier).
+    handshaking: Mutex<Vec<RtConnection>>,
+    /// Bumped by every [`PoolInner::add_carrier`] (see [`PoolInner::connect_once`]).
+    carriers_added: AtomicU64,
 }
+
+/// A carrier that became ready after the pool started (a TLS or QUIC carrier whose connection
+/// took a few round trips, or came back after failing): the carrier, and the server's address
+/// on it.
+pub type LateCarrier = (Arc<dyn Carrier>, SocketAddr);
 
 #[derive(Debug)]
 struct StopOnDrop(Arc<PoolInner>);
@@ -210,6 +223,20 @@ impl ClientPool {
         server: &str,
         config: PoolConfig,
     ) -> Result<Self, ConnectError> {
+        Self::with_late_carriers(endpoint, server, config, None).await
+    }
+
+    /// Like [`ClientPool::with_endpoint`], and every carrier that arrives on `late` (even
+    /// during the first handshake) is added to the endpoint and becomes a path of every
+    /// connection, ranked by [`PoolConfig::carrier_order`]: the carriers that need a
+    /// connection of their own (TLS, QUIC) are tried in parallel with the others instead of
+    /// holding up the start.
+    pub async fn with_late_carriers(
+        endpoint: RtEndpoint,
+        server: &str,
+        config: PoolConfig,
+        late: Option<mpsc::UnboundedReceiver<LateCarrier>>,
+    ) -> Result<Self, ConnectError> {
         let target = parse_target(server)?;
         let conns = config.conns.max(1);
         // The UDP carrier spreads over the port range and hops; other carriers (fake TCP
@@ -232,7 +259,13 @@ impl ClientPool {
             stop: watch::Sender::new(false),
             next: AtomicUsize::new(0),
             last_error: Mutex::new(None),
+            peers: Mutex::new(Vec::new()),
+            handshaking: Mutex::new(Vec::new()),
+            carriers_added: AtomicU64::new(0),
         });
+        if let Some(late) = late {
+            tokio::spawn(add_late_carriers(Arc::downgrade(&inner), late));
+        }
         let first = inner.connect_once().await?;
         info!(server, remote = %first.remote_address(), cipher = %cipher_of(&first), "connected");
         // In the slot before returning, so the caller sees the connection at once.
@@ -268,8 +301,8 @@ impl ClientPool {
     /// Each connection of the pool once, as it comes up (the live ones at once, then every
     /// reconnect or replacement), for services that live per connection: an exposing client
     /// registers its exposes on each. Ends when the pool stops; does not keep it running.
-    pub fn connection_feed(&self) -> tokio::sync::mpsc::UnboundedReceiver<RtConnection> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    pub fn connection_feed(&self) -> mpsc::UnboundedReceiver<RtConnection> {
+        let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let mut version = inner.version.subscribe();
@@ -394,19 +427,31 @@ impl PoolInner {
     }
 
     /// The paths to the server at `ip`: on the current UDP carrier one per port of the range,
-    /// starting (after hops) at a different port each time; on every other carrier (fake TCP
-    /// with `--carrier all`, which spreads over ports by itself) one path to the first port.
+    /// starting (after hops) at a different port each time; on a carrier with an address of
+    /// its own (a late TLS or QUIC carrier) one path there; on every other carrier (fake TCP,
+    /// which spreads over ports by itself) one path to the first port.
     fn paths_to(&self, ip: std::net::IpAddr) -> Vec<PathAddr> {
         let carrier = *self.carrier.lock().unwrap_or_else(PoisonError::into_inner);
         let ports: Vec<u16> = self.target.ports().collect();
         let start = self.hops.load(Ordering::Relaxed) % ports.len().max(1);
         let first = ports.first().copied().unwrap_or(0);
+        let peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let others = self
             .endpoint
             .carriers()
             .into_iter()
             .filter(|(id, kind, _)| *id != carrier && *kind != UDP_KIND)
-            .map(|(id, _, _)| PathAddr::new(id, SocketAddr::new(ip, first)));
+            .map(|(id, _, _)| {
+                let remote = peers
+                    .iter()
+                    .find(|(c, _)| *c == id)
+                    .map_or(SocketAddr::new(ip, first), |&(_, a)| a);
+                PathAddr::new(id, remote)
+            });
         let mut paths: Vec<PathAddr> = others.collect();
         paths.extend(
             ports
@@ -439,6 +484,39 @@ impl PoolInner {
             .collect()
     }
 
+    /// Adds a carrier whose server address is `peer` and gives every connection, live or
+    /// still in its handshake, a path over it.
+    fn add_carrier(&self, carrier: Arc<dyn Carrier>, peer: SocketAddr) -> io::Result<()> {
+        let kind = carrier.kind();
+        let id = self.endpoint.add_carrier(carrier)?;
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((id, peer));
+        self.carriers_added.fetch_add(1, Ordering::SeqCst);
+        let handshaking = self
+            .handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut conns = self.live();
+        conns.extend(handshaking.into_iter().filter(|c| !c.is_closed()));
+        for conn in &conns {
+            self.refresh_paths(conn);
+        }
+        info!(carrier = kind, %peer, connections = conns.len(), "carrier ready: added as a path");
+        Ok(())
+    }
+
+    /// Gives `conn` the paths over every carrier now, and the preference over them.
+    fn refresh_paths(&self, conn: &RtConnection) {
+        let ip = conn.remote_address().ip();
+        let _ = conn.set_paths(&self.paths_to(ip));
+        if !self.config.carrier_order.is_empty() {
+            let _ = conn.set_carrier_preference(&self.carrier_order());
+        }
+    }
+
     /// Resolves the server again (its address may have changed) and connects once.
     async fn connect_once(&self) -> Result<RtConnection, ConnectError> {
         let want_v4 = self.endpoint.local_addr().is_ipv4();
@@ -450,14 +528,50 @@ impl PoolInner {
                 family,
             });
         };
+        let added = self.carriers_added.load(Ordering::SeqCst);
         let result = self
             .endpoint
-            .connect_preferring(&self.paths_to(addr.ip()), &self.carrier_order())
+            .connect_preferring_seen(&self.paths_to(addr.ip()), &self.carrier_order(), |conn| {
+                self.handshaking
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn.clone());
+                // A carrier added since the paths were chosen, before the connection was
+                // listed: `add_carrier` did not see it.
+                if self.carriers_added.load(Ordering::SeqCst) != added {
+                    self.refresh_paths(conn);
+                }
+            })
             .await;
+        self.handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|c| {
+                !c.is_closed() && !result.as_ref().is_ok_and(|done| done.same_connection(c))
+            });
         if let Err(e) = &result {
             self.note_error(e.to_string());
         }
         result
+    }
+}
+
+/// Adds the carriers that arrive on `late` until the pool or the sender goes away.
+async fn add_late_carriers(
+    inner: std::sync::Weak<PoolInner>,
+    mut late: mpsc::UnboundedReceiver<LateCarrier>,
+) {
+    while let Some((carrier, peer)) = late.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if *inner.stop.borrow() {
+            return;
+        }
+        let kind = carrier.kind();
+        if let Err(e) = inner.add_carrier(carrier, peer) {
+            warn!(carrier = kind, "cannot add the carrier: {e}");
+        }
     }
 }
 

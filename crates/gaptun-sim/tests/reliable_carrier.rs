@@ -148,3 +148,95 @@ fn reliability_follows_the_path_when_a_connection_migrates() {
     assert_eq!(transfer.verify(), Ok(()));
     assert_eq!(transfer.received(), size);
 }
+
+/// `--carrier auto` falling back from UDP to TLS: a client prefers carrier 0 (think UDP) over
+/// carrier 1 (reliable, think TLS); carrier 0 is blocked mid-download. The client notices the
+/// silence, moves to the reliable carrier (no new handshake), and the four streams carry on:
+/// what was lost on carrier 0 is sent again over carrier 1, every byte arrives intact, and
+/// nothing sent on the reliable carrier is declared lost.
+#[test]
+fn a_transfer_moves_from_a_blocked_carrier_to_a_reliable_one_with_its_streams() {
+    for direction in [Direction::ToClient, Direction::ToServer] {
+        let config = SimConfig::new(41)
+            .with_link(LinkConfig::ideal().with_delay(Duration::from_millis(20)))
+            .with_transport(|t| {
+                t.reliable_carriers = vec![CarrierId(1)];
+                t.receive_window = WINDOW;
+                t.stream_receive_window = WINDOW;
+            });
+        let mut sim = Sim::new(config);
+        let udp = sim.server_address();
+        let tls = SocketAddr::new(udp.ip(), udp.port() + 1);
+        assert_eq!(sim.add_server_address(tls), CarrierId(1));
+        sim.connect_failover(0, &[udp, tls])
+            .expect("client has a key");
+        let size = 40_000_000;
+        let id = sim.add_workload(BulkTransfer::new(0, direction, size, 3).with_streams(4, 4));
+        sim.advance(Duration::from_secs(1));
+        let on = |sim: &mut Sim| {
+            sim.client_connection(0)
+                .expect("client")
+                .paths()
+                .iter()
+                .find(|p| p.active)
+                .map(|p| p.addr.carrier)
+        };
+        assert_eq!(
+            on(&mut sim),
+            Some(CarrierId(0)),
+            "{direction:?}: starts on UDP"
+        );
+        let before = sim
+            .workload::<BulkTransfer>(id)
+            .expect("workload")
+            .received();
+        assert!(before > 0 && before < size, "{direction:?}: mid-transfer");
+
+        sim.block_address(udp);
+        let moved = sim.run_for(Duration::from_secs(5), |sim| {
+            on(sim) == Some(CarrierId(1))
+                && sim
+                    .server_connection(0)
+                    .is_some_and(|c| c.path().carrier == CarrierId(1))
+        });
+        assert!(moved, "{direction:?}: both ends on the reliable carrier");
+        // Packets of carrier 0 in flight at the move are declared lost within an RTO or so;
+        // from then on nothing is, the rest going over the reliable carrier.
+        sim.advance(Duration::from_secs(1));
+        let lost_settled = server_and_client_lost(&mut sim);
+        assert!(
+            sim.workload::<BulkTransfer>(id)
+                .expect("workload")
+                .received()
+                < size,
+            "{direction:?}: still transferring a second after the move"
+        );
+        assert!(
+            sim.run_workloads(Duration::from_secs(60)),
+            "{direction:?}: transfer did not finish on the reliable carrier"
+        );
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "{direction:?}");
+        assert_eq!(transfer.received(), size, "{direction:?}");
+        assert_eq!(sim.accepted().len(), 1, "{direction:?}: one handshake");
+        assert_eq!(
+            server_and_client_lost(&mut sim),
+            lost_settled,
+            "{direction:?}: nothing declared lost on the reliable carrier"
+        );
+        let conn = sim.client_connection(0).expect("connection kept");
+        assert!(conn.is_established(), "{direction:?}");
+        assert_eq!(conn.stats().carrier_switches, 1, "{direction:?}");
+    }
+}
+
+/// Packets the server and the client declared lost, together.
+fn server_and_client_lost(sim: &mut Sim) -> u64 {
+    let server = sim
+        .server_connection(0)
+        .map_or(0, |c| c.stats().packets_lost);
+    let client = sim
+        .client_connection(0)
+        .map_or(0, |c| c.stats().packets_lost);
+    server + client
+}

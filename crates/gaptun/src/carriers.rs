@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use gaptun_carriers::{
@@ -15,11 +16,22 @@ use gaptun_carriers::{
     TlsClientConfig, TlsServerConfig, load_or_generate,
 };
 use gaptun_proto::Psk;
-use gaptun_runtime::Carrier;
-use tracing::info;
+use gaptun_runtime::{Carrier, LateCarrier};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
 
 use crate::settings::{ClientWebCarriers, ServerWebCarriers};
-use crate::values::CarrierChoice;
+use crate::values::{CarrierChoice, CarrierKind};
+
+/// The port of the server's TLS and QUIC carriers when `--tls-server` / `--quic-server` do
+/// not say (the server's `--tls-listen` and `--quic-listen` default to it too).
+const WEB_PORT: u16 = 443;
+
+/// `--carrier auto`: first wait after a TLS or QUIC carrier failed to connect, doubling up to
+/// [`LATE_RETRY_MAX`]. A carrier blocked at start may open later; one the server does not
+/// offer costs a connection attempt every half minute.
+const LATE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const LATE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Name in a self-signed certificate: ordinary, and what a local test client expects.
 const SELF_SIGNED_NAME: &str = "localhost";
@@ -116,4 +128,81 @@ pub async fn client_carrier(
             None
         }
     })
+}
+
+/// `--carrier auto`: where the server's TLS or QUIC carrier is. `spec` is `--tls-server` or
+/// `--quic-server`: `HOST:PORT`, or `PORT` on `server`'s host; `None`: port 443 there.
+pub async fn web_peer(spec: Option<&str>, server: SocketAddr) -> Result<SocketAddr> {
+    let Some(spec) = spec else {
+        return Ok(SocketAddr::new(server.ip(), WEB_PORT));
+    };
+    if let Ok(port) = spec.parse::<u16>() {
+        return Ok(SocketAddr::new(server.ip(), port));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec)
+        .await
+        .with_context(|| format!("resolving {spec}"))?
+        .collect();
+    // The same address family as the server's, so the paths share the pool's.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == server.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow!("{spec}: no address"))
+}
+
+/// `--carrier auto`: connects a TLS or QUIC carrier to `peer` in the background, trying again
+/// with back-off while it fails, and hands it over on `ready` once it is up; ends then, or when
+/// the receiver is gone. The handshake over the other carriers goes on meanwhile, so a carrier
+/// that does not answer (a dropped SYN takes the full connect timeout) delays nothing.
+pub fn connect_in_background(
+    kind: CarrierKind,
+    peer: SocketAddr,
+    web: ClientWebCarriers,
+    key: Psk,
+    ready: mpsc::UnboundedSender<LateCarrier>,
+) {
+    let choice = match kind {
+        CarrierKind::Tls => CarrierChoice::Tls,
+        CarrierKind::Quic => CarrierChoice::Quic,
+        CarrierKind::Udp | CarrierKind::Faketcp => return,
+    };
+    tokio::spawn(async move {
+        let mut wait = LATE_RETRY_FIRST;
+        let mut failures = 0u32;
+        loop {
+            let attempt = tokio::select! {
+                a = client_carrier(choice, peer, &web, &key) => a,
+                () = ready.closed() => return,
+            };
+            match attempt {
+                Ok(Some(carrier)) => {
+                    info!(carrier = kind.name(), %peer, "carrier auto: connected");
+                    let _ = ready.send((carrier, peer));
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Said once at info; a server that does not offer it would repeat it
+                    // every half minute.
+                    if failures == 0 {
+                        info!(
+                            carrier = kind.name(),
+                            %peer,
+                            "carrier auto: not reachable yet, trying again in the background: {e:#}"
+                        );
+                    } else {
+                        debug!(carrier = kind.name(), %peer, "carrier auto: {e:#}");
+                    }
+                    failures += 1;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = ready.closed() => return,
+            }
+            wait = (wait * 2).min(LATE_RETRY_MAX);
+        }
+    });
 }

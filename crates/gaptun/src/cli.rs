@@ -123,7 +123,8 @@ settings_group! {
         /// server accepts every one, a client uses udp and faketcp at once); auto (a client
         /// uses one carrier at a time, the first of --carriers that works, moves to the next
         /// when it is blocked or throttled, and back; a server accepts udp and faketcp). A tls
-        /// or quic client's --server names the server's TLS or QUIC port.
+        /// or quic client's --server names the server's TLS or QUIC port; an auto client finds
+        /// them with --tls-server and --quic-server.
         #[arg(long, value_name = "CARRIER", default_value = "udp")]
         pub carrier: Option<CarrierChoice>,
         /// Serve the live dashboard, /api/stats and /metrics (Prometheus) over HTTP on this
@@ -226,10 +227,18 @@ settings_group! {
         /// range, start at its next port), without a new handshake [default: off].
         #[arg(long, value_name = "SECS")]
         pub hop_interval: Option<HopInterval>,
-        /// With --carrier auto: the carriers to use, most preferred first, e.g. udp,faketcp
-        /// [default: udp, then faketcp when running with CAP_NET_RAW].
+        /// With --carrier auto: the carriers to use, most preferred first, e.g. udp,tls
+        /// [default: udp, faketcp when running with CAP_NET_RAW, quic, tls].
         #[arg(long, value_name = "LIST")]
         pub carriers: Option<CarrierList>,
+        /// With --carrier auto: the server's TLS carrier, HOST:PORT, or PORT on the host of
+        /// --server [default: port 443 of that host].
+        #[arg(long, value_name = "ADDR")]
+        pub tls_server: Option<String>,
+        /// With --carrier auto: the server's QUIC carrier, as for --tls-server [default: port
+        /// 443 of the host of --server].
+        #[arg(long, value_name = "ADDR")]
+        pub quic_server: Option<String>,
         /// SOCKS5 listen address (PORT alone means 127.0.0.1:PORT).
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKS, conflicts_with = "no_socks")]
         pub socks: Option<ListenAddr>,

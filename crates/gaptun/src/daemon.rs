@@ -480,11 +480,9 @@ async fn connect(
             ClientPool::with_endpoint(endpoint, server, pool).await
         }
         CarrierChoice::Faketcp | CarrierChoice::All | CarrierChoice::Auto => {
-            let (endpoint, order) =
-                faketcp_wiring::client_endpoint(server, s.carrier, s.carriers.as_ref(), config)
-                    .await?;
-            pool.carrier_order = order;
-            ClientPool::with_endpoint(endpoint, server, pool).await
+            let made = faketcp_wiring::client_endpoint(s, config).await?;
+            pool.carrier_order = made.order;
+            ClientPool::with_late_carriers(made.endpoint, server, pool, made.late).await
         }
     };
     pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))

@@ -12,10 +12,29 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use gaptun_faketcp::{ClientConfig, FakeTcpSocket, ServerConfig, Timing};
 use gaptun_proto::EndpointConfig;
-use gaptun_runtime::{Carrier, ListenRange, RtEndpoint, ServerTarget, UdpCarrier};
+use gaptun_runtime::{Carrier, LateCarrier, ListenRange, RtEndpoint, ServerTarget, UdpCarrier};
+use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::settings::ClientSettings;
 use crate::values::{CarrierChoice, CarrierKind, CarrierList};
+
+/// `--carrier auto` without `--carriers`: the order, most preferred first (fake TCP
+/// only where raw sockets may be opened; TLS and QUIC only once they connect).
+const DEFAULT_AUTO: [CarrierKind; 4] = [
+    CarrierKind::Udp,
+    CarrierKind::Faketcp,
+    CarrierKind::Quic,
+    CarrierKind::Tls,
+];
+
+/// The client's endpoint: its carriers, the carrier order of `--carrier auto` (empty
+/// otherwise) and, with `auto`, the TLS and QUIC carriers as they connect.
+pub struct ClientEndpoint {
+    pub endpoint: RtEndpoint,
+    pub order: Vec<&'static str>,
+    pub late: Option<mpsc::UnboundedReceiver<LateCarrier>>,
+}
 
 /// Shrinks the datagram ceiling for fake TCP (see the module documentation).
 fn fit_payload(config: &mut EndpointConfig, choice: CarrierChoice) {
@@ -68,15 +87,17 @@ pub fn server_endpoint(
 
 /// The client's endpoint towards `server` (`host:port` or `host:first-last`) with the chosen
 /// carriers; the pool then connects through it (fake TCP opens a flow to every port of the
-/// range, UDP spreads over them). With `auto`, the carriers are `carriers` in that order (by
-/// default UDP, then fake TCP if this process may open raw sockets), and the second value is
-/// that order for the pool's failover; it is empty otherwise.
+/// range, UDP spreads over them). With `auto`, the carriers are `--carriers` in that order (by
+/// default UDP, fake TCP if this process may open raw sockets, QUIC, TLS): UDP and fake TCP
+/// are opened here, QUIC and TLS connect in the background (see
+/// [`crate::carriers::connect_in_background`]) and join the pool when they are up.
 pub async fn client_endpoint(
-    server: &str,
-    choice: CarrierChoice,
-    carriers: Option<&CarrierList>,
+    s: &ClientSettings,
     mut config: EndpointConfig,
-) -> Result<(RtEndpoint, Vec<&'static str>)> {
+) -> Result<ClientEndpoint> {
+    let server = s.server.as_str();
+    let choice = s.carrier;
+    let carriers: Option<&CarrierList> = s.carriers.as_ref();
     let target: ServerTarget = server
         .parse()
         .map_err(|e| anyhow!("invalid server `{server}`: {e}"))?;
@@ -105,15 +126,42 @@ pub async fn client_endpoint(
     };
     let mut list: Vec<Arc<dyn Carrier>> = Vec::new();
     let mut order = Vec::new();
+    let mut late = None;
     if choice == CarrierChoice::Auto {
-        let kinds = carriers.map_or_else(
-            || vec![CarrierKind::Udp, CarrierKind::Faketcp],
-            |c| c.0.clone(),
-        );
+        let kinds = carriers.map_or_else(|| DEFAULT_AUTO.to_vec(), |c| c.0.clone());
+        let (ready, arrivals) = mpsc::unbounded_channel();
         for kind in kinds {
             let carrier = match kind {
                 CarrierKind::Udp => open_udp(),
                 CarrierKind::Faketcp => open_faketcp(),
+                CarrierKind::Quic | CarrierKind::Tls => {
+                    let spec = if kind == CarrierKind::Tls {
+                        s.web.tls_server.as_deref()
+                    } else {
+                        s.web.quic_server.as_deref()
+                    };
+                    let peer = crate::carriers::web_peer(spec, addr).await?;
+                    if kind == CarrierKind::Quic {
+                        // Its datagrams are smaller than UDP's; the endpoint's size must fit
+                        // every carrier from the start, as `with_carriers` would make it.
+                        let t = &mut config.transport;
+                        let limit = gaptun_carriers::MAX_GAPTUN_DATAGRAM;
+                        if limit < t.max_udp_payload {
+                            t.max_udp_payload = limit;
+                            t.initial_udp_payload = t.initial_udp_payload.min(limit);
+                            t.mtu_discovery = false;
+                        }
+                    }
+                    crate::carriers::connect_in_background(
+                        kind,
+                        peer,
+                        s.web.clone(),
+                        s.key.clone(),
+                        ready.clone(),
+                    );
+                    order.push(kind.name());
+                    continue;
+                }
             };
             match carrier {
                 Ok(c) => {
@@ -129,6 +177,7 @@ pub async fn client_endpoint(
             }
         }
         info!(carriers = %order.join(","), "carrier auto: one carrier at a time, in this order");
+        late = Some(arrivals);
     } else {
         if choice.faketcp() {
             list.push(open_faketcp()?);
@@ -146,7 +195,11 @@ pub async fn client_endpoint(
             CarrierChoice::Udp
         },
     );
-    Ok((RtEndpoint::with_carriers(list, config)?, order))
+    Ok(ClientEndpoint {
+        endpoint: RtEndpoint::with_carriers(list, config)?,
+        order,
+        late,
+    })
 }
 
 #[cfg(test)]

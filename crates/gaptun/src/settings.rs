@@ -15,7 +15,7 @@ use crate::config::{FileConfig, Notice, Role};
 use crate::ctl::default_socket_path;
 use crate::keys::{KeySourceError, KeySources};
 use crate::layer::Layer;
-use crate::values::{CarrierChoice, ForwardSpec, LogFormat};
+use crate::values::{CarrierChoice, CarrierKind, ForwardSpec, LogFormat};
 
 /// The logging choices of the command line and the config file (flag over file); `RUST_LOG`
 /// applies only where neither says.
@@ -120,11 +120,16 @@ pub struct ServerWebCarriers {
     pub decoy: Option<String>,
 }
 
-/// The client's TLS and QUIC carrier settings (`--sni`, `--tls-connections`).
+/// The client's TLS and QUIC carrier settings (`--sni`, `--tls-connections`, and for
+/// `--carrier auto` `--tls-server`, `--quic-server`).
 #[derive(Debug, Clone)]
 pub struct ClientWebCarriers {
     pub sni: String,
     pub tls_connections: usize,
+    /// `--carrier auto`: the server's TLS carrier, `HOST:PORT` or `PORT`; `None`: port 443.
+    pub tls_server: Option<String>,
+    /// `--carrier auto`: the server's QUIC carrier, as `tls_server`.
+    pub quic_server: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -365,6 +370,23 @@ pub fn client(
     if own.carriers.is_some() && carrier != CarrierChoice::Auto {
         bail!("--carriers only applies with --carrier auto (the carrier is {carrier:?})");
     }
+    if let Some(list) = &own.carriers
+        && !list
+            .0
+            .iter()
+            .any(|k| matches!(k, CarrierKind::Udp | CarrierKind::Faketcp))
+    {
+        bail!(
+            "--carriers needs udp or faketcp besides tls and quic (the connection starts on \
+             them while TLS and QUIC connect); for TLS or QUIC alone use --carrier tls or quic"
+        );
+    }
+    if (own.tls_server.is_some() || own.quic_server.is_some()) && carrier != CarrierChoice::Auto {
+        bail!(
+            "--tls-server and --quic-server only apply with --carrier auto (with --carrier tls \
+             or quic, --server names that carrier's port)"
+        );
+    }
     let settings = ClientSettings {
         server,
         key,
@@ -388,6 +410,8 @@ pub fn client(
                 .sni
                 .unwrap_or_else(|| gaptun_carriers::DEFAULT_SNI.to_owned()),
             tls_connections: own.tls_connections.map_or(2, |c| usize::from(c.0)),
+            tls_server: own.tls_server,
+            quic_server: own.quic_server,
         },
     };
     let mut log = FileLog::from(log);
@@ -483,6 +507,41 @@ mod tests {
         );
         let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--carrier", "auto"]).unwrap();
         assert_eq!(c.carriers, None, "the default list");
+        assert_eq!(c.web.tls_server, None, "port 443 of the server's host");
+        let (c, _) = client_of(&[
+            "--server",
+            "h:1",
+            "--key",
+            KEY,
+            "--carrier",
+            "auto",
+            "--carriers",
+            "udp,tls",
+            "--tls-server",
+            "8443",
+        ])
+        .unwrap();
+        assert_eq!(c.web.tls_server.as_deref(), Some("8443"));
+        let e = client_of(&[
+            "--server",
+            "h:1",
+            "--key",
+            KEY,
+            "--carrier",
+            "auto",
+            "--carriers",
+            "quic,tls",
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("--carriers needs udp or faketcp"),
+            "{e}"
+        );
+        let e = client_of(&["--server", "h:1", "--key", KEY, "--tls-server", "8443"]).unwrap_err();
+        assert!(
+            e.to_string().contains("only apply with --carrier auto"),
+            "{e}"
+        );
         let e = client_of(&["--server", "h:1", "--key", KEY, "--carriers", "udp"]).unwrap_err();
         assert!(
             e.to_string()

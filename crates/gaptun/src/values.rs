@@ -458,9 +458,9 @@ pub enum CarrierChoice {
     /// A server accepts every carrier (udp, faketcp, tls, quic) on one endpoint; a client
     /// uses UDP and fake TCP at once.
     All,
-    /// A client uses the carriers of `--carriers` (udp, faketcp) one at a time, the most
-    /// preferred that works, and moves between them as they fail and recover; a server accepts
-    /// UDP and fake TCP.
+    /// A client uses the carriers of `--carriers` (udp, faketcp, quic, tls) one at a time, the
+    /// most preferred that works, and moves between them as they fail and recover; a server
+    /// accepts UDP and fake TCP (`all` also accepts TLS and QUIC).
     Auto,
 }
 
@@ -492,6 +492,8 @@ impl CarrierChoice {
 pub enum CarrierKind {
     Udp,
     Faketcp,
+    Quic,
+    Tls,
 }
 
 impl CarrierKind {
@@ -500,11 +502,14 @@ impl CarrierKind {
         match self {
             Self::Udp => "udp",
             Self::Faketcp => "faketcp",
+            Self::Quic => "quic",
+            Self::Tls => "tls",
         }
     }
 }
 
-/// `--carriers`: the carriers `--carrier auto` uses, most preferred first, e.g. `udp,faketcp`.
+/// `--carriers`: the carriers `--carrier auto` uses, most preferred first, e.g.
+/// `udp,faketcp,quic,tls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarrierList(pub Vec<CarrierKind>);
 
@@ -517,9 +522,11 @@ impl FromStr for CarrierList {
             let kind = match name {
                 "udp" => CarrierKind::Udp,
                 "faketcp" => CarrierKind::Faketcp,
+                "quic" => CarrierKind::Quic,
+                "tls" => CarrierKind::Tls,
                 _ => {
                     return Err(format!(
-                        "invalid carrier `{name}` in `{s}`: use udp or faketcp"
+                        "invalid carrier `{name}` in `{s}`: use udp, faketcp, quic or tls"
                     ));
                 }
             };
@@ -786,6 +793,14 @@ mod tests {
         );
         let e = "udp,udp".parse::<CarrierList>().unwrap_err();
         assert!(e.contains("given twice"), "{e}");
+        assert_eq!(
+            "tls,udp,quic".parse(),
+            Ok(CarrierList(vec![
+                CarrierKind::Tls,
+                CarrierKind::Udp,
+                CarrierKind::Quic
+            ]))
+        );
         let e = "udp,tcp".parse::<CarrierList>().unwrap_err();
         assert!(e.contains("invalid carrier `tcp`"), "{e}");
         assert!("".parse::<CarrierList>().is_err());

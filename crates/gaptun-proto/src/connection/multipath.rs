@@ -380,11 +380,32 @@ impl PathSet {
     /// Failover over `order` (carriers, most preferred first; carriers not named come after
     /// them, together), or spreading over every path for an empty list. The most preferred
     /// rank is active until the handshake says otherwise; a new list of the same length (the
-    /// same kinds of carrier, renumbered) keeps the active rank.
+    /// same kinds of carrier, renumbered) keeps the active rank. A list with carriers added or
+    /// removed (a TLS or QUIC carrier that connected after the connection started) keeps the
+    /// active carrier active and every carrier's hold state, wherever the new list puts it: a
+    /// carrier joining as a standby must not pull the data back to a more preferred carrier
+    /// that was left because it is blocked.
     pub(super) fn set_preference(&mut self, order: &[CarrierId]) {
-        if order.len() != self.prefer.len() {
-            self.active = 0;
+        if order.len() == self.prefer.len() {
+            self.prefer = order.to_vec();
+            self.rerank();
+            return;
         }
+        let old = std::mem::take(&mut self.prefer);
+        let old_holds = std::mem::take(&mut self.holds);
+        let active = old.get(self.active).copied();
+        self.active = active
+            .and_then(|c| order.iter().position(|&o| o == c))
+            .unwrap_or(0);
+        self.holds = order
+            .iter()
+            .map(|c| {
+                old.iter()
+                    .position(|o| o == c)
+                    .and_then(|i| old_holds.get(i).copied())
+                    .unwrap_or_default()
+            })
+            .collect();
         self.prefer = order.to_vec();
         self.rerank();
     }
@@ -951,6 +972,53 @@ mod tests {
         let info = set.info();
         assert!(info[0].active && info[1].active && !info[2].active);
         assert_eq!(set.take_switch(), None);
+    }
+
+    /// A carrier that connects late (TLS after a blocked UDP was left) joins the preference
+    /// as a standby: the data stay on the carrier they moved to, the carrier they left keeps
+    /// its hold, and the newcomer gets probes, not data.
+    #[test]
+    fn a_carrier_added_to_the_preference_keeps_the_active_carrier_and_the_holds() {
+        let t0 = Instant::now();
+        let (mut set, [_, _, standby]) = failover_set(t0);
+        let silent = silent_after(Duration::from_millis(200));
+        let mut now = t0;
+        while set.take_switch().is_none() {
+            assert!(
+                now < t0 + Duration::from_secs(5),
+                "never left the silent carrier"
+            );
+            step(&mut set, now, false);
+            set.review(now, silent);
+            now += Duration::from_millis(20);
+        }
+        assert!(set.info()[2].active, "moved to carrier 1");
+        let held = set.holds[0];
+        assert!(held.until.is_some(), "the left carrier is held");
+
+        // Carrier 2 connects and is ranked between the two.
+        let late = on(2, 443);
+        let mut paths: Vec<PathAddr> = set.info().iter().map(|p| p.addr).collect();
+        paths.push(late);
+        set.replace(&paths);
+        set.set_preference(&[CarrierId(0), CarrierId(2), CarrierId(1)]);
+        assert_eq!(set.active, 2, "carrier 1, now third, stays active");
+        assert_eq!(set.holds[0].until, held.until, "carrier 0 keeps its hold");
+        let info = set.info();
+        assert!(info[2].active && !info[3].active, "{info:?}");
+        let mut late_probes = 0;
+        for _ in 0..100 {
+            match step(&mut set, now, false) {
+                Some(NextSend::Data(p)) => {
+                    assert_eq!(p, standby, "data stay on carrier 1");
+                    set.on_acked(p, now, false);
+                }
+                Some(NextSend::Probe(p)) if p == late => late_probes += 1,
+                _ => {}
+            }
+            now += Duration::from_millis(20);
+        }
+        assert!(late_probes >= 1, "the newcomer is probed");
     }
 
     #[test]
