@@ -214,7 +214,7 @@ impl Connection {
         let (parity, spacing) = match self.config.fec {
             FecMode::Fixed { parity, .. } => (usize::from(parity), Duration::ZERO),
             _ => (
-                auto_parity(k, self.loss_rate.get(), self.loss_rate.burst()),
+                auto_parity(k, self.loss_rate.sustained(), self.loss_rate.burst()),
                 self.fec_spacing(),
             ),
         };
