@@ -441,7 +441,6 @@ fn run(a: &RunArgs) -> Result<()> {
     // The daemons and servers started below inherit it: 10 000 idle visitor connections need
     // more open files than the usual soft limit of 1024.
     measure::idle::raise_nofile();
-    setup::ensure_tools(!a.no_install)?;
     let progress = Progress::new();
     let mut notes = Vec::new();
     if a.nice != 0 {
@@ -495,6 +494,12 @@ fn run(a: &RunArgs) -> Result<()> {
             "no system or no scenario selected".into(),
         ));
     }
+    setup::ensure_tools(
+        !a.no_install,
+        systems
+            .iter()
+            .any(|s| matches!(s.kind, systems::SystemKind::Kcptun { .. })),
+    )?;
     let logdir = std::env::temp_dir().join(format!("gaptun-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logdir).ctx(format!("create {}", logdir.display()))?;
     let plan = Plan {

@@ -91,6 +91,7 @@ pub fn run_scenario(
         logdir: plan.logdir.clone(),
         rate_mbit: scenario.rate_mbit,
         a_addr: if loopback { "127.0.0.1" } else { ADDR_A }.to_string(),
+        b_addr: if loopback { "127.0.0.1" } else { ADDR_B }.to_string(),
     };
     for system in systems {
         if procs::interrupted() {

@@ -11,7 +11,7 @@ use crate::emulator::pipeline::{GilbertElliott, ImpairConfig, QueueLimit};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Family {
     /// No emulated link at all: visitor, tunnel and service share namespace A's loopback
-    /// (expose runs only).
+    /// (every system: servers listen on 127.0.0.1 instead of the link address).
     Loopback,
     /// No impairment at all: the emulator's own ceiling.
     Clean,
@@ -158,7 +158,8 @@ pub fn quick() -> Vec<Scenario> {
 pub const EXPOSE: &str = "loopback,100m-100ms-5pct";
 
 /// The loopback scenario: no emulated link (the emulator's namespaces exist, but every process
-/// runs in namespace A and talks over its loopback). Only the expose systems support it.
+/// runs in namespace A and talks over its loopback): tunnel servers listen on 127.0.0.1 and
+/// direct TCP is plain loopback TCP, the ceiling the tunnels are compared with.
 pub fn loopback() -> Scenario {
     Scenario::new(
         "loopback",

@@ -43,13 +43,14 @@ pub fn has(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-/// Installs the Debian packages providing missing tools (`iperf3`, `kcptun`).
-pub fn ensure_tools(install: bool) -> Result<()> {
+/// Installs the Debian packages providing missing tools (`iperf3`; `kcptun` when a kcptun
+/// system is measured, so a run of other systems does not need it).
+pub fn ensure_tools(install: bool, kcptun: bool) -> Result<()> {
     let mut missing = Vec::new();
     if !has("iperf3") {
         missing.push("iperf3");
     }
-    if !has("kcptun-client") || !has("kcptun-server") {
+    if kcptun && (!has("kcptun-client") || !has("kcptun-server")) {
         missing.push("kcptun");
     }
     if missing.is_empty() {

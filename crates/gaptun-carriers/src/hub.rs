@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use bytes::{Bytes, BytesMut};
 use gaptun_runtime::{CarrierTransmit, RecvMeta};
 use tokio::sync::{Notify, mpsc};
 
@@ -19,8 +20,13 @@ use crate::auth::SessionId;
 /// Datagrams one transmit may hold: more than any driver batches (it stays under 64 KiB).
 pub(crate) const MAX_SEGMENTS: usize = 64;
 
-/// Received datagrams waiting for the driver, across all sessions.
-const INBOUND_DATAGRAMS: usize = 256;
+/// Most bytes of datagrams a connection hands over as one batch: one channel message and one
+/// wake-up of the driver for many datagrams, while the channel stays bounded in bytes (TCP
+/// then holds back the sender rather than this queue growing).
+pub(crate) const MAX_INBOUND_BATCH: usize = 16 * 1024;
+
+/// Datagrams one connection received, for the driver.
+pub(crate) type Inbound = (SocketAddr, VecDeque<Bytes>);
 
 /// Locks, carrying on after a panic elsewhere (the data are plain queues, valid either way).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -29,6 +35,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Outgoing datagrams of one session, taken by whichever of its connections is free first (so a
 /// TCP connection stalled on a loss takes no more while the others go on).
+///
+/// The datagrams are kept framed (a 2-byte big-endian length, then the datagram) in one
+/// buffer: a transmit is copied once, into it, and a connection takes a run of whole frames as
+/// one `Bytes` that TLS writes as it is and QUIC slices into datagrams, with no allocation per
+/// datagram.
 #[derive(Debug)]
 pub(crate) struct OutQueue {
     inner: Mutex<OutInner>,
@@ -40,8 +51,10 @@ pub(crate) struct OutQueue {
 
 #[derive(Debug, Default)]
 struct OutInner {
-    frames: VecDeque<Vec<u8>>,
-    bytes: usize,
+    /// Frames, back to back.
+    data: BytesMut,
+    /// Each queued frame's length with its 2-byte header, oldest first.
+    frames: VecDeque<usize>,
     closed: bool,
     /// The driver waiting for room.
     room: Option<Waker>,
@@ -52,6 +65,22 @@ struct OutInner {
 pub(crate) enum PushError {
     Full,
     Closed,
+}
+
+/// Length of a frame's header.
+const FRAME_HEADER: usize = 2;
+
+/// The datagrams of a run of frames taken from an [`OutQueue`], as slices of it.
+pub(crate) fn frames(batch: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = batch.get(at..at + FRAME_HEADER)?;
+        let len = usize::from(u16::from_be_bytes([header[0], header[1]]));
+        let start = at + FRAME_HEADER;
+        let end = (start + len).min(batch.len());
+        at = end;
+        Some(batch.slice(start..end))
+    })
 }
 
 impl OutQueue {
@@ -68,7 +97,8 @@ impl OutQueue {
     /// that a transmit refused and tried again is not partly sent twice; and "below the
     /// limit" is exactly what [`poll_room`](Self::poll_room) waits for, so a waiting sender
     /// that is woken always gets in (a test of the transmit's own size could refuse it again
-    /// and again while the queue sat just under the limit).
+    /// and again while the queue sat just under the limit). A datagram longer than a frame
+    /// can say (64 KiB) is left out: no carrier could take it.
     pub(crate) fn push_all<'a>(
         &self,
         datagrams: impl Iterator<Item = &'a [u8]>,
@@ -77,12 +107,16 @@ impl OutQueue {
         if q.closed {
             return Err(PushError::Closed);
         }
-        if q.bytes >= self.limit {
+        if q.data.len() >= self.limit {
             return Err(PushError::Full);
         }
         for datagram in datagrams {
-            q.bytes += datagram.len();
-            q.frames.push_back(datagram.to_vec());
+            let Ok(len) = u16::try_from(datagram.len()) else {
+                continue;
+            };
+            q.data.extend_from_slice(&len.to_be_bytes());
+            q.data.extend_from_slice(datagram);
+            q.frames.push_back(FRAME_HEADER + datagram.len());
         }
         drop(q);
         self.notify.notify_one();
@@ -99,30 +133,29 @@ impl OutQueue {
     /// once).
     fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut q = lock(&self.inner);
-        if q.closed || q.bytes < self.limit {
+        if q.closed || q.data.len() < self.limit {
             return Poll::Ready(());
         }
         q.room = Some(cx.waker().clone());
         Poll::Pending
     }
 
-    /// Waits for datagrams and takes up to `max_bytes` of them (at least one); `None` once the
-    /// queue is closed.
-    pub(crate) async fn pop_batch(&self, max_bytes: usize) -> Option<Vec<Vec<u8>>> {
+    /// Waits for datagrams and takes whole frames of up to `max_bytes` (at least one; read
+    /// them with [`frames`]); `None` once the queue is closed.
+    pub(crate) async fn pop_batch(&self, max_bytes: usize) -> Option<Bytes> {
         loop {
             {
                 let mut q = lock(&self.inner);
                 if let Some(first) = q.frames.pop_front() {
-                    let mut taken = first.len();
-                    let mut batch = vec![first];
-                    while let Some(next) = q.frames.front() {
-                        if taken + next.len() > max_bytes {
+                    let mut taken = first;
+                    while let Some(&next) = q.frames.front() {
+                        if taken + next > max_bytes {
                             break;
                         }
-                        taken += next.len();
-                        batch.extend(q.frames.pop_front());
+                        taken += next;
+                        q.frames.pop_front();
                     }
-                    q.bytes -= taken;
+                    let batch = q.data.split_to(taken).freeze();
                     let room = q.room.take();
                     let more = !q.frames.is_empty();
                     drop(q);
@@ -150,7 +183,7 @@ impl OutQueue {
         let mut q = lock(&self.inner);
         q.closed = true;
         q.frames.clear();
-        q.bytes = 0;
+        q.data = BytesMut::new();
         let room = q.room.take();
         drop(q);
         if let Some(w) = room {
@@ -179,8 +212,9 @@ struct Sessions {
 pub(crate) struct Hub {
     pub(crate) kind: &'static str,
     pub(crate) local: SocketAddr,
-    inbound_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    inbound_rx: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    /// The receiving end, with what is left of the batch being read.
+    inbound_rx: Mutex<(mpsc::Receiver<Inbound>, Option<Inbound>)>,
     sessions: Mutex<Sessions>,
     /// The queue a refused send was for: what [`poll_writable`](Self::poll_writable) waits on.
     blocked: Mutex<Option<Arc<OutQueue>>>,
@@ -207,18 +241,22 @@ impl Drop for Attached {
 }
 
 impl Hub {
+    /// A hub whose sessions queue up to `queue_limit` outgoing bytes each, and whose
+    /// connections hand the driver up to `inbound_batches` received batches (all sessions
+    /// together) before they wait.
     pub(crate) fn new(
         kind: &'static str,
         local: SocketAddr,
         queue_limit: usize,
+        inbound_batches: usize,
         keep_sessions: bool,
     ) -> Arc<Self> {
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_DATAGRAMS);
+        let (inbound_tx, inbound_rx) = mpsc::channel(inbound_batches.max(1));
         Arc::new(Self {
             kind,
             local,
             inbound_tx,
-            inbound_rx: Mutex::new(inbound_rx),
+            inbound_rx: Mutex::new((inbound_rx, None)),
             sessions: Mutex::new(Sessions::default()),
             blocked: Mutex::new(None),
             queue_limit,
@@ -262,10 +300,10 @@ impl Hub {
         }
     }
 
-    /// Hands a received datagram to the driver, waiting while it is behind (which, on TCP,
+    /// Hands received datagrams to the driver, waiting while it is behind (which, on TCP,
     /// slows the sender down instead of dropping).
-    pub(crate) async fn deliver(&self, from: SocketAddr, datagram: Vec<u8>) -> bool {
-        self.inbound_tx.send((from, datagram)).await.is_ok()
+    pub(crate) async fn deliver(&self, from: SocketAddr, datagrams: VecDeque<Bytes>) -> bool {
+        self.inbound_tx.send((from, datagrams)).await.is_ok()
     }
 
     /// Sessions alive now.
@@ -279,28 +317,38 @@ impl Hub {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut rx = lock(&self.inbound_rx);
+        let mut guard = lock(&self.inbound_rx);
+        let (rx, current) = &mut *guard;
         let n = bufs.len().min(meta.len());
         let mut filled = 0;
         while filled < n {
-            let next = if filled == 0 {
-                match rx.poll_recv(cx) {
-                    Poll::Ready(Some(d)) => d,
-                    Poll::Ready(None) => {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            "carrier closed",
-                        )));
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(d) => d,
-                    Err(_) => break,
+            let (addr, batch) = match current {
+                Some((addr, batch)) if !batch.is_empty() => (*addr, batch),
+                _ => {
+                    let next = if filled == 0 {
+                        match rx.poll_recv(cx) {
+                            Poll::Ready(Some(b)) => b,
+                            Poll::Ready(None) => {
+                                return Poll::Ready(Err(io::Error::new(
+                                    io::ErrorKind::BrokenPipe,
+                                    "carrier closed",
+                                )));
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    } else {
+                        match rx.try_recv() {
+                            Ok(b) => b,
+                            Err(_) => break,
+                        }
+                    };
+                    *current = Some(next);
+                    continue;
                 }
             };
-            let (addr, datagram) = next;
+            let Some(datagram) = batch.pop_front() else {
+                continue;
+            };
             let buf = &mut bufs[filled];
             let len = datagram.len().min(buf.len());
             buf[..len].copy_from_slice(&datagram[..len]);
@@ -381,10 +429,15 @@ mod tests {
         assert_eq!(q.push(&[2; 30]), Ok(()));
         assert_eq!(q.push(&[5; 30]), Ok(()));
         assert_eq!(q.push(&[3; 30]), Err(PushError::Full));
+        // Framed, 62 + 32 + 32 bytes: the first alone is all that fits in 70.
         let batch = q.pop_batch(70).await.expect("open");
-        assert_eq!(batch.len(), 1);
+        assert_eq!(frames(&batch).collect::<Vec<_>>(), vec![vec![1u8; 60]]);
         let batch = q.pop_batch(70).await.expect("open");
-        assert_eq!(batch, vec![vec![2; 30], vec![5; 30]]);
+        assert_eq!(&batch[..3], &[0, 30, 2], "length header, then the datagram");
+        assert_eq!(
+            frames(&batch).collect::<Vec<_>>(),
+            vec![vec![2u8; 30], vec![5u8; 30]]
+        );
         q.close();
         assert_eq!(q.pop_batch(70).await, None);
         assert_eq!(q.push(&[4; 1]), Err(PushError::Closed));
@@ -396,7 +449,13 @@ mod tests {
             .build()
             .expect("runtime");
         let _g = rt.enter();
-        let hub = Hub::new("tls", "127.0.0.1:443".parse().expect("addr"), 1000, false);
+        let hub = Hub::new(
+            "tls",
+            "127.0.0.1:443".parse().expect("addr"),
+            1000,
+            4,
+            false,
+        );
         let a: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
         let b: SocketAddr = "127.0.0.1:5001".parse().expect("addr");
         let first = hub.attach([1; 16], a);
@@ -424,7 +483,7 @@ mod tests {
             .expect("runtime");
         let _g = rt.enter();
         let server: SocketAddr = "127.0.0.1:443".parse().expect("addr");
-        let hub = Hub::new("tls", "127.0.0.1:5000".parse().expect("addr"), 100, true);
+        let hub = Hub::new("tls", "127.0.0.1:5000".parse().expect("addr"), 100, 4, true);
         let attached = hub.attach([2; 16], server);
         let queue = Arc::clone(&attached.queue);
         drop(attached);

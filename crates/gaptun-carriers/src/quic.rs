@@ -13,13 +13,13 @@
 //! stays small, so that gaptun's controller sees the path, not a queue.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use gaptun_runtime::{Carrier, CarrierTransmit, RecvMeta};
 use quinn::congestion::{Controller, ControllerFactory};
 use quinn::crypto::rustls::{QuicClientConfig as RustlsClient, QuicServerConfig as RustlsServer};
@@ -29,7 +29,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::auth::{Keys, TOKEN_LEN, new_session};
 use crate::cert::CertKey;
-use crate::hub::{Attached, Hub};
+use crate::hub::{Attached, Hub, frames};
 use crate::probe::NOT_FOUND_BODY;
 use crate::{CarrierError, tls_config};
 
@@ -49,6 +49,9 @@ const QUIC_MTU: u16 = 1400;
 
 /// Bytes of gaptun datagrams queued per session for quinn.
 const QUEUE_BYTES: usize = 256 * 1024;
+
+/// Received datagrams waiting for the driver (each is a batch of its own).
+const INBOUND_DATAGRAMS: usize = 256;
 
 /// quinn's DATAGRAM send buffer: a few packets, so that datagrams wait in gaptun (which paces
 /// them), not in quinn.
@@ -147,7 +150,7 @@ impl QuicCarrier {
             .token(&session)
             .ok_or_else(|| CarrierError::Tls("a client needs a key".into()))?;
         let first = connect_one(&endpoint, &config, &token).await?;
-        let hub = Hub::new("quic", local, QUEUE_BYTES, true);
+        let hub = Hub::new("quic", local, QUEUE_BYTES, INBOUND_DATAGRAMS, true);
         // The session exists before we return, so the first datagrams sent (a handshake
         // Initial, at once) are queued for the connection instead of finding no peer while
         // the connection's task has yet to attach; a client keeps its session when detached.
@@ -198,7 +201,7 @@ impl QuicCarrier {
         let local = endpoint
             .local_addr()
             .map_err(|e| CarrierError::io("local address", e))?;
-        let hub = Hub::new("quic", local, QUEUE_BYTES, false);
+        let hub = Hub::new("quic", local, QUEUE_BYTES, INBOUND_DATAGRAMS, false);
         let task = tokio::spawn(accept_loop(
             Arc::clone(&hub),
             endpoint.clone(),
@@ -336,7 +339,7 @@ async fn carry(hub: &Hub, attached: &Attached, conn: &Connection) -> String {
         loop {
             match conn.read_datagram().await {
                 Ok(d) => {
-                    if !hub.deliver(attached.addr, d.to_vec()).await {
+                    if !hub.deliver(attached.addr, VecDeque::from([d])).await {
                         return "carrier dropped".to_string();
                     }
                 }
@@ -349,8 +352,8 @@ async fn carry(hub: &Hub, attached: &Attached, conn: &Connection) -> String {
             let Some(batch) = attached.queue.pop_batch(QUINN_SEND_BUFFER).await else {
                 return "session closed".to_string();
             };
-            for datagram in batch {
-                match conn.send_datagram_wait(Bytes::from(datagram)).await {
+            for datagram in frames(&batch) {
+                match conn.send_datagram_wait(datagram).await {
                     Ok(()) => {}
                     Err(SendDatagramError::TooLarge) => {
                         tracing::debug!("datagram larger than QUIC allows, dropped");

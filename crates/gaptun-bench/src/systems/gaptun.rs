@@ -9,7 +9,7 @@ use super::{
     Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, SOCKS_PORT, settle,
     tunnel_endpoints,
 };
-use crate::emulator::{ADDR_B, netns};
+use crate::emulator::netns;
 use crate::error::{BenchError, Result};
 use crate::procs::{self, Managed};
 
@@ -45,13 +45,14 @@ pub fn keygen(binary: &Path) -> Result<String> {
 }
 
 /// Starts server and client with the congestion controller `cc`, if given `--fec`, on `carrier`
-/// (`udp`, `tls`, `quic`; all on the same port number).
+/// (`udp`, `tls`, `quic`; all on the same port number), the client with `client_args` too.
 pub fn start(
     env: &Env,
     binary: &Path,
     cc: &str,
     fec: Option<&str>,
     carrier: &str,
+    client_args: &[String],
 ) -> Result<Running> {
     let key = keygen(binary)?;
     // Log and socket names tell the FEC variants and the carriers apart.
@@ -62,6 +63,10 @@ pub fn start(
     if carrier != "udp" {
         tag = format!("{carrier}-{tag}");
     }
+    for arg in client_args {
+        tag.push('-');
+        tag.push_str(arg.trim_start_matches('-'));
+    }
     let cc_args = |cmd: &mut Command| {
         cc_args(cmd, cc, env.rate_mbit);
         if let Some(f) = fec {
@@ -69,7 +74,7 @@ pub fn start(
         }
     };
     let bin = binary.to_string_lossy();
-    let listen = format!("{ADDR_B}:{SERVER_PORT}");
+    let listen = format!("{}:{SERVER_PORT}", env.b_addr);
     let mut s = netns::exec(&env.ns_b, &bin);
     s.args(["server", "--listen", &listen, "--key", &key])
         .args(["--carrier", carrier])
@@ -97,6 +102,7 @@ pub fn start(
             &format!("tcp:127.0.0.1:{FWD_RR_PORT}=127.0.0.1:{RR_PORT}"),
         ])
         .args(["--socks", &format!("127.0.0.1:{SOCKS_PORT}")])
+        .args(client_args)
         .arg("--control")
         .arg(control_socket(env, "client", &tag));
     cc_args(&mut c);

@@ -4,7 +4,7 @@
 use super::{
     Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, settle, tunnel_endpoints,
 };
-use crate::emulator::{ADDR_B, netns};
+use crate::emulator::netns;
 use crate::error::Result;
 use crate::procs::Managed;
 
@@ -21,7 +21,7 @@ pub fn start(env: &Env, mode: Option<&str>, window: Option<u32>) -> Result<Runni
     ];
     let mut procs = Vec::new();
     for (server_port, local, target) in pairs {
-        let remote = format!("{ADDR_B}:{server_port}");
+        let remote = format!("{}:{server_port}", env.b_addr);
         let mut s = netns::exec(&env.ns_b, "kcptun-server");
         s.args(["-l", &remote, "-t", &format!("127.0.0.1:{target}")]);
         common_args(&mut s, mode, window);

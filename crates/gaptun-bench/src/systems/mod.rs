@@ -49,6 +49,9 @@ pub struct Env {
     /// Namespace A's address as seen from `ns_b`: where an expose system's server listens
     /// (the link address, or 127.0.0.1 in the loopback scenario, where `ns_b` is `ns_a`).
     pub a_addr: String,
+    /// Namespace B's address as seen from `ns_a`: where a forward system's server listens and
+    /// direct TCP connects (the link address, or 127.0.0.1 in the loopback scenario).
+    pub b_addr: String,
 }
 
 impl Env {
@@ -120,6 +123,8 @@ pub enum SystemKind {
         fec: Option<String>,
         /// `udp`, `tls` or `quic` (`--carrier`).
         carrier: String,
+        /// More arguments for the client (`--tls-connections 1`, ...).
+        client_args: Vec<String>,
     },
     /// gaptun's expose (server in A publishes services of the client in B), default congestion.
     GaptunExpose {
@@ -153,7 +158,15 @@ impl System {
                 congestion,
                 fec,
                 carrier,
-            } => gaptun::start(env, binary, congestion, fec.as_deref(), carrier)?,
+                client_args,
+            } => gaptun::start(
+                env,
+                binary,
+                congestion,
+                fec.as_deref(),
+                carrier,
+                client_args,
+            )?,
             SystemKind::GaptunExpose { binary } => expose::start_gaptun(env, binary)?,
             SystemKind::Rathole { binary } => expose::start_rathole(env, binary)?,
         };
@@ -260,18 +273,26 @@ pub fn all(gaptun: Option<&Path>) -> Vec<System> {
                     congestion: cc.into(),
                     fec: None,
                     carrier: "udp".into(),
+                    client_args: Vec::new(),
                 },
             });
         }
-        // The other carriers (issue 11), with the default controller.
-        for carrier in ["tls", "quic"] {
+        // The other carriers (issue 11), with the default controller; TLS also over one TCP
+        // connection instead of the default two (two BBR flows of one client overfill a
+        // bottleneck queue of one bandwidth-delay product together).
+        for (name, carrier, client_args) in [
+            ("gaptun-tls", "tls", &[][..]),
+            ("gaptun-tls-conn1", "tls", &["--tls-connections", "1"][..]),
+            ("gaptun-quic", "quic", &[][..]),
+        ] {
             v.push(System {
-                name: format!("gaptun-{carrier}"),
+                name: name.into(),
                 kind: SystemKind::Gaptun {
                     binary: bin.to_path_buf(),
                     congestion: "bbr".into(),
                     fec: None,
                     carrier: carrier.into(),
+                    client_args: client_args.iter().map(|a| a.to_string()).collect(),
                 },
             });
         }
@@ -284,6 +305,7 @@ pub fn all(gaptun: Option<&Path>) -> Vec<System> {
                 congestion: "bbr".into(),
                 fec: Some("off".into()),
                 carrier: "udp".into(),
+                client_args: Vec::new(),
             },
         });
     }
