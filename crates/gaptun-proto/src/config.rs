@@ -22,6 +22,15 @@ pub struct TransportConfig {
     /// Probe for datagrams larger than `initial_udp_payload`, up to `max_udp_payload`
     /// (DPLPMTUD, see `docs/protocol.md`). Off: every datagram stays within the initial size.
     pub mtu_discovery: bool,
+    /// Take the ceiling from the route instead of `max_udp_payload`: on a path over a carrier
+    /// the runtime registered a route query for (plain UDP, see
+    /// [`Endpoint::set_route_mtu`](crate::Endpoint::set_route_mtu)), the connection's ceiling
+    /// is the largest UDP payload the kernel's route to the peer carries (65 507 on loopback,
+    /// 1472 on an Ethernet path), announced to the peer and confirmed by discovery as any
+    /// ceiling is. Decided per connection, when it starts. Where the query fails, or on other
+    /// carriers, `max_udp_payload` stays the ceiling. Off: `max_udp_payload` always is (an
+    /// explicit `--mtu`).
+    pub mtu_from_route: bool,
     /// Connection-level receive window in bytes (what the peer may have in flight to us).
     pub receive_window: u64,
     /// Per-stream receive window in bytes.
@@ -95,6 +104,7 @@ impl Default for TransportConfig {
             max_udp_payload: 1472,
             initial_udp_payload: 1350,
             mtu_discovery: true,
+            mtu_from_route: false,
             receive_window: 32 * 1024 * 1024,
             stream_receive_window: 16 * 1024 * 1024,
             send_buffer: 32 * 1024 * 1024,

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use thiserror::Error;
 
 use crate::config::{EndpointConfig, TransportConfig};
-use crate::connection::{Connection, ConnectionInit, UnixClock};
+use crate::connection::{Connection, ConnectionInit, MAX_UDP_PAYLOAD, MIN_MTU, UnixClock};
 use crate::crypto::HeaderKey;
 use crate::handshake::{
     self, Admission, HandshakeKey, ReplayJournal, ReplayRecord, TransportParams,
@@ -112,6 +112,17 @@ struct KeySlot {
     header_key: Arc<HeaderKey>,
 }
 
+/// Asks the system how large a UDP payload the route to a peer carries, in IPv4 terms (the
+/// route's MTU less 28 bytes of IP and UDP headers; an IPv6 peer's ceiling is lowered by the
+/// extra 20 bytes later, as for any ceiling). `None` when it cannot tell. The runtime provides
+/// one per carrier kind that has routes (plain UDP); see [`Endpoint::set_route_mtu`].
+pub type RouteMtuQuery = fn(SocketAddr) -> Option<u16>;
+
+/// `query`'s answer for `remote`, within the sizes the protocol works with.
+fn ask_route(query: RouteMtuQuery, remote: SocketAddr) -> Option<u16> {
+    query(remote).map(|c| c.clamp(MIN_MTU, MAX_UDP_PAYLOAD))
+}
+
 /// An endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -146,6 +157,9 @@ pub struct Endpoint {
     schedule: Schedule,
     /// Connection IDs, and answering or recognising stateless resets.
     reset: StatelessReset,
+    /// Per carrier, how to learn a new connection's ceiling from its route (used when
+    /// `TransportConfig::mtu_from_route` is on).
+    route_mtu: HashMap<CarrierId, RouteMtuQuery>,
     stats: EndpointStats,
 }
 
@@ -234,6 +248,7 @@ impl Endpoint {
             unconfirmed_sweep_at: 64,
             schedule: Schedule::default(),
             reset: StatelessReset::new(&config.psks),
+            route_mtu: HashMap::new(),
             stats: EndpointStats::default(),
             config,
         }
@@ -260,6 +275,30 @@ impl Endpoint {
                 continue;
             }
             return cid;
+        }
+    }
+
+    /// The ceiling a new connection on `path` gets from its route, when the configuration asks
+    /// for that and the path's carrier has a route query that answers (clamped to the sizes
+    /// the protocol works with).
+    fn route_ceiling(&self, path: PathAddr) -> Option<u16> {
+        if !self.transport.mtu_from_route {
+            return None;
+        }
+        ask_route(*self.route_mtu.get(&path.carrier)?, path.remote)
+    }
+
+    /// The transport configuration of a new connection whose route allows `ceiling` bytes:
+    /// the endpoint's, with that ceiling in place of `max_udp_payload`.
+    fn transport_for(&self, ceiling: Option<u16>) -> Arc<TransportConfig> {
+        match ceiling {
+            Some(c) if c != self.transport.max_udp_payload => {
+                let mut t = (*self.transport).clone();
+                t.max_udp_payload = c;
+                t.initial_udp_payload = t.initial_udp_payload.min(c);
+                Arc::new(t)
+            }
+            _ => self.transport.clone(),
         }
     }
 
@@ -322,7 +361,8 @@ impl Endpoint {
             .first()
             .cloned()
             .ok_or(ConnectError::NoKey)?;
-        let init = self.init(Side::Client, 0, first);
+        let mut init = self.init(Side::Client, 0, first);
+        init.config = self.transport_for(self.route_ceiling(first));
         let mut conn = Connection::new_client(init, now, &psk);
         conn.start_paths(now, paths);
         Ok(self.insert(conn))
@@ -451,6 +491,11 @@ impl Endpoint {
         }
         let server_cid = self.new_cid();
         let params = self.server_params();
+        let route_mtu = self
+            .transport
+            .mtu_from_route
+            .then(|| self.route_mtu.get(&from.carrier).copied())
+            .flatten();
         let unix = self.clock.unix_time(now);
         // Held through the Noise work: handshakes of all shards take turns, the data path never
         // waits for this lock.
@@ -467,6 +512,8 @@ impl Endpoint {
             shards: self.shard.count,
             now,
             from: from.remote,
+            route_mtu,
+            ceiling: None,
         };
         let accepted = handshake::accept_initial(
             &self.handshake_keys,
@@ -480,6 +527,7 @@ impl Endpoint {
             &mut self.rng,
             &mut gate,
         );
+        let ceiling = gate.ceiling;
         drop(common);
         let accepted = match accepted {
             Ok(a) => a,
@@ -504,6 +552,7 @@ impl Endpoint {
         };
         let mut init = self.init(Side::Server, accepted.psk_index, from);
         init.local_cid = server_cid;
+        init.config = self.transport_for(ceiling);
         let conn = Connection::new_server(
             init,
             now,
@@ -800,6 +849,16 @@ impl Endpoint {
         }
     }
 
+    /// Learn the ceiling of new connections over our carrier `carrier` from the route to the
+    /// peer with `query` (when `TransportConfig::mtu_from_route` is on), or no longer (`None`).
+    /// Set by the runtime for its plain UDP carriers; other carriers keep `max_udp_payload`.
+    pub fn set_route_mtu(&mut self, carrier: CarrierId, query: Option<RouteMtuQuery>) {
+        match query {
+            Some(q) => self.route_mtu.insert(carrier, q),
+            None => self.route_mtu.remove(&carrier),
+        };
+    }
+
     /// Where this endpoint's RNG seed came from ([`SeedOrigin::Os`] in production).
     pub fn seed_origin(&self) -> SeedOrigin {
         self.seed_origin
@@ -851,6 +910,11 @@ struct Gate<'a> {
     shards: usize,
     now: Instant,
     from: SocketAddr,
+    /// How to ask for the route's ceiling to `from`, if the configuration wants that.
+    route_mtu: Option<RouteMtuQuery>,
+    /// The route's ceiling, once asked (only for an accepted Initial: the query is a few system
+    /// calls, not spent on handshakes that are refused anyway).
+    ceiling: Option<u16>,
 }
 
 impl Admission for Gate<'_> {
@@ -870,5 +934,10 @@ impl Admission for Gate<'_> {
                 .count()
                 .saturating_mul(shards)
         })
+    }
+
+    fn max_udp_payload(&mut self) -> Option<u16> {
+        self.ceiling = ask_route(self.route_mtu?, self.from);
+        self.ceiling
     }
 }

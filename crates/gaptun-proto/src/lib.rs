@@ -43,11 +43,13 @@ mod shared;
 pub use config::{EndpointConfig, TransportConfig};
 pub use congestion::CongestionKind;
 pub use connection::{
-    Connection, ConnectionError, ConnectionStats, DatagramStats, Event, MIN_MTU, PathInfo,
-    PathSwitch, SendDatagramError, SwitchReason,
+    Connection, ConnectionError, ConnectionStats, DatagramStats, Event, MAX_TRANSMIT_BYTES,
+    MAX_UDP_PAYLOAD, MIN_MTU, PathInfo, PathSwitch, SendDatagramError, SwitchReason,
 };
 pub use crypto::{CipherSuite, Psk};
-pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, RngSeed, SeedError, SeedOrigin};
+pub use endpoint::{
+    ConnectionHandle, Endpoint, EndpointStats, RngSeed, RouteMtuQuery, SeedError, SeedOrigin,
+};
 pub use fec::FecMode;
 pub use shared::{CarrierId, PathAddr, Side, StreamId, Transmit};
 pub use streams::{ReadError, StreamEvent, WriteError};

@@ -282,3 +282,89 @@ fn a_loopback_sized_ceiling_finds_a_jumbo_path() {
     );
     assert_eq!(sender.packets_lost, 0, "{sender:?}");
 }
+
+/// A route that carries jumbo frames.
+fn jumbo_route(_: std::net::SocketAddr) -> Option<u16> {
+    Some(JUMBO as u16)
+}
+
+/// A loopback-sized route.
+fn loopback_route(_: std::net::SocketAddr) -> Option<u16> {
+    Some(gaptun_proto::MAX_UDP_PAYLOAD)
+}
+
+/// A route whose MTU the system cannot tell.
+fn unknown_route(_: std::net::SocketAddr) -> Option<u16> {
+    None
+}
+
+/// A bulk transfer `direction` over a jumbo-frame link, both ends taking their ceiling from
+/// their route when `from_route` (the client's route query `client`, the server's `server`);
+/// returns the sender's statistics and the largest datagram the link carried that way.
+fn bulk_with_routes(
+    seed: u64,
+    direction: Direction,
+    from_route: bool,
+    client: gaptun_proto::RouteMtuQuery,
+    server: gaptun_proto::RouteMtuQuery,
+) -> (ConnectionStats, u64) {
+    let config = SimConfig::new(seed)
+        .with_link(link().with_max_datagram(JUMBO))
+        .with_transport(move |t| t.mtu_from_route = from_route);
+    let mut sim = Sim::new(config);
+    let carrier = gaptun_proto::CarrierId(0);
+    sim.client(0).set_route_mtu(carrier, Some(client));
+    sim.server().set_route_mtu(carrier, Some(server));
+    let id = sim.add_workload(BulkTransfer::new(0, direction, 8_000_000, 4));
+    assert!(sim.run_workloads(Duration::from_secs(30)), "{direction:?}");
+    assert_eq!(
+        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+        Ok(()),
+        "{direction:?}"
+    );
+    let sender = stats(&mut sim, direction.sender());
+    let largest = sim.link_stats(sender_path(direction)).max_datagram_sent;
+    (sender, largest)
+}
+
+#[test]
+fn the_routes_ceiling_replaces_the_configured_one_on_both_sides() {
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        // Both routes carry jumbo frames: data goes in them although max_udp_payload is 1472.
+        let (sender, largest) = bulk_with_routes(81, direction, true, jumbo_route, jumbo_route);
+        assert_eq!(sender.mtu, JUMBO as u64, "{direction:?}: {sender:?}");
+        assert_eq!(largest, JUMBO as u64, "{direction:?}");
+        assert_eq!(sender.mtu_probes_lost, 0, "{direction:?}: {sender:?}");
+    }
+}
+
+#[test]
+fn the_smaller_routes_ceiling_applies_and_the_server_announces_its_own() {
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        // The client's route says loopback, the server's (to this client) jumbo: the server
+        // announces its route's ceiling in its parameters, so both send at most 8972, and no
+        // probe above it is wasted.
+        let (sender, largest) = bulk_with_routes(82, direction, true, loopback_route, jumbo_route);
+        assert_eq!(sender.mtu, JUMBO as u64, "{direction:?}: {sender:?}");
+        assert_eq!(largest, JUMBO as u64, "{direction:?}");
+        assert_eq!(sender.mtu_probes_lost, 0, "{direction:?}: {sender:?}");
+    }
+}
+
+#[test]
+fn a_route_query_that_fails_keeps_the_configured_ceiling() {
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let (sender, largest) = bulk_with_routes(83, direction, true, unknown_route, jumbo_route);
+        assert_eq!(sender.mtu, CEILING as u64, "{direction:?}: {sender:?}");
+        assert_eq!(largest, CEILING as u64, "{direction:?}");
+    }
+}
+
+#[test]
+fn an_explicit_ceiling_ignores_the_route() {
+    // mtu_from_route off (an explicit --mtu): the routes' jumbo frames are not used.
+    let (sender, largest) =
+        bulk_with_routes(84, Direction::ToServer, false, jumbo_route, jumbo_route);
+    assert_eq!(sender.mtu, CEILING as u64, "{sender:?}");
+    assert_eq!(largest, CEILING as u64);
+}

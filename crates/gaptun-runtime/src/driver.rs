@@ -161,7 +161,10 @@ impl Driver {
         self.max_segments = self
             .carriers
             .iter()
-            .map(|s| carrier::segments_for(&*s.carrier, self.max_payload))
+            // Counted for the smallest datagrams: the core keeps a batch of larger ones under
+            // the kernel's 64 KiB GSO limit itself (`MAX_TRANSMIT_BYTES`), since each
+            // connection's size is its own (a loopback peer's 65 507 bytes beside 1472).
+            .map(|s| carrier::segments_for(&*s.carrier, usize::from(gaptun_proto::MIN_MTU)))
             .min()
             .unwrap_or(1)
             .min(MAX_GSO_SEGMENTS);
@@ -288,6 +291,15 @@ impl Driver {
             let mut state = self.shared.lock();
             let now = Instant::now();
             for i in 0..n {
+                if slot.recv.truncated(i) {
+                    // Cut by the kernel: it could not authenticate, so the core never sees it.
+                    let total = self.shared.truncated.fetch_add(1, Ordering::Relaxed) + 1;
+                    debug!(
+                        carrier = slot.id.0,
+                        total, "datagram longer than the receive buffer dropped"
+                    );
+                    continue;
+                }
                 let (from, datagrams) = slot.recv.datagrams(i);
                 for datagram in datagrams {
                     trace!(%from, carrier = slot.id.0, len = datagram.len(), "datagram in");
@@ -398,7 +410,7 @@ impl Driver {
             return;
         }
         self.next_snapshot = now + SNAPSHOT_INTERVAL;
-        let part = EndpointSnapshot::read(state, now, self.shared.busy());
+        let part = EndpointSnapshot::read(state, now, self.shared.busy(), self.shared.truncated());
         self.shared.group.publish(self.shared.index, Arc::new(part));
     }
 

@@ -86,12 +86,21 @@ pub struct ShardFigures {
     /// Time the shard's driver spent working (receiving, timers, sending), since it started:
     /// with one shard per core, each figure is close to that core's share of the work.
     pub busy: Duration,
+    /// Datagrams that arrived longer than the receive buffers and were dropped uncounted by the
+    /// core (the kernel cut them). The buffers have room for the largest datagram any
+    /// connection may use, so this stays 0 unless a peer sends above the ceiling it was given.
+    pub truncated: u64,
 }
 
 impl EndpointSnapshot {
     /// Reads the figures out of the locked state of one shard, whose driver has been `busy`
-    /// that long.
-    pub(crate) fn read(state: &mut crate::state::State, now: Instant, busy: Duration) -> Self {
+    /// that long and received `truncated` datagrams cut short.
+    pub(crate) fn read(
+        state: &mut crate::state::State,
+        now: Instant,
+        busy: Duration,
+        truncated: u64,
+    ) -> Self {
         let mut handles = state.endpoint.handles();
         handles.sort();
         let kinds: Vec<(CarrierId, &'static str)> = state
@@ -133,6 +142,7 @@ impl EndpointSnapshot {
         let shard = ShardFigures {
             connections: connections.len(),
             busy,
+            truncated,
             ..ShardFigures::default()
         };
         Self {
@@ -185,6 +195,9 @@ fn fit_to_carriers(transport: &mut gaptun_proto::TransportConfig, carriers: &[Ar
         transport.max_udp_payload = limit;
         transport.initial_udp_payload = transport.initial_udp_payload.min(limit);
         transport.mtu_discovery = false;
+        // The route's MTU says nothing of what such a carrier takes: its limit stays the
+        // ceiling for every connection.
+        transport.mtu_from_route = false;
     }
     // Carriers are numbered in order from 0 (see `with_carriers`).
     transport.reliable_carriers = (0..)
@@ -192,6 +205,18 @@ fn fit_to_carriers(transport: &mut gaptun_proto::TransportConfig, carriers: &[Ar
         .filter(|(_, c)| c.reliable())
         .map(|(i, _)| CarrierId(i))
         .collect();
+}
+
+/// The largest datagram a driver must receive whole: the configured ceiling, or the largest
+/// any route may give a connection when ceilings come from routes (the receive buffers hold
+/// 64 KiB each either way once GRO is on, so this costs no memory there).
+fn receive_payload(transport: &gaptun_proto::TransportConfig) -> usize {
+    let ceiling = if transport.mtu_from_route {
+        gaptun_proto::MAX_UDP_PAYLOAD
+    } else {
+        transport.max_udp_payload
+    };
+    usize::from(ceiling)
 }
 
 impl RtEndpoint {
@@ -298,7 +323,7 @@ impl RtEndpoint {
             ));
         };
         let local_addr = first.local_addr()?;
-        let max_payload = usize::from(config.transport.max_udp_payload);
+        let max_payload = receive_payload(&config.transport);
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
@@ -552,7 +577,8 @@ impl RtEndpoint {
         let now = Instant::now();
         let mut merged = None;
         for shard in self.shards() {
-            let part = EndpointSnapshot::read(&mut shard.lock(), now, shard.busy());
+            let part =
+                EndpointSnapshot::read(&mut shard.lock(), now, shard.busy(), shard.truncated());
             merged = Some(shard.group.publish(shard.index, Arc::new(part)));
         }
         merged.unwrap_or_else(|| self.snapshot())

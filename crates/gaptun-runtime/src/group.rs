@@ -139,6 +139,7 @@ impl Group {
                     .get(index)
                     .map_or(0, |n| n.load(Ordering::Relaxed)),
                 busy: part.shards.first().map(|s| s.busy).unwrap_or_default(),
+                truncated: part.shards.first().map_or(0, |s| s.truncated),
             });
         }
         connections.sort_by_key(|c| c.handle);

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) index: usize,
     /// Nanoseconds the driver spent working (see `ShardFigures::busy`).
     pub(crate) busy_ns: AtomicU64,
+    /// Datagrams received cut short and dropped (see `ShardFigures::truncated`).
+    pub(crate) truncated: AtomicU64,
 }
 
 impl Shared {
@@ -54,12 +56,13 @@ impl Shared {
         index: usize,
     ) -> Self {
         let mut state = State::new(endpoint);
-        let first = EndpointSnapshot::read(&mut state, Instant::now(), Duration::ZERO);
+        let first = EndpointSnapshot::read(&mut state, Instant::now(), Duration::ZERO, 0);
         group.publish(index, Arc::new(first));
         Self {
             group,
             index,
             busy_ns: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
             state: Mutex::new(state),
             wake_driver: Notify::new(),
             driver_done: watch::Sender::new(false),
@@ -77,6 +80,11 @@ impl Shared {
     /// How long the driver has worked so far.
     pub(crate) fn busy(&self) -> Duration {
         Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
+    }
+
+    /// Datagrams the driver received cut short (and dropped) so far.
+    pub(crate) fn truncated(&self) -> u64 {
+        self.truncated.load(Ordering::Relaxed)
     }
 
     /// Asks the driver to run an iteration (poll_transmit and friends).
@@ -206,6 +214,7 @@ impl State {
         self.next_carrier = self.next_carrier.checked_add(1)?;
         self.carriers
             .push((id, carrier.kind(), carrier.local_addr().ok()));
+        self.endpoint.set_route_mtu(id, carrier.route_mtu());
         self.carriers_added.push((id, carrier));
         Some(id)
     }

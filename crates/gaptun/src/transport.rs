@@ -44,8 +44,10 @@ settings_group! {
         #[arg(long, value_name = "BYTES")]
         pub window: Option<WindowSize>,
         /// Largest UDP payload in bytes, 1200-65507: the ceiling path MTU discovery probes up
-        /// to (8972 for jumbo frames, 65507 for loopback; paths that carry less are found).
-        #[arg(long, value_name = "N", default_value = "1472")]
+        /// to (8972 for jumbo frames, 65507 for loopback; paths that carry less are found)
+        /// [default: per connection, the route's MTU less 28 bytes of headers: 65507 on
+        /// loopback, 1472 on Ethernet; 1472 where the system cannot tell].
+        #[arg(long, value_name = "N")]
         pub mtu: Option<Mtu>,
         /// Probe for datagrams larger than 1350 bytes, up to --mtu (--mtu-discovery=false: never).
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
@@ -107,8 +109,11 @@ impl TransportSettings {
         let mut c = TransportConfig::default();
         apply_mode(&mut c, self.mode.unwrap_or_default());
         // Mtu and WindowSize were range-checked when parsed.
-        if let Some(Mtu(mtu)) = self.mtu {
-            c.max_udp_payload = mtu;
+        // An explicit ceiling is used as given; without one each connection asks its route
+        // (the core's 1472 stays the fallback).
+        match self.mtu {
+            Some(Mtu(mtu)) => c.max_udp_payload = mtu,
+            None => c.mtu_from_route = true,
         }
         if let Some(on) = self.mtu_discovery {
             c.mtu_discovery = on;
@@ -225,6 +230,9 @@ mod tests {
     fn mtu_discovery_and_mtu() {
         let on = TransportSettings::default().build().unwrap();
         assert!(on.mtu_discovery);
+        // No --mtu: each connection takes its ceiling from its route, 1472 as the fallback.
+        assert!(on.mtu_from_route);
+        assert_eq!(on.max_udp_payload, 1472);
         let off = TransportSettings {
             mtu_discovery: Some(false),
             ..Default::default()
@@ -234,7 +242,12 @@ mod tests {
             mtu: Some(Mtu(1200)),
             ..Default::default()
         };
-        assert_eq!(smallest.build().unwrap().max_udp_payload, 1200);
+        let smallest = smallest.build().unwrap();
+        assert_eq!(smallest.max_udp_payload, 1200);
+        assert!(
+            !smallest.mtu_from_route,
+            "an explicit --mtu overrides the route"
+        );
     }
 
     #[test]
@@ -265,7 +278,7 @@ mod tests {
 
     /// The defaults shown in the help (clap's `default_value`s) are the core's defaults, so
     /// filling them in changes nothing; only the window is left to the core (its per-stream
-    /// window differs from the per-connection one).
+    /// window differs from the per-connection one), and the MTU to each connection's route.
     #[test]
     fn help_defaults_are_the_core_defaults() {
         use clap::{Args, Command};
@@ -276,7 +289,7 @@ mod tests {
             .unwrap();
         let (given, defaults) = TransportSettings::from_matches(&m).unwrap();
         assert_eq!(given, TransportSettings::default());
-        assert!(defaults.mode.is_some() && defaults.mtu.is_some() && defaults.window.is_none());
+        assert!(defaults.mode.is_some() && defaults.mtu.is_none() && defaults.window.is_none());
         let from_defaults = format!("{:?}", defaults.build().unwrap());
         let core = format!("{:?}", TransportSettings::default().build().unwrap());
         assert_eq!(from_defaults, core);

@@ -120,7 +120,7 @@ bounded_integer!(
     /// 65 536; a 9000-byte jumbo frame carries 8972).
     Mtu(u16),
     "mtu",
-    gaptun_proto::MIN_MTU..=65_507
+    gaptun_proto::MIN_MTU..=gaptun_proto::MAX_UDP_PAYLOAD
 );
 
 bounded_integer!(

@@ -172,44 +172,112 @@ async fn start_bulk_peer(
     (addr, rx)
 }
 
+/// `up` bytes to and `down` bytes from a service behind a TCP forward of a server and client
+/// started with `server_extra` and `client_extra`, checked by SHA-256 both ways; returns the
+/// daemons (still running) for their statistics.
+async fn forward_bulk(
+    dir: &Scratch,
+    up: usize,
+    down: usize,
+    server_extra: &[&str],
+    client_extra: &[&str],
+) -> (Daemon, Daemon) {
+    let (target, report) = start_bulk_peer(down).await;
+    let port = free_udp_port();
+    // IP:PORT allow rule.
+    let target_rule = target.to_string();
+    let mut args = vec!["--allow", target_rule.as_str()];
+    args.extend_from_slice(server_extra);
+    let server = server(dir, "server", port, &args);
+    let listen = free_tcp_port();
+    // A bare port as LISTEN means 127.0.0.1:PORT.
+    let spec = format!("{listen}={target}");
+    let mut args = vec!["--no-socks", "--forward", spec.as_str()];
+    args.extend_from_slice(client_extra);
+    let client = client(dir, "client", port, &args);
+    let start = Instant::now();
+    let tcp = connect(SocketAddr::from(([127, 0, 0, 1], listen))).await;
+    let (mut r, mut w) = tcp.into_split();
+    let sent = tokio::spawn(async move {
+        let data = payload(up, 1);
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+        sha256(&data)
+    });
+    let mut received = Vec::with_capacity(down);
+    r.read_to_end(&mut received).await.unwrap();
+    let up_hash = sent.await.unwrap();
+    assert_eq!(received.len(), down);
+    assert!(
+        sha256(&received) == sha256(&payload(down, 2)),
+        "download corrupted"
+    );
+    let (got, hash) = report.await.unwrap();
+    assert_eq!(got, up as u64);
+    assert!(hash == up_hash, "upload corrupted");
+    eprintln!(
+        "{} MiB up, {} MiB down through a TCP forward in {:?}",
+        up >> 20,
+        down >> 20,
+        start.elapsed()
+    );
+    (server, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_forward_bulk_both_directions() {
     bounded(60, async {
-        const UP: usize = 32 << 20;
-        const DOWN: usize = 32 << 20;
         let dir = scratch("fwd-bulk");
-        let (target, report) = start_bulk_peer(DOWN).await;
-        let port = free_udp_port();
-        // IP:PORT allow rule.
-        let _server = server(&dir, "server", port, &["--allow", &target.to_string()]);
-        let listen = free_tcp_port();
-        // A bare port as LISTEN means 127.0.0.1:PORT.
-        let spec = format!("{listen}={target}");
-        let _client = client(&dir, "client", port, &["--no-socks", "--forward", &spec]);
-        let start = Instant::now();
-        let tcp = connect(SocketAddr::from(([127, 0, 0, 1], listen))).await;
-        let (mut r, mut w) = tcp.into_split();
-        let up = tokio::spawn(async move {
-            let data = payload(UP, 1);
-            w.write_all(&data).await.unwrap();
-            w.shutdown().await.unwrap();
-            sha256(&data)
-        });
-        let mut down = Vec::with_capacity(DOWN);
-        r.read_to_end(&mut down).await.unwrap();
-        let up_hash = up.await.unwrap();
-        assert_eq!(down.len(), DOWN);
-        assert!(
-            sha256(&down) == sha256(&payload(DOWN, 2)),
-            "download corrupted"
-        );
-        let (got, hash) = report.await.unwrap();
-        assert_eq!(got, UP as u64);
-        assert!(hash == up_hash, "upload corrupted");
-        eprintln!(
-            "32 MiB each way through a TCP forward in {:?}",
-            start.elapsed()
-        );
+        forward_bulk(&dir, 32 << 20, 32 << 20, &[], &[]).await;
+    })
+    .await;
+}
+
+/// The datagram size (`mtu`) of the only connection of `daemon` and of `other`, once both
+/// daemons have published it above `at_least` (their figures are refreshed periodically), or
+/// as they are after 5 s.
+fn connection_mtus(daemon: &Daemon, other: &Daemon, at_least: u64) -> (u64, u64) {
+    let mtu = |d: &Daemon| {
+        stats(&d.control)["connections"][0]["mtu"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (a, b) = (mtu(daemon), mtu(other));
+        if (a > at_least && b > at_least) || Instant::now() > deadline {
+            return (a, b);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_mtu_loopback_daemons_send_64k_datagrams() {
+    bounded(60, async {
+        // No --mtu on either side: each asks its route to the other (loopback, MTU 65 536),
+        // announces 65 507, and path MTU discovery confirms it (probes grow with the
+        // congestion window, so a short transfer may stop a little below).
+        let dir = scratch("fwd-route-mtu");
+        let (server, client) = forward_bulk(&dir, 16 << 20, 16 << 20, &[], &[]).await;
+        let (c, s) = connection_mtus(&client, &server, 60_000);
+        let max = u64::from(gaptun_proto::MAX_UDP_PAYLOAD);
+        assert!(c > 60_000 && c <= max, "client datagrams of {c} bytes");
+        assert!(s > 60_000 && s <= max, "server datagrams of {s} bytes");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_mtu_on_one_side_caps_both() {
+    bounded(60, async {
+        // --mtu on the client only: it overrides the client's route, and the server's route
+        // ceiling (65 507) meets the client's announced 1400, so both send at most 1400.
+        let dir = scratch("fwd-mtu-override");
+        let (server, client) = forward_bulk(&dir, 4 << 20, 4 << 20, &[], &["--mtu", "1400"]).await;
+        let (c, s) = connection_mtus(&client, &server, 1399);
+        assert!(c > 1350 && c <= 1400, "client {c}");
+        assert!(s > 1350 && s <= 1400, "server {s}");
     })
     .await;
 }

@@ -45,6 +45,7 @@ use multipath::PathSet;
 pub use multipath::{PathInfo, PathSwitch, SwitchReason};
 use path::Path;
 use recovery::SentPacket;
+pub use send::MAX_TRANSMIT_BYTES;
 use timer::{Timer, TimerTable};
 
 /// Something the application should know about.
@@ -195,6 +196,10 @@ pub mod error_code {
 /// Smallest datagram size we work with: every path on the Internet carries 1200-byte UDP
 /// payloads (the QUIC minimum), and a full handshake message must fit.
 pub const MIN_MTU: u16 = 1200;
+
+/// Largest UDP payload one IPv4 datagram holds (65 535 less 20 bytes of IP and 8 of UDP header):
+/// the highest ceiling there is, reached on loopback (MTU 65 536).
+pub const MAX_UDP_PAYLOAD: u16 = 65_507;
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

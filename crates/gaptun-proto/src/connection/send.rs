@@ -26,6 +26,11 @@ const UNPACED_IN_FLIGHT: u64 = 4;
 /// packet (header, tag, the challenge, an ACK).
 const CHALLENGE_RESERVE: u64 = 96;
 
+/// Most bytes one transmit of several datagrams carries in all. A GSO send is limited to
+/// 64 KiB including headers, so with large datagrams (a loopback path's 65 507 bytes) a
+/// transmit holds fewer of them, down to one, whatever the caller allows.
+pub const MAX_TRANSMIT_BYTES: usize = 60 * 1024;
+
 /// What limits the next packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Allowance {
@@ -37,7 +42,8 @@ enum Allowance {
 
 impl Connection {
     /// Writes the next datagram(s) into `buf` (cleared first). With `max_datagrams > 1`, several
-    /// full-size packets to the same destination may be returned at once for GSO.
+    /// full-size packets to the same destination may be returned at once for GSO, never more
+    /// than [`MAX_TRANSMIT_BYTES`] in all (a single datagram may be larger).
     pub fn poll_transmit(
         &mut self,
         now: Instant,
@@ -86,11 +92,12 @@ impl Connection {
         let in_flight_before = self.in_flight;
         let protect = self.fec_protects(in_flight_before);
         let mtu = self.fec_packet_limit(self.mtu(), protect);
+        let batch = max_datagrams.min(MAX_TRANSMIT_BYTES / mtu.max(1)).max(1);
         let first_pn = self.next_pn;
         let stream_bytes_before = self.stats.stream_bytes_sent;
         let mut segment_size = None;
         let mut count = 0;
-        while count < max_datagrams.max(1) {
+        while count < batch {
             let start = buf.len();
             let budget = self.path_budget().min(mtu as u64) as usize;
             if budget < packet::MIN_PACKET_LEN + 16 {
@@ -115,13 +122,16 @@ impl Connection {
             return None;
         }
         self.fec_after_batch(now, buf, first_pn, segment_size.unwrap_or(0), protect);
+        let copies = self
+            .tail_copies()
+            .min(max_datagrams)
+            .min(MAX_TRANSMIT_BYTES / buf.len().max(1));
         if count == 1
-            && max_datagrams >= 2
+            && copies >= 2
             && !self.fec_sending()
             && self.stats.stream_bytes_sent > stream_bytes_before
             && self.is_interactive_tail(in_flight_before, buf.len())
         {
-            let copies = self.tail_copies().min(max_datagrams);
             return Some(self.duplicate_single(buf, copies));
         }
         Some(Transmit::to(

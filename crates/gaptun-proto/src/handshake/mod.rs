@@ -116,6 +116,12 @@ pub trait Admission {
     fn may_authenticate(&mut self) -> bool;
     /// The Initial is authentic and fresh under key `key_index`: may it become a connection?
     fn may_accept(&mut self, key_index: usize) -> bool;
+    /// The largest UDP payload to announce to this client, when it differs from the server's
+    /// parameters (the route to the client carries more or less). Asked once the Initial is
+    /// accepted, before the Response is built.
+    fn max_udp_payload(&mut self) -> Option<u16> {
+        None
+    }
 }
 
 /// Admits everything (tests, fuzzing).
@@ -309,6 +315,9 @@ pub fn accept_initial(
     let chosen = choose_cipher(cipher, &client_params.ciphers)?;
     let our_params = TransportParams {
         ciphers: vec![chosen],
+        max_udp_payload: admission
+            .max_udp_payload()
+            .unwrap_or(params.max_udp_payload),
         ..params.clone()
     };
     let reply = noise.write(&wire::encode_response_payload(
@@ -319,7 +328,7 @@ pub fn accept_initial(
     let total = response_len(
         datagram.len(),
         PREFIX_LEN + reply.len(),
-        params,
+        &our_params,
         &client_params,
         rng,
     );

@@ -15,6 +15,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::task::{Context, Poll};
 
+pub mod route;
 mod udp;
 
 pub use udp::UdpCarrier;
@@ -105,6 +106,14 @@ pub trait Carrier: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// How to learn the largest datagram the route to a peer carries, for carriers whose
+    /// datagrams are routed as they are (plain UDP): new connections then take their ceiling
+    /// from the route (see `TransportConfig::mtu_from_route`). `None`: the configured
+    /// ceiling and [`max_datagram_size`](Carrier::max_datagram_size) apply.
+    fn route_mtu(&self) -> Option<gaptun_proto::RouteMtuQuery> {
+        None
+    }
+
     /// Largest datagram the carrier can take, when it is below the configured UDP payload
     /// (QUIC DATAGRAM frames are smaller than the UDP packets carrying them). `None`: no limit
     /// beyond the configuration's.
@@ -167,13 +176,10 @@ pub(crate) fn try_send(carrier: &dyn Carrier, transmit: &CarrierTransmit<'_>) ->
     result
 }
 
-/// Most bytes one segmented send may carry (the kernel's GSO limit is 64 KiB including headers).
-const MAX_SEGMENTED_BYTES: usize = 60 * 1024;
-
 /// Datagrams of `max_payload` bytes one send on `carrier` may carry: its segment count, bounded
 /// so that the whole batch stays under the kernel's 64 KiB limit.
 pub(crate) fn segments_for(carrier: &dyn Carrier, max_payload: usize) -> usize {
-    let by_size = MAX_SEGMENTED_BYTES / max_payload.max(1);
+    let by_size = gaptun_proto::MAX_TRANSMIT_BYTES / max_payload.max(1);
     carrier.max_transmit_segments().min(by_size).max(1)
 }
 
@@ -196,10 +202,11 @@ pub(crate) struct RecvBuffers {
 
 impl RecvBuffers {
     /// Buffers for `carrier`, each with room for as many datagrams of `max_payload` bytes as the
-    /// carrier may coalesce. A longer datagram is truncated, and then fails authentication in the
-    /// core, which would drop it for its size anyway.
+    /// carrier may coalesce. Each has a byte more than one such datagram needs, so that a
+    /// longer one, which the kernel cuts to the buffer, shows by filling it (see
+    /// [`truncated`](Self::truncated)).
     pub(crate) fn new(carrier: &dyn Carrier, max_payload: usize) -> Self {
-        let one = max_payload.max(MIN_DATAGRAM_BUFFER);
+        let one = (max_payload + 1).max(MIN_DATAGRAM_BUFFER);
         let chunk =
             (one * carrier.max_receive_segments().max(1)).clamp(one, MAX_GRO_BUFFER.max(one));
         Self {
@@ -221,6 +228,15 @@ impl RecvBuffers {
             .map(IoSliceMut::new)
             .collect();
         carrier.poll_recv(cx, &mut slices, &mut self.meta)
+    }
+
+    /// Whether buffer `i` holds a datagram the kernel cut short: a single datagram that filled
+    /// its buffer, which has a byte more than any datagram the core accepts (a coalesced
+    /// buffer is never cut: the kernel coalesces only what fits, at most 64 KiB).
+    pub(crate) fn truncated(&self, i: usize) -> bool {
+        self.meta
+            .get(i)
+            .is_some_and(|m| m.len >= self.chunk && (m.stride == 0 || m.stride >= m.len))
     }
 
     /// The datagrams in buffer `i`: a coalescing carrier may have put several there, `stride`

@@ -147,6 +147,10 @@ impl Carrier for UdpCarrier {
         self.state.gro_segments()
     }
 
+    fn route_mtu(&self) -> Option<gaptun_proto::RouteMtuQuery> {
+        Some(super::route::udp_payload_to)
+    }
+
     fn poll_recv(
         &self,
         cx: &mut Context<'_>,
@@ -368,6 +372,77 @@ mod tests {
                 (from, vec![3u8; 50])
             ]
         );
+    }
+
+    /// A UDP carrier that does not coalesce: one datagram per receive buffer, sized exactly.
+    #[derive(Debug)]
+    struct NoGro(UdpCarrier);
+
+    impl Carrier for NoGro {
+        fn kind(&self) -> &'static str {
+            "udp"
+        }
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            self.0.local_addr()
+        }
+        fn poll_recv(
+            &self,
+            cx: &mut Context<'_>,
+            bufs: &mut [IoSliceMut<'_>],
+            meta: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            self.0.poll_recv(cx, bufs, meta)
+        }
+        fn try_send(&self, transmit: &CarrierTransmit<'_>) -> io::Result<()> {
+            self.0.try_send(transmit)
+        }
+        fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.0.poll_writable(cx)
+        }
+    }
+
+    /// Receives one batch on `carrier` into `bufs`; returns each buffer's (length, truncated).
+    async fn receive_sizes(carrier: &dyn Carrier, bufs: &mut RecvBuffers) -> Vec<(usize, bool)> {
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| bufs.poll_recv(carrier, cx)),
+        )
+        .await
+        .expect("a datagram within 5 s")
+        .expect("recv");
+        (0..n)
+            .map(|i| {
+                let truncated = bufs.truncated(i);
+                (bufs.datagrams(i).1.map(|d| d.len()).sum(), truncated)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_65507_byte_datagram_arrives_whole_and_a_longer_one_is_flagged() {
+        let a = UdpCarrier::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = UdpCarrier::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = b.local_addr().unwrap();
+        let big = vec![7u8; usize::from(gaptun_proto::MAX_UDP_PAYLOAD)];
+        let one = |contents| CarrierTransmit {
+            destination: to,
+            contents,
+            segment_size: None,
+        };
+        // Buffers for the largest ceiling take the largest datagram whole.
+        let mut bufs = RecvBuffers::new(&b, big.len());
+        send(&a, &one(&big)).await;
+        assert_eq!(receive_sizes(&b, &mut bufs).await, vec![(big.len(), false)]);
+        // Without coalescing, buffers for 2000-byte datagrams: one of 2000 fits, one of 3000
+        // fills its buffer and is flagged as cut, one of 2001 too.
+        let b = NoGro(b);
+        let mut bufs = RecvBuffers::new(&b, 2000);
+        for (len, cut) in [(2000, false), (3000, true), (2001, true)] {
+            send(&a, &one(&big[..len])).await;
+            let got = receive_sizes(&b, &mut bufs).await;
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].1, cut, "{len} bytes: {got:?}");
+        }
     }
 
     #[tokio::test]
