@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
-    addrs, bounded, consecutive_ports, hash_server, key, pattern, range_client, range_hash_server,
-    send_and_check,
+    addrs, bounded, consecutive_ports, pattern, range_client, range_hash_server,
+    range_hash_server_skipping, send_and_check,
 };
-use gaptun_proto::EndpointConfig;
-use gaptun_runtime::{PoolConfig, RtEndpoint};
+use gaptun_runtime::PoolConfig;
 use tokio::net::UdpSocket;
 
 /// A relay for a port range that keeps one upstream socket for all ports (as a NAT keeps one
@@ -206,12 +205,7 @@ async fn port_hopping_every_second_keeps_a_transfer_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_first_port_of_a_range_does_not_fail_the_handshake() {
     bounded(30, async {
-        let sockets = consecutive_ports(3);
-        let all = addrs(&sockets);
-        drop(sockets);
-        let server =
-            RtEndpoint::bind_all(&all[1..], EndpointConfig::server(vec![key(42)])).unwrap();
-        tokio::spawn(hash_server(server.clone()));
+        let (_server, all) = range_hash_server_skipping(3, 1);
         let pool = range_client(all[0], all[2], PoolConfig::default()).await;
         let conn = pool.connections().pop().unwrap();
         send_and_check(&conn, &pattern(256 * 1024, 5), 64 * 1024, Duration::ZERO).await;

@@ -111,12 +111,29 @@ pub fn addrs(sockets: &[StdUdpSocket]) -> Vec<SocketAddr> {
 
 /// A hash server (keyed `key(42)`) listening on `n` consecutive loopback ports, and its ports.
 pub fn range_hash_server(n: u16) -> (RtEndpoint, Vec<SocketAddr>) {
-    let sockets = consecutive_ports(n);
-    let ports = addrs(&sockets);
-    drop(sockets);
-    let server = RtEndpoint::bind_all(&ports, EndpointConfig::server(vec![key(42)])).unwrap();
-    tokio::spawn(hash_server(server.clone()));
-    (server, ports)
+    range_hash_server_skipping(n, 0)
+}
+
+/// As [`range_hash_server`], but the first `skip` ports of the range are left closed (they are
+/// still returned). The ports are found free by binding them and freed for the endpoint to bind,
+/// so another program (a client's ephemeral port) may take one in between: then another range
+/// is tried.
+pub fn range_hash_server_skipping(n: u16, skip: usize) -> (RtEndpoint, Vec<SocketAddr>) {
+    for _ in 0..20 {
+        let sockets = consecutive_ports(n);
+        let ports = addrs(&sockets);
+        drop(sockets);
+        let config = EndpointConfig::server(vec![key(42)]);
+        match RtEndpoint::bind_all(&ports[skip..], config) {
+            Ok(server) => {
+                tokio::spawn(hash_server(server.clone()));
+                return (server, ports);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("cannot bind the server's ports: {e}"),
+        }
+    }
+    panic!("no free range of {n} UDP ports stayed free long enough to bind");
 }
 
 /// A client pool (keyed `key(42)`) on the server port range `first`..=`last`.
