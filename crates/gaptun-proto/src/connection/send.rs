@@ -334,7 +334,11 @@ impl Connection {
         if self.probes > 0 || self.on_reliable_path() {
             return Allowance::Full;
         }
-        if self.in_flight + mtu as u64 > self.cc.window() {
+        // With nothing in flight one packet always may go: a window smaller than one packet
+        // (BBR's ProbeRTT floor is 4 packets of the size it was made with, and a route-sized
+        // ceiling can make a packet 64 KB) must not stop the connection, which then sent
+        // nothing, waited on nothing, and ended at the idle timeout.
+        if self.in_flight > 0 && self.in_flight + mtu as u64 > self.cc.window() {
             return Allowance::AckOnly;
         }
         if self.in_flight + mtu as u64 <= UNPACED_IN_FLIGHT * self.mtu() as u64 {
