@@ -161,6 +161,10 @@ pub struct Endpoint {
     /// `TransportConfig::mtu_from_route` is on).
     route_mtu: HashMap<CarrierId, RouteMtuQuery>,
     stats: EndpointStats,
+    /// This shard put an Initial through the shared replay cache, or loaded it, since it last
+    /// took the journal: only then has it anything to persist. Lets the runtime skip the shared
+    /// locks (the cache's and the state file's) on every other iteration of a shard's loop.
+    replay_pending: bool,
 }
 
 impl Endpoint {
@@ -250,6 +254,7 @@ impl Endpoint {
             reset: StatelessReset::new(&config.psks),
             route_mtu: HashMap::new(),
             stats: EndpointStats::default(),
+            replay_pending: false,
             config,
         }
     }
@@ -529,6 +534,8 @@ impl Endpoint {
         );
         let ceiling = gate.ceiling;
         drop(common);
+        // Whatever the outcome, the cache may have recorded this Initial or rotated.
+        self.replay_pending = true;
         let accepted = match accepted {
             Ok(a) => a,
             Err(handshake::HandshakeError::Replayed) => {
@@ -873,13 +880,24 @@ impl Endpoint {
         records: impl IntoIterator<Item = ReplayRecord>,
     ) {
         self.common().replay.load(unix_time, records);
+        self.replay_pending = true;
     }
 
     /// Server: the handshakes accepted since the last call (to append to persistent storage
     /// before their Responses are sent) and whether the cache dropped a generation (storage can
     /// then be compacted to [`Endpoint::replay_records`]).
     pub fn take_replay_journal(&mut self) -> ReplayJournal {
+        self.replay_pending = false;
         self.common().replay.take_journal()
+    }
+
+    /// Server: whether this endpoint (shard) put a handshake through the replay cache, or
+    /// loaded it, since it last called [`take_replay_journal`](Self::take_replay_journal).
+    /// When false there is nothing of its own to persist, and the caller need not take any
+    /// lock shared with the other shards: a shard's data path stays free of them. (A record
+    /// another shard added is persisted by that shard before its Response goes out.)
+    pub fn replay_journal_pending(&self) -> bool {
+        self.replay_pending
     }
 
     /// Server: every replay record still remembered.

@@ -179,6 +179,62 @@ fn shards_share_the_replay_cache_and_the_caps() {
     assert_eq!(server[1].stats().dropped_at_capacity, 1);
 }
 
+/// The shared replay cache is the one lock the shards share; a shard's loop asks
+/// `replay_journal_pending` before taking it. Only the shard that took a handshake has
+/// something to persist; data on an established connection leaves the flag down.
+#[test]
+fn only_the_shard_that_took_a_handshake_has_a_journal_to_persist() {
+    let now = Instant::now();
+    let mut server = shards(
+        EndpointConfig::server(vec![Psk::from_bytes([7; 32])]),
+        2,
+        now,
+    );
+    let server_addr = addr("192.0.2.1:443");
+    let from = addr("198.51.100.1:5000");
+    assert!(server.iter().all(|s| !s.replay_journal_pending()));
+    let mut c = client(1, now);
+    let handle = c.connect(now, server_addr).expect("key");
+    let initial = drain(&mut c, now).remove(0);
+    assert_eq!(deliver(&mut server, 1, from, &initial, now), 1);
+    assert!(
+        server[1].replay_journal_pending(),
+        "shard 1 recorded the Initial"
+    );
+    assert!(!server[0].replay_journal_pending(), "shard 0 saw nothing");
+    let journal = server[1].take_replay_journal();
+    assert_eq!(journal.new.len(), 1, "the Initial's fingerprint");
+    assert!(!server[1].replay_journal_pending());
+    // The handshake completes and stream data flows: no handshake, so nothing to persist.
+    let mut delivered = 0;
+    for round in 0..20u64 {
+        let now = now + Duration::from_millis(20 * round);
+        for ep in server.iter_mut().chain([&mut c]) {
+            if ep.poll_timeout().is_some_and(|t| t <= now) {
+                ep.handle_timeout(now);
+            }
+        }
+        for d in drain(&mut server[1], now) {
+            c.handle_datagram(now, CarrierId(0), server_addr, &mut d.clone());
+        }
+        let conn = c.connection(handle).expect("client connection");
+        if conn.is_established() {
+            let id = conn.open_stream().expect("a stream");
+            conn.write(id, b"data").expect("write");
+        }
+        for d in drain(&mut c, now) {
+            assert_eq!(deliver(&mut server, 1, from, &d, now), 1);
+            delivered += 1;
+        }
+        assert!(
+            server.iter().all(|s| !s.replay_journal_pending()),
+            "round {round}: data left a journal pending"
+        );
+    }
+    assert!(delivered > 5, "the client sent after the handshake");
+    assert_eq!(server[1].stats().accepted, 1);
+}
+
 #[test]
 fn shard_counts_are_bounded() {
     let now = Instant::now();
