@@ -420,6 +420,12 @@ impl Driver {
         let Some(store) = &mut self.store else {
             return;
         };
+        // Only after this shard took a handshake: the store and the replay cache are shared
+        // by every shard, and taking their locks on every iteration would put a shared lock
+        // on the data path.
+        if !state.endpoint.replay_journal_pending() {
+            return;
+        }
         let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
         match store.persist(&mut state.endpoint) {
             Ok(()) => self.store_failing = false,

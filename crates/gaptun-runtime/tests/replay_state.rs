@@ -106,3 +106,67 @@ async fn recorded_initial_is_refused_after_a_restart() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A sharded server asks each shard whether it has a journal to persist instead of taking the
+/// shared locks on every iteration: the shard that answers an Initial must still write its
+/// record before the Response, and a restarted sharded server must refuse the recording.
+#[tokio::test]
+async fn a_sharded_server_persists_what_its_shards_accept() {
+    let dir = scratch_dir("replay-shards");
+    let path = dir.join("replay.state");
+    let psk = Psk::from_bytes([0x43; 32]);
+    let mut config = EndpointConfig::server(vec![psk.clone()]);
+    config.state_file = Some(path.clone());
+    let ahead = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        + Duration::from_secs(30);
+    let params = TransportParams {
+        max_data: 1 << 20,
+        max_stream_data: 1 << 19,
+        max_streams: 16,
+        idle_timeout_ms: 30_000,
+        max_udp_payload: 1350,
+        ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
+        fec: true,
+        max_datagram_size: 65_535,
+    };
+    let initials: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            ClientHandshake::start(
+                &psk,
+                ConnectionId([i + 1; 8]),
+                &params,
+                ahead,
+                1200,
+                &mut StdRng::seed_from_u64(u64::from(i) + 20),
+            )
+            .1
+        })
+        .collect();
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let sharded = || RtEndpoint::bind_sharded(&[any], config.clone(), 2).expect("bind");
+
+    let first = sharded();
+    // Each from its own socket, so the kernel may spread them over both shards.
+    let mut probes = Vec::new();
+    for initial in &initials {
+        let probe = UdpSocket::bind("127.0.0.1:0").await.expect("bind probe");
+        assert!(answered(&probe, first.local_addr(), initial).await);
+        probes.push(probe);
+    }
+    assert_eq!(first.stats().accepted, 4);
+    first.shutdown(Duration::from_secs(1)).await;
+    drop(first);
+    let len = std::fs::metadata(&path).expect("state file").len();
+    assert_eq!(len, 8 + 4 * 40, "magic and four records");
+
+    let restarted = sharded();
+    for (probe, initial) in probes.iter().zip(&initials) {
+        assert!(!answered(probe, restarted.local_addr(), initial).await);
+    }
+    let stats = restarted.stats();
+    assert_eq!((stats.accepted, stats.dropped_replayed_handshakes), (0, 4));
+    restarted.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
