@@ -8,13 +8,13 @@
 //! first and replayed:
 //!
 //! 1. **Recording** (not timed). 8 client endpoints upload `GAPTUN_BENCH_MB` MB each (one
-//!    stream per connection) to a server made exactly as `gaptun server --threads N` makes it
-//!    (`Endpoint::new` for one shard, `Endpoint::new_sharded` for several, seeded RNG), over an
-//!    ideal in-memory network with a virtual clock (0.1 ms one way, no loss). Client `i`'s
-//!    datagrams go to shard `i % N`, as the kernel's `SO_REUSEPORT` spread would place them
-//!    when it is even (the shard then owns the connection; its IDs name it). Every time a
-//!    shard is driven (datagrams arrived or a timer was due) the call is recorded: its `now`
-//!    and the datagrams, byte for byte.
+//!    stream per connection) to a server whose shards are made as the runtime makes them for
+//!    `--threads N` (`Endpoint::new` for one, `Endpoint::new_sharded` for several; default
+//!    transport settings, seeded RNG), over an ideal in-memory network with a virtual clock
+//!    (0.1 ms one way, no loss). Client `i`'s datagrams go to shard `i % N`, as the kernel's
+//!    `SO_REUSEPORT` spread would place them when it is even (the shard then owns the
+//!    connection; its IDs name it). Every time a shard is driven (datagrams arrived or a timer
+//!    was due) the call is recorded: its `now` and the datagrams, byte for byte.
 //! 2. **Replay** (timed). Fresh server endpoints with the same seeds and configuration are
 //!    driven with the same calls at the same `now` values: each datagram copied into a receive
 //!    buffer (the kernel's copy) and handed to `handle_datagram`, expired timers fired,
@@ -27,7 +27,7 @@
 //!
 //! Reported: aggregate goodput (the streams' bytes per wall second) with 1 shard on 1 worker
 //! thread (`--threads 1`) and 2 shards on 2 worker threads (`--threads 2`), side by side, the
-//! pair repeated in alternating order; server CPU seconds per GB (thread CPU clocks); and two
+//! pair repeated in alternating order; server CPU seconds per GB (thread CPU clocks); and
 //! controls that say why the figure carries to more cores: the 2-shard recording on one
 //! thread (sharding itself adds no work per byte), 2 workers pinned to different cores, and 4
 //! shards on 4 workers.
