@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{loopback_policy, payload, sha256};
+use common::{Captured, loopback_policy, payload, sha256};
 use gaptun_apps::DialConfig;
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig, ExposeSpec,
@@ -39,43 +39,15 @@ async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
         .expect("test timed out")
 }
 
-/// Warnings gaptun logged in this test process, for failure messages. One subscriber for the
-/// whole process: the expose code logs from tasks on any runtime thread, so a thread's default
-/// would miss them; lines of tests running at the same time are mixed in.
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<u8>>>);
-
-impl Warnings {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl io::Write for Warnings {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Warnings {
-    type Writer = Self;
-
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
-}
-
-/// Starts (once) collecting the process's warnings.
-fn capture_warnings() -> Warnings {
-    static WARNINGS: OnceLock<Warnings> = OnceLock::new();
+/// Starts (once) collecting the warnings gaptun logs in this test process, for failure
+/// messages. One subscriber for the whole process: the expose code logs from tasks on any
+/// runtime thread, so a thread's default would miss them; lines of tests running at the same
+/// time are mixed in.
+fn capture_warnings() -> Captured {
+    static WARNINGS: OnceLock<Captured> = OnceLock::new();
     WARNINGS
         .get_or_init(|| {
-            let warnings = Warnings::default();
+            let warnings = Captured::default();
             let subscriber = tracing_subscriber::fmt()
                 .with_max_level(tracing::Level::WARN)
                 .with_ansi(false)
