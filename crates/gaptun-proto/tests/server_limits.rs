@@ -37,12 +37,7 @@ fn server(config: EndpointConfig, unix: Duration) -> (Endpoint, Instant) {
 /// Feeds `datagram` from `from`; whether the server has anything to send back.
 fn answers(ep: &mut Endpoint, now: Instant, from: &str, datagram: &[u8]) -> bool {
     let mut copy = datagram.to_vec();
-    ep.handle_datagram(
-        now,
-        CarrierId(0),
-        from.parse().expect("addr"),
-        &mut copy,
-    );
+    ep.handle_datagram(now, CarrierId(0), from.parse().expect("addr"), &mut copy);
     let mut buf = Vec::new();
     ep.poll_transmit(now, 1, &mut buf).is_some()
 }
