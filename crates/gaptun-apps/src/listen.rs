@@ -53,6 +53,14 @@ pub(crate) struct LogLimiter {
 }
 
 impl LogLimiter {
+    /// A limiter that lets the first line through (`const`, for a `static`).
+    pub(crate) const fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
     /// At `now`: `Some(n)` when a line may go out (`n` similar lines were held back since the
     /// last one), `None` when this one is held back.
     pub(crate) fn allow(&mut self, now: Instant, interval: Duration) -> Option<u64> {
@@ -69,10 +77,7 @@ impl LogLimiter {
     }
 }
 
-static ACCEPT_LOG: Mutex<LogLimiter> = Mutex::new(LogLimiter {
-    last: None,
-    suppressed: 0,
-});
+static ACCEPT_LOG: Mutex<LogLimiter> = Mutex::new(LogLimiter::new());
 
 /// Accepts the next connection, retrying transient failures.
 pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
@@ -93,19 +98,28 @@ pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 }
 
 fn log_accept_error(e: &io::Error, pause: Duration) {
-    let allowed = ACCEPT_LOG
+    if let Some(held) = limited(&ACCEPT_LOG) {
+        warn!(
+            "accept failed: {e}; retrying in {} ms{held}",
+            pause.as_millis()
+        );
+    }
+}
+
+/// Whether a line limited by `limiter` may go out now: `Some` with what to append to it (how
+/// many similar lines were held back, if any), `None` when this one is held back.
+pub(crate) fn limited(limiter: &Mutex<LogLimiter>) -> Option<String> {
+    let held = limiter
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .allow(Instant::now(), LOG_INTERVAL);
-    match allowed {
-        Some(0) => warn!("accept failed: {e}; retrying in {} ms", pause.as_millis()),
-        Some(n) => warn!(
-            "accept failed: {e}; retrying in {} ms ({n} similar failures in the last {} s not logged)",
-            pause.as_millis(),
+        .allow(Instant::now(), LOG_INTERVAL)?;
+    Some(match held {
+        0 => String::new(),
+        n => format!(
+            " ({n} similar failures in the last {} s not logged)",
             LOG_INTERVAL.as_secs()
         ),
-        None => {}
-    }
+    })
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{loopback_policy, payload, sha256};
+use common::{Captured, loopback_policy, payload, sha256};
 use gaptun_apps::DialConfig;
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig, ExposeSpec,
@@ -37,6 +37,26 @@ async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
         .expect("test timed out")
+}
+
+/// Starts (once) collecting the warnings gaptun logs in this test process, for failure
+/// messages. One subscriber for the whole process: the expose code logs from tasks on any
+/// runtime thread, so a thread's default would miss them; lines of tests running at the same
+/// time are mixed in.
+fn capture_warnings() -> Captured {
+    static WARNINGS: OnceLock<Captured> = OnceLock::new();
+    WARNINGS
+        .get_or_init(|| {
+            let warnings = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_writer(warnings.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            warnings
+        })
+        .clone()
 }
 
 /// One connection as the expose code sees it; with `flows`, UDP visitors on it use its
@@ -556,6 +576,17 @@ async fn udp_echo_through_a_udp_expose_rides_datagrams_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_visitors_get_intact_data() {
+    // Each visitor holds four descriptors in this process (its socket, the server's accepted
+    // one, the client's dial to the service and the service's accepted one). Under the usual
+    // soft limit of 1024 the client's dials fail with "too many open files" and visitors are
+    // turned away; the binary raises its limit at start-up, as this does.
+    const DESCRIPTORS: u64 = 4 * 500 + 512;
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    assert!(
+        limit >= DESCRIPTORS,
+        "500 concurrent visitors need about {DESCRIPTORS} open files in this process; the \
+         limit is {limit} and the hard limit allows no more (ulimit -Hn)"
+    );
     bounded(120, async {
         let port = free_ports(1);
         let server = Server::start("127.0.0.1:0".parse().unwrap(), &port.to_string());
@@ -563,23 +594,77 @@ async fn five_hundred_concurrent_visitors_get_intact_data() {
         let (client, refusals) = Client::start(server.addr(), 0, &[spec("tcp", port, echo)]).await;
         assert!(refusals.is_empty(), "{refusals:?}");
 
+        let warnings = capture_warnings();
         let mut visitors = tokio::task::JoinSet::new();
         for i in 0..500u64 {
             visitors.spawn(async move {
-                let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let tcp = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map_err(|e| format!("visitor {i}: connect: {e}"))?;
                 let data = payload(16 * 1024 + i as usize * 7, i);
-                let hash = common::echo_round_trip(tcp, &data).await;
-                assert_eq!(hash, sha256(&data), "visitor {i}");
+                let hash = common::try_echo_round_trip(tcp, &data)
+                    .await
+                    .map_err(|e| format!("visitor {i}: {e}"))?;
+                if hash != sha256(&data) {
+                    return Err(format!("visitor {i}: the data came back altered"));
+                }
+                Ok::<_, String>(())
             });
         }
-        let mut done = 0;
+        let mut failures = Vec::new();
         while let Some(r) = visitors.join_next().await {
-            r.unwrap();
-            done += 1;
+            if let Err(e) = r.unwrap() {
+                failures.push(e);
+            }
         }
-        assert_eq!(done, 500);
+        // Every failed visitor by index and what it saw, with what gaptun logged about it.
+        assert!(
+            failures.is_empty(),
+            "{} of 500 visitors failed:\n{}\nwarnings logged:\n{}\nserver expose stats: {:?}\n\
+             client expose stats: {:?}",
+            failures.len(),
+            failures.join("\n"),
+            warnings.text(),
+            server.expose.stats(),
+            client.expose.stats(),
+        );
         let stats = client.expose.stats();
         assert_eq!(stats[0].visitors_total, 500);
+        client.stop().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_whose_service_is_down_gets_a_reset_and_the_client_warns() {
+    bounded(30, async {
+        let warnings = capture_warnings();
+        let port = free_ports(1);
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), &port.to_string());
+        let down = common::closed_port().await;
+        let (client, refusals) = Client::start(server.addr(), 0, &[spec("tcp", port, down)]).await;
+        assert!(refusals.is_empty(), "{refusals:?}");
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let e = common::try_echo_round_trip(tcp, b"hello")
+            .await
+            .unwrap_err();
+        // A reset, not an end of stream: an empty answer would look like a complete one.
+        assert!(e.contains("read failed after 0 of 5 bytes"), "{e}");
+        assert!(e.contains("reset"), "{e}");
+        let line = format!(
+            "expose visitor dropped: dialling 127.0.0.1:{} failed",
+            down.port()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !warnings.text().contains(&line) {
+            assert!(
+                Instant::now() < deadline,
+                "no warning {line:?} in:\n{}",
+                warnings.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         client.stop().await;
         server.stop().await;
     })

@@ -6,42 +6,9 @@
 
 mod common;
 
-use std::io;
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use gaptun_apps::{SocksConfig, TargetAddr, TargetPolicy};
 use tokio::net::TcpStream;
-use tracing_subscriber::fmt::MakeWriter;
-
-/// Collects everything logged while it is the thread's default subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Self;
-
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
-}
 
 /// Logs at INFO and above into a buffer for the rest of the (single-threaded) test.
 fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {

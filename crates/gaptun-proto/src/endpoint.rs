@@ -104,6 +104,9 @@ pub enum ConnectError {
 struct Entry {
     conn: Connection,
     slot: Slot,
+    /// Counted in [`Endpoint::half_open`]: a server connection whose client has not confirmed
+    /// the handshake, as of the last time the endpoint looked.
+    half_open: bool,
 }
 
 /// Per-PSK state: its header key (the server may accept several keys).
@@ -152,6 +155,9 @@ pub struct Endpoint {
     unconfirmed: HashMap<PathAddr, ConnectionHandle>,
     /// `unconfirmed` is swept in full when it grows past this.
     unconfirmed_sweep_at: usize,
+    /// This shard's connections marked `half_open`: what handshake admission counts, kept up
+    /// to date as connections are checked so that a handshake does not walk them all.
+    half_open: usize,
     /// The connections with something to do, and their timers: the work of one call follows
     /// the busy connections, not all of them.
     schedule: Schedule,
@@ -250,6 +256,7 @@ impl Endpoint {
             shard,
             unconfirmed: HashMap::new(),
             unconfirmed_sweep_at: 64,
+            half_open: 0,
             schedule: Schedule::default(),
             reset: StatelessReset::new(&config.psks),
             route_mtu: HashMap::new(),
@@ -330,7 +337,16 @@ impl Endpoint {
         self.by_cid.insert(conn.local_cid(), handle);
         let mut slot = Slot::default();
         self.schedule.mark(&mut slot, handle, ALL);
-        self.connections.insert(handle, Entry { conn, slot });
+        let half_open = conn.is_unconfirmed_server();
+        self.half_open += usize::from(half_open);
+        self.connections.insert(
+            handle,
+            Entry {
+                conn,
+                slot,
+                half_open,
+            },
+        );
         handle
     }
 
@@ -449,7 +465,9 @@ impl Endpoint {
             return;
         };
         match self.connections.get_mut(&handle) {
-            Some(Entry { conn, slot }) if conn.is_unconfirmed_server() && conn.path() == from => {
+            Some(Entry { conn, slot, .. })
+                if conn.is_unconfirmed_server() && conn.path() == from =>
+            {
                 conn.on_initial_repeated(len);
                 self.schedule.mark(slot, handle, ALL);
             }
@@ -474,7 +492,7 @@ impl Endpoint {
             }
             return false;
         }
-        for (&handle, Entry { conn, slot }) in &mut self.connections {
+        for (&handle, Entry { conn, slot, .. }) in &mut self.connections {
             if conn.remote_address() == from.remote
                 && let Some(cid) = conn.stateless_reset_cid()
                 && self.reset.is_reset_for(&cid, data)
@@ -502,6 +520,13 @@ impl Endpoint {
             .then(|| self.route_mtu.get(&from.carrier).copied())
             .flatten();
         let unix = self.clock.unix_time(now);
+        // A connection confirms while it takes input, and every one that took input since the
+        // last check is queued for the next: only those can have left the half-open count.
+        for i in 0..self.schedule.check.len() {
+            if let Some(&handle) = self.schedule.check.get(i) {
+                self.recount_half_open(handle);
+            }
+        }
         // Held through the Noise work: handshakes of all shards take turns, the data path never
         // waits for this lock.
         let mut common = self.common.lock().unwrap_or_else(PoisonError::into_inner);
@@ -513,7 +538,7 @@ impl Endpoint {
         let mut gate = Gate {
             limits,
             live: *live,
-            connections: &self.connections,
+            half_open: self.half_open,
             shards: self.shard.count,
             now,
             from: from.remote,
@@ -605,7 +630,7 @@ impl Endpoint {
         for _ in 0..self.schedule.send.len() {
             let handle = self.schedule.send.pop_front()?;
             // A connection removed since it was queued is skipped (handles are never reused).
-            let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) else {
+            let Some(Entry { conn, slot, .. }) = self.connections.get_mut(&handle) else {
                 continue;
             };
             self.schedule.visits.transmit_polls += 1;
@@ -649,7 +674,7 @@ impl Endpoint {
     fn update_deadlines(&mut self) {
         let retime = std::mem::take(&mut self.schedule.retime);
         for &handle in &retime {
-            if let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) {
+            if let Some(Entry { conn, slot, .. }) = self.connections.get_mut(&handle) {
                 Schedule::unmark(slot, RETIME);
                 let deadline = conn.poll_timeout();
                 self.schedule.set_deadline(slot, handle, deadline);
@@ -679,7 +704,7 @@ impl Endpoint {
                 break;
             }
             self.schedule.pop_timer();
-            let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) else {
+            let Some(Entry { conn, slot, .. }) = self.connections.get_mut(&handle) else {
                 continue;
             };
             if slot.deadline != Some(t) {
@@ -708,7 +733,8 @@ impl Endpoint {
         let check = std::mem::take(&mut self.schedule.check);
         let mut keep = Vec::new();
         for handle in check {
-            let Some(Entry { conn, slot }) = self.connections.get_mut(&handle) else {
+            self.recount_half_open(handle);
+            let Some(Entry { conn, slot, .. }) = self.connections.get_mut(&handle) else {
                 continue;
             };
             self.schedule.visits.drain_checks += 1;
@@ -731,6 +757,7 @@ impl Endpoint {
             if let Some(entry) = self.connections.remove(&handle) {
                 self.by_cid.remove(&entry.conn.local_cid());
                 common.live = common.live.saturating_sub(1);
+                self.half_open -= usize::from(entry.half_open);
             }
             common.limits.on_removed(handle);
             drop(common);
@@ -740,6 +767,17 @@ impl Endpoint {
         }
         keep.append(&mut self.schedule.check);
         self.schedule.check = keep;
+    }
+
+    /// Takes connection `handle` out of the half-open count if it has confirmed since.
+    fn recount_half_open(&mut self, handle: ConnectionHandle) {
+        if let Some(entry) = self.connections.get_mut(&handle)
+            && entry.half_open
+            && !entry.conn.is_unconfirmed_server()
+        {
+            entry.half_open = false;
+            self.half_open -= 1;
+        }
     }
 
     /// Drops the entries of `unconfirmed` whose connection confirmed or went away, when the map
@@ -775,7 +813,7 @@ impl Endpoint {
     /// [`connection`](Self::connection), this does not mark it as having taken input, so
     /// polling the events of the touched connections costs nothing afterwards.
     pub fn poll_event(&mut self, handle: ConnectionHandle) -> Option<crate::Event> {
-        let Entry { conn, slot } = self.connections.get_mut(&handle)?;
+        let Entry { conn, slot, .. } = self.connections.get_mut(&handle)?;
         let event = conn.poll();
         if event.is_none() && conn.is_drained() {
             // Its last event was taken: it can go.
@@ -833,7 +871,7 @@ impl Endpoint {
         t.receive_window = bytes;
         t.stream_receive_window = t.stream_receive_window.max(bytes / 2);
         self.transport = Arc::new(t);
-        for (&handle, Entry { conn, slot }) in &mut self.connections {
+        for (&handle, Entry { conn, slot, .. }) in &mut self.connections {
             conn.set_receive_window(bytes);
             self.schedule.mark(slot, handle, ALL);
         }
@@ -850,7 +888,7 @@ impl Endpoint {
         }
         let list = t.reliable_carriers.clone();
         self.transport = Arc::new(t);
-        for (&handle, Entry { conn, slot }) in &mut self.connections {
+        for (&handle, Entry { conn, slot, .. }) in &mut self.connections {
             conn.set_reliable_carriers(&list);
             self.schedule.mark(slot, handle, ALL);
         }
@@ -922,8 +960,8 @@ struct Gate<'a> {
     limits: &'a mut Limits,
     /// Live connections of all shards.
     live: usize,
-    /// This shard's connections.
-    connections: &'a HashMap<ConnectionHandle, Entry>,
+    /// This shard's half-open connections.
+    half_open: usize,
     /// How many shards share the limits.
     shards: usize,
     now: Instant,
@@ -941,17 +979,12 @@ impl Admission for Gate<'_> {
     }
 
     fn may_accept(&mut self, key_index: usize) -> bool {
-        let (connections, shards) = (self.connections, self.shards);
+        let (half_open, shards) = (self.half_open, self.shards);
         // Half-open connections are counted in this shard only (they change state inside the
         // connections, out of sight of the shared state) and scaled up: handshakes spread
         // evenly over the shards, so each gets its share of the cap.
-        self.limits.admit(key_index, self.live, || {
-            connections
-                .values()
-                .filter(|e| e.conn.is_unconfirmed_server())
-                .count()
-                .saturating_mul(shards)
-        })
+        self.limits
+            .admit(key_index, self.live, || half_open.saturating_mul(shards))
     }
 
     fn max_udp_payload(&mut self) -> Option<u16> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use gaptun_proto::config::{EndpointLimits, TokenRate};
 use gaptun_proto::endpoint::{LimitHit, LimitKind};
-use gaptun_proto::{Endpoint, EndpointConfig, Psk, RngSeed};
+use gaptun_proto::{CarrierId, Endpoint, EndpointConfig, Psk, RngSeed};
 
 const T: Duration = Duration::from_secs(1_700_000_000);
 
@@ -37,12 +37,7 @@ fn server(config: EndpointConfig, unix: Duration) -> (Endpoint, Instant) {
 /// Feeds `datagram` from `from`; whether the server has anything to send back.
 fn answers(ep: &mut Endpoint, now: Instant, from: &str, datagram: &[u8]) -> bool {
     let mut copy = datagram.to_vec();
-    ep.handle_datagram(
-        now,
-        gaptun_proto::CarrierId(0),
-        from.parse().expect("addr"),
-        &mut copy,
-    );
+    ep.handle_datagram(now, CarrierId(0), from.parse().expect("addr"), &mut copy);
     let mut buf = Vec::new();
     ep.poll_transmit(now, 1, &mut buf).is_some()
 }
@@ -207,4 +202,85 @@ fn connection_caps_drop_authentic_initials() {
             (LimitKind::HalfOpen, Some(0), 1)
         ]
     );
+}
+
+/// The half-open count follows handshakes as clients confirm them: a confirmed connection
+/// frees its place for the next handshake at once (without waiting for the endpoint's next
+/// timer pass), and the cap still holds afterwards.
+#[test]
+fn a_confirmed_handshake_frees_its_half_open_place() {
+    let config = EndpointConfig {
+        limits: EndpointLimits {
+            max_half_open: 2,
+            ..EndpointLimits::default()
+        },
+        ..EndpointConfig::server(vec![psk(4)])
+    };
+    let (mut ep, now) = server(config, T);
+    let server_addr: SocketAddr = "192.0.2.1:443".parse().expect("addr");
+    let client_addr: SocketAddr = "198.51.100.9:5000".parse().expect("addr");
+    let mut client = Endpoint::new(
+        Arc::new(EndpointConfig::client(psk(4))),
+        RngSeed::insecure_from_u64(40),
+        now,
+        T,
+    );
+    client
+        .connect(now, server_addr)
+        .expect("a key is configured");
+    let mut buf = Vec::new();
+    let t = client.poll_transmit(now, 1, &mut buf).expect("the Initial");
+    ep.handle_datagram(now, CarrierId(0), client_addr, &mut buf[..t.size]);
+    let t = ep.poll_transmit(now, 1, &mut buf).expect("the Response");
+    let mut response = buf[..t.size].to_vec();
+    // The client's handshake and one more are half-open: a third is refused.
+    assert!(answers(
+        &mut ep,
+        now,
+        "198.51.100.2:1",
+        &initial(&psk(4), T, 41)
+    ));
+    assert!(!answers(
+        &mut ep,
+        now,
+        "198.51.100.3:1",
+        &initial(&psk(4), T, 42)
+    ));
+    // The client gets its Response and confirms.
+    client.handle_datagram(now, CarrierId(0), server_addr, &mut response);
+    loop {
+        let mut moved = false;
+        while let Some(t) = client.poll_transmit(now, 1, &mut buf) {
+            ep.handle_datagram(now, CarrierId(0), client_addr, &mut buf[..t.size]);
+            moved = true;
+        }
+        while let Some(t) = ep.poll_transmit(now, 1, &mut buf) {
+            if t.destination == client_addr {
+                client.handle_datagram(now, CarrierId(0), server_addr, &mut buf[..t.size]);
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    // One place is free again, and only one.
+    assert!(answers(
+        &mut ep,
+        now,
+        "198.51.100.4:1",
+        &initial(&psk(4), T, 43)
+    ));
+    assert!(!answers(
+        &mut ep,
+        now,
+        "198.51.100.5:1",
+        &initial(&psk(4), T, 44)
+    ));
+    let hits: Vec<_> = ep
+        .poll_limit_hits()
+        .into_iter()
+        .map(|h| (h.kind, h.key_index, h.count))
+        .collect();
+    assert_eq!(hits, vec![(LimitKind::HalfOpen, Some(0), 2)]);
 }

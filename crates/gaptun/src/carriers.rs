@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::settings::{ClientWebCarriers, ServerWebCarriers};
-use crate::values::{CarrierChoice, CarrierKind};
+use crate::values::{CarrierChoice, CarrierKind, CarrierServer};
 
 /// The port of the server's TLS and QUIC carriers when `--tls-server` / `--quic-server` do
 /// not say (the server's `--tls-listen` and `--quic-listen` default to it too).
@@ -131,15 +131,14 @@ pub async fn client_carrier(
 }
 
 /// `--carrier auto`: where the server's TLS or QUIC carrier is. `spec` is `--tls-server` or
-/// `--quic-server`: `HOST:PORT`, or `PORT` on `server`'s host; `None`: port 443 there.
-pub async fn web_peer(spec: Option<&str>, server: SocketAddr) -> Result<SocketAddr> {
-    let Some(spec) = spec else {
-        return Ok(SocketAddr::new(server.ip(), WEB_PORT));
+/// `--quic-server` (a port is on `server`'s host); `None`: port 443 there.
+pub async fn web_peer(spec: Option<&CarrierServer>, server: SocketAddr) -> Result<SocketAddr> {
+    let spec = match spec {
+        None => return Ok(SocketAddr::new(server.ip(), WEB_PORT)),
+        Some(CarrierServer::Port(port)) => return Ok(SocketAddr::new(server.ip(), *port)),
+        Some(CarrierServer::HostPort(spec)) => spec,
     };
-    if let Ok(port) = spec.parse::<u16>() {
-        return Ok(SocketAddr::new(server.ip(), port));
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec)
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec.as_str())
         .await
         .with_context(|| format!("resolving {spec}"))?
         .collect();

@@ -11,8 +11,8 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use crate::layer::settings_group;
 use crate::transport::TransportSettings;
 use crate::values::{
-    CarrierChoice, CarrierList, Conns, ExposeArg, ExposePorts, ForwardSpec, HopInterval,
-    ListenAddr, ListenPorts, LogFormat, TlsConnections, WindowSize, one_or_many,
+    CarrierChoice, CarrierList, CarrierServer, Conns, ExposeArg, ExposePorts, ForwardSpec,
+    HopInterval, ListenAddr, ListenPorts, LogFormat, TlsConnections, WindowSize, one_or_many,
 };
 
 /// Default SOCKS5 address of the client (and the demo).
@@ -234,11 +234,11 @@ settings_group! {
         /// With --carrier auto: the server's TLS carrier, HOST:PORT, or PORT on the host of
         /// --server [default: port 443 of that host].
         #[arg(long, value_name = "ADDR")]
-        pub tls_server: Option<String>,
+        pub tls_server: Option<CarrierServer>,
         /// With --carrier auto: the server's QUIC carrier, as for --tls-server [default: port
         /// 443 of the host of --server].
         #[arg(long, value_name = "ADDR")]
-        pub quic_server: Option<String>,
+        pub quic_server: Option<CarrierServer>,
         /// SOCKS5 listen address (PORT alone means 127.0.0.1:PORT).
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_SOCKS, conflicts_with = "no_socks")]
         pub socks: Option<ListenAddr>,

@@ -136,9 +136,9 @@ pub async fn client_endpoint(
                 CarrierKind::Faketcp => open_faketcp(),
                 CarrierKind::Quic | CarrierKind::Tls => {
                     let spec = if kind == CarrierKind::Tls {
-                        s.web.tls_server.as_deref()
+                        s.web.tls_server.as_ref()
                     } else {
-                        s.web.quic_server.as_deref()
+                        s.web.quic_server.as_ref()
                     };
                     let peer = crate::carriers::web_peer(spec, addr).await?;
                     if kind == CarrierKind::Quic {

@@ -15,7 +15,7 @@ use crate::config::{FileConfig, Notice, Role};
 use crate::ctl::default_socket_path;
 use crate::keys::{KeySourceError, KeySources};
 use crate::layer::Layer;
-use crate::values::{CarrierChoice, CarrierKind, ForwardSpec, LogFormat};
+use crate::values::{CarrierChoice, CarrierKind, CarrierServer, ForwardSpec, LogFormat};
 
 /// The logging choices of the command line and the config file (flag over file); `RUST_LOG`
 /// applies only where neither says.
@@ -127,9 +127,9 @@ pub struct ClientWebCarriers {
     pub sni: String,
     pub tls_connections: usize,
     /// `--carrier auto`: the server's TLS carrier, `HOST:PORT` or `PORT`; `None`: port 443.
-    pub tls_server: Option<String>,
+    pub tls_server: Option<CarrierServer>,
     /// `--carrier auto`: the server's QUIC carrier, as `tls_server`.
-    pub quic_server: Option<String>,
+    pub quic_server: Option<CarrierServer>,
 }
 
 #[derive(Debug, Clone)]
@@ -521,7 +521,7 @@ mod tests {
             "8443",
         ])
         .unwrap();
-        assert_eq!(c.web.tls_server.as_deref(), Some("8443"));
+        assert_eq!(c.web.tls_server, Some(CarrierServer::Port(8443)));
         let e = client_of(&[
             "--server",
             "h:1",
@@ -597,6 +597,29 @@ mod tests {
         assert!(e.to_string().starts_with("no key given"), "{e}");
         let e = server_of(&[]).unwrap_err();
         assert!(e.to_string().starts_with("no key given"), "{e}");
+    }
+
+    #[test]
+    fn carrier_server_addresses_are_checked_when_read() {
+        let file = |name: &str, value: &str| {
+            let text = format!("server = \"h:1\"\ncarrier = \"auto\"\nquic_server = \"{value}\"\n");
+            temp_file(name, &text)
+        };
+        let path = file("web-bad.toml", "h:0");
+        let e = client_of(&["--config", path.to_str().unwrap(), "--key", KEY]).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("web-bad.toml line 3"), "{e}");
+        assert!(
+            e.contains("invalid carrier address `h:0`: invalid port `0`"),
+            "{e}"
+        );
+        let path = file("web-ok.toml", "quic.example:8443");
+        let (c, _) = client_of(&["--config", path.to_str().unwrap(), "--key", KEY]).unwrap();
+        let host = CarrierServer::HostPort("quic.example:8443".to_owned());
+        assert_eq!(c.web.quic_server, Some(host));
+        let e = Cli::try_parse_with_matches(["gaptun", "client", "--tls-server", "tls.example"])
+            .unwrap_err();
+        assert!(e.to_string().contains("missing `:port`"), "{e}");
     }
 
     #[test]

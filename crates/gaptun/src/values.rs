@@ -37,7 +37,8 @@ deserialize_via_from_str!(
     Fec,
     LogFormat,
     CarrierChoice,
-    CarrierList
+    CarrierList,
+    CarrierServer
 );
 
 /// Implements `Deserialize` for an integer newtype from a TOML/JSON integer or a string, both
@@ -413,6 +414,44 @@ pub fn validate_host_port(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("invalid host `{host}`"))
+    }
+}
+
+/// Where `--carrier auto` finds the server's TLS or QUIC carrier (`--tls-server`,
+/// `--quic-server`): `HOST:PORT`, or `PORT` alone on the host of `--server`. Checked when
+/// the settings are read, so a typo is reported at start-up, not as a failed carrier later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CarrierServer {
+    /// A port on the host of `--server`.
+    Port(u16),
+    /// A host (a name, an IPv4 address or a bracketed IPv6 address) and a port, as given;
+    /// a name is resolved when the carrier connects.
+    HostPort(String),
+}
+
+impl FromStr for CarrierServer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            |why: String| format!("invalid carrier address `{s}`: {why}; use HOST:PORT or PORT");
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u16>() {
+                Ok(port) if port != 0 => Ok(Self::Port(port)),
+                _ => Err(bad(format!("invalid port `{s}`"))),
+            };
+        }
+        validate_host_port(s).map_err(bad)?;
+        Ok(Self::HostPort(s.to_owned()))
+    }
+}
+
+impl fmt::Display for CarrierServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Port(port) => port.fmt(f),
+            Self::HostPort(s) => f.write_str(s),
+        }
     }
 }
 
@@ -807,5 +846,32 @@ mod tests {
         assert_eq!("brutal".parse(), Ok(Congestion::Brutal));
         assert_eq!("chacha20-poly1305".parse(), Ok(Cipher::ChaCha20Poly1305));
         assert_eq!("json".parse(), Ok(LogFormat::Json));
+    }
+
+    #[test]
+    fn carrier_servers_are_host_port_or_port() {
+        let host = |s: &str| CarrierServer::HostPort(s.to_owned());
+        assert_eq!("8443".parse(), Ok(CarrierServer::Port(8443)));
+        assert_eq!("tls.example:443".parse(), Ok(host("tls.example:443")));
+        assert_eq!("192.0.2.7:8443".parse(), Ok(host("192.0.2.7:8443")));
+        assert_eq!("[2001:db8::1]:443".parse(), Ok(host("[2001:db8::1]:443")));
+        assert_eq!(CarrierServer::Port(8443).to_string(), "8443");
+        assert_eq!(host("h:1").to_string(), "h:1");
+        for (bad, why) in [
+            ("0", "invalid port `0`"),
+            ("65536", "invalid port `65536`"),
+            ("h:0", "invalid port `0`"),
+            ("h:", "invalid port ``"),
+            ("h:https", "invalid port `https`"),
+            ("tls.example", "missing `:port`"),
+            ("", "missing `:port`"),
+            ("a b:443", "invalid host `a b`"),
+            (":443", "invalid host ``"),
+            ("2001:db8::1:443", "invalid host `2001:db8::1`"),
+        ] {
+            let e = bad.parse::<CarrierServer>().unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(e.ends_with("use HOST:PORT or PORT"), "{bad:?}: {e}");
+        }
     }
 }

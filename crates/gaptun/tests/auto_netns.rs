@@ -11,132 +11,28 @@
 mod common;
 #[path = "../../gaptun-faketcp/tests/common/mod.rs"]
 mod netns;
+#[path = "common/netns_flow.rs"]
+mod netns_flow;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, KEY, scratch};
+use common::scratch;
 use netns::{Topology, topology_or_skip};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use netns_flow::{
+    Ports, client, count_by_protocol, send_through_forward, server, sink, transfer, wait_for_log,
+};
 
-const TUNNEL_PORT: u16 = 29900;
 const SINK_PORT: u16 = 39011;
 const FORWARD_PORT: u16 = 39012;
-
-/// The server accepting every carrier.
-fn server(topo: &Topology, dir: &Path) -> Daemon {
-    let listen = format!("0.0.0.0:{TUNNEL_PORT}");
-    Daemon::spawn_in_netns(
-        &topo.server,
-        dir,
-        "server",
-        &[
-            "server",
-            "--listen",
-            &listen,
-            "--key",
-            KEY,
-            "--allow-private",
-            "--carrier",
-            "auto",
-        ],
-    )
-}
-
-/// The client with `--carrier auto` (default list: UDP, then fake TCP, as root), forwarding a
-/// local TCP port to the sink's.
-fn client(topo: &Topology, dir: &Path) -> Daemon {
-    let server_addr = format!("{}:{TUNNEL_PORT}", topo.server_ip);
-    let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
-    Daemon::spawn_in_netns(
-        &topo.client,
-        dir,
-        "client",
-        &[
-            "client",
-            "--server",
-            &server_addr,
-            "--key",
-            KEY,
-            "--no-socks",
-            "--forward",
-            &forward,
-            "--carrier",
-            "auto",
-        ],
-    )
-}
-
-/// What the sink received: SHA-256, length, and (time, bytes so far) after each read.
-struct Received {
-    hash: [u8; 32],
-    len: usize,
-    samples: Vec<(Instant, usize)>,
-}
-
-/// A TCP sink in the server namespace for one connection; `progress` follows its byte count.
-fn sink(topo: &Topology, progress: Arc<AtomicUsize>) -> std::thread::JoinHandle<Received> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = Topology::spawn_in(&topo.server, move || async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", SINK_PORT))
-            .await
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut conn, _) = listener.accept().await.unwrap();
-        let mut hash = Sha256::new();
-        let mut len = 0;
-        let mut samples = Vec::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = conn.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            len += n;
-            progress.store(len, Ordering::Relaxed);
-            samples.push((Instant::now(), len));
-        }
-        Received {
-            hash: hash.finalize().into(),
-            len,
-            samples,
-        }
-    });
-    ready_rx.recv().unwrap();
-    handle
-}
-
-/// Sends `len` bytes through the client's forward from the client namespace (in a thread);
-/// returns their SHA-256.
-fn send_through_forward(topo: &Topology, len: usize) -> std::thread::JoinHandle<[u8; 32]> {
-    Topology::spawn_in(&topo.client, move || async move {
-        let data = common::payload(len, 11);
-        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", FORWARD_PORT))
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(120), conn.write_all(&data))
-            .await
-            .expect("sent within 120 s")
-            .unwrap();
-        conn.shutdown().await.unwrap();
-        Sha256::digest(&data).into()
-    })
-}
-
-/// Moves `len` bytes through the forward and checks them.
-fn transfer(topo: &Topology, client: &Daemon, len: usize) -> Received {
-    let progress = Arc::new(AtomicUsize::new(0));
-    let sink = sink(topo, progress);
-    let sent = send_through_forward(topo, len).join().unwrap();
-    let received = sink.join().unwrap();
-    assert_eq!(received.len, len, "client log:\n{}", client.stderr());
-    assert_eq!(sent, received.hash, "SHA-256 intact");
-    received
-}
+const PORTS: Ports<'static> = Ports {
+    tunnel: "29900",
+    sink: SINK_PORT,
+    forward: FORWARD_PORT,
+};
+/// How long a transfer's sending may take.
+const SEND_LIMIT: Duration = Duration::from_secs(120);
 
 fn block_udp(topo: &Topology) {
     topo.router_nft(
@@ -161,38 +57,6 @@ fn counted(topo: &Topology, name: &str) -> u64 {
     topo.router_counter("gfcount", name, "bytes").unwrap_or(0)
 }
 
-fn count_by_protocol(topo: &Topology) {
-    topo.router_nft(
-        "table ip gfcount {\n\
-           counter udp_packets {}\n\
-           counter tcp_packets {}\n\
-           chain tally { type filter hook forward priority filter - 2; policy accept;\n\
-             meta l4proto udp counter name udp_packets\n\
-             meta l4proto tcp counter name tcp_packets\n\
-           }\n\
-         }\n",
-    )
-    .unwrap();
-}
-
-/// Waits (bounded) until the daemon's log has a line with every one of `words`.
-fn wait_for_log(daemon: &Daemon, words: &[&str], limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if daemon
-            .stderr()
-            .lines()
-            .any(|l| words.iter().all(|w| l.contains(w)))
-        {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn auto_connects_over_fake_tcp_when_udp_is_blocked() {
     let Some(topo) = topology_or_skip("auto_connects_over_fake_tcp_when_udp_is_blocked") else {
@@ -201,9 +65,9 @@ fn auto_connects_over_fake_tcp_when_udp_is_blocked() {
     let topo = Arc::new(topo);
     let dir = scratch("auto-udp-blocked");
     block_udp(&topo);
-    let _server = server(&topo, &dir);
+    let _server = server(&topo, &dir, PORTS, "auto");
     let started = Instant::now();
-    let client = client(&topo, &dir);
+    let client = client(&topo, &dir, PORTS, "auto");
     assert!(
         wait_for_log(
             &client,
@@ -216,7 +80,7 @@ fn auto_connects_over_fake_tcp_when_udp_is_blocked() {
     let took = started.elapsed();
     eprintln!("--carrier auto, UDP blocked: connected over fake TCP {took:?} after start");
     assert!(took <= Duration::from_secs(3), "took {took:?}");
-    transfer(&topo, &client, 4 << 20);
+    transfer(&topo, &client, PORTS, 4 << 20, SEND_LIMIT);
     assert_eq!(topo.invalid_packets(), 0);
 }
 
@@ -228,10 +92,10 @@ fn auto_moves_a_transfer_off_blocked_udp_and_back() {
     let topo = Arc::new(topo);
     count_by_protocol(&topo);
     let dir = scratch("auto-switch");
-    let _server = server(&topo, &dir);
-    let client = client(&topo, &dir);
+    let _server = server(&topo, &dir, PORTS, "auto");
+    let client = client(&topo, &dir, PORTS, "auto");
     // Warm up: the connection is up, on UDP.
-    transfer(&topo, &client, 1 << 20);
+    transfer(&topo, &client, PORTS, 1 << 20, SEND_LIMIT);
     let (udp0, tcp0) = (counted(&topo, "udp_packets"), counted(&topo, "tcp_packets"));
     assert!(
         udp0 > 1 << 20 && tcp0 < udp0 / 4,
@@ -240,8 +104,8 @@ fn auto_moves_a_transfer_off_blocked_udp_and_back() {
 
     let len = 256 << 20;
     let progress = Arc::new(AtomicUsize::new(0));
-    let sink = sink(&topo, Arc::clone(&progress));
-    let sender = send_through_forward(&topo, len);
+    let sink = sink(&topo, SINK_PORT, Arc::clone(&progress));
+    let sender = send_through_forward(&topo, FORWARD_PORT, len, 11, SEND_LIMIT);
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress.load(Ordering::Relaxed) < len / 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -280,7 +144,7 @@ fn auto_moves_a_transfer_off_blocked_udp_and_back() {
         client.stderr()
     );
     let (udp1, tcp1) = (counted(&topo, "udp_packets"), counted(&topo, "tcp_packets"));
-    transfer(&topo, &client, 4 << 20);
+    transfer(&topo, &client, PORTS, 4 << 20, SEND_LIMIT);
     let (udp2, tcp2) = (counted(&topo, "udp_packets"), counted(&topo, "tcp_packets"));
     assert!(
         udp2 - udp1 > 4 << 20 && tcp2 - tcp1 < (udp2 - udp1) / 4,

@@ -12,62 +12,23 @@
 mod common;
 #[path = "../../gaptun-faketcp/tests/common/mod.rs"]
 mod netns;
+#[path = "common/netns_flow.rs"]
+mod netns_flow;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, KEY, scratch};
+use common::scratch;
 use netns::{Topology, topology_or_skip};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use netns_flow::{Ports, client, server, transfer, wait_for_log};
 
-const TUNNEL_PORT: u16 = 29920;
-const SINK_PORT: u16 = 39021;
-const FORWARD_PORT: u16 = 39022;
-
-/// The server on UDP and fake TCP (`TUNNEL_PORT`), TLS (TCP 443) and QUIC (UDP 443).
-fn server(topo: &Topology, dir: &Path) -> Daemon {
-    let listen = format!("0.0.0.0:{TUNNEL_PORT}");
-    Daemon::spawn_in_netns(
-        &topo.server,
-        dir,
-        "server",
-        &[
-            "server",
-            "--listen",
-            &listen,
-            "--key",
-            KEY,
-            "--allow-private",
-            "--carrier",
-            "all",
-        ],
-    )
-}
-
-/// The client with `--carrier auto` and its default list (udp, faketcp as root, quic, tls,
-/// the last two on the server's port 443), forwarding a local TCP port to the sink's.
-fn client(topo: &Topology, dir: &Path) -> Daemon {
-    let server_addr = format!("{}:{TUNNEL_PORT}", topo.server_ip);
-    let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
-    Daemon::spawn_in_netns(
-        &topo.client,
-        dir,
-        "client",
-        &[
-            "client",
-            "--server",
-            &server_addr,
-            "--key",
-            KEY,
-            "--no-socks",
-            "--forward",
-            &forward,
-            "--carrier",
-            "auto",
-        ],
-    )
-}
+/// The server is on UDP and fake TCP (`tunnel`), TLS (TCP 443) and QUIC (UDP 443); the
+/// client's default list for `--carrier auto` has udp, faketcp as root, quic and tls, the last
+/// two on the server's port 443.
+const PORTS: Ports<'static> = Ports {
+    tunnel: "29920",
+    sink: 39021,
+    forward: 39022,
+};
 
 /// Lets through the router only what `rule` accepts (and the answers to it).
 fn only(topo: &Topology, rule: &str) {
@@ -82,24 +43,6 @@ fn only(topo: &Topology, rule: &str) {
     .unwrap();
 }
 
-/// Waits (bounded) until the daemon's log has a line with every one of `words`.
-fn wait_for_log(daemon: &Daemon, words: &[&str], limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if daemon
-            .stderr()
-            .lines()
-            .any(|l| words.iter().all(|w| l.contains(w)))
-        {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Seconds since midnight of the first log line containing `words`, from its timestamp
 /// (`2026-01-01T12:34:56.789012Z ...`).
 fn seconds_at(log: &str, words: &str) -> Option<f64> {
@@ -112,49 +55,6 @@ fn seconds_at(log: &str, words: &str) -> Option<f64> {
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
-/// Moves `len` bytes through the client's forward to a sink in the server namespace; checks
-/// length and SHA-256.
-fn transfer(topo: &Topology, client: &Daemon, len: usize) {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let sink = Topology::spawn_in(&topo.server, move || async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", SINK_PORT))
-            .await
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut conn, _) = listener.accept().await.unwrap();
-        let mut hash = Sha256::new();
-        let mut got = 0;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = conn.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            got += n;
-        }
-        (got, <[u8; 32]>::from(hash.finalize()))
-    });
-    ready_rx.recv().unwrap();
-    let sent = Topology::spawn_in(&topo.client, move || async move {
-        let data = common::payload(len, 13);
-        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", FORWARD_PORT))
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(60), conn.write_all(&data))
-            .await
-            .expect("sent within 60 s")
-            .unwrap();
-        conn.shutdown().await.unwrap();
-        <[u8; 32]>::from(Sha256::digest(&data))
-    })
-    .join()
-    .unwrap();
-    let (got, hash) = sink.join().unwrap();
-    assert_eq!(got, len, "client log:\n{}", client.stderr());
-    assert_eq!(hash, sent, "SHA-256 intact");
-}
-
 /// Starts server and client with only `rule` passing the router; the client must connect over
 /// `carrier` (the `kind remote` of its log line) within 3 s and carry 4 MiB intact.
 fn connects_over(test: &str, rule: &str, carrier: &str) {
@@ -163,9 +63,9 @@ fn connects_over(test: &str, rule: &str, carrier: &str) {
     };
     let dir = scratch(test);
     only(&topo, rule);
-    let _server = server(&topo, &dir);
+    let _server = server(&topo, &dir, PORTS, "all");
     let started = Instant::now();
-    let client = client(&topo, &dir);
+    let client = client(&topo, &dir, PORTS, "auto");
     let to = format!("to={carrier} {}:443", topo.server_ip);
     assert!(
         wait_for_log(&client, &["carrier chosen", &to], Duration::from_secs(10)),
@@ -182,7 +82,7 @@ fn connects_over(test: &str, rule: &str, carrier: &str) {
          started, {inside:?} s after its `connecting` line"
     );
     assert!(took <= Duration::from_secs(3), "took {took:?}");
-    transfer(&topo, &client, 4 << 20);
+    transfer(&topo, &client, PORTS, 4 << 20, Duration::from_secs(60));
     let stats = common::stats(&client.control);
     let conn = &stats["connections"][0];
     assert_eq!(conn["carrier"], carrier, "ctl stats: {conn}");

@@ -8,6 +8,8 @@
 mod common;
 #[path = "../../gaptun-faketcp/tests/common/mod.rs"]
 mod netns;
+#[path = "common/netns_flow.rs"]
+mod netns_flow;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,56 +18,14 @@ use std::time::Duration;
 
 use common::{Daemon, KEY, scratch};
 use netns::{Topology, topology_or_skip};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use netns_flow::{Ports, client, count_by_protocol, server};
 
 const TUNNEL_PORT: u16 = 29900;
-const SINK_PORT: u16 = 39001;
-const FORWARD_PORT: u16 = 39002;
-
-/// A TCP sink in the server namespace: returns the SHA-256 and length of one connection.
-fn sink(topo: &Topology) -> std::thread::JoinHandle<([u8; 32], usize)> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = Topology::spawn_in(&topo.server, move || async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", SINK_PORT))
-            .await
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let (mut conn, _) = listener.accept().await.unwrap();
-        let mut hash = Sha256::new();
-        let mut total = 0;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = conn.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            total += n;
-        }
-        (hash.finalize().into(), total)
-    });
-    ready_rx.recv().unwrap();
-    handle
-}
-
-/// Sends `len` bytes through the client's forward from the client namespace.
-fn send_through_forward(topo: &Topology, len: usize) -> [u8; 32] {
-    Topology::spawn_in(&topo.client, move || async move {
-        let data = common::payload(len, 7);
-        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", FORWARD_PORT))
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(60), conn.write_all(&data))
-            .await
-            .expect("sent within 60 s")
-            .unwrap();
-        conn.shutdown().await.unwrap();
-        Sha256::digest(&data).into()
-    })
-    .join()
-    .unwrap()
-}
+const PORTS: Ports<'static> = Ports {
+    tunnel: "29900",
+    sink: 39001,
+    forward: 39002,
+};
 
 /// Starts server and client with `carrier`, the client forwarding a local TCP port to the
 /// sink's.
@@ -76,51 +36,17 @@ fn daemons(topo: &Topology, carrier: &str, dir: &Path) -> (Daemon, Daemon) {
 /// As [`daemons`], the server listening on `ports` (one port or a range `A-B`) and the client
 /// spreading over them.
 fn daemons_on(topo: &Topology, carrier: &str, dir: &Path, ports: &str) -> (Daemon, Daemon) {
-    let listen = format!("0.0.0.0:{ports}");
-    let server = Daemon::spawn_in_netns(
-        &topo.server,
-        dir,
-        "server",
-        &[
-            "server",
-            "--listen",
-            &listen,
-            "--key",
-            KEY,
-            "--allow-private",
-            "--carrier",
-            carrier,
-        ],
-    );
-    let server_addr = format!("{}:{ports}", topo.server_ip);
-    let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
-    let client = Daemon::spawn_in_netns(
-        &topo.client,
-        dir,
-        "client",
-        &[
-            "client",
-            "--server",
-            &server_addr,
-            "--key",
-            KEY,
-            "--no-socks",
-            "--forward",
-            &forward,
-            "--carrier",
-            carrier,
-        ],
-    );
-    (server, client)
+    let ports = Ports {
+        tunnel: ports,
+        ..PORTS
+    };
+    let server = server(topo, dir, ports, carrier);
+    (server, client(topo, dir, ports, carrier))
 }
 
 /// Moves 8 MiB through the client's forward to the sink and checks it.
 fn transfer(topo: &Topology, client: &Daemon) {
-    let sink = sink(topo);
-    let sent = send_through_forward(topo, 8 << 20);
-    let (received, len) = sink.join().unwrap();
-    assert_eq!(len, 8 << 20, "client log:\n{}", client.stderr());
-    assert_eq!(sent, received, "SHA-256 intact");
+    netns_flow::transfer(topo, client, PORTS, 8 << 20, Duration::from_secs(60));
 }
 
 /// Packets of a named counter in the router's `gfcount` table.
@@ -166,17 +92,7 @@ fn carrier_all_keeps_working_with_udp_blocked() {
     let Some(topo) = topology_or_skip("carrier_all_keeps_working_with_udp_blocked") else {
         return;
     };
-    topo.router_nft(
-        "table ip gfcount {\n\
-           counter udp_packets {}\n\
-           counter tcp_packets {}\n\
-           chain tally { type filter hook forward priority filter - 2; policy accept;\n\
-             meta l4proto udp counter name udp_packets\n\
-             meta l4proto tcp counter name tcp_packets\n\
-           }\n\
-         }\n",
-    )
-    .unwrap();
+    count_by_protocol(&topo);
     let topo = Arc::new(topo);
     let dir = scratch("faketcp-all");
     let (_server, client) = daemons(&topo, "all", &dir);

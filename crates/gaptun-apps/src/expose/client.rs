@@ -8,7 +8,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
@@ -26,6 +26,7 @@ use super::wire::{Entry, MAX_ENTRIES, Register, Status, VisitorHeader, WireError
 use crate::addr::TargetAddr;
 use crate::flow::{FlowMux, FlowRx, FlowTx};
 use crate::idle::Activity;
+use crate::listen::{self, LogLimiter};
 use crate::pump::{self, ChunkStream};
 use crate::request::{Command, ReplyCode, RequestError, TunnelReply, TunnelRequest};
 use crate::tunnel::{StreamAcceptor, StreamOpener};
@@ -348,8 +349,11 @@ impl<C: StreamOpener> Registration<C> {
                     let granted = Arc::clone(&granted);
                     let flows = flows.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = client.serve_visitor(stream, &granted, flows.as_ref()).await {
-                            debug!("expose visitor: {e}");
+                        match client.serve_visitor(stream, &granted, flows.as_ref()).await {
+                            Ok(()) => {}
+                            // The visitor got nothing: the operator must hear of it.
+                            Err(e @ VisitorError::Dial(..)) => log_dial_failure(&e),
+                            Err(e) => debug!("expose visitor: {e}"),
                         }
                     });
                 }
@@ -408,15 +412,9 @@ impl ExposeClient {
         let _guard = stats.visitor();
         match header.kind {
             ExposeKind::Tcp => {
-                let dial = timeout(config.connect_timeout, TcpStream::connect((host, port)));
-                let mut local = match dial.await {
-                    Ok(Ok(tcp)) => tcp,
-                    Ok(Err(e)) => return Err(VisitorError::Dial(host.to_owned(), port, e)),
-                    Err(_) => {
-                        let e = io::Error::from(io::ErrorKind::TimedOut);
-                        return Err(VisitorError::Dial(host.to_owned(), port, e));
-                    }
-                };
+                let mut local = dial_local(host, port, config.connect_timeout)
+                    .await
+                    .map_err(|e| VisitorError::Dial(host.to_owned(), port, e))?;
                 let _ = local.set_nodelay(true);
                 if let Some(version) = spec.proxy {
                     let h = proxy_header::header(version, header.source, header.destination);
@@ -454,6 +452,26 @@ impl ExposeClient {
             }
         }
         Ok(())
+    }
+}
+
+/// Dials LOCAL for a TCP visitor, within `limit`. A failure is not tried again: when it is for
+/// want of descriptors or ports, waiting to retry holds the visitor's own descriptors longer
+/// and turned more visitors away under a burst (measured), and a LOCAL that refuses will
+/// refuse again; the visitor gets a reset and can try again itself.
+async fn dial_local(host: &str, port: u16, limit: Duration) -> io::Result<TcpStream> {
+    timeout(limit, TcpStream::connect((host, port)))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+}
+
+/// Dial failures: one warning line per [`listen::LOG_INTERVAL`] for the whole process, saying
+/// how many it stands for (a service that is down would otherwise log one per visitor).
+static DIAL_LOG: Mutex<LogLimiter> = Mutex::new(LogLimiter::new());
+
+fn log_dial_failure(e: &VisitorError) {
+    if let Some(held) = listen::limited(&DIAL_LOG) {
+        warn!("expose visitor dropped: {e}{held}");
     }
 }
 

@@ -447,7 +447,16 @@ impl<O: StreamOpener> ExposeServer<O> {
         };
         let _guard = stats.visitor();
         let destination = tcp.local_addr()?;
-        let mut stream = opener.open().await?;
+        let mut stream = match opener.open().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // The visitor is turned away: a reset, so that it cannot take the close for
+                // an empty answer.
+                warn!(%visitor, port, "expose visitor dropped: cannot open a stream to the client: {e}");
+                pump::abort_tcp(tcp);
+                return Err(e);
+            }
+        };
         let mut flight = Vec::with_capacity(64 + FIRST_FLIGHT);
         VisitorHeader {
             kind: ExposeKind::Tcp,
@@ -466,9 +475,21 @@ impl<O: StreamOpener> ExposeServer<O> {
         };
         flight.truncate(head + first);
         stats.add_to_service(first as u64);
-        stream.write_all(&flight).await?;
+        if let Err(e) = stream.write_all(&flight).await {
+            pump::abort_tcp(tcp);
+            return Err(e);
+        }
         drop(flight);
-        pump::relay_stream(counted(tcp, stats, Side::Visitor), stream).await?;
+        let mut tcp = counted(tcp, stats, Side::Visitor);
+        if let Err(e) = pump::relay_stream(&mut tcp, stream).await {
+            // The client reset the stream (it could not reach its service, or lost the
+            // connection) or the visitor reset: the visitor gets a reset, never a clean end
+            // that would make a cut-off answer look complete.
+            if let Err(e) = tcp.get_ref().set_zero_linger() {
+                debug!("cannot set SO_LINGER 0 before a reset: {e}");
+            }
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -2,12 +2,42 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gaptun_apps::{DialConfig, MemTunnel, SocksConfig, TargetAddr, TargetPolicy, serve_socks};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// Collects what a tracing subscriber writes (give it as the subscriber's writer).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
+}
 
 /// A policy that lets tests reach servers on 127.0.0.1 (and ::1), refused by default.
 pub fn loopback_policy() -> TargetPolicy {
@@ -35,8 +65,11 @@ pub async fn start_echo(bind: &str) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
+            // Out of descriptors for a moment, or a peer that reset before the accept: the
+            // service stays up, as a real one would.
             let Ok((tcp, _)) = listener.accept().await else {
-                return;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             };
             tokio::spawn(async move {
                 let (mut r, mut w) = tcp.into_split();
@@ -93,30 +126,59 @@ pub async fn echo_round_trip<S>(stream: S, data: &[u8]) -> [u8; 32]
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    match try_echo_round_trip(stream, data).await {
+        Ok(hash) => hash,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// [`echo_round_trip`] that says what went wrong instead of panicking: how many bytes came
+/// back before the end or the error, and which half failed.
+pub async fn try_echo_round_trip<S>(stream: S, data: &[u8]) -> Result<[u8; 32], String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut r, mut w) = tokio::io::split(stream);
     let writer = async {
+        let mut sent = 0;
         for chunk in data.chunks(32 * 1024) {
-            w.write_all(chunk).await.unwrap();
+            w.write_all(chunk)
+                .await
+                .map_err(|e| format!("write failed after {sent} of {} bytes: {e}", data.len()))?;
+            sent += chunk.len();
         }
-        w.shutdown().await.unwrap();
+        w.shutdown()
+            .await
+            .map_err(|e| format!("shutdown after writing failed: {e}"))
     };
     let reader = async {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0;
         loop {
-            let n = r.read(&mut buf).await.unwrap();
+            let n = r
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read failed after {total} of {} bytes: {e}", data.len()))?;
             if n == 0 {
                 break;
             }
             total += n;
             hasher.update(&buf[..n]);
         }
-        assert_eq!(total, data.len());
-        <[u8; 32]>::from(hasher.finalize())
+        if total != data.len() {
+            return Err(format!(
+                "read {total} of {} bytes, then end of stream",
+                data.len()
+            ));
+        }
+        Ok(<[u8; 32]>::from(hasher.finalize()))
     };
-    let ((), hash) = tokio::join!(writer, reader);
-    hash
+    // The reader's account first: a write failure follows from the connection's end.
+    let (written, hash) = tokio::join!(writer, reader);
+    let hash = hash?;
+    written?;
+    Ok(hash)
 }
 
 /// Greets a SOCKS5 server offering `methods` and returns the chosen method.
