@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Daemon, KEY, scratch};
-use netns::{Topology, topology_or_skip};
+use netns::{Topology, ipv6_topology_or_skip, topology_or_skip};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,6 +77,19 @@ fn daemons(topo: &Topology, carrier: &str, dir: &Path) -> (Daemon, Daemon) {
 /// spreading over them.
 fn daemons_on(topo: &Topology, carrier: &str, dir: &Path, ports: &str) -> (Daemon, Daemon) {
     let listen = format!("0.0.0.0:{ports}");
+    let server_addr = format!("{}:{ports}", topo.server_ip);
+    daemons_at(topo, carrier, dir, &listen, &server_addr)
+}
+
+/// As [`daemons`], the server listening on `listen` and the client connecting to `server_addr`
+/// (IPv6 addresses in brackets).
+fn daemons_at(
+    topo: &Topology,
+    carrier: &str,
+    dir: &Path,
+    listen: &str,
+    server_addr: &str,
+) -> (Daemon, Daemon) {
     let server = Daemon::spawn_in_netns(
         &topo.server,
         dir,
@@ -84,7 +97,7 @@ fn daemons_on(topo: &Topology, carrier: &str, dir: &Path, ports: &str) -> (Daemo
         &[
             "server",
             "--listen",
-            &listen,
+            listen,
             "--key",
             KEY,
             "--allow-private",
@@ -92,7 +105,6 @@ fn daemons_on(topo: &Topology, carrier: &str, dir: &Path, ports: &str) -> (Daemo
             carrier,
         ],
     );
-    let server_addr = format!("{}:{ports}", topo.server_ip);
     let forward = format!("tcp:127.0.0.1:{FORWARD_PORT}=127.0.0.1:{SINK_PORT}");
     let client = Daemon::spawn_in_netns(
         &topo.client,
@@ -101,7 +113,7 @@ fn daemons_on(topo: &Topology, carrier: &str, dir: &Path, ports: &str) -> (Daemo
         &[
             "client",
             "--server",
-            &server_addr,
+            server_addr,
             "--key",
             KEY,
             "--no-socks",
@@ -148,6 +160,44 @@ fn faketcp_daemons_through_strict_nat() {
         "server's RST rules: {tables}"
     );
     // SIGTERM: the daemons remove their rules on the way out.
+    client.terminate();
+    server.terminate();
+    for ns in [&topo.client, &topo.server] {
+        let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
+        assert!(
+            !tables.contains("gaptun_ft_"),
+            "rules left in {ns}: {tables}"
+        );
+    }
+}
+
+/// The same over IPv6: the server listens on `[::]`, the client connects to the server's IPv6
+/// address through the router's NAT66 (strict conntrack). The data arrives intact, no segment
+/// is INVALID, no kernel RST crosses the router, and both `ip6` rule tables go at exit.
+#[test]
+fn faketcp_daemons_over_ipv6_through_strict_nat66() {
+    let Some(topo) = ipv6_topology_or_skip("faketcp_daemons_over_ipv6_through_strict_nat66") else {
+        return;
+    };
+    let topo = Arc::new(topo);
+    let dir = scratch("faketcp-nat66");
+    let listen = format!("[::]:{TUNNEL_PORT}");
+    let server_addr = format!("[{}]:{TUNNEL_PORT}", topo.server_ip6);
+    let (mut server, mut client) = daemons_at(&topo, "faketcp", &dir, &listen, &server_addr);
+    transfer(&topo, &client);
+    assert_eq!(
+        topo.invalid6_packets(),
+        0,
+        "conntrack found no INVALID segment"
+    );
+    assert_eq!(topo.rst6_packets(), 0, "no kernel RST crossed the router");
+    for ns in [&topo.client, &topo.server] {
+        let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
+        assert!(
+            tables.contains("table ip6 gaptun_ft_"),
+            "RST rules of the IPv6 carrier in {ns}: {tables}"
+        );
+    }
     client.terminate();
     server.terminate();
     for ns in [&topo.client, &topo.server] {
