@@ -3,6 +3,9 @@
 # iperf3 (one TCP connection) through a gaptun TCP forward. Run as root; uses namespaces only.
 #
 #   scripts/faketcp-bench.sh loopback   # one namespace, loopback: throughput and wire overhead
+#                                       # (then both carriers again with --route-mtu: 64 KB
+#                                       # datagrams and segments on loopback's 65 536 MTU)
+#   scripts/faketcp-bench.sh loopback6  # the same over IPv6 loopback (::1)
 #   scripts/faketcp-bench.sh link       # through gaptun-bench's emulated link (TUN, any IP
 #                                       # packet): 100 Mbit/s, 100 ms RTT, 5 % loss each way
 #   scripts/faketcp-bench.sh kcptun     # kcptun (client and server) over a gaptun fake-TCP
@@ -19,9 +22,9 @@
 #
 # SECS (default 10) sets each iperf3 run's length; GAPTUN names the gaptun binary (default
 # target/release/gaptun); with GAPTUN_BEFORE=path, `loopback` also runs fake TCP with that
-# build, in the same run. Overhead = wire bytes / iperf3 goodput bytes, wire bytes = what both
-# daemons sent (`ctl stats json`: bytes and packets) plus, per packet, the IPv4 and UDP (28) or
-# TCP-with-timestamps (52) headers. (nftables counts one GSO batch of UDP datagrams as one
+# build, in the same run (with --route-mtu too). Overhead = wire bytes / iperf3 goodput
+# bytes, wire bytes = what both daemons sent (`ctl stats json`: bytes and packets) plus, per
+# packet, the IPv4 and UDP (28) or TCP-with-timestamps (52) headers (IPv6: 20 more). (nftables counts one GSO batch of UDP datagrams as one
 # packet with one header, which would flatter UDP; fake TCP sends each segment as its own
 # packet, even in a `sendmmsg` batch, so its nftables count is printed too, and includes the
 # carrier's own empty ACKs.)
@@ -100,12 +103,15 @@ reset_counter() { # NS...
 
 run_pair() { # CARRIER NS_SERVER NS_CLIENT SERVER_ADDR "COUNTING_NS..."
   local carrier=$1 ns_s=$2 ns_c=$3 server=$4 count_ns=$5
-  start "$ns_s" "server-$carrier" $GAPTUN server --listen "0.0.0.0:$PORT" --key "$KEY" \
-    --allow-private --carrier "$carrier" --control "/tmp/gfb-s-$carrier.sock"
+  # EXTRA: more daemon options (both ends), e.g. --route-mtu; LISTEN: the server's address.
+  # shellcheck disable=SC2086
+  start "$ns_s" "server-$carrier" $GAPTUN server --listen "${LISTEN:-0.0.0.0}:$PORT" --key "$KEY" \
+    --allow-private --carrier "$carrier" --control "/tmp/gfb-s-$carrier.sock" ${EXTRA:-}
   sleep 1
+  # shellcheck disable=SC2086
   start "$ns_c" "client-$carrier" $GAPTUN client --server "$server:$PORT" --key "$KEY" \
     --no-socks --forward tcp:127.0.0.1:5202=127.0.0.1:5201 --carrier "$carrier" \
-    --control "/tmp/gfb-c-$carrier.sock"
+    --control "/tmp/gfb-c-$carrier.sock" ${EXTRA:-}
   sleep 2
   reset_counter $count_ns
   read -r bytes bps < <(iperf_bytes "$ns_c" 5202)
@@ -135,7 +141,7 @@ print(total[0], total[1])')
   python3 -c "
 b, w, bps = $bytes, $wire, $bps
 sent_bytes, sent_packets = map(int, '$sent'.split())
-header = 52 if '$carrier' == 'faketcp' else 28
+header = (52 if '$carrier' == 'faketcp' else 28) + (20 if '${LISTEN:-}' == '[::]' else 0)
 model = sent_bytes + header * sent_packets
 print(f'${LABEL:-$carrier}: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes; {sent_packets} packets, '
       f'wire {model} bytes, overhead {model/b:.4f} (nftables counted {w}, {w/b:.4f})')"
@@ -143,16 +149,28 @@ print(f'${LABEL:-$carrier}: {bps/1e6:8.1f} Mbit/s goodput, {b} bytes; {sent_pack
   sleep 1
 }
 
-loopback() {
+loopback() { # [SERVER_ADDR]: 127.0.0.1, or [::1] for loopback6
+  local addr=${1:-127.0.0.1}
   ip netns add $NS_L
   ip -n $NS_L link set lo up
   count_wire $NS_L
   start $NS_L iperf3 iperf3 -s -B 127.0.0.1 -p 5201
-  for carrier in udp faketcp; do run_pair "$carrier" $NS_L $NS_L 127.0.0.1 $NS_L; done
-  if [ -n "${GAPTUN_BEFORE:-}" ]; then
-    # The same run, with another build (say, before a change) for a side-by-side figure.
-    GAPTUN=$GAPTUN_BEFORE LABEL="faketcp ($GAPTUN_BEFORE)" run_pair faketcp $NS_L $NS_L 127.0.0.1 $NS_L
-  fi
+  local extra
+  for extra in "" "--route-mtu"; do
+    local tag=${extra:+, $extra}
+    for carrier in udp faketcp; do
+      EXTRA=$extra LABEL="$carrier$tag" run_pair "$carrier" $NS_L $NS_L "$addr" $NS_L
+    done
+    if [ -n "${GAPTUN_BEFORE:-}" ]; then
+      # The same run, with another build (say, before a change) for a side-by-side figure.
+      EXTRA=$extra GAPTUN=$GAPTUN_BEFORE LABEL="faketcp ($GAPTUN_BEFORE)$tag" \
+        run_pair faketcp $NS_L $NS_L "$addr" $NS_L
+    fi
+  done
+}
+
+loopback6() { # (GAPTUN_BEFORE is ignored: builds before IPv6 support refuse [::])
+  GAPTUN_BEFORE="" LISTEN="[::]" loopback "[::1]"
 }
 
 three_namespaces() { # client -- NAT router (strict conntrack) -- server, clean links
@@ -334,8 +352,8 @@ print(f"client sent {mib << 20} bytes in {took:.1f} s ({(mib << 23) / took / 1e6
 
 case "${1:-}" in
   cleanup) cleanup; exit 0 ;;
-  loopback|link|kcptun|bulk|phantun) ;;
-  *) sed -n '2,18p' "$0"; exit 2 ;;
+  loopback|loopback6|link|kcptun|bulk|phantun) ;;
+  *) sed -n '2,21p' "$0"; exit 2 ;;
 esac
 trap cleanup EXIT
 cleanup

@@ -26,6 +26,13 @@ impl Carrier for FakeTcpSocket {
         Self::MAX_BATCH
     }
 
+    /// Fake TCP's segments are routed as they are, like UDP datagrams: with `--route-mtu` a
+    /// connection's ceiling follows the route (64 KB segments on loopback and veth pairs,
+    /// Ethernet-sized ones on a NIC), less the TCP header's extra bytes.
+    fn route_mtu(&self) -> Option<gaptun_runtime::proto::RouteMtuQuery> {
+        Some(datagram_ceiling_to)
+    }
+
     fn poll_recv(
         &self,
         cx: &mut Context<'_>,
@@ -61,4 +68,20 @@ impl Carrier for FakeTcpSocket {
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Self::poll_writable(self, cx)
     }
+}
+
+/// The largest datagram fake TCP carries whole on the route to `remote`, in the core's terms
+/// (a UDP payload over IPv4; the core takes 20 bytes more off for an IPv6 peer): the route's
+/// MTU less IPv4, TCP and timestamps, and never more than an IPv4 packet's length field
+/// allows. This is [`Carrier::route_mtu`](gaptun_runtime::Carrier::route_mtu) of fake TCP:
+/// with `--route-mtu`, a loopback route (MTU 65 536) takes 64 KB segments, each system call
+/// moving forty times the data of a 1448-byte one; an Ethernet route still takes 1448-byte
+/// ones, and a jumbo-frame route 8940-byte ones.
+pub(crate) fn datagram_ceiling_to(remote: SocketAddr) -> Option<u16> {
+    let udp = gaptun_runtime::carrier::route::udp_payload_to(remote)?;
+    let largest = (usize::from(u16::MAX) - crate::packet::DATA_OVERHEAD) as u16;
+    Some(
+        udp.saturating_sub(FakeTcpSocket::EXTRA_OVERHEAD_VS_UDP as u16)
+            .min(largest),
+    )
 }

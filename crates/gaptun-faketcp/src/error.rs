@@ -1,7 +1,6 @@
 //! Errors of the fake-TCP carrier, each one line an operator can act on.
 
 use std::io;
-use std::net::SocketAddr;
 
 use thiserror::Error;
 
@@ -18,9 +17,6 @@ pub enum FakeTcpError {
     /// kernel without nftables).
     #[error("fake TCP needs nftables to stop the kernel's RSTs: {0}")]
     Nftables(String),
-    /// Fake TCP carries IPv4 only.
-    #[error("fake TCP supports IPv4 only, not {0}")]
-    NotIpv4(SocketAddr),
     /// Any other system call failure while setting up.
     #[error("fake TCP: {0}")]
     Io(#[from] io::Error),

@@ -16,7 +16,7 @@
 //! gaptun retransmits on its own; every datagram is a new segment with new sequence numbers,
 //! and a lost segment simply leaves a hole we acknowledge across (the cumulative ACK jumps).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -28,10 +28,12 @@ use crate::packet::{ACK, FIN, Header, PSH, RST, SYN, Segment, seq_before};
 /// the sender's rate) always stays inside it for conntrack, up to a gigabit at 250 ms.
 const WINDOW_FIELD: u16 = 0xffff;
 const WINDOW_SCALE: u8 = 9;
-/// The unscaled window Linux puts on a SYN and SYN-ACK with a 1460-byte MSS.
-const SYN_WINDOW: u16 = 64240;
-/// MSS we announce: Ethernet's 1500 minus IPv4 and TCP headers, as Linux does.
-const MSS: u16 = 1460;
+/// MSS we announce by default: Ethernet's 1500 minus IPv4 and TCP headers, as Linux does.
+const MSS_V4: u16 = 1460;
+/// The same over IPv6 (its header is 20 bytes longer).
+const MSS_V6: u16 = 1440;
+/// Smallest MSS we announce (IPv4's minimum datagram of 576 less headers).
+const MIN_MSS: u16 = 536;
 /// Sequence distance beyond which a segment is taken as not ours (RST) or not moving our
 /// acknowledgement: far more than any window, far less than half the space.
 const SANE_DISTANCE: u32 = 1 << 30;
@@ -114,8 +116,8 @@ pub(crate) struct Outcome {
 /// One flow's state. The caller owns the addresses' socket and sends what the flow builds.
 #[derive(Debug)]
 pub(crate) struct Flow {
-    local: SocketAddrV4,
-    remote: SocketAddrV4,
+    local: SocketAddr,
+    remote: SocketAddr,
     state: State,
     timing: Timing,
     created: Instant,
@@ -129,6 +131,10 @@ pub(crate) struct Flow {
     ts_offset: u32,
     ts_recent: u32,
     ip_id: u16,
+    /// IPv6 flow label: random, fixed for the flow (Linux hashes the flow into one).
+    flow_label: u32,
+    /// The MSS our SYN or SYN-ACK announces.
+    mss: u16,
     last_recv: Instant,
     last_send: Instant,
     ack_owed: u32,
@@ -138,8 +144,8 @@ pub(crate) struct Flow {
 impl Flow {
     /// A client flow: the SYN is due at once (`Control::Syn`; the caller sends it).
     pub(crate) fn connect(
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: SocketAddr,
+        remote: SocketAddr,
         timing: Timing,
         now: Instant,
         rng: &mut impl Rng,
@@ -171,8 +177,8 @@ impl Flow {
     }
 
     fn new(
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: SocketAddr,
+        remote: SocketAddr,
         timing: Timing,
         now: Instant,
         iss: u32,
@@ -191,6 +197,8 @@ impl Flow {
             ts_offset: rng.random(),
             ts_recent: 0,
             ip_id: rng.random(),
+            flow_label: rng.random_range(1..=0x000f_ffff),
+            mss: if remote.is_ipv6() { MSS_V6 } else { MSS_V4 },
             last_recv: now,
             last_send: now,
             ack_owed: 0,
@@ -198,11 +206,25 @@ impl Flow {
         }
     }
 
-    pub(crate) fn local(&self) -> SocketAddrV4 {
+    /// Sets the MSS the handshake announces (Linux announces the route's MTU less the
+    /// headers: 1460 on Ethernet, 65 483 on loopback); call before the SYN or SYN-ACK is
+    /// written. Our segments are never longer than the route allows, whatever the peer
+    /// announced: gaptun's datagram ceiling keeps them so.
+    pub(crate) fn set_mss(&mut self, mss: u16) {
+        self.mss = mss.max(MIN_MSS);
+    }
+
+    /// The unscaled window of our SYN or SYN-ACK: the largest multiple of the MSS that fits
+    /// the field, as Linux starts (64 240 for a 1460-byte MSS, 64 800 for 1440).
+    fn syn_window(&self) -> u16 {
+        (u16::MAX / self.mss) * self.mss
+    }
+
+    pub(crate) fn local(&self) -> SocketAddr {
         self.local
     }
 
-    pub(crate) fn remote(&self) -> SocketAddrV4 {
+    pub(crate) fn remote(&self) -> SocketAddr {
         self.remote
     }
 
@@ -388,13 +410,19 @@ impl Flow {
     /// Writes a control segment into `out`; the flow counts it as sent.
     pub(crate) fn write_control(&mut self, control: Control, now: Instant, out: &mut Vec<u8>) {
         let (flags, seq, ack, window, syn_options) = match control {
-            Control::Syn => (SYN, self.iss, 0, SYN_WINDOW, Some((MSS, WINDOW_SCALE))),
+            Control::Syn => (
+                SYN,
+                self.iss,
+                0,
+                self.syn_window(),
+                Some((self.mss, WINDOW_SCALE)),
+            ),
             Control::SynAck => (
                 SYN | ACK,
                 self.iss,
                 self.rcv_nxt,
-                SYN_WINDOW,
-                Some((MSS, WINDOW_SCALE)),
+                self.syn_window(),
+                Some((self.mss, WINDOW_SCALE)),
             ),
             Control::Ack => (ACK, self.snd_nxt, self.rcv_nxt, WINDOW_FIELD, None),
         };
@@ -422,7 +450,7 @@ impl Flow {
         let header = Header {
             src: self.local,
             dst: self.remote,
-            ip_id: self.ip_id,
+            ip_id: self.header_id(),
             seq: self.snd_nxt,
             ack: self.rcv_nxt,
             flags: ACK | PSH,
@@ -469,9 +497,19 @@ impl Flow {
         self.ack_due = None;
     }
 
-    fn next_ip_id(&mut self) -> u16 {
-        let id = self.ip_id;
-        self.ip_id = id.wrapping_add(1);
+    /// The IP header's identification field of the next segment (IPv4: one more per
+    /// segment, as Linux counts per flow) or its flow label (IPv6: the same for the flow).
+    fn header_id(&self) -> u32 {
+        if self.remote.is_ipv6() {
+            self.flow_label
+        } else {
+            u32::from(self.ip_id)
+        }
+    }
+
+    fn next_ip_id(&mut self) -> u32 {
+        let id = self.header_id();
+        self.ip_id = self.ip_id.wrapping_add(1);
         id
     }
 
@@ -593,11 +631,11 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    fn client_addr() -> SocketAddrV4 {
+    fn client_addr() -> SocketAddr {
         "10.0.0.1:40000".parse().expect("address")
     }
 
-    fn server_addr() -> SocketAddrV4 {
+    fn server_addr() -> SocketAddr {
         "10.0.0.2:10001".parse().expect("address")
     }
 
@@ -629,7 +667,7 @@ mod tests {
         assert_eq!(syn_seg.flags, SYN);
         assert_eq!(
             (syn_seg.mss, syn_seg.wscale),
-            (Some(MSS), Some(WINDOW_SCALE))
+            (Some(MSS_V4), Some(WINDOW_SCALE))
         );
         let mut server = Flow::accept(&syn_seg, Timing::default(), now, &mut rng);
         let synack = control(&mut server, Control::SynAck, now);
@@ -866,6 +904,33 @@ mod tests {
             }
         });
         (wire, sent)
+    }
+
+    #[test]
+    fn ipv6_handshake_announces_ipv6_mss_and_keeps_one_flow_label() {
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(11);
+        let local: SocketAddr = "[fd00::1]:40000".parse().expect("address");
+        let remote: SocketAddr = "[fd00::2]:10001".parse().expect("address");
+        let mut client = Flow::connect(local, remote, Timing::default(), now, &mut rng);
+        let syn = control(&mut client, Control::Syn, now);
+        assert_eq!(syn[0] >> 4, 6, "an IPv6 packet");
+        let syn_seg = parse(&syn).expect("syn parses");
+        assert_eq!((syn_seg.mss, syn_seg.window), (Some(MSS_V6), 64800));
+        let mut server = Flow::accept(&syn_seg, Timing::default(), now, &mut rng);
+        assert_eq!((server.local(), server.remote()), (remote, local));
+        // On loopback the route's MTU is 65 536: one MSS fills the SYN window.
+        server.set_mss(65_476);
+        let synack = parse(&control(&mut server, Control::SynAck, now))
+            .map(|s| (s.mss, s.window, s.ack))
+            .expect("syn-ack parses");
+        assert_eq!(synack, (Some(65_476), 65_476, syn_seg.seq.wrapping_add(1)));
+        let label = |packet: &[u8]| u32::from_be_bytes([0, packet[1] & 0x0f, packet[2], packet[3]]);
+        let first = data(&mut client, b"one", now);
+        let second = data(&mut client, b"two", now);
+        assert_ne!(label(&syn), 0);
+        assert_eq!(label(&first), label(&syn), "one flow label for the flow");
+        assert_eq!(label(&second), label(&syn));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! Left alone, the kernel's TCP would receive every segment of our flows, find no socket for
 //! it and answer with a RST, which would kill the flow at the peer and at every NAT on the way.
-//! Each carrier installs its own table, `ip gaptun_ft_<pid>_<n>`, with two chains, both scoped
-//! to our ports:
+//! Each carrier installs its own table, `ip gaptun_ft_<pid>_<n>` (`ip6` for an IPv6 carrier),
+//! with two chains, both scoped to our ports:
 //! - `seg_in`, on the prerouting hook after conntrack (`mangle` priority, so a local conntrack
 //!   still sees both directions of the flow), drops our incoming segments addressed to this
 //!   host. The carrier's packet socket has already taken its copy (see [`crate::sys`]), and
@@ -19,7 +19,7 @@
 //! types, its absence gives one clear error, and the rules are written once, here.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -42,19 +42,28 @@ static NEXT_TABLE: AtomicU32 = AtomicU32::new(0);
 pub(crate) enum Scope {
     /// A server: RSTs from our listening ports (on `addr`, or any address when unspecified).
     Server {
-        addr: Ipv4Addr,
+        addr: IpAddr,
         ports: RangeInclusive<u16>,
     },
     /// A client: RSTs towards the server's ports on the server's address.
     Client {
-        server: Ipv4Addr,
+        server: IpAddr,
         /// Our own address towards the server (where its segments come to).
-        local: Ipv4Addr,
+        local: IpAddr,
         ports: RangeInclusive<u16>,
     },
 }
 
 impl Scope {
+    /// The nftables family of the table: `ip` or `ip6`, after the carrier's addresses.
+    fn family(&self) -> &'static str {
+        let ip = match self {
+            Self::Server { addr, .. } => addr,
+            Self::Client { server, .. } => server,
+        };
+        if ip.is_ipv6() { "ip6" } else { "ip" }
+    }
+
     /// The match part of the drop rule.
     fn matches(&self) -> String {
         match self {
@@ -62,12 +71,16 @@ impl Scope {
                 let addr = if addr.is_unspecified() {
                     String::new()
                 } else {
-                    format!("ip saddr {addr} ")
+                    format!("{} saddr {addr} ", self.family())
                 };
                 format!("{addr}tcp sport {}", port_set(ports))
             }
             Self::Client { server, ports, .. } => {
-                format!("ip daddr {server} tcp dport {}", port_set(ports))
+                format!(
+                    "{} daddr {server} tcp dport {}",
+                    self.family(),
+                    port_set(ports)
+                )
             }
         }
     }
@@ -80,7 +93,7 @@ impl Scope {
                 let to = if addr.is_unspecified() {
                     "fib daddr type local".to_string()
                 } else {
-                    format!("ip daddr {addr}")
+                    format!("{} daddr {addr}", self.family())
                 };
                 format!("{to} tcp dport {}", port_set(ports))
             }
@@ -88,10 +101,13 @@ impl Scope {
                 server,
                 local,
                 ports,
-            } => format!(
-                "ip saddr {server} ip daddr {local} tcp sport {}",
-                port_set(ports)
-            ),
+            } => {
+                let family = self.family();
+                format!(
+                    "{family} saddr {server} {family} daddr {local} tcp sport {}",
+                    port_set(ports)
+                )
+            }
         }
     }
 }
@@ -107,6 +123,7 @@ fn port_set(ports: &RangeInclusive<u16>) -> String {
 /// An installed table; dropping it deletes the table.
 #[derive(Debug)]
 pub(crate) struct RstGuard {
+    family: &'static str,
     table: String,
 }
 
@@ -119,8 +136,9 @@ impl RstGuard {
             std::process::id(),
             NEXT_TABLE.fetch_add(1, Ordering::Relaxed)
         );
+        let family = scope.family();
         let script = format!(
-            "table ip {table} {{\n\
+            "table {family} {table} {{\n\
              \tchain rst_out {{\n\
              \t\ttype filter hook output priority raw; policy accept;\n\
              \t\tmeta mark != {OUR_MARK:#x} {} tcp flags rst drop\n\
@@ -135,7 +153,7 @@ impl RstGuard {
         );
         // Creating an existing table would merge into it: delete any leftover of ours first
         // (a counter reused after a crash of a process that had our pid).
-        let _ = run_nft(&["delete", "table", "ip", &table], None);
+        let _ = run_nft(&["delete", "table", family, &table], None);
         run_nft(&["-f", "-"], Some(&script)).map_err(FakeTcpError::Nftables)?;
         info!(
             table = %table,
@@ -143,7 +161,7 @@ impl RstGuard {
             incoming = %scope.incoming(),
             "fake TCP: kernel TCP kept out of our flows"
         );
-        Ok(Self { table })
+        Ok(Self { family, table })
     }
 
     /// The table's name (for logs and tests).
@@ -154,31 +172,37 @@ impl RstGuard {
 
 impl Drop for RstGuard {
     fn drop(&mut self) {
-        match run_nft(&["delete", "table", "ip", &self.table], None) {
+        match run_nft(&["delete", "table", self.family, &self.table], None) {
             Ok(()) => debug!(table = %self.table, "fake TCP: RST rules removed"),
             Err(e) => warn!(table = %self.table, "fake TCP: could not remove RST rules: {e}"),
         }
     }
 }
 
-/// Deletes `gaptun_ft_<pid>_<n>` tables whose process is gone.
+/// Deletes `gaptun_ft_<pid>_<n>` tables (of both families) whose process is gone.
 fn remove_stale() {
-    let Ok(listing) = nft_output(&["list", "tables", "ip"]) else {
-        return;
-    };
-    for table in stale_tables(&listing, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
-        match run_nft(&["delete", "table", "ip", &table], None) {
-            Ok(()) => info!(table = %table, "fake TCP: removed RST rules left by a dead process"),
-            Err(e) => warn!(table = %table, "fake TCP: stale table not removed: {e}"),
+    for family in ["ip", "ip6"] {
+        let Ok(listing) = nft_output(&["list", "tables", family]) else {
+            continue;
+        };
+        let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+        for table in stale_tables(&listing, family, alive) {
+            match run_nft(&["delete", "table", family, &table], None) {
+                Ok(()) => {
+                    info!(table = %table, "fake TCP: removed RST rules left by a dead process");
+                }
+                Err(e) => warn!(table = %table, "fake TCP: stale table not removed: {e}"),
+            }
         }
     }
 }
 
-/// The tables in `nft list tables` output that belong to no live process.
-fn stale_tables(listing: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+/// The tables of `family` in `nft list tables` output that belong to no live process.
+fn stale_tables(listing: &str, family: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+    let prefix = format!("table {family} ");
     listing
         .lines()
-        .filter_map(|line| line.trim().strip_prefix("table ip "))
+        .filter_map(|line| line.trim().strip_prefix(prefix.as_str()))
         .filter_map(|name| {
             let rest = name.strip_prefix(TABLE_PREFIX)?;
             let pid: u32 = rest.split('_').next()?.parse().ok()?;
@@ -233,16 +257,17 @@ fn nft_output(args: &[&str]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn rules_are_scoped_to_our_ports() {
         let server = Scope::Server {
-            addr: Ipv4Addr::UNSPECIFIED,
+            addr: Ipv4Addr::UNSPECIFIED.into(),
             ports: 10001..=10010,
         };
         assert_eq!(server.matches(), "tcp sport 10001-10010");
         let bound = Scope::Server {
-            addr: Ipv4Addr::new(10, 0, 0, 2),
+            addr: Ipv4Addr::new(10, 0, 0, 2).into(),
             ports: 443..=443,
         };
         assert_eq!(
@@ -252,8 +277,8 @@ mod tests {
         assert_eq!(bound.matches(), "ip saddr 10.0.0.2 tcp sport 443");
         assert_eq!(bound.incoming(), "ip daddr 10.0.0.2 tcp dport 443");
         let client = Scope::Client {
-            server: Ipv4Addr::new(192, 0, 2, 1),
-            local: Ipv4Addr::new(10, 0, 0, 5),
+            server: Ipv4Addr::new(192, 0, 2, 1).into(),
+            local: Ipv4Addr::new(10, 0, 0, 5).into(),
             ports: 10001..=10002,
         };
         assert_eq!(client.matches(), "ip daddr 192.0.2.1 tcp dport 10001-10002");
@@ -264,10 +289,44 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_rules_use_the_ip6_family() {
+        let server = Scope::Server {
+            addr: Ipv6Addr::UNSPECIFIED.into(),
+            ports: 10001..=10010,
+        };
+        assert_eq!(server.family(), "ip6");
+        assert_eq!(server.matches(), "tcp sport 10001-10010");
+        assert_eq!(
+            server.incoming(),
+            "fib daddr type local tcp dport 10001-10010"
+        );
+        let bound = Scope::Server {
+            addr: "fd00::2".parse::<Ipv6Addr>().expect("address").into(),
+            ports: 443..=443,
+        };
+        assert_eq!(bound.matches(), "ip6 saddr fd00::2 tcp sport 443");
+        assert_eq!(bound.incoming(), "ip6 daddr fd00::2 tcp dport 443");
+        let client = Scope::Client {
+            server: "fd00::2".parse::<Ipv6Addr>().expect("address").into(),
+            local: "fd00::5".parse::<Ipv6Addr>().expect("address").into(),
+            ports: 10001..=10002,
+        };
+        assert_eq!(client.family(), "ip6");
+        assert_eq!(client.matches(), "ip6 daddr fd00::2 tcp dport 10001-10002");
+        assert_eq!(
+            client.incoming(),
+            "ip6 saddr fd00::2 ip6 daddr fd00::5 tcp sport 10001-10002"
+        );
+    }
+
+    #[test]
     fn stale_tables_are_those_of_dead_processes() {
         let listing = "table ip nat\ntable ip gaptun_ft_100_0\ntable ip gaptun_ft_200_3\n\
                        table ip gaptun_ft_x_1\ntable inet gaptun_ft_300_0\n";
-        let stale = stale_tables(listing, |pid| pid == 100);
+        let stale = stale_tables(listing, "ip", |pid| pid == 100);
         assert_eq!(stale, vec!["gaptun_ft_200_3".to_string()]);
+        let listing6 = "table ip6 filter\ntable ip6 gaptun_ft_300_0\ntable ip6 gaptun_ft_100_1\n";
+        let stale = stale_tables(listing6, "ip6", |pid| pid == 100);
+        assert_eq!(stale, vec!["gaptun_ft_300_0".to_string()]);
     }
 }

@@ -1,13 +1,16 @@
-//! IPv4 + TCP headers: building the segments we send and parsing the ones we receive.
+//! IPv4 or IPv6 + TCP headers: building the segments we send and parsing the ones we receive.
 //!
-//! Pure byte work, no I/O, so it is tested on its own. We write the IPv4 header ourselves
-//! (the raw socket runs with `IP_HDRINCL`) because a server bound to `0.0.0.0` must answer from
-//! the address the client reached, which only the packet itself can say.
+//! Pure byte work, no I/O, so it is tested on its own. We write the IP header ourselves
+//! (the raw sockets are `IPPROTO_RAW`, which implies `IP_HDRINCL` / `IPV6_HDRINCL`) because a
+//! server bound to `0.0.0.0` or `::` must answer from the address the client reached, which
+//! only the packet itself can say.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// IPv4 header without options.
 pub(crate) const IPV4_HEADER: usize = 20;
+/// IPv6 header (we send no extension headers and take none).
+pub(crate) const IPV6_HEADER: usize = 40;
 /// TCP header without options.
 pub(crate) const TCP_HEADER: usize = 20;
 /// Options on every segment after the handshake, as Linux lays them out: NOP, NOP, timestamps.
@@ -15,8 +18,17 @@ pub(crate) const DATA_OPTIONS: usize = 12;
 /// Options of SYN and SYN-ACK, in Linux's order: MSS, SACK-permitted, timestamps, NOP,
 /// window scale (20 bytes).
 pub(crate) const SYN_OPTIONS: usize = 20;
-/// Bytes a data segment adds in front of the payload (IPv4 + TCP + timestamps).
+/// Bytes a data segment adds in front of the payload over IPv4 (IPv4 + TCP + timestamps).
 pub(crate) const DATA_OVERHEAD: usize = IPV4_HEADER + TCP_HEADER + DATA_OPTIONS;
+
+/// Length of the IP header we write in front of segments to or from `ip`.
+pub(crate) fn ip_header_len(ip: IpAddr) -> usize {
+    if ip.is_ipv6() {
+        IPV6_HEADER
+    } else {
+        IPV4_HEADER
+    }
+}
 
 pub(crate) const FIN: u8 = 0x01;
 pub(crate) const SYN: u8 = 0x02;
@@ -25,7 +37,9 @@ pub(crate) const PSH: u8 = 0x08;
 pub(crate) const ACK: u8 = 0x10;
 
 const PROTO_TCP: u8 = 6;
-/// Linux's default TTL.
+/// IPv6's fragment extension header.
+const FRAGMENT_HEADER: u8 = 44;
+/// Linux's default TTL (IPv4) and hop limit (IPv6).
 const TTL: u8 = 64;
 /// Don't-fragment, as Linux sets it on TCP (path MTU discovery).
 const DONT_FRAGMENT: u16 = 0x4000;
@@ -33,9 +47,12 @@ const DONT_FRAGMENT: u16 = 0x4000;
 /// The fields of a segment we send; the builder turns them into bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
-    pub ip_id: u16,
+    /// Both addresses are of one family (a flow's are); it chooses the IP header.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// IPv4 identification; over IPv6 the low 20 bits of it are the flow label (Linux sets a
+    /// per-flow label from a hash of the flow, so it is constant for a flow).
+    pub ip_id: u32,
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
@@ -50,8 +67,8 @@ pub(crate) struct Header {
 /// A received segment, borrowing its payload from the receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Segment<'a> {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
@@ -68,7 +85,7 @@ pub(crate) struct Segment<'a> {
 pub(crate) enum ParseError {
     #[error("packet shorter than its headers")]
     Truncated,
-    #[error("not an IPv4 TCP packet")]
+    #[error("not an IPv4 or IPv6 TCP packet")]
     NotTcp,
     #[error("IP fragment")]
     Fragment,
@@ -76,7 +93,8 @@ pub(crate) enum ParseError {
     BadHeaderChecksum,
 }
 
-/// Writes `header` and `payload` as one IPv4 packet into `out` (cleared first).
+/// Writes `header` and `payload` as one IP packet into `out` (cleared first): IPv4 or IPv6
+/// after the family of `header.src`.
 pub(crate) fn build(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
     let options = if header.syn_options.is_some() {
         SYN_OPTIONS
@@ -86,20 +104,34 @@ pub(crate) fn build(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
         0
     };
     let tcp_len = TCP_HEADER + options + payload.len();
-    let total = IPV4_HEADER + tcp_len;
+    let (src_ip, dst_ip) = (header.src.ip(), header.dst.ip());
+    let ip_len = ip_header_len(src_ip);
     out.clear();
-    out.reserve(total);
+    out.reserve(ip_len + tcp_len);
 
-    // IPv4 header.
-    out.extend_from_slice(&[0x45, 0]);
-    out.extend_from_slice(&(total as u16).to_be_bytes());
-    out.extend_from_slice(&header.ip_id.to_be_bytes());
-    out.extend_from_slice(&DONT_FRAGMENT.to_be_bytes());
-    out.extend_from_slice(&[TTL, PROTO_TCP, 0, 0]);
-    out.extend_from_slice(&header.src.ip().octets());
-    out.extend_from_slice(&header.dst.ip().octets());
-    let ip_sum = finish(sum_words(0, &out[..IPV4_HEADER]));
-    out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    match (src_ip, dst_ip) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let total = IPV4_HEADER + tcp_len;
+            out.extend_from_slice(&[0x45, 0]);
+            out.extend_from_slice(&(total as u16).to_be_bytes());
+            out.extend_from_slice(&(header.ip_id as u16).to_be_bytes());
+            out.extend_from_slice(&DONT_FRAGMENT.to_be_bytes());
+            out.extend_from_slice(&[TTL, PROTO_TCP, 0, 0]);
+            out.extend_from_slice(&src.octets());
+            out.extend_from_slice(&dst.octets());
+            let ip_sum = finish(sum_words(0, &out[..IPV4_HEADER]));
+            out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        }
+        _ => {
+            // Version 6, traffic class 0, the flow label; no extension headers.
+            let first = (6u32 << 28) | (header.ip_id & 0x000f_ffff);
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+            out.extend_from_slice(&[PROTO_TCP, TTL]);
+            out.extend_from_slice(&v6(src_ip).octets());
+            out.extend_from_slice(&v6(dst_ip).octets());
+        }
+    }
 
     // TCP header.
     out.extend_from_slice(&header.src.port().to_be_bytes());
@@ -128,15 +160,25 @@ pub(crate) fn build(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
         (None, None) => {}
     }
     out.extend_from_slice(payload);
-    let sum = tcp_checksum(*header.src.ip(), *header.dst.ip(), &out[IPV4_HEADER..]);
-    out[IPV4_HEADER + 16..IPV4_HEADER + 18].copy_from_slice(&sum.to_be_bytes());
+    let sum = tcp_checksum(src_ip, dst_ip, &out[ip_len..]);
+    out[ip_len + 16..ip_len + 18].copy_from_slice(&sum.to_be_bytes());
 }
 
-/// Parses an IPv4 packet as the packet socket hands it over (IP header included, maybe followed
-/// by link-layer padding, which the IP total length leaves out).
+/// `ip` as IPv6 (an IPv4 address mapped; a flow never mixes families, so only for totality).
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// Parses an IPv4 or IPv6 packet as the packet socket hands it over (IP header included, maybe
+/// followed by link-layer padding, which the IP length field leaves out).
 ///
 /// The IPv4 header checksum is checked: the packet socket sees packets before the kernel's
-/// `ip_rcv` does, and a damaged address or length must not reach a flow.
+/// `ip_rcv` does, and a damaged address or length must not reach a flow. (IPv6 has no header
+/// checksum; an IPv6 packet with extension headers, a fragment header included, is not taken:
+/// we send none, and neither does a peer of ours.)
 ///
 /// The TCP checksum is not checked, on purpose: a segment the kernel built with checksum
 /// offload (a RST from a local firewall's `reject`, anything crossing a veth or loopback from
@@ -146,10 +188,38 @@ pub(crate) fn build(header: &Header, payload: &[u8], out: &mut Vec<u8>) {
 /// stop a forged segment anyway.
 pub(crate) fn parse(packet: &[u8]) -> Result<Segment<'_>, ParseError> {
     let first = *packet.first().ok_or(ParseError::Truncated)?;
-    if first >> 4 != 4 {
-        return Err(ParseError::NotTcp);
+    let (src_ip, dst_ip, tcp) = match first >> 4 {
+        4 => parse_ipv4(packet)?,
+        6 => parse_ipv6(packet)?,
+        _ => return Err(ParseError::NotTcp),
+    };
+    if tcp.len() < TCP_HEADER {
+        return Err(ParseError::Truncated);
     }
-    let ihl = usize::from(first & 0x0f) * 4;
+    let data_offset = usize::from(tcp[12] >> 4) * 4;
+    if data_offset < TCP_HEADER || data_offset > tcp.len() {
+        return Err(ParseError::Truncated);
+    }
+    let mut segment = Segment {
+        src: SocketAddr::new(src_ip, u16::from_be_bytes([tcp[0], tcp[1]])),
+        dst: SocketAddr::new(dst_ip, u16::from_be_bytes([tcp[2], tcp[3]])),
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+        flags: tcp[13],
+        window: u16::from_be_bytes([tcp[14], tcp[15]]),
+        tsval: None,
+        tsecr: None,
+        mss: None,
+        wscale: None,
+        payload: &tcp[data_offset..],
+    };
+    parse_options(&tcp[TCP_HEADER..data_offset], &mut segment);
+    Ok(segment)
+}
+
+/// The addresses and the TCP part (header and payload) of an IPv4 packet.
+fn parse_ipv4(packet: &[u8]) -> Result<(IpAddr, IpAddr, &[u8]), ParseError> {
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
     if ihl < IPV4_HEADER || packet.len() < ihl + TCP_HEADER {
         return Err(ParseError::Truncated);
     }
@@ -169,28 +239,32 @@ pub(crate) fn parse(packet: &[u8]) -> Result<Segment<'_>, ParseError> {
     if finish(sum_words(0, &packet[..ihl])) != 0 {
         return Err(ParseError::BadHeaderChecksum);
     }
-    let src_ip = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    let dst_ip = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    let tcp = &packet[ihl..total];
-    let data_offset = usize::from(tcp[12] >> 4) * 4;
-    if data_offset < TCP_HEADER || data_offset > tcp.len() {
+    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    Ok((src.into(), dst.into(), &packet[ihl..total]))
+}
+
+/// The addresses and the TCP part of an IPv6 packet whose next header is TCP.
+fn parse_ipv6(packet: &[u8]) -> Result<(IpAddr, IpAddr, &[u8]), ParseError> {
+    if packet.len() < IPV6_HEADER + TCP_HEADER {
         return Err(ParseError::Truncated);
     }
-    let mut segment = Segment {
-        src: SocketAddrV4::new(src_ip, u16::from_be_bytes([tcp[0], tcp[1]])),
-        dst: SocketAddrV4::new(dst_ip, u16::from_be_bytes([tcp[2], tcp[3]])),
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-        flags: tcp[13],
-        window: u16::from_be_bytes([tcp[14], tcp[15]]),
-        tsval: None,
-        tsecr: None,
-        mss: None,
-        wscale: None,
-        payload: &tcp[data_offset..],
+    match packet[6] {
+        PROTO_TCP => {}
+        FRAGMENT_HEADER => return Err(ParseError::Fragment),
+        _ => return Err(ParseError::NotTcp),
+    }
+    let payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+    let end = IPV6_HEADER + payload;
+    if payload < TCP_HEADER || end > packet.len() {
+        return Err(ParseError::Truncated);
+    }
+    let address = |at: usize| {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(&packet[at..at + 16]);
+        IpAddr::V6(Ipv6Addr::from(octets))
     };
-    parse_options(&tcp[TCP_HEADER..data_offset], &mut segment);
-    Ok(segment)
+    Ok((address(8), address(24), &packet[IPV6_HEADER..end]))
 }
 
 /// Reads the options we care about; unknown or malformed ones end the walk (the segment is
@@ -226,9 +300,17 @@ fn parse_options(mut options: &[u8], segment: &mut Segment<'_>) {
 
 /// The TCP checksum over the pseudo-header and `tcp` (header with its checksum field, and
 /// payload). Building: computed with the field zeroed. Checking: 0 when the segment is intact.
-fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, tcp: &[u8]) -> u16 {
-    let mut sum = sum_words(0, &src.octets());
-    sum = sum_words(sum, &dst.octets());
+///
+/// The pseudo-headers of IPv4 (RFC 793) and IPv6 (RFC 8200, 8.1) hold the same fields, the
+/// addresses, the protocol and the TCP length, only in different widths and order; in a
+/// one's-complement sum of 16-bit words neither matters, so one sum serves both.
+fn tcp_checksum(src: IpAddr, dst: IpAddr, tcp: &[u8]) -> u16 {
+    let address = |sum: u64, ip: IpAddr| match ip {
+        IpAddr::V4(v4) => sum_words(sum, &v4.octets()),
+        IpAddr::V6(v6) => sum_words(sum, &v6.octets()),
+    };
+    let mut sum = address(0, src);
+    sum = address(sum, dst);
     sum += u64::from(PROTO_TCP);
     sum += tcp.len() as u64;
     finish(sum_words(sum, tcp))
@@ -271,7 +353,7 @@ pub(crate) fn seq_before(a: u32, b: u32) -> bool {
 mod tests {
     use super::*;
 
-    fn addr(s: &str) -> SocketAddrV4 {
+    fn addr(s: &str) -> SocketAddr {
         s.parse().expect("test address")
     }
 
@@ -349,8 +431,8 @@ mod tests {
         // Our checksum is complete: summing the segment with it gives zero.
         assert_eq!(
             tcp_checksum(
-                Ipv4Addr::new(10, 0, 0, 1),
-                Ipv4Addr::new(10, 0, 0, 2),
+                Ipv4Addr::new(10, 0, 0, 1).into(),
+                Ipv4Addr::new(10, 0, 0, 2).into(),
                 &out[IPV4_HEADER..]
             ),
             0
@@ -363,6 +445,79 @@ mod tests {
         let mut udp = out.clone();
         udp[9] = 17;
         assert_eq!(parse(&udp), Err(ParseError::NotTcp));
+    }
+
+    fn header_v6(flags: u8) -> Header {
+        Header {
+            src: addr("[fd00:77::2]:40000"),
+            dst: addr("[fd00:77:2::2]:10001"),
+            ip_id: 0xabcde,
+            ..header(flags)
+        }
+    }
+
+    #[test]
+    fn ipv6_segment_round_trips_with_the_ipv6_pseudo_header_checksum() {
+        let payload: Vec<u8> = (0..1001u32).map(|i| (i * 13) as u8).collect();
+        let mut out = Vec::new();
+        build(&header_v6(ACK | PSH), &payload, &mut out);
+        assert_eq!(
+            out.len(),
+            IPV6_HEADER + TCP_HEADER + DATA_OPTIONS + payload.len()
+        );
+        // Version 6, flow label from the id, payload length, next header TCP, hop limit 64.
+        assert_eq!(&out[..4], &[0x60, 0x0a, 0xbc, 0xde]);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([out[4], out[5]])),
+            out.len() - IPV6_HEADER
+        );
+        assert_eq!((out[6], out[7]), (6, 64));
+        // The checksum is the one over the IPv6 pseudo-header, worked out here word by word
+        // (RFC 8200, 8.1: addresses, 32-bit length, three zero bytes and the next header).
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&out[8..40]);
+        pseudo.extend_from_slice(&((out.len() - IPV6_HEADER) as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+        pseudo.extend_from_slice(&out[IPV6_HEADER..]);
+        let mut reference: u64 = 0;
+        for pair in pseudo.chunks(2) {
+            reference += (u64::from(pair[0]) << 8) + pair.get(1).map_or(0, |&b| u64::from(b));
+        }
+        assert_eq!(finish(reference), 0, "the segment checksums to zero");
+        let seg = parse(&out).expect("parses");
+        assert_eq!(seg.src, addr("[fd00:77::2]:40000"));
+        assert_eq!(seg.dst, addr("[fd00:77:2::2]:10001"));
+        assert_eq!((seg.seq, seg.ack, seg.flags), (0xfffffff0, 77, ACK | PSH));
+        assert_eq!((seg.tsval, seg.tsecr), (Some(1000), Some(2000)));
+        assert_eq!(seg.payload, &payload[..]);
+        // Padding after the packet is not payload.
+        let mut padded = out.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert_eq!(parse(&padded).expect("parses").payload, &payload[..]);
+    }
+
+    #[test]
+    fn ipv6_syn_options_and_refusals() {
+        let mut h = header_v6(SYN);
+        h.syn_options = Some((1440, 7));
+        let mut out = Vec::new();
+        build(&h, &[], &mut out);
+        let seg = parse(&out).expect("parses");
+        assert_eq!((seg.mss, seg.wscale), (Some(1440), Some(7)));
+        let mut fragment = out.clone();
+        fragment[6] = FRAGMENT_HEADER;
+        assert_eq!(parse(&fragment), Err(ParseError::Fragment));
+        let mut udp = out.clone();
+        udp[6] = 17;
+        assert_eq!(parse(&udp), Err(ParseError::NotTcp));
+        // A payload length beyond the bytes we have.
+        let mut long = out.clone();
+        long[5] = long[5].wrapping_add(1);
+        assert_eq!(parse(&long), Err(ParseError::Truncated));
+        assert_eq!(parse(&out[..50]), Err(ParseError::Truncated));
+        let mut v5 = out.clone();
+        v5[0] = 0x50;
+        assert_eq!(parse(&v5), Err(ParseError::NotTcp));
     }
 
     #[test]

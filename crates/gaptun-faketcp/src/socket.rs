@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -38,14 +38,16 @@ const QUEUE_WHILE_CONNECTING: usize = 256;
 const MAX_SERVER_FLOWS: usize = 4096;
 /// Longest wait between a client's reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Largest packet we read (an IPv4 packet cannot be longer).
-const RECV_BUFFER: usize = 65535;
+/// Largest packet we read (an IPv6 header and the longest payload its length field allows;
+/// an IPv4 packet is shorter).
+const RECV_BUFFER: usize = packet::IPV6_HEADER + 65535;
 
 /// A fake-TCP server: the ports it listens on.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address to answer on; `0.0.0.0` answers on every address.
-    pub addr: Ipv4Addr,
+    /// Address to answer on; `0.0.0.0` answers on every IPv4 address, `::` on every IPv6
+    /// address (a carrier is of one family: IPv4 or IPv6, after this address).
+    pub addr: IpAddr,
     /// Ports to listen on (one or a range).
     pub ports: RangeInclusive<u16>,
     /// Timers of the flows.
@@ -55,8 +57,8 @@ pub struct ServerConfig {
 /// A fake-TCP client: the server and its ports (one flow each).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The server's address.
-    pub server: Ipv4Addr,
+    /// The server's address (IPv4 or IPv6: the carrier's flows are of its family).
+    pub server: IpAddr,
     /// The server's ports.
     pub ports: RangeInclusive<u16>,
     /// Timers of the flows.
@@ -188,13 +190,13 @@ impl RecvSlots {
 #[derive(Debug)]
 enum Role {
     Server {
-        addr: Ipv4Addr,
+        addr: IpAddr,
         ports: RangeInclusive<u16>,
-        flows: HashMap<SocketAddrV4, Flow>,
+        flows: HashMap<SocketAddr, Flow>,
     },
     Client {
-        server: Ipv4Addr,
-        local_ip: Ipv4Addr,
+        server: IpAddr,
+        local_ip: IpAddr,
         slots: HashMap<u16, Slot>,
     },
 }
@@ -215,7 +217,7 @@ impl FakeTcpSocket {
     /// Starts a server: opens its sockets and installs its nftables rules. Needs a tokio runtime.
     pub fn server(config: ServerConfig) -> Result<Self, FakeTcpError> {
         // The sockets first: without the privilege they are the one-line error to show.
-        let tx = sys::send_socket()?;
+        let tx = sys::send_socket(config.addr.is_ipv6())?;
         let rx = sys::recv_socket(&Filter::ToPorts {
             addr: config.addr,
             ports: config.ports.clone(),
@@ -224,7 +226,7 @@ impl FakeTcpSocket {
             addr: config.addr,
             ports: config.ports.clone(),
         })?;
-        let local = SocketAddr::V4(SocketAddrV4::new(config.addr, *config.ports.start()));
+        let local = SocketAddr::new(config.addr, *config.ports.start());
         info!(%local, ports = ?config.ports, table = rules.table(), "fake TCP server listening");
         let role = Role::Server {
             addr: config.addr,
@@ -237,7 +239,7 @@ impl FakeTcpSocket {
     /// Starts a client: one flow per server port, connecting at once. Needs a tokio runtime.
     pub fn client(config: ClientConfig) -> Result<Self, FakeTcpError> {
         let local_ip = sys::source_for(config.server)?;
-        let tx = sys::send_socket()?;
+        let tx = sys::send_socket(config.server.is_ipv6())?;
         let rx = sys::recv_socket(&Filter::FromPorts {
             server: config.server,
             ports: config.ports.clone(),
@@ -262,7 +264,7 @@ impl FakeTcpSocket {
                 (port, slot)
             })
             .collect();
-        let local = SocketAddr::V4(SocketAddrV4::new(local_ip, 0));
+        let local = SocketAddr::new(local_ip, 0);
         let role = Role::Client {
             server: config.server,
             local_ip,
@@ -344,7 +346,7 @@ impl FakeTcpSocket {
     }
 
     /// The (local, remote) addresses of the established flows, for tests and `stats`.
-    pub fn flow_addresses(&self) -> Vec<(SocketAddrV4, SocketAddrV4)> {
+    pub fn flow_addresses(&self) -> Vec<(SocketAddr, SocketAddr)> {
         let state = self.inner.lock();
         let flows: Vec<&Flow> = match &state.role {
             Role::Server { flows, .. } => flows.values().collect(),
@@ -441,13 +443,6 @@ impl FakeTcpSocket {
         contents: &[u8],
         segment_size: usize,
     ) -> io::Result<usize> {
-        let SocketAddr::V4(destination) = destination else {
-            bump(&self.inner.counters.dropped, 1);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "fake TCP carries IPv4 only",
-            ));
-        };
         let size = segment_size.max(1);
         let segments = contents.len().div_ceil(size).max(1) as u64;
         let mut state = self.inner.lock();
@@ -463,7 +458,7 @@ impl FakeTcpSocket {
             },
             Role::Client { server, slots, .. } => {
                 let slot = match slots.get_mut(&destination.port()) {
-                    Some(slot) if destination.ip() == server => slot,
+                    Some(slot) if destination.ip() == *server => slot,
                     _ => {
                         bump(&self.inner.counters.dropped, segments);
                         return Ok(0);
@@ -486,7 +481,7 @@ impl FakeTcpSocket {
                 }
             }
         };
-        let dst = socket2::SockAddr::from(SocketAddrV4::new(*flow.remote().ip(), 0));
+        let dst = socket2::SockAddr::from(SocketAddr::new(flow.remote().ip(), 0));
         let fd = &self.inner.tx;
         let sent = send_data_batch(flow, contents, size, now, &mut state.batch, |packets| {
             fd.try_io(Interest::WRITABLE, |socket| {
@@ -540,8 +535,9 @@ impl Inner {
     }
 
     /// Sends one whole IP packet to `dst`.
-    fn send_packet(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
-        let addr = socket2::SockAddr::from(SocketAddrV4::new(dst, 0));
+    fn send_packet(&self, packet: &[u8], dst: IpAddr) -> io::Result<()> {
+        // Port 0: a raw socket takes the protocol from the socket, not the address.
+        let addr = socket2::SockAddr::from(SocketAddr::new(dst, 0));
         let sent = self
             .tx
             .try_io(Interest::WRITABLE, |socket| socket.send_to(packet, &addr));
@@ -567,7 +563,7 @@ impl Inner {
         if control == Control::Ack {
             bump(&self.counters.acks_sent, 1);
         }
-        if let Err(e) = self.send_packet(buf, *flow.remote().ip()) {
+        if let Err(e) = self.send_packet(buf, flow.remote().ip()) {
             debug!(remote = %flow.remote(), "fake TCP: control segment not sent: {e}");
         }
     }
@@ -593,7 +589,7 @@ impl Inner {
         match role {
             Role::Server { addr, ports, flows } => {
                 if !ports.contains(&seg.dst.port())
-                    || (!addr.is_unspecified() && seg.dst.ip() != addr)
+                    || (!addr.is_unspecified() && seg.dst.ip() != *addr)
                 {
                     return None;
                 }
@@ -632,7 +628,7 @@ impl Inner {
     #[allow(clippy::too_many_arguments)]
     fn server_segment(
         &self,
-        flows: &mut HashMap<SocketAddrV4, Flow>,
+        flows: &mut HashMap<SocketAddr, Flow>,
         seg: &Segment<'_>,
         wildcard: bool,
         timing: Timing,
@@ -646,7 +642,7 @@ impl Inner {
         // Listening on every address, the packet socket also sees segments this host only
         // forwards (a router with the same port open behind it): those are not ours to answer.
         let unknown = fresh_syn || !flows.contains_key(&seg.src);
-        if unknown && wildcard && !sys::is_local(*seg.dst.ip()) {
+        if unknown && wildcard && !sys::is_local(seg.dst.ip()) {
             return None;
         }
         if fresh_syn {
@@ -657,6 +653,9 @@ impl Inner {
                 }
             }
             let mut flow = Flow::accept(seg, timing, now, rng);
+            if let Some(mss) = route_mss(seg.src) {
+                flow.set_mss(mss);
+            }
             self.send_control(&mut flow, Control::SynAck, now, send_buf);
             if flows.insert(seg.src, flow).is_some() {
                 debug!(remote = %seg.src, "fake TCP: client reconnected from the same address");
@@ -669,7 +668,7 @@ impl Inner {
                 // Not ours (we restarted, or the flow was forgotten): say so, as the kernel
                 // would, so the client starts over at once.
                 reset_for(seg, send_buf);
-                let _ = self.send_packet(send_buf, *seg.src.ip());
+                let _ = self.send_packet(send_buf, seg.src.ip());
             }
             return None;
         };
@@ -700,7 +699,7 @@ impl Inner {
         bump(&self.counters.data_received, 1);
         let n = seg.payload.len().min(out.len());
         out[..n].copy_from_slice(&seg.payload[..n]);
-        (n, SocketAddr::V4(seg.src))
+        (n, seg.src)
     }
 
     fn count_close(&self, reason: CloseReason) {
@@ -734,7 +733,7 @@ impl Inner {
         };
         while let Some(payload) = slot.queue.pop_front() {
             flow.write_data(&payload, now, send_buf);
-            if self.send_packet(send_buf, *flow.remote().ip()).is_err() {
+            if self.send_packet(send_buf, flow.remote().ip()).is_err() {
                 bump(&self.counters.dropped, 1 + slot.queue.len() as u64);
                 slot.queue.clear();
                 return;
@@ -795,7 +794,7 @@ impl Inner {
                         }
                     }
                     if slot.flow.is_none() && slot.retry_at.is_some_and(|at| at <= now) {
-                        let remote = SocketAddrV4::new(*server, port);
+                        let remote = SocketAddr::new(*server, port);
                         self.open_flow(slot, *local_ip, remote, *timing, now, rng, send_buf);
                     }
                     match &slot.flow {
@@ -812,8 +811,8 @@ impl Inner {
     fn open_flow(
         &self,
         slot: &mut Slot,
-        local_ip: Ipv4Addr,
-        remote: SocketAddrV4,
+        local_ip: IpAddr,
+        remote: SocketAddr,
         timing: Timing,
         now: Instant,
         rng: &mut StdRng,
@@ -822,7 +821,7 @@ impl Inner {
         // The local port must not fall in the server's range on the same address, or our
         // own filter would take our segments for the server's.
         let reserved = (0..8).find_map(|_| match sys::reserve_port(local_ip) {
-            Ok((socket, port)) if !(local_ip == *remote.ip() && port == remote.port()) => {
+            Ok((socket, port)) if !(local_ip == remote.ip() && port == remote.port()) => {
                 Some((socket, port))
             }
             Ok(_) => None,
@@ -835,13 +834,26 @@ impl Inner {
             slot.retry_at = Some(now + Duration::from_secs(1));
             return;
         };
-        let mut flow = Flow::connect(SocketAddrV4::new(local_ip, port), remote, timing, now, rng);
+        let mut flow = Flow::connect(SocketAddr::new(local_ip, port), remote, timing, now, rng);
+        if let Some(mss) = route_mss(remote) {
+            flow.set_mss(mss);
+        }
         self.send_control(&mut flow, Control::Syn, now, send_buf);
         debug!(local = %flow.local(), %remote, "fake TCP: SYN sent");
         slot.flow = Some(flow);
         slot.reservation = Some(reservation);
         slot.retry_at = None;
     }
+}
+
+/// The MSS Linux would announce to `remote`: its route's MTU less the IP and TCP headers
+/// (1460 over Ethernet, 65 483 on loopback; IPv6 20 less). `None` when the route is not known
+/// (the flow keeps Ethernet's).
+fn route_mss(remote: SocketAddr) -> Option<u16> {
+    // The route query answers in UDP payload terms over IPv4 (MTU less 28 bytes).
+    let udp = usize::from(gaptun_runtime::carrier::route::udp_payload_to(remote)?);
+    let headers = packet::ip_header_len(remote.ip()) + packet::TCP_HEADER;
+    u16::try_from((udp + 28).saturating_sub(headers)).ok()
 }
 
 /// Registers one of the carrier's sockets with tokio's reactor.
@@ -873,5 +885,45 @@ async fn timer_task(inner: Weak<Inner>, wake: Arc<Notify>) {
             () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
             () = wake.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_routes_take_64k_segments_that_an_ip_packet_still_holds() {
+        // Loopback's MTU is 65 535 or 65 536: the UDP figure less 24 would make an IPv4
+        // packet longer than its length field holds, so the ceiling stops at 65 483.
+        let v4 = crate::carrier::datagram_ceiling_to("127.0.0.1:9".parse().expect("address"));
+        assert_eq!(v4, Some(65_483));
+        assert_eq!(
+            usize::from(v4.unwrap_or(0)) + packet::DATA_OVERHEAD,
+            usize::from(u16::MAX)
+        );
+        // Linux announces the route's MTU less 40 bytes of IPv4 and TCP headers (65 495 or
+        // 65 496 here), IPv6 20 bytes less.
+        let mss = route_mss("127.0.0.1:9".parse().expect("address")).unwrap_or(0);
+        assert!((65_495..=65_496).contains(&mss), "loopback MSS {mss}");
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            let v6: SocketAddr = "[::1]:9".parse().expect("address");
+            // The core takes IPv6's 20 extra bytes off this ceiling itself.
+            assert_eq!(crate::carrier::datagram_ceiling_to(v6), Some(65_483));
+            let mss6 = route_mss(v6).unwrap_or(0);
+            assert!(
+                (65_475..=65_476).contains(&mss6),
+                "IPv6 loopback MSS {mss6}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_route_no_ceiling() {
+        // A link-local address without a scope names no interface: the route is unknown and
+        // the configured ceiling and Ethernet's MSS stay.
+        let nowhere: SocketAddr = "[fe80::1]:9".parse().expect("address");
+        assert_eq!(crate::carrier::datagram_ceiling_to(nowhere), None);
+        assert_eq!(route_mss(nowhere), None);
     }
 }

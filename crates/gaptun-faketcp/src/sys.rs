@@ -1,6 +1,6 @@
-//! The two sockets of a carrier: a raw IPv4 socket (`IPPROTO_RAW`, the IP header ours) that
-//! sends, and an `AF_PACKET` socket with a classic BPF filter that receives only the segments of
-//! our ports.
+//! The two sockets of a carrier: a raw IPv4 or IPv6 socket (`IPPROTO_RAW`, the IP header ours)
+//! that sends, and an `AF_PACKET` socket with a classic BPF filter that receives only the
+//! segments of our ports. A carrier is of one family, that of its server's address.
 //!
 //! Why a raw IPv4 socket to send, and not `AF_PACKET` or a TUN device: the kernel still routes,
 //! fills link-layer headers and applies netfilter to what we send (so our own nftables rule and
@@ -11,7 +11,7 @@
 //! Why `AF_PACKET` to receive: a raw `IPPROTO_TCP` socket gets its copy of a segment only on the
 //! way into the kernel's TCP, which then looks for a socket, finds none and builds a RST for
 //! nftables to drop: about a fifth of the carrier's CPU time at full speed. A packet socket
-//! bound to IPv4 sees each incoming packet as the device hands it up, before netfilter, so the
+//! bound to IPv4 (or IPv6) sees each incoming packet as the device hands it up, before netfilter, so the
 //! rules in [`crate::nft`] drop our segments in `prerouting` and the kernel's TCP never sees
 //! them. Bound to the IPv4 protocol (not to every protocol), it gets only incoming packets, not
 //! a copy of what we send. It sees packets before IP reassembly and before the kernel checks
@@ -23,7 +23,7 @@
 //! system call was the carrier's bottleneck: a raw socket has no GSO or GRO).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::os::fd::AsRawFd;
 
@@ -40,14 +40,23 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 pub(crate) enum Filter {
     /// Segments to `ports` (and to `addr` unless unspecified).
     ToPorts {
-        addr: Ipv4Addr,
+        addr: IpAddr,
         ports: RangeInclusive<u16>,
     },
     /// Segments from `server`'s `ports`.
     FromPorts {
-        server: Ipv4Addr,
+        server: IpAddr,
         ports: RangeInclusive<u16>,
     },
+}
+
+impl Filter {
+    fn ipv6(&self) -> bool {
+        match self {
+            Self::ToPorts { addr, .. } => addr.is_ipv6(),
+            Self::FromPorts { server, .. } => server.is_ipv6(),
+        }
+    }
 }
 
 fn privileged(e: io::Error) -> FakeTcpError {
@@ -58,14 +67,13 @@ fn privileged(e: io::Error) -> FakeTcpError {
     }
 }
 
-/// Opens the sending socket: raw IPv4 with the IP header ours, non-blocking.
-pub(crate) fn send_socket() -> Result<Socket, FakeTcpError> {
-    let socket = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(libc::IPPROTO_RAW)),
-    )
-    .map_err(privileged)?;
+/// Opens the sending socket: raw IPv4 or IPv6 with the IP header ours (an `IPPROTO_RAW`
+/// socket of either family writes the whole header, Linux's `IP_HDRINCL` / `IPV6_HDRINCL`),
+/// non-blocking.
+pub(crate) fn send_socket(ipv6: bool) -> Result<Socket, FakeTcpError> {
+    let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
+        .map_err(privileged)?;
     // Our deliberate RSTs carry the mark the nftables rule lets pass (needs CAP_NET_ADMIN,
     // which installing the rules needs anyway).
     socket.set_mark(OUR_MARK)?;
@@ -75,10 +83,16 @@ pub(crate) fn send_socket() -> Result<Socket, FakeTcpError> {
 }
 
 /// Opens the receiving socket: `AF_PACKET`, cooked (data starts at the IP header), incoming
-/// IPv4 on every interface, non-blocking, with its filter.
+/// IPv4 (or IPv6, after the filter's address) on every interface, non-blocking, with its
+/// filter.
 pub(crate) fn recv_socket(filter: &Filter) -> Result<Socket, FakeTcpError> {
-    let ipv4 = Protocol::from(i32::from((libc::ETH_P_IP as u16).to_be()));
-    let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(ipv4)).map_err(privileged)?;
+    let ethertype = if filter.ipv6() {
+        libc::ETH_P_IPV6
+    } else {
+        libc::ETH_P_IP
+    };
+    let protocol = Protocol::from(i32::from((ethertype as u16).to_be()));
+    let socket = Socket::new(Domain::PACKET, Type::DGRAM, Some(protocol)).map_err(privileged)?;
     socket.attach_filter(&program(filter))?;
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
@@ -90,7 +104,7 @@ pub(crate) fn recv_socket(filter: &Filter) -> Result<Socket, FakeTcpError> {
 /// Whether `ip` is one of this host's addresses (the kernel lets us bind to it). A server
 /// listening on every address asks before it answers a segment of an unknown flow: its packet
 /// socket also sees segments the host only forwards.
-pub(crate) fn is_local(ip: Ipv4Addr) -> bool {
+pub(crate) fn is_local(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
@@ -187,29 +201,33 @@ pub(crate) fn recv_batch(
 
 /// A TCP socket bound to an ephemeral port and never listening: it keeps the port ours, so the
 /// kernel gives it to no other connection while our fake flow uses it.
-pub(crate) fn reserve_port(ip: Ipv4Addr) -> io::Result<(Socket, u16)> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&std::net::SocketAddrV4::new(ip, 0).into())?;
+pub(crate) fn reserve_port(ip: IpAddr) -> io::Result<(Socket, u16)> {
+    let domain = Domain::for_address(SocketAddr::new(ip, 0));
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
     let port = socket
         .local_addr()?
-        .as_socket_ipv4()
+        .as_socket()
         .map(|a| a.port())
-        .ok_or_else(|| io::Error::other("reserved socket has no IPv4 address"))?;
+        .ok_or_else(|| io::Error::other("reserved socket has no IP address"))?;
     Ok((socket, port))
 }
 
 /// The source address the kernel would use towards `server` (a routing lookup; a connected
 /// UDP socket sends nothing).
-pub(crate) fn source_for(server: Ipv4Addr) -> io::Result<Ipv4Addr> {
-    let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+pub(crate) fn source_for(server: IpAddr) -> io::Result<IpAddr> {
+    let any: IpAddr = if server.is_ipv6() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let probe = std::net::UdpSocket::bind((any, 0))?;
     probe.connect((server, 9))?;
-    match probe.local_addr()?.ip() {
-        std::net::IpAddr::V4(ip) => Ok(ip),
-        std::net::IpAddr::V6(_) => Err(io::Error::other("no IPv4 route to the server")),
-    }
+    Ok(probe.local_addr()?.ip())
 }
 
 // Classic BPF opcodes (linux/filter.h).
+const LD_B_ABS: u16 = 0x30;
 const LD_H_ABS: u16 = 0x28;
 const LD_W_ABS: u16 = 0x20;
 const LDX_B_MSH: u16 = 0xb1;
@@ -224,27 +242,53 @@ const AD_PKTTYPE: u32 = (-0x1000i32 + 4) as u32;
 /// `PACKET_HOST`: addressed to this host (not broadcast, multicast or another host's).
 const PACKET_HOST: u32 = 0;
 
-/// The filter program. Offsets are from the IPv4 header, where a cooked packet socket's data
-/// begins.
+/// The filter program. Offsets are from the IP header, where a cooked packet socket's data
+/// begins. IPv4: the TCP header follows the IPv4 header and its options (`ldx 4*([0]&0xf)`).
+/// IPv6: the TCP header must follow the fixed header directly (next header 6): packets with
+/// extension headers, fragments included, are not ours.
 fn program(filter: &Filter) -> Vec<SockFilter> {
-    let (addr_offset, addr, port_offset, ports) = match filter {
-        Filter::ToPorts { addr, ports } => (16, *addr, 2, ports),
-        Filter::FromPorts { server, ports } => (12, *server, 0, ports),
+    let (ipv6, to) = match filter {
+        Filter::ToPorts { addr, .. } => (addr.is_ipv6(), true),
+        Filter::FromPorts { server, .. } => (server.is_ipv6(), false),
     };
+    let (addr, ports) = match filter {
+        Filter::ToPorts { addr, ports } => (*addr, ports),
+        Filter::FromPorts { server, ports } => (*server, ports),
+    };
+    // Offset of the port (destination for a server, source for a client) in the TCP header.
+    let port_offset = if to { 2 } else { 0 };
     // Instructions, with jumps to "drop" patched once the length is known.
     let mut code: Vec<(u16, Option<bool>, u32)> = vec![
         (LD_W_ABS, None, AD_PKTTYPE),
         (JEQ_K, Some(false), PACKET_HOST), // not ours: drop
-        // Fragments other than the first carry no TCP header.
-        (LD_H_ABS, None, 6),
-        (JSET_K, Some(true), 0x1fff), // set: drop
     ];
-    if !addr.is_unspecified() {
-        code.push((LD_W_ABS, None, addr_offset));
-        code.push((JEQ_K, Some(false), u32::from(addr))); // not equal: drop
+    if ipv6 {
+        code.push((LD_B_ABS, None, 6));
+        code.push((JEQ_K, Some(false), 6)); // next header not TCP: drop
+        if let IpAddr::V6(ip) = addr
+            && !ip.is_unspecified()
+        {
+            let at = if to { 24 } else { 8 };
+            for (i, word) in ip.octets().chunks_exact(4).enumerate() {
+                let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+                code.push((LD_W_ABS, None, at + 4 * i as u32));
+                code.push((JEQ_K, Some(false), word)); // not equal: drop
+            }
+        }
+        code.push((LD_H_ABS, None, 40 + port_offset));
+    } else {
+        // Fragments other than the first carry no TCP header.
+        code.push((LD_H_ABS, None, 6));
+        code.push((JSET_K, Some(true), 0x1fff)); // set: drop
+        if let IpAddr::V4(ip) = addr
+            && !ip.is_unspecified()
+        {
+            code.push((LD_W_ABS, None, if to { 16 } else { 12 }));
+            code.push((JEQ_K, Some(false), u32::from(ip))); // not equal: drop
+        }
+        code.push((LDX_B_MSH, None, 0));
+        code.push((LD_H_IND, None, port_offset));
     }
-    code.push((LDX_B_MSH, None, 0));
-    code.push((LD_H_IND, None, port_offset));
     code.push((JGE_K, Some(false), u32::from(*ports.start()))); // below: drop
     code.push((JGT_K, Some(true), u32::from(*ports.end()))); // above: drop
     code.push((RET_K, None, 0x0004_0000));

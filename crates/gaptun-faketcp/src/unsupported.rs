@@ -1,7 +1,7 @@
 //! Outside Linux: the same API, whose constructors say fake TCP is not supported here.
 
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::task::{Context, Poll};
 
@@ -11,7 +11,7 @@ use crate::flow::Timing;
 /// See the Linux version.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ports: RangeInclusive<u16>,
     pub timing: Timing,
 }
@@ -19,7 +19,7 @@ pub struct ServerConfig {
 /// See the Linux version.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    pub server: Ipv4Addr,
+    pub server: IpAddr,
     pub ports: RangeInclusive<u16>,
     pub timing: Timing,
 }
@@ -71,7 +71,7 @@ impl FakeTcpSocket {
         match self.never {}
     }
 
-    pub fn flow_addresses(&self) -> Vec<(SocketAddrV4, SocketAddrV4)> {
+    pub fn flow_addresses(&self) -> Vec<(SocketAddr, SocketAddr)> {
         match self.never {}
     }
 

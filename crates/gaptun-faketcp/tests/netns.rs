@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +23,13 @@ fn echo_server(
     timing: Timing,
 ) -> (
     oneshot::Sender<()>,
-    std::thread::JoinHandle<Vec<(SocketAddrV4, SocketAddrV4)>>,
+    std::thread::JoinHandle<Vec<(SocketAddr, SocketAddr)>>,
 ) {
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = Topology::spawn_in(&topo.server, move || async move {
         let server = FakeTcpSocket::server(ServerConfig {
-            addr: std::net::Ipv4Addr::UNSPECIFIED,
+            addr: std::net::Ipv4Addr::UNSPECIFIED.into(),
             ports: PORTS,
             timing,
         })
@@ -55,7 +55,7 @@ fn echo_server(
 
 fn client(topo: &Topology, timing: Timing) -> FakeTcpSocket {
     FakeTcpSocket::client(ClientConfig {
-        server: topo.server_ip,
+        server: topo.server_ip.into(),
         ports: PORTS,
         timing,
     })
@@ -63,7 +63,7 @@ fn client(topo: &Topology, timing: Timing) -> FakeTcpSocket {
 }
 
 fn server_port(topo: &Topology, port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(topo.server_ip, port))
+    SocketAddr::new(topo.server_ip.into(), port)
 }
 
 /// Sends `count` datagrams round-robin over the server's ports, up to `window` outstanding,
@@ -176,7 +176,7 @@ fn datagrams_cross_a_strict_nat_intact_and_valid() {
     assert!(
         server_flows
             .iter()
-            .all(|(_, remote)| *remote.ip() == topo.router_wan_ip)
+            .all(|(_, remote)| remote.ip() == IpAddr::V4(topo.router_wan_ip))
     );
     assert_eq!(server_flows.len(), 3);
     assert!(

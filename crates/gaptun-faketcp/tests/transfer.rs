@@ -10,11 +10,11 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Topology, topology_or_skip};
+use common::{Topology, ipv6_topology_or_skip, topology_or_skip};
 use gaptun_faketcp::{ClientConfig, FakeTcpSocket, FakeTcpStats, ServerConfig, Timing};
 use gaptun_runtime::proto::{EndpointConfig, Psk};
 use gaptun_runtime::{Carrier, RtEndpoint};
@@ -48,13 +48,13 @@ impl Pattern {
     }
 }
 
-/// A gaptun server on fake TCP in the server namespace: accepts one stream, returns the
-/// SHA-256 and length of everything read from it.
-fn server(topo: &Topology) -> std::thread::JoinHandle<([u8; 32], usize)> {
+/// A gaptun server on fake TCP in the server namespace, listening on `listen` (`0.0.0.0` or
+/// `::`): accepts one stream, returns the SHA-256 and length of everything read from it.
+fn server(topo: &Topology, listen: IpAddr) -> std::thread::JoinHandle<([u8; 32], usize)> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = Topology::spawn_in(&topo.server, move || async move {
         let carrier = FakeTcpSocket::server(ServerConfig {
-            addr: Ipv4Addr::UNSPECIFIED,
+            addr: listen,
             ports: PORT..=PORT,
             timing: Timing::default(),
         })
@@ -84,24 +84,37 @@ fn server(topo: &Topology) -> std::thread::JoinHandle<([u8; 32], usize)> {
     handle
 }
 
-/// Sends `bytes` on one stream from the client namespace; `during` runs once a third is sent.
-/// Returns the SHA-256 sent, the time taken and the carrier's counters.
+/// Sends `bytes` on one stream from the client namespace to `server_ip`; `during` runs once a
+/// third is sent. Returns the SHA-256 sent, the time taken and the carrier's counters.
 fn client(
     topo: &Arc<Topology>,
+    server_ip: IpAddr,
     bytes: usize,
     during: impl FnOnce(&Topology) + Send + 'static,
+) -> ([u8; 32], Duration, FakeTcpStats) {
+    client_then(topo, server_ip, bytes, during, |_| {})
+}
+
+/// As [`client`]; `after` runs once the server has read everything, while both carriers
+/// still run.
+fn client_then(
+    topo: &Arc<Topology>,
+    server_ip: IpAddr,
+    bytes: usize,
+    during: impl FnOnce(&Topology) + Send + 'static,
+    after: impl FnOnce(&Topology) + Send + 'static,
 ) -> ([u8; 32], Duration, FakeTcpStats) {
     let t = Arc::clone(topo);
     Topology::spawn_in(&topo.client, move || async move {
         let carrier = FakeTcpSocket::client(ClientConfig {
-            server: t.server_ip,
+            server: server_ip,
             ports: PORT..=PORT,
             timing: Timing::default(),
         })
         .unwrap();
         let carriers: Vec<Arc<dyn Carrier>> = vec![Arc::new(carrier.clone())];
         let ep = RtEndpoint::with_carriers(carriers, EndpointConfig::client(key())).unwrap();
-        let server = SocketAddr::V4(SocketAddrV4::new(t.server_ip, PORT));
+        let server = SocketAddr::new(server_ip, PORT);
         let conn = tokio::time::timeout(Duration::from_secs(10), ep.connect(server))
             .await
             .expect("handshake within 10 s")
@@ -134,6 +147,7 @@ fn client(
             .expect("server finished reading within 120 s")
             .unwrap();
         let elapsed = started.elapsed();
+        after(&t);
         (hash.finalize().into(), elapsed, carrier.stats())
     })
     .join()
@@ -148,8 +162,8 @@ fn gaptun_stream_over_fake_tcp_through_strict_nat_is_intact() {
     };
     let topo = Arc::new(topo);
     let bytes = mib() << 20;
-    let server = server(&topo);
-    let (sent, elapsed, stats) = client(&topo, bytes, |_| {});
+    let server = server(&topo, Ipv4Addr::UNSPECIFIED.into());
+    let (sent, elapsed, stats) = client(&topo, topo.server_ip.into(), bytes, |_| {});
     let (received, len) = server.join().unwrap();
     eprintln!(
         "fake TCP through NAT: {} MiB in {:.2} s = {:.0} Mbit/s; client {stats:?}",
@@ -175,8 +189,8 @@ fn stream_survives_a_router_rst() {
     };
     let topo = Arc::new(topo);
     let bytes = 16 << 20;
-    let server = server(&topo);
-    let (sent, _elapsed, stats) = client(&topo, bytes, |t| {
+    let server = server(&topo, Ipv4Addr::UNSPECIFIED.into());
+    let (sent, _elapsed, stats) = client(&topo, topo.server_ip.into(), bytes, |t| {
         // For 300 ms the router answers the client's data with RSTs.
         t.router_nft(
             "table ip gfreject {\n\
@@ -204,4 +218,71 @@ fn stream_survives_a_router_rst() {
         sent, received,
         "the stream continued intact over the new flow"
     );
+}
+
+/// The same transfer over IPv6, through the router's NAT66 under the same strict conntrack:
+/// SHA-256 intact, no INVALID packet, no RST from either kernel while both carriers run (the
+/// router forwards none), the carriers' `ip6` rule tables present while they run and gone when
+/// they are dropped. (Once one carrier is gone, its kernel may answer the other's last
+/// segments with a RST: that is the kernel's own TCP doing its job, and not counted.)
+#[test]
+fn gaptun_stream_over_fake_tcp_over_ipv6_is_intact_and_leaves_no_rules() {
+    let test = "gaptun_stream_over_fake_tcp_over_ipv6_is_intact_and_leaves_no_rules";
+    let Some(topo) = ipv6_topology_or_skip(test) else {
+        return;
+    };
+    let topo = Arc::new(topo);
+    let bytes = mib().min(16) << 20;
+    let server = server(&topo, Ipv6Addr::UNSPECIFIED.into());
+    let tables = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&tables);
+    let rsts = Arc::new(std::sync::Mutex::new(None));
+    let rsts_seen = Arc::clone(&rsts);
+    let during = move |t: &Topology| {
+        for ns in [&t.client, &t.server] {
+            let listing = t.exec(ns, &["nft", "list", "tables"]).unwrap_or_default();
+            seen.lock().unwrap().push(listing);
+        }
+    };
+    let after = move |t: &Topology| *rsts_seen.lock().unwrap() = Some(t.rst6_packets());
+    let (sent, elapsed, stats) = client_then(&topo, topo.server_ip6.into(), bytes, during, after);
+    let (received, len) = server.join().unwrap();
+    eprintln!(
+        "fake TCP over IPv6 through NAT66: {} MiB in {:.2} s = {:.0} Mbit/s; client {stats:?}",
+        bytes >> 20,
+        elapsed.as_secs_f64(),
+        bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
+    );
+    assert_eq!(len, bytes);
+    assert_eq!(sent, received, "SHA-256 intact");
+    assert_eq!(stats.established, 1, "one flow: {stats:?}");
+    assert_eq!(stats.resets + stats.fins + stats.idle_timeouts, 0);
+    assert!(stats.data_sent > 0 && stats.data_received > 0);
+    assert_eq!(
+        topo.invalid6_packets(),
+        0,
+        "conntrack found no INVALID segment"
+    );
+    assert_eq!(
+        *rsts.lock().unwrap(),
+        Some(0),
+        "no kernel RST crossed the router"
+    );
+    let running = tables.lock().unwrap().clone();
+    assert_eq!(running.len(), 2);
+    for listing in &running {
+        assert!(
+            listing.contains("table ip6 gaptun_ft_"),
+            "an ip6 rule table while running: {listing}"
+        );
+    }
+    for ns in [&topo.client, &topo.server] {
+        let listing = topo
+            .exec(ns, &["nft", "list", "tables"])
+            .unwrap_or_default();
+        assert!(
+            !listing.contains("gaptun_ft_"),
+            "left behind in {ns}: {listing}"
+        );
+    }
 }

@@ -23,7 +23,7 @@ pub struct TransportConfig {
     /// (DPLPMTUD, see `docs/protocol.md`). Off: every datagram stays within the initial size.
     pub mtu_discovery: bool,
     /// Take the ceiling from the route instead of `max_udp_payload`: on a path over a carrier
-    /// the runtime registered a route query for (plain UDP, see
+    /// the runtime registered a route query for (plain UDP and fake TCP, see
     /// [`Endpoint::set_route_mtu`](crate::Endpoint::set_route_mtu)), the connection's ceiling
     /// is the largest UDP payload the kernel's route to the peer carries (65 507 on loopback,
     /// 1472 on an Ethernet path), announced to the peer and confirmed by discovery as any

@@ -896,7 +896,8 @@ impl Endpoint {
 
     /// Learn the ceiling of new connections over our carrier `carrier` from the route to the
     /// peer with `query` (when `TransportConfig::mtu_from_route` is on), or no longer (`None`).
-    /// Set by the runtime for its plain UDP carriers; other carriers keep `max_udp_payload`.
+    /// Set by the runtime for carriers whose datagrams are routed as they are (plain UDP, fake
+    /// TCP); other carriers keep `max_udp_payload`.
     pub fn set_route_mtu(&mut self, carrier: CarrierId, query: Option<RouteMtuQuery>) {
         match query {
             Some(q) => self.route_mtu.insert(carrier, q),

@@ -4,9 +4,14 @@
 //! Fake TCP uses the same port number as UDP (TCP ports are a separate space), so `--listen`
 //! and `--server` name both. Its segments carry 24 bytes more header than UDP datagrams
 //! (TCP with timestamps against UDP), so the largest datagram is made that much smaller and a
-//! packet on the wire keeps the size `--mtu` was chosen for.
+//! packet on the wire keeps the size `--mtu` was chosen for. With `--route-mtu`, fake TCP, as
+//! UDP, takes each connection's ceiling from its route (64 KB segments on loopback).
+//!
+//! Fake TCP runs over IPv4 or IPv6, after the address: `--listen [::]:PORT` listens over IPv6
+//! (only; `0.0.0.0` over IPv4 only), and a client uses the server's IPv4 address when the name
+//! has one, its IPv6 address otherwise (or the IPv6 address given).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
@@ -46,13 +51,6 @@ fn fit_payload(config: &mut EndpointConfig, choice: CarrierChoice) {
     }
 }
 
-fn ipv4(addr: IpAddr, what: SocketAddr) -> Result<Ipv4Addr> {
-    match addr {
-        IpAddr::V4(ip) => Ok(ip),
-        IpAddr::V6(_) => Err(anyhow!("fake TCP supports IPv4 only, not {what}")),
-    }
-}
-
 /// The server's endpoint on `listen` (a port or a range) with the chosen carriers: a UDP
 /// socket per port, and one fake-TCP carrier over the whole range; then `others` (TLS and
 /// QUIC, made elsewhere), all on the one endpoint.
@@ -74,7 +72,7 @@ pub fn server_endpoint(
     if choice.faketcp() {
         let first = listen.first;
         let faketcp = FakeTcpSocket::server(ServerConfig {
-            addr: ipv4(first.ip(), first)?,
+            addr: first.ip(),
             ports: first.port()..=listen.last_port.max(first.port()),
             timing: Timing::default(),
         })?;
@@ -108,18 +106,25 @@ pub async fn client_endpoint(
     let addr = addrs
         .iter()
         .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
         .copied()
-        .ok_or_else(|| anyhow!("fake TCP supports IPv4 only: {server} has no IPv4 address"))?;
+        .ok_or_else(|| anyhow!("{server} has no address"))?;
     let open_faketcp = || -> Result<Arc<dyn Carrier>> {
         let faketcp = FakeTcpSocket::client(ClientConfig {
-            server: ipv4(addr.ip(), addr)?,
+            server: addr.ip(),
             ports: target.ports(),
             timing: Timing::default(),
         })?;
         Ok(Arc::new(faketcp))
     };
     let open_udp = || -> Result<Arc<dyn Carrier>> {
-        let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+        // Of the server address's family, as the fake-TCP carrier beside it.
+        let any: IpAddr = if addr.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let bind = SocketAddr::new(any, 0);
         let udp =
             UdpCarrier::bind(bind).map_err(|e| crate::daemon::bind_error(&e, bind, "tunnel"))?;
         Ok(Arc::new(udp))

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Daemon, KEY, scratch};
-use netns::{Topology, topology_or_skip};
-use netns_flow::{Ports, client, count_by_protocol, server};
+use netns::{Topology, ipv6_topology_or_skip, topology_or_skip};
+use netns_flow::{Ports, client, client_at, count_by_protocol, server, server_at};
 
 const TUNNEL_PORT: u16 = 29900;
 const PORTS: Ports<'static> = Ports {
@@ -74,6 +74,45 @@ fn faketcp_daemons_through_strict_nat() {
         "server's RST rules: {tables}"
     );
     // SIGTERM: the daemons remove their rules on the way out.
+    client.terminate();
+    server.terminate();
+    for ns in [&topo.client, &topo.server] {
+        let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
+        assert!(
+            !tables.contains("gaptun_ft_"),
+            "rules left in {ns}: {tables}"
+        );
+    }
+}
+
+/// The same over IPv6: the server listens on `[::]`, the client connects to the server's IPv6
+/// address through the router's NAT66 (strict conntrack). The data arrives intact, no segment
+/// is INVALID, no kernel RST crosses the router, and both `ip6` rule tables go at exit.
+#[test]
+fn faketcp_daemons_over_ipv6_through_strict_nat66() {
+    let Some(topo) = ipv6_topology_or_skip("faketcp_daemons_over_ipv6_through_strict_nat66") else {
+        return;
+    };
+    let topo = Arc::new(topo);
+    let dir = scratch("faketcp-nat66");
+    let listen = format!("[::]:{TUNNEL_PORT}");
+    let server_addr = format!("[{}]:{TUNNEL_PORT}", topo.server_ip6);
+    let mut server = server_at(&topo, &dir, &listen, "faketcp");
+    let mut client = client_at(&topo, &dir, &server_addr, PORTS, "faketcp");
+    transfer(&topo, &client);
+    assert_eq!(
+        topo.invalid6_packets(),
+        0,
+        "conntrack found no INVALID segment"
+    );
+    assert_eq!(topo.rst6_packets(), 0, "no kernel RST crossed the router");
+    for ns in [&topo.client, &topo.server] {
+        let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
+        assert!(
+            tables.contains("table ip6 gaptun_ft_"),
+            "RST rules of the IPv6 carrier in {ns}: {tables}"
+        );
+    }
     client.terminate();
     server.terminate();
     for ns in [&topo.client, &topo.server] {

@@ -5,6 +5,10 @@
 //!  eth0 10.N.1.2 ── lan 10.N.1.1 | wan 10.N.2.1 (MASQUERADE) ── eth0 10.N.2.2
 //! ```
 //!
+//! With [`Topology::with_ipv6`] the same namespaces also get IPv6 addresses (`fd00:N:1::2`,
+//! `fd00:N:1::1` | `fd00:N:2::1`, `fd00:N:2::2`, N in hexadecimal), the router forwards IPv6 too and masquerades
+//! it (NAT66) under the same strict conntrack.
+//!
 //! The router runs conntrack with `nf_conntrack_tcp_be_liberal = 0` (window tracking on) and
 //! `nf_conntrack_tcp_loose = 0` (a segment of a flow conntrack lost is not picked up again),
 //! and counts and drops `ct state invalid` in its forward chain: a fake-TCP flow that a
@@ -14,7 +18,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -32,6 +36,11 @@ pub struct Topology {
     pub server_ip: Ipv4Addr,
     /// The router's address on the server side (what the server sees clients come from).
     pub router_wan_ip: Ipv4Addr,
+    /// The same three addresses over IPv6 (configured by [`Topology::with_ipv6`]).
+    pub client_ip6: Ipv6Addr,
+    pub server_ip6: Ipv6Addr,
+    pub router_wan_ip6: Ipv6Addr,
+    net: u8,
 }
 
 /// Runs a command; its failure becomes an error naming it.
@@ -77,6 +86,10 @@ impl Topology {
             client_ip: Ipv4Addr::new(10, net, 1, 2),
             server_ip: Ipv4Addr::new(10, net, 2, 2),
             router_wan_ip: Ipv4Addr::new(10, net, 2, 1),
+            client_ip6: Ipv6Addr::new(0xfd00, u16::from(net), 1, 0, 0, 0, 0, 2),
+            server_ip6: Ipv6Addr::new(0xfd00, u16::from(net), 2, 0, 0, 0, 0, 2),
+            router_wan_ip6: Ipv6Addr::new(0xfd00, u16::from(net), 2, 0, 0, 0, 0, 1),
+            net,
         };
         // From here on, Drop removes whatever was created.
         if let Err(e) = run(&["ip", "netns", "add", &topo.client]) {
@@ -144,6 +157,63 @@ impl Topology {
         Ok(())
     }
 
+    /// Adds the IPv6 half (see the module documentation), or says why this machine cannot
+    /// (the test then skips): the router counts INVALID IPv6 packets in `ip6 gftest6`
+    /// `invalid` and every TCP RST it forwards in `rst`.
+    pub fn with_ipv6(self) -> Result<Self, String> {
+        if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            return Err("the kernel has no IPv6".into());
+        }
+        // The kernel has IPv6: a failure from here on is worth seeing, not a reason to skip.
+        if let Err(e) = self.wire6() {
+            panic!("building the IPv6 test network: {e}");
+        }
+        Ok(self)
+    }
+
+    fn wire6(&self) -> Result<(), String> {
+        let (c, r, s) = (&self.client, &self.router, &self.server);
+        let net = self.net;
+        // No duplicate address detection: a tentative address cannot be bound for a while.
+        let add = |ns: &str, addr: String, dev: &str| {
+            run(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev, "nodad"]).map(drop)
+        };
+        add(c, format!("{}/64", self.client_ip6), "eth0")?;
+        add(r, format!("fd00:{net:x}:1::1/64"), "lan")?;
+        add(r, format!("{}/64", self.router_wan_ip6), "wan")?;
+        add(s, format!("{}/64", self.server_ip6), "eth0")?;
+        let gateway = format!("fd00:{net:x}:1::1");
+        run(&[
+            "ip", "-n", c, "-6", "route", "add", "default", "via", &gateway,
+        ])?;
+        in_ns(r, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        self.router_nft(
+            "table ip6 gftest6 {\n\
+               counter invalid {}\n\
+               counter rst {}\n\
+               chain forward_check { type filter hook forward priority filter; policy accept;\n\
+                 ct state invalid counter name invalid drop\n\
+                 tcp flags rst counter name rst\n\
+               }\n\
+               chain nat_out { type nat hook postrouting priority srcnat; policy accept;\n\
+                 oifname \"wan\" masquerade\n\
+               }\n\
+             }\n",
+        )
+    }
+
+    /// Packets conntrack called INVALID (and dropped) in the router's IPv6 table so far.
+    pub fn invalid6_packets(&self) -> u64 {
+        self.router_counter_of("ip6", "gftest6", "invalid", "packets")
+            .unwrap_or(u64::MAX)
+    }
+
+    /// TCP RSTs the router forwarded over IPv6 so far.
+    pub fn rst6_packets(&self) -> u64 {
+        self.router_counter_of("ip6", "gftest6", "rst", "packets")
+            .unwrap_or(u64::MAX)
+    }
+
     /// Applies an nftables script in the router.
     pub fn router_nft(&self, script: &str) -> Result<(), String> {
         let path = std::env::temp_dir().join(format!("{}.nft", self.router));
@@ -172,8 +242,19 @@ impl Topology {
     /// A field (`packets` or `bytes`) of the named counter in the router's `ip` table
     /// `table`; `None` if the counter cannot be read.
     pub fn router_counter(&self, table: &str, name: &str, field: &str) -> Option<u64> {
+        self.router_counter_of("ip", table, name, field)
+    }
+
+    /// [`Topology::router_counter`] of a table of `family` (`ip`, `ip6`).
+    pub fn router_counter_of(
+        &self,
+        family: &str,
+        table: &str,
+        name: &str,
+        field: &str,
+    ) -> Option<u64> {
         let listing = self
-            .router(&["nft", "list", "counter", "ip", table, name])
+            .router(&["nft", "list", "counter", family, table, name])
             .ok()?;
         listing
             .split_whitespace()
@@ -212,6 +293,17 @@ impl Drop for Topology {
     fn drop(&mut self) {
         for ns in [&self.client, &self.router, &self.server] {
             let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// Builds the topology with IPv6 or prints why the test is skipped.
+pub fn ipv6_topology_or_skip(test: &str) -> Option<Topology> {
+    match Topology::new().and_then(Topology::with_ipv6) {
+        Ok(t) => Some(t),
+        Err(reason) => {
+            eprintln!("SKIP {test}: {reason}");
+            None
         }
     }
 }

@@ -27,7 +27,11 @@ pub struct Ports<'a> {
 
 /// The server on `ports.tunnel` with `carrier`.
 pub fn server(topo: &Topology, dir: &Path, ports: Ports<'_>, carrier: &str) -> Daemon {
-    let listen = format!("0.0.0.0:{}", ports.tunnel);
+    server_at(topo, dir, &format!("0.0.0.0:{}", ports.tunnel), carrier)
+}
+
+/// The server listening on `listen` (an IPv6 address in brackets) with `carrier`.
+pub fn server_at(topo: &Topology, dir: &Path, listen: &str, carrier: &str) -> Daemon {
     Daemon::spawn_in_netns(
         &topo.server,
         dir,
@@ -35,7 +39,7 @@ pub fn server(topo: &Topology, dir: &Path, ports: Ports<'_>, carrier: &str) -> D
         &[
             "server",
             "--listen",
-            &listen,
+            listen,
             "--key",
             KEY,
             "--allow-private",
@@ -48,6 +52,18 @@ pub fn server(topo: &Topology, dir: &Path, ports: Ports<'_>, carrier: &str) -> D
 /// The client with `carrier`, forwarding `ports.forward` to the sink's port.
 pub fn client(topo: &Topology, dir: &Path, ports: Ports<'_>, carrier: &str) -> Daemon {
     let server_addr = format!("{}:{}", topo.server_ip, ports.tunnel);
+    client_at(topo, dir, &server_addr, ports, carrier)
+}
+
+/// The client connecting to `server_addr` (an IPv6 address in brackets) with `carrier`,
+/// forwarding `ports.forward` to the sink's port.
+pub fn client_at(
+    topo: &Topology,
+    dir: &Path,
+    server_addr: &str,
+    ports: Ports<'_>,
+    carrier: &str,
+) -> Daemon {
     let forward = format!("tcp:127.0.0.1:{}=127.0.0.1:{}", ports.forward, ports.sink);
     Daemon::spawn_in_netns(
         &topo.client,
@@ -56,7 +72,7 @@ pub fn client(topo: &Topology, dir: &Path, ports: Ports<'_>, carrier: &str) -> D
         &[
             "client",
             "--server",
-            &server_addr,
+            server_addr,
             "--key",
             KEY,
             "--no-socks",
