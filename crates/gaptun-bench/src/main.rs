@@ -136,6 +136,11 @@ struct RunArgs {
     /// Don't build gaptun when the binary is missing.
     #[arg(long)]
     no_build: bool,
+    /// A second gaptun binary (say, built from the commit before a change): every gaptun
+    /// system selected also runs with it, as `NAME-base`, right after the system itself, so
+    /// that before and after are measured side by side in one run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Don't apt-get install missing tools (nor cargo install rathole).
     #[arg(long)]
     no_install: bool,
@@ -435,6 +440,36 @@ fn emulate(id: &str, seconds: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// `systems`, each gaptun system followed by the same system on the `base` binary, named
+/// `NAME-base`.
+fn with_baseline(systems: Vec<systems::System>, base: &Path) -> Vec<systems::System> {
+    let mut out = Vec::with_capacity(systems.len() * 2);
+    for s in systems {
+        let twin = match &s.kind {
+            systems::SystemKind::Gaptun {
+                congestion,
+                fec,
+                carrier,
+                client_args,
+                ..
+            } => Some(systems::System {
+                name: format!("{}-base", s.name),
+                kind: systems::SystemKind::Gaptun {
+                    binary: base.to_path_buf(),
+                    congestion: congestion.clone(),
+                    fec: fec.clone(),
+                    carrier: carrier.clone(),
+                    client_args: client_args.clone(),
+                },
+            }),
+            _ => None,
+        };
+        out.push(s);
+        out.extend(twin);
+    }
+    out
+}
+
 fn run(a: &RunArgs) -> Result<()> {
     setup::require_root()?;
     procs::install_interrupt_handler()?;
@@ -482,6 +517,10 @@ fn run(a: &RunArgs) -> Result<()> {
     if let Some(only) = &a.systems {
         let names: Vec<&str> = only.split(',').map(str::trim).collect();
         systems.retain(|s| names.contains(&s.name.as_str()));
+    }
+    if let Some(base) = &a.baseline {
+        let base = setup::find_gaptun(base, false)?;
+        systems = with_baseline(systems, &base);
     }
     let scenarios = match &a.scenarios {
         Some(ids) => scenarios::select(ids),

@@ -151,10 +151,11 @@ impl QuicCarrier {
             .ok_or_else(|| CarrierError::Tls("a client needs a key".into()))?;
         let first = connect_one(&endpoint, &config, &token).await?;
         let hub = Hub::new("quic", local, QUEUE_BYTES, INBOUND_DATAGRAMS, true);
-        // The session exists before we return, so the first datagrams sent (a handshake
-        // Initial, at once) are queued for the connection instead of finding no peer while
-        // the connection's task has yet to attach; a client keeps its session when detached.
-        drop(hub.attach(session, config.server));
+        // The first connection is attached before we return and hands its attachment to its
+        // task, so the first datagrams sent (a handshake Initial, at once) are queued for it.
+        // (Attached only in the task, they found the session without a connection whenever
+        // the caller sent before the task ran, and were dropped as between connections.)
+        let first = (first, hub.attach(session, config.server));
         let task = {
             let hub = Arc::clone(&hub);
             let endpoint = endpoint.clone();
@@ -164,12 +165,13 @@ impl QuicCarrier {
                 loop {
                     let current = match conn.take() {
                         Some(c) => Ok(c),
-                        None => connect_one(&endpoint, &config, &token).await,
+                        None => connect_one(&endpoint, &config, &token)
+                            .await
+                            .map(|c| (c, hub.attach(session, config.server))),
                     };
                     match current {
-                        Ok(c) => {
+                        Ok((c, attached)) => {
                             wait = RECONNECT_FIRST;
-                            let attached = hub.attach(session, config.server);
                             let reason = carry(&hub, &attached, &c).await;
                             tracing::debug!(server = %config.server, "QUIC carrier connection closed: {reason}");
                         }

@@ -9,6 +9,7 @@ mod common;
 
 use common::{cert, key, loopback, state_dir, tls_pair};
 
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use gaptun_carriers::{
     TlsClientConfig, TlsServerConfig, load_or_generate,
 };
 use gaptun_runtime::proto::{ConnectionStats, EndpointConfig, Psk};
-use gaptun_runtime::{Carrier, RtEndpoint};
+use gaptun_runtime::{Carrier, CarrierTransmit, RecvMeta, RtEndpoint};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -122,6 +123,75 @@ async fn quic_carrier_transfer_is_intact() {
     assert_eq!(
         stats.congestion, "bbr",
         "gaptun's controller decides on QUIC"
+    );
+}
+
+/// Sends one datagram on `client` to `to` at once and returns what `server` receives within
+/// 3 s (`None`: nothing). The tests below run on a current-thread runtime, so the client
+/// carrier's connection task cannot have run before the send: the datagram must be queued for
+/// the connection it is about to carry, not dropped (the handshake's first packet is sent just
+/// so, and a drop cost it a 1 s retransmission timeout).
+async fn first_datagram(
+    server: &dyn Carrier,
+    client: &dyn Carrier,
+    to: SocketAddr,
+) -> Option<Vec<u8>> {
+    let sent = b"the first datagram, sent at once";
+    client
+        .try_send(&CarrierTransmit {
+            destination: to,
+            contents: sent,
+            segment_size: None,
+        })
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut meta = [RecvMeta::default()];
+    let received = tokio::time::timeout(
+        Duration::from_secs(3),
+        std::future::poll_fn(|cx| {
+            let mut bufs = [IoSliceMut::new(&mut buf)];
+            server.poll_recv(cx, &mut bufs, &mut meta)
+        }),
+    )
+    .await;
+    match received {
+        Ok(Ok(1)) => Some(buf[..meta[0].len].to_vec()),
+        Ok(other) => panic!("receive: {other:?}"),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn tls_datagram_sent_right_after_connect_arrives() {
+    let (server, client, addr) = tls_pair("tls-first", 1).await;
+    let got = first_datagram(&server, &client, addr).await;
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"the first datagram, sent at once"[..])
+    );
+}
+
+#[tokio::test]
+async fn quic_datagram_sent_right_after_connect_arrives() {
+    let server = QuicCarrier::listen(QuicServerConfig {
+        listen: loopback(),
+        cert: cert("quic-first"),
+        keys: Keys::new(&[key()]),
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let client = QuicCarrier::connect(QuicClientConfig {
+        server: addr,
+        sni: "www.example.com".into(),
+        keys: Keys::new(&[key()]),
+    })
+    .await
+    .unwrap();
+    let got = first_datagram(&server, &client, addr).await;
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"the first datagram, sent at once"[..])
     );
 }
 

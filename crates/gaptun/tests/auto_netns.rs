@@ -191,14 +191,24 @@ fn report_goodput(samples: &[(Instant, usize)], blocked_at: Instant) {
         .take_while(|t| *t + bin <= end)
         .map(|t| format!("{:.0}", rate(t, t + bin) / 1e6))
         .collect();
-    let back = (0..60)
+    // Windows are looked at from the first 100 ms without data on: the bytes already on their
+    // way when the block came arrive in the first bins and must not count as "back".
+    let stalled = (0..60)
         .map(|i| blocked_at + bin * i)
+        .find(|t| *t + bin <= end && rate(*t, *t + bin) == 0.0)
+        .unwrap_or(blocked_at);
+    let flowing = (0..60)
+        .map(|i| stalled + bin * i)
+        .find(|t| *t + bin <= end && rate(*t, *t + bin) > 0.0)
+        .map(|t| t - blocked_at);
+    let back = (0..60)
+        .map(|i| stalled + bin * i)
         .find(|t| *t + bin * 5 <= end && rate(*t, *t + bin * 5) >= steady / 2.0)
         .map(|t| t + bin * 5 - blocked_at);
     eprintln!(
         "auto switch UDP -> fake TCP: before {:.0} Mbit/s, new carrier steady {:.0} Mbit/s, \
-         back above half of it (500 ms window) {back:?} after the block; Mbit/s per 100 ms \
-         from the block: {}",
+         data flowing again {flowing:?} and back above half of the steady rate (500 ms \
+         window) {back:?} after the block; Mbit/s per 100 ms from the block: {}",
         before / 1e6,
         steady / 1e6,
         series.join(" ")
