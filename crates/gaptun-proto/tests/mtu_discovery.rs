@@ -368,3 +368,100 @@ fn an_explicit_ceiling_ignores_the_route() {
     assert_eq!(sender.mtu, CEILING as u64, "{sender:?}");
     assert_eq!(largest, CEILING as u64);
 }
+
+/// A connection whose datagrams grow from the initial 1350 bytes to 65 507 (a loopback-sized
+/// ceiling, confirmed by the first probe) while a bulk transfer runs over a lossy link, and
+/// whose BBR then enters ProbeRTT (the link's delay grows after the start, so the minimum RTT
+/// is not seen again and expires after 10 s). ProbeRTT's window is its floor, 4 packets: kept
+/// in packets of the size the controller was built with, it was 4 × 1350 bytes, less than one
+/// 64 KB packet, and the connection stopped sending. Here the floor must be 4 packets of the
+/// new size, no second may pass without the sender sending while data waits, and the data
+/// must arrive intact.
+#[test]
+fn datagrams_growing_to_64k_mid_transfer_never_stall_probe_rtt() {
+    const BIG: u64 = gaptun_proto::MAX_UDP_PAYLOAD as u64;
+    let lossy = LinkConfig::ideal()
+        .with_delay(Duration::from_millis(10))
+        .with_rate_mbps(100.0)
+        .with_queue_bytes(4 << 20)
+        .with_loss(0.01);
+    let config = SimConfig::new(91)
+        .with_link(lossy.clone())
+        .with_transport(|t| t.max_udp_payload = gaptun_proto::MAX_UDP_PAYLOAD);
+    let mut sim = Sim::new(config);
+    let sent = record_sizes(&mut sim, Node::Client(0));
+    // 100 Mbit/s for about 16 s: past ProbeRTT (about 11 s in) and out of it again.
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 200_000_000, 91));
+    let slower = lossy.with_delay(Duration::from_millis(20));
+    let mut slowed = false;
+    // Sample the sender's MTU and window after every instant. The search ends within
+    // `SEARCH_PRECISION` of the ceiling after a few probes cut to a quarter of the window.
+    let mut grown_at = None;
+    let mut below_floor = None;
+    let mut probe_rtt_windows = 0u32;
+    let done = sim.run_for(Duration::from_secs(60), |sim| {
+        // A second in, the path's delay grows by 10 ms each way: the 20 ms minimum RTT measured
+        // so far is never matched again and expires 10 s later.
+        if !slowed && sim.elapsed() >= Duration::from_secs(1) {
+            slowed = true;
+            sim.link_mut(Path::Uplink).set_config(slower.clone());
+            sim.link_mut(Path::Downlink).set_config(slower.clone());
+        }
+        let s = sim.connection(0, End::Client).map(|c| c.stats());
+        if let Some(s) = s
+            && s.mtu > BIG - PRECISION as u64
+        {
+            grown_at.get_or_insert(sim.elapsed());
+            if s.cwnd < 4 * s.mtu {
+                below_floor.get_or_insert((sim.elapsed(), s.cwnd, s.mtu));
+            }
+            if s.cwnd == 4 * s.mtu {
+                probe_rtt_windows += 1;
+            }
+        }
+        sim.workloads_done()
+    });
+    let sender = stats(&mut sim, End::Client);
+    assert!(done, "transfer did not finish: {sender:?}");
+    let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+    assert_eq!(transfer.verify(), Ok(()));
+    let grown_at = grown_at.unwrap_or_else(|| panic!("never reached 65 507: {sender:?}"));
+    assert!(grown_at < Duration::from_secs(1), "grew at {grown_at:?}");
+    // ProbeRTT ran, at a floor of 4 packets of the new size, and the window was never below it.
+    assert!(
+        probe_rtt_windows > 0,
+        "ProbeRTT was not entered: {sender:?}"
+    );
+    assert_eq!(below_floor, None, "(when, window, mtu)");
+    let completed = transfer.completed_at().expect("completed") - sim.start();
+    assert!(
+        completed > Duration::from_secs(12),
+        "ended before ProbeRTT: {completed:?}"
+    );
+    // The sender never went a second without sending while the transfer was running.
+    let sent = sent.borrow();
+    let times: Vec<Duration> = sent
+        .iter()
+        .map(|&(at, _)| at)
+        .filter(|&at| at <= completed)
+        .collect();
+    let longest = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest < Duration::from_secs(1),
+        "sender silent for {longest:?}"
+    );
+    // And most of the transfer went in 64 KB datagrams.
+    let big = sent
+        .iter()
+        .filter(|&&(_, s)| s as u64 == sender.mtu)
+        .count() as u64;
+    assert!(
+        big * sender.mtu > 150_000_000,
+        "{big} datagrams of {} bytes",
+        sender.mtu
+    );
+}

@@ -426,7 +426,7 @@ mod tests {
             .to_string();
         for shown in [
             "[default: 127.0.0.1:1080]",
-            "[default: 1472]",
+            "[default: the route's",
             "[default: fast]",
             "[default: 1]",
             "fast2",

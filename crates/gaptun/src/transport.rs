@@ -44,16 +44,15 @@ settings_group! {
         #[arg(long, value_name = "BYTES")]
         pub window: Option<WindowSize>,
         /// Largest UDP payload in bytes, 1200-65507: the ceiling path MTU discovery probes up
-        /// to (8972 for jumbo frames, 65507 for loopback; paths that carry less are found;
-        /// unset with --route-mtu: the route's) [default: 1472].
+        /// to (8972 for jumbo frames, 65507 for loopback; paths that carry less are found)
+        /// [default: the route's, see --route-mtu; 1472 where it cannot be read].
         #[arg(long, value_name = "N")]
         pub mtu: Option<Mtu>,
         /// Without --mtu, take each connection's ceiling from the kernel's route to the peer
         /// (its MTU less 28 bytes of headers: 65507 on loopback, 8972 on a jumbo-frame LAN,
-        /// 1472 on Ethernet). Off by default until a stall seen once in a loaded loopback
-        /// benchmark with 64 KB datagrams is understood.
+        /// 1472 on Ethernet; 1472 where it cannot be read). --route-mtu=false: 1472 always.
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-              default_missing_value = "true", default_value = "false")]
+              default_missing_value = "true", default_value = "true")]
         pub route_mtu: Option<bool>,
         /// Probe for datagrams larger than 1350 bytes, up to --mtu (--mtu-discovery=false: never).
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
@@ -115,11 +114,11 @@ impl TransportSettings {
         let mut c = TransportConfig::default();
         apply_mode(&mut c, self.mode.unwrap_or_default());
         // Mtu and WindowSize were range-checked when parsed.
-        // An explicit ceiling is used as given; without one, with --route-mtu, each
-        // connection asks its route (the core's 1472 stays the fallback).
+        // An explicit ceiling is used as given; without one each connection asks its route
+        // (the core's 1472 stays the fallback), unless --route-mtu=false.
         match self.mtu {
             Some(Mtu(mtu)) => c.max_udp_payload = mtu,
-            None => c.mtu_from_route = self.route_mtu.unwrap_or(false),
+            None => c.mtu_from_route = self.route_mtu.unwrap_or(true),
         }
         if let Some(on) = self.mtu_discovery {
             c.mtu_discovery = on;
@@ -236,14 +235,22 @@ mod tests {
     fn mtu_discovery_and_mtu() {
         let on = TransportSettings::default().build().unwrap();
         assert!(on.mtu_discovery);
-        // No --mtu: 1472, or with --route-mtu each connection's route (1472 as the fallback).
-        assert!(!on.mtu_from_route);
+        // No --mtu: each connection's route (1472 as the fallback), or with
+        // --route-mtu=false always 1472.
+        assert!(on.mtu_from_route);
         assert_eq!(on.max_udp_payload, 1472);
         let route = TransportSettings {
             route_mtu: Some(true),
             ..Default::default()
         };
         assert!(route.build().unwrap().mtu_from_route);
+        let fixed = TransportSettings {
+            route_mtu: Some(false),
+            ..Default::default()
+        };
+        let fixed = fixed.build().unwrap();
+        assert!(!fixed.mtu_from_route);
+        assert_eq!(fixed.max_udp_payload, 1472);
         let off = TransportSettings {
             mtu_discovery: Some(false),
             ..Default::default()

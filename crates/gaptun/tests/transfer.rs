@@ -253,18 +253,31 @@ fn connection_mtus(daemon: &Daemon, other: &Daemon, at_least: u64) -> (u64, u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_route_mtu_loopback_daemons_send_64k_datagrams() {
+async fn by_default_loopback_daemons_send_64k_datagrams() {
     bounded(60, async {
-        // --route-mtu and no --mtu on either side: each asks its route to the other
-        // (loopback, MTU 65 536), announces 65 507, and path MTU discovery confirms it (probes
-        // grow with the congestion window, so a short transfer may stop a little below).
+        // No --mtu on either side: by default each asks its route to the other (loopback,
+        // MTU 65 536), announces 65 507, and path MTU discovery confirms it (probes grow with
+        // the congestion window, so a short transfer may stop a little below).
         let dir = scratch("fwd-route-mtu");
-        let route = ["--route-mtu"];
-        let (server, client) = forward_bulk(&dir, 16 << 20, 16 << 20, &route, &route).await;
+        let (server, client) = forward_bulk(&dir, 16 << 20, 16 << 20, &[], &[]).await;
         let (c, s) = connection_mtus(&client, &server, 60_000);
         let max = u64::from(gaptun_proto::MAX_UDP_PAYLOAD);
         assert!(c > 60_000 && c <= max, "client datagrams of {c} bytes");
         assert!(s > 60_000 && s <= max, "server datagrams of {s} bytes");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_mtu_false_keeps_ethernet_sized_datagrams() {
+    bounded(60, async {
+        // --route-mtu=false on the client: its ceiling is the fixed 1472, which caps the
+        // server's route-sized 65 507 too (each side stays within the other's announced size).
+        let dir = scratch("fwd-route-mtu-off");
+        let (server, client) =
+            forward_bulk(&dir, 4 << 20, 4 << 20, &[], &["--route-mtu=false"]).await;
+        let (c, s) = connection_mtus(&client, &server, 1471);
+        assert_eq!((c, s), (1472, 1472));
     })
     .await;
 }
@@ -275,14 +288,7 @@ async fn an_explicit_mtu_on_one_side_caps_both() {
         // --mtu on the client only: it overrides the client's route, and the server's route
         // ceiling (65 507) meets the client's announced 1400, so both send at most 1400.
         let dir = scratch("fwd-mtu-override");
-        let (server, client) = forward_bulk(
-            &dir,
-            4 << 20,
-            4 << 20,
-            &["--route-mtu"],
-            &["--route-mtu", "--mtu", "1400"],
-        )
-        .await;
+        let (server, client) = forward_bulk(&dir, 4 << 20, 4 << 20, &[], &["--mtu", "1400"]).await;
         let (c, s) = connection_mtus(&client, &server, 1399);
         assert!(c > 1350 && c <= 1400, "client {c}");
         assert!(s > 1350 && s <= 1400, "server {s}");

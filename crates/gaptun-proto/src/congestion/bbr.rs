@@ -94,6 +94,7 @@ pub enum BbrMode {
 /// The `bbr` controller.
 #[derive(Debug)]
 pub struct Bbr {
+    /// Largest datagram now: the unit of the floors, the initial window and the send quantum.
     mtu: u64,
     mode: BbrMode,
     /// Bottleneck bandwidth in bytes per second, over round trips.
@@ -518,6 +519,15 @@ impl Controller for Bbr {
         self.round_lost = self.round_lost.saturating_add(lost_bytes);
     }
 
+    /// The window's floors follow the new size at once. A larger packet raises the window to
+    /// the new floor (in ProbeRTT the window *is* the floor, 4 packets of the new size); the
+    /// window is never lowered here, a smaller packet only lowers the floor that later updates
+    /// apply. The model (bandwidth, min RTT) is in bytes and time and stays as it is.
+    fn on_mtu_change(&mut self, mtu: u64) {
+        self.mtu = mtu.max(1);
+        self.cwnd = self.cwnd.max(self.min_pipe_cwnd());
+    }
+
     fn window(&self) -> u64 {
         self.cwnd
     }
@@ -742,6 +752,41 @@ mod tests {
         assert_eq!(cc.mode(), BbrMode::ProbeRtt);
         assert_eq!(cc.min_rtt(), Some(Duration::from_millis(120)));
         assert_eq!(cc.window(), 4 * MTU);
+    }
+
+    #[test]
+    fn floors_follow_the_datagram_size() {
+        let t0 = Instant::now();
+        let mut cc = Bbr::new(t0, MTU);
+        let mut delivered = 0;
+        let ms = Duration::from_millis(1);
+        feed(&mut cc, t0 + 500 * ms, &mut delivered, 1_000_000, 100);
+        feed(&mut cc, t0 + 10_600 * ms, &mut delivered, 1_000_000, 120);
+        assert_eq!(cc.mode(), BbrMode::ProbeRtt);
+        assert_eq!(cc.window(), 4 * MTU);
+        // Path MTU discovery confirms 64 KB datagrams: the ProbeRTT window is 4 of them at
+        // once (4 × 1350 bytes would not let a single one go), and stays so on later ACKs.
+        let big = u64::from(crate::MAX_UDP_PAYLOAD);
+        cc.on_mtu_change(big);
+        assert_eq!(cc.window(), 4 * big);
+        feed(&mut cc, t0 + 10_650 * ms, &mut delivered, 1_000_000, 120);
+        assert_eq!(cc.mode(), BbrMode::ProbeRtt);
+        assert_eq!(cc.window(), 4 * big);
+        // Below 3 MB/s the quantum is two datagrams, now of the new size.
+        assert_eq!(cc.send_quantum(), 2 * big);
+        // Back to small datagrams (a black hole): the window is not cut, the floor is.
+        cc.on_mtu_change(MTU);
+        assert_eq!(cc.window(), 4 * big);
+        feed(&mut cc, t0 + 10_700 * ms, &mut delivered, 1_000_000, 120);
+        assert_eq!(cc.window(), 4 * MTU);
+        // A fresh controller: the initial window (32 small packets) is raised to the floor of 4
+        // large ones, and the growth limit of Startup's first round is 32 large packets.
+        let mut fresh = Bbr::new(t0, MTU);
+        fresh.on_mtu_change(big);
+        assert_eq!(fresh.initial_cwnd(), 32 * big);
+        assert_eq!(fresh.window(), 4 * big);
+        fresh.on_mtu_change(0);
+        assert_eq!(fresh.min_pipe_cwnd(), 4);
     }
 
     #[test]

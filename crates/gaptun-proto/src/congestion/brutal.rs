@@ -42,6 +42,7 @@ struct Slot {
 /// The `brutal` controller.
 #[derive(Debug)]
 pub struct Brutal {
+    /// Largest datagram now: the unit of the window's floor.
     mtu: u64,
     /// Target goodput, bytes per second.
     rate: u64,
@@ -133,6 +134,11 @@ impl Controller for Brutal {
         let slot = self.slot(now);
         slot.lost = slot.lost.saturating_add(lost_packets);
         self.update_ack_rate(now);
+    }
+
+    fn on_mtu_change(&mut self, mtu: u64) {
+        // Only the window's floor is in packets; the rate is the user's, in bytes.
+        self.mtu = mtu.max(1);
     }
 
     fn window(&self) -> u64 {
@@ -249,6 +255,20 @@ mod tests {
         assert_eq!(f.window(), 2_000_000);
         b.on_ack(t0, &ack(1), &rtt(1), 0);
         assert_eq!(b.window(), MIN_WINDOW_PACKETS * MTU);
+    }
+
+    #[test]
+    fn window_floor_follows_the_datagram_size() {
+        let t0 = Instant::now();
+        let mut b = Brutal::new(t0, MTU, 1000);
+        assert_eq!(b.window(), MIN_WINDOW_PACKETS * MTU);
+        b.on_mtu_change(65_507);
+        assert_eq!(b.window(), MIN_WINDOW_PACKETS * 65_507);
+        // The rate is the user's and does not change with the size.
+        assert_eq!(b.pacing_rate(&rtt(100)), Some(1000));
+        // A zero size counts as one byte: the floor is 16 bytes, below the rate's 600.
+        b.on_mtu_change(0);
+        assert_eq!(b.window(), 2 * 1000 * 3 / 10);
     }
 
     #[test]

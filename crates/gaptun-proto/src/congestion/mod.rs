@@ -69,6 +69,13 @@ pub trait Controller: Send + fmt::Debug {
         largest_lost_sent: Instant,
         in_flight: u64,
     );
+    /// The largest datagram the connection sends changed to `mtu` bytes (path MTU discovery
+    /// confirmed a larger size, or fell back after a black hole or a path change). Every floor,
+    /// initial window and quantum the controller counts in packets is in packets of this size
+    /// from now on: a floor of 4 packets kept in 1472-byte packets is less than one 64 KB
+    /// packet, and a window below one packet lets nothing be sent (as quinn's
+    /// `Controller::on_mtu_update`).
+    fn on_mtu_change(&mut self, mtu: u64);
     /// Bytes that may be in flight.
     fn window(&self) -> u64;
     /// Sending rate in bytes per second, or `None` to pace at window / RTT.
@@ -77,7 +84,8 @@ pub trait Controller: Send + fmt::Debug {
     fn name(&self) -> &'static str;
 }
 
-/// Builds the controller `kind` for a path with datagrams of at most `mtu` bytes.
+/// Builds the controller `kind` for a path with datagrams of at most `mtu` bytes (told of later
+/// changes through [`Controller::on_mtu_change`]).
 pub fn build(kind: CongestionKind, now: Instant, mtu: u64) -> Box<dyn Controller> {
     match kind {
         CongestionKind::None => Box::new(NoControl::new()),

@@ -304,6 +304,9 @@ pub struct Connection {
     paths: PathSet,
     /// Path MTU discovery: the datagram size in use and the search for a larger one.
     pmtu: MtuDiscovery,
+    /// The datagram size the congestion controller and the pacer were last told of (see
+    /// [`Connection::sync_mtu`]).
+    cc_mtu: u16,
     /// Forward error correction: groups being protected, parity to send, packets to rebuild.
     fec: fec::FecState,
 
@@ -359,7 +362,8 @@ impl Connection {
             config.max_udp_payload,
         );
         // Congestion control and pacing are sized for the starting datagram size.
-        let mtu = u64::from(pmtu.current());
+        let pmtu_start = pmtu.current();
+        let mtu = u64::from(pmtu_start);
         // Until the peer's parameters arrive (client side) nothing can be sent on streams.
         let no_credit = StreamLimits {
             max_data: 0,
@@ -392,6 +396,7 @@ impl Connection {
             alternates: Vec::new(),
             paths: PathSet::new(&[init.remote]),
             pmtu,
+            cc_mtu: pmtu_start,
             fec: fec::FecState::default(),
             next_pn: 0,
             sent: BTreeMap::new(),
@@ -590,6 +595,7 @@ impl Connection {
         self.keys = Some(keys);
         self.pmtu
             .set_peer_ceiling(peer.max_udp_payload, is_ipv6(self.path.addr.remote));
+        self.sync_mtu();
         self.peer_params = Some(peer);
         self.state = State::Established;
         self.timers.stop(Timer::HandshakeRetry);
@@ -633,6 +639,19 @@ impl Connection {
     /// discovery confirmed, never above either side's `max_udp_payload`.
     fn mtu(&self) -> usize {
         usize::from(self.pmtu.current())
+    }
+
+    /// Tells the congestion controller and the pacer when the datagram size changed, so that
+    /// what they count in packets (window floors, the initial window, send quanta, the pacer's
+    /// burst) is in packets of the size actually sent. Called wherever path MTU discovery may
+    /// have changed the size, and before each transmit as a catch-all (one comparison).
+    pub(super) fn sync_mtu(&mut self) {
+        let mtu = self.pmtu.current();
+        if mtu != self.cc_mtu {
+            self.cc_mtu = mtu;
+            self.cc.on_mtu_change(u64::from(mtu));
+            self.pacer.set_mtu(u64::from(mtu));
+        }
     }
 
     /// Ends the connection with `error`, sending a CLOSE frame if we still can.

@@ -277,6 +277,7 @@ impl Connection {
             // The new path may carry less: start again from the initial size. (A new port of the
             // same host, or another carrier to it, shares the route and keeps the size.)
             self.pmtu.on_path_changed();
+            self.sync_mtu();
         }
         self.stats.migrations += 1;
         self.restart_timeouts(now);

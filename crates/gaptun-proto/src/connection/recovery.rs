@@ -209,6 +209,9 @@ impl Connection {
         };
         self.detect_lost(now);
         self.cc.on_ack(now, &summary, &self.rtt, self.in_flight);
+        // After the controller's update: a probe acknowledged here may have raised the size, and
+        // the window must be floored in packets of the new size before anything is sent.
+        self.sync_mtu();
         self.arm_rto(now);
     }
 
@@ -298,6 +301,7 @@ impl Connection {
             self.cc.on_loss(now, lost_bytes, count, t, self.in_flight);
         }
         self.pmtu.on_packets_lost(&lost_packets);
+        self.sync_mtu();
     }
 
     /// The MTU probe in flight was not acknowledged within its timeout: it is lost.

@@ -57,6 +57,7 @@ impl Connection {
             State::Closing => return self.transmit_close(now, buf),
             State::Established => {}
         }
+        self.sync_mtu();
         if self.side == Side::Client && self.paths.len() > 1 {
             // Spread over the client's paths, one batch each in turn; or, failing over, on the
             // active carrier's paths with a probe now and then on the others.
