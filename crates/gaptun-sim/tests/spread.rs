@@ -47,8 +47,14 @@ fn two_carriers_alike_share_the_transfer_evenly() {
     let (pa, pb) = (path_to(&paths, a), path_to(&paths, b));
     let total = (pa.bytes_acked + pb.bytes_acked) as f64;
     let part_b = pb.bytes_acked as f64 / total;
-    eprintln!("carrier b: {:.1} % of the bytes acknowledged", part_b * 100.0);
-    assert!((0.4..0.6).contains(&part_b), "carrier b's part {part_b:.2}: {paths:?}");
+    eprintln!(
+        "carrier b: {:.1} % of the bytes acknowledged",
+        part_b * 100.0
+    );
+    assert!(
+        (0.4..0.6).contains(&part_b),
+        "carrier b's part {part_b:.2}: {paths:?}"
+    );
 }
 
 /// The second carrier loses a third of its packets (a throttled port): both still carry data,
@@ -75,7 +81,10 @@ fn a_throttled_carrier_gets_a_smaller_share() {
         let paths = sim.client_connection(0).expect("client").paths();
         let (pa, pb) = (path_to(&paths, a), path_to(&paths, b));
         let part_b = pb.bytes_sent as f64 / (pa.bytes_sent + pb.bytes_sent) as f64;
-        eprintln!("throttled carrier: {:.1} % of the bytes sent", part_b * 100.0);
+        eprintln!(
+            "throttled carrier: {:.1} % of the bytes sent",
+            part_b * 100.0
+        );
         assert!(
             pb.bytes_acked > 100_000,
             "the throttled carrier still carries: {paths:?}"
@@ -117,7 +126,10 @@ fn a_carrier_dying_mid_transfer_costs_only_its_share() {
     // It answers again: the next retry finds it, and it carries a share of a new transfer.
     sim.unblock_address(b);
     let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 12_000_000, 9));
-    assert!(sim.run_workloads(Duration::from_secs(60)), "second finished");
+    assert!(
+        sim.run_workloads(Duration::from_secs(60)),
+        "second finished"
+    );
     let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
     assert_eq!(transfer.verify(), Ok(()));
     let paths = sim.client_connection(0).expect("client").paths();
