@@ -1364,7 +1364,7 @@ mod tests {
         let mut set = PathSet::new(&[a, b]);
         let mut sent = std::collections::HashMap::new();
         // Path b delivers every other packet.
-        let throttled = |p: PathAddr, n: u64| p != b || n % 2 == 0;
+        let throttled = |p: PathAddr, n: u64| p != b || n.is_multiple_of(2);
         for i in 0..300u64 {
             let now = t0 + Duration::from_millis(i * 10);
             spread_step(&mut set, now, 10, &mut sent, &throttled);
