@@ -126,6 +126,20 @@ fn ask_route(query: RouteMtuQuery, remote: SocketAddr) -> Option<u16> {
     query(remote).map(|c| c.clamp(MIN_MTU, MAX_UDP_PAYLOAD))
 }
 
+/// The route's ceiling to `remote` for a new connection: the smallest that any carrier with a
+/// route query answers. A connection's ceiling is decided once, at its start, but it may move
+/// to another carrier's path later (`--carrier all` and `auto`), and carriers carry different
+/// amounts on the same route (fake TCP 24 bytes less than UDP): the smallest fits them all.
+fn route_ceiling_over(
+    queries: &HashMap<CarrierId, RouteMtuQuery>,
+    remote: SocketAddr,
+) -> Option<u16> {
+    queries
+        .values()
+        .filter_map(|&query| ask_route(query, remote))
+        .min()
+}
+
 /// An endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -297,7 +311,8 @@ impl Endpoint {
         if !self.transport.mtu_from_route {
             return None;
         }
-        ask_route(*self.route_mtu.get(&path.carrier)?, path.remote)
+        self.route_mtu.get(&path.carrier)?;
+        route_ceiling_over(&self.route_mtu, path.remote)
     }
 
     /// The transport configuration of a new connection whose route allows `ceiling` bytes:
@@ -514,11 +529,6 @@ impl Endpoint {
         }
         let server_cid = self.new_cid();
         let params = self.server_params();
-        let route_mtu = self
-            .transport
-            .mtu_from_route
-            .then(|| self.route_mtu.get(&from.carrier).copied())
-            .flatten();
         let unix = self.clock.unix_time(now);
         // A connection confirms while it takes input, and every one that took input since the
         // last check is queued for the next: only those can have left the half-open count.
@@ -527,6 +537,9 @@ impl Endpoint {
                 self.recount_half_open(handle);
             }
         }
+        let route_mtu = (self.transport.mtu_from_route
+            && self.route_mtu.contains_key(&from.carrier))
+        .then_some(&self.route_mtu);
         // Held through the Noise work: handshakes of all shards take turns, the data path never
         // waits for this lock.
         let mut common = self.common.lock().unwrap_or_else(PoisonError::into_inner);
@@ -967,8 +980,9 @@ struct Gate<'a> {
     shards: usize,
     now: Instant,
     from: SocketAddr,
-    /// How to ask for the route's ceiling to `from`, if the configuration wants that.
-    route_mtu: Option<RouteMtuQuery>,
+    /// How to ask for the route's ceiling to `from` (every carrier's query), if the
+    /// configuration wants that and `from`'s carrier has a route.
+    route_mtu: Option<&'a HashMap<CarrierId, RouteMtuQuery>>,
     /// The route's ceiling, once asked (only for an accepted Initial: the query is a few system
     /// calls, not spent on handshakes that are refused anyway).
     ceiling: Option<u16>,
@@ -989,7 +1003,7 @@ impl Admission for Gate<'_> {
     }
 
     fn max_udp_payload(&mut self) -> Option<u16> {
-        self.ceiling = ask_route(self.route_mtu?, self.from);
+        self.ceiling = route_ceiling_over(self.route_mtu?, self.from);
         self.ceiling
     }
 }

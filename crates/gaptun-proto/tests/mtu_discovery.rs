@@ -360,6 +360,42 @@ fn a_route_query_that_fails_keeps_the_configured_ceiling() {
     }
 }
 
+type RouteMtuQuery = gaptun_proto::RouteMtuQuery;
+
+/// The jumbo route as fake TCP sees it: 24 bytes less than UDP on the same route.
+fn jumbo_route_fake_tcp(_: std::net::SocketAddr) -> Option<u16> {
+    Some(JUMBO as u16 - 24)
+}
+
+#[test]
+fn a_connection_takes_the_smallest_ceiling_of_its_endpoints_carriers() {
+    // Both ends also have a second carrier (as `--carrier all` has fake TCP beside UDP) whose
+    // route carries 24 bytes less. The connection starts on UDP but may move to the other
+    // carrier later, and its ceiling is decided once: it must fit both.
+    for direction in [Direction::ToServer, Direction::ToClient] {
+        let config = SimConfig::new(85)
+            .with_link(link().with_max_datagram(JUMBO))
+            .with_transport(|t| t.mtu_from_route = true);
+        let mut sim = Sim::new(config);
+        for (carrier, route) in [(0, jumbo_route as RouteMtuQuery), (1, jumbo_route_fake_tcp)] {
+            let carrier = gaptun_proto::CarrierId(carrier);
+            sim.client(0).set_route_mtu(carrier, Some(route));
+            sim.server().set_route_mtu(carrier, Some(route));
+        }
+        let id = sim.add_workload(BulkTransfer::new(0, direction, 4_000_000, 4));
+        assert!(sim.run_workloads(Duration::from_secs(30)), "{direction:?}");
+        assert_eq!(
+            sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+            Ok(()),
+            "{direction:?}"
+        );
+        let sender = stats(&mut sim, direction.sender());
+        let largest = sim.link_stats(sender_path(direction)).max_datagram_sent;
+        assert_eq!(sender.mtu, JUMBO as u64 - 24, "{direction:?}: {sender:?}");
+        assert_eq!(largest, JUMBO as u64 - 24, "{direction:?}");
+    }
+}
+
 #[test]
 fn an_explicit_ceiling_ignores_the_route() {
     // mtu_from_route off (an explicit --mtu): the routes' jumbo frames are not used.
