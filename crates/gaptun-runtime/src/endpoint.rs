@@ -55,6 +55,8 @@ pub struct PathState {
     pub alive: bool,
     /// Whether data goes out on it (a failover client's standby paths get only probes).
     pub active: bool,
+    /// Bytes sent on it (client: every packet; server: since it became a path).
+    pub bytes_sent: u64,
 }
 
 /// The endpoint's figures at one moment, published by the driver (see
@@ -134,6 +136,7 @@ impl EndpointSnapshot {
                             remote: p.addr.remote,
                             alive: p.alive,
                             active: p.active,
+                            bytes_sent: p.bytes_sent,
                         })
                         .collect(),
                 })

@@ -768,6 +768,29 @@ impl Sim {
         Ok(handle)
     }
 
+    /// Like [`Sim::connect_failover`], each server address reached on a carrier of its own
+    /// (think UDP and fake TCP), but spreading over all of them at once, as a client with
+    /// `--carrier all` does: each path gets a share by what it delivers.
+    pub fn connect_carriers(
+        &mut self,
+        index: usize,
+        servers: &[SocketAddr],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let now = self.now;
+        let paths: Vec<PathAddr> = servers
+            .iter()
+            .map(|&s| PathAddr::new(self.nodes.server_carrier(s).unwrap_or_default(), s))
+            .collect();
+        let node = self.nodes.client_node(index);
+        if let Some(handle) = node.primary {
+            return Ok(handle);
+        }
+        node.carrier_per_server = true;
+        let handle = node.endpoint.connect_paths(now, &paths)?;
+        node.primary = Some(handle);
+        Ok(handle)
+    }
+
     /// Gives the server one more address (another port, say), as its own carrier; returns the
     /// carrier's number. Uplink datagrams to it reach the server on that carrier, and what the
     /// server sends on the carrier leaves from it.

@@ -458,6 +458,7 @@ fn conn_row(info: &ConnectionInfo, user: Option<&Arc<str>>) -> ConnSnapshot {
                         "standby"
                     }
                     .to_owned(),
+                    bytes_sent: p.bytes_sent,
                 })
                 .collect()
         } else {

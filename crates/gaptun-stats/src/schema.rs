@@ -145,6 +145,9 @@ pub struct PathRow {
     /// `active` (data goes out on it), `standby` (a `--carrier auto` client only probes it)
     /// or `dead` (its packets went unacknowledged: left for a while, retried later).
     pub state: String,
+    /// Bytes sent on it (a client's `--carrier all` spreads them by what each path delivers).
+    #[serde(default)]
+    pub bytes_sent: u64,
 }
 
 /// One user of a server: the connections made with the user's keys.

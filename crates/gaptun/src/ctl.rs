@@ -239,7 +239,7 @@ pub fn format_table(s: &StatsSnapshot) -> String {
     out
 }
 
-/// `     paths: udp 192.0.2.1:29900 active, faketcp 192.0.2.1:29900 standby (1 switch)` for a
+/// `     paths: udp 192.0.2.1:29900 active 5.1M sent, faketcp 192.0.2.1:29900 standby 2.0K sent (1 switch)` for a
 /// connection with several paths; empty otherwise.
 fn paths_line(c: &gaptun_stats::ConnSnapshot) -> String {
     if c.paths.is_empty() {
@@ -248,7 +248,15 @@ fn paths_line(c: &gaptun_stats::ConnSnapshot) -> String {
     let paths: Vec<String> = c
         .paths
         .iter()
-        .map(|p| format!("{} {} {}", p.carrier, p.remote, p.state))
+        .map(|p| {
+            format!(
+                "{} {} {} {} sent",
+                p.carrier,
+                p.remote,
+                p.state,
+                human_bytes(p.bytes_sent)
+            )
+        })
         .collect();
     let switches = match c.carrier_switches {
         0 => String::new(),
@@ -899,18 +907,20 @@ mod tests {
                 carrier: "udp".into(),
                 remote: "192.0.2.1:29900".into(),
                 state: "dead".into(),
+                bytes_sent: 2048,
             },
             gaptun_stats::PathRow {
                 carrier: "faketcp".into(),
                 remote: "192.0.2.1:29900".into(),
                 state: "active".into(),
+                bytes_sent: 3 << 20,
             },
         ];
         let t = format_table(&s);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[3],
-            "     paths: udp 192.0.2.1:29900 dead, faketcp 192.0.2.1:29900 active (1 carrier switch)",
+            "     paths: udp 192.0.2.1:29900 dead 2.0K sent, faketcp 192.0.2.1:29900 active 3.0M sent (1 carrier switch)",
             "{t}"
         );
         // One path: no such line.

@@ -324,7 +324,10 @@ pub struct Connection {
     /// Probe packets that may ignore the congestion window and pacer (after an RTO).
     probes: u32,
     ping_pending: bool,
-    path_response: Option<([u8; 8], PathAddr)>,
+    /// PATH_CHALLENGE data to answer, oldest first: several at once when the server challenges
+    /// a fake-TCP client's flows side by side (one slot lost all answers but the last, and the
+    /// server gave those flows up).
+    path_responses: Vec<[u8; 8]>,
     close_reason: Option<CloseReason>,
     close_pending: bool,
 
@@ -408,7 +411,7 @@ impl Connection {
             rto_count: 0,
             probes: 0,
             ping_pending: false,
-            path_response: None,
+            path_responses: Vec::new(),
             close_reason: None,
             close_pending: false,
             replay: ReplayWindow::new(),
@@ -775,6 +778,9 @@ impl Connection {
                 packets_acked: 0,
                 packets_lost: 0,
                 deaths: 0,
+                bytes_sent: p.bytes_sent,
+                bytes_acked: 0,
+                share: 0.0,
             })
             .collect()
     }

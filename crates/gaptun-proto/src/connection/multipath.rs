@@ -1,9 +1,30 @@
 //! Client: the set of paths a connection spreads its packets over, and their health.
 //!
 //! A client may reach its server over several paths at once: one per server port of a port
-//! range, one per carrier (UDP and fake TCP), or both. Each packet batch goes out on the next
-//! live path in turn, so a port that a middlebox throttles or blocks costs a share of the
-//! packets, not the connection.
+//! range, one per carrier (UDP and fake TCP, `--carrier all`), or both. Its packets are spread
+//! over every live path, so a port or a carrier that a middlebox throttles or blocks costs a
+//! share of the packets, not the connection.
+//!
+//! # Spreading: a share per path, by what it delivers
+//!
+//! Each live path has a *share* of the bytes sent, and the next batch goes to the path that is
+//! furthest behind its share (stride scheduling: a path's pass grows by the bytes it was given
+//! divided by its share, the smallest pass goes next; so ACK-only packets and full batches are
+//! counted alike). Shares start equal. Every [`share_epoch`] (about one RTT) they move halfway
+//! towards what each path delivered in that epoch (bytes acknowledged on it, as a part of all
+//! bytes acknowledged), with [`SHARE_FLOOR`] of the whole kept equal for every live path:
+//!
+//! `target = (1 - SHARE_FLOOR) * delivered / delivered_all + SHARE_FLOOR / live_paths`
+//!
+//! A path that delivers what it is given keeps its share; a throttled one (a policer that drops
+//! beyond a rate, a port with heavy loss) delivers less than it is given and its share shrinks
+//! until what it is given is what it carries, plus the floor, which is how it shows that it can
+//! carry more again (its share then grows back by about a tenth of the way per epoch). There is
+//! one congestion controller for the connection (the paths usually share a bottleneck: the
+//! client's access link), and keeping a throttled path's share near what it carries keeps its
+//! drops from pulling the whole connection's window down. Epochs with less than
+//! [`SHARE_MIN_BYTES`] acknowledged (a client that mostly acknowledges a download) leave the
+//! shares as they are.
 //!
 //! A path dies when [`DEAD_AFTER_LOSSES`] packets sent on it in a row are declared lost (by the
 //! usual loss detection: later packets, on other paths, were acknowledged while these were
@@ -11,7 +32,9 @@
 //! A dead path gets no packets until its retry time, which starts at [`RETRY_FIRST`] and doubles
 //! up to [`RETRY_MAX`] each time it dies again; then it is back on probation: one more loss
 //! kills it again, one acknowledgement makes it healthy (and resets its back-off). A retry thus
-//! costs one packet. The last live path is never declared dead: with every path dark the
+//! costs a few packets: on probation a path has an equal share (several packets in its first
+//! round trip, so that one lost first packet does not kill it before the next are answered),
+//! and the epochs adjust it from there. The last live path is never declared dead: with every path dark the
 //! connection's own timeouts decide.
 //!
 //! Loss detection only sees ack-eliciting packets. A client that mostly acknowledges (a
@@ -70,6 +93,24 @@ pub(super) const RETRY_MAX: Duration = Duration::from_secs(16);
 /// Longest a path in use goes without an ack-eliciting packet (see the module documentation).
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Spreading: the part of the bytes shared equally among the live paths whatever they deliver
+/// (see the module documentation).
+pub(super) const SHARE_FLOOR: f64 = 0.2;
+
+/// Spreading: bytes acknowledged (on all paths) an epoch needs before the shares move: some 30
+/// full packets. The PINGs that keep a downloading client's paths checked never add up to it.
+pub(super) const SHARE_MIN_BYTES: u64 = 32 * 1024;
+
+/// Spreading: the shortest epoch.
+const SHARE_EPOCH_MIN: Duration = Duration::from_millis(100);
+
+/// Spreading: how often the shares are recomputed, given the smoothed RTT: once an RTT (what
+/// was acknowledged in an epoch was sent under the shares of the one before), at least
+/// [`SHARE_EPOCH_MIN`].
+pub(super) fn share_epoch(rtt: Duration) -> Duration {
+    rtt.max(SHARE_EPOCH_MIN)
+}
+
 /// Failover: ack-eliciting packets in a row without an answer before the active rank may count
 /// as silent (one lost PING on a lossy idle path is no outage).
 pub(super) const SILENT_PACKETS: u32 = 8;
@@ -110,7 +151,7 @@ pub(super) fn silent_after(rto: Duration) -> Duration {
 }
 
 /// One path's figures, for statistics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PathInfo {
     /// The carrier and the peer's address on it.
     pub addr: PathAddr,
@@ -126,6 +167,13 @@ pub struct PathInfo {
     pub packets_lost: u64,
     /// Times it was declared dead.
     pub deaths: u64,
+    /// Bytes of every packet sent on it (acknowledgements included).
+    pub bytes_sent: u64,
+    /// Bytes of its packets that were acknowledged.
+    pub bytes_acked: u64,
+    /// Spreading: the part of the bytes it is given now (0 to 1; 0 when dead, and with
+    /// failover).
+    pub share: f64,
 }
 
 /// Why the client moved its data to another carrier (failover).
@@ -278,6 +326,17 @@ struct PathHealth {
     packets_acked: u64,
     packets_lost: u64,
     deaths: u64,
+    bytes_sent: u64,
+    bytes_acked: u64,
+    /// Spreading: its share (relative to the other live paths').
+    share: f64,
+    /// Spreading: bytes given to it divided by its share (the smallest goes next).
+    pass: f64,
+    /// Spreading: bytes acknowledged on it this epoch.
+    delivered: u64,
+    /// Spreading: when it came back from the dead (an epoch it was dead in part of says
+    /// nothing about it).
+    revived: Option<Instant>,
 }
 
 impl PathHealth {
@@ -297,6 +356,12 @@ impl PathHealth {
             packets_acked: 0,
             packets_lost: 0,
             deaths: 0,
+            bytes_sent: 0,
+            bytes_acked: 0,
+            share: 1.0,
+            pass: 0.0,
+            delivered: 0,
+            revived: None,
         }
     }
 
@@ -347,6 +412,8 @@ pub(super) struct PathSet {
     switches: VecDeque<PathSwitch>,
     /// Failover: moves made.
     switch_count: u64,
+    /// Spreading: when the current epoch of delivery counts began.
+    epoch_start: Option<Instant>,
 }
 
 /// Switch records kept for the caller to take (older ones are dropped).
@@ -375,6 +442,31 @@ impl PathSet {
         }
         self.next = 0;
         self.rerank();
+        // Newcomers get an equal share and start level with the others, so that they are not
+        // handed a burst to catch up with what the others were given before they came.
+        let (pass, share) = self.level();
+        for p in self
+            .paths
+            .iter_mut()
+            .filter(|p| p.pass == 0.0 && p.bytes_sent == 0)
+        {
+            p.pass = pass;
+            p.share = share;
+        }
+    }
+
+    /// Spreading: the smallest pass and the mean share of the live paths that have been used
+    /// (0 and 1 before any has).
+    fn level(&self) -> (f64, f64) {
+        let used = || self.paths.iter().filter(|p| p.alive() && p.bytes_sent > 0);
+        let pass = used().map(|p| p.pass).reduce(f64::min).unwrap_or(0.0);
+        let n = used().count();
+        let share = if n == 0 {
+            1.0
+        } else {
+            used().map(|p| p.share).sum::<f64>() / n as f64
+        };
+        (pass, share)
     }
 
     /// Failover over `order` (carriers, most preferred first; carriers not named come after
@@ -439,11 +531,106 @@ impl PathSet {
 
     /// Puts dead paths whose retry time has come on probation.
     fn wake(&mut self, now: Instant) {
+        if !self
+            .paths
+            .iter()
+            .any(|p| p.dead_until.is_some_and(|t| t <= now))
+        {
+            return;
+        }
+        let (pass, share) = self.level();
         for p in &mut self.paths {
             if p.dead_until.is_some_and(|t| t <= now) {
                 p.dead_until = None;
                 // Probation: one more loss and it is dead again.
                 p.lost_in_row = DEAD_AFTER_LOSSES - 1;
+                // An equal share, level with the others: several packets within the first
+                // round trip, so that a first one lost (a fake-TCP flow the server has yet to
+                // validate) does not kill it before the next ones are acknowledged.
+                p.share = share;
+                p.pass = pass;
+                p.delivered = 0;
+                p.revived = Some(now);
+            }
+        }
+    }
+
+    /// Spreading: the live path furthest behind its share (the smallest pass; the first of
+    /// them in the set's order on a tie). Failing that, the next path in turn.
+    fn next_by_share(&mut self) -> Option<PathAddr> {
+        let best = self
+            .paths
+            .iter()
+            .filter(|p| p.alive())
+            .min_by(|a, b| a.pass.total_cmp(&b.pass))
+            .map(|p| p.addr);
+        best.or_else(|| self.next_in_turn(|_| true))
+    }
+
+    /// Spreading: a transmit of `bytes` went out on `addr` (any packet, acknowledgements
+    /// included): it moves on by its share.
+    pub(super) fn on_transmit(&mut self, addr: PathAddr, bytes: usize) {
+        let failover = self.failover();
+        if let Some(p) = self.paths.iter_mut().find(|p| p.addr == addr) {
+            p.bytes_sent += bytes as u64;
+            if !failover {
+                p.pass += bytes as f64 / p.share.max(1e-6);
+            }
+        }
+    }
+
+    /// Spreading: at the end of an epoch (`epoch` long, see [`share_epoch`]) moves each live
+    /// path's share halfway to its target (see the module documentation) and normalises them.
+    fn reweigh(&mut self, now: Instant, epoch: Duration) {
+        let start = *self.epoch_start.get_or_insert(now);
+        let age = now.saturating_duration_since(start);
+        if age < epoch {
+            return;
+        }
+        // Judged: the paths alive for the whole epoch; one revived in it keeps its share.
+        let live: Vec<usize> = (0..self.paths.len())
+            .filter(|&i| {
+                self.paths
+                    .get(i)
+                    .is_some_and(|p| p.alive() && p.revived.is_none_or(|t| t <= start))
+            })
+            .collect();
+        let delivered: u64 = live
+            .iter()
+            .filter_map(|&i| self.paths.get(i))
+            .map(|p| p.delivered)
+            .sum();
+        let stale = age >= epoch * 8;
+        if delivered < SHARE_MIN_BYTES && !stale {
+            // Too little to judge by: keep counting into a longer epoch.
+            return;
+        }
+        self.epoch_start = Some(now);
+        if delivered >= SHARE_MIN_BYTES && !live.is_empty() {
+            let n = live.len() as f64;
+            // Shares are relative: the judged paths' together stay what they were.
+            let total: f64 = live
+                .iter()
+                .filter_map(|&i| self.paths.get(i))
+                .map(|p| p.share)
+                .sum::<f64>()
+                .max(1e-9);
+            for &i in &live {
+                if let Some(p) = self.paths.get_mut(i) {
+                    let delivered_part = p.delivered as f64 / (delivered as f64).max(1.0);
+                    let target = (1.0 - SHARE_FLOOR) * delivered_part + SHARE_FLOOR / n;
+                    p.share = total * (p.share / total + target) / 2.0;
+                }
+            }
+        }
+        for p in &mut self.paths {
+            p.delivered = 0;
+        }
+        // Keep the passes small (their differences are what counts).
+        let (min_pass, _) = self.level();
+        if min_pass > 1e12 {
+            for p in &mut self.paths {
+                p.pass = (p.pass - min_pass).max(0.0);
             }
         }
     }
@@ -541,10 +728,11 @@ impl PathSet {
 
     /// What the next packet should be (client, established): a due probe on a standby path
     /// (failover), or data on the next path in turn (of the active rank, with failover).
-    pub(super) fn next_send(&mut self, now: Instant) -> Option<NextSend> {
+    pub(super) fn next_send(&mut self, now: Instant, epoch: Duration) -> Option<NextSend> {
         self.wake(now);
         if !self.failover() {
-            return self.next_in_turn(|_| true).map(NextSend::Data);
+            self.reweigh(now, epoch);
+            return self.next_by_share().map(NextSend::Data);
         }
         let active = self.active;
         let due = self.paths.iter().find(|p| {
@@ -738,10 +926,12 @@ impl PathSet {
             })
     }
 
-    /// A packet sent on `addr` was acknowledged: the path carries. `probe`: it was a standby
-    /// probe.
-    pub(super) fn on_acked(&mut self, addr: PathAddr, now: Instant, probe: bool) {
+    /// A packet of `bytes` sent on `addr` was acknowledged: the path carries. `probe`: it was
+    /// a standby probe.
+    pub(super) fn on_acked(&mut self, addr: PathAddr, now: Instant, probe: bool, bytes: u64) {
         if let Some(p) = self.paths.iter_mut().find(|p| p.addr == addr) {
+            p.bytes_acked += bytes;
+            p.delivered += bytes;
             p.packets_acked += 1;
             p.lost_in_row = 0;
             p.backoff = RETRY_FIRST;
@@ -806,6 +996,13 @@ impl PathSet {
 
     pub(super) fn info(&self) -> Vec<PathInfo> {
         let failover = self.failover();
+        let live_shares: f64 = self
+            .paths
+            .iter()
+            .filter(|p| p.alive())
+            .map(|p| p.share)
+            .sum::<f64>()
+            .max(1e-9);
         self.paths
             .iter()
             .map(|p| PathInfo {
@@ -820,6 +1017,13 @@ impl PathSet {
                 packets_acked: p.packets_acked,
                 packets_lost: p.packets_lost,
                 deaths: p.deaths,
+                bytes_sent: p.bytes_sent,
+                bytes_acked: p.bytes_acked,
+                share: if failover || !p.alive() {
+                    0.0
+                } else {
+                    p.share / live_shares
+                },
             })
             .collect()
     }
@@ -850,7 +1054,7 @@ mod tests {
         for _ in 0..3 {
             assert!(!set.on_lost(addr(2), t0, false));
         }
-        set.on_acked(addr(2), t0, false);
+        set.on_acked(addr(2), t0, false, 1200);
         for _ in 0..3 {
             assert!(!set.on_lost(addr(2), t0, false));
         }
@@ -922,14 +1126,14 @@ mod tests {
 
     /// Sends a due probe on the standby and gives it `lost` as its fate; data otherwise.
     fn step(set: &mut PathSet, now: Instant, lost: bool) -> Option<NextSend> {
-        let next = set.next_send(now);
+        let next = set.next_send(now, Duration::from_millis(100));
         match next {
             Some(NextSend::Probe(p)) => {
                 set.on_sent(p, now);
                 if lost {
                     set.on_lost(p, now, true);
                 } else {
-                    set.on_acked(p, now, true);
+                    set.on_acked(p, now, true, 1200);
                 }
             }
             Some(NextSend::Data(p)) => set.on_sent(p, now),
@@ -954,7 +1158,7 @@ mod tests {
             match step(&mut set, now, false) {
                 Some(NextSend::Data(p)) => {
                     data.push(p);
-                    set.on_acked(p, now, false);
+                    set.on_acked(p, now, false, 1200);
                 }
                 Some(NextSend::Probe(p)) => {
                     assert_eq!(p, standby);
@@ -1011,7 +1215,7 @@ mod tests {
             match step(&mut set, now, false) {
                 Some(NextSend::Data(p)) => {
                     assert_eq!(p, standby, "data stay on carrier 1");
-                    set.on_acked(p, now, false);
+                    set.on_acked(p, now, false, 1200);
                 }
                 Some(NextSend::Probe(p)) if p == late => late_probes += 1,
                 _ => {}
@@ -1053,7 +1257,7 @@ mod tests {
             let next = step(&mut set, now, false);
             if let Some(NextSend::Data(p)) = next {
                 assert!(p == standby || back.is_some(), "data on {p}");
-                set.on_acked(p, now, false);
+                set.on_acked(p, now, false, 1200);
             }
             set.review(now, silent);
             if let Some(s) = set.take_switch() {
@@ -1089,7 +1293,7 @@ mod tests {
                     if i % 2 == 0 {
                         set.on_lost(p, now, false);
                     } else {
-                        set.on_acked(p, now, false);
+                        set.on_acked(p, now, false, 1200);
                     }
                 }
                 set.review(now, silent);
@@ -1110,5 +1314,109 @@ mod tests {
                 other => panic!("standby loses: {standby_loses}: {other:?}"),
             }
         }
+    }
+
+    /// Sends `packets` 1200-byte packets by share at `now`; `fate(path, n)` says whether the
+    /// n-th packet sent on that path (counted from 0 over the whole run) is acknowledged.
+    fn spread_step(
+        set: &mut PathSet,
+        now: Instant,
+        packets: usize,
+        sent: &mut std::collections::HashMap<PathAddr, u64>,
+        fate: &impl Fn(PathAddr, u64) -> bool,
+    ) {
+        for _ in 0..packets {
+            let Some(NextSend::Data(p)) = set.next_send(now, Duration::from_millis(100)) else {
+                panic!("spreading sends data");
+            };
+            set.on_sent(p, now);
+            set.on_transmit(p, 1200);
+            let n = sent.entry(p).or_default();
+            if fate(p, *n) {
+                set.on_acked(p, now, false, 1200);
+            } else {
+                set.on_lost(p, now, false);
+            }
+            *n += 1;
+        }
+    }
+
+    #[test]
+    fn spreading_gives_paths_that_deliver_alike_equal_shares() {
+        let t0 = Instant::now();
+        let (a, b) = (on(0, 1), on(1, 1));
+        let mut set = PathSet::new(&[a, b]);
+        let mut sent = std::collections::HashMap::new();
+        for i in 0..300u64 {
+            let now = t0 + Duration::from_millis(i * 10);
+            spread_step(&mut set, now, 7, &mut sent, &|_, _| true);
+        }
+        let info = set.info();
+        let (sa, sb) = (info[0].bytes_sent, info[1].bytes_sent);
+        assert!(sa.abs_diff(sb) <= 2 * 1200, "{sa} against {sb}");
+        assert!((info[0].share - 0.5).abs() < 0.01, "{info:?}");
+    }
+
+    #[test]
+    fn spreading_gives_a_path_that_loses_half_a_small_share_and_it_grows_back() {
+        let t0 = Instant::now();
+        let (a, b) = (on(0, 1), on(1, 1));
+        let mut set = PathSet::new(&[a, b]);
+        let mut sent = std::collections::HashMap::new();
+        // Path b delivers every other packet.
+        let throttled = |p: PathAddr, n: u64| p != b || n.is_multiple_of(2);
+        for i in 0..300u64 {
+            let now = t0 + Duration::from_millis(i * 10);
+            spread_step(&mut set, now, 10, &mut sent, &throttled);
+        }
+        let info = set.info();
+        assert!(info[1].alive, "half lost is not dead: {info:?}");
+        // Halfway to a target of 0.8 * delivered share + 0.1 each epoch settles near 0.2.
+        assert!(
+            (0.12..0.3).contains(&info[1].share),
+            "throttled share: {info:?}"
+        );
+        let before = (info[0].bytes_sent, info[1].bytes_sent);
+        // The throttle ends: within a few seconds the shares are nearly equal again.
+        let t1 = t0 + Duration::from_secs(3);
+        for i in 0..400u64 {
+            let now = t1 + Duration::from_millis(i * 10);
+            spread_step(&mut set, now, 10, &mut sent, &|_, _| true);
+        }
+        let info = set.info();
+        assert!(info[1].share > 0.45, "share grew back: {info:?}");
+        assert!(
+            info[1].bytes_sent - before.1 > (info[0].bytes_sent - before.0) / 2,
+            "{info:?}"
+        );
+    }
+
+    #[test]
+    fn spreading_gives_a_dead_path_nothing_and_a_retried_one_an_equal_share() {
+        let t0 = Instant::now();
+        let (a, b) = (on(0, 1), on(1, 1));
+        let mut set = PathSet::new(&[a, b]);
+        let mut sent = std::collections::HashMap::new();
+        spread_step(&mut set, t0, 20, &mut sent, &|_, _| true);
+        // Path b goes dark: dead after four losses in a row, then no more packets.
+        for _ in 0..DEAD_AFTER_LOSSES {
+            set.on_lost(b, t0, false);
+        }
+        assert!(!set.info()[1].alive);
+        let before = set.info()[1].bytes_sent;
+        spread_step(&mut set, t0, 50, &mut sent, &|p, _| p == a);
+        assert_eq!(set.info()[1].bytes_sent, before, "nothing on a dead path");
+        assert_eq!(set.info()[1].share, 0.0);
+        // At its retry it is level with the other path again: an equal share.
+        let t1 = t0 + RETRY_FIRST;
+        let mut count_b = 0;
+        for _ in 0..40 {
+            let Some(NextSend::Data(p)) = set.next_send(t1, Duration::from_millis(100)) else {
+                panic!("data");
+            };
+            set.on_transmit(p, 1200);
+            count_b += u32::from(p == b);
+        }
+        assert!((18..=22).contains(&count_b), "equal again: {count_b} of 40");
     }
 }

@@ -182,7 +182,8 @@ impl Connection {
                 self.in_flight = self.in_flight.saturating_sub(u64::from(p.size));
                 self.delivery.on_acked(now, &p.rate, u64::from(p.size));
                 self.streams.on_acked(&p.frames);
-                self.paths.on_acked(p.path, now, p.path_probe);
+                self.paths
+                    .on_acked(p.path, now, p.path_probe, u64::from(p.size));
                 if p.mtu_probe {
                     self.pmtu.on_probe_acked(pn, now);
                 } else {

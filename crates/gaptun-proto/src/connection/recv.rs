@@ -219,7 +219,14 @@ impl Connection {
             // A client does not answer on a path it has left (port hopping): the server, still
             // sending there, must move to the path the client uses now, which it validates.
             Frame::PathChallenge(_) if self.side == Side::Client && !self.paths.contains(from) => {}
-            Frame::PathChallenge(data) => self.path_response = Some((data, from)),
+            Frame::PathChallenge(data) => {
+                if !self.path_responses.contains(&data) {
+                    if self.path_responses.len() >= super::path::MAX_CANDIDATES {
+                        self.path_responses.remove(0);
+                    }
+                    self.path_responses.push(data);
+                }
+            }
             Frame::PathResponse(data) => self.on_path_response(data),
             Frame::FecParity(parity) => self.on_parity_frame(&parity),
             Frame::Datagram(d) => {

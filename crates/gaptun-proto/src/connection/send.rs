@@ -50,6 +50,21 @@ impl Connection {
         max_datagrams: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
+        let transmit = self.poll_transmit_inner(now, max_datagrams, buf)?;
+        if self.side == Side::Client && self.state == State::Established && self.paths.len() > 1 {
+            // What each path was given, for its share (see `connection::multipath`); the
+            // handshake is not counted: it would hold the first path back afterwards.
+            self.paths.on_transmit(transmit.path(), transmit.size);
+        }
+        Some(transmit)
+    }
+
+    fn poll_transmit_inner(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
         buf.clear();
         match self.state {
             State::Drained | State::Draining => return None,
@@ -59,11 +74,13 @@ impl Connection {
         }
         self.sync_mtu();
         if self.side == Side::Client && self.paths.len() > 1 {
-            // Spread over the client's paths, one batch each in turn; or, failing over, on the
-            // active carrier's paths with a probe now and then on the others.
+            // Spread over the client's paths, each batch to the path furthest behind its share
+            // of the bytes; or, failing over, on the active carrier's paths with a probe now
+            // and then on the others.
             self.paths
                 .review(now, super::multipath::silent_after(self.rto()));
-            match self.paths.next_send(now) {
+            let epoch = super::multipath::share_epoch(self.rtt.get());
+            match self.paths.next_send(now, epoch) {
                 Some(super::multipath::NextSend::Probe(addr)) => {
                     if let Some(t) = self.transmit_path_probe(now, buf, addr) {
                         return Some(t);
@@ -383,11 +400,11 @@ impl Connection {
             || self.ping_pending
             || self.probes > 0
             || self.path.challenge_pending
-            || self.path_response.is_some();
+            || !self.path_responses.is_empty();
         let can_elicit = wants_eliciting && allowance == Allowance::Full;
         // A PATH_RESPONSE goes out even when the window is full: the server waits for it before
         // it sends to our new address, so holding it back could stall us until an RTO.
-        let urgent_response = self.path_response.is_some();
+        let urgent_response = !self.path_responses.is_empty();
         if !ack_due && !can_elicit && !urgent_response {
             if !has_data && allowance == Allowance::Full {
                 // Nothing to send although we could: rate samples taken now understate the
@@ -423,8 +440,8 @@ impl Connection {
         if allowance == Allowance::Full {
             let packet_room = limit.saturating_sub(start + packet::HEADER_LEN);
             eliciting = self.write_eliciting_frames(now, buf, limit, packet_room, &mut sent);
-        } else if let Some((data, _)) = self.path_response.take() {
-            Frame::PathResponse(data).encode(buf);
+        } else if !self.path_responses.is_empty() {
+            self.write_path_responses(buf, limit);
             eliciting = true;
         }
         if buf.len() == start + packet::HEADER_LEN {
@@ -460,9 +477,7 @@ impl Connection {
         sent: &mut SentFrames,
     ) -> bool {
         let before = buf.len();
-        if let Some((data, _)) = self.path_response.take() {
-            Frame::PathResponse(data).encode(buf);
-        }
+        self.write_path_responses(buf, limit);
         if self.path.challenge_pending {
             if let Some(data) = self.path.challenge {
                 Frame::PathChallenge(data).encode(buf);
@@ -479,5 +494,16 @@ impl Connection {
             Frame::Ping.encode(buf);
         }
         buf.len() > before
+    }
+
+    /// As many pending PATH_RESPONSEs as fit before `limit` (oldest first).
+    fn write_path_responses(&mut self, buf: &mut Vec<u8>, limit: usize) {
+        /// A PATH_RESPONSE frame: type and 8 bytes.
+        const LEN: usize = 9;
+        let fit = limit.saturating_sub(buf.len()) / LEN;
+        let n = fit.min(self.path_responses.len());
+        for data in self.path_responses.drain(..n) {
+            Frame::PathResponse(data).encode(buf);
+        }
     }
 }
