@@ -7,7 +7,8 @@
 #                                       # datagrams and segments on loopback's 65 536 MTU)
 #   scripts/faketcp-bench.sh loopback6  # the same over IPv6 loopback (::1)
 #   scripts/faketcp-bench.sh link       # through gaptun-bench's emulated link (TUN, any IP
-#                                       # packet): 100 Mbit/s, 100 ms RTT, 5 % loss each way
+#                                       # packet): 100 Mbit/s, 100 ms RTT, 5 % loss each way;
+#                                       # UDP, fake TCP, then `--carrier all` (both at once)
 #   scripts/faketcp-bench.sh kcptun     # kcptun (client and server) over a gaptun fake-TCP
 #                                       # UDP forward, iperf3 through kcptun (clean link)
 #   scripts/faketcp-bench.sh bulk       # 256 MiB over fake TCP through the NAT router (strict
@@ -218,11 +219,13 @@ emulated_link() { # SECONDS: starts the emulated 5 % link; sets NS_A, NS_B, DEV_
 }
 
 link() {
-  emulated_link $((SECS * 2 + 40))
+  emulated_link $((SECS * 3 + 60))
   count_wire "$NS_A"
   count_wire "$NS_B"
   start "$NS_B" iperf3 iperf3 -s -B 127.0.0.1 -p 5201
-  for carrier in udp faketcp; do
+  # `all`: the client spreads over both carriers at once (its overhead line counts every
+  # packet with UDP's 28-byte header; the nftables figure counts each fake-TCP segment).
+  for carrier in udp faketcp all; do
     run_pair "$carrier" "$NS_B" "$NS_A" 10.201.0.2 "$NS_A $NS_B"
   done
 }
