@@ -3,8 +3,9 @@
 # iperf3 (one TCP connection) through a gaptun TCP forward. Run as root; uses namespaces only.
 #
 #   scripts/faketcp-bench.sh loopback   # one namespace, loopback: throughput and wire overhead
-#                                       # (then both carriers again with --route-mtu: 64 KB
-#                                       # datagrams and segments on loopback's 65 536 MTU)
+#                                       # (64 KB datagrams and segments from loopback's
+#                                       # 65 536 MTU, the default; then both carriers again
+#                                       # with --route-mtu=false: 1472-byte datagrams)
 #   scripts/faketcp-bench.sh loopback6  # the same over IPv6 loopback (::1)
 #   scripts/faketcp-bench.sh link       # through gaptun-bench's emulated link (TUN, any IP
 #                                       # packet): 100 Mbit/s, 100 ms RTT, 5 % loss each way;
@@ -23,7 +24,7 @@
 #
 # SECS (default 10) sets each iperf3 run's length; GAPTUN names the gaptun binary (default
 # target/release/gaptun); with GAPTUN_BEFORE=path, `loopback` also runs fake TCP with that
-# build, in the same run (with --route-mtu too). Overhead = wire bytes / iperf3 goodput
+# build, in the same run (with --route-mtu=false too). Overhead = wire bytes / iperf3 goodput
 # bytes, wire bytes = what both daemons sent (`ctl stats json`: bytes and packets) plus, per
 # packet, the IPv4 and UDP (28) or TCP-with-timestamps (52) headers (IPv6: 20 more). (nftables counts one GSO batch of UDP datagrams as one
 # packet with one header, which would flatter UDP; fake TCP sends each segment as its own
@@ -104,7 +105,7 @@ reset_counter() { # NS...
 
 run_pair() { # CARRIER NS_SERVER NS_CLIENT SERVER_ADDR "COUNTING_NS..."
   local carrier=$1 ns_s=$2 ns_c=$3 server=$4 count_ns=$5
-  # EXTRA: more daemon options (both ends), e.g. --route-mtu; LISTEN: the server's address.
+  # EXTRA: more daemon options (both ends), e.g. --route-mtu=false; LISTEN: the server's address.
   # shellcheck disable=SC2086
   start "$ns_s" "server-$carrier" $GAPTUN server --listen "${LISTEN:-0.0.0.0}:$PORT" --key "$KEY" \
     --allow-private --carrier "$carrier" --control "/tmp/gfb-s-$carrier.sock" ${EXTRA:-}
@@ -157,7 +158,7 @@ loopback() { # [SERVER_ADDR]: 127.0.0.1, or [::1] for loopback6
   count_wire $NS_L
   start $NS_L iperf3 iperf3 -s -B 127.0.0.1 -p 5201
   local extra
-  for extra in "" "--route-mtu"; do
+  for extra in "" "--route-mtu=false"; do
     local tag=${extra:+, $extra}
     for carrier in udp faketcp; do
       EXTRA=$extra LABEL="$carrier$tag" run_pair "$carrier" $NS_L $NS_L "$addr" $NS_L
