@@ -415,6 +415,7 @@ async fn totals_keep_closed_connections() {
             key_users: Vec::new(),
             exposes: Box::new(Vec::new),
             forwards: Vec::new(),
+            offered_carriers: None,
         });
         let forward = ForwardStats::new("socks", "127.0.0.1:1080".into(), None);
         let first = client.connect(server.local_addr()).await.unwrap();

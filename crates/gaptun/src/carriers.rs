@@ -124,9 +124,11 @@ pub async fn client_carrier(
             })
             .await?,
         )),
-        CarrierChoice::Udp | CarrierChoice::Faketcp | CarrierChoice::All | CarrierChoice::Auto => {
-            None
-        }
+        CarrierChoice::Udp
+        | CarrierChoice::Faketcp
+        | CarrierChoice::All
+        | CarrierChoice::Auto
+        | CarrierChoice::ByOffer => None,
     })
 }
 

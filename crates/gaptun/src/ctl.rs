@@ -188,6 +188,9 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             s.accepted, s.dropped_unauthenticated, s.dropped_replayed_handshakes
         ));
     }
+    if let Some(offered) = &s.offered_carriers {
+        out.push_str(&format!("carriers the server offers: {offered}\n"));
+    }
     out.push_str(&exposes_table(&s.exposes));
     if s.connections.is_empty() {
         return out;
@@ -677,6 +680,7 @@ mod tests {
             totals: Traffic::default(),
             users: Vec::new(),
             forwards: Vec::new(),
+            offered_carriers: None,
             local_addr: "0.0.0.0:40000".into(),
             receive_window: 32 << 20,
             accepted: 0,

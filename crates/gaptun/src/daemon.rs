@@ -23,7 +23,7 @@ use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
 use crate::faketcp_wiring;
 use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, DashboardSettings, ServerSettings};
-use crate::values::{CarrierChoice, ForwardProto};
+use crate::values::{CarrierChoice, CarrierKind, ForwardProto};
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
@@ -262,7 +262,7 @@ fn default_state_file(listen: SocketAddr) -> Option<PathBuf> {
 /// list several, separated by `:`; the first is used).
 /// The state directory (where the replay files and the self-signed certificate live), made
 /// if missing; `None` when no environment variable names one.
-fn default_state_dir() -> Option<PathBuf> {
+pub(crate) fn default_state_dir() -> Option<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     // Any port names a file in the directory; only the directory is wanted.
     let file = state_file_in(
@@ -313,6 +313,11 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
                 .await?;
         faketcp_wiring::server_endpoint(s.listen, s.carrier, config, web)?
     };
+    // Told to every client inside the encrypted handshake; a client without `--carrier`
+    // falls back to these.
+    let offer = crate::offer::server_offer(s.carrier, &s.listen, &endpoint);
+    info!(carriers = %crate::offer::describe(&offer), "carriers offered to clients");
+    endpoint.set_carrier_offer(Some(offer));
     let server_wide = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
     let users: Arc<[ServerUser]> =
         ServerUser::for_keys(&s.key_users, &server_wide, s.allow_private)?.into();
@@ -349,6 +354,7 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
             key_users: names,
             exposes: Box::new(move || source.rows()),
             forwards: Vec::new(),
+            offered_carriers: None,
         },
         dashboard,
     );
@@ -456,8 +462,9 @@ async fn connect(
     s: &ClientSettings,
     config: EndpointConfig,
     mut pool: PoolConfig,
-) -> Result<ClientPool> {
+) -> Result<(ClientPool, Option<faketcp_wiring::ByOffer>)> {
     let server = s.server.as_str();
+    let mut by_offer = None;
     let pool = match s.carrier {
         CarrierChoice::Udp => ClientPool::connect(server, config, pool).await,
         CarrierChoice::Tls | CarrierChoice::Quic => {
@@ -479,13 +486,94 @@ async fn connect(
             let endpoint = RtEndpoint::with_carriers(vec![carrier], config)?;
             ClientPool::with_endpoint(endpoint, server, pool).await
         }
-        CarrierChoice::Faketcp | CarrierChoice::All | CarrierChoice::Auto => {
+        CarrierChoice::Faketcp
+        | CarrierChoice::All
+        | CarrierChoice::Auto
+        | CarrierChoice::ByOffer => {
             let made = faketcp_wiring::client_endpoint(s, config).await?;
             pool.carrier_order = made.order;
+            by_offer = made.by_offer;
             ClientPool::with_late_carriers(made.endpoint, server, pool, made.late).await
         }
     };
-    pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))
+    let pool = pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
+    Ok((pool, by_offer))
+}
+
+/// A client without `--carrier`, once connected: reads the server's carrier offer, says it
+/// once, remembers it for the next start, connects the offered TLS carrier (QUIC and fake TCP
+/// from the next start on: their packet size is fixed when the client starts) and from then
+/// on moves between the carriers as `--carrier auto` does. Against a server that offers only
+/// UDP (or nothing: an older one) it changes nothing. Returns the offer for `ctl stats`.
+pub(crate) fn follow_offer(
+    s: &ClientSettings,
+    pool: &ClientPool,
+    by_offer: faketcp_wiring::ByOffer,
+) -> Option<String> {
+    let offer = pool.connections().iter().find_map(|c| c.carrier_offer());
+    let Some(offer) = offer else {
+        debug!("the server announces no carriers: UDP only");
+        return None;
+    };
+    let shown = crate::offer::describe(&offer);
+    if let Some(path) = &by_offer.state_file
+        && by_offer.remembered != Some(offer)
+        && let Err(e) = crate::offer::save(path, &offer)
+    {
+        warn!("cannot remember the server's carriers: {e:#}");
+    }
+    let wanted = crate::offer::kinds(Some(&offer), s.carriers.as_ref());
+    if wanted.len() <= 1 && by_offer.started.len() <= 1 {
+        debug!(carriers = %shown, "the server offers UDP only");
+        return Some(shown);
+    }
+    let mut using = by_offer.started.clone();
+    for kind in wanted {
+        if using.contains(&kind) {
+            continue;
+        }
+        if kind != CarrierKind::Tls {
+            info!(
+                carrier = kind.name(),
+                "offered; used from the next start (its packet size is set when the client starts)"
+            );
+            continue;
+        }
+        let spec = faketcp_wiring::offered_spec(kind, s.web.tls_server.as_ref(), Some(&offer));
+        let peer = match spec {
+            Some(crate::values::CarrierServer::Port(port)) => {
+                SocketAddr::new(by_offer.server.ip(), port)
+            }
+            // A name in --tls-server was resolved at the start already if it was wanted;
+            // resolving here would block: take it from the next start.
+            _ => continue,
+        };
+        crate::carriers::connect_in_background(
+            kind,
+            peer,
+            s.web.clone(),
+            s.key.clone(),
+            by_offer.ready.clone(),
+        );
+        using.push(kind);
+    }
+    let order: Vec<&'static str> = [
+        CarrierKind::Udp,
+        CarrierKind::Faketcp,
+        CarrierKind::Quic,
+        CarrierKind::Tls,
+    ]
+    .into_iter()
+    .filter(|k| using.contains(k))
+    .map(CarrierKind::name)
+    .collect();
+    info!(
+        offered = %shown,
+        carriers = %order.join(","),
+        "the server offers several carriers: carrier auto in use, one at a time in this order"
+    );
+    pool.set_carrier_order(order);
+    Some(shown)
 }
 
 /// Registers the exposes on the first connection: a refusal is an error at start-up (one
@@ -542,13 +630,14 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         ..PoolConfig::default()
     };
     info!(server = %s.server, conns = s.conns, carrier = ?s.carrier, "connecting");
-    let pool = tokio::select! {
+    let (pool, by_offer) = tokio::select! {
         pool = connect(&s, config, pool_config) => pool?,
         signal = &mut signals => {
             info!("{signal}: stopped while connecting");
             return Ok(());
         }
     };
+    let offered = by_offer.and_then(|b| follow_offer(&s, &pool, b));
     let expose_client = if s.exposes.is_empty() {
         None
     } else {
@@ -579,6 +668,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
             key_users: Vec::new(),
             exposes: Box::new(move || source.rows()),
             forwards,
+            offered_carriers: offered,
         },
         dashboard,
     );
