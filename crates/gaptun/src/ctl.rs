@@ -188,13 +188,20 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             s.accepted, s.dropped_unauthenticated, s.dropped_replayed_handshakes
         ));
     }
+    out.push_str(&exposes_table(&s.exposes));
+    if !s.connections.is_empty() {
+        out.push_str(&connections_table(s));
+    }
+    // Last, so that the table's layout stays as it was for the scripts that read it.
     if let Some(offered) = &s.offered_carriers {
         out.push_str(&format!("carriers the server offers: {offered}\n"));
     }
-    out.push_str(&exposes_table(&s.exposes));
-    if s.connections.is_empty() {
-        return out;
-    }
+    out
+}
+
+/// The connection rows of the `stats` table, under their header.
+fn connections_table(s: &StatsSnapshot) -> String {
+    let mut out = String::new();
     out.push_str(&format!(
         "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7} {:>5} {:>11}\n",
         "ID",
@@ -929,6 +936,22 @@ mod tests {
         );
         // One path: no such line.
         assert_eq!(format_table(&sample()).lines().count(), 3);
+    }
+
+    #[test]
+    fn the_offered_carriers_end_the_table_and_are_in_the_json() {
+        let mut s = sample();
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert!(v.get("offered_carriers").is_none(), "left out when none");
+        s.offered_carriers = Some("udp 4000, tls 8443".into());
+        let t = format_table(&s);
+        assert_eq!(
+            t.lines().last(),
+            Some("carriers the server offers: udp 4000, tls 8443"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["offered_carriers"], "udp 4000, tls 8443");
     }
 
     #[test]
