@@ -501,61 +501,108 @@ async fn connect(
 }
 
 /// A client without `--carrier`, once connected: reads the server's carrier offer, says it
-/// once, remembers it for the next start, connects the offered TLS carrier (QUIC and fake TCP
-/// from the next start on: their packet size is fixed when the client starts) and from then
-/// on moves between the carriers as `--carrier auto` does. Against a server that offers only
-/// UDP (or nothing: an older one) it changes nothing. Returns the offer for `ctl stats`.
+/// once, remembers it for the next start, connects the offered TLS carrier (and QUIC when the
+/// client started with it, from a remembered offer: fake TCP and QUIC fix the packet size when
+/// the client starts, so they otherwise join from the next start) and from then on moves
+/// between the carriers as `--carrier auto` does. Attempts from a remembered offer that the
+/// server no longer makes are stopped. Against a server that offers only UDP (or nothing: an
+/// older one) it changes nothing. Returns the offer for `ctl stats`.
 pub(crate) fn follow_offer(
     s: &ClientSettings,
     pool: &ClientPool,
     by_offer: faketcp_wiring::ByOffer,
 ) -> Option<String> {
+    let faketcp_wiring::ByOffer {
+        server,
+        started,
+        mut attempts,
+        remembered,
+        state_file,
+        ready,
+    } = by_offer;
     let offer = pool.connections().iter().find_map(|c| c.carrier_offer());
-    let Some(offer) = offer else {
-        debug!("the server announces no carriers: UDP only");
-        return None;
-    };
-    let shown = crate::offer::describe(&offer);
-    if let Some(path) = &by_offer.state_file
-        && by_offer.remembered != Some(offer)
-        && let Err(e) = crate::offer::save(path, &offer)
+    let wanted = offer.map_or_else(
+        || vec![CarrierKind::Udp],
+        |o| crate::offer::kinds(Some(&o), s.carriers.as_ref()),
+    );
+    let shown = offer.as_ref().map(crate::offer::describe);
+    if let (Some(path), Some(o)) = (&state_file, offer)
+        && remembered != Some(o)
+        && let Err(e) = crate::offer::save(path, &o)
     {
         warn!("cannot remember the server's carriers: {e:#}");
     }
-    let wanted = crate::offer::kinds(Some(&offer), s.carriers.as_ref());
-    if wanted.len() <= 1 && by_offer.started.len() <= 1 {
-        debug!(carriers = %shown, "the server offers UDP only");
-        return Some(shown);
-    }
-    let mut using = by_offer.started.clone();
+    let mut using: Vec<CarrierKind> = started
+        .iter()
+        .copied()
+        .filter(|k| matches!(k, CarrierKind::Udp | CarrierKind::Faketcp))
+        .collect();
     for kind in wanted {
-        if using.contains(&kind) {
-            continue;
-        }
-        if kind != CarrierKind::Tls {
-            info!(
-                carrier = kind.name(),
-                "offered; used from the next start (its packet size is set when the client starts)"
-            );
-            continue;
-        }
-        let spec = faketcp_wiring::offered_spec(kind, s.web.tls_server.as_ref(), Some(&offer));
-        let peer = match spec {
-            Some(crate::values::CarrierServer::Port(port)) => {
-                SocketAddr::new(by_offer.server.ip(), port)
+        match kind {
+            CarrierKind::Udp | CarrierKind::Faketcp => {
+                if !using.contains(&kind) {
+                    info!(
+                        carrier = kind.name(),
+                        "offered; used from the next start (its packet size is set when the \
+                         client starts)"
+                    );
+                }
+                continue;
             }
-            // A name in --tls-server was resolved at the start already if it was wanted;
-            // resolving here would block: take it from the next start.
-            _ => continue,
+            CarrierKind::Quic if !started.contains(&CarrierKind::Quic) => {
+                info!(
+                    carrier = kind.name(),
+                    "offered; used from the next start (its packet size is set when the client \
+                     starts)"
+                );
+                continue;
+            }
+            CarrierKind::Tls | CarrierKind::Quic => {}
+        }
+        let explicit = if kind == CarrierKind::Tls {
+            s.web.tls_server.as_ref()
+        } else {
+            s.web.quic_server.as_ref()
         };
-        crate::carriers::connect_in_background(
+        let current = attempts.iter().position(|a| a.kind == kind);
+        let peer = match faketcp_wiring::offered_spec(kind, explicit, offer.as_ref()) {
+            Some(crate::values::CarrierServer::Port(port)) => SocketAddr::new(server.ip(), port),
+            // A name given with --tls-server / --quic-server was resolved at the start.
+            _ => match current {
+                Some(i) => attempts[i].peer,
+                None => continue,
+            },
+        };
+        using.push(kind);
+        if current.is_some_and(|i| attempts[i].peer == peer) {
+            continue;
+        }
+        if let Some(i) = current {
+            let old = attempts.remove(i);
+            old.handle.abort();
+            info!(carrier = kind.name(), old = %old.peer, new = %peer, "the server moved a carrier");
+        }
+        if let Some(handle) = crate::carriers::connect_in_background(
             kind,
             peer,
             s.web.clone(),
             s.key.clone(),
-            by_offer.ready.clone(),
-        );
-        using.push(kind);
+            ready.clone(),
+        ) {
+            attempts.push(faketcp_wiring::Attempt { kind, peer, handle });
+        }
+    }
+    for stale in attempts.iter().filter(|a| !using.contains(&a.kind)) {
+        stale.handle.abort();
+        info!(carrier = stale.kind.name(), peer = %stale.peer, "no longer offered by the server: not tried");
+    }
+    if using.len() <= 1 {
+        if started.len() > 1 {
+            // Started on a remembered offer the server no longer makes.
+            pool.set_carrier_order(vec![CarrierKind::Udp.name()]);
+        }
+        debug!(offered = shown.as_deref().unwrap_or("nothing"), "UDP only");
+        return shown;
     }
     let order: Vec<&'static str> = [
         CarrierKind::Udp,
@@ -568,12 +615,12 @@ pub(crate) fn follow_offer(
     .map(CarrierKind::name)
     .collect();
     info!(
-        offered = %shown,
+        offered = shown.as_deref().unwrap_or("nothing"),
         carriers = %order.join(","),
         "the server offers several carriers: carrier auto in use, one at a time in this order"
     );
     pool.set_carrier_order(order);
-    Some(shown)
+    shown
 }
 
 /// Registers the exposes on the first connection: a refusal is an error at start-up (one

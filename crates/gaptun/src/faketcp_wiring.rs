@@ -51,12 +51,21 @@ pub struct ByOffer {
     pub server: SocketAddr,
     /// The carriers opened or connecting, in fallback order.
     pub started: Vec<CarrierKind>,
+    /// The TLS and QUIC carriers connecting (or connected) in the background.
+    pub attempts: Vec<Attempt>,
     /// The offer remembered from the last run, if any.
     pub remembered: Option<CarrierOffer>,
     /// Where the offer is remembered; `None`: no state directory.
     pub state_file: Option<std::path::PathBuf>,
     /// Hands a carrier connected later to the pool.
     pub ready: mpsc::UnboundedSender<LateCarrier>,
+}
+
+/// A TLS or QUIC carrier connecting in the background to `peer`.
+pub struct Attempt {
+    pub kind: CarrierKind,
+    pub peer: SocketAddr,
+    pub handle: tokio::task::AbortHandle,
 }
 
 /// Where the server's TLS (or QUIC) carrier is for a client without `--carrier`: as
@@ -186,6 +195,7 @@ pub async fn client_endpoint(
         };
         let (ready, arrivals) = mpsc::unbounded_channel();
         let mut started = Vec::new();
+        let mut attempts = Vec::new();
         for kind in kinds {
             let carrier = match kind {
                 CarrierKind::Udp => open_udp(),
@@ -213,13 +223,15 @@ pub async fn client_endpoint(
                             t.mtu_discovery = false;
                         }
                     }
-                    crate::carriers::connect_in_background(
+                    if let Some(handle) = crate::carriers::connect_in_background(
                         kind,
                         peer,
                         s.web.clone(),
                         s.key.clone(),
                         ready.clone(),
-                    );
+                    ) {
+                        attempts.push(Attempt { kind, peer, handle });
+                    }
                     order.push(kind.name());
                     started.push(kind);
                     continue;
@@ -250,6 +262,7 @@ pub async fn client_endpoint(
             by_offer = Some(ByOffer {
                 server: addr,
                 started,
+                attempts,
                 remembered,
                 state_file,
                 ready,
