@@ -96,6 +96,11 @@ pub struct TransportConfig {
     /// normal recovery back at once. Set by the runtime from its carriers, not by users; see
     /// `docs/protocol.md`, "Reliable carriers".
     pub reliable_carriers: Vec<CarrierId>,
+    /// Server: the carriers announced to clients in the handshake (see
+    /// [`CarrierOffer`](crate::handshake::CarrierOffer)); `None`: none announced. Set with
+    /// [`Endpoint::set_carrier_offer`](crate::Endpoint::set_carrier_offer) once the ports are
+    /// known; a client ignores it.
+    pub carrier_offer: Option<crate::handshake::CarrierOffer>,
 }
 
 impl Default for TransportConfig {
@@ -127,6 +132,7 @@ impl Default for TransportConfig {
             max_datagram_size: 65_535,
             datagram_buffer: 256 * 1024,
             reliable_carriers: Vec::new(),
+            carrier_offer: None,
         }
     }
 }

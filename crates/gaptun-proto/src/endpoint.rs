@@ -625,6 +625,7 @@ impl Endpoint {
             ciphers: Vec::new(),
             fec: t.fec.accepts_parity(),
             max_datagram_size: t.max_datagram_size,
+            carrier_offer: t.carrier_offer,
         }
     }
 
@@ -905,6 +906,15 @@ impl Endpoint {
             conn.set_reliable_carriers(&list);
             self.schedule.mark(slot, handle, ALL);
         }
+    }
+
+    /// Server: the carriers announced to every client from now on, inside the encrypted
+    /// Response (see [`crate::handshake::CarrierOffer`]); `None`: no offer. Set by the runtime
+    /// once its carriers are bound and their ports known.
+    pub fn set_carrier_offer(&mut self, offer: Option<handshake::CarrierOffer>) {
+        let mut t = (*self.transport).clone();
+        t.carrier_offer = offer;
+        self.transport = Arc::new(t);
     }
 
     /// Learn the ceiling of new connections over our carrier `carrier` from the route to the

@@ -69,6 +69,7 @@ pub fn handshake(data: &[u8]) {
         ciphers: Vec::new(),
         fec: true,
         max_datagram_size: 65_535,
+        carrier_offer: None,
     };
     let mut rng = StdRng::seed_from_u64(7);
     let _ = handshake::accept_initial(
@@ -105,6 +106,7 @@ fn seed_params() -> TransportParams {
         ciphers: vec![CipherSuite::ChaCha20Poly1305],
         fec: true,
         max_datagram_size: 65_535,
+        carrier_offer: None,
     }
 }
 

@@ -102,6 +102,16 @@ impl RtConnection {
         Ok(())
     }
 
+    /// Client: the carriers the server offers (learned in the handshake); `None` before it
+    /// completed, once the connection has ended, and from a server that offers none.
+    pub fn carrier_offer(&self) -> Option<gaptun_proto::handshake::CarrierOffer> {
+        let mut state = self.shared().lock();
+        state
+            .conn(self.meta())
+            .ok()
+            .and_then(|(conn, _)| conn.peer_carrier_offer())
+    }
+
     /// The connection's paths and their health (empty once it has ended).
     pub fn paths(&self) -> Vec<PathInfo> {
         let mut state = self.shared().lock();

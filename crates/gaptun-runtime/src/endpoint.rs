@@ -551,6 +551,14 @@ impl RtEndpoint {
         }
     }
 
+    /// Server: the carriers announced to clients that connect from now on (see
+    /// [`gaptun_proto::handshake::CarrierOffer`]); `None`: none.
+    pub fn set_carrier_offer(&self, offer: Option<gaptun_proto::handshake::CarrierOffer>) {
+        for shard in self.shards() {
+            shard.lock().endpoint.set_carrier_offer(offer);
+        }
+    }
+
     /// Names the server's keys (by index, as in `EndpointConfig::server`) for log lines about
     /// them, such as the WARN for handshakes a per-key cap dropped: the application knows
     /// which user a key belongs to, the core only its position.

@@ -170,6 +170,9 @@ struct PoolInner {
     handshaking: Mutex<Vec<RtConnection>>,
     /// Bumped by every [`PoolInner::add_carrier`] (see [`PoolInner::connect_once`]).
     carriers_added: AtomicU64,
+    /// [`PoolConfig::carrier_order`], changed by [`ClientPool::set_carrier_order`] (a client
+    /// that learns the server's carriers after connecting).
+    order: Mutex<Vec<&'static str>>,
 }
 
 /// A carrier that became ready after the pool started (a TLS or QUIC carrier whose connection
@@ -253,7 +256,10 @@ impl ClientPool {
             target,
             carrier: Mutex::new(carrier),
             hops: AtomicUsize::new(0),
-            config: PoolConfig { conns, ..config },
+            config: PoolConfig {
+                conns,
+                ..config.clone()
+            },
             slots: Mutex::new(vec![None; conns]),
             version: watch::Sender::new(0),
             stop: watch::Sender::new(false),
@@ -262,6 +268,7 @@ impl ClientPool {
             peers: Mutex::new(Vec::new()),
             handshaking: Mutex::new(Vec::new()),
             carriers_added: AtomicU64::new(0),
+            order: Mutex::new(config.carrier_order.clone()),
         });
         if let Some(late) = late {
             tokio::spawn(add_late_carriers(Arc::downgrade(&inner), late));
@@ -296,6 +303,21 @@ impl ClientPool {
     /// The live connections.
     pub fn connections(&self) -> Vec<RtConnection> {
         self.inner.live()
+    }
+
+    /// Replaces [`PoolConfig::carrier_order`]: from now on every connection, live or new,
+    /// uses one carrier at a time in this order (an empty list affects only new connections:
+    /// they spread). For a client that learns which carriers the server offers only once
+    /// connected.
+    pub fn set_carrier_order(&self, order: Vec<&'static str>) {
+        *self
+            .inner
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = order;
+        for conn in self.inner.live() {
+            self.inner.refresh_paths(&conn);
+        }
     }
 
     /// Each connection of the pool once, as it comes up (the live ones at once, then every
@@ -464,12 +486,22 @@ impl PoolInner {
         paths
     }
 
+    /// Whether the connections use one carrier at a time (a carrier order is set).
+    fn fails_over(&self) -> bool {
+        !self
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// The carriers in the order of [`PoolConfig::carrier_order`] (empty: no preference).
     fn carrier_order(&self) -> Vec<CarrierId> {
         let carriers = self.endpoint.carriers();
         let udp = *self.carrier.lock().unwrap_or_else(PoisonError::into_inner);
-        self.config
-            .carrier_order
+        self.order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter_map(|&kind| {
                 if kind == UDP_KIND {
@@ -512,7 +544,7 @@ impl PoolInner {
     fn refresh_paths(&self, conn: &RtConnection) {
         let ip = conn.remote_address().ip();
         let _ = conn.set_paths(&self.paths_to(ip));
-        if !self.config.carrier_order.is_empty() {
+        if self.fails_over() {
             let _ = conn.set_carrier_preference(&self.carrier_order());
         }
     }
@@ -630,7 +662,7 @@ async fn hop(inner: Arc<PoolInner>, interval: Duration) {
             if conn.set_paths(&inner.paths_to(ip)).is_ok() {
                 moved += 1;
             }
-            if !inner.config.carrier_order.is_empty() {
+            if inner.fails_over() {
                 let _ = conn.set_carrier_preference(&inner.carrier_order());
             }
         }

@@ -67,6 +67,7 @@ async fn recorded_initial_is_refused_after_a_restart() {
         ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
         fec: true,
         max_datagram_size: 65_535,
+        carrier_offer: None,
     };
     let (_, initial) = ClientHandshake::start(
         &psk,
@@ -130,6 +131,7 @@ async fn a_sharded_server_persists_what_its_shards_accept() {
         ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
         fec: true,
         max_datagram_size: 65_535,
+        carrier_offer: None,
     };
     let initials: Vec<Vec<u8>> = (0..4u8)
         .map(|i| {

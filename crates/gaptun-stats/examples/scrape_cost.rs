@@ -105,6 +105,7 @@ async fn run(rounds: usize, window: Duration) {
         key_users: vec!["bench".into()],
         exposes: Box::new(Vec::new),
         forwards: Vec::new(),
+        offered_carriers: None,
     });
     let dashboard = Dashboard::bind("127.0.0.1:0".parse().unwrap(), None)
         .await

@@ -44,6 +44,8 @@ pub struct Sources {
     pub exposes: Box<dyn Fn() -> Vec<ExposeRow> + Send + Sync>,
     /// Client: SOCKS5 and the forwards.
     pub forwards: Vec<Arc<ForwardStats>>,
+    /// Client: the carriers the server offered (see `StatsSnapshot::offered_carriers`).
+    pub offered_carriers: Option<String>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -392,6 +394,7 @@ impl Book {
             users,
             exposes,
             forwards,
+            offered_carriers: sources.offered_carriers.clone(),
         }
     }
 

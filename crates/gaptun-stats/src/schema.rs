@@ -43,6 +43,10 @@ pub struct StatsSnapshot {
     pub exposes: Vec<ExposeRow>,
     /// Client: SOCKS5 and the port forwards (empty on a server).
     pub forwards: Vec<ForwardRow>,
+    /// Client without `--carrier`: the carriers the server offered in its handshake, e.g.
+    /// `udp 4000, tls 8443` (left out when it offered none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_carriers: Option<String>,
 }
 
 /// Traffic counters and current rates of a set of connections.

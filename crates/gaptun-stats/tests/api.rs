@@ -258,6 +258,7 @@ async fn api_schema_traffic_metrics_and_auth() {
                 }]
             }),
             forwards: vec![Arc::clone(&forward)],
+            offered_carriers: Some("udp 29900, tls 8443".into()),
         });
         tokio::spawn(collector.clone().run());
         let dashboard = Dashboard::bind(
@@ -326,6 +327,7 @@ async fn api_schema_traffic_metrics_and_auth() {
         assert_eq!(v["role"], "client");
         assert_eq!(v["connections"].as_array().unwrap().len(), 1);
         assert_eq!(v["connections"][0]["carrier"], "udp");
+        assert_eq!(v["offered_carriers"], "udp 29900, tls 8443");
         let f = &v["forwards"][0];
         assert_eq!(f["bytes_up"], SENT as u64, "{f}");
         assert_eq!(f["bytes_down"], 8, "{f}");
@@ -415,6 +417,7 @@ async fn totals_keep_closed_connections() {
             key_users: Vec::new(),
             exposes: Box::new(Vec::new),
             forwards: Vec::new(),
+            offered_carriers: None,
         });
         let forward = ForwardStats::new("socks", "127.0.0.1:1080".into(), None);
         let first = client.connect(server.local_addr()).await.unwrap();

@@ -124,9 +124,11 @@ pub async fn client_carrier(
             })
             .await?,
         )),
-        CarrierChoice::Udp | CarrierChoice::Faketcp | CarrierChoice::All | CarrierChoice::Auto => {
-            None
-        }
+        CarrierChoice::Udp
+        | CarrierChoice::Faketcp
+        | CarrierChoice::All
+        | CarrierChoice::Auto
+        | CarrierChoice::ByOffer => None,
     })
 }
 
@@ -155,19 +157,21 @@ pub async fn web_peer(spec: Option<&CarrierServer>, server: SocketAddr) -> Resul
 /// with back-off while it fails, and hands it over on `ready` once it is up; ends then, or when
 /// the receiver is gone. The handshake over the other carriers goes on meanwhile, so a carrier
 /// that does not answer (a dropped SYN takes the full connect timeout) delays nothing.
+/// Aborting the returned handle stops the attempts (a remembered offer the server no longer
+/// makes); `None` for a kind that needs no connection.
 pub fn connect_in_background(
     kind: CarrierKind,
     peer: SocketAddr,
     web: ClientWebCarriers,
     key: Psk,
     ready: mpsc::UnboundedSender<LateCarrier>,
-) {
+) -> Option<tokio::task::AbortHandle> {
     let choice = match kind {
         CarrierKind::Tls => CarrierChoice::Tls,
         CarrierKind::Quic => CarrierChoice::Quic,
-        CarrierKind::Udp | CarrierKind::Faketcp => return,
+        CarrierKind::Udp | CarrierKind::Faketcp => return None,
     };
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut wait = LATE_RETRY_FIRST;
         let mut failures = 0u32;
         loop {
@@ -204,4 +208,5 @@ pub fn connect_in_background(
             wait = (wait * 2).min(LATE_RETRY_MAX);
         }
     });
+    Some(task.abort_handle())
 }

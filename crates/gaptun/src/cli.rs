@@ -124,8 +124,11 @@ settings_group! {
         /// uses one carrier at a time, the first of --carriers that works, moves to the next
         /// when it is blocked or throttled, and back; a server accepts udp and faketcp). A tls
         /// or quic client's --server names the server's TLS or QUIC port; an auto client finds
-        /// them with --tls-server and --quic-server.
-        #[arg(long, value_name = "CARRIER", default_value = "udp")]
+        /// them with --tls-server and --quic-server [default: udp on a server; a client
+        /// without --carrier starts on udp and, as auto, falls back to the carriers the server
+        /// offers in its handshake, at the ports it names (remembered in the state directory
+        /// for the next start); against a server that offers only udp it is plain udp].
+        #[arg(long, value_name = "CARRIER")]
         pub carrier: Option<CarrierChoice>,
         /// Serve the live dashboard, /api/stats and /metrics (Prometheus) over HTTP on this
         /// address, e.g. 127.0.0.1:7500 (PORT alone means 127.0.0.1:PORT) [default: off].
@@ -228,11 +231,13 @@ settings_group! {
         #[arg(long, value_name = "SECS")]
         pub hop_interval: Option<HopInterval>,
         /// With --carrier auto: the carriers to use, most preferred first, e.g. udp,tls
-        /// [default: udp, faketcp when running with CAP_NET_RAW, quic, tls].
+        /// [default: udp, faketcp when running with CAP_NET_RAW, quic, tls]. Without
+        /// --carrier: which of the offered carriers may be used, in this order.
         #[arg(long, value_name = "LIST")]
         pub carriers: Option<CarrierList>,
         /// With --carrier auto: the server's TLS carrier, HOST:PORT, or PORT on the host of
-        /// --server [default: port 443 of that host].
+        /// --server [default: port 443 of that host; without --carrier: the port the server
+        /// offers].
         #[arg(long, value_name = "ADDR")]
         pub tls_server: Option<CarrierServer>,
         /// With --carrier auto: the server's QUIC carrier, as for --tls-server [default: port

@@ -189,9 +189,19 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         ));
     }
     out.push_str(&exposes_table(&s.exposes));
-    if s.connections.is_empty() {
-        return out;
+    if !s.connections.is_empty() {
+        out.push_str(&connections_table(s));
     }
+    // Last, so that the table's layout stays as it was for the scripts that read it.
+    if let Some(offered) = &s.offered_carriers {
+        out.push_str(&format!("carriers the server offers: {offered}\n"));
+    }
+    out
+}
+
+/// The connection rows of the `stats` table, under their header.
+fn connections_table(s: &StatsSnapshot) -> String {
+    let mut out = String::new();
     out.push_str(&format!(
         "{:>4} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>9} {:>7} {:>5} {:>11}\n",
         "ID",
@@ -677,6 +687,7 @@ mod tests {
             totals: Traffic::default(),
             users: Vec::new(),
             forwards: Vec::new(),
+            offered_carriers: None,
             local_addr: "0.0.0.0:40000".into(),
             receive_window: 32 << 20,
             accepted: 0,
@@ -925,6 +936,22 @@ mod tests {
         );
         // One path: no such line.
         assert_eq!(format_table(&sample()).lines().count(), 3);
+    }
+
+    #[test]
+    fn the_offered_carriers_end_the_table_and_are_in_the_json() {
+        let mut s = sample();
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert!(v.get("offered_carriers").is_none(), "left out when none");
+        s.offered_carriers = Some("udp 4000, tls 8443".into());
+        let t = format_table(&s);
+        assert_eq!(
+            t.lines().last(),
+            Some("carriers the server offers: udp 4000, tls 8443"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["offered_carriers"], "udp 4000, tls 8443");
     }
 
     #[test]

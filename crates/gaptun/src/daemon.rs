@@ -23,7 +23,7 @@ use crate::ctl::{CtlContext, CtlSocket, ExposeSource, handle_line};
 use crate::faketcp_wiring;
 use crate::ratelimit::Limited;
 use crate::settings::{ClientSettings, DashboardSettings, ServerSettings};
-use crate::values::{CarrierChoice, ForwardProto};
+use crate::values::{CarrierChoice, CarrierKind, ForwardProto};
 use gaptun_apps::expose::{
     ExposeClient, ExposeClientConfig, ExposePeer, ExposeServer, ExposeServerConfig,
 };
@@ -262,7 +262,7 @@ fn default_state_file(listen: SocketAddr) -> Option<PathBuf> {
 /// list several, separated by `:`; the first is used).
 /// The state directory (where the replay files and the self-signed certificate live), made
 /// if missing; `None` when no environment variable names one.
-fn default_state_dir() -> Option<PathBuf> {
+pub(crate) fn default_state_dir() -> Option<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     // Any port names a file in the directory; only the directory is wanted.
     let file = state_file_in(
@@ -313,6 +313,11 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
                 .await?;
         faketcp_wiring::server_endpoint(s.listen, s.carrier, config, web)?
     };
+    // Told to every client inside the encrypted handshake; a client without `--carrier`
+    // falls back to these.
+    let offer = crate::offer::server_offer(s.carrier, &s.listen, &endpoint);
+    info!(carriers = %crate::offer::describe(&offer), "carriers offered to clients");
+    endpoint.set_carrier_offer(Some(offer));
     let server_wide = Arc::new(RelayPolicy::build(&s.allow, s.allow_private)?);
     let users: Arc<[ServerUser]> =
         ServerUser::for_keys(&s.key_users, &server_wide, s.allow_private)?.into();
@@ -349,6 +354,7 @@ pub async fn run_server(s: ServerSettings) -> Result<()> {
             key_users: names,
             exposes: Box::new(move || source.rows()),
             forwards: Vec::new(),
+            offered_carriers: None,
         },
         dashboard,
     );
@@ -456,8 +462,9 @@ async fn connect(
     s: &ClientSettings,
     config: EndpointConfig,
     mut pool: PoolConfig,
-) -> Result<ClientPool> {
+) -> Result<(ClientPool, Option<faketcp_wiring::ByOffer>)> {
     let server = s.server.as_str();
+    let mut by_offer = None;
     let pool = match s.carrier {
         CarrierChoice::Udp => ClientPool::connect(server, config, pool).await,
         CarrierChoice::Tls | CarrierChoice::Quic => {
@@ -479,13 +486,141 @@ async fn connect(
             let endpoint = RtEndpoint::with_carriers(vec![carrier], config)?;
             ClientPool::with_endpoint(endpoint, server, pool).await
         }
-        CarrierChoice::Faketcp | CarrierChoice::All | CarrierChoice::Auto => {
+        CarrierChoice::Faketcp
+        | CarrierChoice::All
+        | CarrierChoice::Auto
+        | CarrierChoice::ByOffer => {
             let made = faketcp_wiring::client_endpoint(s, config).await?;
             pool.carrier_order = made.order;
+            by_offer = made.by_offer;
             ClientPool::with_late_carriers(made.endpoint, server, pool, made.late).await
         }
     };
-    pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))
+    let pool = pool.map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
+    Ok((pool, by_offer))
+}
+
+/// A client without `--carrier`, once connected: reads the server's carrier offer, says it
+/// once, remembers it for the next start, connects the offered TLS carrier (and QUIC when the
+/// client started with it, from a remembered offer: fake TCP and QUIC fix the packet size when
+/// the client starts, so they otherwise join from the next start) and from then on moves
+/// between the carriers as `--carrier auto` does. Attempts from a remembered offer that the
+/// server no longer makes are stopped. Against a server that offers only UDP (or nothing: an
+/// older one) it changes nothing. Returns the offer for `ctl stats`.
+pub(crate) fn follow_offer(
+    s: &ClientSettings,
+    pool: &ClientPool,
+    by_offer: faketcp_wiring::ByOffer,
+) -> Option<String> {
+    let faketcp_wiring::ByOffer {
+        server,
+        started,
+        mut attempts,
+        remembered,
+        state_file,
+        ready,
+    } = by_offer;
+    let offer = pool.connections().iter().find_map(|c| c.carrier_offer());
+    let wanted = offer.map_or_else(
+        || vec![CarrierKind::Udp],
+        |o| crate::offer::kinds(Some(&o), s.carriers.as_ref()),
+    );
+    let shown = offer.as_ref().map(crate::offer::describe);
+    if let (Some(path), Some(o)) = (&state_file, offer)
+        && remembered != Some(o)
+        && let Err(e) = crate::offer::save(path, &o)
+    {
+        warn!("cannot remember the server's carriers: {e:#}");
+    }
+    let mut using: Vec<CarrierKind> = started
+        .iter()
+        .copied()
+        .filter(|k| matches!(k, CarrierKind::Udp | CarrierKind::Faketcp))
+        .collect();
+    for kind in wanted {
+        match kind {
+            CarrierKind::Udp | CarrierKind::Faketcp => {
+                if !using.contains(&kind) {
+                    info!(
+                        carrier = kind.name(),
+                        "offered; used from the next start (its packet size is set when the \
+                         client starts)"
+                    );
+                }
+                continue;
+            }
+            CarrierKind::Quic if !started.contains(&CarrierKind::Quic) => {
+                info!(
+                    carrier = kind.name(),
+                    "offered; used from the next start (its packet size is set when the client \
+                     starts)"
+                );
+                continue;
+            }
+            CarrierKind::Tls | CarrierKind::Quic => {}
+        }
+        let explicit = if kind == CarrierKind::Tls {
+            s.web.tls_server.as_ref()
+        } else {
+            s.web.quic_server.as_ref()
+        };
+        let current = attempts.iter().position(|a| a.kind == kind);
+        let peer = match faketcp_wiring::offered_spec(kind, explicit, offer.as_ref()) {
+            Some(crate::values::CarrierServer::Port(port)) => SocketAddr::new(server.ip(), port),
+            // A name given with --tls-server / --quic-server was resolved at the start.
+            _ => match current {
+                Some(i) => attempts[i].peer,
+                None => continue,
+            },
+        };
+        using.push(kind);
+        if current.is_some_and(|i| attempts[i].peer == peer) {
+            continue;
+        }
+        if let Some(i) = current {
+            let old = attempts.remove(i);
+            old.handle.abort();
+            info!(carrier = kind.name(), old = %old.peer, new = %peer, "the server moved a carrier");
+        }
+        if let Some(handle) = crate::carriers::connect_in_background(
+            kind,
+            peer,
+            s.web.clone(),
+            s.key.clone(),
+            ready.clone(),
+        ) {
+            attempts.push(faketcp_wiring::Attempt { kind, peer, handle });
+        }
+    }
+    for stale in attempts.iter().filter(|a| !using.contains(&a.kind)) {
+        stale.handle.abort();
+        info!(carrier = stale.kind.name(), peer = %stale.peer, "no longer offered by the server: not tried");
+    }
+    if using.len() <= 1 {
+        if started.len() > 1 {
+            // Started on a remembered offer the server no longer makes.
+            pool.set_carrier_order(vec![CarrierKind::Udp.name()]);
+        }
+        debug!(offered = shown.as_deref().unwrap_or("nothing"), "UDP only");
+        return shown;
+    }
+    let order: Vec<&'static str> = [
+        CarrierKind::Udp,
+        CarrierKind::Faketcp,
+        CarrierKind::Quic,
+        CarrierKind::Tls,
+    ]
+    .into_iter()
+    .filter(|k| using.contains(k))
+    .map(CarrierKind::name)
+    .collect();
+    info!(
+        offered = shown.as_deref().unwrap_or("nothing"),
+        carriers = %order.join(","),
+        "the server offers several carriers: carrier auto in use, one at a time in this order"
+    );
+    pool.set_carrier_order(order);
+    shown
 }
 
 /// Registers the exposes on the first connection: a refusal is an error at start-up (one
@@ -542,13 +677,14 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
         ..PoolConfig::default()
     };
     info!(server = %s.server, conns = s.conns, carrier = ?s.carrier, "connecting");
-    let pool = tokio::select! {
+    let (pool, by_offer) = tokio::select! {
         pool = connect(&s, config, pool_config) => pool?,
         signal = &mut signals => {
             info!("{signal}: stopped while connecting");
             return Ok(());
         }
     };
+    let offered = by_offer.and_then(|b| follow_offer(&s, &pool, b));
     let expose_client = if s.exposes.is_empty() {
         None
     } else {
@@ -579,6 +715,7 @@ pub async fn run_client(s: ClientSettings) -> Result<()> {
             key_users: Vec::new(),
             exposes: Box::new(move || source.rows()),
             forwards,
+            offered_carriers: offered,
         },
         dashboard,
     );

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::settings::ClientSettings;
-use crate::values::{CarrierChoice, CarrierKind, CarrierList};
+use crate::values::{CarrierChoice, CarrierKind, CarrierList, CarrierServer};
+use gaptun_proto::handshake::CarrierOffer;
 
 /// `--carrier auto` without `--carriers`: the order, most preferred first (fake TCP
 /// only where raw sockets may be opened; TLS and QUIC only once they connect).
@@ -39,6 +40,50 @@ pub struct ClientEndpoint {
     pub endpoint: RtEndpoint,
     pub order: Vec<&'static str>,
     pub late: Option<mpsc::UnboundedReceiver<LateCarrier>>,
+    /// Without `--carrier`: what follows the offer once connected (see
+    /// [`crate::daemon::follow_offer`]).
+    pub by_offer: Option<ByOffer>,
+}
+
+/// A client without `--carrier`: what it started with, and how to add carriers later.
+pub struct ByOffer {
+    /// The server's address (the TLS and QUIC carriers are on its host).
+    pub server: SocketAddr,
+    /// The carriers opened or connecting, in fallback order.
+    pub started: Vec<CarrierKind>,
+    /// The TLS and QUIC carriers connecting (or connected) in the background.
+    pub attempts: Vec<Attempt>,
+    /// The offer remembered from the last run, if any.
+    pub remembered: Option<CarrierOffer>,
+    /// Where the offer is remembered; `None`: no state directory.
+    pub state_file: Option<std::path::PathBuf>,
+    /// Hands a carrier connected later to the pool.
+    pub ready: mpsc::UnboundedSender<LateCarrier>,
+}
+
+/// A TLS or QUIC carrier connecting in the background to `peer`.
+pub struct Attempt {
+    pub kind: CarrierKind,
+    pub peer: SocketAddr,
+    pub handle: tokio::task::AbortHandle,
+}
+
+/// Where the server's TLS (or QUIC) carrier is for a client without `--carrier`: as
+/// `--tls-server` says, else the port `offer` names on the server's host.
+pub fn offered_spec(
+    kind: CarrierKind,
+    explicit: Option<&CarrierServer>,
+    offer: Option<&CarrierOffer>,
+) -> Option<CarrierServer> {
+    if let Some(spec) = explicit {
+        return Some(spec.clone());
+    }
+    let port = match kind {
+        CarrierKind::Tls => offer?.tls,
+        CarrierKind::Quic => offer?.quic,
+        CarrierKind::Udp | CarrierKind::Faketcp => None,
+    }?;
+    Some(CarrierServer::Port(port))
 }
 
 /// Shrinks the datagram ceiling for fake TCP (see the module documentation).
@@ -132,20 +177,41 @@ pub async fn client_endpoint(
     let mut list: Vec<Arc<dyn Carrier>> = Vec::new();
     let mut order = Vec::new();
     let mut late = None;
-    if choice == CarrierChoice::Auto {
-        let kinds = carriers.map_or_else(|| DEFAULT_AUTO.to_vec(), |c| c.0.clone());
+    let mut by_offer = None;
+    let state_file = if choice == CarrierChoice::ByOffer {
+        crate::daemon::default_state_dir().map(|dir| crate::offer::state_file(&dir, server))
+    } else {
+        None
+    };
+    let remembered = match (&state_file, choice) {
+        (Some(path), CarrierChoice::ByOffer) => crate::offer::load(path),
+        _ => None,
+    };
+    if matches!(choice, CarrierChoice::Auto | CarrierChoice::ByOffer) {
+        let kinds = if choice == CarrierChoice::ByOffer {
+            crate::offer::kinds(remembered.as_ref(), carriers)
+        } else {
+            carriers.map_or_else(|| DEFAULT_AUTO.to_vec(), |c| c.0.clone())
+        };
         let (ready, arrivals) = mpsc::unbounded_channel();
+        let mut started = Vec::new();
+        let mut attempts = Vec::new();
         for kind in kinds {
             let carrier = match kind {
                 CarrierKind::Udp => open_udp(),
                 CarrierKind::Faketcp => open_faketcp(),
                 CarrierKind::Quic | CarrierKind::Tls => {
-                    let spec = if kind == CarrierKind::Tls {
+                    let explicit = if kind == CarrierKind::Tls {
                         s.web.tls_server.as_ref()
                     } else {
                         s.web.quic_server.as_ref()
                     };
-                    let peer = crate::carriers::web_peer(spec, addr).await?;
+                    let spec = if choice == CarrierChoice::ByOffer {
+                        offered_spec(kind, explicit, remembered.as_ref())
+                    } else {
+                        explicit.cloned()
+                    };
+                    let peer = crate::carriers::web_peer(spec.as_ref(), addr).await?;
                     if kind == CarrierKind::Quic {
                         // Its datagrams are smaller than UDP's; the endpoint's size must fit
                         // every carrier from the start, as `with_carriers` would make it.
@@ -157,14 +223,17 @@ pub async fn client_endpoint(
                             t.mtu_discovery = false;
                         }
                     }
-                    crate::carriers::connect_in_background(
+                    if let Some(handle) = crate::carriers::connect_in_background(
                         kind,
                         peer,
                         s.web.clone(),
                         s.key.clone(),
                         ready.clone(),
-                    );
+                    ) {
+                        attempts.push(Attempt { kind, peer, handle });
+                    }
                     order.push(kind.name());
+                    started.push(kind);
                     continue;
                 }
             };
@@ -172,16 +241,33 @@ pub async fn client_endpoint(
                 Ok(c) => {
                     list.push(c);
                     order.push(kind.name());
+                    started.push(kind);
                 }
                 // The default list takes fake TCP only where it can be had (root or
-                // CAP_NET_RAW, nftables); a list given by the user must be honoured.
-                Err(e) if carriers.is_none() => {
+                // CAP_NET_RAW, nftables); a list given by the user must be honoured (but an
+                // offered carrier is only a chance).
+                Err(e) if carriers.is_none() || choice == CarrierChoice::ByOffer => {
                     info!("carrier auto: fake TCP left out: {e:#}");
                 }
                 Err(e) => return Err(e),
             }
         }
-        info!(carriers = %order.join(","), "carrier auto: one carrier at a time, in this order");
+        if choice == CarrierChoice::Auto || order.len() > 1 {
+            info!(carriers = %order.join(","), "carrier auto: one carrier at a time, in this order");
+        } else if choice == CarrierChoice::ByOffer {
+            // UDP alone until the server offers more: spread as `--carrier udp` does.
+            order.clear();
+        }
+        if choice == CarrierChoice::ByOffer {
+            by_offer = Some(ByOffer {
+                server: addr,
+                started,
+                attempts,
+                remembered,
+                state_file,
+                ready,
+            });
+        }
         late = Some(arrivals);
     } else {
         if choice.faketcp() {
@@ -204,6 +290,7 @@ pub async fn client_endpoint(
         endpoint: RtEndpoint::with_carriers(list, config)?,
         order,
         late,
+        by_offer,
     })
 }
 

@@ -16,6 +16,7 @@ mod faketcp_wiring;
 mod keys;
 mod layer;
 mod logging;
+mod offer;
 mod ratelimit;
 mod settings;
 mod transport;

@@ -126,7 +126,8 @@ pub struct ServerWebCarriers {
 pub struct ClientWebCarriers {
     pub sni: String,
     pub tls_connections: usize,
-    /// `--carrier auto`: the server's TLS carrier, `HOST:PORT` or `PORT`; `None`: port 443.
+    /// `--carrier auto`: the server's TLS carrier, `HOST:PORT` or `PORT`; `None`: port 443
+    /// (by offer: the offered port).
     pub tls_server: Option<CarrierServer>,
     /// `--carrier auto`: the server's QUIC carrier, as `tls_server`.
     pub quic_server: Option<CarrierServer>,
@@ -145,7 +146,8 @@ pub struct ClientSettings {
     pub conns: usize,
     /// Port hopping interval; `None`: off.
     pub hop_interval: Option<std::time::Duration>,
-    /// `--carrier auto`'s carriers, most preferred first; `None`: the default list.
+    /// `--carrier auto`'s carriers, most preferred first; `None`: the default list. Without
+    /// `--carrier`: the offered carriers that may be used, in this order.
     pub carriers: Option<crate::values::CarrierList>,
     pub control: PathBuf,
     pub dashboard: Option<DashboardSettings>,
@@ -213,7 +215,7 @@ pub fn server(
             .control
             .unwrap_or_else(|| default_socket_path(Role::Server)),
         transport,
-        carrier: common.carrier.unwrap_or_default(),
+        carrier: common.carrier.unwrap_or(CarrierChoice::Udp),
         threads: server_threads(own.threads)?,
         web: ServerWebCarriers {
             tls_listen: own.tls_listen.context("no TLS listen address")?,
@@ -366,8 +368,10 @@ pub fn client(
     } else {
         Some(own.socks.context("no SOCKS5 address")?.0)
     };
-    let carrier = common.carrier.unwrap_or_default();
-    if own.carriers.is_some() && carrier != CarrierChoice::Auto {
+    // Named nowhere: UDP, and what the server offers (see `CarrierChoice::ByOffer`).
+    let carrier = common.carrier.unwrap_or(CarrierChoice::ByOffer);
+    let adaptive = matches!(carrier, CarrierChoice::Auto | CarrierChoice::ByOffer);
+    if own.carriers.is_some() && !adaptive {
         bail!("--carriers only applies with --carrier auto (the carrier is {carrier:?})");
     }
     if let Some(list) = &own.carriers
@@ -381,7 +385,7 @@ pub fn client(
              them while TLS and QUIC connect); for TLS or QUIC alone use --carrier tls or quic"
         );
     }
-    if (own.tls_server.is_some() || own.quic_server.is_some()) && carrier != CarrierChoice::Auto {
+    if (own.tls_server.is_some() || own.quic_server.is_some()) && !adaptive {
         bail!(
             "--tls-server and --quic-server only apply with --carrier auto (with --carrier tls \
              or quic, --server names that carrier's port)"
@@ -537,17 +541,73 @@ mod tests {
             e.to_string().contains("--carriers needs udp or faketcp"),
             "{e}"
         );
-        let e = client_of(&["--server", "h:1", "--key", KEY, "--tls-server", "8443"]).unwrap_err();
+        let udp = ["--server", "h:1", "--key", KEY, "--carrier", "udp"];
+        let e = client_of(&[&udp[..], &["--tls-server", "8443"]].concat()).unwrap_err();
         assert!(
             e.to_string().contains("only apply with --carrier auto"),
             "{e}"
         );
-        let e = client_of(&["--server", "h:1", "--key", KEY, "--carriers", "udp"]).unwrap_err();
+        let e = client_of(&[&udp[..], &["--carriers", "udp"]].concat()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("--carriers only applies with --carrier auto"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn without_a_carrier_a_client_goes_by_the_offer_and_a_server_uses_udp() {
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY]).unwrap();
+        assert_eq!(c.carrier, CarrierChoice::ByOffer);
+        assert_eq!(c.web.tls_server, None, "the offered port");
+        // An explicit udp stays udp, on the command line and in the file.
+        let (c, _) = client_of(&["--server", "h:1", "--key", KEY, "--carrier", "udp"]).unwrap();
+        assert_eq!(c.carrier, CarrierChoice::Udp);
+        let file = temp_file("carrier-udp.toml", "server = \"h:1\"\ncarrier = \"udp\"\n");
+        let (c, _) = client_of(&["--key", KEY, "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.carrier, CarrierChoice::Udp);
+        // The command line wins over the file.
+        let (c, _) = client_of(&[
+            "--key",
+            KEY,
+            "--config",
+            file.to_str().unwrap(),
+            "--carrier",
+            "auto",
+        ])
+        .unwrap();
+        assert_eq!(c.carrier, CarrierChoice::Auto);
+        // A file without `carrier`: by offer; the offer's TLS port yields to --tls-server, and
+        // --carriers limits what may be used.
+        let file = temp_file("no-carrier.toml", "server = \"h:1\"\n");
+        let (c, _) = client_of(&[
+            "--key",
+            KEY,
+            "--config",
+            file.to_str().unwrap(),
+            "--tls-server",
+            "8443",
+            "--carriers",
+            "udp,tls",
+        ])
+        .unwrap();
+        assert_eq!(c.carrier, CarrierChoice::ByOffer);
+        assert_eq!(c.web.tls_server, Some(CarrierServer::Port(8443)));
+        // "by offer" is no value of the flag.
+        let parsed = Cli::try_parse_with_matches([
+            "gaptun",
+            "client",
+            "--server",
+            "h:1",
+            "--key",
+            KEY,
+            "--carrier",
+            "by-offer",
+        ]);
+        assert!(parsed.is_err(), "by-offer parsed as a carrier");
+        // A server without --carrier: UDP.
+        let (s, _) = server_of(&["--listen", "0.0.0.0:4000", "--key", KEY]).unwrap();
+        assert_eq!(s.carrier, CarrierChoice::Udp);
     }
 
     #[test]

@@ -501,12 +501,18 @@ pub enum CarrierChoice {
     /// most preferred that works, and moves between them as they fail and recover; a server
     /// accepts UDP and fake TCP (`all` also accepts TLS and QUIC).
     Auto,
+    /// A client's default, when neither `--carrier` nor the config file names one: UDP, and
+    /// the carriers the server offers in its handshake (or offered last time, remembered in
+    /// the state directory) besides, used as with `auto`. Against a server that offers only
+    /// UDP it is `udp`. Not a value of the flag: leave `--carrier` out to get it.
+    #[value(skip)]
+    ByOffer,
 }
 
 impl CarrierChoice {
     /// Whether UDP is one of the carriers (a server's, or a client's other than `auto`).
     pub fn udp(self) -> bool {
-        matches!(self, Self::Udp | Self::All | Self::Auto)
+        matches!(self, Self::Udp | Self::All | Self::Auto | Self::ByOffer)
     }
 
     /// Whether fake TCP is one of the carriers (as for [`CarrierChoice::udp`]).

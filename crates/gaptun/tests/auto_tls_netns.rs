@@ -105,3 +105,172 @@ fn auto_connects_over_quic_when_only_udp_443_is_open() {
         "quic",
     );
 }
+
+/// The ports of the test of the default carrier: the server's TLS and QUIC carriers are on
+/// ports of their own (not 443), which the client only learns from the server's offer.
+const OFFER_PORTS: Ports<'static> = Ports {
+    tunnel: "29940",
+    sink: 39041,
+    forward: 39042,
+};
+const OFFER_TLS_PORT: u16 = 29943;
+const OFFER_QUIC_PORT: u16 = 29944;
+
+/// A client with no `--carrier` (nor `--tls-server`): it goes by the server's offer.
+fn default_client(topo: &Topology, dir: &std::path::Path, name: &str) -> common::Daemon {
+    let server_addr = format!("{}:{}", topo.server_ip, OFFER_PORTS.tunnel);
+    let forward = format!(
+        "tcp:127.0.0.1:{}=127.0.0.1:{}",
+        OFFER_PORTS.forward, OFFER_PORTS.sink
+    );
+    common::Daemon::spawn_in_netns(
+        &topo.client,
+        dir,
+        name,
+        &[
+            "client",
+            "--server",
+            &server_addr,
+            "--key",
+            common::KEY,
+            "--no-socks",
+            "--forward",
+            &forward,
+        ],
+    )
+}
+
+/// Drops at the router every UDP packet and the fake-TCP port: of the server's carriers only
+/// TLS gets through.
+fn only_tls_gets_through(topo: &Topology) {
+    topo.router_nft(&format!(
+        "table ip gfoffer {{\n\
+           chain block {{ type filter hook forward priority filter - 1; policy accept;\n\
+             meta l4proto udp drop\n\
+             tcp dport {} drop\n\
+           }}\n\
+         }}\n",
+        OFFER_PORTS.tunnel
+    ))
+    .unwrap();
+}
+
+#[test]
+fn the_default_client_follows_the_offer_to_tls_and_remembers_it() {
+    let test = "the_default_client_follows_the_offer_to_tls_and_remembers_it";
+    let Some(topo) = topology_or_skip(test) else {
+        return;
+    };
+    let topo = std::sync::Arc::new(topo);
+    let dir = scratch("default-offer");
+    let tls_listen = format!("0.0.0.0:{OFFER_TLS_PORT}");
+    let quic_listen = format!("0.0.0.0:{OFFER_QUIC_PORT}");
+    let _server = common::Daemon::spawn_in_netns(
+        &topo.server,
+        &dir,
+        "server",
+        &[
+            "server",
+            "--listen",
+            &format!("0.0.0.0:{}", OFFER_PORTS.tunnel),
+            "--key",
+            common::KEY,
+            "--allow-private",
+            "--carrier",
+            "all",
+            "--tls-listen",
+            &tls_listen,
+            "--quic-listen",
+            &quic_listen,
+        ],
+    );
+    let client = default_client(&topo, &dir, "client");
+    // Connected over UDP, it learns the offer and says so once; the TLS carrier at the
+    // offered port joins as a standby path.
+    assert!(
+        wait_for_log(
+            &client,
+            &["carrier auto in use", "tls 29943", "carriers=udp,tls"],
+            Duration::from_secs(10)
+        ),
+        "client log:\n{}",
+        client.stderr()
+    );
+    assert!(
+        wait_for_log(
+            &client,
+            &["carrier ready", "carrier=\"tls\""],
+            Duration::from_secs(10)
+        ),
+        "client log:\n{}",
+        client.stderr()
+    );
+    let stats = common::stats(&client.control);
+    assert_eq!(
+        stats["offered_carriers"],
+        format!("udp 29940, faketcp 29940, tls {OFFER_TLS_PORT}, quic {OFFER_QUIC_PORT}"),
+        "{stats}"
+    );
+    assert_eq!(stats["connections"][0]["carrier"], "udp", "{stats}");
+
+    // A transfer started over UDP goes on over TLS when the router drops UDP mid-way.
+    let len = 32 << 20;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sink = netns_flow::sink(&topo, OFFER_PORTS.sink, std::sync::Arc::clone(&progress));
+    let sender = netns_flow::send_through_forward(
+        &topo,
+        OFFER_PORTS.forward,
+        len,
+        11,
+        Duration::from_secs(120),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < len / 4 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    only_tls_gets_through(&topo);
+    let sent = sender.join().unwrap();
+    let received = sink.join().unwrap();
+    assert_eq!(received.len, len, "client log:\n{}", client.stderr());
+    assert_eq!(sent, received.hash, "SHA-256 intact across the move to TLS");
+    assert!(
+        wait_for_log(
+            &client,
+            &["carrier switch", "from=udp", "to=tls"],
+            Duration::from_secs(1)
+        ),
+        "client log:\n{}",
+        client.stderr()
+    );
+    let log = client.stderr();
+    assert!(
+        !log.contains(":443"),
+        "the client tried port 443, which nothing offered:\n{log}"
+    );
+    drop(client);
+
+    // Restarted with UDP still dropped: the remembered offer finds TLS at once.
+    let started = Instant::now();
+    let client = default_client(&topo, &dir, "client2");
+    let to = format!("to=tls {}:{OFFER_TLS_PORT}", topo.server_ip);
+    assert!(
+        wait_for_log(&client, &["carrier chosen", &to], Duration::from_secs(10)),
+        "no connection over TLS; client log:\n{}",
+        client.stderr()
+    );
+    let took = started.elapsed();
+    eprintln!("restarted default client, UDP blocked: connected over TLS {took:?} after start");
+    assert!(took <= Duration::from_secs(3), "took {took:?}");
+    transfer(
+        &topo,
+        &client,
+        OFFER_PORTS,
+        4 << 20,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        common::stats(&client.control)["connections"][0]["carrier"],
+        "tls"
+    );
+}

@@ -116,3 +116,81 @@ fn an_unknown_carrier_names_the_choices() {
         assert!(err.contains(choice), "{err}");
     }
 }
+
+/// A client without `--carrier` whose state directory is `state`, forwarding `forward` to
+/// `echo` through the server at 127.0.0.1:`port`.
+fn default_client(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    forward: &str,
+    state: &std::path::Path,
+) -> Daemon {
+    let control = dir.join(format!("{name}.sock"));
+    let log = dir.join(format!("{name}.log"));
+    let child = bin()
+        .args(client_args(port, &["--no-socks", "--forward", forward]))
+        .args(["--control", control.to_str().unwrap()])
+        .env("STATE_DIRECTORY", state)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        control,
+        log,
+    };
+    d.wait_ready();
+    d
+}
+
+/// Against a server that offers only UDP (its default), a client without `--carrier` is a
+/// UDP client: it stops trying the TLS port a stale remembered offer named, rewrites the
+/// offer, and says nothing about `auto`; an unreadable remembered offer is ignored with a
+/// warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_client_of_a_udp_server_drops_a_stale_offer() {
+    bounded(60, async {
+        let dir = scratch("stale-offer");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let echo = start_echo().await;
+        let udp = free_udp_port();
+        let stale_tls = free_tcp_port();
+        let offer_file = state.join(format!("offer-127.0.0.1_{udp}"));
+        std::fs::write(&offer_file, format!("udp = {udp}\ntls = {stale_tls}\n")).unwrap();
+        let _server = server(&dir, "server", udp, &["--allow", "127.0.0.0/8"]);
+        let forward_port = free_tcp_port();
+        let forward = format!("tcp:127.0.0.1:{forward_port}={echo}");
+        let client = default_client(&dir, "client", udp, &forward, &state);
+        echo_through(SocketAddr::from(([127, 0, 0, 1], forward_port))).await;
+        let log = client.stderr();
+        assert!(
+            log.contains("no longer offered by the server") && log.contains(&stale_tls.to_string()),
+            "{log}"
+        );
+        assert!(!log.contains("carrier auto in use"), "{log}");
+        assert_eq!(
+            std::fs::read_to_string(&offer_file).unwrap(),
+            format!("udp = {udp}\n")
+        );
+        let stats = stats(&client.control);
+        assert_eq!(stats["offered_carriers"], format!("udp {udp}"), "{stats}");
+        assert_eq!(stats["connections"][0]["carrier"], "udp", "{stats}");
+        drop(client);
+
+        std::fs::write(&offer_file, "tls = not a port\n").unwrap();
+        let client = default_client(&dir, "client2", udp, &forward, &state);
+        echo_through(SocketAddr::from(([127, 0, 0, 1], forward_port))).await;
+        let log = client.stderr();
+        assert!(log.contains("remembered carrier offer ignored"), "{log}");
+        assert_eq!(
+            std::fs::read_to_string(&offer_file).unwrap(),
+            format!("udp = {udp}\n"),
+            "rewritten from the live offer"
+        );
+    })
+    .await;
+}

@@ -577,6 +577,7 @@ impl Connection {
             ciphers,
             fec: self.config.fec.accepts_parity(),
             max_datagram_size: self.config.max_datagram_size,
+            carrier_offer: None,
         }
     }
 
@@ -941,6 +942,12 @@ impl Connection {
             return Err(ReadError::ClosedStream);
         }
         self.streams.stop(id, error_code)
+    }
+
+    /// Client: the carriers the server offers (see [`crate::handshake::CarrierOffer`]), once
+    /// the handshake has authenticated it; `None` before, and from a server that offers none.
+    pub fn peer_carrier_offer(&self) -> Option<crate::handshake::CarrierOffer> {
+        self.peer_params.as_ref()?.carrier_offer
     }
 
     /// Largest datagram [`Connection::send_datagram`] takes now: `None` until the handshake

@@ -11,9 +11,11 @@
 //! the server either. See `docs/protocol.md` ("Handshake") for the byte layout.
 
 mod noise;
+mod offer;
 mod replay_cache;
 mod wire;
 
+pub use offer::{CarrierOffer, PortRange};
 pub use replay_cache::{ReplayCache, ReplayJournal, ReplayRecord};
 
 use std::time::Duration;
@@ -48,6 +50,9 @@ pub struct TransportParams {
     /// Largest unreliable datagram (reassembled payload bytes) the sender accepts; 0: it takes
     /// none, and must never be sent one.
     pub max_datagram_size: u32,
+    /// Server: the carriers it offers (see [`CarrierOffer`]); a client sends none and ignores
+    /// one from another client. `None` also when the peer predates it or sent a garbled one.
+    pub carrier_offer: Option<CarrierOffer>,
 }
 
 /// Why a handshake datagram was refused. All of these lead to a silent drop on the server.
@@ -437,6 +442,7 @@ mod tests {
             ciphers,
             fec: true,
             max_datagram_size: 65_535,
+            carrier_offer: None,
         }
     }
 

@@ -160,6 +160,16 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
+    /// The next `n` bytes.
+    pub(super) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        self.take(n)
+    }
+
+    /// Whether every byte was read.
+    pub(super) fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     pub(super) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         self.take(N)?.try_into().ok()
     }
@@ -186,8 +196,9 @@ const MAX_CIPHERS: usize = u8::MAX as usize;
 impl TransportParams {
     /// Appends the fixed-width encoding: max_data, max_stream_data, max_streams,
     /// idle_timeout_ms (u64 BE each), max_udp_payload (u16 BE), cipher count (u8), cipher codes,
-    /// max_datagram_size (u32 BE). The last field came later: a peer that predates it stops
-    /// after the cipher codes, which reads as 0 (no datagrams).
+    /// flags (u8), max_datagram_size (u32 BE), then extensions (type u8, length u8, body):
+    /// the server's carrier offer (see `offer`). The fields after the cipher codes came
+    /// later: a peer that predates them stops earlier, which reads as "none".
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         for v in [
             self.max_data,
@@ -203,6 +214,9 @@ impl TransportParams {
         out.extend(ciphers.iter().map(|c| c.code()));
         out.push(u8::from(self.fec) * FLAG_FEC);
         out.extend_from_slice(&self.max_datagram_size.to_be_bytes());
+        if let Some(offer) = &self.carrier_offer {
+            offer.encode_extension(out);
+        }
     }
 
     /// Reads what [`TransportParams::encode`] wrote. Unknown cipher codes are skipped, so a
@@ -223,6 +237,7 @@ impl TransportParams {
         let flags = r.u8().unwrap_or(0);
         // Absent (an older peer): no datagram support.
         let max_datagram_size = r.array().map_or(0, u32::from_be_bytes);
+        let carrier_offer = super::offer::decode_extensions(r);
         Some(Self {
             max_data,
             max_stream_data,
@@ -232,6 +247,7 @@ impl TransportParams {
             ciphers,
             fec: flags & FLAG_FEC != 0,
             max_datagram_size,
+            carrier_offer,
         })
     }
 }
@@ -289,6 +305,7 @@ mod tests {
             ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
             fec: true,
             max_datagram_size: 65_535,
+            carrier_offer: None,
         }
     }
 
@@ -330,6 +347,69 @@ mod tests {
                 TransportParams::decode(&mut Reader::new(&out[..len])),
                 None,
                 "{len}"
+            );
+        }
+    }
+
+    fn offer() -> super::super::CarrierOffer {
+        use super::super::{CarrierOffer, PortRange};
+        CarrierOffer {
+            udp: PortRange::new(4000, 4003),
+            faketcp: None,
+            tls: Some(8443),
+            quic: Some(9443),
+        }
+    }
+
+    #[test]
+    fn carrier_offer_round_trips_after_the_fixed_fields() {
+        let p = TransportParams {
+            carrier_offer: Some(offer()),
+            ..params()
+        };
+        let mut out = Vec::new();
+        p.encode(&mut out);
+        let mut plain = Vec::new();
+        params().encode(&mut plain);
+        // Type 1, length 9: flags (UDP, TLS, QUIC), 4000, 4003, 8443, 9443.
+        assert_eq!(
+            &out[plain.len()..],
+            &[1, 9, 0x0d, 0x0f, 0xa0, 0x0f, 0xa3, 0x20, 0xfb, 0x24, 0xe3]
+        );
+        assert_eq!(
+            TransportParams::decode(&mut Reader::new(&out)),
+            Some(p.clone())
+        );
+        // An unknown extension before it is skipped.
+        let mut with_unknown = plain.clone();
+        with_unknown.extend_from_slice(&[7, 3, 1, 2, 3]);
+        with_unknown.extend_from_slice(&out[plain.len()..]);
+        assert_eq!(
+            TransportParams::decode(&mut Reader::new(&with_unknown)),
+            Some(p)
+        );
+    }
+
+    #[test]
+    fn a_garbled_carrier_offer_is_ignored_and_the_parameters_stay() {
+        let mut plain = Vec::new();
+        params().encode(&mut plain);
+        let bad_bodies: [&[u8]; 7] = [
+            &[1, 0],                               // empty body
+            &[1, 3, 0x04, 0x20],                   // TLS port cut short
+            &[1, 5, 0x01, 0x0f, 0xa3, 0x0f, 0xa0], // UDP range backwards
+            &[1, 3, 0x04, 0, 0],                   // TLS port 0
+            &[1, 4, 0x04, 0x20, 0xfb, 9],          // a byte too many
+            &[1, 3, 0x40, 0x20, 0xfb],             // unknown flag
+            &[1, 200, 0x04, 0x20, 0xfb],           // length past the end
+        ];
+        for bad in bad_bodies {
+            let mut out = plain.clone();
+            out.extend_from_slice(bad);
+            assert_eq!(
+                TransportParams::decode(&mut Reader::new(&out)),
+                Some(params()),
+                "{bad:?}"
             );
         }
     }
