@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gaptun_proto::FecMode;
 use gaptun_sim::{BulkTransfer, Direction, LinkConfig, Sim, SimConfig};
 
 /// The server's ports 29900..29900+n, the first being the simulation's main address.
@@ -214,6 +215,50 @@ fn a_flow_per_server_port_is_validated_on_every_path_at_once() {
             server.stats().path_probes >= 7,
             "{direction:?}: each new flow was challenged: {:?}",
             server.stats()
+        );
+    }
+}
+
+/// An upload with FEC parity on every packet (`--fec 4/2`) spread over 4 ports, one of them
+/// dark from the start: the dark port is never credited with a packet. A packet the server
+/// rebuilds from parity is acknowledged like one it received; when a group and its parity were
+/// spread over several paths, packets sent on the dark port were rebuilt from the others, and
+/// their acknowledgements kept the dark port alive though it carried nothing. A group and its
+/// parity now stay on one path.
+#[test]
+fn parity_rebuilds_never_credit_a_dark_port() {
+    for seed in [21, 22, 23] {
+        let mut sim = Sim::new(
+            SimConfig::new(seed)
+                .with_link(link())
+                .with_transport(|t| t.fec = FecMode::Fixed { data: 4, parity: 2 }),
+        );
+        let ports = server_ports(&mut sim, 4);
+        let dark = ports[1];
+        sim.block_address(dark);
+        sim.connect_paths(0, &ports).expect("client has a key");
+        let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 3));
+        assert!(
+            sim.run_workloads(Duration::from_secs(60)),
+            "seed {seed}: transfer did not finish"
+        );
+        let transfer = sim.workload::<BulkTransfer>(id).expect("workload");
+        assert_eq!(transfer.verify(), Ok(()), "seed {seed}");
+        let server = sim.server_connection(0).expect("server connection");
+        assert!(
+            server.stats().fec_packets_rebuilt > 0,
+            "seed {seed}: parity rebuilt lost packets: {:?}",
+            server.stats()
+        );
+        let conn = sim.client_connection(0).expect("client connection");
+        let dark_path = conn
+            .paths()
+            .into_iter()
+            .find(|p| p.addr.remote == dark)
+            .expect("the dark port is in the set");
+        assert!(
+            dark_path.deaths >= 1 && dark_path.packets_acked == 0,
+            "seed {seed}: dark port never credited: {dark_path:?}"
         );
     }
 }
