@@ -102,9 +102,22 @@ async fn tls_carrier_transfer_is_intact_over_several_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_carrier_transfer_is_intact() {
+    let (server, client, addr) = quic_pair("quic-transfer").await;
+    assert!(!client.reliable());
+    assert!(client.max_datagram_size().is_some_and(|m| m <= 1350));
+    let stats = transfer(Arc::new(server), Arc::new(client), addr).await;
+    assert_eq!(
+        stats.congestion, "bbr",
+        "gaptun's controller decides on QUIC"
+    );
+}
+
+/// A QUIC carrier listening on loopback (its certificate named after `name`) and a client
+/// connected to it, with the server's address.
+async fn quic_pair(name: &str) -> (QuicCarrier, QuicCarrier, SocketAddr) {
     let server = QuicCarrier::listen(QuicServerConfig {
         listen: loopback(),
-        cert: cert("quic-transfer"),
+        cert: cert(name),
         keys: Keys::new(&[key()]),
     })
     .await
@@ -117,25 +130,15 @@ async fn quic_carrier_transfer_is_intact() {
     })
     .await
     .unwrap();
-    assert!(!client.reliable());
-    assert!(client.max_datagram_size().is_some_and(|m| m <= 1350));
-    let stats = transfer(Arc::new(server), Arc::new(client), addr).await;
-    assert_eq!(
-        stats.congestion, "bbr",
-        "gaptun's controller decides on QUIC"
-    );
+    (server, client, addr)
 }
 
-/// Sends one datagram on `client` to `to` at once and returns what `server` receives within
-/// 3 s (`None`: nothing). The tests below run on a current-thread runtime, so the client
-/// carrier's connection task cannot have run before the send: the datagram must be queued for
-/// the connection it is about to carry, not dropped (the handshake's first packet is sent just
-/// so, and a drop cost it a 1 s retransmission timeout).
-async fn first_datagram(
-    server: &dyn Carrier,
-    client: &dyn Carrier,
-    to: SocketAddr,
-) -> Option<Vec<u8>> {
+/// Sends one datagram on `client` to `to` at once and checks that `server` receives it within
+/// 3 s. The tests below run on a current-thread runtime, so the client carrier's connection
+/// task cannot have run before the send: the datagram must be queued for the connection it is
+/// about to carry, not dropped (the handshake's first packet is sent just so, and a drop cost
+/// it a 1 s retransmission timeout).
+async fn first_datagram_arrives(server: &dyn Carrier, client: &dyn Carrier, to: SocketAddr) {
     let sent = b"the first datagram, sent at once";
     client
         .try_send(&CarrierTransmit {
@@ -155,44 +158,22 @@ async fn first_datagram(
     )
     .await;
     match received {
-        Ok(Ok(1)) => Some(buf[..meta[0].len].to_vec()),
+        Ok(Ok(1)) => assert_eq!(&buf[..meta[0].len], &sent[..]),
         Ok(other) => panic!("receive: {other:?}"),
-        Err(_) => None,
+        Err(_) => panic!("the first datagram did not arrive within 3 s"),
     }
 }
 
 #[tokio::test]
 async fn tls_datagram_sent_right_after_connect_arrives() {
     let (server, client, addr) = tls_pair("tls-first", 1).await;
-    let got = first_datagram(&server, &client, addr).await;
-    assert_eq!(
-        got.as_deref(),
-        Some(&b"the first datagram, sent at once"[..])
-    );
+    first_datagram_arrives(&server, &client, addr).await;
 }
 
 #[tokio::test]
 async fn quic_datagram_sent_right_after_connect_arrives() {
-    let server = QuicCarrier::listen(QuicServerConfig {
-        listen: loopback(),
-        cert: cert("quic-first"),
-        keys: Keys::new(&[key()]),
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let client = QuicCarrier::connect(QuicClientConfig {
-        server: addr,
-        sni: "www.example.com".into(),
-        keys: Keys::new(&[key()]),
-    })
-    .await
-    .unwrap();
-    let got = first_datagram(&server, &client, addr).await;
-    assert_eq!(
-        got.as_deref(),
-        Some(&b"the first datagram, sent at once"[..])
-    );
+    let (server, client, addr) = quic_pair("quic-first").await;
+    first_datagram_arrives(&server, &client, addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

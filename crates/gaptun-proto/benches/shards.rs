@@ -47,6 +47,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use gaptun_bench_support::{env_u64, loadavg, machine_table};
 use gaptun_proto::{
     CarrierId, ConnectionHandle, Endpoint, EndpointConfig, Event, Psk, ReadError, RngSeed,
     StreamEvent, StreamId, WriteError,
@@ -64,13 +65,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Wall-clock time the endpoints believe it is at the start.
 const UNIX_START: Duration = Duration::from_secs(1_800_000_000);
 const PSK: [u8; 32] = [7; 32];
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn server_address() -> SocketAddr {
     "10.9.0.1:4000".parse().unwrap()
@@ -520,15 +514,6 @@ fn replay(rec: &Recording, workers: usize, pin: bool) -> Replay {
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn fmt_cpu(r: &Replay) -> String {
     r.cpu
         .iter()
@@ -542,7 +527,6 @@ fn main() {
     let pairs = env_u64("GAPTUN_BENCH_PAIRS", 4);
     let clients = env_u64("GAPTUN_BENCH_CLIENTS", 8) as usize;
     let per_client = mb * 1_000_000;
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!("recording {clients} uploads of {mb} MB, 1 shard and 2 shards ...");
     let one = record(1, clients, per_client);
     let two = record(2, clients, per_client);
@@ -556,16 +540,8 @@ fn main() {
     // One replay of each before measuring: page in the tapes, warm the allocator.
     replay(&one, 1, false);
     replay(&two, 2, false);
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
     println!("### Server shards, replayed ({clients} connections, {mb} MB each)\n");
-    println!(
-        "| | |\n|---|---|\n| date | {date} |\n| cores | {cores} |\n| load average before | {} |\n",
-        loadavg()
-    );
+    println!("{}", machine_table());
     println!(
         "| run | 1 shard, 1 worker | 2 shards, 2 workers | ratio | server CPU s/GB 1 / 2 | cores used 1 / 2 | CPU s per worker, 2 workers | load average after |"
     );
@@ -603,7 +579,7 @@ fn main() {
     // threads pinned to cores 0 and 1 (each shard alone on its core).
     // And 4 shards on 4 workers: more shards than cores neither gains nor loses.
     let same = replay(&two, 1, false);
-    let pinned = (cores >= 2).then(|| replay(&two, 2, true));
+    let pinned = (gaptun_bench_support::cores() >= 2).then(|| replay(&two, 2, true));
     drop(two);
     let four = record(4, clients, per_client);
     let four = replay(&four, 4, false);

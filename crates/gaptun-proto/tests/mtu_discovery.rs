@@ -299,22 +299,28 @@ fn unknown_route(_: std::net::SocketAddr) -> Option<u16> {
 }
 
 /// A bulk transfer `direction` over a jumbo-frame link, both ends taking their ceiling from
-/// their route when `from_route` (the client's route query `client`, the server's `server`);
-/// returns the sender's statistics and the largest datagram the link carried that way.
+/// their routes when `from_route`: the client's route queries are `client`, the server's
+/// `server`, each a list of (carrier, query). Returns the sender's statistics and the largest
+/// datagram the link carried that way.
 fn bulk_with_routes(
     seed: u64,
     direction: Direction,
     from_route: bool,
-    client: gaptun_proto::RouteMtuQuery,
-    server: gaptun_proto::RouteMtuQuery,
+    client: &[(u16, RouteMtuQuery)],
+    server: &[(u16, RouteMtuQuery)],
 ) -> (ConnectionStats, u64) {
     let config = SimConfig::new(seed)
         .with_link(link().with_max_datagram(JUMBO))
         .with_transport(move |t| t.mtu_from_route = from_route);
     let mut sim = Sim::new(config);
-    let carrier = gaptun_proto::CarrierId(0);
-    sim.client(0).set_route_mtu(carrier, Some(client));
-    sim.server().set_route_mtu(carrier, Some(server));
+    for &(carrier, route) in client {
+        sim.client(0)
+            .set_route_mtu(gaptun_proto::CarrierId(carrier), Some(route));
+    }
+    for &(carrier, route) in server {
+        sim.server()
+            .set_route_mtu(gaptun_proto::CarrierId(carrier), Some(route));
+    }
     let id = sim.add_workload(BulkTransfer::new(0, direction, 8_000_000, 4));
     assert!(sim.run_workloads(Duration::from_secs(30)), "{direction:?}");
     assert_eq!(
@@ -327,11 +333,12 @@ fn bulk_with_routes(
     (sender, largest)
 }
 
-#[test]
-fn the_routes_ceiling_replaces_the_configured_one_on_both_sides() {
+/// Both directions with the client's route `client` and the server's jumbo route: data goes
+/// in jumbo datagrams (although max_udp_payload is 1472) and no probe above them is lost.
+fn jumbo_both_ways(seed: u64, client: RouteMtuQuery) {
     for direction in [Direction::ToServer, Direction::ToClient] {
-        // Both routes carry jumbo frames: data goes in them although max_udp_payload is 1472.
-        let (sender, largest) = bulk_with_routes(81, direction, true, jumbo_route, jumbo_route);
+        let (sender, largest) =
+            bulk_with_routes(seed, direction, true, &[(0, client)], &[(0, jumbo_route)]);
         assert_eq!(sender.mtu, JUMBO as u64, "{direction:?}: {sender:?}");
         assert_eq!(largest, JUMBO as u64, "{direction:?}");
         assert_eq!(sender.mtu_probes_lost, 0, "{direction:?}: {sender:?}");
@@ -339,22 +346,29 @@ fn the_routes_ceiling_replaces_the_configured_one_on_both_sides() {
 }
 
 #[test]
+fn the_routes_ceiling_replaces_the_configured_one_on_both_sides() {
+    // Both routes carry jumbo frames.
+    jumbo_both_ways(81, jumbo_route);
+}
+
+#[test]
 fn the_smaller_routes_ceiling_applies_and_the_server_announces_its_own() {
-    for direction in [Direction::ToServer, Direction::ToClient] {
-        // The client's route says loopback, the server's (to this client) jumbo: the server
-        // announces its route's ceiling in its parameters, so both send at most 8972, and no
-        // probe above it is wasted.
-        let (sender, largest) = bulk_with_routes(82, direction, true, loopback_route, jumbo_route);
-        assert_eq!(sender.mtu, JUMBO as u64, "{direction:?}: {sender:?}");
-        assert_eq!(largest, JUMBO as u64, "{direction:?}");
-        assert_eq!(sender.mtu_probes_lost, 0, "{direction:?}: {sender:?}");
-    }
+    // The client's route says loopback, the server's (to this client) jumbo: the server
+    // announces its route's ceiling in its parameters, so both send at most 8972, and no
+    // probe above it is wasted.
+    jumbo_both_ways(82, loopback_route);
 }
 
 #[test]
 fn a_route_query_that_fails_keeps_the_configured_ceiling() {
     for direction in [Direction::ToServer, Direction::ToClient] {
-        let (sender, largest) = bulk_with_routes(83, direction, true, unknown_route, jumbo_route);
+        let (sender, largest) = bulk_with_routes(
+            83,
+            direction,
+            true,
+            &[(0, unknown_route)],
+            &[(0, jumbo_route)],
+        );
         assert_eq!(sender.mtu, CEILING as u64, "{direction:?}: {sender:?}");
         assert_eq!(largest, CEILING as u64, "{direction:?}");
     }
@@ -372,25 +386,9 @@ fn a_connection_takes_the_smallest_ceiling_of_its_endpoints_carriers() {
     // Both ends also have a second carrier (as `--carrier all` has fake TCP beside UDP) whose
     // route carries 24 bytes less. The connection starts on UDP but may move to the other
     // carrier later, and its ceiling is decided once: it must fit both.
+    let routes: [(u16, RouteMtuQuery); 2] = [(0, jumbo_route), (1, jumbo_route_fake_tcp)];
     for direction in [Direction::ToServer, Direction::ToClient] {
-        let config = SimConfig::new(85)
-            .with_link(link().with_max_datagram(JUMBO))
-            .with_transport(|t| t.mtu_from_route = true);
-        let mut sim = Sim::new(config);
-        for (carrier, route) in [(0, jumbo_route as RouteMtuQuery), (1, jumbo_route_fake_tcp)] {
-            let carrier = gaptun_proto::CarrierId(carrier);
-            sim.client(0).set_route_mtu(carrier, Some(route));
-            sim.server().set_route_mtu(carrier, Some(route));
-        }
-        let id = sim.add_workload(BulkTransfer::new(0, direction, 4_000_000, 4));
-        assert!(sim.run_workloads(Duration::from_secs(30)), "{direction:?}");
-        assert_eq!(
-            sim.workload::<BulkTransfer>(id).expect("workload").verify(),
-            Ok(()),
-            "{direction:?}"
-        );
-        let sender = stats(&mut sim, direction.sender());
-        let largest = sim.link_stats(sender_path(direction)).max_datagram_sent;
+        let (sender, largest) = bulk_with_routes(85, direction, true, &routes, &routes);
         assert_eq!(sender.mtu, JUMBO as u64 - 24, "{direction:?}: {sender:?}");
         assert_eq!(largest, JUMBO as u64 - 24, "{direction:?}");
     }
@@ -399,8 +397,13 @@ fn a_connection_takes_the_smallest_ceiling_of_its_endpoints_carriers() {
 #[test]
 fn an_explicit_ceiling_ignores_the_route() {
     // mtu_from_route off (an explicit --mtu): the routes' jumbo frames are not used.
-    let (sender, largest) =
-        bulk_with_routes(84, Direction::ToServer, false, jumbo_route, jumbo_route);
+    let (sender, largest) = bulk_with_routes(
+        84,
+        Direction::ToServer,
+        false,
+        &[(0, jumbo_route)],
+        &[(0, jumbo_route)],
+    );
     assert_eq!(sender.mtu, CEILING as u64, "{sender:?}");
     assert_eq!(largest, CEILING as u64);
 }

@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use gaptun_bench_support::loadavg;
 use gaptun_proto::config::{EndpointLimits, TokenRate};
 use gaptun_proto::{EndpointConfig, Psk};
 use gaptun_runtime::{RtConnection, RtEndpoint};
@@ -143,15 +144,6 @@ async fn measure(idle: usize, rounds: u32) -> Figures {
         busy_per_round_trip: (b1 - b0) / rounds,
         idle_busy_per_s,
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 async fn run() {

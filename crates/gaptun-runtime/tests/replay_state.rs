@@ -41,19 +41,36 @@ async fn answered(probe: &UdpSocket, server: SocketAddr, initial: &[u8]) -> bool
         .is_ok()
 }
 
-fn server(config: &EndpointConfig) -> RtEndpoint {
-    RtEndpoint::bind("127.0.0.1:0".parse().expect("addr"), config.clone()).expect("bind")
+/// A server on an ephemeral loopback port: one socket for `shards` = 1, else a sharded one.
+fn server(config: &EndpointConfig, shards: usize) -> RtEndpoint {
+    let any = "127.0.0.1:0".parse().expect("addr");
+    if shards == 1 {
+        RtEndpoint::bind(any, config.clone())
+    } else {
+        RtEndpoint::bind_sharded(&[any], config.clone(), shards)
+    }
+    .expect("bind")
 }
 
-#[tokio::test]
-async fn recorded_initial_is_refused_after_a_restart() {
-    let dir = scratch_dir("replay");
+/// What [`refused_after_a_restart`] recorded, for the checks a test adds.
+struct Recorded {
+    dir: PathBuf,
+    config: EndpointConfig,
+    probes: Vec<UdpSocket>,
+    initials: Vec<Vec<u8>>,
+}
+
+/// A server of `shards` shards with a state file answers `count` Initials (each from its own
+/// socket, so the kernel may spread them over the shards), writing a record for each before
+/// its Response; restarted, it refuses every one of them. The Initials are stamped 30 s ahead
+/// of the server's clock (a client clock running fast, within the window): a restarted server
+/// that remembers nothing would accept them.
+async fn refused_after_a_restart(name: &str, shards: usize, count: u8) -> Recorded {
+    let dir = scratch_dir(name);
     let path = dir.join("replay.state");
     let psk = Psk::from_bytes([0x42; 32]);
     let mut config = EndpointConfig::server(vec![psk.clone()]);
     config.state_file = Some(path.clone());
-    // Stamped 30 s ahead of the server's clock (a client clock running fast, within the
-    // window): a restarted server that remembers nothing would accept it.
     let ahead = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -69,71 +86,7 @@ async fn recorded_initial_is_refused_after_a_restart() {
         max_datagram_size: 65_535,
         carrier_offer: None,
     };
-    let (_, initial) = ClientHandshake::start(
-        &psk,
-        ConnectionId([5; 8]),
-        &params,
-        ahead,
-        1200,
-        &mut StdRng::seed_from_u64(7),
-    );
-    let probe = UdpSocket::bind("127.0.0.1:0").await.expect("bind probe");
-
-    let first = server(&config);
-    assert!(answered(&probe, first.local_addr(), &initial).await);
-    assert_eq!(first.stats().accepted, 1);
-    first.shutdown(Duration::from_secs(1)).await;
-    drop(first);
-    let len = std::fs::metadata(&path).expect("state file").len();
-    assert_eq!(len, 8 + 40, "magic and one record");
-
-    let restarted = server(&config);
-    assert!(!answered(&probe, restarted.local_addr(), &initial).await);
-    let stats = restarted.stats();
-    assert_eq!((stats.accepted, stats.dropped_replayed_handshakes), (0, 1));
-    restarted.shutdown(Duration::from_secs(1)).await;
-
-    // The control: the same restart without the state file answers the recording.
-    let mut stateless = config.clone();
-    stateless.state_file = None;
-    let forgetful = server(&stateless);
-    assert!(answered(&probe, forgetful.local_addr(), &initial).await);
-    forgetful.shutdown(Duration::from_secs(1)).await;
-
-    // A file that is not ours is refused at bind, not silently replaced.
-    std::fs::write(&path, b"something else").expect("write");
-    let err = RtEndpoint::bind("127.0.0.1:0".parse().expect("addr"), config.clone())
-        .expect_err("foreign state file");
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A sharded server asks each shard whether it has a journal to persist instead of taking the
-/// shared locks on every iteration: the shard that answers an Initial must still write its
-/// record before the Response, and a restarted sharded server must refuse the recording.
-#[tokio::test]
-async fn a_sharded_server_persists_what_its_shards_accept() {
-    let dir = scratch_dir("replay-shards");
-    let path = dir.join("replay.state");
-    let psk = Psk::from_bytes([0x43; 32]);
-    let mut config = EndpointConfig::server(vec![psk.clone()]);
-    config.state_file = Some(path.clone());
-    let ahead = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        + Duration::from_secs(30);
-    let params = TransportParams {
-        max_data: 1 << 20,
-        max_stream_data: 1 << 19,
-        max_streams: 16,
-        idle_timeout_ms: 30_000,
-        max_udp_payload: 1350,
-        ciphers: vec![CipherSuite::ChaCha20Poly1305, CipherSuite::Aes256Gcm],
-        fec: true,
-        max_datagram_size: 65_535,
-        carrier_offer: None,
-    };
-    let initials: Vec<Vec<u8>> = (0..4u8)
+    let initials: Vec<Vec<u8>> = (0..count)
         .map(|i| {
             ClientHandshake::start(
                 &psk,
@@ -146,29 +99,64 @@ async fn a_sharded_server_persists_what_its_shards_accept() {
             .1
         })
         .collect();
-    let any = "127.0.0.1:0".parse().expect("addr");
-    let sharded = || RtEndpoint::bind_sharded(&[any], config.clone(), 2).expect("bind");
 
-    let first = sharded();
-    // Each from its own socket, so the kernel may spread them over both shards.
+    let first = server(&config, shards);
     let mut probes = Vec::new();
     for initial in &initials {
         let probe = UdpSocket::bind("127.0.0.1:0").await.expect("bind probe");
         assert!(answered(&probe, first.local_addr(), initial).await);
         probes.push(probe);
     }
-    assert_eq!(first.stats().accepted, 4);
+    assert_eq!(first.stats().accepted, u64::from(count));
     first.shutdown(Duration::from_secs(1)).await;
     drop(first);
     let len = std::fs::metadata(&path).expect("state file").len();
-    assert_eq!(len, 8 + 4 * 40, "magic and four records");
+    assert_eq!(len, 8 + 40 * u64::from(count), "magic and a record each");
 
-    let restarted = sharded();
+    let restarted = server(&config, shards);
     for (probe, initial) in probes.iter().zip(&initials) {
         assert!(!answered(probe, restarted.local_addr(), initial).await);
     }
     let stats = restarted.stats();
-    assert_eq!((stats.accepted, stats.dropped_replayed_handshakes), (0, 4));
+    assert_eq!(
+        (stats.accepted, stats.dropped_replayed_handshakes),
+        (0, u64::from(count))
+    );
     restarted.shutdown(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    Recorded {
+        dir,
+        config,
+        probes,
+        initials,
+    }
+}
+
+#[tokio::test]
+async fn recorded_initial_is_refused_after_a_restart() {
+    let recorded = refused_after_a_restart("replay", 1, 1).await;
+    let (probe, initial) = (&recorded.probes[0], &recorded.initials[0]);
+
+    // The control: the same restart without the state file answers the recording.
+    let mut stateless = recorded.config.clone();
+    stateless.state_file = None;
+    let forgetful = server(&stateless, 1);
+    assert!(answered(probe, forgetful.local_addr(), initial).await);
+    forgetful.shutdown(Duration::from_secs(1)).await;
+
+    // A file that is not ours is refused at bind, not silently replaced.
+    let path = recorded.dir.join("replay.state");
+    std::fs::write(&path, b"something else").expect("write");
+    let err = RtEndpoint::bind("127.0.0.1:0".parse().expect("addr"), recorded.config)
+        .expect_err("foreign state file");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    let _ = std::fs::remove_dir_all(&recorded.dir);
+}
+
+/// A sharded server asks each shard whether it has a journal to persist instead of taking the
+/// shared locks on every iteration: the shard that answers an Initial must still write its
+/// record before the Response, and a restarted sharded server must refuse the recording.
+#[tokio::test]
+async fn a_sharded_server_persists_what_its_shards_accept() {
+    let recorded = refused_after_a_restart("replay-shards", 2, 4).await;
+    let _ = std::fs::remove_dir_all(&recorded.dir);
 }

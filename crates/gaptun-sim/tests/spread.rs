@@ -89,8 +89,12 @@ fn a_throttled_carrier_gets_a_smaller_share() {
             pb.bytes_acked > 100_000,
             "the throttled carrier still carries: {paths:?}"
         );
+        // Losing 30 %, the carrier sees four losses in a row (what makes a path dead) about
+        // once in 120 packets, and is then rested for a second or two: with some seeds (33
+        // and 37 before FEC groups kept to one path, 32 and 33 since) it dies twice and
+        // carries about 4 % of the bytes, still over 100 KB.
         assert!(
-            (0.05..0.35).contains(&part_b),
+            (0.02..0.35).contains(&part_b),
             "throttled carrier's part of the bytes sent {part_b:.2}: {paths:?}"
         );
     }

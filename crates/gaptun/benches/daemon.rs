@@ -87,17 +87,7 @@ impl Proc {
 
     /// User plus system CPU time so far.
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses and may contain spaces).
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-            .sum();
-        // USER_HZ is 100 on Linux.
-        Duration::from_millis(ticks * 10)
+        gaptun_bench_support::process_cpu(self.pid())
     }
 }
 
@@ -459,22 +449,13 @@ fn machine() -> Vec<(String, String)> {
         .find_map(|l| l.strip_prefix("model name"))
         .and_then(|l| l.split_once(':'))
         .map_or("unknown".into(), |(_, m)| m.trim().to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = gaptun_bench_support::cores();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let date = gaptun_bench_support::date_utc();
+    let load = gaptun_bench_support::loadavg();
     let kcptun = Command::new("kcptun-client")
         .arg("--version")
         .output()

@@ -16,6 +16,7 @@ mod common;
 
 use common::{env_u64, free_port, free_tcp_port, gaptun, pump_in, pump_out, scratch, wait_for};
 
+use gaptun_bench_support::{loadavg, machine_table, process_cpu, thread_cpus};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -60,30 +61,9 @@ impl Proc {
 
     /// User plus system CPU time so far, of the process and of each of its threads.
     fn cpu(&self) -> (Duration, HashMap<u32, Duration>) {
-        let total = stat_cpu(&format!("/proc/{}/stat", self.pid()));
-        let mut threads = HashMap::new();
-        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) {
-            for entry in dir.flatten() {
-                if let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
-                    threads.insert(tid, stat_cpu(&format!("{}/stat", entry.path().display())));
-                }
-            }
-        }
-        (total, threads)
+        let threads = thread_cpus(self.pid()).into_iter().collect();
+        (process_cpu(self.pid()), threads)
     }
-}
-
-/// utime + stime of a `/proc/.../stat` file.
-fn stat_cpu(path: &str) -> Duration {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
 }
 
 impl Drop for Proc {
@@ -205,15 +185,6 @@ async fn run_once(
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 async fn run() {
     let secs = env_u64("GAPTUN_BENCH_SECS", 8);
     let pairs = env_u64("GAPTUN_BENCH_PAIRS", 2);
@@ -230,18 +201,8 @@ async fn run() {
             }
         });
     }
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("### Server threads, {clients} clients uploading at once (loopback)\n");
-    println!("| | |\n|---|---|");
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    println!(
-        "| date | {date} |\n| cores | {cores} |\n| load average before | {} |\n",
-        loadavg()
-    );
+    println!("{}", machine_table());
     println!(
         "| pair | `--threads 1` | `--threads 2` | ratio | server CPU (cores) 1 / 2 | server CPU s/GB 1 / 2 | busiest server threads (cores), `--threads 2` | load average after |"
     );

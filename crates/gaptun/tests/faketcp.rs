@@ -73,21 +73,7 @@ fn faketcp_daemons_through_strict_nat() {
         0,
         "conntrack found no INVALID segment"
     );
-    let tables = topo.exec(&topo.server, &["nft", "list", "tables"]).unwrap();
-    assert!(
-        tables.contains("gaptun_ft_"),
-        "server's RST rules: {tables}"
-    );
-    // SIGTERM: the daemons remove their rules on the way out.
-    client.terminate();
-    server.terminate();
-    for ns in [&topo.client, &topo.server] {
-        let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
-        assert!(
-            !tables.contains("gaptun_ft_"),
-            "rules left in {ns}: {tables}"
-        );
-    }
+    rule_tables_present_then_gone(&topo, &[&topo.server], "", &mut server, &mut client);
 }
 
 /// The same over IPv6: the server listens on `[::]`, the client connects to the server's IPv6
@@ -111,11 +97,32 @@ fn faketcp_daemons_over_ipv6_through_strict_nat66() {
         "conntrack found no INVALID segment"
     );
     assert_eq!(topo.rst6_packets(), 0, "no kernel RST crossed the router");
-    for ns in [&topo.client, &topo.server] {
+    rule_tables_present_then_gone(
+        &topo,
+        &[&topo.client, &topo.server],
+        "table ip6 ",
+        &mut server,
+        &mut client,
+    );
+}
+
+/// The fake-TCP carrier's RST rules: a `gaptun_ft_` table (named after `prefix`, e.g.
+/// `"table ip6 "` for the IPv6 carrier's, `""` for any) is in each of `running_in` while the
+/// daemons run, and none is left in either namespace once SIGTERM has stopped them (the
+/// daemons remove their rules on the way out).
+fn rule_tables_present_then_gone(
+    topo: &Topology,
+    running_in: &[&str],
+    prefix: &str,
+    server: &mut Daemon,
+    client: &mut Daemon,
+) {
+    let wanted = format!("{prefix}gaptun_ft_");
+    for ns in running_in {
         let tables = topo.exec(ns, &["nft", "list", "tables"]).unwrap();
         assert!(
-            tables.contains("table ip6 gaptun_ft_"),
-            "RST rules of the IPv6 carrier in {ns}: {tables}"
+            tables.contains(&wanted),
+            "RST rules ({wanted}) in {ns}: {tables}"
         );
     }
     client.terminate();

@@ -24,7 +24,7 @@ use super::{Connection, Timer};
 use crate::fec::{FecMode, FecReceiver, FecSender, PARITY_RESERVE, ParityFrame};
 use crate::frame::Frame;
 use crate::packet;
-use crate::shared::Transmit;
+use crate::shared::{Side, Transmit};
 use crate::streams::SentFrames;
 
 /// `auto`: most packets in flight before a burst for it to count as interactive.
@@ -161,6 +161,16 @@ impl Connection {
         self.fec.recent.roll(now, window, total);
         let limit = self.fec_group_limit();
         let auto = self.config.fec == FecMode::Auto;
+        // A group never spans paths (see `FecSender::group_path`): a batch on another path
+        // than the open group's closes it first.
+        if self
+            .fec
+            .sender
+            .group_path()
+            .is_some_and(|p| p != self.path.addr)
+        {
+            self.fec_close_group(now);
+        }
         if protect && segment > 0 {
             for (i, datagram) in buf.chunks(segment).enumerate() {
                 let pn = first_pn + i as u64;
@@ -180,7 +190,7 @@ impl Connection {
                 }
                 // Its fate (rebuilt or not) says little about single packets' loss rate.
                 p.copied = true;
-                self.fec.sender.add(pn, datagram);
+                self.fec.sender.add(pn, datagram, self.path.addr);
                 if self.fec.sender.open_len() >= limit {
                     self.fec_close_group(now);
                 }
@@ -243,7 +253,24 @@ impl Connection {
         if !self.fec_sending() {
             return None;
         }
-        let parity = self.fec.sender.pop_due(now)?;
+        let parity = loop {
+            let parity = self.fec.sender.pop_due(now)?;
+            // A client spreading over several paths sends parity on its group's path, or not
+            // at all once that path no longer carries data (it died, or failover left it): a
+            // rebuild must only ever credit a path that delivered the group's other packets.
+            if self.side == Side::Server
+                || self.paths.len() <= 1
+                || self.paths.carries_data(parity.path)
+            {
+                break parity;
+            }
+            self.fec.sender.dropped += 1;
+        };
+        let path = if self.side == Side::Client && self.paths.len() > 1 {
+            parity.path
+        } else {
+            self.path.addr
+        };
         let start = packet::begin(buf);
         Frame::FecParity(ParityFrame {
             data_pns: parity.data_pns.clone(),
@@ -268,11 +295,12 @@ impl Connection {
         }
         let pn = self.next_pn;
         self.seal(buf, start, pn);
+        // Not ack-eliciting: nothing of it is recorded per path.
         self.on_packet_sent(now, pn, size, false, SentFrames::default());
         self.stats.fec_parity_sent += 1;
         self.stats.fec_parity_bytes += size as u64;
         self.fec_arm_timer();
-        Some(Transmit::to(self.path.addr, buf.len(), None))
+        Some(Transmit::to(path, buf.len(), None))
     }
 
     /// A FEC_PARITY frame arrived in an authenticated packet.

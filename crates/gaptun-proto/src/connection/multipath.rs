@@ -989,6 +989,15 @@ impl PathSet {
         true
     }
 
+    /// Whether data may go out on `addr` now: it is in the set and alive, and with failover of
+    /// the active rank.
+    pub(super) fn carries_data(&self, addr: PathAddr) -> bool {
+        let failover = self.failover();
+        self.paths
+            .iter()
+            .any(|p| p.addr == addr && p.alive() && (!failover || p.rank == self.active))
+    }
+
     /// Paths packets go out on now.
     pub(super) fn alive(&self) -> usize {
         self.paths.iter().filter(|p| p.alive()).count()

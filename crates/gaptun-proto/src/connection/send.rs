@@ -87,6 +87,15 @@ impl Connection {
                     }
                 }
                 Some(super::multipath::NextSend::Data(next)) => {
+                    // An open FEC group keeps its path until it closes (a group never spans
+                    // paths, see `FecSender::group_path`; switching would close it early and
+                    // cost a parity packet per data packet).
+                    let next = self
+                        .fec
+                        .sender
+                        .group_path()
+                        .filter(|&p| self.paths.carries_data(p))
+                        .unwrap_or(next);
                     self.path.addr = next;
                     if self.paths.needs_probe(next, now) {
                         self.ping_pending = true;

@@ -189,7 +189,11 @@ mod tests {
         let now = Instant::now();
         let mut tx = FecSender::default();
         for (i, d) in datagrams.iter().enumerate() {
-            tx.add(100 + i as u64, d);
+            tx.add(
+                100 + i as u64,
+                d,
+                crate::shared::PathAddr::single(([127, 0, 0, 1], 1).into()),
+            );
         }
         tx.close(now, parity, Duration::ZERO);
         let mut rx = FecReceiver::default();

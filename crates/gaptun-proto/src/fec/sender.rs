@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use reed_solomon_simd::ReedSolomonEncoder;
 
 use super::{MAX_GROUP_DATA, MAX_GROUP_PARITY, fill_shard, shard_len};
+use crate::shared::PathAddr;
 
 /// Parity shards waiting to be sent, at most: parity that cannot go out (amplification limit,
 /// a path change) is useless soon, so the oldest is dropped rather than the queue growing.
@@ -20,6 +21,8 @@ pub(crate) struct PendingParity {
     pub(crate) parity_count: u8,
     pub(crate) index: u8,
     pub(crate) shard: Vec<u8>,
+    /// The path the group's data packets went out on: its parity goes there too.
+    pub(crate) path: PathAddr,
 }
 
 /// Groups sealed packets and turns each closed group into parity shards.
@@ -27,6 +30,9 @@ pub(crate) struct PendingParity {
 pub(crate) struct FecSender {
     /// The open group: packet numbers and sealed datagrams, in sending order.
     group: Vec<(u64, Vec<u8>)>,
+    /// The path the open group's packets went out on (a group never spans paths, see
+    /// [`FecSender::group_path`]).
+    path: Option<PathAddr>,
     /// Spare datagram buffers, reused for the next groups.
     spare: Vec<Vec<u8>>,
     queue: VecDeque<PendingParity>,
@@ -50,12 +56,23 @@ impl FecSender {
         self.group.len()
     }
 
-    /// Adds a sealed packet to the open group. The caller closes the group at its size limit;
-    /// a group never exceeds [`MAX_GROUP_DATA`] (a packet beyond it is not protected).
-    pub(crate) fn add(&mut self, pn: u64, sealed: &[u8]) {
+    /// The path of the open group, if one is open. A client spreading over several paths
+    /// keeps a group (and its parity) on one path: a packet the peer rebuilds is acknowledged
+    /// like one it received, and that acknowledgement is credited to the path the packet was
+    /// sent on. Were the rest of its group and the parity on other paths, a dead path would be
+    /// credited with packets it never carried.
+    pub(crate) fn group_path(&self) -> Option<PathAddr> {
+        self.path
+    }
+
+    /// Adds a sealed packet, sent on `path`, to the open group. The caller closes the group at
+    /// its size limit and when the path changes; a group never exceeds [`MAX_GROUP_DATA`] (a
+    /// packet beyond it is not protected).
+    pub(crate) fn add(&mut self, pn: u64, sealed: &[u8], path: PathAddr) {
         if self.group.len() >= MAX_GROUP_DATA {
             return;
         }
+        self.path.get_or_insert(path);
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(sealed);
@@ -66,6 +83,9 @@ impl FecSender {
     /// at `now` and each next one `spacing` later, so that one burst of loss does not take the
     /// whole group. Nothing happens for an empty group.
     pub(crate) fn close(&mut self, now: Instant, parity: usize, spacing: Duration) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
         if self.group.is_empty() {
             return;
         }
@@ -94,6 +114,7 @@ impl FecSender {
                 parity_count: parity as u8,
                 index: i as u8,
                 shard,
+                path,
             });
         }
     }
@@ -142,21 +163,29 @@ impl FecSender {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
+    use crate::shared::CarrierId;
+
+    fn path(port: u16) -> PathAddr {
+        PathAddr::new(CarrierId(0), SocketAddr::from(([127, 0, 0, 1], port)))
+    }
 
     #[test]
     fn a_group_becomes_spread_parity() {
         let now = Instant::now();
         let mut s = FecSender::default();
-        s.add(7, &[1; 40]);
-        s.add(8, &[2; 41]);
-        s.add(10, &[3; 30]);
+        s.add(7, &[1; 40], path(1));
+        s.add(8, &[2; 41], path(1));
+        s.add(10, &[3; 30], path(1));
         assert_eq!(s.open_len(), 3);
         s.close(now, 2, Duration::from_millis(5));
         assert_eq!(s.open_len(), 0);
         assert_eq!(s.next_due(), Some(now));
         let first = s.pop_due(now).expect("first parity due at once");
         assert_eq!(first.data_pns, vec![7, 8, 10]);
+        assert_eq!(first.path, path(1), "parity goes where its group went");
         assert_eq!((first.parity_count, first.index), (2, 0));
         assert_eq!(first.shard.len(), shard_len(41));
         assert!(s.pop_due(now).is_none(), "the second waits");
@@ -171,7 +200,7 @@ mod tests {
     fn a_single_packet_group_is_protected_too() {
         let now = Instant::now();
         let mut s = FecSender::default();
-        s.add(1, &[9; 33]);
+        s.add(1, &[9; 33], path(1));
         s.close(now, 3, Duration::ZERO);
         let shards: Vec<_> = std::iter::from_fn(|| s.pop_due(now)).collect();
         assert_eq!(shards.len(), 3);
@@ -182,8 +211,25 @@ mod tests {
     fn groups_stop_at_their_limit() {
         let mut s = FecSender::default();
         for pn in 0..(MAX_GROUP_DATA as u64 + 5) {
-            s.add(pn, &[0; 30]);
+            s.add(pn, &[0; 30], path(1));
         }
         assert_eq!(s.open_len(), MAX_GROUP_DATA);
+    }
+
+    #[test]
+    fn a_group_keeps_the_path_of_its_first_packet_until_closed() {
+        let now = Instant::now();
+        let mut s = FecSender::default();
+        assert_eq!(s.group_path(), None);
+        s.add(1, &[1; 30], path(2));
+        assert_eq!(s.group_path(), Some(path(2)));
+        s.close(now, 1, Duration::ZERO);
+        assert_eq!(s.group_path(), None, "closed: no path until the next group");
+        s.add(2, &[2; 30], path(3));
+        s.close(now, 1, Duration::ZERO);
+        let paths: Vec<PathAddr> = std::iter::from_fn(|| s.pop_due(now))
+            .map(|p| p.path)
+            .collect();
+        assert_eq!(paths, [path(2), path(3)]);
     }
 }

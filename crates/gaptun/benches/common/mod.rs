@@ -11,12 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+pub use gaptun_bench_support::env_u64;
 
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
