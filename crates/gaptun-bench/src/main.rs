@@ -706,10 +706,7 @@ mod tests {
 
     #[test]
     fn baseline_twins_expose_systems_but_not_rathole() {
-        let systems = systems::expose(
-            Some(Path::new("/new/gaptun")),
-            Some(Path::new("/rathole")),
-        );
+        let systems = systems::expose(Some(Path::new("/new/gaptun")), Some(Path::new("/rathole")));
         let out = with_baseline(systems, Path::new("/old/gaptun"));
         let names: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["gaptun-expose", "gaptun-expose-base", "rathole"]);
