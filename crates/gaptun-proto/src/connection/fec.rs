@@ -55,14 +55,7 @@ pub(super) struct FecState {
     pub(super) sender: FecSender,
     pub(super) receiver: FecReceiver,
     recent: RecentRate,
-    /// Last time parity arrived or a packet number was skipped (a loss or reordering), or the
-    /// first authenticated packet: see [`Connection::fec_keeps_sealed`].
-    need_seen: Option<Instant>,
 }
-
-/// How long received datagrams are still kept sealed for parity after the last parity frame
-/// or gap in packet numbers (at least; eight RTTs where that is longer).
-const SEALED_HOLD: Duration = Duration::from_secs(2);
 
 /// Stream bytes sent in the current and the previous window (two RTTs, at least
 /// [`RECENT_WINDOW_MIN`]): how `auto` tells bulk transfers from interactive traffic on paths
@@ -115,28 +108,6 @@ impl Connection {
     /// Whether we rebuild from the peer's parity (announced in our transport parameters).
     pub(super) fn fec_receiving(&self) -> bool {
         self.config.fec.accepts_parity()
-    }
-
-    /// Whether a datagram about to be opened is kept in its sealed form first (a full copy:
-    /// opening in place destroys what parity covers). Only while parity may come: within
-    /// [`SEALED_HOLD`] (or eight RTTs) of the connection's first packet, of the last parity
-    /// frame, or of the last gap in packet numbers. A sender turns `auto` parity on only after
-    /// losses, which the receiver saw as gaps before the ACK telling of them left, so every
-    /// packet of such a group is kept; a fixed-mode sender sends parity all along, which keeps
-    /// it on. On a clean bulk path (loopback, a reliable carrier, which never gets parity) the
-    /// copy of every datagram stops: it was 7 % of the receiving daemon's CPU on loopback.
-    pub(super) fn fec_keeps_sealed(&mut self, now: Instant) -> bool {
-        if !self.fec_receiving() {
-            return false;
-        }
-        let seen = *self.fec.need_seen.get_or_insert(now);
-        let hold = SEALED_HOLD.max(self.rtt.get() * 8);
-        now.saturating_duration_since(seen) < hold
-    }
-
-    /// Parity arrived or a packet number was skipped: parity may be needed, keep datagrams.
-    pub(super) fn fec_note_need(&mut self, now: Instant) {
-        self.fec.need_seen = Some(now);
     }
 
     /// Whether the packets of the batch about to be built are protected, given the bytes that
@@ -305,11 +276,10 @@ impl Connection {
     }
 
     /// A FEC_PARITY frame arrived in an authenticated packet.
-    pub(super) fn on_parity_frame(&mut self, now: Instant, frame: &ParityFrame<'_>) {
+    pub(super) fn on_parity_frame(&mut self, frame: &ParityFrame<'_>) {
         if !self.fec_receiving() {
             return;
         }
-        self.fec_note_need(now);
         self.stats.fec_parity_received += 1;
         self.fec.receiver.on_parity(frame);
     }

@@ -165,9 +165,6 @@ pub struct ConnectionStats {
     pub fec_parity_bytes: u64,
     /// FEC parity packets received.
     pub fec_parity_received: u64,
-    /// Received datagrams kept in their sealed form for rebuilding from parity (only while
-    /// parity arrives or packets go missing, see `Connection::fec_keeps_sealed`).
-    pub fec_sealed_kept: u64,
     /// Lost packets rebuilt from parity that passed authentication and were processed.
     pub fec_packets_rebuilt: u64,
     /// Rebuilt packets that failed authentication (a wrong or forged shard); also counted in

@@ -30,17 +30,13 @@ impl Connection {
             State::Established | State::Closing => {}
         }
         let len = data.len() as u64;
-        if self.keys.is_none() {
-            return;
-        }
-        let fec = self.fec_keeps_sealed(now);
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
         let largest = self.replay.largest();
+        let fec = self.config.fec.accepts_parity();
         if fec {
             self.fec.receiver.stash(data);
-            self.stats.fec_sealed_kept += 1;
         }
         let Ok((pn, payload)) = packet::open(&self.header_key, keys, largest, data) else {
             // Forged, corrupted, or for another key: dropped without a word.
@@ -170,9 +166,6 @@ impl Connection {
         let (immediate, skipped) =
             self.ack
                 .on_packet(now, pn, ack_eliciting, threshold, self.rtt.get());
-        if skipped > 0 {
-            self.fec_note_need(now);
-        }
         if is_new_largest {
             // Small ack-eliciting packets may be copies of an interactive tail (the peer sends
             // those two or three times), whose arrival says little about single packets; the
@@ -235,7 +228,7 @@ impl Connection {
                 }
             }
             Frame::PathResponse(data) => self.on_path_response(data),
-            Frame::FecParity(parity) => self.on_parity_frame(now, &parity),
+            Frame::FecParity(parity) => self.on_parity_frame(&parity),
             Frame::Datagram(d) => {
                 // Pieces of one datagram leave back to back, at most a window apart: one
                 // still missing after three RTTs was lost.
