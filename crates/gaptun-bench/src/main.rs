@@ -440,8 +440,8 @@ fn emulate(id: &str, seconds: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// `systems`, each gaptun system followed by the same system on the `base` binary, named
-/// `NAME-base`.
+/// `systems`, each gaptun system (forward or expose) followed by the same system on the `base`
+/// binary, named `NAME-base`.
 fn with_baseline(systems: Vec<systems::System>, base: &Path) -> Vec<systems::System> {
     let mut out = Vec::with_capacity(systems.len() * 2);
     for s in systems {
@@ -460,6 +460,12 @@ fn with_baseline(systems: Vec<systems::System>, base: &Path) -> Vec<systems::Sys
                     fec: fec.clone(),
                     carrier: carrier.clone(),
                     client_args: client_args.clone(),
+                },
+            }),
+            systems::SystemKind::GaptunExpose { .. } => Some(systems::System {
+                name: format!("{}-base", s.name),
+                kind: systems::SystemKind::GaptunExpose {
+                    binary: base.to_path_buf(),
                 },
             }),
             _ => None,
@@ -696,6 +702,18 @@ mod tests {
         assert!(!listens_on(table, 7000));
         assert!(!listens_on("", 15215));
         assert!(!listens_on("header\ngarbage line\n", 15215));
+    }
+
+    #[test]
+    fn baseline_twins_expose_systems_but_not_rathole() {
+        let systems = systems::expose(Some(Path::new("/new/gaptun")), Some(Path::new("/rathole")));
+        let out = with_baseline(systems, Path::new("/old/gaptun"));
+        let names: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["gaptun-expose", "gaptun-expose-base", "rathole"]);
+        let systems::SystemKind::GaptunExpose { binary } = &out[1].kind else {
+            panic!("the twin is not an expose system")
+        };
+        assert_eq!(binary, Path::new("/old/gaptun"));
     }
 
     #[test]

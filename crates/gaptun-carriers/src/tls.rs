@@ -443,6 +443,11 @@ where
     }
 }
 
+/// The largest datagram to any peer over a TLS connection: see `TlsCarrier::route_mtu`.
+fn stream_ceiling(_peer: SocketAddr) -> Option<u16> {
+    Some(gaptun_runtime::proto::MAX_UDP_PAYLOAD)
+}
+
 impl Carrier for TlsCarrier {
     fn kind(&self) -> &'static str {
         self.hub.kind
@@ -460,6 +465,20 @@ impl Carrier for TlsCarrier {
 
     fn reliable(&self) -> bool {
         true
+    }
+
+    /// A datagram on this carrier is one frame in a TCP stream, which TCP cuts into its own
+    /// segments: nothing on the route limits its size but the frame's 16-bit length. So the
+    /// answer is the protocol's largest payload for every peer, and a connection on TLS
+    /// alone grows its datagrams to 64 KB as on loopback UDP (path MTU discovery confirms
+    /// them at once over TCP). Each datagram costs a seal, a frame, a queue entry and a pass
+    /// through the core: at the 1472-byte ceiling of a carrier without a route these
+    /// per-datagram costs made TLS use 2.5 × UDP's CPU per byte on loopback. Beside a UDP or
+    /// fake-TCP carrier (`--carrier auto`) their route's answer is the smaller and stays the
+    /// ceiling, since a connection may move to them later; the peer's own ceiling (exchanged
+    /// in the handshake) bounds it too.
+    fn route_mtu(&self) -> Option<gaptun_runtime::proto::RouteMtuQuery> {
+        Some(stream_ceiling)
     }
 
     fn poll_recv(
