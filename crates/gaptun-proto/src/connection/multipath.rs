@@ -28,14 +28,16 @@
 //!
 //! A path dies when [`DEAD_AFTER_LOSSES`] packets sent on it in a row are declared lost (by the
 //! usual loss detection: later packets, on other paths, were acknowledged while these were
-//! not; so within about one RTT of the path going dark, or one RTO if everything went dark).
+//! not; so within about one RTT of the path going dark, or one RTO if everything went dark)
+//! and nothing sent on it was acknowledged for [`DEAD_AFTER_SILENCE`]: a fast path that loses a
+//! burst in an overflowing socket buffer, with its neighbours acknowledged, is not dark (on
+//! real sockets at a gigabit such bursts killed a carrier of `--carrier all` every second).
 //! A dead path gets no packets until its retry time, which starts at [`RETRY_FIRST`] and doubles
-//! up to [`RETRY_MAX`] each time it dies again; then it is back on probation: one more loss
-//! kills it again, one acknowledgement makes it healthy (and resets its back-off). A retry thus
-//! costs a few packets: on probation a path has an equal share (several packets in its first
-//! round trip, so that one lost first packet does not kill it before the next are answered),
-//! and the epochs adjust it from there. The last live path is never declared dead: with every path dark the
-//! connection's own timeouts decide.
+//! up to [`RETRY_MAX`] each time it dies again; then it is back as any live path (dead again
+//! after losses in a row; one acknowledgement resets its back-off). A retry thus costs a few
+//! packets: a revived path has an equal share (several packets in its first round trip), and
+//! the epochs adjust it from there. The last live path is never declared dead: with every path
+//! dark the connection's own timeouts decide.
 //!
 //! Loss detection only sees ack-eliciting packets. A client that mostly acknowledges (a
 //! download) would never learn that a path is dark, so a path that has had no ack-eliciting
@@ -83,6 +85,12 @@ use crate::shared::{CarrierId, PathAddr};
 
 /// Packets lost in a row on one path that make it dead.
 pub(super) const DEAD_AFTER_LOSSES: u32 = 4;
+
+/// Least time since a path's last acknowledgement before losses in a row make it dead: a path
+/// that is still delivering (a burst lost in an overflowing socket buffer on a fast path, its
+/// neighbours acknowledged) is not dark. On a long path the losses are declared later than
+/// this anyway.
+pub(super) const DEAD_AFTER_SILENCE: Duration = Duration::from_millis(50);
 
 /// How long a path stays dead the first time.
 pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -324,6 +332,8 @@ struct PathHealth {
     probes: ProbeRecord,
     packets_sent: u64,
     packets_acked: u64,
+    /// When a packet sent on it was last acknowledged.
+    last_acked: Option<Instant>,
     packets_lost: u64,
     deaths: u64,
     bytes_sent: u64,
@@ -354,6 +364,7 @@ impl PathHealth {
             probes: ProbeRecord::default(),
             packets_sent: 0,
             packets_acked: 0,
+            last_acked: None,
             packets_lost: 0,
             deaths: 0,
             bytes_sent: 0,
@@ -529,7 +540,7 @@ impl PathSet {
         self.paths.iter().any(|p| p.addr == addr)
     }
 
-    /// Puts dead paths whose retry time has come on probation.
+    /// Brings back dead paths whose retry time has come.
     fn wake(&mut self, now: Instant) {
         if !self
             .paths
@@ -542,8 +553,11 @@ impl PathSet {
         for p in &mut self.paths {
             if p.dead_until.is_some_and(|t| t <= now) {
                 p.dead_until = None;
-                // Probation: one more loss and it is dead again.
-                p.lost_in_row = DEAD_AFTER_LOSSES - 1;
+                // Back as any live path: dead again after losses in a row. (One loss was
+                // enough before: with an equal share a revived path gets a burst of packets,
+                // and on real sockets one of them lost to an overflowing buffer killed it
+                // again, every retry, so a carrier of `--carrier all` stayed unused.)
+                p.lost_in_row = 0;
                 // An equal share, level with the others: several packets within the first
                 // round trip, so that a first one lost (a fake-TCP flow the server has yet to
                 // validate) does not kill it before the next ones are acknowledged.
@@ -636,7 +650,7 @@ impl PathSet {
     }
 
     /// The path for the next batch: the next live one in turn. Dead paths whose retry time has
-    /// come are put on probation first. `None` only for an empty set.
+    /// come are brought back first. `None` only for an empty set.
     pub(super) fn next_path(&mut self, now: Instant) -> Option<PathAddr> {
         self.wake(now);
         self.next_in_turn(|_| true)
@@ -933,6 +947,7 @@ impl PathSet {
             p.bytes_acked += bytes;
             p.delivered += bytes;
             p.packets_acked += 1;
+            p.last_acked = Some(now);
             p.lost_in_row = 0;
             p.backoff = RETRY_FIRST;
             p.unanswered_since = None;
@@ -981,7 +996,10 @@ impl PathSet {
             return false;
         }
         p.lost_in_row = p.lost_in_row.saturating_add(1);
-        if p.lost_in_row < DEAD_AFTER_LOSSES || !spare {
+        let delivering = p
+            .last_acked
+            .is_some_and(|t| now.saturating_duration_since(t) < DEAD_AFTER_SILENCE);
+        if p.lost_in_row < DEAD_AFTER_LOSSES || !spare || delivering {
             return false;
         }
         p.kill(now);
@@ -1051,7 +1069,9 @@ mod tests {
 
     #[test]
     fn round_robin_skips_dead_paths_and_retries_them_with_backoff() {
-        let t0 = Instant::now();
+        // Acknowledged at `start`; the losses come after that path's silence.
+        let start = Instant::now();
+        let t0 = start + DEAD_AFTER_SILENCE;
         let mut set = PathSet::new(&[addr(1), addr(2), addr(3), addr(2)]);
         assert_eq!(set.len(), 3, "duplicates ignored");
         let order: Vec<u16> = (0..6)
@@ -1063,7 +1083,7 @@ mod tests {
         for _ in 0..3 {
             assert!(!set.on_lost(addr(2), t0, false));
         }
-        set.on_acked(addr(2), t0, false, 1200);
+        set.on_acked(addr(2), start, false, 1200);
         for _ in 0..3 {
             assert!(!set.on_lost(addr(2), t0, false));
         }
@@ -1078,18 +1098,22 @@ mod tests {
             .map(|a| a.remote.port())
             .collect();
         assert!(!order.contains(&2), "{order:?}");
-        // At its retry time it is back, on probation: one loss kills it for twice as long.
+        // At its retry time it is back as any live path: losses in a row (it is still
+        // silent) kill it again, for twice as long.
         let t1 = t0 + RETRY_FIRST;
         let order: Vec<u16> = (0..3)
             .filter_map(|_| set.next_path(t1))
             .map(|a| a.remote.port())
             .collect();
         assert!(order.contains(&2), "{order:?}");
+        for _ in 1..DEAD_AFTER_LOSSES {
+            assert!(!set.on_lost(addr(2), t1, false));
+        }
         assert!(set.on_lost(addr(2), t1, false));
         assert_eq!(set.next_retry(), Some(t1 + RETRY_FIRST * 2));
         let info = set.info();
         assert_eq!(info[1].deaths, 2);
-        assert_eq!(info[1].packets_lost, 8);
+        assert_eq!(info[1].packets_lost, 7 + u64::from(DEAD_AFTER_LOSSES));
         assert!(!info[1].alive);
     }
 
@@ -1401,12 +1425,36 @@ mod tests {
     }
 
     #[test]
-    fn spreading_gives_a_dead_path_nothing_and_a_retried_one_an_equal_share() {
+    fn a_path_still_acknowledged_lately_survives_a_burst_of_losses() {
         let t0 = Instant::now();
+        let mut set = PathSet::new(&[addr(1), addr(2)]);
+        set.on_acked(addr(2), t0, false, 1200);
+        // A burst lost in a socket buffer right after an acknowledgement: not dark.
+        let burst = t0 + DEAD_AFTER_SILENCE / 2;
+        for _ in 0..DEAD_AFTER_LOSSES * 4 {
+            assert!(!set.on_lost(addr(2), burst, false));
+        }
+        assert_eq!(set.alive(), 2);
+        // Silence since: the next loss makes it dead.
+        assert!(set.on_lost(addr(2), t0 + DEAD_AFTER_SILENCE, false));
+        assert_eq!(set.alive(), 1);
+        // Back at its retry as any live path: one loss does not kill it again.
+        let retry = t0 + DEAD_AFTER_SILENCE + RETRY_FIRST;
+        assert!(set.next_path(retry).is_some());
+        assert_eq!(set.alive(), 2);
+        assert!(!set.on_lost(addr(2), retry, false));
+        assert_eq!(set.alive(), 2);
+    }
+
+    #[test]
+    fn spreading_gives_a_dead_path_nothing_and_a_retried_one_an_equal_share() {
+        // Both deliver at `start`; b's losses come after its silence.
+        let start = Instant::now();
+        let t0 = start + DEAD_AFTER_SILENCE;
         let (a, b) = (on(0, 1), on(1, 1));
         let mut set = PathSet::new(&[a, b]);
         let mut sent = std::collections::HashMap::new();
-        spread_step(&mut set, t0, 20, &mut sent, &|_, _| true);
+        spread_step(&mut set, start, 20, &mut sent, &|_, _| true);
         // Path b goes dark: dead after four losses in a row, then no more packets.
         for _ in 0..DEAD_AFTER_LOSSES {
             set.on_lost(b, t0, false);
