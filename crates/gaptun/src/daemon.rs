@@ -582,15 +582,7 @@ pub(crate) fn follow_offer(
             old.handle.abort();
             info!(carrier = kind.name(), old = %old.peer, new = %peer, "the server moved a carrier");
         }
-        if let Some(handle) = crate::carriers::connect_in_background(
-            kind,
-            peer,
-            s.web.clone(),
-            s.key.clone(),
-            ready.clone(),
-        ) {
-            attempts.push(faketcp_wiring::Attempt { kind, peer, handle });
-        }
+        attempts.extend(faketcp_wiring::Attempt::start(kind, peer, s, &ready));
     }
     for stale in attempts.iter().filter(|a| !using.contains(&a.kind)) {
         stale.handle.abort();

@@ -68,6 +68,26 @@ pub struct Attempt {
     pub handle: tokio::task::AbortHandle,
 }
 
+impl Attempt {
+    /// Starts connecting carrier `kind` to `peer` in the background, handing it to `ready`
+    /// once it is up; `None` for a carrier that needs no such attempt (UDP, fake TCP).
+    pub fn start(
+        kind: CarrierKind,
+        peer: SocketAddr,
+        s: &ClientSettings,
+        ready: &mpsc::UnboundedSender<LateCarrier>,
+    ) -> Option<Self> {
+        let handle = crate::carriers::connect_in_background(
+            kind,
+            peer,
+            s.web.clone(),
+            s.key.clone(),
+            ready.clone(),
+        )?;
+        Some(Self { kind, peer, handle })
+    }
+}
+
 /// Where the server's TLS (or QUIC) carrier is for a client without `--carrier`: as
 /// `--tls-server` says, else the port `offer` names on the server's host.
 pub fn offered_spec(
@@ -223,15 +243,7 @@ pub async fn client_endpoint(
                             t.mtu_discovery = false;
                         }
                     }
-                    if let Some(handle) = crate::carriers::connect_in_background(
-                        kind,
-                        peer,
-                        s.web.clone(),
-                        s.key.clone(),
-                        ready.clone(),
-                    ) {
-                        attempts.push(Attempt { kind, peer, handle });
-                    }
+                    attempts.extend(Attempt::start(kind, peer, s, &ready));
                     order.push(kind.name());
                     started.push(kind);
                     continue;
