@@ -509,10 +509,11 @@ impl Recv {
         piece.map(Some).ok_or(ReadError::Blocked)
     }
 
-    /// Computes new stream credit after reads or a window change: `read + window`, granted when
-    /// less than half the window remains. When `generation` differs from the generation the credit was
-    /// last computed for, the window changed: growth is granted at once. Returns true if
-    /// `max_data` grew and MAX_STREAM_DATA should be sent.
+    /// Computes new stream credit after reads or a window change: `read + window`, granted once
+    /// it grows the limit by at least [`super::CREDIT_UPDATE_DIVISOR`]th of the window (see
+    /// there why not later). When `generation` differs from the generation the credit was last
+    /// computed for, the window changed: growth is granted at once. Returns true if `max_data`
+    /// grew and MAX_STREAM_DATA should be sent.
     pub(super) fn grant(&mut self, window: u64, generation: u32) -> bool {
         if !self.wants_credit() {
             return false;
@@ -523,7 +524,7 @@ impl Recv {
         if new <= self.max_data {
             return false;
         }
-        if force || self.max_data - self.read <= window / 2 {
+        if force || new - self.max_data >= super::credit_step(window) {
             self.max_data = new;
             return true;
         }
@@ -713,21 +714,24 @@ mod tests {
     }
 
     #[test]
-    fn credit_is_enforced_and_regranted_at_half_window() {
+    fn credit_is_enforced_and_regranted_every_eighth_of_the_window() {
         let mut r = Recv::new(100);
         assert_eq!(r.check_data(90, 11, false), Err(StreamsError::FlowControl));
         assert_eq!(r.check_reset(101), Err(StreamsError::FlowControl));
         r.ingest(0, copied(&[0; 100]), false);
         let mut buf = [0u8; 40];
-        assert_eq!(r.read(&mut buf), Ok(Some(40)));
-        assert!(!r.grant(100, 0), "60 of 100 left: no update yet");
         assert_eq!(r.read(&mut buf[..11]), Ok(Some(11)));
-        assert!(r.grant(100, 0), "49 left < 50");
-        assert_eq!(r.max_data, 151);
+        assert!(
+            !r.grant(100, 0),
+            "the limit would grow by 11 of 100: no update yet"
+        );
+        assert_eq!(r.read(&mut buf[..1]), Ok(Some(1)));
+        assert!(r.grant(100, 0), "12 of 100, an eighth: granted");
+        assert_eq!(r.max_data, 112);
         assert!(!r.grant(100, 0));
         // A grown window (new generation) is granted at once.
         assert!(r.grant(500, 1));
-        assert_eq!(r.max_data, 551);
+        assert_eq!(r.max_data, 512);
         // A shrunk window grants nothing until reads catch up.
         assert!(!r.grant(10, 2));
     }

@@ -491,10 +491,10 @@ fn flow_control_blocks_and_unblocks() {
         net.ctl_from(Side::Client)
             .contains(&Ctl::StreamDataBlocked(id, 1000))
     );
-    // Reading less than half the window earns no new credit.
+    // Reading less than an eighth of the window earns no new credit.
     let mut buf = [0u8; 400];
     assert_eq!(net.server.accept(), Some(id));
-    assert_eq!(net.server.read(id, &mut buf), Ok(Some(400)));
+    assert_eq!(net.server.read(id, &mut buf[..124]), Ok(Some(124)));
     net.settle();
     assert!(
         !net.ctl_from(Side::Server)
@@ -502,15 +502,15 @@ fn flow_control_blocks_and_unblocks() {
             .any(|c| matches!(c, Ctl::MaxStreamData(..)))
     );
     assert_eq!(net.client.poll_event(), None);
-    // Past half: MAX_STREAM_DATA = read + window, and the writer is told.
-    assert_eq!(net.server.read(id, &mut buf[..200]), Ok(Some(200)));
+    // An eighth: MAX_STREAM_DATA = read + window, and the writer is told.
+    assert_eq!(net.server.read(id, &mut buf[..1]), Ok(Some(1)));
     net.settle();
     assert!(
         net.ctl_from(Side::Server)
-            .contains(&Ctl::MaxStreamData(id, 1600))
+            .contains(&Ctl::MaxStreamData(id, 1125))
     );
     assert_eq!(net.client.poll_event(), Some(StreamEvent::Writable(id)));
-    assert_eq!(net.client.write(id, &[1; 3000]), Ok(600));
+    assert_eq!(net.client.write(id, &[1; 3000]), Ok(125));
     // The blocked frame is sent once per limit value.
     assert_eq!(net.client.write(id, &[1; 3000]), Err(WriteError::Blocked));
     net.settle();
@@ -523,7 +523,7 @@ fn flow_control_blocks_and_unblocks() {
         blocked,
         vec![
             Ctl::StreamDataBlocked(id, 1000),
-            Ctl::StreamDataBlocked(id, 1600)
+            Ctl::StreamDataBlocked(id, 1125)
         ]
     );
 }
