@@ -451,7 +451,8 @@ async fn totals_keep_closed_connections() {
 }
 
 /// A server with two threads: `ctl stats json` (the collector's figures) has one row per
-/// shard whose connections add up to the server's, and `/metrics` has the per-shard families
+/// shard whose connections add up to the server's, as docs/stats-api.md describes them, and
+/// `/metrics` has the per-shard families
 /// (valid for promtool), the inbox drops among them; one shard has no rows and no families.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharded_server_reports_each_shard() {
@@ -488,6 +489,9 @@ async fn a_sharded_server_reports_each_shard() {
         assert_eq!(stats.shards.iter().map(|s| s.connections).sum::<u64>(), 4);
         assert!(stats.shards.iter().all(|s| s.passed_dropped == 0));
         let json: Value = serde_json::to_value(&*stats).unwrap();
+        let mut problems = Vec::new();
+        check(&schema(), "stats", &json, "stats", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}\n{json:#}");
         assert_eq!(json["shards"].as_array().map(Vec::len), Some(2));
         assert!(json["shards"][1].get("passed_dropped").is_some());
         let text = gaptun_stats::prom::render(&stats).unwrap();
