@@ -40,10 +40,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!(
-        "load average before: {}\n",
-        gaptun_bench_support::loadavg()
-    );
+    println!("load average before: {}\n", gaptun_bench_support::loadavg());
     println!(
         "| idle connections | refresh_snapshot (µs) | collection (ms) | /api/stats + /metrics (ms) | JSON size (MB) |"
     );
@@ -51,10 +48,7 @@ fn main() {
     for n in counts {
         rt.block_on(measure(n));
     }
-    println!(
-        "\nload average after: {}",
-        gaptun_bench_support::loadavg()
-    );
+    println!("\nload average after: {}", gaptun_bench_support::loadavg());
 }
 
 /// This thread's CPU time so far.
