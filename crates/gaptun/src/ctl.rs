@@ -188,11 +188,12 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             s.accepted, s.dropped_unauthenticated, s.dropped_replayed_handshakes
         ));
     }
+    // Before the tables: scripts read the connection rows up to the end.
+    out.push_str(&shards_lines(&s.shards));
     out.push_str(&exposes_table(&s.exposes));
     if !s.connections.is_empty() {
         out.push_str(&connections_table(s));
     }
-    out.push_str(&shards_lines(&s.shards));
     // Last, so that the table's layout stays as it was for the scripts that read it.
     if let Some(offered) = &s.offered_carriers {
         out.push_str(&format!("carriers the server offers: {offered}\n"));
@@ -200,7 +201,8 @@ pub fn format_table(s: &StatsSnapshot) -> String {
     out
 }
 
-/// One line per shard of a server with several threads (nothing with one): its connections,
+/// One line per shard of a server with several threads (nothing with one), under the
+/// handshake counters: its connections,
 /// its driver's working time, and the datagrams other shards handed to it, with those its
 /// full inbox dropped.
 fn shards_lines(shards: &[gaptun_stats::ShardRow]) -> String {
@@ -972,8 +974,9 @@ mod tests {
         assert_eq!(v["offered_carriers"], "udp 4000, tls 8443");
     }
 
-    /// A server with several threads: one line per shard after the connections, with the
-    /// datagrams its full inbox dropped; `/metrics` has them per shard; none with one shard.
+    /// A server with several threads: one line per shard before the connection table (which
+    /// scripts read to its end), with the datagrams its full inbox dropped; `/metrics` has
+    /// them per shard; none with one shard.
     #[test]
     fn shards_are_listed_in_the_table_and_the_metrics() {
         let mut s = sample();
@@ -997,6 +1000,8 @@ mod tests {
         ];
         let t = format_table(&s);
         let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("shard ")).collect();
+        let table = t.find("  ID REMOTE").expect("connection table");
+        assert!(t.find("shard 1:").expect("shard line") < table, "{t}");
         assert_eq!(
             lines,
             [
