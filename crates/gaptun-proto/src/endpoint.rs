@@ -823,6 +823,13 @@ impl Endpoint {
         self.schedule.visits.touched += out.len() as u64;
     }
 
+    /// The handles [`take_touched`](Self::take_touched) would hand out now, left in place:
+    /// for a reader that must also see the connections that changed since the caller last
+    /// took them (the runtime's statistics, read between two of its driver's iterations).
+    pub fn pending_touched(&self) -> &[ConnectionHandle] {
+        &self.schedule.touched
+    }
+
     /// The next event of connection `handle` (`None` if it has none, or is gone). Unlike
     /// [`connection`](Self::connection), this does not mark it as having taken input, so
     /// polling the events of the touched connections costs nothing afterwards.

@@ -5,19 +5,25 @@
 //! loopback holds that many connections from one client endpoint that never uses them, and a
 //! second client endpoint runs request/response round trips (1 byte each way) on one more
 //! connection. Reported per count: the round trip's wall time, the server driver's busy time
-//! per round trip (`ShardFigures::busy`: receiving, timers, events, sending), and the server
-//! driver's busy time per second while nothing but the idle connections exists. Uses only the
-//! runtime's public API, so the same file measures any version of the driver side by side.
+//! per round trip (`ShardFigures::busy`: receiving, timers, events, sending), and, while
+//! nothing but the idle connections exists, the server driver's busy time per second and the
+//! CPU time per second of the whole process (server and idle client, each holding all the
+//! connections and publishing its stats snapshot every 250 ms). Uses only the runtime's public
+//! API, so the same file measures any version of the driver side by side.
 //!
 //! Environment: `GAPTUN_BENCH_IDLE` (comma-separated counts), `GAPTUN_BENCH_ROUNDS` (round
-//! trips per count, default 4000). Prints a Markdown table on stdout, progress on stderr.
+//! trips per count, default 4000), `GAPTUN_BENCH_IDLE_SECS` (length of the idle measurement,
+//! default 2 s; 10 s or more covers a whole keepalive interval), `GAPTUN_BENCH_KEEPALIVE=off`
+//! (no keepalives on either side, so that the idle figures show what the drivers do by
+//! themselves: the timers and the stats snapshots). Prints a Markdown table on stdout,
+//! progress on stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gaptun_bench_support::loadavg;
+use gaptun_bench_support::{env_u64, loadavg, process_cpu};
 use gaptun_proto::config::{EndpointLimits, TokenRate};
 use gaptun_proto::{EndpointConfig, Psk};
 use gaptun_runtime::{RtConnection, RtEndpoint};
@@ -40,9 +46,25 @@ fn psk() -> Psk {
     Psk::from_bytes([42; 32])
 }
 
+/// Whether keepalives stay on (`GAPTUN_BENCH_KEEPALIVE=off` turns them off).
+fn keepalive() -> bool {
+    std::env::var("GAPTUN_BENCH_KEEPALIVE").map_or(true, |v| v != "off")
+}
+
+fn client_config() -> EndpointConfig {
+    let mut config = EndpointConfig::client(psk());
+    if !keepalive() {
+        config.transport.keepalive_interval = None;
+    }
+    config
+}
+
 /// Limits that let one address open all the idle connections at once.
 fn server_config(idle: usize) -> EndpointConfig {
     let mut config = EndpointConfig::server(vec![psk()]);
+    if !keepalive() {
+        config.transport.keepalive_interval = None;
+    }
     let lots = TokenRate {
         burst: u32::MAX,
         per_second: u32::MAX,
@@ -89,13 +111,14 @@ struct Figures {
     round_trip: Duration,
     busy_per_round_trip: Duration,
     idle_busy_per_s: Duration,
+    idle_cpu_per_s: Duration,
 }
 
-async fn measure(idle: usize, rounds: u32) -> Figures {
+async fn measure(idle: usize, rounds: u32, idle_secs: u64) -> Figures {
     let server = RtEndpoint::bind(loopback(), server_config(idle)).unwrap();
     let target = server.local_addr();
     tokio::spawn(echo_server(server.clone()));
-    let idle_client = RtEndpoint::bind(loopback(), EndpointConfig::client(psk())).unwrap();
+    let idle_client = RtEndpoint::bind(loopback(), client_config()).unwrap();
     let mut idle_conns: Vec<RtConnection> = Vec::with_capacity(idle);
     // In batches, so the handshakes do not all time out waiting for one another.
     for chunk in 0..idle.div_ceil(250) {
@@ -112,12 +135,14 @@ async fn measure(idle: usize, rounds: u32) -> Figures {
     eprintln!("{idle} idle connections up");
     // Let the handshakes' tails (confirmations, delayed ACKs) pass.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (b0, t0) = (server_busy(&server), Instant::now());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (b1, t1) = (server_busy(&server), Instant::now());
+    let pid = std::process::id();
+    let (b0, c0, t0) = (server_busy(&server), process_cpu(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let (b1, c1, t1) = (server_busy(&server), process_cpu(pid), Instant::now());
     let idle_busy_per_s = (b1 - b0).div_f64((t1 - t0).as_secs_f64());
+    let idle_cpu_per_s = (c1 - c0).div_f64((t1 - t0).as_secs_f64());
 
-    let client = RtEndpoint::bind(loopback(), EndpointConfig::client(psk())).unwrap();
+    let client = RtEndpoint::bind(loopback(), client_config()).unwrap();
     let conn = client.connect(target).await.unwrap();
     let mut stream = conn.open_stream().await.unwrap();
     let mut byte = [0u8; 1];
@@ -143,6 +168,7 @@ async fn measure(idle: usize, rounds: u32) -> Figures {
         round_trip: (t1 - t0) / rounds,
         busy_per_round_trip: (b1 - b0) / rounds,
         idle_busy_per_s,
+        idle_cpu_per_s,
     }
 }
 
@@ -156,18 +182,24 @@ async fn run() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4000);
-    println!("load average before: {}\n", loadavg());
+    let idle_secs = env_u64("GAPTUN_BENCH_IDLE_SECS", 2).max(1);
+    println!("load average before: {}", loadavg());
     println!(
-        "| idle connections | round trip (µs) | server driver busy per round trip (µs) | server driver busy while idle (ms/s) |"
+        "idle measured over {idle_secs} s, keepalives {}\n",
+        if keepalive() { "on" } else { "off" }
     );
-    println!("|---|---|---|---|");
+    println!(
+        "| idle connections | round trip (µs) | server driver busy per round trip (µs) | server driver busy while idle (ms/s) | process CPU while idle (ms/s) |"
+    );
+    println!("|---|---|---|---|---|");
     for idle in counts {
-        let f = measure(idle, rounds).await;
+        let f = measure(idle, rounds, idle_secs).await;
         println!(
-            "| {idle} | {:.1} | {:.1} | {:.2} |",
+            "| {idle} | {:.1} | {:.1} | {:.2} | {:.1} |",
             f.round_trip.as_secs_f64() * 1e6,
             f.busy_per_round_trip.as_secs_f64() * 1e6,
             f.idle_busy_per_s.as_secs_f64() * 1e3,
+            f.idle_cpu_per_s.as_secs_f64() * 1e3,
         );
     }
     println!("\nload average after: {}", loadavg());

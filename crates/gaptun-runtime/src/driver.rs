@@ -16,7 +16,6 @@ use gaptun_proto::{CarrierId, Event, StreamEvent, Transmit};
 use tracing::{debug, trace, warn};
 
 use crate::carrier::{self, Carrier, CarrierTransmit, RecvBuffers};
-use crate::endpoint::EndpointSnapshot;
 use crate::error::RtError;
 use crate::group::Passed;
 use crate::replay_state::ReplayStore;
@@ -69,7 +68,7 @@ pub(crate) struct Driver {
     store_failing: bool,
     /// When dropped Initials are reported next.
     next_limit_report: Instant,
-    /// When the next [`EndpointSnapshot`] is due.
+    /// When the next [`crate::EndpointSnapshot`] is due.
     next_snapshot: Instant,
 }
 
@@ -403,15 +402,15 @@ impl Driver {
         step
     }
 
-    /// Publishes the figures when the interval has passed: one read of the state the driver
-    /// already holds locked, so readers of the snapshot never contend with the data path.
+    /// Publishes the figures when the interval has passed: a read of the state the driver
+    /// already holds locked (of the connections touched since the last one), so readers of
+    /// the snapshot never contend with the data path.
     fn publish_snapshot(&mut self, state: &mut State, now: Instant) {
         if now < self.next_snapshot {
             return;
         }
         self.next_snapshot = now + SNAPSHOT_INTERVAL;
-        let part = EndpointSnapshot::read(state, now, self.shared.busy(), self.shared.truncated());
-        self.shared.group.publish(self.shared.index, Arc::new(part));
+        self.shared.publish_figures(state, now);
     }
 
     /// Appends the handshakes accepted since the last step to the state file, before their
@@ -576,9 +575,12 @@ fn dispatch_events(
         endpoint,
         conns,
         carriers,
+        figures,
         ..
     } = state;
     endpoint.take_touched(touched);
+    // Their figures may have changed too: read again for the next snapshot.
+    figures.touched(touched);
     for &handle in touched.iter() {
         log_carrier_switches(endpoint, carriers, handle);
         let Some(cs) = conns.get_mut(&handle) else {

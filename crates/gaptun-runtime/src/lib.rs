@@ -19,6 +19,7 @@ mod datagram;
 mod driver;
 mod endpoint;
 mod error;
+mod figures;
 mod group;
 pub mod lossy_relay;
 mod pool;
@@ -31,7 +32,9 @@ pub use carrier::{Carrier, CarrierTransmit, RecvMeta, UdpCarrier};
 pub use chunk::ChunkStream;
 pub use connection::RtConnection;
 pub use datagram::RtDatagrams;
-pub use endpoint::{ConnectionInfo, EndpointSnapshot, PathState, RtEndpoint, ShardFigures};
+pub use endpoint::{
+    ConnectionInfo, ConnectionList, EndpointSnapshot, PathState, RtEndpoint, ShardFigures,
+};
 pub use error::{ConnectError, RtError};
 pub use pool::{Backoff, ClientPool, LateCarrier, PoolConfig};
 pub use ports::{ListenRange, PortRangeError, ServerTarget};

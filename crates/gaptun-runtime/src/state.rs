@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::carrier::Carrier;
 use crate::endpoint::EndpointSnapshot;
 use crate::error::RtError;
+use crate::figures::FigureReader;
 use crate::group::Group;
 
 /// How often the driver publishes an [`EndpointSnapshot`]: often enough for a live page and
@@ -56,8 +57,10 @@ impl Shared {
         index: usize,
     ) -> Self {
         let mut state = State::new(endpoint);
-        let first = EndpointSnapshot::read(&mut state, Instant::now(), Duration::ZERO, 0);
-        group.publish(index, Arc::new(first));
+        let first = state
+            .figures
+            .read(&state.endpoint, &state.carriers, Instant::now());
+        group.publish(index, first, Duration::ZERO, 0);
         Self {
             group,
             index,
@@ -85,6 +88,16 @@ impl Shared {
     /// Datagrams the driver received cut short (and dropped) so far.
     pub(crate) fn truncated(&self) -> u64 {
         self.truncated.load(Ordering::Relaxed)
+    }
+
+    /// Reads this shard's figures (only the connections touched since the last read) and
+    /// publishes them merged with the other shards'. `state` is this shard's, locked: two
+    /// reads of one shard reach the merge in the order they were made, so an older read never
+    /// overwrites a newer one.
+    pub(crate) fn publish_figures(&self, state: &mut State, now: Instant) -> Arc<EndpointSnapshot> {
+        let read = state.figures.read(&state.endpoint, &state.carriers, now);
+        self.group
+            .publish(self.index, read, self.busy(), self.truncated())
     }
 
     /// Asks the driver to run an iteration (poll_transmit and friends).
@@ -185,6 +198,8 @@ pub(crate) struct State {
     pub(crate) carriers_added: Vec<(CarrierId, Arc<dyn Carrier>)>,
     /// Carriers removed since the driver last looked.
     pub(crate) carriers_removed: Vec<CarrierId>,
+    /// The connection figures published last, and which connections to read again.
+    pub(crate) figures: FigureReader,
     next_carrier: u16,
     next_generation: u64,
 }
@@ -202,6 +217,7 @@ impl State {
             carriers: Vec::new(),
             carriers_added: Vec::new(),
             carriers_removed: Vec::new(),
+            figures: FigureReader::default(),
             next_carrier: 0,
             next_generation: 0,
         }
@@ -216,6 +232,8 @@ impl State {
             .push((id, carrier.kind(), carrier.local_addr().ok()));
         self.endpoint.set_route_mtu(id, carrier.route_mtu());
         self.carriers_added.push((id, carrier));
+        // The figures name each connection's carriers by kind.
+        self.figures.invalidate();
         Some(id)
     }
 
@@ -224,6 +242,7 @@ impl State {
         self.carriers.retain(|(c, _, _)| *c != id);
         self.carriers_added.retain(|(c, _)| *c != id);
         self.carriers_removed.push(id);
+        self.figures.invalidate();
     }
 
     /// Starts tracking a connection the core just created. If the core reused the handle of a

@@ -383,7 +383,7 @@ async fn snapshot_is_published_by_the_driver() {
             }
         };
         assert_eq!(snap.connections.len(), 1);
-        let c = &snap.connections[0];
+        let c = snap.connections.first().unwrap();
         assert!(c.established);
         assert_eq!(c.carrier, "udp");
         assert!(c.stats.stream_bytes_sent >= 200_000, "{:?}", c.stats);

@@ -98,7 +98,7 @@ async fn a_hopping_client_keeps_its_connection_across_shards() {
             send_and_check(&conn, &data, 16 * 1024, Duration::from_millis(40)).await;
             let snap = server.refresh_snapshot();
             let passed: u64 = snap.shards.iter().map(|s| s.passed_in).sum();
-            if passed > 0 && snap.connections[0].stats.migrations >= 3 {
+            if passed > 0 && snap.connections.first().unwrap().stats.migrations >= 3 {
                 break;
             }
             round += 1;

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::forward::ForwardStats;
 use crate::schema::{
-    ConnSnapshot, ExposeRow, History, HistoryPoint, SCHEMA_VERSION, StatsSnapshot, Traffic, UserRow,
+    ConnSnapshot, ExposeRow, History, HistoryPoint, SCHEMA_VERSION, ShardRow, StatsSnapshot,
+    Traffic, UserRow,
 };
 
 /// How often the collector publishes (and the dashboard's history has a point).
@@ -241,7 +242,7 @@ impl Book {
             let id = c.handle.0;
             seen.insert(id);
             let counters = Counters::of(c);
-            let created = snap.taken.checked_sub(c.age).unwrap_or(snap.taken);
+            let created = c.created;
             let same = self
                 .live
                 .get(&id)
@@ -307,7 +308,7 @@ impl Book {
                     s.packets_retransmitted,
                 ],
             );
-            let mut row = conn_row(c, sources.key_users.get(c.key_index));
+            let mut row = conn_row(c, sources.key_users.get(c.key_index), at);
             row.send_bytes_per_sec = send;
             row.recv_bytes_per_sec = recv;
             row.loss_percent_now = percent(lost_pps, sent_pps);
@@ -395,6 +396,7 @@ impl Book {
             exposes,
             forwards,
             offered_carriers: sources.offered_carriers.clone(),
+            shards: shard_rows(&snap.shards),
         }
     }
 
@@ -437,8 +439,8 @@ impl Book {
     }
 }
 
-/// The row of one established connection (rates left at zero).
-fn conn_row(info: &ConnectionInfo, user: Option<&Arc<str>>) -> ConnSnapshot {
+/// The row of one established connection as of `at` (rates left at zero).
+fn conn_row(info: &ConnectionInfo, user: Option<&Arc<str>>, at: Instant) -> ConnSnapshot {
     let s = &info.stats;
     let ms = |d: Duration| s.rtt_sampled.then_some(d.as_secs_f64() * 1000.0);
     ConnSnapshot {
@@ -468,7 +470,7 @@ fn conn_row(info: &ConnectionInfo, user: Option<&Arc<str>>) -> ConnSnapshot {
             Vec::new()
         },
         carrier_switches: s.carrier_switches,
-        age_secs: info.age.as_secs(),
+        age_secs: info.age(at).as_secs(),
         cipher: s.cipher.to_owned(),
         rtt_ms: ms(s.rtt),
         min_rtt_ms: ms(s.min_rtt),
@@ -505,6 +507,23 @@ fn conn_row(info: &ConnectionInfo, user: Option<&Arc<str>>) -> ConnSnapshot {
         datagrams_dropped: s.datagrams.dropped_send + s.datagrams.dropped_recv,
         datagram_frames_lost: s.datagrams.frames_lost,
     }
+}
+
+/// Each shard's row, when there are several (one shard's figures are the daemon's own).
+fn shard_rows(shards: &[gaptun_runtime::ShardFigures]) -> Vec<ShardRow> {
+    if shards.len() < 2 {
+        return Vec::new();
+    }
+    shards
+        .iter()
+        .map(|s| ShardRow {
+            connections: s.connections as u64,
+            busy_secs: s.busy.as_secs_f64(),
+            passed_in: s.passed_in,
+            passed_dropped: s.dropped_passing,
+            truncated: s.truncated,
+        })
+        .collect()
 }
 
 /// `part` as a percentage of `whole` (0 when there is no whole).

@@ -21,6 +21,6 @@ pub use collect::{COLLECT_INTERVAL, Collector, HISTORY_POINTS, Sources};
 pub use forward::{Counted, ForwardStats, StreamCounter};
 pub use http::{Credentials, Dashboard, DashboardError, open_dashboard_warning};
 pub use schema::{
-    ConnSnapshot, ExposeRow, ForwardRow, History, HistoryPoint, PathRow, SCHEMA_VERSION,
+    ConnSnapshot, ExposeRow, ForwardRow, History, HistoryPoint, PathRow, SCHEMA_VERSION, ShardRow,
     StatsSnapshot, Traffic, UserRow,
 };

@@ -1,14 +1,14 @@
 //! `/metrics`: a [`StatsSnapshot`] in Prometheus' text format.
 //!
 //! Labels are bounded by configuration, never by traffic: `user` (a server's users), `expose`
-//! and `forward` (what the configs name). There is no per-connection or per-stream label; a
+//! and `forward` (what the configs name), `shard` (a server's `--threads`). There is no per-connection or per-stream label; a
 //! daemon's connections are summed, and the per-user figures are families of their own
 //! (`gaptun_user_*`), so that summing a family never counts a byte twice. Counters come from
 //! the collector's totals, which keep the counts of closed connections, so they only grow
 //! while the daemon runs (an expose's start again when its client registers it anew).
 
 use prometheus::core::Collector;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use thiserror::Error;
 
 use crate::schema::{ConnSnapshot, StatsSnapshot, Traffic};
@@ -40,6 +40,16 @@ impl Scrape {
         labels: &[&str],
     ) -> Result<IntCounterVec, MetricsError> {
         self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A counter family of seconds or other fractions (`name` ends in `_total`).
+    fn float_counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<CounterVec, MetricsError> {
+        self.add(CounterVec::new(Opts::new(name, help), labels)?)
     }
 
     fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
@@ -356,6 +366,48 @@ pub fn render(s: &StatsSnapshot) -> Result<String, MetricsError> {
             opened.with_label_values(&values).inc_by(f.streams_total);
             up.with_label_values(&values).inc_by(f.bytes_up);
             down.with_label_values(&values).inc_by(f.bytes_down);
+        }
+    }
+
+    if !s.shards.is_empty() {
+        let labels = ["shard"];
+        let conns = sc.gauge(
+            "gaptun_shard_connections",
+            "Connections a shard (one of the server's threads) owns",
+            &labels,
+        )?;
+        let busy = sc.float_counter(
+            "gaptun_shard_busy_seconds_total",
+            "Time a shard's driver spent working (receiving, timers, sending)",
+            &labels,
+        )?;
+        let passed = sc.counter(
+            "gaptun_shard_passed_datagrams_total",
+            "Datagrams that reached another shard's socket and were handed to this shard",
+            &labels,
+        )?;
+        let passed_dropped = sc.counter(
+            "gaptun_shard_passed_dropped_datagrams_total",
+            "Datagrams handed to this shard that were dropped because its inbox was full",
+            &labels,
+        )?;
+        let truncated = sc.counter(
+            "gaptun_shard_truncated_datagrams_total",
+            "Datagrams longer than the shard's receive buffers, dropped",
+            &labels,
+        )?;
+        for (i, shard) in s.shards.iter().enumerate() {
+            let index = i.to_string();
+            let values = [index.as_str()];
+            conns
+                .with_label_values(&values)
+                .set(shard.connections as f64);
+            busy.with_label_values(&values).inc_by(shard.busy_secs);
+            passed.with_label_values(&values).inc_by(shard.passed_in);
+            passed_dropped
+                .with_label_values(&values)
+                .inc_by(shard.passed_dropped);
+            truncated.with_label_values(&values).inc_by(shard.truncated);
         }
     }
 

@@ -47,6 +47,28 @@ pub struct StatsSnapshot {
     /// `udp 4000, tls 8443` (left out when it offered none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offered_carriers: Option<String>,
+    /// Server with several threads (`--threads`): each shard's figures, in shard order. Empty
+    /// (and left out) with one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRow>,
+}
+
+/// One shard of a server with several threads: its own socket on the port, driver and
+/// connections.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardRow {
+    /// Live connections it owns (established or not).
+    pub connections: u64,
+    /// Seconds its driver spent working since the start (receiving, timers, sending).
+    pub busy_secs: f64,
+    /// Datagrams that reached another shard's socket and were handed to this one (a client
+    /// whose address changed).
+    pub passed_in: u64,
+    /// Datagrams handed to it that were dropped because its inbox was full (it was not
+    /// taking them fast enough); recovered like any loss.
+    pub passed_dropped: u64,
+    /// Datagrams longer than the receive buffers, dropped.
+    pub truncated: u64,
 }
 
 /// Traffic counters and current rates of a set of connections.

@@ -449,3 +449,78 @@ async fn totals_keep_closed_connections() {
     .await
     .unwrap();
 }
+
+/// A server with two threads: `ctl stats json` (the collector's figures) has one row per
+/// shard whose connections add up to the server's, as docs/stats-api.md describes them, and
+/// `/metrics` has the per-shard families
+/// (valid for promtool), the inbox drops among them; one shard has no rows and no families.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_server_reports_each_shard() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let psk = Psk::from_bytes([9; 32]);
+        let server = RtEndpoint::bind_sharded(
+            &["127.0.0.1:0".parse().unwrap()],
+            EndpointConfig::server(vec![psk.clone()]),
+            2,
+        )
+        .unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let client = RtEndpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                EndpointConfig::client(psk.clone()),
+            )
+            .unwrap();
+            let conn = client.connect(server.local_addr()).await.unwrap();
+            clients.push((client, conn));
+        }
+        let sources = |endpoint: RtEndpoint| Sources {
+            role: "server",
+            version: "test".into(),
+            endpoint,
+            window: Arc::new(AtomicU64::new(1 << 20)),
+            key_users: Vec::new(),
+            exposes: Box::new(Vec::new),
+            forwards: Vec::new(),
+            offered_carriers: None,
+        };
+        let stats = Collector::new(sources(server.clone())).refresh();
+        assert_eq!(stats.shards.len(), 2, "{stats:?}");
+        assert_eq!(stats.shards.iter().map(|s| s.connections).sum::<u64>(), 4);
+        assert!(stats.shards.iter().all(|s| s.passed_dropped == 0));
+        let json: Value = serde_json::to_value(&*stats).unwrap();
+        let mut problems = Vec::new();
+        check(&schema(), "stats", &json, "stats", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}\n{json:#}");
+        assert_eq!(json["shards"].as_array().map(Vec::len), Some(2));
+        assert!(json["shards"][1].get("passed_dropped").is_some());
+        let text = gaptun_stats::prom::render(&stats).unwrap();
+        for family in [
+            "gaptun_shard_connections{shard=\"1\"}",
+            "gaptun_shard_busy_seconds_total{shard=\"0\"}",
+            "gaptun_shard_passed_datagrams_total{shard=\"1\"} 0",
+            "gaptun_shard_passed_dropped_datagrams_total{shard=\"0\"} 0",
+            "gaptun_shard_truncated_datagrams_total{shard=\"1\"} 0",
+        ] {
+            assert!(text.contains(family), "{family} missing:\n{text}");
+        }
+        promtool_check(&text);
+
+        let (client, _) = &clients[0];
+        let single = Collector::new(sources(client.clone())).refresh();
+        assert!(single.shards.is_empty());
+        let json: Value = serde_json::to_value(&*single).unwrap();
+        assert!(json.get("shards").is_none(), "left out with one shard");
+        assert!(
+            !gaptun_stats::prom::render(&single)
+                .unwrap()
+                .contains("gaptun_shard_")
+        );
+        for (client, _) in &clients {
+            client.close(0, b"");
+        }
+        server.close(0, b"");
+    })
+    .await
+    .expect("within 60 s");
+}

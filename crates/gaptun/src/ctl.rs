@@ -188,6 +188,8 @@ pub fn format_table(s: &StatsSnapshot) -> String {
             s.accepted, s.dropped_unauthenticated, s.dropped_replayed_handshakes
         ));
     }
+    // Before the tables: scripts read the connection rows up to the end.
+    out.push_str(&shards_lines(&s.shards));
     out.push_str(&exposes_table(&s.exposes));
     if !s.connections.is_empty() {
         out.push_str(&connections_table(s));
@@ -197,6 +199,23 @@ pub fn format_table(s: &StatsSnapshot) -> String {
         out.push_str(&format!("carriers the server offers: {offered}\n"));
     }
     out
+}
+
+/// One line per shard of a server with several threads (nothing with one), under the
+/// handshake counters: its connections,
+/// its driver's working time, and the datagrams other shards handed to it, with those its
+/// full inbox dropped.
+fn shards_lines(shards: &[gaptun_stats::ShardRow]) -> String {
+    shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "shard {i}: {} connection(s), busy {:.1} s, passed in {}, dropped (inbox full) {}, truncated {}\n",
+                s.connections, s.busy_secs, s.passed_in, s.passed_dropped, s.truncated
+            )
+        })
+        .collect()
 }
 
 /// The connection rows of the `stats` table, under their header.
@@ -740,6 +759,7 @@ mod tests {
             }],
             not_established: 0,
             exposes: Vec::new(),
+            shards: Vec::new(),
         }
     }
 
@@ -952,6 +972,56 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["offered_carriers"], "udp 4000, tls 8443");
+    }
+
+    /// A server with several threads: one line per shard before the connection table (which
+    /// scripts read to its end), with the datagrams its full inbox dropped; `/metrics` has
+    /// them per shard; none with one shard.
+    #[test]
+    fn shards_are_listed_in_the_table_and_the_metrics() {
+        let mut s = sample();
+        s.role = "server".into();
+        assert!(!format_table(&s).contains("shard"));
+        s.shards = vec![
+            gaptun_stats::ShardRow {
+                connections: 1,
+                busy_secs: 2.25,
+                passed_in: 7,
+                passed_dropped: 0,
+                truncated: 0,
+            },
+            gaptun_stats::ShardRow {
+                connections: 0,
+                busy_secs: 0.5,
+                passed_in: 4096,
+                passed_dropped: 904,
+                truncated: 1,
+            },
+        ];
+        let t = format_table(&s);
+        let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("shard ")).collect();
+        let table = t.find("  ID REMOTE").expect("connection table");
+        assert!(t.find("shard 1:").expect("shard line") < table, "{t}");
+        assert_eq!(
+            lines,
+            [
+                "shard 0: 1 connection(s), busy 2.2 s, passed in 7, dropped (inbox full) 0, truncated 0",
+                "shard 1: 0 connection(s), busy 0.5 s, passed in 4096, dropped (inbox full) 904, truncated 1",
+            ],
+            "{t}"
+        );
+        let m = gaptun_stats::prom::render(&s).unwrap();
+        assert!(
+            m.contains("gaptun_shard_passed_dropped_datagrams_total{shard=\"1\"} 904"),
+            "{m}"
+        );
+        assert!(
+            m.contains("gaptun_shard_busy_seconds_total{shard=\"0\"} 2.25"),
+            "{m}"
+        );
+        let back: StatsSnapshot =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]
