@@ -185,6 +185,27 @@ impl Default for EndpointLimits {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl EndpointLimits {
+    /// Limits under which one client address may open `connections` connections at once,
+    /// every handshake admitted: for tests and benchmarks that open thousands from a single
+    /// endpoint (the default budget would turn most of them away as a handshake flood).
+    pub fn for_one_source(connections: usize) -> Self {
+        let lots = TokenRate {
+            burst: u32::MAX,
+            per_second: u32::MAX,
+        };
+        Self {
+            handshakes_per_source: lots,
+            handshakes: lots,
+            max_sources: 16,
+            max_connections: connections,
+            max_connections_per_key: connections,
+            max_half_open: connections,
+        }
+    }
+}
+
 /// Settings of an endpoint (one UDP socket, any number of connections).
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {

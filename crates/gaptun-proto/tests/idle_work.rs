@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gaptun_proto::config::{EndpointLimits, TokenRate};
+use gaptun_proto::config::EndpointLimits;
 use gaptun_proto::endpoint::Visits;
 use gaptun_proto::{
     CarrierId, ConnectionHandle, Endpoint, EndpointConfig, Event, Psk, RngSeed, StreamEvent,
@@ -21,18 +21,7 @@ fn addr(s: &str) -> SocketAddr {
 
 /// Limits that admit every handshake of the test (they all come from one address at once).
 fn unlimited() -> EndpointLimits {
-    let lots = TokenRate {
-        burst: u32::MAX,
-        per_second: u32::MAX,
-    };
-    EndpointLimits {
-        handshakes_per_source: lots,
-        handshakes: lots,
-        max_sources: 16,
-        max_connections: 2 * IDLE,
-        max_connections_per_key: 2 * IDLE,
-        max_half_open: 2 * IDLE,
-    }
+    EndpointLimits::for_one_source(2 * IDLE)
 }
 
 /// Passes datagrams both ways at `now` until neither endpoint has anything to send.

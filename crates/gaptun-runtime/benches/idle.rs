@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gaptun_bench_support::{env_u64, loadavg, process_cpu};
-use gaptun_proto::config::{EndpointLimits, TokenRate};
+use gaptun_proto::config::EndpointLimits;
 use gaptun_proto::{EndpointConfig, Psk};
 use gaptun_runtime::{RtConnection, RtEndpoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,18 +65,7 @@ fn server_config(idle: usize) -> EndpointConfig {
     if !keepalive() {
         config.transport.keepalive_interval = None;
     }
-    let lots = TokenRate {
-        burst: u32::MAX,
-        per_second: u32::MAX,
-    };
-    config.limits = EndpointLimits {
-        handshakes_per_source: lots,
-        handshakes: lots,
-        max_sources: 16,
-        max_connections: 2 * idle + 16,
-        max_connections_per_key: 2 * idle + 16,
-        max_half_open: 2 * idle + 16,
-    };
+    config.limits = EndpointLimits::for_one_source(2 * idle + 16);
     config
 }
 

@@ -692,7 +692,7 @@ fn spawn_driver(runtime: &tokio::runtime::Handle, driver: Driver) {
 
 #[cfg(test)]
 mod tests {
-    use gaptun_proto::config::{EndpointLimits, TokenRate};
+    use gaptun_proto::config::EndpointLimits;
     use gaptun_proto::{Psk, SeedOrigin};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -756,18 +756,7 @@ mod tests {
     /// A server that lets one address open `n` connections at once.
     fn roomy_server(n: usize) -> EndpointConfig {
         let mut config = EndpointConfig::server(vec![Psk::from_bytes([9; 32])]);
-        let lots = TokenRate {
-            burst: u32::MAX,
-            per_second: u32::MAX,
-        };
-        config.limits = EndpointLimits {
-            handshakes_per_source: lots,
-            handshakes: lots,
-            max_sources: 16,
-            max_connections: n + 16,
-            max_connections_per_key: n + 16,
-            max_half_open: n + 16,
-        };
+        config.limits = EndpointLimits::for_one_source(n + 16);
         config
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use gaptun_proto::config::{EndpointLimits, TokenRate};
+use gaptun_proto::config::EndpointLimits;
 use gaptun_proto::{EndpointConfig, Psk};
 use gaptun_runtime::{RtConnection, RtEndpoint};
 use gaptun_stats::{Collector, Sources};
@@ -59,18 +59,7 @@ fn cpu() -> Duration {
 async fn measure(n: usize) {
     let psk = Psk::from_bytes([7; 32]);
     let mut config = EndpointConfig::server(vec![psk.clone()]);
-    let lots = TokenRate {
-        burst: u32::MAX,
-        per_second: u32::MAX,
-    };
-    config.limits = EndpointLimits {
-        handshakes_per_source: lots,
-        handshakes: lots,
-        max_sources: 16,
-        max_connections: n + 16,
-        max_connections_per_key: n + 16,
-        max_half_open: n + 16,
-    };
+    config.limits = EndpointLimits::for_one_source(n + 16);
     let server = RtEndpoint::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
     let accepting = server.clone();
     let accepted = tokio::spawn(async move {
