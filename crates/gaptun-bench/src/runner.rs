@@ -228,7 +228,8 @@ fn run_system(
                 waited.as_secs_f64()
             ));
         }
-        measure_latency(plan, env, &running, &mut res, p);
+        let label = format!("{}-{}", scenario.id, system.name);
+        measure_latency(plan, env, &running, &label, &mut res, p);
     }
     if system.is_expose() {
         measure_expose(plan, env, scenario, &mut running, &mut res, p);
@@ -473,10 +474,12 @@ fn measure_latency(
     plan: &Plan,
     env: &Env,
     running: &Running,
+    label: &str,
     res: &mut SystemResult,
     p: &Progress,
 ) {
     let e = &running.endpoints;
+    save_stats(env, running, &format!("{label}-before-latency"));
     let fwd = latency::measure(
         &env.ns_a,
         &plan.exe,
@@ -486,6 +489,7 @@ fn measure_latency(
         plan.latency_conns,
     );
     report_latency(&res.system, "forward", &fwd, p);
+    save_stats(env, running, &format!("{label}-after-forward"));
     match fwd {
         Ok(l) => res.latency_forward = Some(l),
         Err(err) => res.notes.push(format!("forward latency: {err}")),
@@ -502,6 +506,7 @@ fn measure_latency(
             plan.latency_conns,
         );
         report_latency(&res.system, "SOCKS5", &s, p);
+        save_stats(env, running, &format!("{label}-after-socks"));
         match s {
             Ok(l) => res.latency_socks = Some(l),
             Err(err) => res.notes.push(format!("SOCKS5 latency: {err}")),
@@ -566,6 +571,26 @@ fn measure_expose(
     }
     if let Err(e) = running.ensure_alive() {
         res.notes.push(format!("tunnel died under idle load: {e}"));
+    }
+}
+
+/// Saves each gaptun daemon's `ctl stats --json` as `stats-LABEL-ROLE.json` in the log
+/// directory: the FEC, loss and retransmission counters before and after each latency test
+/// tell a tail the protocol caused (parity lost, retransmission) from one it did not.
+fn save_stats(env: &Env, running: &Running, label: &str) {
+    for c in &running.controls {
+        let mut cmd = std::process::Command::new(&c.binary);
+        cmd.arg("ctl")
+            .arg("--socket")
+            .arg(&c.socket)
+            .args(["stats", "--json"]);
+        let path = env
+            .logdir
+            .join(format!("stats-{label}-{}.json", c.role).replace('/', "-"));
+        // Best effort: a missing file only means less to look at afterwards.
+        if let Ok(out) = procs::run(&mut cmd, Duration::from_secs(5)) {
+            let _ = std::fs::write(&path, &out.stdout);
+        }
     }
 }
 

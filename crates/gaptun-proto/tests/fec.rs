@@ -713,3 +713,53 @@ fn harness_pattern_meets_the_round_trip_targets() {
         );
     }
 }
+
+#[test]
+fn a_bulk_transfers_loss_runs_leave_no_parity_flood_on_a_clean_path() {
+    // A bulk upload that loses packets in runs (what a full bottleneck queue does to a
+    // transfer that overshoots it), then a path that loses nothing, as an empty queue does for
+    // the interactive answers sent afterwards. They get the one parity packet of a clean path,
+    // not the ten a burst length learnt from the bulk's runs gave them before.
+    use gaptun_sim::Path;
+    let runs = link().with_burst_loss(GilbertElliott::with_mean_loss(0.01, 8.0));
+    let config = SimConfig::new(5)
+        .with_link(runs)
+        .with_transport(|t| t.fec = FecMode::Auto);
+    let mut sim = Sim::new(config);
+    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 5_000_000, 5));
+    assert!(sim.run_workloads(Duration::from_secs(120)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(bulk)
+            .expect("workload")
+            .verify(),
+        Ok(())
+    );
+    let (client, server) = stats(&mut sim);
+    assert!(
+        client.packets_lost > 20,
+        "only {} packets lost: no runs to learn from",
+        client.packets_lost
+    );
+    sim.link_mut(Path::Uplink).set_config(link());
+    sim.link_mut(Path::Downlink).set_config(link());
+    sim.advance(Duration::from_millis(500));
+    let exchanges = 200;
+    let id = sim
+        .add_workload(RequestResponse::new(0, exchanges, 64, 64).every(Duration::from_millis(10)));
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    let w = sim.workload::<RequestResponse>(id).expect("workload");
+    assert!(w.errors().is_empty(), "{:?}", w.errors());
+    let p99 = w.quantile(0.99).expect("latencies");
+    let (client_after, server_after) = stats(&mut sim);
+    let per_answer =
+        (server_after.fec_parity_sent - server.fec_parity_sent) as f64 / exchanges as f64;
+    let per_request =
+        (client_after.fec_parity_sent - client.fec_parity_sent) as f64 / exchanges as f64;
+    eprintln!("parity per answer {per_answer:.2}, per request {per_request:.2}, p99 {p99:?}");
+    assert!(per_answer <= 1.5, "{per_answer} parity packets per answer");
+    assert!(
+        per_request <= 1.5,
+        "{per_request} parity packets per request"
+    );
+    assert!(p99 <= Duration::from_millis(101), "p99 {p99:?}");
+}

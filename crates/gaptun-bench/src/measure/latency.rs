@@ -28,6 +28,21 @@ pub struct RrReport {
     pub connect_us: Vec<u64>,
     /// Exchanges that failed (connection error, timeout, short read).
     pub errors: u64,
+    /// Every successful exchange with its connection and start time, to tell a slow exchange
+    /// of its own from a stall that delayed several connections at once.
+    #[serde(default)]
+    pub exchanges: Vec<Exchange>,
+}
+
+/// One timed exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Exchange {
+    /// Index of its connection.
+    pub conn: u16,
+    /// When it started, in microseconds since the client began.
+    pub start_us: u64,
+    /// Its round trip, in microseconds.
+    pub us: u64,
 }
 
 /// Summary kept in the results.
@@ -41,6 +56,8 @@ pub struct LatencyResult {
     pub errors: u64,
     /// All samples in ms, sorted, for the CDF chart.
     pub samples_ms: Vec<f64>,
+    /// The exchanges in the order they started.
+    pub timeline: Vec<Exchange>,
 }
 
 /// Nearest-rank percentile of sorted samples (`q` in 0..=100).
@@ -66,6 +83,11 @@ impl LatencyResult {
             p99_ms: percentile(&ms, 99.0).ok_or_else(none)?,
             errors: r.errors,
             samples_ms: ms,
+            timeline: {
+                let mut t = r.exchanges.clone();
+                t.sort_by_key(|e| e.start_us);
+                t
+            },
         })
     }
 }
@@ -146,6 +168,8 @@ fn open(
 
 /// One connection's share: `count` sequential exchanges.
 fn client_conn(
+    conn: u16,
+    begin: Instant,
     target: SocketAddrV4,
     socks: Option<SocketAddr>,
     count: usize,
@@ -167,7 +191,13 @@ fn client_conn(
             rep.errors += (count - i) as u64;
             break;
         }
-        rep.samples_us.push(t.elapsed().as_micros() as u64);
+        let us = t.elapsed().as_micros() as u64;
+        rep.samples_us.push(us);
+        rep.exchanges.push(Exchange {
+            conn,
+            start_us: t.duration_since(begin).as_micros() as u64,
+            us,
+        });
     }
     rep
 }
@@ -237,10 +267,12 @@ pub fn client(
     timeout: Duration,
 ) -> RrReport {
     let conns = conns.clamp(1, count.max(1));
+    let begin = Instant::now();
     let handles: Vec<_> = (0..conns)
         .map(|i| {
             let share = count / conns + usize::from(i < count % conns);
-            thread::spawn(move || client_conn(target, socks, share, timeout))
+            let conn = u16::try_from(i).unwrap_or(u16::MAX);
+            thread::spawn(move || client_conn(conn, begin, target, socks, share, timeout))
         })
         .collect();
     let mut all = RrReport::default();
@@ -248,6 +280,7 @@ pub fn client(
         let r = h.join().unwrap_or_default();
         all.samples_us.extend(r.samples_us);
         all.connect_us.extend(r.connect_us);
+        all.exchanges.extend(r.exchanges);
         all.errors += r.errors;
     }
     all

@@ -269,6 +269,7 @@ mod tests {
             p99_ms: p99,
             errors: 0,
             samples_ms: vec![p50, p99],
+            timeline: Vec::new(),
         }
     }
 

@@ -17,7 +17,7 @@ use super::{
 use crate::emulator::netns;
 use crate::error::{IoContext, Result};
 use crate::procs::Managed;
-use crate::systems::gaptun::{control_socket, keygen};
+use crate::systems::gaptun::{control_socket, controls, keygen};
 
 /// UDP port of the gaptun server (namespace A).
 const GAPTUN_PORT: u16 = 4434;
@@ -73,6 +73,7 @@ pub fn start_gaptun(env: &Env, binary: &Path) -> Result<Running> {
     Ok(Running {
         endpoints: tunnel_endpoints(false),
         procs,
+        controls: controls(env, binary, "expose"),
     })
 }
 
@@ -127,6 +128,7 @@ pub fn start_rathole(env: &Env, binary: &Path) -> Result<Running> {
     Ok(Running {
         endpoints: tunnel_endpoints(false),
         procs,
+        controls: Vec::new(),
     })
 }
 

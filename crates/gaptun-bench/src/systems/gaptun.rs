@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{
-    Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, SOCKS_PORT, settle,
+    Control, Env, FWD_BULK_PORT, FWD_RR_PORT, IPERF_PORT, RR_PORT, Running, SOCKS_PORT, settle,
     tunnel_endpoints,
 };
 use crate::emulator::netns;
@@ -115,7 +115,20 @@ pub fn start(
     Ok(Running {
         endpoints: tunnel_endpoints(true),
         procs,
+        controls: controls(env, binary, &tag),
     })
+}
+
+/// The client's and the server's control sockets of the run tagged `tag`.
+pub fn controls(env: &Env, binary: &Path, tag: &str) -> Vec<Control> {
+    ["client", "server"]
+        .into_iter()
+        .map(|role| Control {
+            role,
+            binary: binary.to_path_buf(),
+            socket: control_socket(env, role, tag),
+        })
+        .collect()
 }
 
 /// A control socket of this run's own (the default path is shared by every gaptun on the

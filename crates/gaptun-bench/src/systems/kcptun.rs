@@ -43,6 +43,7 @@ pub fn start(env: &Env, mode: Option<&str>, window: Option<u32>) -> Result<Runni
     Ok(Running {
         endpoints: tunnel_endpoints(false),
         procs,
+        controls: Vec::new(),
     })
 }
 

@@ -83,6 +83,19 @@ pub struct Running {
     pub endpoints: Endpoints,
     /// Tunnel processes (empty for direct TCP).
     pub procs: Vec<Managed>,
+    /// gaptun's control sockets, whose `ctl stats` the runner saves around each latency test.
+    pub controls: Vec<Control>,
+}
+
+/// A gaptun daemon's control socket.
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// `client` or `server`.
+    pub role: &'static str,
+    /// The gaptun binary that answers `ctl`.
+    pub binary: PathBuf,
+    /// Its control socket.
+    pub socket: PathBuf,
 }
 
 impl Running {

@@ -22,5 +22,6 @@ pub fn start(env: &Env, congestion: &str) -> Result<Running> {
             iperf_congestion: Some(congestion.to_string()),
         },
         procs: Vec::new(),
+        controls: Vec::new(),
     })
 }

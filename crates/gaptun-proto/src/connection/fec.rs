@@ -55,6 +55,8 @@ pub(super) struct FecState {
     pub(super) sender: FecSender,
     pub(super) receiver: FecReceiver,
     recent: RecentRate,
+    /// The same measure over the bytes we receive: whether the peer is sending bulk.
+    recent_received: RecentRate,
 }
 
 /// Stream bytes sent in the current and the previous window (two RTTs, at least
@@ -202,6 +204,19 @@ impl Connection {
         }
     }
 
+    /// Whether the peer is moving bulk data to us (more than [`AUTO_BULK_BYTES`] received
+    /// within the [`RecentRate`] window). Its packets then meet a full bottleneck queue, which
+    /// drops them in runs: congestion of its own transfer, which the interactive packets sent
+    /// after it will not meet. The loss-rate estimate learns no burst length from such runs;
+    /// a burst length learnt from one bulk upload used to give every later answer on a clean
+    /// path ten parity packets.
+    pub(super) fn fec_receiving_bulk(&mut self, now: Instant) -> bool {
+        let window = (self.rtt.get() * 2).max(RECENT_WINDOW_MIN);
+        let total = self.stats.bytes_received;
+        self.fec.recent_received.roll(now, window, total);
+        self.fec.recent_received.bytes(total) > AUTO_BULK_BYTES
+    }
+
     /// Stream and datagram bytes sent so far: what [`RecentRate`] measures.
     fn fec_rate_bytes(&self) -> u64 {
         self.stats.stream_bytes_sent + self.datagrams.stats.bytes_sent
@@ -228,6 +243,14 @@ impl Connection {
                 self.fec_spacing(),
             ),
         };
+        tracing::trace!(
+            data = k,
+            parity,
+            spacing_us = spacing.as_micros() as u64,
+            loss = self.loss_rate.sustained(),
+            burst = self.loss_rate.burst(),
+            "FEC group closed"
+        );
         self.fec.sender.close(now, parity, spacing);
         self.fec_arm_timer();
     }
@@ -294,6 +317,12 @@ impl Connection {
             return None;
         }
         let pn = self.next_pn;
+        tracing::trace!(
+            index = parity.index,
+            of = parity.parity_count,
+            late_us = now.saturating_duration_since(parity.due).as_micros() as u64,
+            "FEC parity sent"
+        );
         self.seal(buf, start, pn);
         // Not ack-eliciting: nothing of it is recorded per path.
         self.on_packet_sent(now, pn, size, false, SentFrames::default());
@@ -352,16 +381,19 @@ impl Connection {
 /// wins: independent losses (binomial), and one burst (the packets of a group go out nearly back
 /// to back, so a run of losses takes consecutive ones): a run that starts in the group with
 /// probability about `loss` and goes on with probability `1 − 1/burst` per packet must be
-/// shorter than the parity.
+/// shorter than the parity. The floor [`AUTO_MIN_LOSS`] applies to the first model only (it
+/// gives a path with no loss seen one parity packet); the burst model takes the measured rate,
+/// so that a burst length learnt long ago does not load a path that no longer loses packets
+/// with a burst's worth of parity.
 fn auto_parity(k: usize, loss: f64, burst: f64) -> usize {
     let q = loss.clamp(AUTO_MIN_LOSS, 0.5);
     let mut parity = 1;
     while parity < AUTO_MAX_PARITY && binomial_tail(k + parity, parity, q) > AUTO_TARGET_FAILURE {
         parity += 1;
     }
-    if burst > 1.5 {
+    if burst > 1.5 && loss > AUTO_TARGET_FAILURE {
         let stay = 1.0 - 1.0 / burst;
-        let runs = ((AUTO_TARGET_FAILURE / q).ln() / stay.ln()).ceil();
+        let runs = ((AUTO_TARGET_FAILURE / loss.min(0.5)).ln() / stay.ln()).ceil();
         if runs.is_finite() && runs > 0.0 {
             parity = parity.max(runs as usize);
         }
@@ -398,6 +430,12 @@ mod tests {
         assert_eq!(auto_parity(1, 0.02, 2.0), 5);
         // Bursts of 4 at 2 % would need 11: capped.
         assert_eq!(auto_parity(1, 0.02, 4.0), AUTO_MAX_PARITY);
+        // A long burst length seen once, on a path that has stopped losing packets: the floor's
+        // single parity packet, not a burst's worth.
+        assert_eq!(auto_parity(1, 0.0, 13.0), 1);
+        assert_eq!(auto_parity(1, 1e-4, 13.0), 1);
+        // Half a percent in runs of 4: 0.005 * 0.75^p <= 1e-3 needs p = 6.
+        assert_eq!(auto_parity(1, 0.005, 4.0), 6);
         assert_eq!(auto_parity(16, 0.5, 8.0), AUTO_MAX_PARITY);
     }
 

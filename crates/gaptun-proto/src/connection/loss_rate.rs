@@ -62,9 +62,12 @@ impl LossRate {
 
     /// A packet arrived after `missing` packet numbers that never did (a gap in the sequence).
     /// Large jumps (a peer that skipped numbers, or a long outage) count as a few losses only.
-    /// The arrival itself counts only if `counts` (not when it may be one of several copies).
-    pub(super) fn observe_arrival(&mut self, missing: u64, counts: bool) {
-        if missing > 0 {
+    /// The arrival itself counts only if `counts` (not when it may be one of several copies);
+    /// the gap's length feeds the burst estimate only if `run_counts` (not while the peer
+    /// fills the bottleneck queue with a bulk transfer, whose drops come in runs of its own
+    /// making).
+    pub(super) fn observe_arrival(&mut self, missing: u64, counts: bool, run_counts: bool) {
+        if missing > 0 && run_counts {
             let run = missing.min(16) as f64;
             if self.burst == 0.0 {
                 self.burst = run;
@@ -124,21 +127,33 @@ mod tests {
     fn gaps_count_as_losses_but_jumps_are_capped() {
         let mut r = LossRate::default();
         for _ in 0..500 {
-            r.observe_arrival(0, true);
-            r.observe_arrival(1, true);
-            r.observe_arrival(0, false);
+            r.observe_arrival(0, true, true);
+            r.observe_arrival(1, true, true);
+            r.observe_arrival(0, false, true);
         }
         // One packet in three missing.
         assert!((r.get() - 1.0 / 3.0).abs() < 0.05, "{}", r.get());
         assert!((r.burst() - 1.0).abs() < 1e-9, "{}", r.burst());
         let mut bursts = LossRate::default();
         for _ in 0..100 {
-            bursts.observe_arrival(4, true);
-            bursts.observe_arrival(0, true);
+            bursts.observe_arrival(4, true, true);
+            bursts.observe_arrival(0, true, true);
         }
         assert!((bursts.burst() - 4.0).abs() < 0.01, "{}", bursts.burst());
+        // Runs of a bulk transfer's congestion drops count as losses, not as burst length.
+        let mut congested = LossRate::default();
+        for _ in 0..100 {
+            congested.observe_arrival(6, true, false);
+            congested.observe_arrival(0, true, false);
+        }
+        assert!(congested.get() > 0.5, "{}", congested.get());
+        assert!(
+            (congested.burst() - 1.0).abs() < 1e-9,
+            "{}",
+            congested.burst()
+        );
         let mut jump = LossRate::default();
-        jump.observe_arrival(1_000_000, true);
+        jump.observe_arrival(1_000_000, true, true);
         assert!(jump.get() < 0.3, "{}", jump.get());
     }
 }
