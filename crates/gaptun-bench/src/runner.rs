@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::emulator::{ADDR_A, ADDR_B, Emulator, LinkStats};
 use crate::error::Result;
 use crate::measure::iperf::{self, IperfSpec};
+use crate::measure::stalls::{self, StallProbe};
 use crate::measure::{idle, latency, procstat};
 use crate::procs::{self, Managed};
 use crate::results::{BulkResult, ScenarioResult, SystemResult};
@@ -480,6 +481,7 @@ fn measure_latency(
 ) {
     let e = &running.endpoints;
     save_stats(env, running, &format!("{label}-before-latency"));
+    let probe = StallProbe::start();
     let fwd = latency::measure(
         &env.ns_a,
         &plan.exe,
@@ -487,7 +489,8 @@ fn measure_latency(
         None,
         plan.latency_count,
         plan.latency_conns,
-    );
+    )
+    .map(|l| with_stalls(l, probe));
     report_latency(&res.system, "forward", &fwd, p);
     save_stats(env, running, &format!("{label}-after-forward"));
     match fwd {
@@ -497,6 +500,7 @@ fn measure_latency(
     if let Some(socks) = e.socks {
         // Through SOCKS5 the target is named as the server side sees it.
         let target = SocketAddrV4::new([127, 0, 0, 1].into(), RR_PORT);
+        let probe = StallProbe::start();
         let s = latency::measure(
             &env.ns_a,
             &plan.exe,
@@ -504,7 +508,8 @@ fn measure_latency(
             Some(socks),
             plan.latency_count,
             plan.latency_conns,
-        );
+        )
+        .map(|l| with_stalls(l, probe));
         report_latency(&res.system, "SOCKS5", &s, p);
         save_stats(env, running, &format!("{label}-after-socks"));
         match s {
@@ -594,11 +599,30 @@ fn save_stats(env: &Env, running: &Running, label: &str) {
     }
 }
 
+/// Attaches what the stall probe saw during a latency measurement.
+fn with_stalls(mut l: latency::LatencyResult, probe: StallProbe) -> latency::LatencyResult {
+    l.stalls = probe.finish();
+    l
+}
+
 fn report_latency(system: &str, via: &str, r: &Result<latency::LatencyResult>, p: &Progress) {
     match r {
         Ok(l) => p.step(&format!(
-            "  {system} latency via {via}: p50 {:.1} ms, p99 {:.1} ms, {} errors",
-            l.p50_ms, l.p99_ms, l.errors
+            "  {system} latency via {via}: p50 {:.1} ms, p99 {:.1} ms, {} errors{}",
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            l.stalls.map_or(String::new(), |s| format!(
+                "; machine stalls over {} ms: {} (longest {:.1} ms{})",
+                stalls::STALL.as_millis(),
+                s.stalls,
+                s.max_ms,
+                if s.realtime {
+                    ""
+                } else {
+                    ", probe not real-time"
+                }
+            ))
         )),
         Err(e) => p.step(&format!("  {system} latency via {via}: error: {e}")),
     }

@@ -58,6 +58,8 @@ pub struct LatencyResult {
     pub samples_ms: Vec<f64>,
     /// The exchanges in the order they started.
     pub timeline: Vec<Exchange>,
+    /// Stalls of the machine itself during the measurement (see `measure::stalls`).
+    pub stalls: Option<crate::measure::stalls::StallReport>,
 }
 
 /// Nearest-rank percentile of sorted samples (`q` in 0..=100).
@@ -88,6 +90,7 @@ impl LatencyResult {
                 t.sort_by_key(|e| e.start_us);
                 t
             },
+            stalls: None,
         })
     }
 }

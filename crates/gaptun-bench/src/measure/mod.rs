@@ -4,3 +4,4 @@ pub mod idle;
 pub mod iperf;
 pub mod latency;
 pub mod procstat;
+pub mod stalls;

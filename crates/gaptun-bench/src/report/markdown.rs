@@ -155,6 +155,32 @@ pub fn scenario_table(sc: &ScenarioResult) -> String {
     for n in notes {
         let _ = writeln!(s, "- {}", n.replace('\n', " "));
     }
+    let stalls: Vec<String> = sc
+        .systems
+        .iter()
+        .flat_map(|r| {
+            [
+                ("forward", &r.latency_forward),
+                ("SOCKS5", &r.latency_socks),
+            ]
+            .into_iter()
+            .filter_map(move |(via, l)| {
+                let st = l.as_ref()?.stalls?;
+                Some(format!(
+                    "{} via {via} {} ({:.1})",
+                    r.system, st.stalls, st.max_ms
+                ))
+            })
+        })
+        .collect();
+    if !stalls.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nMachine stalls over 2 ms during the latency tests (a real-time thread sleeping 1 ms \
+             at a time; count, longest in ms): {}.",
+            stalls.join(", ")
+        );
+    }
     let l = &sc.link;
     let _ = writeln!(
         s,

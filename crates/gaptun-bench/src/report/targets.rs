@@ -270,6 +270,7 @@ mod tests {
             errors: 0,
             samples_ms: vec![p50, p99],
             timeline: Vec::new(),
+            stalls: None,
         }
     }
 

@@ -55,8 +55,6 @@ pub(super) struct FecState {
     pub(super) sender: FecSender,
     pub(super) receiver: FecReceiver,
     recent: RecentRate,
-    /// The same measure over the bytes we receive: whether the peer is sending bulk.
-    recent_received: RecentRate,
 }
 
 /// Stream bytes sent in the current and the previous window (two RTTs, at least
@@ -202,19 +200,6 @@ impl Connection {
         if tail || !protect {
             self.fec_close_group(now);
         }
-    }
-
-    /// Whether the peer is moving bulk data to us (more than [`AUTO_BULK_BYTES`] received
-    /// within the [`RecentRate`] window). Its packets then meet a full bottleneck queue, which
-    /// drops them in runs: congestion of its own transfer, which the interactive packets sent
-    /// after it will not meet. The loss-rate estimate learns no burst length from such runs;
-    /// a burst length learnt from one bulk upload used to give every later answer on a clean
-    /// path ten parity packets.
-    pub(super) fn fec_receiving_bulk(&mut self, now: Instant) -> bool {
-        let window = (self.rtt.get() * 2).max(RECENT_WINDOW_MIN);
-        let total = self.stats.bytes_received;
-        self.fec.recent_received.roll(now, window, total);
-        self.fec.recent_received.bytes(total) > AUTO_BULK_BYTES
     }
 
     /// Stream and datagram bytes sent so far: what [`RecentRate`] measures.

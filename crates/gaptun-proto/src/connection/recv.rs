@@ -171,9 +171,7 @@ impl Connection {
             // those two or three times), whose arrival says little about single packets; the
             // gap before them still counts.
             let maybe_copied = ack_eliciting && payload.len() < UNCOPIED_MIN_LEN;
-            let runs_count = !self.fec_receiving_bulk(now);
-            self.loss_rate
-                .observe_arrival(skipped, !maybe_copied, runs_count);
+            self.loss_rate.observe_arrival(skipped, !maybe_copied);
         }
         if ack_eliciting && !immediate && self.timers.get(Timer::Ack).is_none() {
             self.timers.set(Timer::Ack, now + self.config.max_ack_delay);
