@@ -44,10 +44,11 @@ use crate::values::LogFormat;
 /// bulk (`perf record --call-graph dwarf` on the receiving daemon), that churn was 27 % of the
 /// daemon's samples, 21 % of them page faults, for a memcpy of 4 %; with mimalloc, which keeps
 /// freed pages for reuse, the copy is 4 %, the allocator 1.6 % and page faults none. The
-/// harness's CPU per GB on that bulk fell to about 0.85 of glibc's (docs/benchmarks.md,
-/// 2026-11-28). What it costs: the daemon holds on to more freed memory (peak RSS of client +
-/// server during that bulk about 85 MiB instead of 50; 10 000 idle visitors 163 MiB instead of
-/// 136, within issue 9's 256 MiB). The 3.x line was measured too: same CPU, 20-30 MiB more.
+/// harness's CPU per GB on that bulk (both daemons) fell to 0.87 of glibc's over 16 pairs of
+/// runs (docs/benchmarks.md, 2026-11-28). What it costs: the daemons hold on to more freed
+/// memory (peak RSS of client + server during that bulk 76-105 MiB instead of 47-64; 10 000
+/// idle visitors after it 165 MiB instead of 137, within issue 9's 256 MiB). The 3.x line was
+/// measured too: same CPU, 20-30 MiB more.
 /// A reused receive arena in the core would spare the allocation without a new dependency, but
 /// a slice held out of order pins its whole arena block, which breaks the receive side's
 /// bound of two bytes held per byte stored (see `SLICE_MIN`).
