@@ -44,8 +44,9 @@ use crate::values::LogFormat;
 /// bulk (`perf record --call-graph dwarf` on the receiving daemon), that churn was 27 % of the
 /// daemon's samples, 21 % of them page faults, for a memcpy of 4 %; with mimalloc, which keeps
 /// freed pages for reuse, the copy is 4 %, the allocator 1.6 % and page faults none. The
-/// harness's CPU per GB on that bulk (both daemons) fell to 0.87 of glibc's over 16 pairs of
-/// runs (docs/benchmarks.md, 2026-11-28). What it costs: the daemons hold on to more freed
+/// harness's CPU per GB on that bulk (both daemons) fell to 0.84 of glibc's in the nine pairs
+/// of runs where no system's goodput collapsed under the machine's load, 0.91 over all 24
+/// (docs/benchmarks.md, 2026-11-28). What it costs: the daemons hold on to more freed
 /// memory (peak RSS of client + server during that bulk 76-105 MiB instead of 47-64; 10 000
 /// idle visitors after it 165 MiB instead of 137, within issue 9's 256 MiB). The 3.x line was
 /// measured too: same CPU, 20-30 MiB more.
