@@ -3,6 +3,8 @@
 # already present are left alone, and apt is not touched at all when nothing is missing. Runs
 # unattended (CI runs it as root with no stdin); as another user it uses sudo if it can.
 #
+#   gcc, libc6-dev  a C compiler and C library headers: ring and the daemon's allocator
+#                   (mimalloc) compile C sources, and rustc links through cc (needed)
 #   curl            the end-to-end tests download through the SOCKS5 port with it (needed)
 #   nftables, iproute2  fake TCP installs nftables rules; its tests build network namespaces
 #                   (needed: without them those tests skip, and fake TCP cannot start)
@@ -24,7 +26,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-REQUIRED=(curl ca-certificates nftables iproute2 socat openssl)
+REQUIRED=(gcc libc6-dev curl ca-certificates nftables iproute2 socat openssl)
 OPTIONAL=(iperf3 kcptun prometheus chromium chromium-driver util-linux)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

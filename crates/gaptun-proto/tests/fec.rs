@@ -8,7 +8,7 @@ use gaptun_proto::fec::ParityFrame;
 use gaptun_proto::frame::Frame;
 use gaptun_proto::{ConnectionStats, FecMode, StreamId};
 use gaptun_sim::{
-    BulkTransfer, Direction, GilbertElliott, LinkConfig, RequestResponse, Sim, SimConfig,
+    BulkTransfer, Direction, GilbertElliott, LinkConfig, Path, RequestResponse, Sim, SimConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -316,6 +316,82 @@ fn bulk_on_a_short_fast_path_gets_no_parity() {
     );
 }
 
+/// A receiver keeps a sealed copy of a datagram (to rebuild it from parity) only if the peer
+/// may have protected it: a protected packet leaves room for its parity, so a datagram of the
+/// peer's full size never is. A clean bulk transfer's full-size datagrams are opened without
+/// a copy. Exchanges that each come after seconds of silence (where a rule based on recent
+/// parity or gaps had stopped copying, so the first packets of a group were gone when its
+/// parity came) still have their multi-packet answers rebuilt within the round trip.
+#[test]
+fn sealed_copies_skip_full_size_datagrams_and_keep_what_parity_covers() {
+    let config = SimConfig::new(67)
+        .with_link(link())
+        .with_transport(|t| t.fec = FecMode::Auto);
+    let mut sim = Sim::new(config);
+    // About 0.7 s at 100 Mbit/s.
+    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 8_000_000, 67));
+    assert!(sim.run_workloads(Duration::from_secs(60)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(bulk)
+            .expect("workload")
+            .verify(),
+        Ok(())
+    );
+    let (_, server) = stats(&mut sim);
+    eprintln!(
+        "clean bulk: {} of {} datagrams kept sealed",
+        server.fec_sealed_kept, server.packets_received
+    );
+    // The handshake's first packets (before path MTU discovery) and the short last packet of
+    // a write are kept; the full-size rest is not.
+    assert!(
+        server.fec_sealed_kept * 20 < server.packets_received,
+        "{} of {} datagrams kept sealed on a clean bulk",
+        server.fec_sealed_kept,
+        server.packets_received
+    );
+    assert!(server.fec_sealed_kept > 0, "{server:?}");
+    // Then 5 % loss each way, and 4 000-byte answers (three packets, one group each), every
+    // one after 3 s of silence.
+    let lossy = link().with_loss(0.05);
+    sim.link_mut(Path::Uplink).set_config(lossy.clone());
+    sim.link_mut(Path::Downlink).set_config(lossy);
+    let (kept_before, rebuilt_before) = {
+        let (client, _) = stats(&mut sim);
+        (client.fec_sealed_kept, client.fec_packets_rebuilt)
+    };
+    let count = 120;
+    let id =
+        sim.add_workload(RequestResponse::new(0, count, 200, 4000).every(Duration::from_secs(3)));
+    assert!(sim.run_workloads(Duration::from_secs(600)));
+    let w = sim.workload::<RequestResponse>(id).expect("workload");
+    assert!(w.errors().is_empty(), "{:?}", w.errors());
+    assert_eq!(w.completed(), count);
+    let p99 = w.quantile(0.99).expect("latencies");
+    let (client, server) = stats(&mut sim);
+    eprintln!(
+        "after silences, 5 %: p99 {p99:?}; answers' packets rebuilt {}, requests' {}; \
+         client kept {} sealed",
+        client.fec_packets_rebuilt - rebuilt_before,
+        server.fec_packets_rebuilt,
+        client.fec_sealed_kept - kept_before
+    );
+    // Every answer's packets were kept (three or more per exchange).
+    assert!(
+        client.fec_sealed_kept - kept_before >= 3 * count as u64,
+        "{client:?}"
+    );
+    assert!(
+        client.fec_packets_rebuilt - rebuilt_before >= 5,
+        "{client:?}"
+    );
+    assert_eq!(client.fec_rebuilt_failed + server.fec_rebuilt_failed, 0);
+    assert!(
+        p99 <= Duration::from_millis(110),
+        "p99 {p99:?} above 1.1 RTT"
+    );
+}
+
 #[test]
 fn fixed_groups_protect_every_packet() {
     let config = SimConfig::new(61)
@@ -342,6 +418,13 @@ fn fixed_groups_protect_every_packet() {
         "{parity} parity for {data} data packets"
     );
     assert!(server.fec_packets_rebuilt > 50, "{server:?}");
+    // Every protected packet that arrived was kept sealed for its group's parity (they are all
+    // shorter than the datagram size by the parity reserve); 5 % of them were lost.
+    assert!(
+        server.fec_sealed_kept as f64 >= data * 0.9,
+        "{} kept of {data} protected",
+        server.fec_sealed_kept
+    );
     // Rebuilt packets are acknowledged: fewer retransmissions than losses on the link.
     assert!(client.packets_lost < server.fec_packets_rebuilt + client.packets_lost / 2 + 50);
 }

@@ -33,6 +33,29 @@ use crate::cli::{Cli, Command, CtlArgs, CtlCommand};
 use crate::config::{NoticeLevel, Role};
 use crate::values::LogFormat;
 
+/// The daemon's allocator: mimalloc (its 2.x line) rather than glibc's malloc.
+///
+/// Why: the receive path allocates one buffer per datagram that carries bulk stream data (the
+/// payload that stored STREAM pieces share, see `gaptun_proto`'s `connection/recv.rs`), 64 KB on
+/// loopback, freed a moment later on another thread once the application has read it. glibc
+/// gives such a block back to the kernel whenever it ends up at the top of a thread's arena
+/// (`madvise(MADV_DONTNEED)` once the top exceeds its 128 KiB trim threshold) and then takes page
+/// faults to zero the same memory again for the next datagram. Profiled on the expose loopback
+/// bulk (`perf record --call-graph dwarf` on the receiving daemon), that churn was 27 % of the
+/// daemon's samples, 21 % of them page faults, for a memcpy of 4 %; with mimalloc, which keeps
+/// freed pages for reuse, the copy is 4 %, the allocator 1.6 % and page faults none. The
+/// harness's CPU per GB on that bulk (both daemons) fell to 0.84 of glibc's in the nine pairs
+/// of runs where no system's goodput collapsed under the machine's load, 0.91 over all 24
+/// (docs/benchmarks.md, 2026-11-28). What it costs: the daemons hold on to more freed
+/// memory (peak RSS of client + server during that bulk 76-105 MiB instead of 47-64; 10 000
+/// idle visitors after it 165 MiB instead of 137, within issue 9's 256 MiB). The 3.x line was
+/// measured too: same CPU, 20-30 MiB more.
+/// A reused receive arena in the core would spare the allocation without a new dependency, but
+/// a slice held out of order pins its whole arena block, which breaks the receive side's
+/// bound of two bytes held per byte stored (see `SLICE_MIN`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let (cli, matches) =
         Cli::try_parse_with_matches(std::env::args_os()).unwrap_or_else(|e| e.exit());

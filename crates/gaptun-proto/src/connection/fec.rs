@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Connection, Timer};
+use super::{Connection, MIN_MTU, Timer};
 use crate::fec::{FecMode, FecReceiver, FecSender, PARITY_RESERVE, ParityFrame};
 use crate::frame::Frame;
 use crate::packet;
@@ -108,6 +108,42 @@ impl Connection {
     /// Whether we rebuild from the peer's parity (announced in our transport parameters).
     pub(super) fn fec_receiving(&self) -> bool {
         self.config.fec.accepts_parity()
+    }
+
+    /// Whether a received datagram of `len` bytes is kept in its sealed form before it is
+    /// opened (a full copy: opening in place destroys the bytes parity covers).
+    ///
+    /// Only datagrams that the peer may have protected are kept, and the rule that tells them
+    /// is exact, not a guess about when parity may come: a protected packet is built
+    /// [`PARITY_RESERVE`] bytes shorter than the peer's datagram size (so that its parity fits
+    /// in a datagram), and that size never exceeds [`Connection::fec_peer_ceiling`]. A longer
+    /// datagram was sent unprotected, whatever the peer's mode, and no parity can ever ask
+    /// for it. Those are the full-size packets of a bulk transfer once path MTU discovery
+    /// reached the ceiling (loopback, a reliable carrier, a clean path), where copying every
+    /// datagram cost 7 % of the receiving daemon's CPU; interactive tails, ACKs and fixed-mode
+    /// groups (all shorter) are kept as before, so parity rebuilds exactly what it did.
+    ///
+    /// An earlier attempt kept copies only within a time window after the last parity frame or
+    /// gap in packet numbers; it lost the copies of the first group after a quiet stretch (its
+    /// data packets arrive before any parity or gap), so a loss in a multi-packet response
+    /// after an idle spell could not be rebuilt. Opening out of place (decrypting from the
+    /// receive buffer into another) would not help either: the receive buffer is the driver's
+    /// and is reused for the next datagram, so keeping the sealed form still takes a copy.
+    pub(super) fn fec_keeps_sealed(&self, len: usize) -> bool {
+        self.fec_receiving() && len + PARITY_RESERVE <= self.fec_peer_ceiling()
+    }
+
+    /// The largest datagram the peer may send data in: what path MTU discovery may confirm
+    /// on its side, both sides' `max_udp_payload` (ours as we announced it in our transport
+    /// parameters: the connection's configured value), never below [`MIN_MTU`]. Before the
+    /// peer's parameters are known, ours alone.
+    fn fec_peer_ceiling(&self) -> usize {
+        let ours = self.config.max_udp_payload;
+        let both = self
+            .peer_params
+            .as_ref()
+            .map_or(ours, |p| ours.min(p.max_udp_payload));
+        usize::from(both.max(MIN_MTU))
     }
 
     /// Whether the packets of the batch about to be built are protected, given the bytes that

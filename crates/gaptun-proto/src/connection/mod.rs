@@ -165,6 +165,10 @@ pub struct ConnectionStats {
     pub fec_parity_bytes: u64,
     /// FEC parity packets received.
     pub fec_parity_received: u64,
+    /// Received datagrams kept in their sealed form for rebuilding from parity: those short
+    /// enough to have been protected (see `Connection::fec_keeps_sealed`); a bulk transfer's
+    /// full-size datagrams are not.
+    pub fec_sealed_kept: u64,
     /// Lost packets rebuilt from parity that passed authentication and were processed.
     pub fec_packets_rebuilt: u64,
     /// Rebuilt packets that failed authentication (a wrong or forged shard); also counted in

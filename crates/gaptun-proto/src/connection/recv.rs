@@ -30,13 +30,14 @@ impl Connection {
             State::Established | State::Closing => {}
         }
         let len = data.len() as u64;
+        let fec = self.fec_keeps_sealed(data.len());
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
         let largest = self.replay.largest();
-        let fec = self.config.fec.accepts_parity();
         if fec {
             self.fec.receiver.stash(data);
+            self.stats.fec_sealed_kept += 1;
         }
         let Ok((pn, payload)) = packet::open(&self.header_key, keys, largest, data) else {
             // Forged, corrupted, or for another key: dropped without a word.
