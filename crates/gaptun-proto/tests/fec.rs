@@ -28,6 +28,16 @@ fn establish(sim: &mut Sim) {
     assert!(up, "handshake did not complete");
 }
 
+/// Uploads `bytes` (seeded by `seed`) from client 0 and checks they arrived intact.
+fn upload(sim: &mut Sim, bytes: u64, seed: u64) {
+    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, bytes, seed));
+    assert!(sim.run_workloads(Duration::from_secs(120)));
+    assert_eq!(
+        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
+        Ok(())
+    );
+}
+
 fn stats(sim: &mut Sim) -> (ConnectionStats, ConnectionStats) {
     (
         sim.client_connection(0).expect("client").stats(),
@@ -50,14 +60,7 @@ fn request_latency(
     let mut sim = Sim::new(config);
     // A short upload first, as in the benchmark harness (bulk tests, then latency): the loss
     // rate and burst length that size the parity are measured, not guessed.
-    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 1_000_000, seed));
-    assert!(sim.run_workloads(Duration::from_secs(60)));
-    assert_eq!(
-        sim.workload::<BulkTransfer>(bulk)
-            .expect("workload")
-            .verify(),
-        Ok(())
-    );
+    upload(&mut sim, 1_000_000, seed);
     sim.advance(Duration::from_millis(500));
     let id = sim.add_workload(
         RequestResponse::new(0, count, 200, response).every(Duration::from_millis(150)),
@@ -329,14 +332,7 @@ fn sealed_copies_skip_full_size_datagrams_and_keep_what_parity_covers() {
         .with_transport(|t| t.fec = FecMode::Auto);
     let mut sim = Sim::new(config);
     // About 0.7 s at 100 Mbit/s.
-    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 8_000_000, 67));
-    assert!(sim.run_workloads(Duration::from_secs(60)));
-    assert_eq!(
-        sim.workload::<BulkTransfer>(bulk)
-            .expect("workload")
-            .verify(),
-        Ok(())
-    );
+    upload(&mut sim, 8_000_000, 67);
     let (_, server) = stats(&mut sim);
     eprintln!(
         "clean bulk: {} of {} datagrams kept sealed",
@@ -403,12 +399,7 @@ fn fixed_groups_protect_every_packet() {
             }
         });
     let mut sim = Sim::new(config);
-    let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 2_000_000, 61));
-    assert!(sim.run_workloads(Duration::from_secs(120)));
-    assert_eq!(
-        sim.workload::<BulkTransfer>(id).expect("workload").verify(),
-        Ok(())
-    );
+    upload(&mut sim, 2_000_000, 61);
     let (client, server) = stats(&mut sim);
     let data = client.packets_ack_eliciting_sent as f64;
     let parity = client.fec_parity_sent as f64;
@@ -529,14 +520,7 @@ fn five_percent_loss_p99_with_exchanges_overlapping_like_the_harness() {
         .with_link(link().with_loss(0.05))
         .with_transport(|t| t.fec = FecMode::Auto);
     let mut sim = Sim::new(config);
-    let bulk = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, 1_000_000, 3));
-    assert!(sim.run_workloads(Duration::from_secs(60)));
-    assert_eq!(
-        sim.workload::<BulkTransfer>(bulk)
-            .expect("workload")
-            .verify(),
-        Ok(())
-    );
+    upload(&mut sim, 1_000_000, 3);
     sim.advance(Duration::from_millis(500));
     let id =
         sim.add_workload(RequestResponse::new(0, 1000, 64, 64).every(Duration::from_millis(10)));
@@ -610,10 +594,7 @@ fn harness_exchanges(
         .with_transport(|t| t.fec = FecMode::Auto);
     let mut sim = Sim::new(config);
     if bulk > 0 {
-        let id = sim.add_workload(BulkTransfer::new(0, Direction::ToServer, bulk, seed));
-        assert!(sim.run_workloads(Duration::from_secs(120)));
-        let w = sim.workload::<BulkTransfer>(id).expect("workload");
-        assert_eq!(w.verify(), Ok(()));
+        upload(&mut sim, bulk, seed);
     } else {
         establish(&mut sim);
     }
