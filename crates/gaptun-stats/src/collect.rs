@@ -6,7 +6,7 @@
 //! the previous collection), totals that keep the counters of closed connections (so that
 //! Prometheus counters only grow), per-user sums, and the history the dashboard draws.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -209,6 +209,8 @@ struct Live {
     serial: u64,
     user: Option<Arc<str>>,
     counters: Counters,
+    /// The collection that last saw it listed.
+    seen_in: u64,
 }
 
 /// The collector's memory between collections.
@@ -216,6 +218,8 @@ struct Live {
 struct Book {
     live: HashMap<usize, Live>,
     next_serial: u64,
+    /// Counts collections (see `Live::seen_in`).
+    collections: u64,
     retired: Counters,
     retired_by_user: HashMap<Arc<str>, Counters>,
     rates: RateBook,
@@ -234,13 +238,14 @@ impl Book {
         }
     }
 
-    /// Brings `live` up to date with `snap`; returns each connection's serial.
-    fn track(&mut self, snap: &EndpointSnapshot, key_users: &[Arc<str>]) -> HashMap<usize, u64> {
-        let mut serials = HashMap::new();
-        let mut seen = HashSet::new();
+    /// Brings `live` up to date with `snap`: a connection listed for the first time (or a new
+    /// one on a reused handle) gets a serial, and the last counters of one no longer listed go
+    /// to the totals.
+    fn track(&mut self, snap: &EndpointSnapshot, key_users: &[Arc<str>]) {
+        self.collections += 1;
+        let collection = self.collections;
         for c in &snap.connections {
             let id = c.handle.0;
-            seen.insert(id);
             let counters = Counters::of(c);
             let created = c.created;
             let same = self
@@ -250,32 +255,31 @@ impl Book {
             if !same && let Some(old) = self.live.remove(&id) {
                 self.retire(&old);
             }
-            let user = key_users.get(c.key_index).cloned();
             let next_serial = &mut self.next_serial;
             let live = self.live.entry(id).or_insert_with(|| {
                 *next_serial += 1;
                 Live {
                     created,
                     serial: *next_serial,
-                    user,
+                    user: key_users.get(c.key_index).cloned(),
                     counters,
+                    seen_in: collection,
                 }
             });
             live.counters = counters;
-            serials.insert(id, live.serial);
+            live.seen_in = collection;
         }
         let gone: Vec<usize> = self
             .live
-            .keys()
-            .filter(|id| !seen.contains(id))
-            .copied()
+            .iter()
+            .filter(|(_, l)| l.seen_in != collection)
+            .map(|(&id, _)| id)
             .collect();
         for id in gone {
             if let Some(old) = self.live.remove(&id) {
                 self.retire(&old);
             }
         }
-        serials
     }
 
     fn build(
@@ -286,7 +290,7 @@ impl Book {
         tick: bool,
     ) -> StatsSnapshot {
         let at = snap.taken;
-        let serials = self.track(snap, &sources.key_users);
+        self.track(snap, &sources.key_users);
         self.rates.begin();
         let mut connections = Vec::new();
         let mut not_established = 0;
@@ -295,10 +299,10 @@ impl Book {
                 not_established += 1;
                 continue;
             }
-            let serial = serials.get(&c.handle.0).copied().unwrap_or_default();
+            let serial = self.live.get(&c.handle.0).map_or(0, |l| l.serial);
             let s = &c.stats;
             let [send, recv, sent_pps, lost_pps, retx_pps] = self.rates.rate(
-                format!("c{}:{serial}", c.handle.0),
+                RateKey::Connection(c.handle.0, serial),
                 at,
                 [
                     s.bytes_sent,
@@ -321,7 +325,7 @@ impl Book {
             totals.add(&live.counters);
         }
         let [send, recv, sent_pps, lost_pps] = self.rates.rate(
-            "total".into(),
+            RateKey::Total,
             at,
             [
                 totals.bytes_sent,
@@ -337,7 +341,7 @@ impl Book {
             .into_iter()
             .map(|mut e| {
                 let who = e.user.as_deref().or(e.local.as_deref()).unwrap_or("");
-                let key = format!("e{}:{}:{who}", e.kind, e.ports);
+                let key = RateKey::Expose(format!("{}:{}:{who}", e.kind, e.ports));
                 let [to_service, to_visitors] =
                     self.rates
                         .rate(key, at, [e.bytes_to_service, e.bytes_to_visitors]);
@@ -354,7 +358,7 @@ impl Book {
                 let mut row = f.row();
                 let [up, down] =
                     self.rates
-                        .rate(format!("f{i}"), at, [row.bytes_up, row.bytes_down]);
+                        .rate(RateKey::Forward(i), at, [row.bytes_up, row.bytes_down]);
                 row.up_bytes_per_sec = up;
                 row.down_bytes_per_sec = down;
                 row
@@ -418,7 +422,7 @@ impl Book {
                     }
                 }
                 let rates = self.rates.rate(
-                    format!("u{name}"),
+                    RateKey::User(Arc::clone(name)),
                     at,
                     [counters.bytes_sent, counters.bytes_received],
                 );
@@ -545,58 +549,86 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Rates of named counters: the change since the previous reading over the time between.
+/// What a rate is kept for. A connection's key is its handle and serial, not a formatted name:
+/// the collector reads every connection once a second, and a string per connection per
+/// collection (made, hashed, copied into the set of keys read) was most of its cost at 10 000
+/// idle connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RateKey {
+    /// A connection: its handle and the serial that tells successive connections on one
+    /// handle apart.
+    Connection(usize, u64),
+    /// The daemon's totals.
+    Total,
+    /// A user's sums.
+    User(Arc<str>),
+    /// An expose: its kind, ports and owner.
+    Expose(String),
+    /// A forward, by position.
+    Forward(usize),
+}
+
+/// Most counters one key has rates for.
+const MAX_RATES: usize = 5;
+
+/// Rates of counters: the change since the previous reading over the time between.
 #[derive(Debug, Default)]
 struct RateBook {
-    entries: HashMap<String, RateEntry>,
-    seen: HashSet<String>,
+    entries: HashMap<RateKey, RateEntry>,
+    /// Counts collections; an entry not read in the current one is forgotten at its end.
+    generation: u64,
 }
 
 #[derive(Debug)]
 struct RateEntry {
     at: Instant,
-    values: Vec<u64>,
-    rates: Vec<f64>,
+    values: [u64; MAX_RATES],
+    rates: [f64; MAX_RATES],
+    /// The collection that read it last.
+    read_in: u64,
 }
 
 impl RateBook {
     fn begin(&mut self) {
-        self.seen.clear();
+        self.generation += 1;
     }
 
     /// Forgets the counters not read in this collection (closed connections, gone exposes).
     fn end(&mut self) {
-        let seen = std::mem::take(&mut self.seen);
-        self.entries.retain(|k, _| seen.contains(k));
-        self.seen = seen;
+        let generation = self.generation;
+        self.entries.retain(|_, e| e.read_in == generation);
     }
 
-    /// Per-second rates of `values` since the last reading under `key`. The first reading,
-    /// and one after a counter went back (a new connection on a reused key), gives zeros;
-    /// one less than [`MIN_RATE_SPAN`] after the last repeats the last rates.
-    fn rate<const N: usize>(&mut self, key: String, at: Instant, values: [u64; N]) -> [f64; N] {
-        self.seen.insert(key.clone());
+    /// Per-second rates of `values` (at most [`MAX_RATES`] of them) since the last reading
+    /// under `key`. The first reading, and one after a counter went back (a new connection on
+    /// a reused key), gives zeros; one less than [`MIN_RATE_SPAN`] after the last repeats the
+    /// last rates.
+    fn rate<const N: usize>(&mut self, key: RateKey, at: Instant, values: [u64; N]) -> [f64; N] {
+        let mut now = [0u64; MAX_RATES];
+        for (slot, v) in now.iter_mut().zip(values) {
+            *slot = v;
+        }
+        let generation = self.generation;
         let entry = self.entries.entry(key).or_insert_with(|| RateEntry {
             at,
-            values: values.to_vec(),
-            rates: vec![0.0; N],
+            values: now,
+            rates: [0.0; MAX_RATES],
+            read_in: generation,
         });
+        entry.read_in = generation;
         let span = at.saturating_duration_since(entry.at);
-        let went_back = entry.values.iter().zip(values).any(|(&old, new)| new < old);
+        let went_back = entry.values.iter().zip(now).any(|(&old, new)| new < old);
         if went_back {
-            entry.rates = vec![0.0; N];
+            entry.rates = [0.0; MAX_RATES];
             entry.at = at;
-            entry.values = values.to_vec();
+            entry.values = now;
         } else if span >= MIN_RATE_SPAN {
             let secs = span.as_secs_f64();
-            entry.rates = entry
-                .values
-                .iter()
-                .zip(values)
-                .map(|(&old, new)| (new - old) as f64 / secs)
-                .collect();
+            for ((rate, old), new) in entry.rates.iter_mut().zip(&entry.values).zip(now) {
+                *rate = (new - old) as f64 / secs;
+            }
             entry.at = at;
-            entry.values = values.to_vec();
+            entry.values = now;
         }
         let mut out = [0.0; N];
         for (o, r) in out.iter_mut().zip(&entry.rates) {
@@ -614,17 +646,17 @@ mod tests {
     fn rates_over_the_span_and_after_a_reset() {
         let mut book = RateBook::default();
         let t0 = Instant::now();
-        assert_eq!(book.rate("a".into(), t0, [100, 0]), [0.0, 0.0]);
+        assert_eq!(book.rate(RateKey::Forward(0), t0, [100, 0]), [0.0, 0.0]);
         let t1 = t0 + Duration::from_secs(2);
-        assert_eq!(book.rate("a".into(), t1, [300, 50]), [100.0, 25.0]);
+        assert_eq!(book.rate(RateKey::Forward(0), t1, [300, 50]), [100.0, 25.0]);
         // Too soon after: the last rates again.
         let t2 = t1 + Duration::from_millis(100);
-        assert_eq!(book.rate("a".into(), t2, [400, 50]), [100.0, 25.0]);
+        assert_eq!(book.rate(RateKey::Forward(0), t2, [400, 50]), [100.0, 25.0]);
         // The counter went back: a new connection, no rate yet.
         let t3 = t1 + Duration::from_secs(1);
-        assert_eq!(book.rate("a".into(), t3, [10, 0]), [0.0, 0.0]);
+        assert_eq!(book.rate(RateKey::Forward(0), t3, [10, 0]), [0.0, 0.0]);
         let t4 = t3 + Duration::from_secs(1);
-        assert_eq!(book.rate("a".into(), t4, [1010, 0]), [1000.0, 0.0]);
+        assert_eq!(book.rate(RateKey::Forward(0), t4, [1010, 0]), [1000.0, 0.0]);
         book.begin();
         book.end();
         assert!(book.entries.is_empty(), "entries not read are forgotten");
