@@ -34,8 +34,8 @@ use tracing::debug;
 /// Largest buffer of one copy direction, reached during bulk transfers. Each read or write of
 /// a local TCP socket costs a system call, a lock of the socket and, on the reading side, a
 /// window update to the sender; on a fast path these per-call costs are a large part of a
-/// relay's CPU. 256 KiB per call took 0.88 × the CPU per byte of 64 KiB on the loopback
-/// expose bulk (docs/benchmarks.md); 1 MiB saved nothing more. Idle connections never get
+/// relay's CPU. 256 KiB per call took 0.88–0.94 × the CPU per byte of 64 KiB on the loopback
+/// expose bulk (two series, docs/benchmarks.md); 1 MiB saved nothing more. Idle connections never get
 /// there: the buffer starts at [`INITIAL_COPY_BUF`] and grows only while reads fill it.
 pub const COPY_BUF: usize = 256 * 1024;
 

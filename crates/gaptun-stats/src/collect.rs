@@ -604,6 +604,7 @@ impl RateBook {
     /// a reused key), gives zeros; one less than [`MIN_RATE_SPAN`] after the last repeats the
     /// last rates.
     fn rate<const N: usize>(&mut self, key: RateKey, at: Instant, values: [u64; N]) -> [f64; N] {
+        const { assert!(N <= MAX_RATES, "more counters than a rate entry holds") };
         let mut now = [0u64; MAX_RATES];
         for (slot, v) in now.iter_mut().zip(values) {
             *slot = v;
